@@ -1,0 +1,89 @@
+"""The provider protocol.
+
+A provider knows nothing of projects, environments or the lifecycle: it creates, checks and
+deletes one *resource set* on one cluster and returns the credentials. Every method is idempotent:
+calling `provision` twice with the same `ResourceNames` neither fails nor duplicates, and
+`deprovision` of something already gone succeeds. Names always come from `ResourceNames`, which
+the engine derives from the instance id, never from raw user input.
+
+Adding an engine (Redis, MongoDB...) means one new module that implements `Provider` and registers
+itself in `tether.providers.registry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What a provider needs to administer one cluster.
+
+    `url` carries the admin credentials (e.g. `postgres://postgres:PW@127.0.0.1:5432/postgres`);
+    it is a secret and must never be logged or put into an error message.
+    `settings` holds kind-specific settings (e.g. `{"base_dir": "/var/lib/tether/media",
+    "public_url": "http://127.0.0.1:8070/media/"}` for local-files).
+    """
+
+    id: int
+    kind: str
+    region: str
+    url: str
+    private: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceNames:
+    """Stable names of one instance's resources, derived from its id (see `naming.resource_names`).
+
+    `base` is e.g. `tether_i42`: a lowercase identifier, safe in SQL (still always quoted), in paths
+    and in URLs. Database, role, bucket, vhost and directory names are all derived from it.
+    """
+
+    base: str
+
+    @property
+    def database(self) -> str:
+        return self.base
+
+    @property
+    def role(self) -> str:
+        return self.base
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What an instance's application receives, as structured data (the DSN is built from it by
+    `naming`). Stored encrypted at rest."""
+
+    values: dict[str, Any]
+
+
+class Provider(Protocol):
+    kind: str
+
+    def check(self, cluster: ClusterSpec) -> str:
+        """Connect with the admin credentials and return the server's version (e.g. "18.6").
+        Raise `ClusterError` with a message that says how to fix the settings."""
+
+    def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Create (or converge to) the resource set and return the credentials. `secret` is the
+        password/key chosen by the engine and persisted before this call, so a retry after a crash
+        converges to the same credentials."""
+
+    def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
+        """Whether any part of the resource set exists on the cluster."""
+
+    def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
+        """Delete the resource set and its data for good; succeed when already gone."""
+
+    def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
+        """The environment variables the application gets for this instance (SPEC.md names)."""
+
+
+def private_dir(data_dir: Path, names: ResourceNames) -> Path:
+    """Where a dedicated (private) server for an instance keeps its data."""
+    return data_dir / "private" / names.base

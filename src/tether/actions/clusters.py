@@ -1,0 +1,96 @@
+"""Clusters: the real servers Tether may administer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.actions.common import Context, audit, iso
+from tether.catalog import ClusterInfo
+from tether.errors import ClusterError, Conflict, UserError
+from tether.providers.base import ClusterSpec
+from tether.providers.registry import SUPPORTED_KINDS, get_provider
+from tether.store.models import Cluster
+
+REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:
+    return ClusterSpec(id=cluster.id, kind=cluster.kind, region=cluster.region,
+                       url=box.open(cluster.url_enc), private=cluster.private,
+                       settings=dict(cluster.settings or {}))
+
+
+def cluster_infos(s: Session) -> list[ClusterInfo]:
+    return [
+        ClusterInfo(c.id, c.name, c.kind, c.region, c.version, c.private, c.owner_instance_id)
+        for c in s.scalars(select(Cluster).order_by(Cluster.id))
+    ]
+
+
+def safe_location(url: str) -> str:
+    """host:port of a cluster URL, without credentials, for display."""
+    parts = urlsplit(url)
+    if parts.hostname:
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return parts.path or "-"
+
+
+def cluster_view(box: Any, c: Cluster) -> dict[str, object]:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "kind": c.kind,
+        "region": c.region,
+        "visibility": "private" if c.private else "shared",
+        "version": c.version,
+        "location": safe_location(box.open(c.url_enc)),
+        "managed": c.managed,
+        "owner_instance_id": c.owner_instance_id,
+        "created_at": iso(c.created_at),
+    }
+
+
+def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = False,
+                name: str | None = None, settings: dict[str, Any] | None = None,
+                managed: bool = False) -> dict[str, object]:
+    """Register a cluster after checking that Tether can administer it (a bad URL or password is
+    refused here, with the fix, rather than failing later at provision time)."""
+    if kind not in SUPPORTED_KINDS:
+        raise UserError(f"unknown cluster kind {kind!r}: supported kinds are "
+                        f"{', '.join(sorted(SUPPORTED_KINDS))}")
+    if not REGION_RE.fullmatch(region):
+        raise UserError(f"invalid region {region!r}: use lower-case letters, digits and '-'")
+    provider = get_provider(kind)
+    spec = ClusterSpec(id=0, kind=kind, region=region, url=url, private=private,
+                       settings=settings or {})
+    try:
+        version = provider.check(spec)
+    except ClusterError as exc:
+        raise UserError(f"cannot use this {kind} cluster: {exc.message}") from exc
+    with ctx.store.session() as s:
+        name = name or f"{kind}-{region}-{len(s.scalars(select(Cluster.id)).all()) + 1}"
+        existing = s.scalar(select(Cluster).where(Cluster.name == name))
+        if existing is not None:
+            if not managed:
+                raise Conflict(f"a cluster named {name} exists already: pick another --name")
+            existing.url_enc = ctx.box.seal(url)
+            existing.version = version
+            existing.settings = settings or {}
+            return cluster_view(ctx.box, existing)
+        cluster = Cluster(name=name, kind=kind, region=region, private=private, version=version,
+                          url_enc=ctx.box.seal(url), settings=settings or {}, managed=managed)
+        s.add(cluster)
+        s.flush()
+        audit(s, ctx.actor, "cluster added",
+              detail=f"{name}: {kind} {version} in {region} ({'private' if private else 'shared'})")
+        return cluster_view(ctx.box, cluster)
+
+
+def list_clusters(ctx: Context) -> list[dict[str, object]]:
+    with ctx.store.session() as s:
+        return [cluster_view(ctx.box, c) for c in s.scalars(select(Cluster).order_by(Cluster.id))]

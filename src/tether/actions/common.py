@@ -1,0 +1,161 @@
+"""What every action needs: the context (store, secrets, who is asking), look-ups that turn names
+into rows with helpful errors, and the audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.crypto import SecretBox
+from tether.errors import NotFound, UserError
+from tether.lifecycle import State
+from tether.store.db import Store
+from tether.store.models import AuditEntry, Environment, Instance, Operation, Project, utcnow
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Context:
+    """Everything an action may touch. `actor` is the name of the token that asked."""
+
+    store: Store
+    box: SecretBox
+    data_dir: Path
+    actor: str = "system"
+    #: called after an action queued an operation, so the worker wakes at once
+    notify: Callable[[], None] = field(default=_nothing)
+    #: where Tether serves local media files, e.g. http://127.0.0.1:8070/media/
+    public_url: str = "http://127.0.0.1:8070/"
+
+    def as_actor(self, actor: str) -> Context:
+        return Context(self.store, self.box, self.data_dir, actor, self.notify, self.public_url)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def get_project(s: Session, name: str | None) -> Project:
+    """The project by name; with no name, the only project (SPEC: else the only project)."""
+    if name:
+        project = s.scalar(select(Project).where(Project.name == name))
+        if project is None:
+            raise NotFound(f"no project named {name!r}: see `tether project list`")
+        return project
+    projects = s.scalars(select(Project)).all()
+    if len(projects) == 1:
+        return projects[0]
+    if not projects:
+        raise UserError("there is no project yet: create one with `tether project create NAME`")
+    raise UserError(
+        "several projects exist: name one with -p/--project NAME or TETHER_PROJECT "
+        f"({', '.join(p.name for p in projects)})"
+    )
+
+
+def get_environment(s: Session, project: Project, name: str) -> Environment:
+    env = s.scalar(
+        select(Environment).where(Environment.project_id == project.id, Environment.name == name)
+    )
+    if env is None:
+        names = ", ".join(e.name for e in project.environments)
+        raise NotFound(f"project {project.name} has no environment {name!r}: it has {names}")
+    return env
+
+
+def live_instance(s: Session, env: Environment, prefix: str) -> Instance | None:
+    return s.scalar(
+        select(Instance).where(
+            Instance.environment_id == env.id,
+            Instance.prefix == prefix,
+            Instance.state != State.REMOVED.value,
+        )
+    )
+
+
+def latest_instance(s: Session, env: Environment, prefix: str) -> Instance | None:
+    """The live instance with this prefix, else the most recently removed one."""
+    found = live_instance(s, env, prefix)
+    if found is None:
+        found = s.scalar(
+            select(Instance)
+            .where(Instance.environment_id == env.id, Instance.prefix == prefix)
+            .order_by(Instance.id.desc())
+            .limit(1)
+        )
+    return found
+
+
+def audit(
+    s: Session,
+    actor: str,
+    action: str,
+    *,
+    environment_id: int | None = None,
+    instance: Instance | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    detail: str | None = None,
+) -> None:
+    s.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            environment_id=environment_id if instance is None else instance.environment_id,
+            instance_id=instance.id if instance is not None else None,
+            from_state=from_state,
+            to_state=to_state,
+            detail=detail,
+        )
+    )
+
+
+def change_state(s: Session, actor: str, action: str, instance: Instance, to: State,
+                 detail: str | None = None) -> None:
+    """Move an instance to `to` and record who asked (rule 7). No-op when already there."""
+    before = instance.state
+    if before == to.value:
+        return
+    instance.state = to.value
+    instance.updated_at = utcnow()
+    audit(s, actor, action, instance=instance, from_state=before, to_state=to.value,
+          detail=detail)
+
+
+def queue_operation(s: Session, ctx: Context, kind: str, env: Environment,
+                    instance: Instance | None = None, deployment_id: int | None = None) -> Operation:
+    op = Operation(
+        kind=kind,
+        environment_id=env.id,
+        instance_id=instance.id if instance else None,
+        deployment_id=deployment_id,
+        requested_by=ctx.actor,
+    )
+    s.add(op)
+    s.flush()
+    return op
+
+
+def operation_view(op: Operation) -> dict[str, object]:
+    return {
+        "id": op.id,
+        "kind": op.kind,
+        "status": op.status,
+        "environment_id": op.environment_id,
+        "instance_id": op.instance_id,
+        "deployment_id": op.deployment_id,
+        "message": op.message,
+        "error": op.error,
+        "requested_by": op.requested_by,
+        "created_at": iso(op.created_at),
+        "started_at": iso(op.started_at),
+        "finished_at": iso(op.finished_at),
+    }

@@ -1,0 +1,127 @@
+"""Projects and their environments."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tether import naming
+from tether.actions.common import Context, audit, get_project, iso
+from tether.errors import Conflict, UserError
+from tether.net import port_is_free
+from tether.store.models import Cluster, Environment, Project
+
+DEFAULT_ENVIRONMENTS = ("test", "live")
+ENV_PORTS = range(8100, 9000)
+
+
+def _free_env_port(s: Session) -> int:
+    used = set(s.scalars(select(Environment.port)))
+    for port in ENV_PORTS:
+        if port not in used and port_is_free(port):
+            return port
+    raise UserError("no free port left for a new environment address (8100-8999)")
+
+
+def environment_view(env: Environment) -> dict[str, object]:
+    return {
+        "id": env.id,
+        "name": env.name,
+        "port": env.port,
+        "url": f"http://127.0.0.1:{env.port}",
+        "current_release_id": env.current_release_id,
+    }
+
+
+def project_view(project: Project) -> dict[str, object]:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "region": project.region,
+        "app_command": project.app_command,
+        "app_dir": project.app_dir,
+        "health_path": project.health_path,
+        "health_timeout": project.health_timeout,
+        "created_at": iso(project.created_at),
+        "environments": [environment_view(e) for e in project.environments],
+    }
+
+
+def _add_environment(s: Session, ctx: Context, project: Project, name: str) -> Environment:
+    env = Environment(
+        project_id=project.id,
+        name=naming.check_environment_name(name),
+        port=_free_env_port(s),
+        secret_key_enc=ctx.box.seal(secrets.token_urlsafe(48)),
+    )
+    s.add(env)
+    s.flush()
+    audit(s, ctx.actor, "environment created", environment_id=env.id,
+          detail=f"{project.name}/{name}")
+    return env
+
+
+def create_project(
+    ctx: Context,
+    name: str,
+    region: str = "local",
+    app_command: str | None = None,
+    app_dir: str | None = None,
+    health_path: str = "/",
+    health_timeout: int = 30,
+) -> dict[str, object]:
+    naming.check_project_name(name)
+    if not health_path.startswith("/"):
+        raise UserError(f"invalid health path {health_path!r}: it must start with / (e.g. /health)")
+    if not 1 <= health_timeout <= 600:
+        raise UserError("invalid health timeout: use 1 to 600 seconds")
+    with ctx.store.session() as s:
+        regions = set(s.scalars(select(Cluster.region)))
+        if region not in regions:
+            known = ", ".join(sorted(regions)) or "none yet"
+            raise UserError(
+                f"unknown region {region!r}: regions with clusters are {known} "
+                f"(register one with `tether cluster add KIND --region {region} --url URL`)"
+            )
+        if s.scalar(select(Project).where(Project.name == name)):
+            raise Conflict(f"a project named {name} exists already: pick another name")
+        project = Project(name=name, region=region, app_command=app_command or None,
+                          app_dir=app_dir, health_path=health_path,
+                          health_timeout=health_timeout)
+        s.add(project)
+        s.flush()
+        for env_name in DEFAULT_ENVIRONMENTS:
+            _add_environment(s, ctx, project, env_name)
+        try:
+            s.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"a project named {name} exists already: pick another name") from exc
+        s.refresh(project)
+        return project_view(project)
+
+
+def list_projects(ctx: Context) -> list[dict[str, object]]:
+    with ctx.store.session() as s:
+        return [project_view(p) for p in s.scalars(select(Project).order_by(Project.name))]
+
+
+def show_project(ctx: Context, name: str | None) -> dict[str, object]:
+    with ctx.store.session() as s:
+        return project_view(get_project(s, name))
+
+
+def update_project(ctx: Context, name: str | None, app_command: str | None = None,
+                   health_path: str | None = None) -> dict[str, object]:
+    with ctx.store.session() as s:
+        project = get_project(s, name)
+        if app_command is not None:
+            project.app_command = app_command or None
+        if health_path is not None:
+            if not health_path.startswith("/"):
+                raise UserError(f"invalid health path {health_path!r}: it must start with /")
+            project.health_path = health_path
+        audit(s, ctx.actor, "project updated", detail=project.name)
+        return project_view(project)

@@ -1,0 +1,224 @@
+"""Service instances: add, provision, detach, attach, remove, list, show.
+
+Each action validates, asks `tether.lifecycle.decide`, and records the state change, the audit
+entry and (when work is needed) an operation, in one transaction. The engine does the work."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tether import catalog, lifecycle, naming
+from tether.actions.clusters import cluster_infos, safe_location
+from tether.actions.common import (
+    Context,
+    audit,
+    change_state,
+    get_environment,
+    get_project,
+    iso,
+    latest_instance,
+    live_instance,
+    operation_view,
+    queue_operation,
+)
+from tether.envvars import instance_var_names, service_vars
+from tether.errors import Conflict, NotFound, UserError
+from tether.lifecycle import Action, State
+from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Variable
+
+
+def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[dict[str, object]]:
+    with ctx.store.session() as s:
+        if region is None:
+            region = get_project(s, project).region
+        return [
+            {"service": o.service, "kind": o.kind, "version": o.version, "region": o.region,
+             "shared": o.shared, "private": o.private}
+            for o in catalog.offers(cluster_infos(s), region)
+        ]
+
+
+def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
+                  ) -> dict[str, object]:
+    state = State(inst.state)
+    cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
+    variables = service_vars(ctx.box, inst)
+    pending = s.scalar(
+        select(Operation).where(Operation.instance_id == inst.id,
+                                Operation.status.in_(("queued", "running")))
+        .order_by(Operation.id.desc()).limit(1)
+    )
+    return {
+        "id": inst.id,
+        "prefix": inst.prefix,
+        "service": inst.service,
+        "kind": inst.kind,
+        "state": inst.state,
+        "meaning": lifecycle.MEANING[state],
+        "functional": state in lifecycle.FUNCTIONAL,
+        "usable": state in lifecycle.USABLE,
+        "visibility": "private" if inst.private else "shared",
+        "cluster": None if cluster is None else {
+            "id": cluster.id, "name": cluster.name,
+            "location": safe_location(ctx.box.open(cluster.url_enc)),
+        },
+        "last_error": inst.last_error,
+        "variables": variables if reveal else {k: "********" for k in variables},
+        "operation": operation_view(pending) if pending else None,
+        "created_at": iso(inst.created_at),
+        "updated_at": iso(inst.updated_at),
+    }
+
+
+def _env(s: Session, project: str | None, env: str) -> Environment:
+    return get_environment(s, get_project(s, project), env)
+
+
+def _require(s: Session, env: Environment, prefix: str) -> Instance:
+    inst = latest_instance(s, env, naming.check_prefix(prefix))
+    if inst is None:
+        raise NotFound(f"no service with prefix {prefix} in {env.name}: "
+                       f"see `tether service list {env.name}`")
+    return inst
+
+
+def _refuse_unless(decision: lifecycle.Decision) -> None:
+    if not decision.allowed:
+        raise Conflict(decision.message)
+
+
+def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: str = "DEFAULT",
+        private: bool = False, provision: bool = False) -> dict[str, object]:
+    naming.check_prefix(prefix)
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        region = env.project.region
+        offer = catalog.resolve(cluster_infos(s), region, service, private)
+        custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
+        shadowed = custom & set(instance_var_names(
+            Instance(kind=offer.kind, prefix=prefix)))
+        if shadowed:
+            raise Conflict(f"the custom variable {', '.join(sorted(shadowed))} would shadow a "
+                           f"variable of {prefix}: unset it first or pick another prefix")
+        current = live_instance(s, env, prefix)
+        decision = lifecycle.decide(State(current.state) if current else None, Action.ADD,
+                                    prefix, env.name)
+        _refuse_unless(decision)
+        inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
+                        prefix=prefix, private=private, state=State.NEW.value)
+        s.add(inst)
+        try:
+            s.flush()
+        except IntegrityError as exc:  # a concurrent add of the same prefix
+            raise Conflict(f"{prefix} already exists in {env.name}: pick another prefix") from exc
+        audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
+              detail=f"{offer.service} ({'private' if private else 'shared'})")
+        op = _provision(s, ctx, env, inst) if provision else None
+        view = instance_view(s, ctx, inst)
+        view["operation"] = operation_view(op) if op else None
+    if op:
+        ctx.notify()
+    return view
+
+
+def _provision(s: Session, ctx: Context, env: Environment, inst: Instance) -> Operation | None:
+    decision = lifecycle.decide(State(inst.state), Action.PROVISION, inst.prefix, env.name)
+    _refuse_unless(decision)
+    if decision.operation is None:
+        return s.scalar(
+            select(Operation).where(Operation.instance_id == inst.id,
+                                    Operation.kind == "provision",
+                                    Operation.status.in_(("queued", "running")))
+        )
+    change_state(s, ctx.actor, "provision", inst, decision.target or State(inst.state))
+    return queue_operation(s, ctx, "provision", env, inst)
+
+
+def provision(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        inst = _require(s, env, prefix)
+        op = _provision(s, ctx, env, inst)
+        view = instance_view(s, ctx, inst)
+        view["operation"] = operation_view(op) if op else None
+    if op:
+        ctx.notify()
+    return view
+
+
+def _simple(ctx: Context, project: str | None, env_name: str, prefix: str,
+            action: Action) -> dict[str, object]:
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        inst = _require(s, env, prefix)
+        decision = lifecycle.decide(State(inst.state), action, prefix, env.name)
+        _refuse_unless(decision)
+        if decision.target is not None:
+            change_state(s, ctx.actor, action.value, inst, decision.target)
+        view = instance_view(s, ctx, inst)
+        view["message"] = decision.message
+        return view
+
+
+def detach(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
+    return _simple(ctx, project, env_name, prefix, Action.DETACH)
+
+
+def attach(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
+    return _simple(ctx, project, env_name, prefix, Action.ATTACH)
+
+
+def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
+           confirm: str | None) -> dict[str, object]:
+    """Rule 3: destructive, refused while attached, and only with the prefix typed again."""
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        inst = _require(s, env, prefix)
+        decision = lifecycle.decide(State(inst.state), Action.REMOVE, prefix, env.name)
+        _refuse_unless(decision)
+        if decision.operation is None:
+            view = instance_view(s, ctx, inst)
+            view["message"] = decision.message
+            return view
+        if confirm != prefix:
+            raise UserError(f"removing {prefix} deletes its data for good: confirm with "
+                            f"`--confirm {prefix}`")
+        op = s.scalar(select(Operation).where(Operation.instance_id == inst.id,
+                                              Operation.kind == "remove",
+                                              Operation.status.in_(("queued", "running"))))
+        if op is None:
+            op = queue_operation(s, ctx, "remove", env, inst)
+            audit(s, ctx.actor, "remove requested", instance=inst, from_state=inst.state,
+                  detail="data will be deleted for good")
+        view = instance_view(s, ctx, inst)
+        view["operation"] = operation_view(op)
+        view["message"] = decision.message
+    ctx.notify()
+    return view
+
+
+def list_instances(ctx: Context, project: str | None, env_name: str,
+                   include_removed: bool = False) -> list[dict[str, object]]:
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        q = select(Instance).where(Instance.environment_id == env.id).order_by(Instance.id)
+        if not include_removed:
+            q = q.where(Instance.state != State.REMOVED.value)
+        return [instance_view(s, ctx, i) for i in s.scalars(q)]
+
+
+def show(ctx: Context, project: str | None, env_name: str, prefix: str,
+         reveal: bool = False) -> dict[str, object]:
+    with ctx.store.session() as s:
+        env = _env(s, project, env_name)
+        inst = _require(s, env, prefix)
+        view = instance_view(s, ctx, inst, reveal=reveal)
+        view["history"] = [
+            {"at": iso(a.at), "actor": a.actor, "action": a.action, "from": a.from_state,
+             "to": a.to_state, "detail": a.detail}
+            for a in s.scalars(select(AuditEntry).where(AuditEntry.instance_id == inst.id)
+                               .order_by(AuditEntry.id))
+        ]
+        return view

@@ -162,6 +162,21 @@ def deploy_target(state: State, *, succeeded: bool) -> State:
     }.get(state, state)
 
 
+def settle(state: State, *, in_release: bool) -> State:
+    """Level-triggered settling after a successful deployment: compare what the new release
+    really has (`in_release`: it got the instance's variables) with the state observed now.
+
+    A state changed by the user while the deployment ran is settled by what the release really
+    got: e.g. an instance detached mid-deploy whose variables the release has stays
+    `pending detachment`; one re-attached mid-deploy whose variables it lacks becomes
+    `pending attachment`."""
+    if state in (State.ATTACHED, State.PENDING_ATTACHMENT):
+        return State.ATTACHED if in_release else State.PENDING_ATTACHMENT
+    if state is State.PENDING_DETACHMENT:
+        return State.PENDING_DETACHMENT if in_release else State.DETACHED
+    return state
+
+
 def after_provision(state: State, *, succeeded: bool) -> State:
     """Where a provision ends: functional, or back to `new` with the error recorded (rule 5)."""
     if state not in (State.NEW, State.PROVISIONING):

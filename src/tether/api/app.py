@@ -1,0 +1,205 @@
+"""The REST API (`/api/v1`). Routes are thin: they parse, authenticate and call `tether.actions`;
+no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {code, message}}`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from tether import __version__
+from tether.actions import clusters, deployments, projects, services, variables
+from tether.actions.common import Context
+from tether.api.auth import actor_for
+from tether.errors import TetherError, UserError
+
+FINISHED = ("succeeded", "failed")
+
+
+class ProjectIn(BaseModel):
+    name: str = Field(examples=["shop"])
+    region: str = "local"
+    app_command: str | None = Field(default=None, examples=["python app.py"])
+    app_dir: str | None = None
+    health_path: str = "/"
+    health_timeout: int = 30
+
+
+class ProjectPatch(BaseModel):
+    app_command: str | None = None
+    health_path: str | None = None
+
+
+class ServiceIn(BaseModel):
+    service: str = Field(examples=["postgres-18"])
+    prefix: str = "DEFAULT"
+    private: bool = False
+    provision: bool = False
+
+
+class VariableIn(BaseModel):
+    value: str
+
+
+class ClusterIn(BaseModel):
+    kind: str = Field(examples=["postgres"])
+    region: str = Field(examples=["local"])
+    url: str = Field(examples=["postgres://admin:PASSWORD@db.example.com:5432/postgres"])
+    private: bool = False
+    name: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+def create_app(base: Context, media_dir: Path | None = None) -> FastAPI:
+    app = FastAPI(title="Tether", version=__version__,
+                  description="Backing services for your applications: REST API. Every call "
+                              "needs `Authorization: Bearer TOKEN`.",
+                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+
+    @app.exception_handler(TetherError)
+    async def _tether_error(_: Request, exc: TetherError) -> JSONResponse:
+        status = exc.status if isinstance(exc, UserError) else 500
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = ["/".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()]
+        return JSONResponse({"error": {"code": "bad_request",
+                                       "message": "invalid request: " + "; ".join(parts)}}, 422)
+
+    async def context(authorization: Annotated[str | None, Header()] = None) -> Context:
+        actor = await run_in_threadpool(actor_for, base.store, authorization)
+        return base.as_actor(actor)
+
+    Ctx = Annotated[Context, Depends(context)]
+    api = APIRouter(prefix="/api/v1")
+    env_path = "/projects/{project}/environments/{env}"
+
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    @api.get("/status", tags=["meta"])
+    async def status(ctx: Ctx) -> dict[str, Any]:
+        return {"version": __version__, "actor": ctx.actor}
+
+    @api.get("/projects", tags=["projects"])
+    async def list_projects(ctx: Ctx) -> list[dict[str, Any]]:
+        return await call(projects.list_projects, ctx)
+
+    @api.post("/projects", status_code=201, tags=["projects"])
+    async def create_project(ctx: Ctx, body: ProjectIn) -> dict[str, Any]:
+        return await call(projects.create_project, ctx, body.name, body.region,
+                          body.app_command, body.app_dir, body.health_path, body.health_timeout)
+
+    @api.get("/projects/{project}", tags=["projects"])
+    async def show_project(ctx: Ctx, project: str) -> dict[str, Any]:
+        return await call(projects.show_project, ctx, project)
+
+    @api.patch("/projects/{project}", tags=["projects"])
+    async def update_project(ctx: Ctx, project: str, body: ProjectPatch) -> dict[str, Any]:
+        return await call(projects.update_project, ctx, project, body.app_command,
+                          body.health_path)
+
+    @api.get(env_path + "/variables", tags=["variables"])
+    async def list_variables(ctx: Ctx, project: str, env: str,
+                             all: bool = False) -> list[dict[str, Any]]:
+        return await call(variables.list_variables, ctx, project, env, all)
+
+    @api.put(env_path + "/variables/{name}", tags=["variables"])
+    async def set_variable(ctx: Ctx, project: str, env: str, name: str,
+                           body: VariableIn) -> dict[str, Any]:
+        return await call(variables.set_variable, ctx, project, env, name, body.value)
+
+    @api.delete(env_path + "/variables/{name}", tags=["variables"])
+    async def unset_variable(ctx: Ctx, project: str, env: str, name: str) -> dict[str, Any]:
+        return await call(variables.unset_variable, ctx, project, env, name)
+
+    @api.get("/catalog", tags=["services"])
+    async def catalog(ctx: Ctx, region: str | None = None,
+                      project: str | None = None) -> list[dict[str, Any]]:
+        return await call(services.catalog_view, ctx, region, project)
+
+    @api.get(env_path + "/services", tags=["services"])
+    async def list_services(ctx: Ctx, project: str, env: str,
+                            removed: bool = False) -> list[dict[str, Any]]:
+        return await call(services.list_instances, ctx, project, env, removed)
+
+    @api.post(env_path + "/services", status_code=201, tags=["services"])
+    async def add_service(ctx: Ctx, project: str, env: str, body: ServiceIn) -> dict[str, Any]:
+        return await call(services.add, ctx, project, env, body.service, body.prefix,
+                          body.private, body.provision)
+
+    @api.get(env_path + "/services/{prefix}", tags=["services"])
+    async def show_service(ctx: Ctx, project: str, env: str, prefix: str,
+                           reveal: bool = False) -> dict[str, Any]:
+        return await call(services.show, ctx, project, env, prefix, reveal)
+
+    @api.post(env_path + "/services/{prefix}/provision", tags=["services"])
+    async def provision(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+        return await call(services.provision, ctx, project, env, prefix)
+
+    @api.post(env_path + "/services/{prefix}/detach", tags=["services"])
+    async def detach(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+        return await call(services.detach, ctx, project, env, prefix)
+
+    @api.post(env_path + "/services/{prefix}/attach", tags=["services"])
+    async def attach(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+        return await call(services.attach, ctx, project, env, prefix)
+
+    @api.delete(env_path + "/services/{prefix}", tags=["services"])
+    async def remove(ctx: Ctx, project: str, env: str, prefix: str,
+                     confirm: str | None = None) -> dict[str, Any]:
+        return await call(services.remove, ctx, project, env, prefix, confirm)
+
+    @api.post(env_path + "/deployments", status_code=201, tags=["deployments"])
+    async def deploy(ctx: Ctx, project: str, env: str) -> dict[str, Any]:
+        return await call(deployments.deploy, ctx, project, env)
+
+    @api.get(env_path + "/deployments", tags=["deployments"])
+    async def list_deployments(ctx: Ctx, project: str, env: str,
+                               limit: int = 20) -> list[dict[str, Any]]:
+        return await call(deployments.list_deployments, ctx, project, env, limit)
+
+    @api.get("/deployments/{deployment_id}", tags=["deployments"])
+    async def get_deployment(ctx: Ctx, deployment_id: int,
+                             logs_after: int = 0) -> dict[str, Any]:
+        return await call(deployments.get_deployment, ctx, deployment_id, logs_after)
+
+    @api.get("/operations/{operation_id}", tags=["operations"])
+    async def get_operation(ctx: Ctx, operation_id: int,
+                            wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
+        """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
+        deadline = time.monotonic() + wait
+        while True:
+            op = await call(deployments.get_operation, ctx, operation_id)
+            if op["status"] in FINISHED or time.monotonic() >= deadline:
+                return op
+            await asyncio.sleep(0.01)
+
+    @api.get("/clusters", tags=["clusters"])
+    async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:
+        return await call(clusters.list_clusters, ctx)
+
+    @api.post("/clusters", status_code=201, tags=["clusters"])
+    async def add_cluster(ctx: Ctx, body: ClusterIn) -> dict[str, Any]:
+        return await call(clusters.add_cluster, ctx, body.kind, body.region, body.url,
+                          body.private, body.name, body.settings)
+
+    app.include_router(api)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if media_dir is not None:
+        media_dir.mkdir(parents=True, exist_ok=True)
+        app.mount("/media", StaticFiles(directory=media_dir), name="media")
+    return app

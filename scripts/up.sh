@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The first of the README's two commands: install Tether and start it on its embedded default
+# (API + worker + embedded PostgreSQL + local media). Extra arguments go to `tether up`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+exec .venv/bin/tether up "$@"

@@ -120,5 +120,5 @@ def test_provision_outcomes(state: State) -> None:
 
 def test_meaning_for_every_state() -> None:
     assert set(lifecycle.MEANING) == set(State)
-    assert lifecycle.FUNCTIONAL == {PA, AT, PD, DE}
-    assert lifecycle.USABLE == {AT, PD}
+    assert {PA, AT, PD, DE} == lifecycle.FUNCTIONAL
+    assert {AT, PD} == lifecycle.USABLE

@@ -150,9 +150,12 @@ class ProxyApp:
                 await self._reply(send, 503, msg)
                 return
             try:
-                url = httpx.URL(scheme="http", host="127.0.0.1", port=upstream.port, raw_path=target)
-                request = self.host.client.build_request(method, url, headers=headers, content=body)
-                response = await self.host.client.send(request, stream=True)
+                client = self.host.client
+                url = httpx.URL(
+                    scheme="http", host="127.0.0.1", port=upstream.port, raw_path=target
+                )
+                request = client.build_request(method, url, headers=headers, content=body)
+                response = await client.send(request, stream=True)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 # Nothing was answered. A refused connect is always safe to retry; a stale
                 # pooled connection only for idempotent methods.

@@ -1,0 +1,209 @@
+"""The whole story through the real CLI against a real `tether up`: projects, PostgreSQL and
+media services under prefixes, provisioning in advance, deploys of a real app, a failing deploy
+that changes nothing, detach, remove, restart — and no failed request at the stable address."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Tether
+
+pytestmark = pytest.mark.e2e
+
+APP = f"{sys.executable} examples/hello/app.py"
+
+
+class Poller(threading.Thread):
+    """A client polling the environment's stable address; every failure is kept."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop_at = time.monotonic() + 300  # bounded even if a test forgets to stop it
+        self.failures: list[str] = []
+        self.count = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._halt.is_set() and time.monotonic() < self.stop_at:
+                try:
+                    r = client.get(self.url + "/health")
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.count += 1
+                time.sleep(0.01)
+
+    def finish(self) -> None:
+        self._halt.set()
+        self.join(15)
+
+
+def states(t: Tether, env: str) -> dict[str, str]:
+    return {i["prefix"]: i["state"] for i in t.ok("service", "list", env, "--json").json()}
+
+
+def app_status(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/status.json", timeout=10).json()
+
+
+def env_url(t: Tether, project: str, env: str) -> str:
+    shown = t.ok("project", "show", "-p", project, "--json").json()
+    return next(e["url"] for e in shown["environments"] if e["name"] == env)
+
+
+def test_requests_without_a_token_are_refused(tether: Tether) -> None:
+    assert httpx.get(tether.url + "/api/v1/projects").status_code == 401
+    bad = httpx.get(tether.url + "/api/v1/projects", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    good = httpx.get(tether.url + "/api/v1/projects",
+                     headers={"Authorization": f"Bearer {tether.token()}"})
+    assert good.status_code == 200
+    assert "/api/v1/projects" in httpx.get(tether.url + "/api/v1/openapi.json").json()["paths"]
+
+
+def test_the_whole_story(tether: Tether) -> None:
+    t = tether
+    t.ok("project", "create", "shop", "--app-command", APP, "--health-path", "/health",
+         "--app-dir", str(Path.cwd()))
+    catalog = {o["service"] for o in t.ok("service", "catalog", "--json").json()}
+    assert {"local-media"} <= catalog and any(s.startswith("postgres-") for s in catalog)
+
+    # bad input is refused with exit 2 and a fix
+    bad = t.cli("service", "add", "test", "postgres", "--prefix", "lower")
+    assert bad.code == 2 and "upper-case" in (bad.out + bad.err)
+    bad = t.cli("service", "add", "test", "mysql-10")
+    assert bad.code == 2 and "not offered" in (bad.out + bad.err)
+
+    # DEFAULT provisioned in advance and filled before the app sees it
+    added = t.ok("service", "add", "test", "postgres", "--provision", "--json").json()
+    assert added["state"] == "pending attachment"
+    t.ok("service", "add", "test", "postgres", "--prefix", "ANALYTICS")
+    t.ok("service", "add", "test", "local-media", "--prefix", "MEDIA")
+    dsn = t.ok("project", "env-vars", "-e", "test", "--all", "--get",
+               "DEFAULT_DATABASE_DSN").out.strip()
+    assert dsn.startswith("postgres://")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE filled_in_advance (x int)")
+        conn.execute("INSERT INTO filled_in_advance VALUES (42)")
+
+    deployed = t.cli("deploy", "test")
+    assert deployed.code == 0, deployed.out + deployed.err
+    assert states(t, "test") == {"DEFAULT": "attached", "ANALYTICS": "attached",
+                                 "MEDIA": "attached"}
+    url = env_url(t, "shop", "test")
+    status = app_status(url)
+    assert status["stage"] == "test"
+    assert status["services"]["DEFAULT_DATABASE_DSN"]["ok"]
+    assert "filled_in_advance" in status["services"]["DEFAULT_DATABASE_DSN"]["tables"]
+    assert status["services"]["ANALYTICS_DATABASE_DSN"]["ok"]
+    assert status["services"]["MEDIA_STORAGE_DSN"]["ok"]
+    env_vars = {v["name"]: v for v in t.ok("project", "env-vars", "-e", "test", "--all",
+                                            "--json").json()}
+    assert env_vars["DEFAULT_DATABASE_DSN"]["in_running_release"]
+    assert env_vars["DEFAULT_DATABASE_DSN"]["state"] == "attached"
+    assert env_vars["MEDIA_STORAGE_DSN"]["value"].startswith("file:///")
+
+    # remove while attached: refused, exit 2, with the way out
+    refused = t.cli("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT")
+    assert refused.code == 2
+    assert "detach it and deploy" in refused.out + refused.err
+
+    # the app now crashes without DEFAULT_DATABASE_DSN: detach DEFAULT, deploy -> it fails,
+    # nothing changes, the old release keeps answering (and no request fails meanwhile)
+    t.ok("project", "env-vars", "-e", "test", "--set", "REQUIRED_VARIABLES",
+         "DEFAULT_DATABASE_DSN")
+    t.ok("service", "detach", "test", "DEFAULT")
+    poller = Poller(url)
+    poller.start()
+    failed = t.cli("deploy", "test")
+    time.sleep(0.3)
+    poller.finish()
+    assert failed.code == 1, failed.out + failed.err
+    assert poller.count > 10 and poller.failures == []
+    assert states(t, "test")["DEFAULT"] == "pending detachment"
+    assert app_status(url)["services"]["DEFAULT_DATABASE_DSN"]["ok"]
+    last = t.ok("deployments", "test", "--json").json()[0]
+    assert last["success"] is False and "exited" in last["error"]
+
+    # a successful deploy while a client polls: zero failed requests
+    t.ok("project", "env-vars", "-e", "test", "--unset", "REQUIRED_VARIABLES")
+    poller = Poller(url)
+    poller.start()
+    t.ok("deploy", "test")
+    time.sleep(0.3)
+    poller.finish()
+    assert poller.count > 10 and poller.failures == []
+    assert states(t, "test")["DEFAULT"] == "detached"
+    assert "DEFAULT_DATABASE_DSN" not in app_status(url)["services"]
+
+    # remove: needs the typed prefix, then the database is really gone
+    assert t.cli("service", "remove", "test", "DEFAULT").code == 2
+    t.ok("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT")
+    assert states(t, "test").get("DEFAULT") is None
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5).close()
+    history = t.ok("service", "show", "test", "DEFAULT", "--json").json()["history"]
+    assert [h["to"] for h in history if h["to"]][-1] == "removed"
+    assert all(h["actor"] for h in history)
+
+    # the release comes back after tether up restarts
+    t.stop()
+    t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    assert app_status(url)["services"]["ANALYTICS_DATABASE_DSN"]["ok"]
+
+
+def test_private_postgres_gets_its_own_server(tether: Tether) -> None:
+    t = tether
+    t.ok("project", "create", "private-shop")
+    added = t.ok("service", "add", "test", "postgres", "--prefix", "OWN",
+                 "--private", "--provision", "-p", "private-shop", "--json").json()
+    assert added["state"] == "pending attachment"
+    assert added["visibility"] == "private"
+    dsn = t.ok("project", "env-vars", "-p", "private-shop", "-e", "test", "--all", "--get",
+               "OWN_DATABASE_DSN").out.strip()
+    shared = t.ok("cluster", "list", "--json").json()
+    local_pg = next(c for c in shared if c["name"] == "local-postgres")
+    assert f":{local_pg['location'].split(':')[1]}/" not in dsn  # its own port
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    private_dir = t.data_dir / "private" / f"tether_i{added['id']}"
+    assert private_dir.exists()
+    t.ok("service", "remove", "test", "OWN", "--confirm", "OWN", "-p", "private-shop")
+    assert not private_dir.exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5).close()
+
+
+def test_no_wait_returns_the_operation(tether: Tether) -> None:
+    t = tether
+    t.ok("project", "create", "nowait")
+    out = t.ok("service", "add", "test", "postgres", "--provision", "--no-wait", "--json",
+               "-p", "nowait").json()
+    assert out["operation"]["id"] > 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = t.ok("service", "show", "test", "DEFAULT", "-p", "nowait", "--json").json()
+        if shown["state"] == "pending attachment":
+            break
+        time.sleep(0.1)
+    assert shown["state"] == "pending attachment"
+    t.ok("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT", "-p", "nowait")

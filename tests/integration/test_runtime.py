@@ -1,0 +1,313 @@
+"""The local process runtime with real processes: health checks, failed starts, the stable
+address switching with zero failed requests, draining, and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.errors import UserError
+from tether.net import free_port
+from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec, RunningRelease
+
+pytestmark = pytest.mark.integration
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "app.py"
+
+# A tiny app: "/" names its VERSION, "/slow" takes a second, "/health" answers HEALTH (200).
+TINY_APP = textwrap.dedent(
+    """
+    import os, sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/health":
+                code, text = int(os.environ.get("HEALTH", "200")), "health"
+            elif self.path == "/slow":
+                time.sleep(1)
+                code, text = 200, "slow " + os.environ["VERSION"]
+            else:
+                code, text = 200, "version " + os.environ["VERSION"]
+            body = text.encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    if os.environ.get("EXIT_AT_START"):
+        print("starting version", os.environ["VERSION"])
+        print("boom: missing configuration", file=sys.stderr)
+        sys.exit(int(os.environ["EXIT_AT_START"]))
+    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+    server.daemon_threads = True
+    server.request_queue_size = 64
+    print("tiny app", os.environ["VERSION"], "on", os.environ["PORT"], flush=True)
+    server.serve_forever()
+    """
+)
+
+
+@pytest.fixture
+def runtime() -> Iterator[ProcessRuntime]:
+    rt = ProcessRuntime()
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_APP)
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(path))}"
+
+
+def tiny_spec(command: str, release_id: int, key: str = "shop/test", **env: str) -> ReleaseSpec:
+    return ReleaseSpec(
+        release_id=release_id,
+        environment_key=key,
+        command=command,
+        env={"VERSION": str(release_id), **env},
+        health_path="/health",
+        health_timeout=10,
+    )
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie awaiting its reaper has ended: it counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def gone(pgid: int) -> bool:
+    """True once no live process of the group `pgid` is left (Linux: reads /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return False
+    return True
+
+
+class Poller:
+    """Polls the stable address continuously from a thread, recording every answer."""
+
+    def __init__(self, url: str, path: str = "/") -> None:
+        self.url, self.path = url, path
+        self.answers: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as client:
+            while not self._stop.is_set() and len(self.answers) < 3000:
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    r = client.get(self.path)
+                    self.answers.append((r.status_code, r.text))
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(self.answers) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def test_hello_app_serves_at_the_stable_address(runtime: ProcessRuntime) -> None:
+    lines: list[str] = []
+    url = runtime.ensure_address("shop/test", free_port())
+    assert runtime.ensure_address("shop/test", int(url.rsplit(":", 1)[1])) == url  # idempotent
+
+    answer = httpx.get(url + "/", trust_env=False)
+    assert answer.status_code == 503
+    assert "no release of shop/test is running yet: deploy it" in answer.text
+
+    spec = ReleaseSpec(
+        release_id=1,
+        environment_key="shop/test",
+        command=f"{shlex.quote(sys.executable)} {shlex.quote(str(HELLO))}",
+        env={"STAGE": "test", "REQUIRED_VARIABLES": "STAGE"},
+        health_path="/health",
+        log=lines.append,
+    )
+    release = runtime.start(spec)
+    assert release.pid > 0 and release.port > 0
+    assert runtime.current("shop/test") is None  # healthy, but no traffic before the switch
+    assert runtime.switch("shop/test", release) is None
+    assert runtime.current("shop/test") is release
+
+    status = httpx.get(url + "/status.json", trust_env=False)
+    assert status.status_code == 200
+    assert status.json() == {"stage": "test", "services": {}}
+    assert f"hello app listening on {release.port}, stage test" in lines
+    page = httpx.get(url + "/?x=1", trust_env=False)
+    assert page.status_code == 200 and "stage: <b>test</b>" in page.text
+
+
+def test_port_taken_by_another_program_is_a_user_error(runtime: ProcessRuntime) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(UserError, match="taken"):
+            runtime.ensure_address("shop/test", other.getsockname()[1])
+
+
+def test_failed_starts_keep_the_previous_release_serving(
+    runtime: ProcessRuntime, tiny: str
+) -> None:
+    url = runtime.ensure_address("shop/test", free_port())
+    first = runtime.start(tiny_spec(tiny, 1))
+    runtime.switch("shop/test", first)
+
+    lines: list[str] = []
+    crashing = tiny_spec(tiny, 2, EXIT_AT_START="3")
+    crashing.log = lines.append
+    with pytest.raises(ReleaseFailed, match="exited with code 3 before becoming healthy"):
+        runtime.start(crashing)
+    assert "starting version 2" in lines
+    assert "boom: missing configuration" in lines
+
+    sick = tiny_spec(tiny, 3, HEALTH="500")
+    sick.health_timeout = 1.0
+    started = time.monotonic()
+    with pytest.raises(ReleaseFailed, match=r"not healthy after 1 s: GET /health answered 500"):
+        runtime.start(sick)
+    assert time.monotonic() - started < 5
+
+    silent = ReleaseSpec(4, "shop/test", "sleep 30", {}, health_timeout=0.5)
+    with pytest.raises(ReleaseFailed, match="nothing listens on port"):
+        runtime.start(silent)
+
+    assert runtime.current("shop/test") is first
+    assert httpx.get(url, trust_env=False).text == "version 1"
+
+
+def test_zero_failed_requests_during_switch_and_failed_deploys(
+    runtime: ProcessRuntime, tiny: str
+) -> None:
+    url = runtime.ensure_address("shop/live", free_port())
+    old = runtime.start(tiny_spec(tiny, 1, key="shop/live"))
+    runtime.switch("shop/live", old)
+
+    with Poller(url) as poller:
+        poller.wait_for(20)
+        new = runtime.start(tiny_spec(tiny, 2, key="shop/live"))
+        previous = runtime.switch("shop/live", new)
+        assert previous is old
+        switched_at = len(poller.answers)
+        runtime.stop(old)
+        assert gone(old.pid)
+        poller.wait_for(len(poller.answers) + 20)
+
+        with pytest.raises(ReleaseFailed):
+            runtime.start(tiny_spec(tiny, 3, key="shop/live", EXIT_AT_START="1"))
+        with pytest.raises(ReleaseFailed):
+            sick = tiny_spec(tiny, 4, key="shop/live", HEALTH="503")
+            sick.health_timeout = 0.5
+            runtime.start(sick)
+        poller.wait_for(len(poller.answers) + 20)
+
+    assert poller.errors == []
+    assert len(poller.answers) >= 60
+    assert {code for code, _ in poller.answers} == {200}
+    bodies = [text for _, text in poller.answers]
+    assert set(bodies) == {"version 1", "version 2"}
+    first_new = bodies.index("version 2")
+    assert first_new <= switched_at  # requests after the switch reach the new release...
+    assert "version 1" not in bodies[first_new:]  # ...and never the old one again
+
+
+def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> None:
+    url = runtime.ensure_address("shop/test", free_port())
+    old = runtime.start(tiny_spec(tiny, 1))
+    runtime.switch("shop/test", old)
+
+    result: dict[str, httpx.Response] = {}
+    slow = threading.Thread(
+        target=lambda: result.update(r=httpx.get(url + "/slow", timeout=10, trust_env=False))
+    )
+    slow.start()
+    time.sleep(0.3)  # the slow request is now in flight at the old release
+
+    new = runtime.start(tiny_spec(tiny, 2))
+    runtime.switch("shop/test", new)
+    started = time.monotonic()
+    runtime.stop(old)
+    assert time.monotonic() - started >= 0.2  # it waited for the request
+    slow.join(timeout=10)
+    assert result["r"].status_code == 200
+    assert result["r"].text == "slow 1"
+    assert gone(old.pid)
+    runtime.stop(old)  # idempotent
+    assert httpx.get(url, trust_env=False).text == "version 2"
+
+
+def test_current_release_dying_answers_502(runtime: ProcessRuntime, tiny: str) -> None:
+    url = runtime.ensure_address("shop/test", free_port())
+    release = runtime.start(tiny_spec(tiny, 7))
+    runtime.switch("shop/test", release)
+    os.killpg(release.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while release.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    answer = httpx.get(url, trust_env=False)
+    assert answer.status_code == 502
+    assert "release 7 of shop/test is not running" in answer.text
+    assert "SIGKILL" in answer.text
+
+
+def test_shutdown_leaves_no_process_behind(tmp_path: Path, tiny: str) -> None:
+    runtime = ProcessRuntime()
+    try:
+        url = runtime.ensure_address("shop/test", free_port())
+        # A command with a background child: the whole process group must go.
+        pidfile = tmp_path / "child.pid"
+        family = ReleaseSpec(
+            1, "shop/test", f"sleep 60 & echo $! > {shlex.quote(str(pidfile))}; exec {tiny}",
+            {"VERSION": "1"}, health_path="/health",
+        )
+        current = runtime.start(family)
+        runtime.switch("shop/test", current)
+        spare = runtime.start(tiny_spec(tiny, 2))  # started, never switched to
+        assert httpx.get(url, trust_env=False).text == "version 1"
+        child = int(pidfile.read_text())
+    finally:
+        runtime.shutdown()
+    releases: list[RunningRelease] = [current, spare]
+    assert all(gone(r.pid) for r in releases)
+    assert not alive(child)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, trust_env=False)

@@ -24,8 +24,16 @@ except ImportError:  # pragma: no cover - depends on the app's environment
     psycopg = None  # type: ignore[assignment]
 
 SUFFIXES = ("_DATABASE_DSN", "_STORAGE_DSN", "_ELASTICSEARCH_DSN", "_AMQP_BROKER_URL")
-DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "mysql": 3306, "amqp": 5672,
-                 "https": 443, "http": 80, "s3": 443, "az": 443}
+DEFAULT_PORTS = {
+    "postgres": 5432,
+    "postgresql": 5432,
+    "mysql": 3306,
+    "amqp": 5672,
+    "https": 443,
+    "http": 80,
+    "s3": 443,
+    "az": 443,
+}
 
 
 def mask(dsn: str) -> str:

@@ -246,8 +246,10 @@ def test_zero_failed_requests_during_switch_and_failed_deploys(
     bodies = [text for _, text in poller.answers]
     assert set(bodies) == {"version 1", "version 2"}
     first_new = bodies.index("version 2")
-    assert first_new <= switched_at  # requests after the switch reach the new release...
-    assert "version 1" not in bodies[first_new:]  # ...and never the old one again
+    # the request in flight at the switch may still be answered by the old release; the next
+    # ones all reach the new release, and never the old one again
+    assert first_new <= switched_at + 1
+    assert "version 1" not in bodies[first_new:]
 
 
 def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> None:
@@ -296,8 +298,11 @@ def test_shutdown_leaves_no_process_behind(tmp_path: Path, tiny: str) -> None:
         # A command with a background child: the whole process group must go.
         pidfile = tmp_path / "child.pid"
         family = ReleaseSpec(
-            1, "shop/test", f"sleep 60 & echo $! > {shlex.quote(str(pidfile))}; exec {tiny}",
-            {"VERSION": "1"}, health_path="/health",
+            1,
+            "shop/test",
+            f"sleep 60 & echo $! > {shlex.quote(str(pidfile))}; exec {tiny}",
+            {"VERSION": "1"},
+            health_path="/health",
         )
         current = runtime.start(family)
         runtime.switch("shop/test", current)

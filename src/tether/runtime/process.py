@@ -256,9 +256,7 @@ class ProcessRuntime:
                     raise ReleaseFailed(f"{_describe_exit(code)} before becoming healthy")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ReleaseFailed(
-                        f"not healthy after {spec.health_timeout:g} s: {last}"
-                    )
+                    raise ReleaseFailed(f"not healthy after {spec.health_timeout:g} s: {last}")
                 try:
                     answer = client.get(url, timeout=max(0.1, min(5.0, remaining)))
                 except httpx.ConnectError:

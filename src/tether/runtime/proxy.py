@@ -234,9 +234,7 @@ class ProxyHost:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="tether-proxy", daemon=True
-                )
+                thread = threading.Thread(target=loop.run_forever, name="tether-proxy", daemon=True)
                 thread.start()
                 # No read timeout by default: a slow page is the app's business, and `stop`
                 # bounds how long a release may keep a request.

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tether import catalog, lifecycle, naming
 from tether.actions.clusters import cluster_spec
@@ -22,6 +23,7 @@ from tether.errors import ClusterError, OperationError, TetherError
 from tether.lifecycle import Action, State
 from tether.net import free_port
 from tether.pgserver import EmbeddedPostgres
+from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PrivatePostgresServers
 from tether.providers.registry import get_provider
 from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec
@@ -131,7 +133,7 @@ class Engine:
         assert op.instance_id is not None
         return self.provision_instance(op.instance_id, op.requested_by)
 
-    def _choose_cluster(self, s, inst: Instance, region: str) -> Cluster:  # type: ignore[no-untyped-def]
+    def _choose_cluster(self, s: Session, inst: Instance, region: str) -> Cluster:
         """The cluster an instance lives on: the first shared cluster of its service, or for
         `--private` a free registered private cluster, else a dedicated server run by Tether."""
         clusters = s.scalars(select(Cluster).where(Cluster.kind == inst.kind,
@@ -152,13 +154,18 @@ class Engine:
         if inst.kind not in catalog.SPAWNABLE_PRIVATE:
             raise OperationError(f"no free private {inst.kind} cluster in region {region}: "
                                  "register one with `tether cluster add ... --private`")
+        embedded = EmbeddedPostgres.version()
+        if catalog.service_name(inst.kind, embedded) != inst.service:
+            raise OperationError(f"Tether runs private servers of {inst.kind} {embedded}, not "
+                                 f"{inst.service}: register a private {inst.service} cluster "
+                                 "with `tether cluster add ... --private`")
         names = naming.resource_names(inst.id)
         port = free_port()
         password = secrets.token_urlsafe(24)
         url = naming.database_dsn("postgres", "postgres", password, "127.0.0.1", port,
                                   "postgres")
         cluster = Cluster(name=f"private-{names.base}", kind=inst.kind, region=region,
-                          private=True, version=EmbeddedPostgres.version(),
+                          private=True, version=embedded,
                           url_enc=self.box.seal(url), settings={"port": port, "spawned": True},
                           managed=True, owner_instance_id=inst.id)
         s.add(cluster)
@@ -208,7 +215,7 @@ class Engine:
                          lifecycle.after_provision(State(inst.state), succeeded=True))
         return f"{prefix} is provisioned"
 
-    def _undo_provision(self, instance_id: int, kind: str, spec, spawned: bool,  # type: ignore[no-untyped-def]
+    def _undo_provision(self, instance_id: int, kind: str, spec: ClusterSpec, spawned: bool,
                         actor: str, reason: str) -> None:
         names = naming.resource_names(instance_id)
         try:

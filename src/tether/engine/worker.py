@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select, update
 
-from tether.engine.redact import redact
 from tether.errors import TetherError
+from tether.redact import redact
 from tether.store.db import Store
 from tether.store.models import Operation, utcnow
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -25,20 +24,13 @@ from tether import naming
 from tether.errors import ClusterError
 from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.redact import redact
 
 log = logging.getLogger("tether.providers.postgres")
 
 CONNECT_TIMEOUT = 5
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use postgres://USER:PASSWORD@HOST:PORT/postgres"
-
-
-def _redact(text: str, secrets: tuple[str | None, ...]) -> str:
-    """Belt and braces: drivers' messages should never echo secrets, but make sure of it."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
-    return re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", text)
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -70,7 +62,7 @@ class _Target:
 def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> ClusterError:
     """Turn a connection failure into a message that says what to fix (and holds no secret)."""
     raw = str(exc)
-    detail = _redact(raw.strip().splitlines()[-1] if raw.strip() else type(exc).__name__,
+    detail = redact(raw.strip().splitlines()[-1] if raw.strip() else type(exc).__name__,
                      (target.password, cluster.url))
     low = raw.lower()
     if "password authentication failed" in low or "authentication failed" in low:
@@ -102,7 +94,7 @@ def _sql_error(exc: psycopg.Error, secrets: tuple[str | None, ...]) -> str:
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None and diag.message_primary else None) or str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return _redact(first, secrets)
+    return redact(first, secrets)
 
 
 class PostgresProvider:
@@ -180,7 +172,7 @@ class PostgresProvider:
                         self.deprovision(cluster, names)
                     except Exception as cleanup_exc:  # recorded; a retry converges
                         failure += (" (clean-up also failed: "
-                                    f"{_redact(str(cleanup_exc), secrets)})")
+                                    f"{redact(str(cleanup_exc), secrets)})")
                 raise ClusterError(f"provisioning {names.database} on PostgreSQL at "
                                    f"{target.where} failed: {failure}") from None
         return Credentials({"user": names.role, "password": secret, "host": target.host,
@@ -261,6 +253,15 @@ class PostgresProvider:
                 raise ClusterError(f"removing {names.database} from PostgreSQL at "
                                    f"{target.where} failed: {reason}") from None
 
+    def lock_down(self, cluster: ClusterSpec) -> None:
+        """For clusters Tether runs itself: let nobody but the admin connect to the maintenance
+        databases, so a tenant's role reaches its own database and nothing else. (On a cluster
+        an operator registers, that is the operator's call, not ours.)"""
+        with self._admin(cluster) as conn:
+            for database in ("postgres", "template1"):
+                conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(database)))
+
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         c = credentials.values
         dsn = naming.database_dsn("postgres", str(c["user"]), str(c["password"]),
@@ -286,7 +287,10 @@ class PrivatePostgresServers:
         server = self.server(names, port)
         server.init(password)
         server.start()
-        return server.admin_url(password)
+        url = server.admin_url(password)
+        PostgresProvider().lock_down(ClusterSpec(id=0, kind=self.kind, region="", url=url,
+                                                 private=True))
+        return url
 
     def start(self, names: ResourceNames, port: int) -> None:
         self.server(names, port).start()

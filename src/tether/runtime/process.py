@@ -35,8 +35,6 @@ TAIL_LINES = 20
 class ReleaseFailed(OperationError):
     """A release did not become healthy; the message says why (exit code, last health answer)."""
 
-    code = "release_failed"
-
 
 @dataclass
 class ReleaseSpec:
@@ -102,7 +100,7 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"the app was killed by {name}"
-    hint = " (command not found)" if code == 127 else ""
+    hint = {126: " (command not executable)", 127: " (command not found)"}.get(code, "")
     return f"the app exited with code {code}{hint}"
 
 
@@ -154,7 +152,9 @@ class ProcessRuntime:
                         f"port {port} is already the address of {key}: pick another port "
                         f"for {environment_key}"
                     )
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
+            # proto says TCP; without it every response waits ~40 ms for a delayed ACK.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.host, port))
@@ -165,7 +165,7 @@ class ProcessRuntime:
                     f"port {port} on {self.host} is taken by another program ({exc.strerror}): "
                     f"free it or pick another port for {environment_key}"
                 ) from exc
-            app = ProxyApp(environment_key, self, self._proxies)
+            app = ProxyApp(environment_key, self)
             try:
                 proxy = self._proxies.serve(sock, app)
             except BaseException:
@@ -191,7 +191,7 @@ class ProcessRuntime:
 
     def start(self, spec: ReleaseSpec) -> RunningRelease:
         """Start a release and wait until it is healthy; it gets no traffic until `switch`."""
-        port = free_port(self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1")
+        port = free_port("127.0.0.1")  # releases are reached over loopback only
         try:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", spec.command],

@@ -4,8 +4,9 @@ Each environment keeps one port for its whole life, while every release of its a
 on a fresh port. The proxy forwards each request to whatever release is current *when the request
 arrives*, so switching releases is one assignment and no request is ever refused or cut.
 
-All proxies share one background thread running an asyncio loop, one `uvicorn.Server` per
-environment, and one `httpx.AsyncClient` (with its connection pool) to talk to the releases.
+All proxies share one background thread running an asyncio loop with one `uvicorn.Server` per
+environment. Each proxied request opens its own loopback connection to the release and speaks
+HTTP/1.1 to it with h11 (the parser uvicorn itself uses).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-import httpx
+import h11
 import uvicorn
 
 from tether.errors import OperationError
@@ -43,9 +44,12 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Methods that may be sent twice without harm: retried when a pooled connection turns out stale.
+# Methods that may be sent twice without harm: retried on the current release when the one
+# they were sent to went away without answering (e.g. killed after its drain timeout).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-CONNECT_ATTEMPTS = 3
+ATTEMPTS = 3
+CONNECT_TIMEOUT = 5.0
+READ_SIZE = 65536
 
 
 class Upstream(Protocol):
@@ -109,19 +113,88 @@ def _forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    raw = [(n.lower(), v) for n, v in response.headers.raw]
-    drop = HOP_BY_HOP | _connection_tokens(raw)
-    return [(n, v) for n, v in raw if n not in drop]
+class UpstreamUnreachable(Exception):
+    """No answer from the release. `sent` says whether the request may have reached the app."""
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+
+
+class Exchange:
+    """One request to a release over a fresh loopback connection (no pool: nothing goes stale,
+    and a connection never outlives the release it was opened to)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> Exchange:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamUnreachable(type(exc).__name__, sent=False) from exc
+        return cls(reader, writer)
+
+    async def _event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(await self.reader.read(READ_SIZE))
+
+    async def request(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> h11.Response:
+        """Send the whole request and read the response head."""
+        if body or method in ("POST", "PUT", "PATCH"):
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        if not any(name == b"host" for name, _ in headers):
+            headers = [*headers, (b"host", b"127.0.0.1")]
+        headers = [*headers, (b"connection", b"close")]
+        try:
+            data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += self.conn.send(h11.Data(data=body)) or b""
+            data += self.conn.send(h11.EndOfMessage()) or b""
+            self.writer.write(data or b"")
+            await self.writer.drain()
+        except (OSError, h11.ProtocolError) as exc:
+            raise UpstreamUnreachable(type(exc).__name__, sent=True) from exc
+        try:
+            while True:
+                event = await self._event()
+                if isinstance(event, h11.Response):
+                    return event
+                if not isinstance(event, h11.InformationalResponse):
+                    raise UpstreamUnreachable("it closed the connection", sent=True)
+        except (OSError, h11.ProtocolError) as exc:
+            raise UpstreamUnreachable(type(exc).__name__, sent=True) from exc
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            event = await self._event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise UpstreamUnreachable("the response was cut short", sent=True)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class ProxyApp:
     """ASGI app of one environment's stable address."""
 
-    def __init__(self, environment_key: str, router: Router, host: ProxyHost) -> None:
+    def __init__(self, environment_key: str, router: Router) -> None:
         self.environment_key = environment_key
         self.router = router
-        self.host = host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not proxied
@@ -143,59 +216,48 @@ class ProxyApp:
             target += b"?" + scope["query_string"]
         headers = _forward_headers(scope)
         failure = ""
-        for attempt in range(CONNECT_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             upstream = self.router.acquire(self.environment_key)
             if upstream is None:
                 msg = f"no release of {self.environment_key} is running yet: deploy it"
                 await self._reply(send, 503, msg)
                 return
-            try:
-                client = self.host.client
-                url = httpx.URL(
-                    scheme="http", host="127.0.0.1", port=upstream.port, raw_path=target
-                )
-                request = client.build_request(method, url, headers=headers, content=body)
-                response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                # Nothing was answered. A refused connect is always safe to retry; a stale
-                # pooled connection only for idempotent methods.
+            name = f"release {upstream.release_id} of {self.environment_key}"
+            reason = upstream.exit_reason()
+            if reason is not None:  # the current release died: say so rather than retry
                 self.router.done(upstream)
-                reason = upstream.exit_reason()
-                if reason is not None:
-                    failure = (
-                        f"release {upstream.release_id} of {self.environment_key} is not "
-                        f"running ({reason}): deploy it again"
-                    )
+                failure = f"{name} is not running ({reason}): deploy it again"
+                break
+            exchange: Exchange | None = None
+            try:
+                exchange = await Exchange.open(upstream.port)
+                head = await exchange.request(method, target, headers, body)
+            except UpstreamUnreachable as exc:
+                if exchange is not None:
+                    exchange.close()
+                self.router.done(upstream)
+                failure = f"{name} could not be reached: {exc.reason}"
+                # Retry what cannot have reached the app, and idempotent requests: the next
+                # attempt goes to the current release, which may have been replaced meanwhile.
+                if exc.sent and method not in IDEMPOTENT:
                     break
-                failure = (
-                    f"release {upstream.release_id} of {self.environment_key} could not be "
-                    f"reached: {type(exc).__name__}"
-                )
-                if not isinstance(exc, httpx.ConnectError) and method not in IDEMPOTENT:
-                    break
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(0.05 * attempt)
                 continue
-            except httpx.TimeoutException:
-                self.router.done(upstream)
-                await self._reply(send, 504, f"{self.environment_key} did not answer in time")
-                return
-            except httpx.HTTPError as exc:
-                self.router.done(upstream)
-                await self._reply(send, 502, f"{self.environment_key}: {type(exc).__name__}")
-                return
             try:
+                raw = [(n.lower(), v) for n, v in head.headers]
+                drop = HOP_BY_HOP | _connection_tokens(raw)
                 await send(
                     {
                         "type": "http.response.start",
-                        "status": response.status_code,
-                        "headers": _response_headers(response),
+                        "status": head.status_code,
+                        "headers": [(n, v) for n, v in raw if n not in drop],
                     }
                 )
-                async for chunk in response.aiter_raw():
+                async for chunk in exchange.body():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             finally:
-                await response.aclose()
+                exchange.close()
                 self.router.done(upstream)
             return
         await self._reply(send, 502, failure)
@@ -217,18 +279,12 @@ class ProxyServer:
 
 
 class ProxyHost:
-    """The background loop thread and HTTP client shared by every stable address."""
+    """The background loop thread shared by every stable address."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        assert self._client is not None
-        return self._client
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -236,14 +292,6 @@ class ProxyHost:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="tether-proxy", daemon=True)
                 thread.start()
-                # No read timeout by default: a slow page is the app's business, and `stop`
-                # bounds how long a release may keep a request.
-                self._client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(None, connect=5.0),
-                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                    follow_redirects=False,
-                    trust_env=False,  # never send app traffic through the operator's HTTP proxy
-                )
                 self._loop, self._thread = loop, thread
             return self._loop
 
@@ -255,6 +303,7 @@ class ProxyHost:
             interface="asgi3",
             lifespan="off",
             ws="none",
+            http="h11",
             log_config=None,  # never reconfigure the host process's logging
             log_level=None,
             server_header=False,  # the app's own Server/Date headers are forwarded
@@ -289,15 +338,12 @@ class ProxyHost:
                 proxy.future.result(timeout=2)
 
     def close(self) -> None:
-        """Close the HTTP client and stop the loop thread (servers must be closed first)."""
+        """Stop the loop thread (servers must be closed first)."""
         with self._lock:
-            loop, thread, client = self._loop, self._thread, self._client
-            self._loop = self._thread = self._client = None
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
         if loop is None:
             return
-        if client is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=5)

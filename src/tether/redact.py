@@ -9,7 +9,7 @@ from urllib.parse import quote
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]+)@")
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Mask every known secret (raw and URL-encoded) and any password inside a URL."""
     for secret in secrets:
         if secret and len(secret) >= 4:

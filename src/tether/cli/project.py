@@ -1,0 +1,229 @@
+"""`tether project ...`: create, list and show projects, and their environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from tether.cli.client import Client, env_path, seg
+from tether.cli.common import CONTEXT_SETTINGS, JsonOpt, ProjectOpt, resolve_project
+from tether.cli.output import (
+    cell,
+    emit_json,
+    fail,
+    field_line,
+    hint,
+    out,
+    plain,
+    say,
+    state_text,
+    table,
+    when,
+)
+
+app = typer.Typer(help="Projects (applications) and their environments and variables.",
+                  no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
+
+
+@app.command("create", epilog="Example: tether project create shop --app-command "
+                              "'python app.py' --health-path /health")
+def create(
+    name: Annotated[str, typer.Argument(help="The project name, e.g. shop.")],
+    region: Annotated[str | None, typer.Option(
+        "--region", help="Where it runs, e.g. local (default: local).")] = None,
+    app_command: Annotated[str | None, typer.Option(
+        "--app-command", metavar="CMD",
+        help="The command that runs the application; it gets PORT and the variables.")] = None,
+    health_path: Annotated[str | None, typer.Option(
+        "--health-path", metavar="PATH",
+        help="The path that answers 2xx when the app is healthy (default: /).")] = None,
+    health_timeout: Annotated[int | None, typer.Option(
+        "--health-timeout", metavar="S",
+        help="Seconds a new release may take to become healthy (default: 30).")] = None,
+    app_dir: Annotated[Path | None, typer.Option(
+        "--app-dir", metavar="DIR",
+        help="The directory the app command runs in (default: the current directory).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a project, with the environments test and live."""
+    body: dict[str, Any] = {"name": name,
+                            "app_dir": str((app_dir or Path.cwd()).expanduser().resolve())}
+    for key, value in (("region", region), ("app_command", app_command),
+                       ("health_path", health_path), ("health_timeout", health_timeout)):
+        if value is not None:
+            body[key] = value
+    with Client.connect(json_) as client:
+        project = client.post("/projects", body)
+    if json_:
+        emit_json(project)
+        return
+    say(("Created project ", ""), (project["name"], "bold"),
+        f" in region {project['region']} with environments "
+        + ", ".join(e["name"] for e in project["environments"]) + ".")
+    for env in project["environments"]:
+        say(f"  {env['name']}: {env['url']}")
+    first = project["environments"][0]["name"] if project["environments"] else "test"
+    hint(f"Next: `tether service catalog` lists the services you can add, e.g. "
+         f"`tether service add {first} postgres`; then `tether deploy {first}`.")
+
+
+@app.command("list", epilog="Example: tether project list --json")
+def list_(json_: JsonOpt = False) -> None:
+    """List the projects."""
+    with Client.connect(json_) as client:
+        projects = client.get("/projects")
+    if json_:
+        emit_json(projects)
+        return
+    if not projects:
+        hint("no project yet: create one with `tether project create NAME`")
+        return
+    t = table("NAME", "REGION", "ENVIRONMENTS", "APP COMMAND")
+    for p in projects:
+        t.add_row(Text(p["name"], style="bold"), cell(p["region"]),
+                  cell(", ".join(e["name"] for e in p["environments"])), cell(p["app_command"]))
+    out.print(t)
+
+
+@app.command("show", epilog="Example: tether project show -p shop")
+def show(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Show a project: its application settings and its environments with their addresses."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        shown = client.get(f"/projects/{seg(name)}")
+    if json_:
+        emit_json(shown)
+        return
+    say((shown["name"], "bold"))
+    field_line("Region", shown["region"], 16)
+    field_line("App command", shown["app_command"], 16)
+    field_line("App dir", shown["app_dir"], 16)
+    field_line("Health check", f"GET {shown['health_path']} within {shown['health_timeout']} s",
+               16)
+    field_line("Created", when(shown["created_at"]), 16)
+    t = table("ENVIRONMENT", "URL", "RUNNING RELEASE")
+    for env in shown["environments"]:
+        release = env["current_release_id"]
+        t.add_row(Text(env["name"], style="bold"), cell(env["url"]),
+                  cell(release) if release else Text("none: not deployed yet", style="dim"))
+    out.print(t)
+
+
+@app.command("update", epilog="Example: tether project update --app-command 'gunicorn app:app'")
+def update(
+    app_command: Annotated[str | None, typer.Option(
+        "--app-command", metavar="CMD",
+        help="The new application command ('' removes it).")] = None,
+    health_path: Annotated[str | None, typer.Option(
+        "--health-path", metavar="PATH", help="The new health check path.")] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Change a project's application command or health check (used from the next deploy)."""
+    body = {k: v for k, v in (("app_command", app_command), ("health_path", health_path))
+            if v is not None}
+    with Client.connect(json_) as client:
+        if not body:
+            fail("nothing to change: pass --app-command and/or --health-path", 2,
+                 json_mode=json_, code="bad_request")
+        name = resolve_project(client, project)
+        shown = client.patch(f"/projects/{seg(name)}", body)
+    if json_:
+        emit_json(shown)
+        return
+    say(("Updated ", ""), (shown["name"], "bold"),
+        ": it takes effect with the next deploy of each environment.")
+
+
+def _source(var: dict[str, Any]) -> Text:
+    """Where a variable comes from, e.g. `service DEFAULT (attached)`."""
+    source = var.get("source")
+    if source == "service":
+        return Text.assemble(f"service {var.get('prefix')} (", state_text(var.get("state")), ")")
+    return Text(str(source or "-"), style="" if source == "custom" else "dim")
+
+
+def _find(variables: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The variable `name`, preferring the one the app gets at its next deploy."""
+    found = [v for v in variables if v["name"] == name]
+    found.sort(key=lambda v: not v.get("next_release", True))
+    return found[0] if found else None
+
+
+@app.command("env-vars", epilog="Examples: tether project env-vars -e test --all  |  "
+                                "tether project env-vars --set DEBUG 1  |  "
+                                "tether project env-vars --get DATABASE_URL")
+def env_vars(
+    env: Annotated[str, typer.Option("--env", "-e", metavar="ENV",
+                                     help="The environment.")] = "test",
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Every variable the app gets at its next deploy (services, STAGE, "
+                      "SECRET_KEY, custom), with its source and whether the running release "
+                      "has it.")] = False,
+    get: Annotated[str | None, typer.Option(
+        "--get", metavar="NAME", help="Print the value of one variable alone.")] = None,
+    set_: Annotated[tuple[str, str] | None, typer.Option(
+        "--set", metavar="NAME VALUE", help="Set a custom variable (from the next deploy).")
+    ] = None,
+    unset: Annotated[str | None, typer.Option(
+        "--unset", metavar="NAME", help="Remove a custom variable (from the next deploy).")
+    ] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show or change an environment's variables (custom ones by default)."""
+    if sum(x is not None for x in (get, set_, unset)) > 1:
+        fail("use one of --get, --set and --unset at a time", 2, json_mode=json_,
+             code="bad_request")
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        base = env_path(name, env) + "/variables"
+        if set_ is not None:
+            _print_change(client.put(f"{base}/{seg(set_[0])}", {"value": set_[1]}), json_)
+            return
+        if unset is not None:
+            _print_change(client.delete(f"{base}/{seg(unset)}"), json_)
+            return
+        variables = client.get(base, params={"all": "true" if all_ or get else "false"})
+    if get is not None:
+        var = _find(variables, get)
+        if var is None:
+            fail(f"{env} has no variable {get}: see `tether project env-vars -e {env} --all`",
+                 2, json_mode=json_, code="not_found")
+        if json_:
+            emit_json(var)
+        else:
+            plain(str(var["value"]))
+        return
+    if json_:
+        emit_json(variables)
+        return
+    if not all_:
+        if not variables:
+            hint(f"no custom variables in {env}: set one with "
+                 f"`tether project env-vars -e {env} --set NAME VALUE`; "
+                 "--all shows every variable")
+        for var in sorted(variables, key=lambda v: v["name"]):
+            plain(f"{var['name']}={var['value']}")
+        return
+    t = table("NAME", "VALUE", "SOURCE", "NEXT DEPLOY", "RUNNING")
+    t.columns[0].no_wrap = True
+    t.columns[1].overflow = "fold"
+    for var in variables:
+        dim = "" if var.get("next_release", True) else "dim"
+        t.add_row(Text(var["name"], style=dim or "bold"), Text(str(var["value"]), style=dim),
+                  _source(var), cell(var.get("next_release")), cell(var.get("in_running_release")))
+    out.print(t)
+    if any(not v.get("next_release", True) for v in variables):
+        hint("variables with NEXT DEPLOY no belong to detached services: the next deploy drops "
+             "them")
+
+
+def _print_change(answer: dict[str, Any], json_mode: bool) -> None:
+    if json_mode:
+        emit_json(answer)
+    else:
+        say(str(answer.get("message") or f"{answer.get('name')} changed"))

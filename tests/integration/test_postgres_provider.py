@@ -307,6 +307,10 @@ def test_private_server_lifecycle(tmp_base: Path, unique_id: str) -> None:
         with connect(dsn(creds)) as conn:
             conn.execute("CREATE TABLE kept (v text)")
             conn.execute("INSERT INTO kept VALUES ('still here')")
+        # on a server Tether runs, the tenant reaches its own database and nothing else
+        maintenance = dsn(creds).rsplit("/", 1)[0] + "/postgres"
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            connect(maintenance)
 
         servers.stop(names, port)
         servers.stop(names, port)  # idempotent

@@ -48,7 +48,7 @@ def mask(dsn: str) -> str:
 
 def scrub(message: str, dsn: str) -> str:
     """A short error message, with the DSN's password removed should a library echo it."""
-    first = (message.strip().splitlines() or ["unknown error"])[-1].strip()
+    first = (message.strip().splitlines() or ["unknown error"])[0].strip()
     password = urlsplit(dsn).password
     for secret in {password, unquote(password)} if password else set():
         first = first.replace(secret, "***")

@@ -3,6 +3,7 @@ address switching with zero failed requests, draining, and clean shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -43,6 +44,16 @@ TINY_APP = textwrap.dedent(
             body = text.encode()
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            sent = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            forwarded = self.headers["X-Forwarded-For"]
+            body = f"{self.command} {self.path} {sent} {forwarded}".encode()
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-App", "tiny")
             self.end_headers()
             self.wfile.write(body)
 
@@ -215,6 +226,15 @@ def test_failed_starts_keep_the_previous_release_serving(
     assert httpx.get(url, trust_env=False).text == "version 1"
 
 
+def test_proxy_forwards_method_path_body_and_headers(runtime: ProcessRuntime, tiny: str) -> None:
+    url = runtime.ensure_address("shop/test", free_port())
+    runtime.switch("shop/test", runtime.start(tiny_spec(tiny, 1)))
+    answer = httpx.post(url + "/echo/a%2Fb?q=%20x&r=1", content=b"hello", trust_env=False)
+    assert answer.status_code == 201
+    assert answer.headers["x-app"] == "tiny"
+    assert answer.text == "POST /echo/a%2Fb?q=%20x&r=1 hello 127.0.0.1"
+
+
 def test_zero_failed_requests_during_switch_and_failed_deploys(
     runtime: ProcessRuntime, tiny: str
 ) -> None:
@@ -222,15 +242,19 @@ def test_zero_failed_requests_during_switch_and_failed_deploys(
     old = runtime.start(tiny_spec(tiny, 1, key="shop/live"))
     runtime.switch("shop/live", old)
 
-    with Poller(url) as poller:
-        poller.wait_for(20)
+    pollers = [Poller(url) for _ in range(3)]  # three clients at once, each one in order
+    with contextlib.ExitStack() as stack:
+        for poller in pollers:
+            stack.enter_context(poller)
+            poller.wait_for(20)
         new = runtime.start(tiny_spec(tiny, 2, key="shop/live"))
         previous = runtime.switch("shop/live", new)
         assert previous is old
-        switched_at = len(poller.answers)
+        switched_at = [len(poller.answers) for poller in pollers]
         runtime.stop(old)
         assert gone(old.pid)
-        poller.wait_for(len(poller.answers) + 20)
+        for poller in pollers:
+            poller.wait_for(len(poller.answers) + 20)
 
         with pytest.raises(ReleaseFailed):
             runtime.start(tiny_spec(tiny, 3, key="shop/live", EXIT_AT_START="1"))
@@ -238,18 +262,20 @@ def test_zero_failed_requests_during_switch_and_failed_deploys(
             sick = tiny_spec(tiny, 4, key="shop/live", HEALTH="503")
             sick.health_timeout = 0.5
             runtime.start(sick)
-        poller.wait_for(len(poller.answers) + 20)
+        for poller in pollers:
+            poller.wait_for(len(poller.answers) + 20)
 
-    assert poller.errors == []
-    assert len(poller.answers) >= 60
-    assert {code for code, _ in poller.answers} == {200}
-    bodies = [text for _, text in poller.answers]
-    assert set(bodies) == {"version 1", "version 2"}
-    first_new = bodies.index("version 2")
-    # the request in flight at the switch may still be answered by the old release; the next
-    # ones all reach the new release, and never the old one again
-    assert first_new <= switched_at + 1
-    assert "version 1" not in bodies[first_new:]
+    for poller, switched in zip(pollers, switched_at, strict=True):
+        assert poller.errors == []
+        assert len(poller.answers) >= 60
+        assert {code for code, _ in poller.answers} == {200}
+        bodies = [text for _, text in poller.answers]
+        assert set(bodies) == {"version 1", "version 2"}
+        first_new = bodies.index("version 2")
+        # the request in flight at the switch may still be answered by the old release; the
+        # next ones all reach the new release, and never the old one again
+        assert first_new <= switched + 1
+        assert "version 1" not in bodies[first_new:]
 
 
 def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> None:
@@ -257,6 +283,7 @@ def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> 
     old = runtime.start(tiny_spec(tiny, 1))
     runtime.switch("shop/test", old)
 
+    new = runtime.start(tiny_spec(tiny, 2))  # ready before the slow request starts
     result: dict[str, httpx.Response] = {}
     slow = threading.Thread(
         target=lambda: result.update(r=httpx.get(url + "/slow", timeout=10, trust_env=False))
@@ -264,11 +291,10 @@ def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> 
     slow.start()
     time.sleep(0.3)  # the slow request is now in flight at the old release
 
-    new = runtime.start(tiny_spec(tiny, 2))
     runtime.switch("shop/test", new)
     started = time.monotonic()
     runtime.stop(old)
-    assert time.monotonic() - started >= 0.2  # it waited for the request
+    assert time.monotonic() - started >= 0.4  # it waited for the request
     slow.join(timeout=10)
     assert result["r"].status_code == 200
     assert result["r"].text == "slow 1"

@@ -7,8 +7,8 @@ import pytest
 from tether import naming
 from tether.catalog import ClusterInfo, offers, resolve
 from tether.crypto import SecretBox
-from tether.engine.redact import redact
 from tether.errors import UserError
+from tether.redact import redact
 
 
 @pytest.mark.parametrize("prefix", ["DEFAULT", "A", "ANALYTICS_2", "X" * 30])

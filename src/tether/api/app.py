@@ -1,7 +1,6 @@
 """The REST API (`/api/v1`). Routes are thin: they parse, authenticate and call `tether.actions`;
 no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {code, message}}`."""
 
-from __future__ import annotations
 
 import asyncio
 import time

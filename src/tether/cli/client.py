@@ -21,7 +21,7 @@ DEFAULT_TIMEOUT = 30.0
 #: seconds to wait for a TCP connection
 CONNECT_TIMEOUT = 10.0
 #: seconds the server may hold a long-poll (`GET /operations/{id}?wait=`)
-LONG_POLL = 10.0
+LONG_POLL = 10
 
 NO_CONFIG = (
     "no Tether control plane configured: run `tether up` (it writes "

@@ -16,6 +16,7 @@ from tether.cli.output import cell, emit_json, err, fail, hint, out, say, table
 ADD_TIMEOUT = 120.0
 
 app = typer.Typer(help="Clusters: the real servers Tether provisions services on (operators).",
+                  epilog="Example: tether cluster list",
                   no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
 
 

@@ -63,14 +63,12 @@ def wait_operation(client: Client, op: dict[str, Any], label: str, follow: str) 
     if op["status"] in FINISHED:
         return op
     spinner = (contextlib.nullcontext() if client.json_mode
-               else err.status(Text(f"{label} (operation {op['id']}, {op['status']})")))
+               else err.status(Text(f"{label} (operation {op['id']})")))
     try:
-        with spinner as status:
+        with spinner:
             while op["status"] not in FINISHED:
                 op = client.get(f"/operations/{seg(op['id'])}", params={"wait": LONG_POLL},
                                 timeout=LONG_POLL + DEFAULT_GRACE)
-                if status is not None:
-                    status.update(Text(f"{label} (operation {op['id']}, {op['status']})"))
     except KeyboardInterrupt:
         hint(f"stopped waiting: operation {op['id']} goes on; follow it with `{follow}`")
         raise typer.Exit(130) from None

@@ -39,11 +39,14 @@ POLL_INTERVAL = 0.3
 OPERATION_CHECK_EVERY = 20
 
 deployment_app = typer.Typer(help="Past deployments of an environment.", no_args_is_help=True,
+                             epilog="Example: tether deployment show 12",
                              context_settings=CONTEXT_SETTINGS)
 
 
 def _log_line(entry: dict[str, Any]) -> Text:
-    return Text.assemble((when(entry.get("at"))[11:], "dim"), " ", str(entry.get("line", "")))
+    """`HH:MM:SS line` (local time)."""
+    at = when(entry.get("at"))[11:] if entry.get("at") else ""
+    return Text.assemble((at + " " if at else "", "dim"), str(entry.get("line", "")))
 
 
 def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
@@ -54,8 +57,8 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
     op = dep.get("operation")
     show = not client.json_mode
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
-        console=out, transient=True) if show and out.is_terminal else None
+        SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+        TaskProgressColumn(), console=out, transient=True) if show and out.is_terminal else None
     polls = 0
     follow = f"tether deployment show {dep['id']}"
     try:
@@ -63,6 +66,7 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
             progress.start()
             task = progress.add_task(f"deploying {key}", total=100,
                                      completed=dep.get("percent") or 0)
+        op_failed = False
         while True:
             after = logs[-1]["id"] if logs else 0
             dep = client.get(f"/deployments/{seg(dep['id'])}", params={"logs_after": after})
@@ -76,17 +80,17 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
                                 description=f"deploying {key} ({dep['status']})")
             if dep["status"] in FINISHED:
                 break
+            if op_failed:  # the worker gave up without finishing the deployment
+                dep["status"], dep["success"] = "failed", False
+                dep["error"] = (dep.get("error") or (op or {}).get("error")
+                                or "the deployment's operation failed")
+                break
             polls += 1
             if op and polls % OPERATION_CHECK_EVERY == 0:
                 op = client.get(f"/operations/{seg(op['id'])}")
-                if op["status"] == "failed":
-                    dep = client.get(f"/deployments/{seg(dep['id'])}",
-                                     params={"logs_after": logs[-1]["id"] if logs else 0})
-                    logs.extend(dep.get("logs") or [])
-                    if dep["status"] not in FINISHED:
-                        dep["status"], dep["success"] = "failed", False
-                        dep["error"] = dep.get("error") or op.get("error")
-                    break
+                op_failed = op["status"] == "failed"
+                if op_failed:
+                    continue  # one last look at the deployment and its log
             time.sleep(POLL_INTERVAL)
     except KeyboardInterrupt:
         if progress is not None:

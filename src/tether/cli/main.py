@@ -20,7 +20,8 @@ from tether.cli.output import emit_json, say
 app = typer.Typer(
     name="tether",
     help="Tether: backing services (databases, media storage, search, brokers) for your apps.",
-    epilog="Start with `tether up`, then `tether project create NAME`. "
+    epilog="Example: tether up, then tether project create shop, "
+           "tether service add test postgres-18, tether deploy test. "
            "Every command has --help with an example, and --json for scripts.",
     no_args_is_help=True,
     rich_markup_mode="markdown",

@@ -25,6 +25,7 @@ from tether.cli.output import (
 )
 
 app = typer.Typer(help="Projects (applications) and their environments and variables.",
+                  epilog="Example: tether project create shop --app-command 'python app.py'",
                   no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
 
 
@@ -218,8 +219,8 @@ def env_vars(
                   _source(var), cell(var.get("next_release")), cell(var.get("in_running_release")))
     out.print(t)
     if any(not v.get("next_release", True) for v in variables):
-        hint("variables with NEXT DEPLOY no belong to detached services: the next deploy drops "
-             "them")
+        hint("NEXT DEPLOY no: the service is being detached (or is detached), so the next "
+             "deploy does not give the app these variables")
 
 
 def _print_change(answer: dict[str, Any], json_mode: bool) -> None:

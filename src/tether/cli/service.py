@@ -35,6 +35,8 @@ from tether.cli.output import (
 )
 
 app = typer.Typer(help="Backing services: the catalog, and the services of an environment.",
+                  epilog="Example: tether service add test postgres-18 --prefix ANALYTICS "
+                         "--provision",
                   no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
 
 
@@ -59,10 +61,10 @@ def _print_started(view: dict[str, Any], env: str) -> None:
 
 
 def _finish(client: Client, view: dict[str, Any], env: str, label: str, no_wait: bool,
-            refetch: Callable[[], dict[str, Any]]) -> None:
+            refetch: Callable[[], dict[str, Any]], retry: str) -> None:
     """Wait for the operation a call queued (unless `no_wait`), then print the final instance.
 
-    A failed operation prints its error and exits 1."""
+    A failed operation prints its error (and `retry`, the command that retries it) and exits 1."""
     op = view.get("operation")
     if op is None or no_wait:
         if client.json_mode:
@@ -85,7 +87,7 @@ def _finish(client: Client, view: dict[str, Any], env: str, label: str, no_wait:
         err.print(Text.assemble(("error: ", "bold red"),
                                 f"{final['kind']} of {view['prefix']} in {env} failed: "
                                 f"{final.get('error') or 'no reason recorded'}"))
-        hint("retrying is safe: run the same command again")
+        hint(f"retrying is safe: `{retry}`")
         raise typer.Exit(1)
 
 
@@ -143,7 +145,8 @@ def add(
         view = client.post(_path(name, env), {"service": service, "prefix": prefix,
                                               "private": private, "provision": provision})
         _finish(client, view, env, f"provisioning {prefix} in {env}", no_wait,
-                lambda: client.get(_path(name, env, prefix)))
+                lambda: client.get(_path(name, env, prefix)),
+                f"tether service provision {env} {prefix} -p {name}")
     if not json_ and view.get("operation") is None:
         hint(f"Next: `tether deploy {env}` provisions and attaches it; or provision it now "
              f"with `tether service provision {env} {prefix}` to fill it first.")
@@ -159,7 +162,8 @@ def provision(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
         name = resolve_project(client, project)
         view = client.post(_path(name, env, prefix) + "/provision")
         _finish(client, view, env, f"provisioning {prefix} in {env}", no_wait,
-                lambda: client.get(_path(name, env, prefix)))
+                lambda: client.get(_path(name, env, prefix)),
+                f"tether service provision {env} {prefix} -p {name}")
 
 
 @app.command("list", epilog="Example: tether service list test --removed")
@@ -291,4 +295,5 @@ def remove(
         params = {"confirm": confirm} if confirm is not None else None
         view = client.delete(_path(name, env, prefix), params=params)
         _finish(client, view, env, f"removing {prefix} from {env}", no_wait,
-                lambda: client.get(_path(name, env, prefix)))
+                lambda: client.get(_path(name, env, prefix)),
+                f"tether service remove {env} {prefix} --confirm {prefix} -p {name}")

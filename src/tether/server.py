@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from tether import clusterfile
 from tether.actions.clusters import add_cluster
 from tether.actions.common import Context
 from tether.api.app import create_app
@@ -93,7 +94,8 @@ def _ensure_cli_settings(store: Store, url: str) -> Path | None:
 
 
 def build(data_dir: Path, host: str, port: int,
-          say: Callable[[str], None] = lambda _m: None) -> ControlPlane:
+          say: Callable[[str], None] = lambda _m: None,
+          clusters_file: Path | None = None) -> ControlPlane:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o755)  # noqa: S103 - the embedded servers' system user must traverse it
     store = Store(store_url(data_dir))
@@ -112,9 +114,14 @@ def build(data_dir: Path, host: str, port: int,
     add_cluster(base, "local-files", "local", f"file://{media_dir}", name="local-media",
                 managed=True, settings={"base_dir": str(media_dir),
                                         "public_url": f"http://{host}:{port}/media/"})
+    clusters_file = clusters_file or data_dir / "clusters.toml"
+    if clusters_file.exists():
+        names = clusterfile.register(base, clusters_file)
+        say(f"registered {len(names)} cluster(s) from {clusters_file}")
     engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"))
     base.notify = engine.notify
-    app = create_app(base, media_dir=media_dir)
+    app = create_app(base, media_dir=media_dir,
+                     wait_for_change=engine.worker.wait_for_change)
     plane = ControlPlane(data_dir, host, port, store, box, engine, postgres, app)
 
     @contextlib.asynccontextmanager
@@ -129,11 +136,12 @@ def build(data_dir: Path, host: str, port: int,
     return plane
 
 
-def serve(data_dir: Path, host: str, port: int, say: Callable[[str], None]) -> None:
+def serve(data_dir: Path, host: str, port: int, say: Callable[[str], None],
+          clusters_file: Path | None = None) -> None:
     if not port_is_free(port, host):
         raise TetherError(f"port {port} on {host} is taken: is another `tether up` running? "
                           "Stop it, or pick another port with --port")
-    plane = build(data_dir, host, port, say)
+    plane = build(data_dir, host, port, say, clusters_file)
     try:
         written = _ensure_cli_settings(plane.store, plane.url)
         if written:

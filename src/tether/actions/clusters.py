@@ -57,9 +57,11 @@ def cluster_view(box: Any, c: Cluster) -> dict[str, object]:
 
 def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = False,
                 name: str | None = None, settings: dict[str, Any] | None = None,
-                managed: bool = False) -> dict[str, object]:
+                managed: bool = False, upsert: bool = False) -> dict[str, object]:
     """Register a cluster after checking that Tether can administer it (a bad URL or password is
-    refused here, with the fix, rather than failing later at provision time)."""
+    refused here, with the fix, rather than failing later at provision time). With `upsert`
+    (clusters Tether runs itself, or declared in a cluster file), a cluster of the same name is
+    updated instead of refused."""
     if kind not in SUPPORTED_KINDS:
         raise UserError(f"unknown cluster kind {kind!r}: supported kinds are "
                         f"{', '.join(sorted(SUPPORTED_KINDS))}")
@@ -76,10 +78,15 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
         name = name or f"{kind}-{region}-{len(s.scalars(select(Cluster.id)).all()) + 1}"
         existing = s.scalar(select(Cluster).where(Cluster.name == name))
         if existing is not None:
-            if not managed:
+            if not (managed or upsert):
                 raise Conflict(f"a cluster named {name} exists already: pick another --name")
+            if (existing.kind, existing.region) != (kind, region):
+                raise Conflict(f"the cluster {name} is a {existing.kind} cluster in "
+                               f"{existing.region}: a name cannot change kind or region; "
+                               "pick another name")
             existing.url_enc = ctx.box.seal(url)
             existing.version = version
+            existing.private = private
             existing.settings = settings or {}
             return cluster_view(ctx.box, existing)
         cluster = Cluster(name=name, kind=kind, region=region, private=private, version=version,

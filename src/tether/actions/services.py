@@ -40,12 +40,14 @@ def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[
         ]
 
 
-def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
-                  ) -> dict[str, object]:
+def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False,
+                  operation: Operation | None = None) -> dict[str, object]:
+    """An instance as the API shows it; `operation` is the one just queued, if the caller knows
+    it (else the instance's unfinished operation is looked up)."""
     state = State(inst.state)
     cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
     variables = service_vars(ctx.box, inst)
-    pending = s.scalar(
+    pending = operation or s.scalar(
         select(Operation).where(Operation.instance_id == inst.id,
                                 Operation.status.in_(("queued", "running")))
         .order_by(Operation.id.desc()).limit(1)
@@ -116,7 +118,7 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
         audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
               detail=f"{offer.service} ({'private' if private else 'shared'})")
         op = _provision(s, ctx, env, inst) if provision else None
-        view = instance_view(s, ctx, inst)
+        view = instance_view(s, ctx, inst, operation=op)
         view["operation"] = operation_view(op) if op else None
     if op:
         ctx.notify()

@@ -4,6 +4,7 @@ no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {c
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tether import __version__
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
-from tether.api.auth import actor_for
+from tether.api.auth import actor_for, bearer_digest
 from tether.errors import TetherError, UserError
 
 FINISHED = ("succeeded", "failed")
@@ -57,7 +58,10 @@ class ClusterIn(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-def create_app(base: Context, media_dir: Path | None = None) -> FastAPI:
+def create_app(base: Context, media_dir: Path | None = None,
+               wait_for_change: Callable[[float], None] | None = None) -> FastAPI:
+    """The API. `wait_for_change(timeout)` blocks until some operation finishes (the worker
+    offers it when it runs in this process); without it, waiting operations are polled."""
     app = FastAPI(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
                               "needs `Authorization: Bearer TOKEN`.",
@@ -74,8 +78,12 @@ def create_app(base: Context, media_dir: Path | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "bad_request",
                                        "message": "invalid request: " + "; ".join(parts)}}, 422)
 
+    known_tokens: dict[str, str] = {}
+
     async def context(authorization: Annotated[str | None, Header()] = None) -> Context:
-        actor = await run_in_threadpool(actor_for, base.store, authorization)
+        actor = known_tokens.get(bearer_digest(authorization) or "")
+        if actor is None:  # not seen yet: look it up (and remember it) off the event loop
+            actor = await run_in_threadpool(actor_for, base.store, authorization, known_tokens)
         return base.as_actor(actor)
 
     Ctx = Annotated[Context, Depends(context)]
@@ -179,9 +187,13 @@ def create_app(base: Context, media_dir: Path | None = None) -> FastAPI:
         deadline = time.monotonic() + wait
         while True:
             op = await call(deployments.get_operation, ctx, operation_id)
-            if op["status"] in FINISHED or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if op["status"] in FINISHED or left <= 0:
                 return op
-            await asyncio.sleep(0.01)
+            if wait_for_change is not None:
+                await run_in_threadpool(wait_for_change, min(left, 1.0))
+            else:
+                await asyncio.sleep(min(left, 0.05))
 
     @api.get("/clusters", tags=["clusters"])
     async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tether.config import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
 from tether.errors import TetherError, UserError
@@ -20,6 +21,10 @@ def up(
                            "~/.local/share/tether).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port of the API and media files.")] = DEFAULT_PORT,
+    clusters: Annotated[Path | None, typer.Option(
+        "--clusters", envvar="TETHER_CLUSTERS_FILE",
+        help="A TOML file of clusters to register at start (default: DATA_DIR/clusters.toml "
+             "when it exists).")] = None,
 ) -> None:
     """Start the control plane on its embedded default: API, worker, an embedded PostgreSQL
     cluster and local media storage in region `local`.
@@ -32,10 +37,11 @@ def up(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         serve((data_dir or default_data_dir()).expanduser().resolve(), host, port,
-              lambda m: console.print(f"[bold]tether[/] {m}"))
+              lambda m: console.print(f"[bold]tether[/] {escape(m)}", highlight=False),
+              clusters)
     except UserError as exc:
-        console.print(f"[red]error:[/] {exc.message}")
+        console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None
     except TetherError as exc:
-        console.print(f"[red]error:[/] {exc.message}")
+        console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(1) from None

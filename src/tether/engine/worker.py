@@ -34,6 +34,9 @@ class Worker:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="tether-op")
         self._thread: threading.Thread | None = None
+        #: notified whenever an operation finishes, so waiters answer without polling
+        self._finished = threading.Condition()
+        self._generation = 0
 
     def notify(self) -> None:
         """Wake the loop at once (called after an action queued an operation)."""
@@ -67,7 +70,7 @@ class Worker:
             queued = s.scalars(select(Operation).where(Operation.status == "queued")
                                .order_by(Operation.id)).all()
             seen: set[int] = set()
-            claimed: list[tuple[int, int]] = []
+            claimed: list[Operation] = []
             with self._lock:
                 for op in queued:
                     env = op.environment_id
@@ -79,16 +82,15 @@ class Worker:
                     op.started_at = utcnow()
                     op.attempts += 1
                     self._busy.add(env)
-                    claimed.append((op.id, env))
-        for op_id, env in claimed:
-            self._pool.submit(self._run, op_id, env)
+                    claimed.append(op)
+            s.flush()
+            s.expunge_all()  # handed to the pool as plain, loaded objects
+        for op in claimed:
+            self._pool.submit(self._run, op)
 
-    def _run(self, op_id: int, env: int) -> None:
+    def _run(self, op: Operation) -> None:
+        op_id, env = op.id, op.environment_id
         try:
-            with self.store.session() as s:
-                op = s.get(Operation, op_id)
-                assert op is not None
-                s.expunge(op)
             handler = self.handlers[op.kind]
             try:
                 message = handler(op)
@@ -109,3 +111,12 @@ class Worker:
             with self._lock:
                 self._busy.discard(env)
             self._wake.set()
+            with self._finished:
+                self._generation += 1
+                self._finished.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until some operation finishes, or `timeout` seconds pass."""
+        with self._finished:
+            generation = self._generation
+            self._finished.wait_for(lambda: self._generation != generation, timeout)

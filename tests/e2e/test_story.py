@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import psycopg
@@ -112,7 +113,12 @@ def test_the_whole_story(tether: Tether) -> None:
                                             "--json").json()}
     assert env_vars["DEFAULT_DATABASE_DSN"]["in_running_release"]
     assert env_vars["DEFAULT_DATABASE_DSN"]["state"] == "attached"
-    assert env_vars["MEDIA_STORAGE_DSN"]["value"].startswith("file:///")
+    # local media: a directory of its own, its files served over HTTP by Tether
+    media = urlsplit(env_vars["MEDIA_STORAGE_DSN"]["value"])
+    assert media.scheme == "file"
+    public = parse_qs(media.query)["url"][0]
+    (Path(unquote(media.path)) / "hello.txt").write_text("media works")
+    assert httpx.get(public + "hello.txt").text == "media works"
 
     # remove while attached: refused, exit 2, with the way out
     refused = t.cli("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT")
@@ -156,6 +162,15 @@ def test_the_whole_story(tether: Tether) -> None:
     history = t.ok("service", "show", "test", "DEFAULT", "--json").json()["history"]
     assert [h["to"] for h in history if h["to"]][-1] == "removed"
     assert all(h["actor"] for h in history)
+
+    # secrets are encrypted at rest and never logged: the password is nowhere in the data dir
+    # (store, keys, embedded PostgreSQL data and logs) nor in tether up's own output
+    password = unquote(urlsplit(dsn).password or "")
+    assert len(password) >= 16
+    assert password.encode() not in Path(t.data_dir.parent / "up.log").read_bytes()
+    for path in t.data_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert password.encode() not in path.read_bytes(), path
 
     # the release comes back after tether up restarts
     t.stop()

@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import select
-from tether.providers.registry import get_provider
 
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
@@ -20,6 +19,7 @@ from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, UserError
 from tether.naming import resource_names
+from tether.providers.registry import get_provider
 from tether.store.db import Store
 from tether.store.models import AuditEntry, Cluster, Instance, Operation
 
@@ -208,3 +208,35 @@ def test_custom_variables_cannot_shadow_service_variables(plane: tuple[Context, 
         services.add(ctx, name, "test", "postgres", "ANALYTICS")
     with pytest.raises(UserError, match="set by Tether"):
         variables.set_variable(ctx, name, "test", "STAGE", "x")
+
+
+def test_an_operation_a_crash_interrupted_is_resumed(plane: tuple[Context, Engine],
+                                                     pg_server: Any, unique_id: str) -> None:
+    """A crash mid-provision leaves the operation `running`, the instance `provisioning` and a
+    half-made role on the cluster; the next start resumes and converges, without duplicates."""
+    ctx, engine = plane
+    name = f"c{unique_id}"
+    projects.create_project(ctx, name)
+    inst_id = int(services.add(ctx, name, "test", "postgres", "DEFAULT")["id"])
+    engine.worker.stop()  # the "crash": no worker runs what we queue now
+    op_id = services.provision(ctx, name, "test", "DEFAULT")["operation"]["id"]
+    with ctx.store.session() as s:
+        op = s.get(Operation, op_id)
+        assert op is not None
+        op.status, op.attempts = "running", 1
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "tether_i{inst_id}" LOGIN')  # half-made by the crashed run
+    restarted = Engine(ctx.store, ctx.box, ctx.data_dir, runtime=None)
+    restarted.worker.start()
+    try:
+        result = wait_op(ctx, op_id)
+        assert result["status"] == "succeeded", result
+        assert state(ctx, name, "test", "DEFAULT") == "pending attachment"
+        dsn = next(v["value"] for v in variables.list_variables(ctx, name, "test", True)
+                   if v["name"] == "DEFAULT_DATABASE_DSN")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (f"tether_i{inst_id}",)
+        with ctx.store.session() as s:
+            assert s.get(Operation, op_id).attempts == 2  # type: ignore[union-attr]
+    finally:
+        restarted.worker.stop()

@@ -27,7 +27,7 @@ from tether.api.auth import actor_for, create_token
 from tether.config import ClientSettings, load_client_settings, save_client_settings
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
-from tether.errors import TetherError
+from tether.errors import TetherError, UserError
 from tether.net import free_port, port_is_free
 from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec
@@ -101,6 +101,9 @@ def build(data_dir: Path, host: str, port: int,
     store = Store(store_url(data_dir))
     say("migrating the store ...")
     store.migrate()
+    sqlite_file = data_dir / "tether.db"
+    if store.url.startswith("sqlite") and sqlite_file.exists():
+        os.chmod(sqlite_file, 0o600)  # its WAL and shared-memory files inherit this mode
     box = SecretBox.from_data_dir(data_dir)
     postgres, pg_url = _embedded_postgres(data_dir, box, say)
     base = Context(store=store, box=box, data_dir=data_dir, actor="tether up",
@@ -139,7 +142,7 @@ def build(data_dir: Path, host: str, port: int,
 def serve(data_dir: Path, host: str, port: int, say: Callable[[str], None],
           clusters_file: Path | None = None) -> None:
     if not port_is_free(port, host):
-        raise TetherError(f"port {port} on {host} is taken: is another `tether up` running? "
+        raise UserError(f"port {port} on {host} is taken: is another `tether up` running? "
                           "Stop it, or pick another port with --port")
     plane = build(data_dir, host, port, say, clusters_file)
     try:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tether.errors import UserError
+from tether.providers.registry import SPAWNABLE_KINDS
 
 #: cluster kind -> (service name stem, whether the version is part of the name)
 KIND_SERVICE: dict[str, tuple[str, bool]] = {
@@ -25,7 +26,25 @@ KIND_SERVICE: dict[str, tuple[str, bool]] = {
 }
 
 #: kinds Tether can run a dedicated server for, when `--private` finds no free private cluster
-SPAWNABLE_PRIVATE = frozenset({"postgres"})
+SPAWNABLE_PRIVATE = SPAWNABLE_KINDS
+
+#: region families, and the media storage kinds each allows (other kinds go anywhere)
+FAMILIES = ("local", "s3", "azure")
+MEDIA_KIND_FAMILY = {"local-files": "local", "s3": "s3", "azure-blob": "azure"}
+
+
+def infer_family(region: str) -> str:
+    """The family of a new region when the operator does not name one: `local` for the region
+    `local`, `azure` when the name says azure (`eu-azure`), else `s3` (`eu-aws`, `us-minio`)."""
+    if region == "local":
+        return "local"
+    return "azure" if "azure" in region else "s3"
+
+
+def kind_allowed(kind: str, family: str) -> bool:
+    """S3 storage only in S3-family regions, Azure Blob only in Azure-family regions, local files
+    only in the local family; databases, search and brokers anywhere."""
+    return MEDIA_KIND_FAMILY.get(kind, family) == family
 
 
 def major(version: str) -> str:

@@ -80,3 +80,39 @@ def test_a_bad_cluster_file_says_what_to_fix(ctx: Context, tmp_path: Path, text:
     path.write_text(text)
     with pytest.raises(UserError, match=message):
         clusterfile.register(ctx, path)
+
+
+def test_region_families_decide_the_media_storage(ctx: Context, tmp_path: Path) -> None:
+    media = {"base_dir": str(tmp_path / "media"), "public_url": "http://127.0.0.1:1/media/"}
+    clusters.add_cluster(ctx, "local-files", "local", "file:///x", settings=media)
+    with pytest.raises(UserError, match="local-files clusters belong in local-family regions"):
+        clusters.add_cluster(ctx, "local-files", "eu-aws", "file:///x", settings=media)
+    with pytest.raises(UserError, match="unknown region family"):
+        clusters.add_cluster(ctx, "local-files", "x", "file:///x", settings=media,
+                             region_family="gcp")
+    assert clusters.list_regions(ctx) == [{"name": "local", "family": "local"}]
+
+
+def test_migration_gives_existing_regions_a_family(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from tether.store.db import MIGRATIONS
+
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        for n, region in enumerate(("local", "eu-azure", "eu-aws")):
+            conn.execute(text("INSERT INTO clusters (name, kind, region, private, version, "
+                              "url_enc, settings, managed, created_at) VALUES (:n, 'postgres', "
+                              ":r, 0, '18', 'x', '{}', 0, CURRENT_TIMESTAMP)"),
+                         {"n": f"c{n}", "r": region})
+    store.migrate()
+    with store.engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT name, family FROM regions")).all())
+    assert rows == {"local": "local", "eu-azure": "azure", "eu-aws": "s3"}
+    store.dispose()

@@ -12,7 +12,7 @@ from tether import naming
 from tether.actions.common import Context, audit, get_project, iso
 from tether.errors import Conflict, UserError
 from tether.net import port_is_free
-from tether.store.models import Cluster, Environment, Project
+from tether.store.models import Environment, Project, Region
 
 DEFAULT_ENVIRONMENTS = ("test", "live")
 ENV_PORTS = range(8100, 9000)
@@ -79,7 +79,7 @@ def create_project(
     if not 1 <= health_timeout <= 600:
         raise UserError("invalid health timeout: use 1 to 600 seconds")
     with ctx.store.session() as s:
-        regions = set(s.scalars(select(Cluster.region)))
+        regions = set(s.scalars(select(Region.name)))
         if region not in regions:
             known = ", ".join(sorted(regions)) or "none yet"
             raise UserError(

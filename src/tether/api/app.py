@@ -56,6 +56,9 @@ class ClusterIn(BaseModel):
     private: bool = False
     name: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    region_family: str | None = Field(
+        default=None, description="local, s3 or azure; only for a new region (default: from "
+                                  "its name: local, *azure* -> azure, else s3)")
 
 
 def create_app(base: Context, media_dir: Path | None = None,
@@ -202,7 +205,12 @@ def create_app(base: Context, media_dir: Path | None = None,
     @api.post("/clusters", status_code=201, tags=["clusters"])
     async def add_cluster(ctx: Ctx, body: ClusterIn) -> dict[str, Any]:
         return await call(clusters.add_cluster, ctx, body.kind, body.region, body.url,
-                          body.private, body.name, body.settings)
+                          body.private, body.name, body.settings,
+                          region_family=body.region_family)
+
+    @api.get("/regions", tags=["clusters"])
+    async def list_regions(ctx: Ctx) -> list[dict[str, Any]]:
+        return await call(clusters.list_regions, ctx)
 
     app.include_router(api)
 

@@ -54,11 +54,16 @@ def add(
     setting: Annotated[list[str] | None, typer.Option(
         "--setting", metavar="KEY=VALUE", help="A kind-specific setting; repeat for more.")
     ] = None,
+    region_family: Annotated[str | None, typer.Option(
+        "--region-family", metavar="F",
+        help="For a new region: local, s3 or azure, which decides the media storage it offers "
+             "(default: from its name: local; *azure* -> azure; else s3).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Register a server Tether may administer; it is checked with the admin URL first."""
     body: dict[str, Any] = {"kind": kind, "region": region, "url": url, "private": private,
-                            "settings": _settings(setting or [], json_)}
+                            "settings": _settings(setting or [], json_),
+                            "region_family": region_family}
     if name:
         body["name"] = name
     with Client.connect(json_) as client:

@@ -4,6 +4,7 @@ the states). Every step can be repeated safely; a failure leaves things as they 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from pathlib import Path
@@ -21,10 +22,8 @@ from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import ClusterError, OperationError, TetherError
 from tether.lifecycle import Action, State
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres
-from tether.providers.base import ClusterSpec
-from tether.providers.postgres import PrivatePostgresServers
-from tether.providers.registry import get_provider
+from tether.providers.base import ClusterSpec, PrivateServers
+from tether.providers.registry import get_provider, private_servers
 from tether.redact import redact
 from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec
 from tether.store.db import Store
@@ -50,7 +49,6 @@ class Engine:
         self.box = box
         self.data_dir = data_dir
         self.runtime = runtime
-        self.private_servers = PrivatePostgresServers(data_dir / "private")
         self.worker = Worker(store, {
             "provision": self._op_provision,
             "remove": self._op_remove,
@@ -83,16 +81,19 @@ class Engine:
     def start_private_servers(self) -> None:
         for inst, cluster in self._spawned():
             try:
-                self.private_servers.start(naming.resource_names(inst.id),
-                                           int(cluster.settings["port"]))
+                self._private(cluster.kind).start(naming.resource_names(inst.id),
+                                                  int(cluster.settings["port"]))
             except TetherError as exc:
                 log.error("private server of instance %s did not start: %s", inst.id,
                           redact(exc.message))
 
     def stop_private_servers(self) -> None:
         for inst, cluster in self._spawned():
-            self.private_servers.stop(naming.resource_names(inst.id),
-                                      int(cluster.settings["port"]))
+            self._private(cluster.kind).stop(naming.resource_names(inst.id),
+                                             int(cluster.settings["port"]))
+
+    def _private(self, kind: str) -> PrivateServers:
+        return private_servers(kind, self.data_dir / "private")
 
     def restore_releases(self) -> None:
         """Give every environment its stable address, and start again the release that was
@@ -154,7 +155,8 @@ class Engine:
         if inst.kind not in catalog.SPAWNABLE_PRIVATE:
             raise OperationError(f"no free private {inst.kind} cluster in region {region}: "
                                  "register one with `tether cluster add ... --private`")
-        embedded = EmbeddedPostgres.version()
+        servers = self._private(inst.kind)
+        embedded = servers.version()
         if catalog.service_name(inst.kind, embedded) != inst.service:
             raise OperationError(f"Tether runs private servers of {inst.kind} {embedded}, not "
                                  f"{inst.service}: register a private {inst.service} cluster "
@@ -162,8 +164,9 @@ class Engine:
         names = naming.resource_names(inst.id)
         port = free_port()
         password = secrets.token_urlsafe(24)
-        url = naming.database_dsn("postgres", "postgres", password, "127.0.0.1", port,
-                                  "postgres")
+        # the admin URL is only known once the server exists: kept as a placeholder with the
+        # password (sealed) until `create` returns the real one
+        url = f"pending://admin:{password}@127.0.0.1:{port}/"
         cluster = Cluster(name=f"private-{names.base}", kind=inst.kind, region=region,
                           private=True, version=embedded,
                           url_enc=self.box.seal(url), settings={"port": port, "spawned": True},
@@ -198,7 +201,8 @@ class Engine:
         try:
             if spawned:
                 password = unquote(urlsplit(spec.url).password or "")
-                self.private_servers.create(names, int(spec.settings["port"]), password)
+                url = self._private(kind).create(names, int(spec.settings["port"]), password)
+                spec = self._record_admin_url(spec, url)
             creds = provider.provision(spec, names, secret)
         except Exception as exc:
             reason = exc.message if isinstance(exc, TetherError) else (
@@ -215,12 +219,21 @@ class Engine:
                          lifecycle.after_provision(State(inst.state), succeeded=True))
         return f"{prefix} is provisioned"
 
+    def _record_admin_url(self, spec: ClusterSpec, url: str) -> ClusterSpec:
+        """Keep the admin URL a dedicated server answered with (sealed) and use it."""
+        if url != spec.url:
+            with self.store.session() as s:
+                cluster = s.get(Cluster, spec.id)
+                if cluster is not None:
+                    cluster.url_enc = self.box.seal(url)
+        return dataclasses.replace(spec, url=url)
+
     def _undo_provision(self, instance_id: int, kind: str, spec: ClusterSpec, spawned: bool,
                         actor: str, reason: str) -> None:
         names = naming.resource_names(instance_id)
         try:
             if spawned:
-                self.private_servers.destroy(names, int(spec.settings["port"]))
+                self._private(kind).destroy(names, int(spec.settings["port"]))
             else:
                 get_provider(kind).deprovision(spec, names)
         except Exception as exc:  # recorded; the retry converges
@@ -265,7 +278,7 @@ class Engine:
         if spec is not None:
             try:
                 if spec.settings.get("spawned"):
-                    self.private_servers.destroy(names, int(spec.settings["port"]))
+                    self._private(kind).destroy(names, int(spec.settings["port"]))
                 else:
                     get_provider(kind).deprovision(spec, names)
             except TetherError as exc:

@@ -13,7 +13,6 @@ itself in `tether.providers.registry`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -84,6 +83,21 @@ class Provider(Protocol):
         """The environment variables the application gets for this instance (SPEC.md names)."""
 
 
-def private_dir(data_dir: Path, names: ResourceNames) -> Path:
-    """Where a dedicated (private) server for an instance keeps its data."""
-    return data_dir / "private" / names.base
+class PrivateServers(Protocol):
+    """Dedicated servers Tether runs itself, one per `--private` instance, each in
+    `base_dir/<names.base>` on its own port. Every method is idempotent."""
+
+    kind: str
+
+    def version(self) -> str:
+        """The version of the servers it runs (e.g. "18.6"), which decides the service name."""
+
+    def create(self, names: ResourceNames, port: int, password: str) -> str:
+        """Initialise (once) and start the instance's server; return its admin URL."""
+
+    def start(self, names: ResourceNames, port: int) -> None: ...
+
+    def stop(self, names: ResourceNames, port: int) -> None: ...
+
+    def destroy(self, names: ResourceNames, port: int) -> None:
+        """Stop the server and delete its data for good."""

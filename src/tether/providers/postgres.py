@@ -281,6 +281,9 @@ class PrivatePostgresServers:
         _check_names(names)
         return EmbeddedPostgres(self.base_dir / names.base, port)
 
+    def version(self) -> str:
+        return EmbeddedPostgres.version()
+
     def create(self, names: ResourceNames, port: int, password: str) -> str:
         """Initialise (once) and start the instance's server; return its admin URL. The
         password only takes effect at the first init: callers persist it before calling."""

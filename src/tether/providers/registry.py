@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from tether.errors import UserError
-from tether.providers.base import Provider
+from tether.providers.base import PrivateServers, Provider
 from tether.providers.local_files import LocalFilesProvider
-from tether.providers.postgres import PostgresProvider
+from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
 
 _FACTORIES: dict[str, Callable[[], Provider]] = {
     "postgres": PostgresProvider,
     "local-files": LocalFilesProvider,
 }
 
+#: kinds for which Tether can run a dedicated server itself (`--private` with no free private
+#: cluster registered); each factory takes the directory the servers live in
+_PRIVATE: dict[str, Callable[[Path], PrivateServers]] = {
+    "postgres": PrivatePostgresServers,
+}
+
 SUPPORTED_KINDS: tuple[str, ...] = tuple(_FACTORIES)
+SPAWNABLE_KINDS: frozenset[str] = frozenset(_PRIVATE)
 
 
 def get_provider(kind: str) -> Provider:
@@ -24,3 +32,12 @@ def get_provider(kind: str) -> Provider:
         raise UserError(f"unknown or unsupported cluster kind {kind!r}: supported kinds are "
                         f"{', '.join(SUPPORTED_KINDS)}")
     return factory()
+
+
+def private_servers(kind: str, base_dir: Path) -> PrivateServers:
+    """The manager of the dedicated servers of a kind, kept under `base_dir`."""
+    factory = _PRIVATE.get(kind)
+    if factory is None:
+        raise UserError(f"Tether cannot run private {kind} servers itself: register a private "
+                        f"cluster with `tether cluster add {kind} ... --private`")
+    return factory(base_dir)

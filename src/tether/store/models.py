@@ -35,6 +35,15 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Region(Base):
+    """Where things run. The family decides which media storage the region offers."""
+
+    __tablename__ = "regions"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    family: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Cluster(Base):
     __tablename__ = "clusters"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

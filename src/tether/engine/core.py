@@ -22,7 +22,7 @@ from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import ClusterError, OperationError, TetherError
 from tether.lifecycle import Action, State
 from tether.net import free_port
-from tether.providers.base import ClusterSpec, PrivateServers
+from tether.providers.base import ClusterSpec, Credentials, PrivateServers, Renewable
 from tether.providers.registry import get_provider, private_servers
 from tether.redact import redact
 from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec
@@ -372,6 +372,7 @@ class Engine:
                            f"provisioning {prefix} ({service})")
             self.provision_instance(inst_id, actor)
             self._log(dep_id, f"{prefix} is provisioned")
+        self._renew_credentials(dep_id, actor)
         with self.store.session() as s:
             env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
             assert env is not None
@@ -425,6 +426,32 @@ class Engine:
             env.current_release_id = release_id
             audit(s, actor, "release", environment_id=env.id,
                   detail=f"release {release_id} replaces {previous_id or 'nothing'}")
+
+    def _renew_credentials(self, dep_id: int, actor: str) -> None:
+        """Renew credentials that expire soon (Azure SAS tokens) before the release gets them.
+        A failure fails the deployment; the old credentials stay valid until they expire."""
+        with self.store.session() as s:
+            env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
+            assert env is not None
+            due = []
+            for inst in live_instances(s, env):
+                provider = get_provider(inst.kind)
+                creds = self.box.open(inst.credentials_enc)
+                if (creds and inst.cluster_id and isinstance(provider, Renewable)
+                        and lifecycle.gets_variables_next(State(inst.state))
+                        and provider.needs_renewal(Credentials(creds))):
+                    cluster = s.get(Cluster, inst.cluster_id)
+                    assert cluster is not None
+                    due.append((inst.id, inst.prefix, provider, cluster_spec(self.box, cluster),
+                                Credentials(creds)))
+        for inst_id, prefix, provider, spec, creds in due:
+            self._log(dep_id, f"renewing the credentials of {prefix}: they expire soon")
+            fresh = provider.renew(spec, naming.resource_names(inst_id), creds)
+            with self.store.session() as s:
+                inst = s.get(Instance, inst_id)
+                assert inst is not None
+                inst.credentials_enc = self.box.seal(fresh.values)
+                audit(s, actor, "credentials renewed", instance=inst, detail="expiring soon")
 
     def _set_release(self, release_id: int, status: str) -> None:
         with self.store.session() as s:

@@ -13,7 +13,7 @@ itself in `tether.providers.registry`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ class Provider(Protocol):
 
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         """The environment variables the application gets for this instance (SPEC.md names)."""
+
+
+@runtime_checkable
+class Renewable(Protocol):
+    """A provider whose credentials expire (e.g. Azure SAS tokens): the engine renews them at
+    deploy time when they are near expiry, so a redeployed app never holds a dying credential."""
+
+    def needs_renewal(self, credentials: Credentials) -> bool: ...
+
+    def renew(self, cluster: ClusterSpec, names: ResourceNames,
+              credentials: Credentials) -> Credentials: ...
 
 
 class PrivateServers(Protocol):

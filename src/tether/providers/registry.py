@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tether.errors import UserError
+from tether.providers.azure_blob import AzureBlobProvider
 from tether.providers.base import PrivateServers, Provider
 from tether.providers.local_files import LocalFilesProvider
 from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
@@ -13,6 +14,7 @@ from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
 _FACTORIES: dict[str, Callable[[], Provider]] = {
     "postgres": PostgresProvider,
     "local-files": LocalFilesProvider,
+    "azure-blob": AzureBlobProvider,
 }
 
 #: kinds for which Tether can run a dedicated server itself (`--private` with no free private

@@ -10,6 +10,7 @@ from tether.providers.azure_blob import AzureBlobProvider
 from tether.providers.base import PrivateServers, Provider
 from tether.providers.local_files import LocalFilesProvider
 from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
+from tether.providers.rabbitmq import RabbitMQProvider
 from tether.providers.s3 import S3Provider
 
 _FACTORIES: dict[str, Callable[[], Provider]] = {
@@ -17,6 +18,7 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {
     "local-files": LocalFilesProvider,
     "azure-blob": AzureBlobProvider,
     "s3": S3Provider,
+    "rabbitmq": RabbitMQProvider,
 }
 
 #: kinds for which Tether can run a dedicated server itself (`--private` with no free private

@@ -1,0 +1,336 @@
+"""RabbitMQ: one vhost and one user per instance, administered through the management HTTP API
+(plugin `rabbitmq_management`).
+
+The cluster URL is the management API with the credentials of a user tagged `administrator`:
+
+    http://ADMIN:PASSWORD@127.0.0.1:15672/          (user and password URL-encoded)
+    https://ADMIN:PASSWORD@rabbit.example.com:15671/   (a `management.path_prefix` goes in the path)
+
+Applications get AMQP URLs, and AMQP is not served by the management API: the host and port they
+use come from the cluster settings `amqp_host` (default: the API's host) and `amqp_port`
+(default: 5672), e.g. `--setting amqp_host=rabbit.internal --setting amqp_port=5672`.
+
+Least privilege: the user has no tags (no management API, no other vhost) and the permissions
+`.*` `.*` `.*` on its own vhost only. RabbitMQ gives the admin that creates a vhost full rights on
+it; that permission is removed again, so the cluster's admin credentials do not open every
+tenant's vhost over AMQP either (administration still works through the API).
+
+Names: the vhost and the user are both `names.base` (`tether_i42`), URL-encoded in API paths.
+A vhost is Tether's when its description carries Tether's mark; a vhost of that name without it,
+or a user of that name with tags, belongs to someone else: provisioning refuses to take it over,
+and removal leaves it alone. (Servers before 3.8 keep no vhost descriptions: there a vhost of
+that name is taken for Tether's.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+from tether.errors import ClusterError
+from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.redact import redact
+
+log = logging.getLogger("tether.providers.rabbitmq")
+
+TIMEOUT = httpx.Timeout(10.0, read=60.0)  # deleting a vhost with many queues takes a while
+DEFAULT_AMQP_PORT = 5672
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_URL_HINT = "use http://ADMIN:PASSWORD@HOST:15672/"
+_TAGS_FIX = "rabbitmqctl set_user_tags {user} administrator"
+MARK = "managed by Tether"
+
+
+def _check_names(names: ResourceNames) -> None:
+    if not _NAME_RE.fullmatch(names.base):
+        raise ClusterError(f"refusing the resource name {names.base!r}: not a plain identifier")
+
+
+def _p(name: str) -> str:
+    """One path segment of the API (vhost and user names may hold `/`, e.g. the vhost `/`)."""
+    return quote(name, safe="")
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _description(names: ResourceNames) -> str:
+    return f"{MARK}: {names.base}"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a cluster URL points, and who the admin is (the password is kept apart)."""
+
+    api: str  # e.g. http://127.0.0.1:15672/api, no credentials
+    where: str  # host:port, safe to show
+    host: str
+    user: str
+    password: str | None
+    amqp_host: str
+    amqp_port: int
+
+    @classmethod
+    def of(cls, cluster: ClusterSpec) -> _Target:
+        try:
+            parts = urlsplit(cluster.url)
+            port = parts.port
+        except ValueError:  # the parser's message may quote the URL, password included
+            raise ClusterError(f"the cluster URL is not a valid RabbitMQ management URL: "
+                               f"{_URL_HINT}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClusterError(f"the cluster URL is not a RabbitMQ management API URL: "
+                               f"{_URL_HINT} (https:// for TLS)")
+        if not parts.username:
+            raise ClusterError(f"the cluster URL has no user: {_URL_HINT}")
+        host = parts.hostname
+        port = port or (15672 if parts.scheme == "http" else 443)
+        path = parts.path.rstrip("/")
+        if path.endswith("/api"):
+            path = path[: -len("/api")]
+        settings = cluster.settings or {}
+        amqp_host = str(settings.get("amqp_host") or host)
+        raw_port = settings.get("amqp_port") or DEFAULT_AMQP_PORT
+        try:
+            amqp_port = int(raw_port)
+        except (TypeError, ValueError):
+            raise ClusterError(f"the cluster setting amqp_port={raw_port!r} is not a port "
+                               "number: use e.g. amqp_port=5672") from None
+        return cls(api=f"{parts.scheme}://{_host_in_url(host)}:{port}{path}/api",
+                   where=f"{_host_in_url(host)}:{port}", host=host,
+                   user=unquote(parts.username),
+                   password=unquote(parts.password) if parts.password is not None else None,
+                   amqp_host=amqp_host, amqp_port=amqp_port)
+
+
+class _Api:
+    """The management API as the cluster's admin; every failure becomes a `ClusterError` whose
+    message says what to fix and holds no secret."""
+
+    def __init__(self, target: _Target, client: httpx.Client, secrets: tuple[str | None, ...]
+                 ) -> None:
+        self.target = target
+        self.client = client
+        self.secrets = secrets
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             ok_missing: bool = False) -> httpx.Response | None:
+        """One request; None for a 404 when `ok_missing`."""
+        t = self.target
+        try:
+            response = self.client.request(method, f"{t.api}{path}", json=body)
+        except httpx.TimeoutException:
+            raise ClusterError(f"the RabbitMQ management API at {t.where} did not answer in "
+                               "time: check that the server is healthy and reachable") from None
+        except httpx.HTTPError as exc:
+            detail = redact(str(exc) or type(exc).__name__, self.secrets)
+            raise ClusterError(
+                f"cannot reach the RabbitMQ management API at {t.where}: check that the server "
+                "runs, that the management plugin is enabled (rabbitmq-plugins enable "
+                "rabbitmq_management) and that the host and port in the cluster URL are right "
+                f"({detail})") from None
+        if response.status_code == 404 and ok_missing:
+            return None
+        if response.status_code == 401:
+            raise self._unauthorized(response)
+        if response.status_code >= 400:
+            raise ClusterError(f"the RabbitMQ management API at {t.where} refused {method} "
+                               f"{path}: {self._reason(response)}")
+        return response
+
+    def json(self, path: str, ok_missing: bool = False) -> Any:
+        response = self.call("GET", path, ok_missing=ok_missing)
+        if response is None:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ClusterError(
+                f"{self.target.where} did not answer {path} like a RabbitMQ management API: "
+                f"check the port and path in the cluster URL ({_URL_HINT})") from None
+
+    def _reason(self, response: httpx.Response) -> str:
+        try:
+            data = response.json()
+            text = str(data.get("reason") or data.get("error") or "") if isinstance(
+                data, dict) else ""
+        except ValueError:
+            text = ""
+        text = text or response.reason_phrase or "error"
+        return redact(f"HTTP {response.status_code} {text}"[:300], self.secrets)
+
+    def _unauthorized(self, response: httpx.Response) -> ClusterError:
+        t = self.target
+        reason = self._reason(response)
+        if "not management user" in reason.lower() or "not administrator" in reason.lower():
+            return ClusterError(
+                f"the user {t.user!r} on RabbitMQ at {t.where} is not an administrator: Tether "
+                f"creates vhosts and users, so give it the tag ({_TAGS_FIX.format(user=t.user)}) "
+                "or put an administrator in the cluster URL")
+        if t.password is None:
+            return ClusterError(f"RabbitMQ at {t.where} asks for a password for user "
+                                f"{t.user!r}: put it in the cluster URL ({_URL_HINT})")
+        return ClusterError(
+            f"RabbitMQ at {t.where} refused the user {t.user!r} and its password: fix the user "
+            f"and password in the cluster URL (RabbitMQ's guest may log in from localhost only: "
+            f"use an administrator of your own elsewhere) ({reason})")
+
+
+class RabbitMQProvider:
+    """A vhost and a user with rights on that vhost alone, per instance."""
+
+    kind = "rabbitmq"
+
+    @contextmanager
+    def _api(self, cluster: ClusterSpec, *extra_secrets: str) -> Iterator[_Api]:
+        target = _Target.of(cluster)
+        auth = (target.user, target.password or "")
+        with httpx.Client(auth=auth, timeout=TIMEOUT, follow_redirects=False,
+                          headers={"content-type": "application/json"}) as client:
+            yield _Api(target, client, (target.password, cluster.url, *extra_secrets))
+
+    @staticmethod
+    def _tags(user: dict[str, Any]) -> list[str]:
+        tags = user.get("tags") or []
+        if isinstance(tags, str):  # before 3.9: "administrator,management"
+            tags = tags.split(",")
+        return [str(t).strip() for t in tags if str(t).strip()]
+
+    @staticmethod
+    def _own_vhost(vhost: dict[str, Any] | None, names: ResourceNames) -> bool | None:
+        """None: no such vhost; else whether it carries Tether's mark for these names."""
+        if vhost is None:
+            return None
+        if "description" not in vhost and "metadata" not in vhost:
+            return True  # a server without vhost descriptions (before 3.8): cannot tell
+        description = vhost.get("description") or (vhost.get("metadata") or {}).get(
+            "description")
+        return description == _description(names)
+
+    def _state(self, api: _Api, names: ResourceNames
+               ) -> tuple[bool | None, dict[str, Any] | None]:
+        vhost = api.json(f"/vhosts/{_p(names.base)}", ok_missing=True)
+        user = api.json(f"/users/{_p(names.base)}", ok_missing=True)
+        return self._own_vhost(vhost, names), user
+
+    # -- Provider ---------------------------------------------------------------------------------
+
+    def check(self, cluster: ClusterSpec) -> str:
+        """Log in to the management API, make sure the user is an administrator, return the
+        RabbitMQ version (e.g. "3.10.8")."""
+        with self._api(cluster) as api:
+            overview = api.json("/overview")
+            whoami = api.json("/whoami")
+        t = api.target
+        if not isinstance(overview, dict) or "rabbitmq_version" not in overview:
+            raise ClusterError(f"{t.where} did not answer like a RabbitMQ management API: check "
+                               f"the port and path in the cluster URL ({_URL_HINT})")
+        tags = self._tags(whoami if isinstance(whoami, dict) else {})
+        if "administrator" not in tags:
+            raise ClusterError(
+                f"the user {t.user!r} on RabbitMQ at {t.where} has the tags "
+                f"{', '.join(tags) or 'none'}, not administrator: Tether creates vhosts and "
+                f"users, so give it the tag ({_TAGS_FIX.format(user=t.user)}) or put an "
+                "administrator in the cluster URL")
+        return str(overview["rabbitmq_version"])
+
+    def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Converge to: vhost, user with this password and no tags, full rights for it on its
+        vhost, none for the admin there. On failure, a fresh resource set is removed again
+        (rule 5); the vhost of an instance that was already provisioned is never deleted here."""
+        _check_names(names)
+        with self._api(cluster, secret) as api:
+            t = api.target
+            if names.base == t.user:
+                raise ClusterError(f"the cluster's admin user is named {names.base!r} like this "
+                                   "instance's user: put another administrator in the cluster URL")
+            own_vhost, user = self._state(api, names)
+            if own_vhost is False:
+                raise ClusterError(
+                    f"a vhost named {names.base} exists already on RabbitMQ at {t.where} and was "
+                    "not made by Tether: Tether never takes over a vhost it did not create; "
+                    "delete or rename that vhost, then retry")
+            if user is not None and self._tags(user):
+                raise ClusterError(
+                    f"a user named {names.base} exists already on RabbitMQ at {t.where} with the "
+                    "tags " + ", ".join(self._tags(user)) + ": Tether never takes over such a "
+                    "user; delete or rename it, then retry")
+            try:
+                self._converge(api, names, secret)
+            except ClusterError as exc:
+                failure = exc.message
+                if own_vhost is None:
+                    try:
+                        self._delete(api, names)
+                    except ClusterError as cleanup_exc:  # recorded; a retry converges
+                        failure += f" (clean-up also failed: {cleanup_exc.message})"
+                raise ClusterError(f"provisioning {names.base} on RabbitMQ at {t.where} failed: "
+                                   f"{failure}") from None
+        return Credentials({"user": names.base, "password": secret, "host": t.amqp_host,
+                            "port": t.amqp_port, "vhost": names.base})
+
+    def _converge(self, api: _Api, names: ResourceNames, secret: str) -> None:
+        vhost, user = _p(names.base), _p(names.base)
+        api.call("PUT", f"/vhosts/{vhost}",
+                 {"description": _description(names), "tags": "tether"})
+        api.call("PUT", f"/users/{user}", {"password": secret, "tags": ""})
+        api.call("PUT", f"/permissions/{vhost}/{user}",
+                 {"configure": ".*", "write": ".*", "read": ".*"})
+        # RabbitMQ gave the admin full rights on the vhost it created: take them back
+        admin = _p(api.target.user)
+        api.call("DELETE", f"/permissions/{vhost}/{admin}", ok_missing=True)
+        api.call("DELETE", f"/topic-permissions/{vhost}/{admin}", ok_missing=True)
+
+    def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
+        _check_names(names)
+        with self._api(cluster) as api:
+            own_vhost, user = self._state(api, names)
+        return bool(own_vhost) or (user is not None and not self._tags(user))
+
+    def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
+        """Delete the vhost (its queues, exchanges and messages go with it; connections to it
+        are closed) and the user. A vhost or user of that name that is not Tether's is left
+        alone."""
+        _check_names(names)
+        with self._api(cluster) as api:
+            try:
+                self._delete(api, names)
+            except ClusterError as exc:
+                raise ClusterError(f"removing {names.base} from RabbitMQ at "
+                                   f"{api.target.where} failed: {exc.message}") from None
+
+    def _delete(self, api: _Api, names: ResourceNames) -> None:
+        own_vhost, user = self._state(api, names)
+        if own_vhost:
+            api.call("DELETE", f"/vhosts/{_p(names.base)}", ok_missing=True)
+        elif own_vhost is False:
+            log.warning("vhost %s on %s was not made by Tether: leaving it alone", names.base,
+                        api.target.where)
+        if user is not None and not self._tags(user):
+            api.call("DELETE", f"/users/{_p(names.base)}", ok_missing=True)
+        elif user is not None:
+            log.warning("user %s on %s has tags: not Tether's, leaving it alone", names.base,
+                        api.target.where)
+
+    def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
+        """`{P}_AMQP_BROKER_URL`, and `BROKER_URL` for the DEFAULT prefix (Divio names)."""
+        url = broker_url(credentials)
+        out = {f"{prefix}_AMQP_BROKER_URL": url}
+        if prefix == "DEFAULT":
+            out["BROKER_URL"] = url
+        return out
+
+
+def broker_url(credentials: Credentials) -> str:
+    """`amqp://USER:PASSWORD@HOST:PORT/VHOST`, user, password and vhost URL-encoded."""
+    c = credentials.values
+    return (f"amqp://{quote(str(c['user']), safe='')}:{quote(str(c['password']), safe='')}"
+            f"@{_host_in_url(str(c['host']))}:{int(c['port'])}/{quote(str(c['vhost']), safe='')}")

@@ -1,25 +1,34 @@
-"""Benchmark: time from the API call to `pending attachment` for N PostgreSQL instances on the
-shared embedded cluster, against the same SQL statements issued directly with psycopg, in the
-same run and on the same server.
+"""Benchmark: time from the API call to `pending attachment`, per provider, against the same
+raw calls on the same server, in the same run, interleaved.
 
-Usage: .venv/bin/python benchmarks/provision.py [-n 30]
+- postgres: Tether's embedded shared cluster; the baseline is the provider's exact SQL statements
+  written out by hand with psycopg (a new admin connection each, as the provider does).
+- rabbitmq, s3 (SeaweedFS), azure-blob (Azurite), mysql (MariaDB): servers started here with the
+  test suite's own runners; the baseline is the provider module called directly (its HTTP/SQL
+  calls to the server, no API, store or worker), so the difference is Tether's own overhead.
+
+Usage: .venv/bin/python benchmarks/provision.py [-n 30] [--kinds postgres,rabbitmq,s3,...]
 Writes benchmarks/results/provision.json and prints a Markdown table (copied into the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -27,11 +36,15 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from tether.crypto import SecretBox  # noqa: E402
 from tether.net import free_port  # noqa: E402
+from tether.providers.base import ClusterSpec, ResourceNames  # noqa: E402
+from tether.providers.registry import get_provider  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "provision.json"
+KINDS = ("postgres", "rabbitmq", "s3", "azure-blob", "mysql")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,17 +83,6 @@ def _timed(fn: Callable[..., None], *args: object) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _tether_provision(client: httpx.Client, prefix: str) -> None:
-    """The API call, then wait (long-poll) until the instance is pending attachment."""
-    r = client.post("/projects/bench/environments/test/services",
-                    json={"service": "postgres", "prefix": prefix, "provision": True})
-    r.raise_for_status()
-    op = r.json()["operation"]
-    while op["status"] not in ("succeeded", "failed"):
-        op = client.get(f"/operations/{op['id']}", params={"wait": 30}).json()
-    assert op["status"] == "succeeded", op
-
-
 def raw_drop(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -88,10 +90,152 @@ def raw_drop(admin_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+@dataclass
+class Target:
+    """One provider's side of the run: where Tether provisions, and the baseline."""
+
+    kind: str
+    region: str
+    service: str
+    raw: Callable[[int], None]
+    raw_cleanup: Callable[[int], None]
+    baseline: str
+
+
+def _provider_baseline(kind: str, spec: ClusterSpec) -> tuple[Callable[[int], None],
+                                                                Callable[[int], None]]:
+    provider = get_provider(kind)
+
+    def raw(i: int) -> None:
+        provider.provision(spec, ResourceNames(f"bench_raw_{i}"), secrets.token_urlsafe(24))
+
+    def cleanup(i: int) -> None:
+        provider.deprovision(spec, ResourceNames(f"bench_raw_{i}"))
+
+    return raw, cleanup
+
+
+@contextlib.contextmanager
+def _servers(kinds: list[str], client: httpx.Client, admin_pg: str) -> Iterator[list[Target]]:
+    """Start the servers of the chosen kinds, register them with Tether, yield the targets."""
+    targets: list[Target] = []
+    with contextlib.ExitStack() as stack:
+        for kind in kinds:
+            if kind == "postgres":
+                targets.append(Target(
+                    kind, "local", "postgres",
+                    lambda i: raw_provision(admin_pg, f"bench_raw_{i}",
+                                            f"pw-{i}-{os.urandom(8).hex()}"),
+                    lambda i: raw_drop(admin_pg, f"bench_raw_{i}"),
+                    "the provider's SQL statements by hand (psycopg)"))
+                continue
+            url, settings, region, family = stack.enter_context(_start(kind))
+            client.post("/clusters", json={"kind": kind, "region": region, "url": url,
+                                           "settings": settings, "region_family": family,
+                                           "name": f"bench-{kind}"}).raise_for_status()
+            spec = ClusterSpec(id=0, kind=kind, region=region, url=url, settings=settings)
+            raw, cleanup = _provider_baseline(kind, spec)
+            service = {"s3": "s3-media", "azure-blob": "azure-blob-media"}.get(kind, kind)
+            targets.append(Target(kind, region, service, raw, cleanup,
+                                  "the provider module called directly"))
+        yield targets
+
+
+@contextlib.contextmanager
+def _start(kind: str) -> Iterator[tuple[str, dict[str, Any], str, str]]:
+    """A real server of `kind`, run by the test suite's own runner (tests/integration/KIND)."""
+    if kind == "rabbitmq":
+        from tests.integration.rabbitmq.conftest import RabbitNode, _script
+
+        node = RabbitNode(_script("rabbitmq-server") or "", _script("rabbitmqctl") or "")
+        node.start()
+        try:
+            yield node.admin_url, {"amqp_host": "127.0.0.1", "amqp_port": node.amqp_port}, \
+                "local", "local"
+        finally:
+            node.stop()
+    elif kind == "s3":
+        from tests.integration.s3.conftest import SeaweedFS, weed_binary
+
+        weed = SeaweedFS(weed_binary() or "weed")
+        weed.start()
+        try:
+            yield weed.server.url, {"endpoint_scheme": "http"}, "bench-s3", "s3"
+        finally:
+            weed.stop()
+    elif kind == "azure-blob":
+        from tests.integration.azure.conftest import Azurite, azurite_binary
+
+        azurite = Azurite(azurite_binary() or "azurite-blob")
+        azurite.start()
+        try:
+            yield azurite.url, {}, "bench-azure", "azure"
+        finally:
+            azurite.stop()
+    elif kind == "mysql":
+        from tests.integration.mysql.conftest import bench_server
+
+        with bench_server() as url:
+            yield url, {}, "local", "local"
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+
+
+def _tether_provision(client: httpx.Client, project: str, service: str, prefix: str) -> None:
+    """The API call, then wait (long-poll) until the instance is pending attachment."""
+    r = client.post(f"/projects/{project}/environments/test/services",
+                    json={"service": service, "prefix": prefix, "provision": True})
+    r.raise_for_status()
+    op = r.json()["operation"]
+    while op["status"] not in ("succeeded", "failed"):
+        op = client.get(f"/operations/{op['id']}", params={"wait": 30}).json()
+    assert op["status"] == "succeeded", op
+
+
+def _summary(tether_ms: list[float], raw_ms: list[float]) -> dict[str, Any]:
+    paired = [t - r for t, r in zip(tether_ms, raw_ms, strict=True)]
+    t_med, r_med = statistics.median(tether_ms), statistics.median(raw_ms)
+    return {
+        "tether_ms": {"median": t_med, "p95": percentile(tether_ms, .95)},
+        "raw_ms": {"median": r_med, "p95": percentile(raw_ms, .95)},
+        "overhead_ms_median": t_med - r_med,
+        "overhead_ms_paired_median": statistics.median(paired),
+        "ratio_median": t_med / r_med,
+    }
+
+
+def _measure(client: httpx.Client, target: Target, n: int) -> dict[str, Any]:
+    project = f"bench-{target.kind}"
+    client.post("/projects", json={"name": project, "region": target.region}
+                ).raise_for_status()
+    tether_ms: list[float] = []
+    raw_ms: list[float] = []
+    try:
+        for i in range(n):
+            # interleave the two sides, alternating which goes first, so that drift on the VM
+            # (CREATE DATABASE time wanders a lot here) hits both alike
+            sides = [lambda i=i: raw_ms.append(_timed(target.raw, i)),
+                     lambda i=i: tether_ms.append(_timed(_tether_provision, client, project,
+                                                         target.service, f"B{i}"))]
+            for side in sides if i % 2 == 0 else reversed(sides):
+                side()
+    finally:
+        for i in range(len(raw_ms)):
+            target.raw_cleanup(i)
+        for i in range(len(tether_ms)):
+            client.delete(f"/projects/{project}/environments/test/services/B{i}",
+                          params={"confirm": f"B{i}"}).raise_for_status()
+    return {"kind": target.kind, "n": n, "baseline": target.baseline,
+            **_summary(tether_ms, raw_ms)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-n", type=int, default=30, help="instances per side")
+    parser.add_argument("-n", type=int, default=30, help="instances per side and provider")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated, from {', '.join(KINDS)}")
     args = parser.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
 
     base = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     os.chmod(base, 0o755)  # noqa: S103 - the embedded PostgreSQL's system user must traverse it
@@ -102,6 +246,7 @@ def main() -> int:
                            str(base / "data"), "--port", str(port)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    rows: list[dict[str, Any]] = []
     try:
         config = base / "config" / "tether" / "config.json"
         deadline = time.monotonic() + 60
@@ -112,53 +257,37 @@ def main() -> int:
         token = json.loads(config.read_text())["token"]
         box = SecretBox.from_data_dir(base / "data")
         state = json.loads((base / "data" / "embedded-postgres.json").read_text())
-        admin_url = (f"postgres://postgres:{box.open(state['password_enc'])}@127.0.0.1:"
-                     f"{state['port']}/postgres")
-
+        admin_pg = (f"postgres://postgres:{box.open(state['password_enc'])}@127.0.0.1:"
+                    f"{state['port']}/postgres")
         client = httpx.Client(base_url=url + "/api/v1", timeout=60,
                               headers={"Authorization": f"Bearer {token}"})
-        client.post("/projects", json={"name": "bench"}).raise_for_status()
-        tether_ms: list[float] = []
-        raw_ms: list[float] = []
-        for i in range(args.n):
-            # interleave the two sides, alternating which goes first, so that drift on the VM
-            # (CREATE DATABASE time wanders a lot here) hits both alike
-            sides = [lambda i=i: raw_ms.append(_timed(raw_provision, admin_url, f"bench_raw_{i}",
-                                                      f"pw-{i}-{os.urandom(8).hex()}")),
-                     lambda i=i: tether_ms.append(_timed(_tether_provision, client, f"B{i}"))]
-            for side in sides if i % 2 == 0 else reversed(sides):
-                side()
-        for i in range(args.n):
-            raw_drop(admin_url, f"bench_raw_{i}")
-            client.delete(f"/projects/bench/environments/test/services/B{i}",
-                          params={"confirm": f"B{i}"}).raise_for_status()
+        with _servers(kinds, client, admin_pg) as targets:
+            for target in targets:
+                rows.append(_measure(client, target, args.n))
+                print(f"{target.kind}: done", file=sys.stderr)
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
     result = {
-        "benchmark": "provision postgres to pending attachment",
-        "n": args.n,
+        "benchmark": "provision to pending attachment, Tether vs raw calls",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
-        "tether_ms": {"median": statistics.median(tether_ms), "p95": percentile(tether_ms, .95)},
-        "raw_ms": {"median": statistics.median(raw_ms), "p95": percentile(raw_ms, .95)},
+        "store": "sqlite",
+        "providers": rows,
     }
-    paired = [t - r for t, r in zip(tether_ms, raw_ms, strict=True)]
-    result["overhead_ms_median"] = result["tether_ms"]["median"] - result["raw_ms"]["median"]
-    result["overhead_ms_paired_median"] = statistics.median(paired)
-    result["ratio_median"] = result["tether_ms"]["median"] / result["raw_ms"]["median"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    t, r = result["tether_ms"], result["raw_ms"]
-    print(f"| side | median ms | p95 ms |\n|---|---|---|\n"
-          f"| Tether (API call → pending attachment) | {t['median']:.1f} | {t['p95']:.1f} |\n"
-          f"| raw psycopg (same statements) | {r['median']:.1f} | {r['p95']:.1f} |\n"
-          f"\noverhead {result['overhead_ms_median']:.1f} ms (difference of the medians), "
-          f"{result['overhead_ms_paired_median']:.1f} ms (median of paired differences), ratio "
-          f"{result['ratio_median']:.2f} (n={args.n}); written to {RESULTS.relative_to(ROOT)}")
+    print("| provider | n | Tether median / p95 ms | raw median / p95 ms | overhead ms "
+          "(medians; paired) | ratio |\n|---|---|---|---|---|---|")
+    for r in rows:
+        t, w = r["tether_ms"], r["raw_ms"]
+        print(f"| {r['kind']} | {r['n']} | {t['median']:.1f} / {t['p95']:.1f} | "
+              f"{w['median']:.1f} / {w['p95']:.1f} | {r['overhead_ms_median']:.1f}; "
+              f"{r['overhead_ms_paired_median']:.1f} | {r['ratio_median']:.2f} |")
+    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
     return 0
 
 

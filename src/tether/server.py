@@ -124,7 +124,7 @@ def build(data_dir: Path, host: str, port: int,
     engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"))
     base.notify = engine.notify
     app = create_app(base, media_dir=media_dir,
-                     wait_for_change=engine.worker.wait_for_change)
+                     worker=engine.worker)
     plane = ControlPlane(data_dir, host, port, store, box, engine, postgres, app)
 
     @contextlib.asynccontextmanager

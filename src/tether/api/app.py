@@ -4,7 +4,6 @@ no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {c
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from tether import __version__
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.api.auth import actor_for, bearer_digest
+from tether.engine.worker import Worker
 from tether.errors import TetherError, UserError
 
 FINISHED = ("succeeded", "failed")
@@ -62,9 +62,9 @@ class ClusterIn(BaseModel):
 
 
 def create_app(base: Context, media_dir: Path | None = None,
-               wait_for_change: Callable[[float], None] | None = None) -> FastAPI:
-    """The API. `wait_for_change(timeout)` blocks until some operation finishes (the worker
-    offers it when it runs in this process); without it, waiting operations are polled."""
+               worker: Worker | None = None) -> FastAPI:
+    """The API. With the `worker` of this process, clients waiting on an operation are answered
+    as soon as it finishes; without one (another node runs it), the store is polled."""
     app = FastAPI(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
                               "needs `Authorization: Bearer TOKEN`.",
@@ -189,12 +189,13 @@ def create_app(base: Context, media_dir: Path | None = None,
         """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
         deadline = time.monotonic() + wait
         while True:
+            seen = worker.generation if worker is not None else 0
             op = await call(deployments.get_operation, ctx, operation_id)
             left = deadline - time.monotonic()
             if op["status"] in FINISHED or left <= 0:
                 return op
-            if wait_for_change is not None:
-                await run_in_threadpool(wait_for_change, min(left, 1.0))
+            if worker is not None:
+                await run_in_threadpool(worker.wait_for_change, seen, min(left, 1.0))
             else:
                 await asyncio.sleep(min(left, 0.05))
 

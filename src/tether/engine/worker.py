@@ -115,8 +115,13 @@ class Worker:
                 self._generation += 1
                 self._finished.notify_all()
 
-    def wait_for_change(self, timeout: float) -> None:
-        """Block until some operation finishes, or `timeout` seconds pass."""
+    @property
+    def generation(self) -> int:
+        """Counts finished operations: read it *before* looking at an operation's status, then
+        `wait_for_change(generation, ...)`, so a finish in between is never missed."""
+        return self._generation
+
+    def wait_for_change(self, since: int, timeout: float) -> None:
+        """Block until an operation finishes after `since` was read, or `timeout` seconds pass."""
         with self._finished:
-            generation = self._generation
-            self._finished.wait_for(lambda: self._generation != generation, timeout)
+            self._finished.wait_for(lambda: self._generation != since, timeout)

@@ -116,29 +116,24 @@ def _provider_baseline(kind: str, spec: ClusterSpec) -> tuple[Callable[[int], No
 
 
 @contextlib.contextmanager
-def _servers(kinds: list[str], client: httpx.Client, admin_pg: str) -> Iterator[list[Target]]:
-    """Start the servers of the chosen kinds, register them with Tether, yield the targets."""
-    targets: list[Target] = []
-    with contextlib.ExitStack() as stack:
-        for kind in kinds:
-            if kind == "postgres":
-                targets.append(Target(
-                    kind, "local", "postgres",
-                    lambda i: raw_provision(admin_pg, f"bench_raw_{i}",
-                                            f"pw-{i}-{os.urandom(8).hex()}"),
-                    lambda i: raw_drop(admin_pg, f"bench_raw_{i}"),
-                    "the provider's SQL statements by hand (psycopg)"))
-                continue
-            url, settings, region, family = stack.enter_context(_start(kind))
-            client.post("/clusters", json={"kind": kind, "region": region, "url": url,
-                                           "settings": settings, "region_family": family,
-                                           "name": f"bench-{kind}"}).raise_for_status()
-            spec = ClusterSpec(id=0, kind=kind, region=region, url=url, settings=settings)
-            raw, cleanup = _provider_baseline(kind, spec)
-            service = {"s3": "s3-media", "azure-blob": "azure-blob-media"}.get(kind, kind)
-            targets.append(Target(kind, region, service, raw, cleanup,
-                                  "the provider module called directly"))
-        yield targets
+def _target(kind: str, client: httpx.Client, admin_pg: str) -> Iterator[Target]:
+    """Start the server of `kind` (only while it is measured, so idle servers do not load the
+    2 cores), register it with Tether, yield the target."""
+    if kind == "postgres":
+        yield Target(kind, "local", "postgres",
+                     lambda i: raw_provision(admin_pg, f"bench_raw_{i}",
+                                             f"pw-{i}-{os.urandom(8).hex()}"),
+                     lambda i: raw_drop(admin_pg, f"bench_raw_{i}"),
+                     "the provider's SQL statements by hand (psycopg)")
+        return
+    with _start(kind) as (url, settings, region, family):
+        client.post("/clusters", json={"kind": kind, "region": region, "url": url,
+                                       "settings": settings, "region_family": family,
+                                       "name": f"bench-{kind}"}).raise_for_status()
+        spec = ClusterSpec(id=0, kind=kind, region=region, url=url, settings=settings)
+        raw, cleanup = _provider_baseline(kind, spec)
+        service = {"s3": "s3-media", "azure-blob": "azure-blob-media"}.get(kind, kind)
+        yield Target(kind, region, service, raw, cleanup, "the provider module called directly")
 
 
 @contextlib.contextmanager
@@ -261,10 +256,10 @@ def main() -> int:
                     f"{state['port']}/postgres")
         client = httpx.Client(base_url=url + "/api/v1", timeout=60,
                               headers={"Authorization": f"Bearer {token}"})
-        with _servers(kinds, client, admin_pg) as targets:
-            for target in targets:
+        for kind in kinds:
+            with _target(kind, client, admin_pg) as target:
                 rows.append(_measure(client, target, args.n))
-                print(f"{target.kind}: done", file=sys.stderr)
+            print(f"{kind}: done", file=sys.stderr)
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)

@@ -168,10 +168,17 @@ def _start(kind: str) -> Iterator[tuple[str, dict[str, Any], str, str]]:
         finally:
             azurite.stop()
     elif kind == "mysql":
-        from tests.integration.mysql.conftest import bench_server
+        from tests.conftest import world_traversable_tmpdir
 
-        with bench_server() as url:
-            yield url, {}, "local", "local"
+        from tether.providers.mysql import PrivateMariaDBServers
+
+        home = world_traversable_tmpdir("tether-bench-mysql-")
+        servers, names, port = PrivateMariaDBServers(home), ResourceNames("bench_srv"), free_port()
+        try:
+            yield servers.create(names, port, secrets.token_urlsafe(18)), {}, "local", "local"
+        finally:
+            servers.destroy(names, port)
+            subprocess.run(["rm", "-rf", str(home)], check=False)
     else:
         raise SystemExit(f"unknown kind {kind}")
 

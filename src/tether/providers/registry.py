@@ -9,6 +9,7 @@ from tether.errors import UserError
 from tether.providers.azure_blob import AzureBlobProvider
 from tether.providers.base import PrivateServers, Provider
 from tether.providers.local_files import LocalFilesProvider
+from tether.providers.mysql import MySQLProvider, PrivateMariaDBServers
 from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
 from tether.providers.rabbitmq import RabbitMQProvider
 from tether.providers.s3 import S3Provider
@@ -19,12 +20,14 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {
     "azure-blob": AzureBlobProvider,
     "s3": S3Provider,
     "rabbitmq": RabbitMQProvider,
+    "mysql": MySQLProvider,
 }
 
 #: kinds for which Tether can run a dedicated server itself (`--private` with no free private
 #: cluster registered); each factory takes the directory the servers live in
 _PRIVATE: dict[str, Callable[[Path], PrivateServers]] = {
     "postgres": PrivatePostgresServers,
+    "mysql": PrivateMariaDBServers,
 }
 
 SUPPORTED_KINDS: tuple[str, ...] = tuple(_FACTORIES)

@@ -1,0 +1,784 @@
+"""MySQL/MariaDB: one database and one user per instance on a shared server, and dedicated
+MariaDB servers for `--private` instances.
+
+The cluster URL names an admin (`mysql://ADMIN:PASSWORD@HOST:PORT/`, user and password
+URL-encoded). The admin needs CREATE USER, and ALL PRIVILEGES WITH GRANT OPTION on the databases
+Tether creates (e.g. `GRANT ALL PRIVILEGES ON *.* TO ... WITH GRANT OPTION`, or on
+`` `tether\\_%`.* `` plus CREATE USER and SELECT on `mysql.*`); PROCESS and CONNECTION ADMIN
+(or SUPER) let removal cut the tenant's open connections.
+
+Least privilege: the user `'NAME'@'%'` has `ALL` on its own database and nothing else. In GRANT,
+`_` is a wildcard, so the grant names the database with `_` escaped: `tether_i42` must not also
+reach a database `tetherXi42`.
+
+Ownership: a database is Tether's when the instance's user holds the grant on it. The grant is
+made *before* the database is created, so a crash at any step leaves a state a retry recognises
+as its own; a database of that name without that grant belongs to someone else: provisioning
+refuses to take it over and removal leaves it alone.
+
+On MariaDB the password is sent as its mysql_native_password hash, computed here, so the
+clear-text password never appears in a server log or in the process list.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import pymysql
+import pymysql.cursors
+
+from tether import naming
+from tether.errors import ClusterError
+from tether.net import wait_for_port
+from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.redact import redact
+
+log = logging.getLogger("tether.providers.mysql")
+
+CONNECT_TIMEOUT = 5
+DEFAULT_PORT = 3306
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")  # MySQL user names: at most 32 characters
+_URL_HINT = "use mysql://USER:PASSWORD@HOST:PORT/"
+_SCHEMES = ("mysql", "mariadb")
+_ACCOUNT = "%s@'%%'"  # the user literal; PyMySQL substitutes `%` only with args: `'%%'`
+_GRANT_FIX = "GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"
+
+# MySQL error codes used here
+_ER_DB_CREATE_EXISTS = 1007
+_ER_ACCESS_DENIED = (1045, 1698)  # 1698: MariaDB, no such user
+_ER_HOST_NOT_PRIVILEGED = 1130
+_ER_CANNOT_USER = 1396  # CREATE USER of an existing user (e.g. made concurrently)
+_ER_NO_SUCH_THREAD = 1094
+_ER_ACCOUNT_LOCKED = 4151
+_UNREACHABLE = (2002, 2003, 2005, 2006, 2013)
+
+
+def _check_names(names: ResourceNames) -> None:
+    if not _NAME_RE.fullmatch(names.base):
+        raise ClusterError(f"refusing the resource name {names.base!r}: not a plain identifier "
+                           "of at most 32 characters")
+
+
+def _ident(name: str) -> str:
+    """A quoted identifier (database name)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _grant_pattern(database: str) -> str:
+    """The database name as GRANT reads it: `_` and `%` are wildcards there, so escape them."""
+    return database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
+def native_password_hash(password: str) -> str:
+    """The mysql_native_password hash (`*` + upper-case hex SHA1(SHA1(password)))."""
+    inner = hashlib.sha1(password.encode("utf-8")).digest()  # noqa: S324 - the server's format
+    return "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324
+
+
+class _Target:
+    """Where a cluster URL points, without its password (safe to show)."""
+
+    def __init__(self, cluster: ClusterSpec) -> None:
+        try:
+            parts = urlsplit(cluster.url)
+            port = parts.port
+            host = parts.hostname
+        except ValueError:  # the message may quote the URL, password included
+            raise ClusterError(f"the cluster URL is not a valid MySQL URL: {_URL_HINT}") from None
+        if parts.scheme not in _SCHEMES or not host or not parts.username:
+            raise ClusterError(f"the cluster URL is not a valid MySQL URL: {_URL_HINT}")
+        self.user = unquote(parts.username)
+        self.password = unquote(parts.password or "")
+        self.host = host
+        self.port = int(port or DEFAULT_PORT)
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def account(self) -> str:
+        return f"'{self.user}'@'%'"
+
+
+def _error_parts(exc: Exception) -> tuple[int | None, str]:
+    args = getattr(exc, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        return args[0], str(args[1])
+    return None, str(exc) or type(exc).__name__
+
+
+def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> ClusterError:
+    """Turn a connection failure into a message that says what to fix (and holds no secret)."""
+    code, text = _error_parts(exc)
+    detail = redact(text.strip().splitlines()[-1] if text.strip() else type(exc).__name__,
+                    (target.password, cluster.url))
+    if code in _ER_ACCESS_DENIED:
+        msg = (f"MySQL at {target.where} refused the password of user {target.user!r} (or has "
+               "no such user): fix the user and password in the cluster URL")
+    elif code == _ER_HOST_NOT_PRIVILEGED:
+        msg = (f"MySQL at {target.where} does not let user {target.user!r} connect from "
+               f"Tether's host: create the admin for this host (e.g. {target.account})")
+    elif code == _ER_ACCOUNT_LOCKED:
+        msg = (f"the account {target.user!r} on MySQL at {target.where} is locked: unlock it "
+               f"(ALTER USER {target.account} ACCOUNT UNLOCK)")
+    elif code in _UNREACHABLE or isinstance(exc, OSError):
+        msg = (f"cannot reach MySQL at {target.where}: check that the server runs and that "
+               "the host and port in the cluster URL are right")
+    else:
+        msg = f"cannot connect to MySQL at {target.where} as {target.user!r}"
+    return ClusterError(f"{msg} ({detail})")
+
+
+def _sql_error(exc: Exception, secrets: tuple[str | None, ...]) -> str:
+    code, text = _error_parts(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return redact(f"{first} ({code})" if code else first, secrets)
+
+
+def _version_number(version: str) -> str:
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return match.group(0) if match else "unknown"
+
+
+@dataclass
+class _Progress:
+    """What one provision call created, so that its clean-up removes exactly that."""
+
+    created_database: bool = False
+
+
+Cursor = pymysql.cursors.Cursor
+
+
+class MySQLProvider:
+    """Database + user per instance on a shared (or dedicated) MySQL/MariaDB server."""
+
+    kind = "mysql"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _admin(self, cluster: ClusterSpec) -> Iterator[Cursor]:
+        target = _Target(cluster)
+        try:
+            conn = pymysql.connect(host=target.host, port=target.port, user=target.user,
+                                   password=target.password, connect_timeout=CONNECT_TIMEOUT,
+                                   read_timeout=180, write_timeout=180, autocommit=True,
+                                   charset="utf8mb4")
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise _connect_error(target, cluster, exc) from None
+        try:
+            with conn.cursor() as cur:
+                # DROP DATABASE waits for the metadata locks of open transactions: not forever
+                cur.execute("SET SESSION lock_wait_timeout = 60")
+                yield cur
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _is_mariadb(cur: Cursor) -> bool:
+        cur.execute("SELECT VERSION()")
+        row = cur.fetchone()
+        return bool(row) and "mariadb" in str(row[0]).lower()
+
+    @staticmethod
+    def _user_exists(cur: Cursor, user: str) -> bool:
+        cur.execute("SELECT 1 FROM mysql.user WHERE User = %s AND Host = '%%'", (user,))
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _has_grant(cur: Cursor, names: ResourceNames) -> bool:
+        """Whether the instance's user holds its grant on the database: Tether's mark."""
+        cur.execute("SELECT 1 FROM mysql.db WHERE User = %s AND Host = '%%' AND Db = %s",
+                    (names.role, _grant_pattern(names.database)))
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _db_exists(cur: Cursor, database: str) -> bool:
+        cur.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                    (database,))
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _kill_connections(cur: Cursor, user: str) -> None:
+        """Cut the user's open sessions (needs PROCESS and CONNECTION ADMIN or SUPER): a dropped
+        user's session would keep its rights, and its locks would block DROP DATABASE."""
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE USER = %s AND ID <> CONNECTION_ID()", (user,))
+        for (thread_id,) in cur.fetchall():
+            try:
+                cur.execute("KILL CONNECTION %s", (int(thread_id),))
+            except pymysql.err.MySQLError as exc:
+                code, _ = _error_parts(exc)
+                if code != _ER_NO_SUCH_THREAD:  # gone already is fine
+                    log.warning("could not end a session of %s: %s", user,
+                                _sql_error(exc, ()))
+
+    # -- Provider ---------------------------------------------------------------------------------
+
+    def check(self, cluster: ClusterSpec) -> str:
+        """Connect as the admin, make sure it may create users and databases and grant on them,
+        return the version (e.g. "10.11.6")."""
+        target = _Target(cluster)
+        with self._admin(cluster) as cur:
+            cur.execute("SELECT VERSION(), CURRENT_USER()")
+            row = cur.fetchone()
+            version, current = (str(row[0]), str(row[1])) if row else ("", "")
+            missing = self._missing_privileges(cur, current)
+        if missing:
+            user, _, host = current.rpartition("@")
+            account = f"'{user or target.user}'@'{host or '%'}'"
+            raise ClusterError(
+                f"the user {target.user!r} on MySQL at {target.where} lacks "
+                f"{', '.join(missing)}: Tether needs CREATE USER, and ALL PRIVILEGES WITH GRANT "
+                "OPTION on the databases it creates; e.g. "
+                f"{_GRANT_FIX.format(account=account)}")
+        return _version_number(version)
+
+    @staticmethod
+    def _missing_privileges(cur: Cursor, current_user: str) -> list[str]:
+        """The admin's privileges, globally or on a database pattern that covers Tether's
+        names (`tether_i1` stands for them all)."""
+        user, _, host = current_user.rpartition("@")
+        grantee = f"'{user}'@'{host}'"
+        cur.execute("SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES "
+                    "WHERE GRANTEE = %s", (grantee,))
+        global_rows = [(str(p), str(g)) for p, g in cur.fetchall()]
+        cur.execute("SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema."
+                    "SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND %s LIKE TABLE_SCHEMA",
+                    (grantee, naming.resource_names(1).database))
+        schema_rows = [(str(p), str(g)) for p, g in cur.fetchall()]
+        held_global = {p for p, _ in global_rows}
+        held = held_global | {p for p, _ in schema_rows}
+        missing = [p for p in ("CREATE USER",) if p not in held_global]
+        missing += [p for p in ("CREATE", "DROP") if p not in held]
+        if not any(g == "YES" for _, g in global_rows + schema_rows):
+            missing.append("GRANT OPTION")
+        for table in ("mysql.user", "mysql.db"):
+            try:
+                cur.execute(f"SELECT 1 FROM {table} LIMIT 0")
+            except pymysql.err.MySQLError:
+                missing.append(f"SELECT on {table}")
+        return missing
+
+    def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Converge to: the user with this password, the grant on its database, the database.
+        On failure, a fresh resource set is removed again (rule 5); the database of an instance
+        that was already provisioned is never dropped here."""
+        _check_names(names)
+        target = _Target(cluster)
+        secrets = (secret, target.password, cluster.url)
+        progress = _Progress()
+        with self._admin(cluster) as cur:
+            try:
+                ours_before = self._has_grant(cur, names)
+            except pymysql.err.MySQLError as exc:
+                raise ClusterError(f"provisioning {names.database} on MySQL at {target.where} "
+                                   f"failed: {_sql_error(exc, secrets)}") from None
+            try:
+                self._converge(cur, names, secret, progress)
+            except (pymysql.err.MySQLError, ClusterError) as exc:
+                failure = (exc.message if isinstance(exc, ClusterError)
+                           else _sql_error(exc, secrets))
+                if not ours_before:
+                    try:
+                        self._remove_fresh(cluster, names, progress)
+                    except Exception as cleanup_exc:  # recorded; a retry converges
+                        failure += (" (clean-up also failed: "
+                                    f"{redact(str(cleanup_exc), secrets)})")
+                raise ClusterError(f"provisioning {names.database} on MySQL at {target.where} "
+                                   f"failed: {failure}") from None
+        return Credentials({"user": names.role, "password": secret, "host": target.host,
+                            "port": target.port, "database": names.database})
+
+    def _converge(self, cur: Cursor, names: ResourceNames, secret: str,
+                  progress: _Progress) -> None:
+        db = names.database
+        db_exists = self._db_exists(cur, db)
+        if db_exists and not self._has_grant(cur, names):
+            raise ClusterError(
+                f"a database named {db} exists already and was not made by Tether for this "
+                "instance (its user holds no grant on it): Tether never takes over a database "
+                "it did not create; drop or rename that database, then retry")
+        if self._is_mariadb(cur):
+            identified, password = "IDENTIFIED BY PASSWORD %s", native_password_hash(secret)
+        else:  # MySQL 8 rewrites the statement in its logs itself
+            identified, password = "IDENTIFIED BY %s", secret
+        alter = f"ALTER USER {_ACCOUNT} {identified} ACCOUNT UNLOCK"
+        if self._user_exists(cur, names.role):
+            cur.execute(alter, (names.role, password))
+        else:
+            try:
+                cur.execute(f"CREATE USER {_ACCOUNT} {identified}", (names.role, password))
+            except pymysql.err.OperationalError as exc:
+                if _error_parts(exc)[0] != _ER_CANNOT_USER:
+                    raise
+                cur.execute(alter, (names.role, password))  # made concurrently: converge
+        # the grant first: it is what marks the database as ours
+        cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(db))}.* TO {_ACCOUNT}",
+                    (names.role,))
+        if not db_exists:
+            try:
+                cur.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
+            except pymysql.err.ProgrammingError as exc:
+                if _error_parts(exc)[0] != _ER_DB_CREATE_EXISTS:
+                    raise
+                raise ClusterError(f"a database named {db} was just created by someone else: "
+                                   "Tether never takes over a database it did not create; "
+                                   "drop or rename that database, then retry") from None
+            progress.created_database = True
+
+    def _remove_fresh(self, cluster: ClusterSpec, names: ResourceNames,
+                      progress: _Progress) -> None:
+        """Undo a failed first provision: the user (and so its grant), and the database only
+        when this very call created it. A new connection: the old one may be what failed."""
+        with self._admin(cluster) as cur:
+            if progress.created_database:
+                cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
+            if self._user_exists(cur, names.role):
+                self._kill_connections(cur, names.role)
+                cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
+
+    def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
+        _check_names(names)
+        target = _Target(cluster)
+        with self._admin(cluster) as cur:
+            try:
+                return self._user_exists(cur, names.role) or (
+                    self._has_grant(cur, names) and self._db_exists(cur, names.database))
+            except pymysql.err.MySQLError as exc:
+                raise ClusterError(f"looking for {names.database} on MySQL at {target.where} "
+                                   f"failed: {_sql_error(exc, (target.password, cluster.url))}"
+                                   ) from None
+
+    def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
+        """Lock the user out, cut its sessions, drop the database (if ours), drop the user.
+        The user goes last: its grant is what marks the database as ours, so a crash half-way
+        leaves a state the retry still recognises."""
+        _check_names(names)
+        target = _Target(cluster)
+        with self._admin(cluster) as cur:
+            try:
+                ours = self._has_grant(cur, names)
+                user_exists = self._user_exists(cur, names.role)
+                if user_exists:
+                    try:  # no new sessions while we remove it (MariaDB 10.4+, MySQL 5.7+)
+                        cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (names.role,))
+                    except pymysql.err.MySQLError as exc:
+                        log.warning("could not lock %s: %s", names.role, _sql_error(exc, ()))
+                    self._kill_connections(cur, names.role)
+                if ours:
+                    cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
+                elif self._db_exists(cur, names.database):
+                    log.warning("database %s was not made by Tether for %s: leaving it alone",
+                                names.database, names.role)
+                if user_exists:
+                    cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
+            except pymysql.err.MySQLError as exc:
+                reason = _sql_error(exc, (target.password, cluster.url))
+                raise ClusterError(f"removing {names.database} from MySQL at {target.where} "
+                                   f"failed: {reason}") from None
+
+    def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
+        c = credentials.values
+        dsn = naming.database_dsn("mysql", str(c["user"]), str(c["password"]),
+                                  str(c["host"]), int(c["port"]), str(c["database"]))
+        return naming.database_vars(prefix, dsn)
+
+
+# -- dedicated MariaDB servers -------------------------------------------------------------------
+
+ADMIN_USER = "tether_admin"
+RUN_AS = "mysql"  # the system user of Debian's mariadb-server, which runs the servers as root
+_SBIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes
+_INSTALL_HINT = ("install the Debian package mariadb-server (`apt-get install mariadb-server`, "
+                 "or scripts/servers/mariadb.sh)")
+_SECRET_LINE = re.compile(r"password|identified", re.IGNORECASE)
+
+
+def _binary(name: str) -> str:
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN_DIRS])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise ClusterError(f"MariaDB is not installed here (no `{name}` found), so Tether "
+                           f"cannot run private MySQL servers: {_INSTALL_HINT}")
+    return found
+
+
+@functools.cache
+def _server_version(mariadbd: str) -> str:
+    proc = subprocess.run([mariadbd, "--version"], capture_output=True, text=True, check=False,
+                          timeout=30, env=_clean_env(), stdin=subprocess.DEVNULL)
+    match = re.search(r"Ver\s+(\d+(?:\.\d+)+)", proc.stdout)
+    if proc.returncode != 0 or match is None:
+        raise ClusterError(f"`{mariadbd} --version` failed: reinstall mariadb-server")
+    return match.group(1)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The account the servers run as: `mysql` when we are root, else ourselves (None)."""
+    if not _is_root():
+        return None
+    try:
+        return pwd.getpwnam(RUN_AS)
+    except KeyError:
+        raise ClusterError(f"the system user {RUN_AS!r} that runs MariaDB is missing: "
+                           f"{_INSTALL_HINT}") from None
+
+
+def _clean_env() -> dict[str, str]:
+    """No MYSQL_* variables of the caller (MYSQL_PWD, MYSQL_UNIX_PORT...), C messages."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL", "MARIADB"))}
+    env.update(LC_ALL="C", LANG="C")
+    return env
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live process (a zombie is dead: containers often have no init that reaps orphans)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = raw.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    kept = [line for line in text.strip().splitlines() if not _SECRET_LINE.search(line)]
+    return "\n".join(kept[-lines:]) or "(empty)"
+
+
+class MariaDBServer:
+    """One MariaDB data dir in `home/data` and the server running on it (127.0.0.1:`port`).
+    `home` also holds the pid file, the socket and the error log. The server is daemonised,
+    so it outlives the Python process that started it."""
+
+    def __init__(self, home: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.home = Path(os.path.abspath(home))
+        self.port = int(port)
+        self.host = host
+
+    def __repr__(self) -> str:
+        return f"MariaDBServer({str(self.home)!r}, port={self.port})"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def _staging(self) -> Path:
+        return self.home / "data.install"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "mariadbd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def socket(self) -> Path:
+        own = self.home / "mariadbd.sock"
+        if len(str(own)) <= _SOCKET_PATH_MAX:
+            return own
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"tether-mariadb-{digest}.sock"
+
+    def admin_url(self, password: str) -> str:
+        return f"mysql://{ADMIN_USER}:{quote(password, safe='')}@{self.host}:{self.port}/"
+
+    def initialized(self) -> bool:
+        return (self.data_dir / "mysql").is_dir()
+
+    # -- init -----------------------------------------------------------------------------------
+
+    def _check_traversable(self, account: pwd.struct_passwd | None) -> None:
+        """Every existing ancestor of `home` must be searchable by the server's user."""
+        if account is None:
+            return
+        groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+        for parent in reversed(self.home.parents):
+            try:
+                st = parent.stat()
+            except FileNotFoundError:
+                break
+            if st.st_uid == account.pw_uid:
+                ok = bool(st.st_mode & stat.S_IXUSR)
+            elif st.st_gid in groups:
+                ok = bool(st.st_mode & stat.S_IXGRP)
+            else:
+                ok = bool(st.st_mode & stat.S_IXOTH)
+            if not ok:
+                raise ClusterError(
+                    f"MariaDB runs as the user {account.pw_name!r}, which cannot reach "
+                    f"{self.home} ({parent} is not traversable for it): choose a --data-dir "
+                    f"the {account.pw_name} user can reach (e.g. /var/lib/tether)")
+
+    def _prepare_home(self, account: pwd.struct_passwd | None) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._check_traversable(account)
+        if account is not None:
+            os.chown(self.home, account.pw_uid, account.pw_gid)
+
+    def init(self, password: str) -> None:
+        """Create the data dir with the admin `tether_admin`@'%' and `password` (no test
+        database, no anonymous users). mariadb-install-db writes into a staging dir that is
+        renamed at the end, so an interrupted init never leaves a half-made data dir behind.
+        No-op when already initialized."""
+        if self.initialized():
+            return
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ClusterError(f"{self.data_dir} is not empty and is not a MariaDB data dir: "
+                               "remove it or choose another data dir")
+        install_db = _binary("mariadb-install-db")
+        _binary("mariadbd")
+        account = _run_as()
+        self._prepare_home(account)
+        if self._staging.exists():
+            shutil.rmtree(self._staging)
+        secret_dir = Path(tempfile.mkdtemp(prefix="tether-mariadb-init-"))
+        try:
+            extra = secret_dir / "admin.sql"
+            fd = os.open(extra, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                # bootstrap mode skips the grant tables: FLUSH PRIVILEGES loads them
+                f.write("FLUSH PRIVILEGES;\n"
+                        f"CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY PASSWORD "
+                        f"'{native_password_hash(password)}';\n"
+                        f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n")
+            args = [install_db, "--no-defaults", f"--datadir={self._staging}", "--skip-test-db",
+                    "--auth-root-authentication-method=socket", "--skip-name-resolve",
+                    f"--extra-file={extra}"]
+            if account is not None:
+                args.append(f"--user={account.pw_name}")
+            proc = subprocess.run(args, capture_output=True, text=True, check=False,
+                                  timeout=300, env=_clean_env(), cwd="/",
+                                  stdin=subprocess.DEVNULL)
+        finally:
+            shutil.rmtree(secret_dir, ignore_errors=True)
+        if proc.returncode != 0:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            raise ClusterError(f"mariadb-install-db for {self.data_dir} failed: "
+                               f"{_tail(proc.stdout + proc.stderr)}")
+        if self.data_dir.exists():
+            self.data_dir.rmdir()  # checked empty above
+        self._staging.rename(self.data_dir)
+        log.info("initialised MariaDB data dir %s", self.data_dir)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _is_ours(self, pid: int) -> bool:
+        cmdline = _cmdline(pid)
+        return (bool(cmdline) and os.path.basename(cmdline[0]) in ("mariadbd", "mysqld")
+                and f"--datadir={self.data_dir}" in cmdline and _pid_alive(pid))
+
+    def pid(self) -> int | None:
+        """The pid of the live server on this data dir, if any: from the pid file, else (a
+        server still starting, or aborting before it wrote one) by its command line."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        if pid is not None and self._is_ours(pid):  # not a recycled pid
+            return pid
+        try:
+            entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+        except OSError:
+            return None
+        for name in entries:
+            if self._is_ours(int(name)):
+                return int(name)
+        return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def _running_port(self, pid: int) -> int | None:
+        for arg in _cmdline(pid):
+            if arg.startswith("--port="):
+                try:
+                    return int(arg.split("=", 1)[1])
+                except ValueError:
+                    return None
+        return None
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                return f.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the error log, without any line that mentions a password."""
+        return _tail(self._log_since(max(0, self._log_size() - 16384)), lines)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server on its port (no-op when it already runs there)."""
+        if not self.initialized():
+            raise ClusterError(f"{self.data_dir} is not an initialised MariaDB data dir: "
+                               "initialise it first")
+        mariadbd = _binary("mariadbd")
+        account = _run_as()
+        pid = self.pid()
+        if pid is not None and self._running_port(pid) == self.port:
+            if self._wait_running(pid, timeout):
+                return
+            pid = self.pid()  # it died meanwhile (it was crashing): start it again
+        if pid is not None:
+            log.info("MariaDB in %s runs on another port than %s: restarting it",
+                     self.data_dir, self.port)
+            self.stop()
+        self._prepare_home(account)
+        self.pid_file.unlink(missing_ok=True)  # stale, after a crash
+        if not self.log_file.exists():
+            self.log_file.touch(mode=0o640)
+        if account is not None:
+            os.chown(self.log_file, account.pw_uid, account.pw_gid)
+        offset = self._log_size()
+        args = [mariadbd, "--no-defaults", f"--datadir={self.data_dir}", f"--port={self.port}",
+                f"--bind-address={self.host}", f"--socket={self.socket}",
+                f"--pid-file={self.pid_file}", f"--log-error={self.log_file}",
+                "--skip-name-resolve", "--character-set-server=utf8mb4"]
+        ids: dict[str, Any] = {}
+        if account is not None:
+            ids = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        # `sh` starts the server in the background and exits at once: the server is nobody's
+        # child, in a session of its own, and outlives this process.
+        launcher = subprocess.run(
+            ["/bin/sh", "-c", '"$@" </dev/null >/dev/null 2>&1 &', "sh", *args],
+            check=False, timeout=30, env=_clean_env(), cwd=str(self.home),
+            stdin=subprocess.DEVNULL, start_new_session=True, **ids)
+        if launcher.returncode != 0:
+            raise ClusterError(f"could not launch MariaDB for {self.data_dir}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new_log = self._log_since(offset)
+            if "ready for connections" in new_log and self.is_running():
+                log.info("MariaDB started on %s:%s (%s)", self.host, self.port, self.data_dir)
+                return
+            if "[ERROR] Aborting" in new_log:
+                break
+            time.sleep(0.05)
+        tail = _tail(self._log_since(offset))
+        self.stop()
+        raise ClusterError(f"MariaDB in {self.data_dir} did not start on "
+                           f"{self.host}:{self.port} (is the port taken?); its log ends "
+                           f"with:\n{tail}")
+
+    def _wait_running(self, pid: int, timeout: float) -> bool:
+        """A server that runs already may still be starting: wait until it accepts connections
+        (True), or until it is gone (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return False
+            if wait_for_port(self.port, self.host, timeout=0.5):
+                return True
+        raise ClusterError(f"MariaDB in {self.data_dir} runs but does not accept connections on "
+                           f"{self.host}:{self.port} after {timeout:.0f}s; its log ends "
+                           f"with:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Clean shutdown (SIGTERM, as `mariadb-admin shutdown` does); no-op when stopped."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_dead(pid, timeout):
+                log.warning("MariaDB in %s did not stop in %.0fs: killing it", self.data_dir,
+                            timeout)
+                os.kill(pid, signal.SIGKILL)
+                if not self._wait_dead(pid, 10):
+                    raise ClusterError(f"MariaDB in {self.data_dir} (pid {pid}) did not stop")
+            log.info("MariaDB stopped (%s)", self.data_dir)
+        self.pid_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _wait_dead(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.05)
+        return not _pid_alive(pid)
+
+    def destroy(self) -> None:
+        """Stop the server and delete its data for good."""
+        self.stop()
+        socket = self.socket
+        if socket.parent != self.home:
+            socket.unlink(missing_ok=True)
+        if self.home.exists():
+            shutil.rmtree(self.home)
+
+
+class PrivateMariaDBServers:
+    """Dedicated MariaDB servers, one per `--private` instance, kept in `base_dir/<base>`."""
+
+    kind = "mysql"
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = Path(base_dir)
+
+    def server(self, names: ResourceNames, port: int) -> MariaDBServer:
+        _check_names(names)
+        return MariaDBServer(self.base_dir / names.base, port)
+
+    def version(self) -> str:
+        """The version of the installed `mariadbd` (e.g. "10.11.6")."""
+        return _server_version(_binary("mariadbd"))
+
+    def create(self, names: ResourceNames, port: int, password: str) -> str:
+        """Initialise (once) and start the instance's server; return its admin URL. The
+        password only takes effect at the first init: callers persist it before calling."""
+        server = self.server(names, port)
+        server.init(password)
+        server.start()
+        return server.admin_url(password)
+
+    def start(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).start()
+
+    def stop(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).stop()
+
+    def destroy(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).destroy()

@@ -42,7 +42,7 @@ def test_an_unreachable_host_is_refused_at_cluster_add(ctx: Context) -> None:
 
 
 def test_unknown_kind_lists_the_supported_ones(ctx: Context) -> None:
-    with pytest.raises(UserError, match="supported kinds are .*local-files, postgres"):
+    with pytest.raises(UserError, match=r"supported kinds are .*local-files, mysql, postgres"):
         clusters.add_cluster(ctx, "redis", "local", "redis://127.0.0.1")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tether.errors import ClusterError
+from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.pgserver")
 
@@ -182,24 +183,12 @@ def _check_traversable(path: Path) -> None:
     service user, or PostgreSQL cannot open its own data dir."""
     if not _is_root():
         return
-    account = _service_account()
-    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
-    for parent in reversed(path.parents):
-        try:
-            st = parent.stat()
-        except FileNotFoundError:
-            break
-        if st.st_uid == account.pw_uid:
-            ok = bool(st.st_mode & stat.S_IXUSR)
-        elif st.st_gid in groups:
-            ok = bool(st.st_mode & stat.S_IXGRP)
-        else:
-            ok = bool(st.st_mode & stat.S_IXOTH)
-        if not ok:
-            raise ClusterError(
-                f"PostgreSQL runs as the user {SERVICE_USER!r}, which cannot reach {path} "
-                f"({parent} is not traversable for it): choose a --data-dir the {SERVICE_USER} "
-                f"user can reach (e.g. /var/lib/tether)")
+    parent = first_untraversable(path, _service_account())
+    if parent is not None:
+        raise ClusterError(
+            f"PostgreSQL runs as the user {SERVICE_USER!r}, which cannot reach {path} "
+            f"({parent} is not traversable for it): choose a --data-dir the {SERVICE_USER} "
+            f"user can reach (e.g. /var/lib/tether)")
 
 
 # -- the server --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ and PostgreSQL (TETHER_DATABASE_URL). No HTTP here: the API and CLI are covered 
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, UserError
 from tether.naming import resource_names
@@ -50,31 +50,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, pg_server: Any,
 
 @pytest.fixture
 def plane(store: Store, tmp_path: Path, pg_server: Any) -> Iterator[tuple[Context, Engine]]:
-    box = SecretBox.from_data_dir(tmp_path)
-    engine = Engine(store, box, tmp_path, runtime=None)
-    ctx = Context(store=store, box=box, data_dir=tmp_path, actor="alice",
-                  notify=engine.notify)
-    clusters.add_cluster(ctx, "postgres", "local", pg_server.admin_url, name="pg")
-    engine.worker.start()
-    yield ctx, engine
-    engine.worker.stop()
-    # leave nothing behind on the shared server, whatever the test left
-    with store.session() as s:
-        pg = s.scalars(select(Cluster).where(Cluster.name == "pg")).one()
-        spec = clusters.cluster_spec(box, pg)
-        ids = list(s.scalars(select(Instance.id)))
+    with make_plane(tmp_path, "postgres", "local", pg_server.admin_url, "pg",
+                    store=store) as (ctx, engine):
+        yield ctx, engine
+        # leave nothing behind on the shared server, whatever the test left
+        with store.session() as s:
+            pg = s.scalars(select(Cluster).where(Cluster.name == "pg")).one()
+            spec = clusters.cluster_spec(ctx.box, pg)
+            ids = list(s.scalars(select(Instance.id)))
     for inst_id in ids:
         get_provider("postgres").deprovision(spec, resource_names(inst_id))
-
-
-def wait_op(ctx: Context, op_id: int, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        op = deployments.get_operation(ctx, op_id)
-        if op["status"] in ("succeeded", "failed"):
-            return op
-        time.sleep(0.02)
-    raise AssertionError(f"operation {op_id} did not finish")
 
 
 def state(ctx: Context, project: str, env: str, prefix: str) -> str:

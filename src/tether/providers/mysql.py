@@ -30,7 +30,6 @@ import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import time
@@ -49,6 +48,7 @@ from tether.errors import ClusterError
 from tether.net import wait_for_port
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
 from tether.redact import redact
+from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.providers.mysql")
 
@@ -527,23 +527,12 @@ class MariaDBServer:
         """Every existing ancestor of `home` must be searchable by the server's user."""
         if account is None:
             return
-        groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
-        for parent in reversed(self.home.parents):
-            try:
-                st = parent.stat()
-            except FileNotFoundError:
-                break
-            if st.st_uid == account.pw_uid:
-                ok = bool(st.st_mode & stat.S_IXUSR)
-            elif st.st_gid in groups:
-                ok = bool(st.st_mode & stat.S_IXGRP)
-            else:
-                ok = bool(st.st_mode & stat.S_IXOTH)
-            if not ok:
-                raise ClusterError(
-                    f"MariaDB runs as the user {account.pw_name!r}, which cannot reach "
-                    f"{self.home} ({parent} is not traversable for it): choose a --data-dir "
-                    f"the {account.pw_name} user can reach (e.g. /var/lib/tether)")
+        parent = first_untraversable(self.home, account)
+        if parent is not None:
+            raise ClusterError(
+                f"MariaDB runs as the user {account.pw_name!r}, which cannot reach "
+                f"{self.home} ({parent} is not traversable for it): choose a --data-dir "
+                f"the {account.pw_name} user can reach (e.g. /var/lib/tether)")
 
     def _prepare_home(self, account: pwd.struct_passwd | None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

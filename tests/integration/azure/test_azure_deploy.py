@@ -3,23 +3,21 @@ token that is near expiry, and remove deletes the container."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from tether.actions import clusters, deployments, projects, services
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
+from tether.actions import deployments, projects, services
 from tether.actions.common import Context
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import UserError
-from tether.store.db import Store
 from tether.store.models import Instance
 
 pytestmark = pytest.mark.integration
@@ -27,26 +25,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def plane(tmp_path: Path, azurite_url: str) -> Iterator[tuple[Context, Engine]]:
-    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
-    store.migrate()
-    box = SecretBox.from_data_dir(tmp_path)
-    engine = Engine(store, box, tmp_path, runtime=None)
-    ctx = Context(store=store, box=box, data_dir=tmp_path, actor="alice", notify=engine.notify)
-    clusters.add_cluster(ctx, "azure-blob", "eu-azure", azurite_url, name="azurite")
-    engine.worker.start()
-    yield ctx, engine
-    engine.worker.stop()
-    store.dispose()
-
-
-def wait_op(ctx: Context, op_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        op = deployments.get_operation(ctx, op_id)
-        if op["status"] in ("succeeded", "failed"):
-            return op
-        time.sleep(0.02)
-    raise AssertionError("operation did not finish")
+    with make_plane(tmp_path, "azure-blob", "eu-azure", azurite_url, "azurite") as made:
+        yield made
 
 
 def test_azure_region_offers_azure_media_only(plane: tuple[Context, Engine]) -> None:

@@ -4,7 +4,6 @@ detach, remove — the database and the dedicated server really go."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -13,11 +12,11 @@ import pymysql
 import pytest
 
 from tests.conftest import world_traversable_tmpdir
-from tether.actions import clusters, deployments, projects, services, variables
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
+from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
-from tether.store.db import Store
 
 pytestmark = pytest.mark.integration
 
@@ -25,27 +24,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def plane(mysql_server: Any) -> Iterator[tuple[Context, Engine]]:
     data_dir = world_traversable_tmpdir("tether-test-engine-mysql-")
-    store = Store(f"sqlite:///{data_dir / 'tether.db'}")
-    store.migrate()
-    box = SecretBox.from_data_dir(data_dir)
-    engine = Engine(store, box, data_dir, runtime=None)
-    ctx = Context(store=store, box=box, data_dir=data_dir, actor="alice", notify=engine.notify)
-    clusters.add_cluster(ctx, "mysql", "local", mysql_server.admin_url, name="maria")
-    engine.worker.start()
-    yield ctx, engine
-    engine.stop()
-    store.dispose()
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def wait_op(ctx: Context, op_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        op = deployments.get_operation(ctx, op_id)
-        if op["status"] in ("succeeded", "failed"):
-            return op
-        time.sleep(0.02)
-    raise AssertionError("operation did not finish")
+    try:
+        with make_plane(data_dir, "mysql", "local", mysql_server.admin_url, "maria") as made:
+            yield made
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def connect(dsn: str) -> pymysql.Connection:

@@ -3,7 +3,6 @@ works with kombu, remove deletes the vhost and the user."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,38 +11,20 @@ import httpx
 import pytest
 from kombu import Connection
 
-from tether.actions import clusters, deployments, projects, services, variables
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
+from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
-from tether.store.db import Store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def plane(tmp_path: Path, rabbit: Any) -> Iterator[tuple[Context, Engine]]:
-    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
-    store.migrate()
-    box = SecretBox.from_data_dir(tmp_path)
-    engine = Engine(store, box, tmp_path, runtime=None)
-    ctx = Context(store=store, box=box, data_dir=tmp_path, actor="alice", notify=engine.notify)
-    clusters.add_cluster(ctx, "rabbitmq", "local", rabbit.admin_url, name="rabbit",
-                         settings=rabbit.settings)
-    engine.worker.start()
-    yield ctx, engine
-    engine.worker.stop()
-    store.dispose()
-
-
-def wait_op(ctx: Context, op_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        op = deployments.get_operation(ctx, op_id)
-        if op["status"] in ("succeeded", "failed"):
-            return op
-        time.sleep(0.02)
-    raise AssertionError("operation did not finish")
+    with make_plane(tmp_path, "rabbitmq", "local", rabbit.admin_url, "rabbit",
+                     settings=rabbit.settings) as made:
+        yield made
 
 
 def test_broker_through_deploy_and_remove(plane: tuple[Context, Engine], rabbit: Any,

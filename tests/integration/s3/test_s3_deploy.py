@@ -3,7 +3,6 @@ with the instance's own key, deploy, detach (keeps data), remove (deletes bucket
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tether.actions import clusters, deployments, projects, services
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
+from tether.actions import deployments, projects, services
 from tether.actions.common import Context
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import UserError
-from tether.store.db import Store
 from tether.store.models import Instance
 
 pytestmark = pytest.mark.integration
@@ -26,27 +25,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def plane(tmp_path: Path, s3_server: Any) -> Iterator[tuple[Context, Engine]]:
-    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
-    store.migrate()
-    box = SecretBox.from_data_dir(tmp_path)
-    engine = Engine(store, box, tmp_path, runtime=None)
-    ctx = Context(store=store, box=box, data_dir=tmp_path, actor="alice", notify=engine.notify)
-    clusters.add_cluster(ctx, "s3", "eu-aws", s3_server.url, name="seaweed",
-                         settings={"endpoint_scheme": "http"})
-    engine.worker.start()
-    yield ctx, engine
-    engine.worker.stop()
-    store.dispose()
-
-
-def wait_op(ctx: Context, op_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        op = deployments.get_operation(ctx, op_id)
-        if op["status"] in ("succeeded", "failed"):
-            return op
-        time.sleep(0.02)
-    raise AssertionError("operation did not finish")
+    with make_plane(tmp_path, "s3", "eu-aws", s3_server.url, "seaweed",
+                     settings={"endpoint_scheme": "http"}) as made:
+        yield made
 
 
 def test_s3_region_refuses_other_media(plane: tuple[Context, Engine]) -> None:

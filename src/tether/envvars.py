@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from tether import lifecycle
 from tether.crypto import SecretBox
 from tether.lifecycle import State
+from tether.naming import database_vars, storage_vars
 from tether.providers.base import Credentials
 from tether.providers.registry import get_provider
 from tether.store.models import Environment, Instance, Variable
@@ -38,8 +39,6 @@ def service_vars(box: SecretBox, instance: Instance) -> dict[str, str]:
 
 def instance_var_names(instance: Instance) -> list[str]:
     """Names an instance gives, known even before it is provisioned (for shadowing checks)."""
-    from tether.naming import database_vars, storage_vars
-
     if instance.kind in ("postgres", "mysql"):
         return list(database_vars(instance.prefix, ""))
     if instance.kind in ("s3", "azure-blob", "local-files"):

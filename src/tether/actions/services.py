@@ -45,6 +45,18 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
     """An instance as the API shows it; `operation` is the one just queued, if the caller knows
     it (else the instance's unfinished operation is looked up)."""
     state = State(inst.state)
+    env = s.get(Environment, inst.environment_id)
+    env_name = env.name if env is not None else "ENV"
+
+    def action_view(action: Action) -> dict[str, object]:
+        """Whether `action` is allowed now, whether it would change anything (a new state or
+        work for the engine), and the lifecycle's message: the reason when refused or a no-op,
+        else what it will do."""
+        decision = lifecycle.decide(state, action, inst.prefix, env_name)
+        changes = decision.allowed and (decision.operation is not None or (
+            decision.target is not None and decision.target != state))
+        return {"allowed": decision.allowed, "changes": changes, "message": decision.message}
+
     cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
     variables = service_vars(ctx.box, inst)
     pending = operation or s.scalar(
@@ -69,6 +81,11 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         "last_error": inst.last_error,
         "variables": variables if reveal else {k: "********" for k in variables},
         "operation": operation_view(pending) if pending else None,
+        # What each user action would do now, as the lifecycle rules decide it, so that clients
+        # (the Services view) offer exactly what the API accepts and say why not otherwise:
+        # `allowed` False is a refusal; `changes` False an allowed no-op ("already attached").
+        "actions": {action.value: action_view(action) for action in
+                    (Action.PROVISION, Action.DETACH, Action.ATTACH, Action.REMOVE)},
         "created_at": iso(inst.created_at),
         "updated_at": iso(inst.updated_at),
     }

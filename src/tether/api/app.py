@@ -17,9 +17,17 @@ from starlette.concurrency import run_in_threadpool
 from tether import __version__
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
-from tether.api.auth import actor_for, bearer_digest
+from tether.api.auth import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    actor_for,
+    bearer_digest,
+    check_csrf,
+)
 from tether.engine.worker import Worker
 from tether.errors import TetherError, UserError
+from tether.web.routes import STATIC_DIR, web_router
 
 FINISHED = ("succeeded", "failed")
 
@@ -67,7 +75,8 @@ def create_app(base: Context, media_dir: Path | None = None,
     as soon as it finishes; without one (another node runs it), the store is polled."""
     app = FastAPI(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
-                              "needs `Authorization: Bearer TOKEN`.",
+                              "needs `Authorization: Bearer TOKEN` (or, from the Services view, "
+                              "its session cookie plus an `X-CSRF-Token` header on changes).",
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
 
     @app.exception_handler(TetherError)
@@ -83,10 +92,18 @@ def create_app(base: Context, media_dir: Path | None = None,
 
     known_tokens: dict[str, str] = {}
 
-    async def context(authorization: Annotated[str | None, Header()] = None) -> Context:
+    async def context(request: Request,
+                      authorization: Annotated[str | None, Header()] = None) -> Context:
+        """Who is asking: the bearer header first (the CLI, scripts), else the browser's session
+        cookie, which must come with the session's CSRF token on anything that changes state."""
+        session = None if authorization else request.cookies.get(SESSION_COOKIE)
+        if session:
+            authorization = f"Bearer {session}"
         actor = known_tokens.get(bearer_digest(authorization) or "")
         if actor is None:  # not seen yet: look it up (and remember it) off the event loop
             actor = await run_in_threadpool(actor_for, base.store, authorization, known_tokens)
+        if session and request.method not in SAFE_METHODS:
+            check_csrf(session, request.headers.get(CSRF_HEADER))
         return base.as_actor(actor)
 
     Ctx = Annotated[Context, Depends(context)]
@@ -222,4 +239,6 @@ def create_app(base: Context, media_dir: Path | None = None,
     if media_dir is not None:
         media_dir.mkdir(parents=True, exist_ok=True)
         app.mount("/media", StaticFiles(directory=media_dir), name="media")
+    app.include_router(web_router(base.store, known_tokens))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,14 +1,16 @@
-"""Bearer tokens. Only a SHA-256 hash of each token is stored; `tether up` makes the first admin
-token and writes it to the CLI's config file."""
+"""Bearer tokens and browser sessions. Only a SHA-256 hash of each token is stored; `tether up`
+makes the first admin token and writes it to the CLI's config file. A browser signed in to the
+Services view sends the same token in a cookie, with a CSRF token on every change."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 from sqlalchemy import select
 
-from tether.errors import Unauthorized
+from tether.errors import Unauthorized, UserError
 from tether.store.db import Store
 from tether.store.models import Token
 
@@ -55,3 +57,43 @@ def actor_for(store: Store, authorization: str | None,
     if known is not None:
         known[digest] = name
     return name
+
+
+# --- Browser sessions (the Services view) ---------------------------------------------------
+# A browser holds the same bearer token as the CLI, but in an HttpOnly cookie so page scripts can
+# never read it. Cookies travel with every request, forged ones too, so a cookie-authenticated
+# request that changes something must also carry a CSRF token: one that page scripts of this
+# origin can read (a non-HttpOnly cookie) and send back in a header, which a foreign site cannot.
+
+SESSION_COOKIE = "tether_session"
+CSRF_COOKIE = "tether_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class CsrfRefused(UserError):
+    """A cookie-authenticated request that changes something came without the page's CSRF
+    token: it may have been forged by another site (HTTP 403)."""
+
+    code = "csrf_refused"
+    status = 403
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of a session: an HMAC keyed by the session's own secret token.
+
+    Keying it by the token binds it to the session and makes it unforgeable without the token,
+    which never leaves the HttpOnly cookie; it needs no server-side state or key, so it stays
+    valid across restarts and on every node sharing the store, exactly as long as the token."""
+    return hmac.new(token.encode(), b"tether-csrf-v1", hashlib.sha256).hexdigest()
+
+
+def check_csrf(token: str, presented: str | None) -> None:
+    """Refuse a cookie-authenticated unsafe request whose CSRF header is missing or wrong."""
+    if not presented:
+        raise CsrfRefused(f"missing {CSRF_HEADER} header: a signed-in browser must send the "
+                          f"`{CSRF_COOKIE}` cookie's value with every change (reload the page, "
+                          "or sign in again)")
+    if not hmac.compare_digest(presented.encode(), csrf_token(token).encode()):
+        raise CsrfRefused(f"wrong {CSRF_HEADER} header: it does not belong to this session "
+                          "(reload the page, or sign in again)")

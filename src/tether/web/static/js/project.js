@@ -1,0 +1,609 @@
+// A project: one tab per environment, each with its services, deployments and variables.
+// While anything is under way (a provision, a removal, a deployment) the active tab polls the
+// API every second, so states and progress update without a reload; otherwise every 5 seconds.
+
+import { api, envPath, seg } from './api.js';
+import { append, byId, h, replace, sleep } from './dom.js';
+import {
+  actionButtons,
+  focusKey,
+  initChrome,
+  isBusy,
+  notify,
+  operationText,
+  parseTime,
+  restoreFocus,
+  stateBadge,
+  statusBadge,
+  when,
+  yesNo,
+} from './ui.js';
+
+const PREFIX_RE = /^[A-Z][A-Z0-9_]{0,29}$/;
+const FINISHED = new Set(['succeeded', 'failed']);
+const FAST_MS = 1000;
+const SLOW_MS = 5000;
+
+const projectName = decodeURIComponent(location.pathname.split('/')[2] || '');
+
+function field(label, control, ...extra) {
+  return h('div', { class: 'field' }, h('label', { for: control.id }, label), control, extra);
+}
+
+function checkbox(control, label, help) {
+  return h('div', { class: 'field check' }, control,
+    h('label', { for: control.id }, label), help);
+}
+
+function table(caption, headings, body, cls = '') {
+  return h('table', { class: `responsive ${cls}` },
+    h('caption', { class: 'visually-hidden' }, caption),
+    h('thead', {}, h('tr', {}, headings.map((t) => h('th', { scope: 'col' }, t)))),
+    body);
+}
+
+/** A table cell; its content sits in one box so stacked rows (narrow screens) keep it whole. */
+const cell = (label, ...content) => h('td', { 'data-label': label },
+  h('div', { class: 'cell' }, content));
+
+function timeOnly(iso) {
+  return iso ? parseTime(iso).toLocaleTimeString(undefined, { hour12: false }) : '';
+}
+
+/** One environment's tab panel: it loads, renders and polls its own data. */
+class EnvironmentPanel {
+  constructor(project, env, tab) {
+    this.project = project;
+    this.env = env;
+    this.name = env.name;
+    this.path = envPath(project.name, env.name);
+    this.instances = [];
+    this.catalog = [];
+    this.rows = new Map();
+    this.following = null;
+    this.active = false;
+    this.started = false;
+    this.lastError = '';
+    this.varSignature = null;
+    this.wake = null;
+    this.el = h('section', {
+      id: `panel-${env.name}`, role: 'tabpanel', 'aria-labelledby': tab.id, class: 'panel',
+      hidden: true, dataset: { env: env.name },
+    });
+    append(this.el, this.header(), this.servicesSection(), this.deploySection(),
+      this.variablesSection());
+  }
+
+  id(part) {
+    return `${part}-${this.name}`;
+  }
+
+  header() {
+    this.deployButton = h('button', {
+      type: 'button', class: 'primary', id: this.id('deploy'),
+      onclick: () => this.deploy(),
+    }, `Deploy ${this.name}`);
+    return h('div', { class: 'panel-head' },
+      h('div', {},
+        h('h2', {}, `Environment ${this.name}`),
+        h('p', { class: 'muted' }, 'Stable address: ',
+          h('a', { href: this.env.url, rel: 'noopener noreferrer' }, this.env.url))),
+      this.deployButton);
+  }
+
+  // --- services -----------------------------------------------------------------------------
+
+  servicesSection() {
+    this.servicesBody = h('tbody');
+    this.servicesTable = table(`Services of ${this.name}`,
+      ['Prefix', 'Service', 'Cluster', 'State', 'Actions'], this.servicesBody, 'services');
+    this.servicesEmpty = h('p', { class: 'empty', hidden: true },
+      `No service in ${this.name} yet: add one below.`);
+    return h('section', { class: 'card', 'aria-labelledby': this.id('services-title') },
+      h('h3', { id: this.id('services-title') }, 'Services'),
+      this.servicesTable, this.servicesEmpty, this.addForm());
+  }
+
+  serviceRow(inst) {
+    const href = `/projects/${seg(this.project.name)}/${seg(this.name)}/services/` +
+      seg(inst.prefix);
+    const op = operationText(inst);
+    return h('tr', { dataset: { prefix: inst.prefix, state: inst.state } },
+      h('th', { scope: 'row', 'data-label': 'Prefix' },
+        h('a', { href, class: 'prefix', dataset: { focusKey: `${inst.prefix}:link` },
+          'aria-label': `${inst.prefix}: details` }, inst.prefix)),
+      cell('Service', inst.service),
+      cell('Cluster', inst.visibility,
+        inst.cluster ? h('span', { class: 'muted' }, ` · ${inst.cluster.name}`) : null),
+      cell('State', h('div', { class: 'state-cell' }, stateBadge(inst),
+        op ? h('span', { class: 'op' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }),
+          op) : null,
+        inst.last_error && !op ? h('span', { class: 'error-text small' }, inst.last_error)
+          : null)),
+      cell('Actions', actionButtons(this.project.name, this.name, inst, () => this.refresh())));
+  }
+
+  renderServices() {
+    const key = focusKey();
+    const seen = new Set();
+    for (const inst of this.instances) {
+      seen.add(inst.prefix);
+      const signature = JSON.stringify(inst);
+      const old = this.rows.get(inst.prefix);
+      if (old && old.signature === signature) continue;
+      const row = this.serviceRow(inst);
+      if (old) old.row.replaceWith(row);
+      else this.servicesBody.append(row);
+      this.rows.set(inst.prefix, { row, signature });
+    }
+    for (const [prefix, { row }] of this.rows) {
+      if (!seen.has(prefix)) {
+        row.remove();
+        this.rows.delete(prefix);
+      }
+    }
+    this.servicesEmpty.hidden = this.instances.length > 0;
+    this.servicesTable.hidden = this.instances.length === 0;
+    restoreFocus(key, this.servicesBody, key ? `${key.split(':')[0]}:link` : null);
+    this.checkPrefix();
+  }
+
+  addForm() {
+    this.serviceSelect = h('select', { id: this.id('add-service'), name: 'service',
+      'aria-describedby': this.id('add-service-help') });
+    this.serviceHelp = h('p', { id: this.id('add-service-help'), class: 'help' },
+      `Services offered in region ${this.project.region}.`);
+    this.prefixInput = h('input', {
+      id: this.id('add-prefix'), name: 'prefix', value: 'DEFAULT', autocomplete: 'off',
+      spellcheck: 'false', autocapitalize: 'characters', maxlength: '30', required: true,
+      'aria-describedby': this.id('add-prefix-help'),
+    });
+    this.prefixHelp = h('p', { id: this.id('add-prefix-help'), class: 'help',
+      'aria-live': 'polite' });
+    this.privateBox = h('input', { type: 'checkbox', id: this.id('add-private'),
+      name: 'private', 'aria-describedby': this.id('add-private-help') });
+    this.privateHelp = h('p', { id: this.id('add-private-help'), class: 'help' });
+    this.provisionBox = h('input', { type: 'checkbox', id: this.id('add-provision'),
+      name: 'provision', 'aria-describedby': this.id('add-provision-help') });
+    this.addButton = h('button', { type: 'submit', class: 'primary' }, 'Add service');
+    const form = h('form', { class: 'form-grid', novalidate: true,
+      'aria-label': `Add a service to ${this.name}` },
+    field('Service', this.serviceSelect, this.serviceHelp),
+    field('Prefix', this.prefixInput, this.prefixHelp),
+    checkbox(this.privateBox, 'Private cluster', this.privateHelp),
+    checkbox(this.provisionBox, 'Provision now',
+      h('p', { id: this.id('add-provision-help'), class: 'help' },
+        'Create it at once, to fill it with data before a deployment gives the application ' +
+        'its variables.')),
+    h('div', { class: 'buttons' }, this.addButton));
+    this.prefixInput.addEventListener('input', () => this.checkPrefix());
+    this.serviceSelect.addEventListener('change', () => this.showPrivate());
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.add();
+    });
+    this.addDetails = h('details', { class: 'add', id: this.id('add') },
+      h('summary', {}, 'Add service'), form);
+    return this.addDetails;
+  }
+
+  /** The prefix as typed: its format and that no service of this environment has it. */
+  checkPrefix() {
+    const value = this.prefixInput.value;
+    let problem = '';
+    if (!value) problem = 'Enter a prefix, e.g. DEFAULT or ANALYTICS.';
+    else if (!PREFIX_RE.test(value)) {
+      problem = 'Use 1–30 upper-case letters, digits and underscores, starting with a letter ' +
+        '(e.g. DEFAULT, ANALYTICS).';
+    } else if (this.instances.some((i) => i.prefix === value)) {
+      problem = `${value} already exists in ${this.name}: pick another prefix.`;
+    }
+    this.prefixInput.setAttribute('aria-invalid', problem ? 'true' : 'false');
+    this.prefixHelp.textContent = problem || `${value} is free in ${this.name}.`;
+    this.prefixHelp.className = problem ? 'help bad' : 'help good';
+    this.addButton.disabled = Boolean(problem) || this.catalog.length === 0;
+    return !problem;
+  }
+
+  showPrivate() {
+    const offer = this.catalog.find((o) => o.service === this.serviceSelect.value);
+    if (!offer) return;
+    const only = offer.private && !offer.shared;
+    this.privateBox.disabled = !offer.private || only;
+    this.privateBox.checked = only;
+    this.privateHelp.textContent = !offer.private
+      ? `No private cluster offers ${offer.service} in region ${offer.region}: it goes to a ` +
+        'shared one.'
+      : only ? `Only private clusters offer ${offer.service} here.`
+        : 'Give it a server of its own instead of a shared one.';
+  }
+
+  async loadCatalog() {
+    try {
+      this.catalog = await api('GET', `/catalog?project=${seg(this.project.name)}`);
+    } catch (err) {
+      notify(err.message, 'error');
+      return;
+    }
+    replace(this.serviceSelect, this.catalog.map((o) => h('option', { value: o.service },
+      `${o.service} — ${o.kind} ${o.version}`)));
+    if (!this.catalog.length) {
+      this.serviceHelp.textContent = `No service is offered in region ${this.project.region}: ` +
+        'register a cluster first (`tether cluster add`).';
+    }
+    this.showPrivate();
+    this.checkPrefix();
+  }
+
+  async add() {
+    if (!this.checkPrefix()) {
+      this.prefixInput.focus();
+      return;
+    }
+    const body = {
+      service: this.serviceSelect.value, prefix: this.prefixInput.value,
+      private: this.privateBox.checked, provision: this.provisionBox.checked,
+    };
+    this.addButton.disabled = true;
+    try {
+      const inst = await api('POST', `${this.path}/services`, body);
+      notify(body.provision
+        ? `${inst.prefix} added and being provisioned; deploy ${this.name} to attach it.`
+        : `${inst.prefix} added: deploy ${this.name} to provision and attach it.`, 'success');
+      this.prefixInput.value = '';
+      this.addDetails.open = false;
+    } catch (err) {
+      notify(err.message, 'error');
+    }
+    await this.refresh();
+  }
+
+  // --- deployments --------------------------------------------------------------------------
+
+  deploySection() {
+    this.progress = h('progress', { max: '100', value: '0', id: this.id('progress'),
+      'aria-labelledby': this.id('progress-title') });
+    this.progressTitle = h('span', { id: this.id('progress-title'), class: 'progress-title' });
+    this.percent = h('span', { class: 'percent', 'aria-live': 'off' }, '0 %');
+    this.log = h('ol', { class: 'log', role: 'log', 'aria-label': 'Deployment log',
+      tabindex: '0' });
+    this.result = h('p', { class: 'result', role: 'status' });
+    this.live = h('div', { class: 'deploy-live', hidden: true },
+      h('div', { class: 'progress-row' }, this.progressTitle, this.progress, this.percent),
+      this.log, this.result);
+    this.deploymentsBody = h('tbody');
+    this.deploymentsTable = table(`Past deployments of ${this.name}`,
+      ['#', 'Status', 'Asked by', 'Started', 'Finished', 'Result'], this.deploymentsBody,
+      'deployments');
+    this.deploymentsEmpty = h('p', { class: 'empty', hidden: true },
+      `${this.name} was never deployed.`);
+    return h('section', { class: 'card', 'aria-labelledby': this.id('deployments-title') },
+      h('h3', { id: this.id('deployments-title') }, 'Deployments'),
+      this.live, h('h4', {}, 'Past deployments'), this.deploymentsTable,
+      this.deploymentsEmpty);
+  }
+
+  renderDeployments(deployments) {
+    replace(this.deploymentsBody, deployments.map((d) => h('tr', { dataset: { id: d.id } },
+      h('th', { scope: 'row', 'data-label': '#' }, `#${d.id}`),
+      cell('Status', statusBadge(d.status)),
+      cell('Asked by', d.requested_by || '–'),
+      cell('Started', when(d.started_at || d.created_at)),
+      cell('Finished', when(d.finished_at)),
+      cell('Result', d.error ? h('span', { class: 'error-text' }, d.error)
+        : d.success ? `release ${d.release_id ?? ''}`.trim() : '–'))));
+    this.deploymentsEmpty.hidden = deployments.length > 0;
+    this.deploymentsTable.hidden = deployments.length === 0;
+  }
+
+  async deploy() {
+    this.deployButton.disabled = true;
+    this.live.dataset.status = 'starting';
+    try {
+      const dep = await api('POST', `${this.path}/deployments`);
+      this.follow(dep.id);
+    } catch (err) {
+      notify(err.message, 'error');
+      this.deployButton.disabled = false;
+    }
+  }
+
+  /** Show a deployment's progress and log lines as they come, then its result. */
+  async follow(id) {
+    if (this.following === id) return;
+    this.following = id;
+    let after = 0;
+    this.live.hidden = false;
+    this.live.dataset.status = 'running';
+    this.log.replaceChildren();
+    this.result.textContent = '';
+    this.result.className = 'result';
+    this.progressTitle.textContent = `Deploying ${this.name} (#${id})`;
+    this.deployButton.disabled = true;
+    this.deployButton.textContent = `Deploying ${this.name}…`;
+    this.poke();
+    try {
+      for (;;) {
+        const d = await api('GET', `/deployments/${id}?logs_after=${after}`);
+        for (const line of d.logs || []) {
+          this.log.append(h('li', {}, h('time', { datetime: line.at }, timeOnly(line.at)),
+            ' ', line.line));
+          after = line.id;
+        }
+        if (d.logs?.length) this.log.scrollTop = this.log.scrollHeight;
+        this.progress.value = d.percent;
+        this.percent.textContent = `${d.percent} %`;
+        if (FINISHED.has(d.status)) {
+          this.live.dataset.status = d.status;
+          this.progressTitle.textContent = `Deployment #${id} of ${this.name}`;
+          this.result.className = `result ${d.success ? 'ok' : 'failed'}`;
+          this.result.textContent = d.success
+            ? `Deployment #${id} succeeded: ${this.name} runs the new release.`
+            : `Deployment #${id} failed: ${d.error || 'no reason recorded'}`;
+          break;
+        }
+        await sleep(700);
+      }
+    } catch (err) {
+      notify(err.message, 'error');
+    } finally {
+      this.following = null;
+      this.deployButton.disabled = false;
+      this.deployButton.textContent = `Deploy ${this.name}`;
+      await this.refresh();
+    }
+  }
+
+  // --- variables ----------------------------------------------------------------------------
+
+  variablesSection() {
+    this.customBody = h('tbody');
+    this.customTable = table(`Custom variables of ${this.name}`, ['Name', 'Value', 'Actions'],
+      this.customBody, 'variables custom');
+    this.customEmpty = h('p', { class: 'empty', hidden: true }, 'No custom variable yet.');
+    this.varName = h('input', { id: this.id('var-name'), name: 'name', required: true,
+      autocomplete: 'off', spellcheck: 'false', 'aria-describedby': this.id('var-name-help') });
+    this.varValue = h('input', { id: this.id('var-value'), name: 'value', autocomplete: 'off',
+      spellcheck: 'false' });
+    const form = h('form', { class: 'form-grid inline', novalidate: true,
+      'aria-label': `Set a custom variable of ${this.name}` },
+    field('Name', this.varName, h('p', { id: this.id('var-name-help'), class: 'help' },
+      'Letters, digits and _, e.g. DJANGO_DEBUG.')),
+    field('Value', this.varValue),
+    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'primary' },
+      'Save variable')));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.setVariable();
+    });
+    this.serviceVarsBody = h('tbody');
+    this.serviceVarsTable = table(`Variables given by Tether and the services of ${this.name}`,
+      ['Name', 'Value', 'From', 'Next release', 'Running release'], this.serviceVarsBody,
+      'variables given');
+    return h('section', { class: 'card', 'aria-labelledby': this.id('variables-title') },
+      h('h3', { id: this.id('variables-title') }, 'Variables'),
+      h('p', { class: 'muted' }, 'They reach the application with the next deployment.'),
+      h('h4', {}, 'Custom variables'), this.customTable, this.customEmpty, form,
+      h('h4', {}, 'Given by Tether and the services (read-only)'), this.serviceVarsTable);
+  }
+
+  async loadVariables() {
+    let all;
+    try {
+      all = await api('GET', `${this.path}/variables?all=true`);
+    } catch (err) {
+      notify(err.message, 'error');
+      return;
+    }
+    const custom = all.filter((v) => v.source === 'custom');
+    replace(this.customBody, custom.map((v) => h('tr', { dataset: { name: v.name } },
+      h('th', { scope: 'row', 'data-label': 'Name' }, h('code', {}, v.name)),
+      cell('Value', h('code', { class: 'value' }, v.value)),
+      cell('Actions', h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'small', 'aria-label': `Edit ${v.name}`,
+          onclick: () => this.editVariable(v) }, 'Edit'),
+        h('button', { type: 'button', class: 'small danger-quiet',
+          'aria-label': `Unset ${v.name}`, onclick: () => this.unsetVariable(v.name) },
+        'Unset'))))));
+    this.customEmpty.hidden = custom.length > 0;
+    this.customTable.hidden = custom.length === 0;
+    replace(this.serviceVarsBody, all.filter((v) => v.source !== 'custom').map((v) => {
+      const shown = h('code', { class: 'value masked' }, '••••••••');
+      const toggle = h('button', { type: 'button', class: 'small quiet', 'aria-pressed': 'false',
+        'aria-label': `Show the value of ${v.name}` }, 'Show');
+      toggle.addEventListener('click', () => {
+        const show = toggle.getAttribute('aria-pressed') !== 'true';
+        toggle.setAttribute('aria-pressed', String(show));
+        toggle.textContent = show ? 'Hide' : 'Show';
+        shown.textContent = show ? v.value : '••••••••';
+        shown.classList.toggle('masked', !show);
+      });
+      const from = v.source === 'service' ? `${v.prefix} (${v.state})`
+        : v.source === 'stage' ? 'Tether: the environment' : 'Tether: a secret per environment';
+      return h('tr', { dataset: { name: v.name } },
+        h('th', { scope: 'row', 'data-label': 'Name' }, h('code', {}, v.name)),
+        cell('Value', h('div', { class: 'value-cell' }, shown, toggle)),
+        cell('From', from),
+        cell('Next release', yesNo(v.next_release ?? true)),
+        cell('Running release', yesNo(v.in_running_release)));
+    }));
+  }
+
+  editVariable(v) {
+    this.varName.value = v.name;
+    this.varValue.value = v.value;
+    this.varValue.focus();
+    this.varValue.select();
+  }
+
+  async setVariable() {
+    const name = this.varName.value.trim();
+    if (!name) {
+      notify('Enter the name of the variable.', 'error');
+      this.varName.focus();
+      return;
+    }
+    try {
+      const answer = await api('PUT', `${this.path}/variables/${seg(name)}`,
+        { value: this.varValue.value });
+      notify(answer.message, 'success');
+      this.varName.value = '';
+      this.varValue.value = '';
+    } catch (err) {
+      notify(err.message, 'error');
+    }
+    await this.loadVariables();
+  }
+
+  async unsetVariable(name) {
+    try {
+      const answer = await api('DELETE', `${this.path}/variables/${seg(name)}`);
+      notify(answer.message, 'success');
+    } catch (err) {
+      notify(err.message, 'error');
+    }
+    await this.loadVariables();
+  }
+
+  // --- live updates -------------------------------------------------------------------------
+
+  /** Load everything again; calls arriving meanwhile make it run once more afterwards. */
+  refresh() {
+    if (this.inflight) {
+      this.again = true;
+      return this.inflight;
+    }
+    this.inflight = (async () => {
+      do {
+        this.again = false;
+        await this.load();
+      } while (this.again);
+    })().finally(() => { this.inflight = null; });
+    return this.inflight;
+  }
+
+  async load() {
+    try {
+      const [instances, deployments] = await Promise.all([
+        api('GET', `${this.path}/services`),
+        api('GET', `${this.path}/deployments?limit=10`),
+      ]);
+      this.lastError = '';
+      this.instances = instances;
+      this.renderServices();
+      this.renderDeployments(deployments);
+      const running = deployments.find((d) => !FINISHED.has(d.status));
+      if (running && this.following === null) this.follow(running.id);
+      const signature = JSON.stringify(instances.map((i) => [i.prefix, i.state]));
+      if (signature !== this.varSignature) {
+        this.varSignature = signature;
+        await this.loadVariables();
+      }
+    } catch (err) {
+      if (err.message !== this.lastError) notify(err.message, 'error');
+      this.lastError = err.message;
+    }
+  }
+
+  busy() {
+    return this.following !== null || this.instances.some(isBusy);
+  }
+
+  /** Cut the current wait short, e.g. when something was just asked. */
+  poke() {
+    this.wake?.();
+  }
+
+  async poll() {
+    for (;;) {
+      const ms = this.busy() ? FAST_MS : SLOW_MS;
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        this.wake = () => { clearTimeout(timer); resolve(); };
+      });
+      if (this.active && !document.hidden) await this.refresh();
+    }
+  }
+
+  async activate() {
+    this.active = true;
+    if (!this.started) {
+      this.started = true;
+      await Promise.all([this.loadCatalog(), this.refresh()]);
+      this.poll();
+    } else {
+      await this.refresh();
+    }
+  }
+
+  deactivate() {
+    this.active = false;
+  }
+}
+
+function setUpTabs(project) {
+  const tablist = byId('env-tabs');
+  const container = byId('env-panels');
+  const panels = new Map();
+  const tabs = project.environments.map((env) => {
+    const tab = h('button', {
+      type: 'button', role: 'tab', id: `tab-${env.name}`, 'aria-controls': `panel-${env.name}`,
+      'aria-selected': 'false', tabindex: '-1', dataset: { env: env.name },
+    }, env.name);
+    const panel = new EnvironmentPanel(project, env, tab);
+    panels.set(env.name, panel);
+    container.append(panel.el);
+    tab.addEventListener('click', () => select(env.name));
+    return tab;
+  });
+  replace(tablist, tabs);
+
+  function select(name, focus = false) {
+    for (const tab of tabs) {
+      const on = tab.dataset.env === name;
+      tab.setAttribute('aria-selected', String(on));
+      tab.tabIndex = on ? 0 : -1;
+      if (on && focus) tab.focus();
+      const panel = panels.get(tab.dataset.env);
+      panel.el.hidden = !on;
+      if (on) panel.activate();
+      else panel.deactivate();
+    }
+    const url = new URL(location.href);
+    url.searchParams.set('env', name);
+    history.replaceState(null, '', url);
+  }
+
+  // Arrow keys move between tabs (WAI-ARIA tabs pattern); Tab goes on into the panel.
+  tablist.addEventListener('keydown', (event) => {
+    const index = tabs.indexOf(document.activeElement);
+    if (index < 0) return;
+    const moves = { ArrowRight: index + 1, ArrowLeft: index - 1, Home: 0, End: tabs.length - 1 };
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    const next = tabs[(moves[event.key] + tabs.length) % tabs.length];
+    select(next.dataset.env, true);
+  });
+
+  const wanted = new URLSearchParams(location.search).get('env');
+  const first = project.environments.find((e) => e.name === wanted) || project.environments[0];
+  if (first) select(first.name);
+}
+
+async function main() {
+  initChrome([['Projects', '/'], [projectName, null]]);
+  let project;
+  try {
+    project = await api('GET', `/projects/${seg(projectName)}`);
+  } catch (err) {
+    replace(byId('env-panels'), h('p', { class: 'error-text' }, err.message));
+    return;
+  }
+  document.title = `${project.name} · Tether`;
+  byId('project-title').textContent = project.name;
+  byId('project-meta').textContent = `Region ${project.region}` +
+    (project.app_command ? ` · application: ${project.app_command}` : ' · no application command');
+  setUpTabs(project);
+}
+
+main();

@@ -1,0 +1,214 @@
+// Pieces every signed-in page shares: the top bar, notices, state badges, the action buttons of
+// an instance and the typed confirmation of a removal. What an action may do comes from the API
+// (`instance.actions`, decided by Tether's lifecycle rules); nothing here decides it.
+
+import { api, csrfToken, envPath, seg } from './api.js';
+import { byId, h, replace } from './dom.js';
+
+export const ACTIONS = ['provision', 'detach', 'attach', 'remove'];
+const ACTION_LABELS = {
+  provision: 'Provision', detach: 'Detach', attach: 'Attach', remove: 'Remove…',
+};
+const BUSY = new Set(['queued', 'running']);
+// What an action is for, shown beside an enabled button (a disabled one shows why it is not).
+const ACTION_HELP = {
+  provision: 'Create it on its cluster now, to fill it before the application gets it.',
+  detach: 'The next deployment takes its variables from the application; its data is kept.',
+  attach: 'The next deployment gives the application its variables.',
+  remove: 'Delete it and all of its data for good (you will be asked to type the prefix).',
+};
+
+/** Breadcrumb links (label, href) and the sign-out form's CSRF token. */
+export function initChrome(crumbs = []) {
+  const form = document.querySelector('form.sign-out');
+  if (form) form.elements.csrf_token.value = csrfToken();
+  const nav = byId('crumbs');
+  if (nav) {
+    replace(nav, h('ol', {}, crumbs.map(([label, href], i) => h('li', {},
+      href && i < crumbs.length - 1
+        ? h('a', { href }, label)
+        : h('span', { 'aria-current': 'page' }, label)))));
+  }
+}
+
+/** Show a message at the top of the page; errors are announced at once (role=alert). */
+export function notify(message, kind = 'info') {
+  const box = byId('notices');
+  if (!box) return;
+  const close = h('button', { type: 'button', class: 'quiet close', 'aria-label': 'Dismiss',
+    text: '×' });
+  const note = h('div', { class: `notice ${kind}`, role: kind === 'error' ? 'alert' : 'status' },
+    h('p', { text: message }), close);
+  close.addEventListener('click', () => note.remove());
+  box.replaceChildren(note);
+  if (kind !== 'error') setTimeout(() => note.remove(), 8000);
+}
+
+export const yesNo = (flag) => (flag ? 'yes' : 'no');
+
+/** What a state means, in one sentence: the tooltip of its badge. */
+export function stateTitle(inst) {
+  return `${inst.state}: ${inst.meaning}. Functional: ${yesNo(inst.functional)}. ` +
+    `Usable by the application: ${yesNo(inst.usable)}.`;
+}
+
+/** A coloured badge for an instance's state; its title and label say what the state means. */
+export function stateBadge(inst) {
+  const title = stateTitle(inst);
+  return h('span', {
+    class: `badge state-${inst.state.replace(/\s+/g, '-')}`, title, tabindex: '0',
+    'aria-label': title, 'data-tip': title, dataset: { state: inst.state },
+  }, inst.state);
+}
+
+/** A small badge for an operation or a deployment status. */
+export function statusBadge(status) {
+  return h('span', { class: `badge status-${status}` }, status);
+}
+
+export function isBusy(inst) {
+  return inst.state === 'provisioning' || Boolean(inst.operation && BUSY.has(inst.operation.status));
+}
+
+/** "provision running", or nothing when no operation is under way. */
+export function operationText(inst) {
+  const op = inst.operation;
+  if (!op || !BUSY.has(op.status)) return null;
+  return `${op.kind} ${op.status}${op.message ? ': ' + op.message : ''}`;
+}
+
+/** An API time (UTC, ISO 8601) as a Date; times without an offset are UTC too. */
+export function parseTime(iso) {
+  return new Date(/Z$|[+-]\d\d:\d\d$/.test(iso) ? iso : iso + 'Z');
+}
+
+const pad = (n) => String(n).padStart(2, '0');
+
+/** A compact local time, e.g. 2026-11-28 12:08:53, in a <time> element. */
+export function when(iso) {
+  if (!iso) return '–';
+  const d = parseTime(iso);
+  const text = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return h('time', { datetime: d.toISOString() }, text);
+}
+
+let uid = 0;
+export const nextId = (base) => `${base}-${++uid}`;
+
+/**
+ * The four action buttons of an instance, as the API says: an action that is refused or would
+ * change nothing is disabled, its reason in the button's title and description (and, with
+ * `explain`, as visible text beside it). `after(message)` runs once an action was accepted.
+ */
+export function actionButtons(project, env, inst, after, { explain = false } = {}) {
+  const busy = isBusy(inst);
+  const items = ACTIONS.map((action) => {
+    const info = inst.actions?.[action] || { allowed: false, changes: false, message: '' };
+    const usable = info.allowed && info.changes && !busy;
+    const reason = busy && info.allowed && info.changes
+      ? `wait: ${operationText(inst) || 'an operation is running'}` : info.message;
+    const reasonId = nextId(`reason-${action}`);
+    const button = h('button', {
+      type: 'button',
+      class: action === 'remove' ? 'danger small' : 'small',
+      disabled: !usable,
+      title: usable ? ACTION_HELP[action] : reason,
+      'aria-describedby': reasonId,
+      dataset: { action, prefix: inst.prefix, focusKey: `${inst.prefix}:${action}` },
+      onclick: () => runAction(project, env, inst, action, button, after),
+    }, ACTION_LABELS[action]);
+    const text = h('span', { id: reasonId, class: explain ? 'reason' : 'visually-hidden' },
+      usable ? ACTION_HELP[action] : `${explain ? '' : 'Not available: '}${reason}`);
+    return explain ? h('li', { class: usable ? 'ok' : 'no' }, button, text) : [button, text];
+  });
+  return explain ? h('ul', { class: 'action-list' }, items) : h('div', { class: 'actions' }, items);
+}
+
+async function runAction(project, env, inst, action, button, after) {
+  const base = `${envPath(project, env)}/services/${seg(inst.prefix)}`;
+  try {
+    let answer;
+    if (action === 'remove') {
+      if (!(await confirmRemove(inst))) return;
+      button.disabled = true;
+      answer = await api('DELETE', `${base}?confirm=${seg(inst.prefix)}`);
+    } else {
+      button.disabled = true;
+      answer = await api('POST', `${base}/${action}`);
+    }
+    notify(answer.message || `${inst.prefix}: ${action} asked`, 'success');
+  } catch (err) {
+    notify(err.message, 'error');
+  } finally {
+    await after?.();
+  }
+}
+
+/**
+ * Ask the user to type the prefix before a removal; resolves true only when they did and
+ * pressed "Remove for good". The dialog says plainly that the data is deleted for good.
+ */
+export function confirmRemove(inst) {
+  return new Promise((resolve) => {
+    const inputId = nextId('confirm-prefix');
+    const titleId = nextId('confirm-title');
+    const input = h('input', { id: inputId, autocomplete: 'off', spellcheck: 'false',
+      autocapitalize: 'characters', required: true });
+    const confirm = h('button', { type: 'submit', value: 'remove', class: 'danger',
+      disabled: true }, 'Remove for good');
+    const form = h('form', { method: 'dialog' },
+      h('h2', { id: titleId }, `Remove ${inst.prefix}?`),
+      h('p', { class: 'warning' },
+        `This deletes ${inst.prefix} (${inst.service}) and all of its data for good. ` +
+        'It cannot be undone.'),
+      h('div', { class: 'field' },
+        h('label', { for: inputId }, 'Type ', h('strong', {}, inst.prefix), ' to confirm'),
+        input),
+      h('div', { class: 'buttons' },
+        h('button', { type: 'submit', value: 'cancel', formnovalidate: true }, 'Cancel'),
+        confirm));
+    const dialog = h('dialog', { class: 'dialog', 'aria-labelledby': titleId }, form);
+    input.addEventListener('input', () => { confirm.disabled = input.value !== inst.prefix; });
+    dialog.addEventListener('close', () => {
+      const ok = dialog.returnValue === 'remove' && input.value === inst.prefix;
+      dialog.remove();
+      resolve(ok);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+/** Copy text to the clipboard, also where the async clipboard API is unavailable (plain http). */
+export async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const area = h('textarea', { class: 'visually-hidden', readonly: true });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  document.execCommand('copy');
+  area.remove();
+}
+
+/** Remember which keyed control has focus, to give it back after a part was re-rendered. */
+export function focusKey() {
+  return document.activeElement?.dataset?.focusKey || null;
+}
+
+/**
+ * Give focus back to the control with `key` after a re-render, if focus was lost with it; when
+ * that control is now disabled, to the `fallback` key (e.g. the row's link) instead.
+ */
+export function restoreFocus(key, root = document, fallback = null) {
+  if (!key || (document.activeElement && document.activeElement !== document.body)) return;
+  const find = (k) => [...root.querySelectorAll('[data-focus-key]')]
+    .find((e) => e.dataset.focusKey === k);
+  const el = find(key);
+  if (el && !el.disabled) el.focus();
+  else if (fallback) find(fallback)?.focus();
+}

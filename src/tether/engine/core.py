@@ -42,6 +42,13 @@ from tether.store.models import (
 log = logging.getLogger("tether.engine")
 
 
+def _deployment_environment(s: Session, dep_id: int) -> Environment:
+    dep = s.get(Deployment, dep_id)
+    env = s.get(Environment, dep.environment_id) if dep is not None else None
+    assert env is not None
+    return env
+
+
 class Engine:
     def __init__(self, store: Store, box: SecretBox, data_dir: Path,
                  runtime: ProcessRuntime | None = None) -> None:
@@ -363,8 +370,7 @@ class Engine:
 
     def _deploy(self, dep_id: int, actor: str, key: str) -> None:
         with self.store.session() as s:
-            env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
-            assert env is not None
+            env = _deployment_environment(s, dep_id)
             pending = [(i.id, i.prefix, i.service) for i in live_instances(s, env)
                        if State(i.state) in (State.NEW, State.PROVISIONING)]
         for n, (inst_id, prefix, service) in enumerate(pending):
@@ -374,8 +380,7 @@ class Engine:
             self._log(dep_id, f"{prefix} is provisioned")
         self._renew_credentials(dep_id, actor)
         with self.store.session() as s:
-            env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
-            assert env is not None
+            env = _deployment_environment(s, dep_id)
             project = env.project
             variables = release_env(s, self.box, env)
             in_release = {i.id for i in live_instances(s, env)
@@ -414,8 +419,7 @@ class Engine:
         else:
             self._log(dep_id, "no application command: only the services' states are settled")
         with self.store.session() as s:
-            env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
-            assert env is not None
+            env = _deployment_environment(s, dep_id)
             for inst in live_instances(s, env):
                 target = lifecycle.settle(State(inst.state), in_release=inst.id in in_release)
                 change_state(s, actor, "deployed", inst, target)
@@ -431,8 +435,7 @@ class Engine:
         """Renew credentials that expire soon (Azure SAS tokens) before the release gets them.
         A failure fails the deployment; the old credentials stay valid until they expire."""
         with self.store.session() as s:
-            env = s.get(Environment, s.get(Deployment, dep_id).environment_id)  # type: ignore[union-attr]
-            assert env is not None
+            env = _deployment_environment(s, dep_id)
             due = []
             for inst in live_instances(s, env):
                 provider = get_provider(inst.kind)

@@ -51,3 +51,10 @@ class ClusterError(OperationError):
     """A cluster could not be reached or refused an admin call."""
 
     code = "cluster_error"
+
+
+class TransientError(ClusterError):
+    """An error that may pass (a cluster unreachable for a moment, a connection reset): the worker
+    retries the operation with backoff until its deadline, then it fails with this reason."""
+
+    code = "cluster_unavailable"

@@ -51,8 +51,9 @@ def _deployment_environment(s: Session, dep_id: int) -> Environment:
 
 class Engine:
     def __init__(self, store: Store, box: SecretBox, data_dir: Path,
-                 runtime: ProcessRuntime | None = None) -> None:
+                 runtime: ProcessRuntime | None = None, node_id: str | None = None) -> None:
         self.store = store
+        self.node_id = node_id
         self.box = box
         self.data_dir = data_dir
         self.runtime = runtime
@@ -60,7 +61,7 @@ class Engine:
             "provision": self._op_provision,
             "remove": self._op_remove,
             "deploy": self._op_deploy,
-        })
+        }, node_id=node_id)
 
     # -- life of the engine -------------------------------------------------------------------
 

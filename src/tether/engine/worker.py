@@ -25,8 +25,10 @@ Handler = Callable[[Operation], str | None]
 
 
 class Worker:
-    def __init__(self, store: Store, handlers: dict[str, Handler], max_parallel: int = 4) -> None:
+    def __init__(self, store: Store, handlers: dict[str, Handler], max_parallel: int = 4,
+                 node_id: str | None = None) -> None:
         self.store = store
+        self.node_id = node_id
         self.handlers = handlers
         self._wake = threading.Event()
         self._stop = threading.Event()

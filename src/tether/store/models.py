@@ -35,6 +35,19 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Node(Base):
+    """A running Tether process (`tether up` or `tether worker`) sharing the store. Its heartbeat
+    (`seen_at`) tells the other nodes it is alive; the operations it claimed are leased to it."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Region(Base):
     """Where things run. The family decides which media storage the region offers."""
 
@@ -56,6 +69,8 @@ class Cluster(Base):
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
     #: run by Tether itself (the embedded default, or a dedicated server for a private instance)
     managed: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: the node that runs this server (embedded servers belong to the `tether up` that runs them)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_instance_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -123,6 +138,9 @@ class Instance(Base):
     secret_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     credentials_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what the last observation found different from what Tether made (None: as it should be)
+    drift: Mapped[str | None] = mapped_column(Text, nullable=True)
+    observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -162,6 +180,15 @@ class Release(Base):
     variable_names: Mapped[list] = mapped_column(JSON, default=list)
     command: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="starting")
+    #: the instances whose variables this release has (the truth for "the running release has it")
+    instance_ids: Mapped[list | None] = mapped_column(JSON, nullable=True, default=list)
+    #: the node, process (pid and its start time, so a reused pid is not taken for it), port and
+    #: log file of the application process, so a restarted node adopts it instead of doubling it
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid_start: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -181,6 +208,12 @@ class Operation(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     requested_by: Mapped[str] = mapped_column(String(100))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: the node running it, and until when its lease holds (renewed by that node's heartbeat)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: a retry after an error that may pass waits until `not_before`, and gives up at `deadline`
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -13,20 +13,24 @@ from tether.actions import clusters, deployments
 from tether.actions.common import Context
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
+from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
 
 
 @contextlib.contextmanager
 def plane(data_dir: Path, kind: str, region: str, url: str, name: str,
           settings: dict[str, Any] | None = None,
-          store: Store | None = None) -> Iterator[tuple[Context, Engine]]:
-    """Actions and a running worker on `store` (default: SQLite in `data_dir`), with one cluster."""
+          store: Store | None = None,
+          runtime: ProcessRuntime | None = None) -> Iterator[tuple[Context, Engine]]:
+    """Actions and a running worker on `store` (default: SQLite in `data_dir`), with one cluster;
+    with `runtime`, deployments really start the application (and the runtime is shut down at
+    the end)."""
     own_store = store is None
     if store is None:
         store = Store(f"sqlite:///{data_dir / 'tether.db'}")
         store.migrate()
     box = SecretBox.from_data_dir(data_dir)
-    engine = Engine(store, box, data_dir, runtime=None)
+    engine = Engine(store, box, data_dir, runtime=runtime)
     ctx = Context(store=store, box=box, data_dir=data_dir, actor="alice", notify=engine.notify)
     clusters.add_cluster(ctx, kind, region, url, name=name, settings=settings)
     engine.worker.start()

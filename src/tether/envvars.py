@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 
 from tether import lifecycle
 from tether.crypto import SecretBox
-from tether.lifecycle import State
+from tether.lifecycle import Pending, State
 from tether.naming import database_vars, storage_vars
 from tether.providers.base import Credentials
 from tether.providers.registry import get_provider
 from tether.store.models import Environment, Instance, Variable
+from tether.store.records import pending_removals
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ def all_vars(s: Session, box: SecretBox, env: Environment) -> list[EnvVar]:
         EnvVar("STAGE", env.name, "stage"),
         EnvVar("SECRET_KEY", box.open(env.secret_key_enc), "secret"),
     ]
+    removing = pending_removals(s, env.id)
     for inst in live_instances(s, env):
-        included = lifecycle.gets_variables_next(State(inst.state))
+        included = lifecycle.takes_part(State(inst.state),
+                                        Pending.REMOVE if inst.id in removing else None)
         for name, value in service_vars(box, inst).items():
             out.append(EnvVar(name, value, "service", inst.prefix, inst.state, included))
     out.extend(EnvVar(k, v, "custom") for k, v in custom_vars(s, box, env).items())

@@ -1,7 +1,19 @@
-"""The lifecycle of a service instance (SPEC.md), as pure functions.
+"""The lifecycle of a service instance (SPEC.md), as pure functions: the ONLY place that decides a
+state. Nothing here does I/O.
 
-Both the actions (what a user asks) and the engine (what a deployment or an operation settles) ask
-these functions; no rule about states lives anywhere else. Nothing here does I/O.
+Two questions are asked of it:
+
+- `decide(state, action, ...)`: may a user's ACTION happen to an instance now? The answer is a
+  refusal with the way out, or the state entered at once and the work the engine must then do.
+- `after(state, event, ...)`: which state does an engine EVENT (a provision, a removal or a
+  deployment that started, succeeded or failed) lead to?
+
+Both take what is really true besides the recorded state: whether the running release has the
+instance's variables (`in_release`), and which operation of the instance is still waiting
+(`pending`). A rule that looked at the recorded state alone once let data be deleted under a
+running release (a detach during a deploy whose new release had already been given the
+variables); with the truth as an input, every combination has one defined outcome, and the
+exhaustive table in tests/unit/test_lifecycle.py holds all of them.
 """
 
 from __future__ import annotations
@@ -21,11 +33,31 @@ class State(StrEnum):
 
 
 class Action(StrEnum):
+    """What a user can ask of one instance."""
+
     ADD = "add"
     PROVISION = "provision"
-    DEPLOY = "deploy"
     DETACH = "detach"
     ATTACH = "attach"
+    REMOVE = "remove"
+
+
+class Event(StrEnum):
+    """What the engine reports about one instance."""
+
+    PROVISION_STARTED = "provision started"
+    PROVISION_SUCCEEDED = "provision succeeded"
+    PROVISION_FAILED = "provision failed"
+    REMOVE_SUCCEEDED = "remove succeeded"
+    REMOVE_FAILED = "remove failed"
+    DEPLOY_SUCCEEDED = "deploy succeeded"
+    DEPLOY_FAILED = "deploy failed"
+
+
+class Pending(StrEnum):
+    """An operation of the instance that was queued and has not finished."""
+
+    PROVISION = "provision"
     REMOVE = "remove"
 
 
@@ -33,7 +65,7 @@ class Action(StrEnum):
 FUNCTIONAL = frozenset(
     {State.PENDING_ATTACHMENT, State.ATTACHED, State.PENDING_DETACHMENT, State.DETACHED}
 )
-#: The running release has the instance's variables.
+#: The running release has the instance's variables (when the store knows no better).
 USABLE = frozenset({State.ATTACHED, State.PENDING_DETACHMENT})
 #: The next successful deployment gives the application these instances' variables.
 IN_NEXT_RELEASE = frozenset(
@@ -66,6 +98,11 @@ class Decision:
     target: State | None = None
     operation: str | None = None
 
+    @property
+    def changes(self) -> bool:
+        """Whether it would change anything (a new state, or work for the engine)."""
+        return self.allowed and (self.operation is not None or self.target is not None)
+
 
 def _refuse(message: str) -> Decision:
     return Decision(False, message)
@@ -75,8 +112,11 @@ def _ok(message: str, target: State | None = None, operation: str | None = None)
     return Decision(True, message, target, operation)
 
 
-def decide(state: State | None, action: Action, prefix: str, env: str = "ENV") -> Decision:
-    """Decide a user's action. `state` is None when no live instance has this prefix."""
+def decide(state: State | None, action: Action, prefix: str, env: str = "ENV", *,
+           in_release: bool = False, pending: Pending | None = None) -> Decision:
+    """Decide a user's action. `state` is None when no live instance has this prefix;
+    `in_release`: the running release has the instance's variables; `pending`: an operation of
+    the instance waits to run (or runs)."""
     p = prefix
     if action is Action.ADD:
         if state is None or state is State.REMOVED:
@@ -92,16 +132,19 @@ def decide(state: State | None, action: Action, prefix: str, env: str = "ENV") -
             return _ok(f"{p} is already removed")
         return _refuse(f"{p} was removed and its data deleted: add it again with "
                        f"`tether service add {env} SERVICE --prefix {p}`")
+    if pending is Pending.REMOVE:
+        if action is Action.REMOVE:
+            return _ok(f"{p} is already being removed")
+        return _refuse(f"{p} ({state}) is being removed: its data will be deleted for good. Wait "
+                       f"for it (`tether service wait {env} {p}`), then add it again with "
+                       f"`tether service add {env} SERVICE --prefix {p}`")
     if action is Action.PROVISION:
         return _provision(state, p)
     if action is Action.DETACH:
-        return _detach(state, p, env)
+        return _detach(state, p, env, in_release)
     if action is Action.ATTACH:
         return _attach(state, p, env)
-    if action is Action.REMOVE:
-        return _remove(state, p, env)
-    # Deploy is asked of an environment, not of one instance: every live state takes part.
-    return _ok(f"{p} takes part in the deployment", deploy_target(state, succeeded=True))
+    return _remove(state, p, env, in_release)
 
 
 def _provision(state: State, p: str) -> Decision:
@@ -112,9 +155,10 @@ def _provision(state: State, p: str) -> Decision:
     return _ok(f"{p} is already provisioned ({state})")
 
 
-def _detach(state: State, p: str, env: str) -> Decision:
-    if state is State.ATTACHED:
-        return _ok(f"{p} will be detached by the next successful deployment of {env}",
+def _detach(state: State, p: str, env: str, in_release: bool) -> Decision:
+    if state is State.ATTACHED or (in_release and state in (State.PENDING_ATTACHMENT,
+                                                            State.DETACHED)):
+        return _ok(f"{p} ({state}) will be detached by the next successful deployment of {env}",
                    State.PENDING_DETACHMENT)
     if state is State.PENDING_ATTACHMENT:
         return _ok(f"{p} was never attached: it is detached now, its data kept", State.DETACHED)
@@ -132,11 +176,12 @@ def _attach(state: State, p: str, env: str) -> Decision:
                    State.PENDING_ATTACHMENT)
     if state is State.PENDING_DETACHMENT:
         return _ok(f"{p} stays attached: its pending detachment is cancelled", State.ATTACHED)
-    return _ok(f"{p} is {state}: the next deployment of {env} attaches it"
-               if state is not State.ATTACHED else f"{p} is already attached")
+    if state is State.ATTACHED:
+        return _ok(f"{p} is already attached")
+    return _ok(f"{p} is {state}: the next deployment of {env} attaches it")
 
 
-def _remove(state: State, p: str, env: str) -> Decision:
+def _remove(state: State, p: str, env: str, in_release: bool) -> Decision:
     if state is State.ATTACHED:
         return _refuse(f"{p} is attached: detach it and deploy before removing it "
                        f"(`tether service detach {env} {p}`, then `tether deploy {env}`)")
@@ -145,53 +190,47 @@ def _remove(state: State, p: str, env: str) -> Decision:
                        f"deploy {env} first (`tether deploy {env}`), then remove it")
     if state is State.PROVISIONING:
         return _refuse(f"{p} is provisioning: wait for it to finish, then remove it")
+    if in_release:
+        return _refuse(f"{p} is {state}, but the running release of {env} still has its "
+                       f"variables: detach it and deploy first (`tether service detach {env} "
+                       f"{p}`, then `tether deploy {env}`)")
     return _ok(f"{p} is being removed; its data will be deleted for good", None, "remove")
 
 
-def deploy_target(state: State, *, succeeded: bool) -> State:
-    """The state an instance settles in when a deployment ends.
+def after(state: State, event: Event, *, in_release: bool) -> State:
+    """The state an engine event leads to.
 
-    Rule 4: a failed deployment changes nothing."""
-    if not succeeded:
+    For the deploy events `in_release` says whether the NEW release got the instance's
+    variables; for the others, whether the running release has them. Rule 4: a failed
+    deployment changes nothing; rule 5: a failed provision returns to `new`."""
+    if state is State.REMOVED or event in (Event.DEPLOY_FAILED, Event.REMOVE_FAILED):
         return state
-    return {
-        State.PENDING_ATTACHMENT: State.ATTACHED,
-        State.PENDING_DETACHMENT: State.DETACHED,
-        State.NEW: State.ATTACHED,
-        State.PROVISIONING: State.ATTACHED,
-    }.get(state, state)
+    if event is Event.REMOVE_SUCCEEDED:
+        return State.REMOVED  # the data is gone: that is the truth, whatever was asked
+    if event is Event.PROVISION_STARTED:
+        return State.PROVISIONING if state is State.NEW else state
+    if event is Event.PROVISION_SUCCEEDED:
+        return State.PENDING_ATTACHMENT if state in (State.NEW, State.PROVISIONING) else state
+    if event is Event.PROVISION_FAILED:
+        return State.NEW if state is State.PROVISIONING else state
+    return _settle(state, in_release)
 
 
-def settle(state: State, *, in_release: bool) -> State:
-    """Level-triggered settling after a successful deployment: compare what the new release
-    really has (`in_release`: it got the instance's variables) with the state observed now.
-
-    A state changed by the user while the deployment ran is settled by what the release really
-    got: e.g. an instance detached mid-deploy whose variables the release has stays
-    `pending detachment`; one re-attached mid-deploy whose variables it lacks becomes
-    `pending attachment`."""
+def _settle(state: State, in_release: bool) -> State:
+    """After a successful deployment: what the new release really has decides, whatever the
+    user changed while it ran. A release that has the variables of an instance the user
+    detached meanwhile keeps it `pending detachment` (still attached, not removable); one that
+    lacks the variables of an instance re-attached meanwhile leaves it `pending attachment`."""
     if state in (State.ATTACHED, State.PENDING_ATTACHMENT):
         return State.ATTACHED if in_release else State.PENDING_ATTACHMENT
-    if state is State.PENDING_DETACHMENT:
+    if state in (State.PENDING_DETACHMENT, State.DETACHED):
         return State.PENDING_DETACHMENT if in_release else State.DETACHED
+    # `new` or `provisioning`: no resources yet, so a release cannot really use it; the provision
+    # that runs (or the next deployment) moves it on
     return state
 
 
-def after_provision(state: State, *, succeeded: bool) -> State:
-    """Where a provision ends: functional, or back to `new` with the error recorded (rule 5)."""
-    if state not in (State.NEW, State.PROVISIONING):
-        return state
-    return State.PENDING_ATTACHMENT if succeeded else State.NEW
-
-
-def after_remove(state: State, *, succeeded: bool) -> State:
-    return State.REMOVED if succeeded else state
-
-
-def gets_variables_next(state: State) -> bool:
-    """Whether the application receives this instance's variables at its next deployment."""
-    return state in IN_NEXT_RELEASE
-
-
-def running_release_has(state: State) -> bool:
-    return state in USABLE
+def takes_part(state: State, pending: Pending | None = None) -> bool:
+    """Whether the next release gets this instance's variables: it is (or is about to be)
+    attached, and no removal of it waits."""
+    return state in IN_NEXT_RELEASE and pending is not Pending.REMOVE

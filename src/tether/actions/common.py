@@ -15,7 +15,8 @@ from tether.crypto import SecretBox
 from tether.errors import NotFound, UserError
 from tether.lifecycle import State
 from tether.store.db import Store
-from tether.store.models import AuditEntry, Environment, Instance, Operation, Project, utcnow
+from tether.store.models import Environment, Instance, Operation, Project
+from tether.store.records import audit as audit  # re-exported: every action module records
 
 
 def _nothing() -> None:
@@ -92,42 +93,6 @@ def latest_instance(s: Session, env: Environment, prefix: str) -> Instance | Non
             .limit(1)
         )
     return found
-
-
-def audit(
-    s: Session,
-    actor: str,
-    action: str,
-    *,
-    environment_id: int | None = None,
-    instance: Instance | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    detail: str | None = None,
-) -> None:
-    s.add(
-        AuditEntry(
-            actor=actor,
-            action=action,
-            environment_id=environment_id if instance is None else instance.environment_id,
-            instance_id=instance.id if instance is not None else None,
-            from_state=from_state,
-            to_state=to_state,
-            detail=detail,
-        )
-    )
-
-
-def change_state(s: Session, actor: str, action: str, instance: Instance, to: State,
-                 detail: str | None = None) -> None:
-    """Move an instance to `to` and record who asked (rule 7). No-op when already there."""
-    before = instance.state
-    if before == to.value:
-        return
-    instance.state = to.value
-    instance.updated_at = utcnow()
-    audit(s, actor, action, instance=instance, from_state=before, to_state=to.value,
-          detail=detail)
 
 
 def queue_operation(s: Session, ctx: Context, kind: str, env: Environment,

@@ -14,7 +14,6 @@ from tether.actions.clusters import cluster_infos, safe_location
 from tether.actions.common import (
     Context,
     audit,
-    change_state,
     get_environment,
     get_project,
     iso,
@@ -27,6 +26,12 @@ from tether.envvars import instance_var_names, service_vars
 from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Action, State
 from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Variable
+from tether.store.records import (
+    apply_decision,
+    pending_operation,
+    running_release_has,
+    unfinished,
+)
 
 
 def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[dict[str, object]]:
@@ -48,22 +53,22 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
     env = s.get(Environment, inst.environment_id)
     env_name = env.name if env is not None else "ENV"
 
+    in_release = running_release_has(s, inst)
+    waiting = pending_operation(s, inst)
+
     def action_view(action: Action) -> dict[str, object]:
         """Whether `action` is allowed now, whether it would change anything (a new state or
         work for the engine), and the lifecycle's message: the reason when refused or a no-op,
         else what it will do."""
-        decision = lifecycle.decide(state, action, inst.prefix, env_name)
+        decision = lifecycle.decide(state, action, inst.prefix, env_name,
+                                    in_release=in_release, pending=waiting)
         changes = decision.allowed and (decision.operation is not None or (
             decision.target is not None and decision.target != state))
         return {"allowed": decision.allowed, "changes": changes, "message": decision.message}
 
     cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
     variables = service_vars(ctx.box, inst)
-    pending = operation or s.scalar(
-        select(Operation).where(Operation.instance_id == inst.id,
-                                Operation.status.in_(("queued", "running")))
-        .order_by(Operation.id.desc()).limit(1)
-    )
+    pending = operation or unfinished(s, inst)
     return {
         "id": inst.id,
         "prefix": inst.prefix,
@@ -72,13 +77,16 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         "state": inst.state,
         "meaning": lifecycle.MEANING[state],
         "functional": state in lifecycle.FUNCTIONAL,
-        "usable": state in lifecycle.USABLE,
+        "usable": in_release,
         "visibility": "private" if inst.private else "shared",
         "cluster": None if cluster is None else {
             "id": cluster.id, "name": cluster.name,
             "location": safe_location(ctx.box.open(cluster.url_enc)),
         },
         "last_error": inst.last_error,
+        # what the last observation of the real server found different (None: as it should be)
+        "drift": inst.drift,
+        "observed_at": iso(inst.observed_at),
         "variables": variables if reveal else {k: "********" for k in variables},
         "operation": operation_view(pending) if pending else None,
         # What each user action would do now, as the lifecycle rules decide it, so that clients
@@ -106,6 +114,14 @@ def _require(s: Session, env: Environment, prefix: str) -> Instance:
 def _refuse_unless(decision: lifecycle.Decision) -> None:
     if not decision.allowed:
         raise Conflict(decision.message)
+
+
+def _decide(s: Session, env: Environment, inst: Instance, action: Action) -> lifecycle.Decision:
+    """Ask the rules with the whole truth: the recorded state, whether the running release has
+    the instance, and which of its operations waits."""
+    return lifecycle.decide(State(inst.state), action, inst.prefix, env.name,
+                            in_release=running_release_has(s, inst),
+                            pending=pending_operation(s, inst))
 
 
 def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: str = "DEFAULT",
@@ -143,15 +159,11 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
 
 
 def _provision(s: Session, ctx: Context, env: Environment, inst: Instance) -> Operation | None:
-    decision = lifecycle.decide(State(inst.state), Action.PROVISION, inst.prefix, env.name)
+    decision = _decide(s, env, inst, Action.PROVISION)
     _refuse_unless(decision)
     if decision.operation is None:
-        return s.scalar(
-            select(Operation).where(Operation.instance_id == inst.id,
-                                    Operation.kind == "provision",
-                                    Operation.status.in_(("queued", "running")))
-        )
-    change_state(s, ctx.actor, "provision", inst, decision.target or State(inst.state))
+        return unfinished(s, inst, "provision")
+    apply_decision(s, ctx.actor, "provision", inst, decision)
     return queue_operation(s, ctx, "provision", env, inst)
 
 
@@ -172,10 +184,9 @@ def _simple(ctx: Context, project: str | None, env_name: str, prefix: str,
     with ctx.store.session() as s:
         env = _env(s, project, env_name)
         inst = _require(s, env, prefix)
-        decision = lifecycle.decide(State(inst.state), action, prefix, env.name)
+        decision = _decide(s, env, inst, action)
         _refuse_unless(decision)
-        if decision.target is not None:
-            change_state(s, ctx.actor, action.value, inst, decision.target)
+        apply_decision(s, ctx.actor, action.value, inst, decision)
         view = instance_view(s, ctx, inst)
         view["message"] = decision.message
         return view
@@ -195,7 +206,7 @@ def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
     with ctx.store.session() as s:
         env = _env(s, project, env_name)
         inst = _require(s, env, prefix)
-        decision = lifecycle.decide(State(inst.state), Action.REMOVE, prefix, env.name)
+        decision = _decide(s, env, inst, Action.REMOVE)
         _refuse_unless(decision)
         if decision.operation is None:
             view = instance_view(s, ctx, inst)
@@ -204,9 +215,7 @@ def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
         if confirm != prefix:
             raise UserError(f"removing {prefix} deletes its data for good: confirm with "
                             f"`--confirm {prefix}`")
-        op = s.scalar(select(Operation).where(Operation.instance_id == inst.id,
-                                              Operation.kind == "remove",
-                                              Operation.status.in_(("queued", "running"))))
+        op = unfinished(s, inst, "remove")
         if op is None:
             op = queue_operation(s, ctx, "remove", env, inst)
             audit(s, ctx.actor, "remove requested", instance=inst, from_state=inst.state,

@@ -1,0 +1,234 @@
+"""Deploy an environment: provision what is pending, start the new release with its variables,
+switch traffic once it is healthy, stop the previous one, and settle the states.
+
+A failed deployment changes nothing (rule 4): the previous release keeps serving, and no state
+moves. A successful one settles each instance by what the new release really has, so a user's
+change while it ran (a detach, an attach, a removal asked) has one defined outcome (see
+`lifecycle.after`). The release remembers the instances whose variables it has: that, not the
+recorded state, is what "the running release has the instance" means to the rules."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether import lifecycle, naming
+from tether.engine.parts import EngineParts, before
+from tether.engine.provisioning import Provisioning
+from tether.envvars import live_instances, release_env, service_vars
+from tether.errors import OperationError, TetherError, TransientError
+from tether.faults import crash_point
+from tether.lifecycle import Event, Pending, State
+from tether.providers.base import Credentials, Renewable
+from tether.providers.registry import get_provider
+from tether.redact import redact
+from tether.runtime.process import ReleaseFailed, ReleaseSpec, RunningRelease
+from tether.store.models import (
+    Cluster,
+    Deployment,
+    DeploymentLog,
+    Environment,
+    Instance,
+    Operation,
+    Release,
+    utcnow,
+)
+from tether.store.records import apply_event, audit, cluster_spec, pending_removals
+
+log = logging.getLogger("tether.engine")
+
+
+def _deployment_environment(s: Session, dep_id: int) -> Environment:
+    dep = s.get(Deployment, dep_id)
+    env = s.get(Environment, dep.environment_id) if dep is not None else None
+    assert env is not None
+    return env
+
+
+class Deploying:
+    def __init__(self, parts: EngineParts, provisioning: Provisioning) -> None:
+        self.parts = parts
+        self.provisioning = provisioning
+
+    def _log(self, deployment_id: int, line: str) -> None:
+        with self.parts.store.session() as s:
+            s.add(DeploymentLog(deployment_id=deployment_id, line=line[:4000]))
+
+    def _progress(self, deployment_id: int, percent: int, line: str | None = None) -> None:
+        with self.parts.store.session() as s:
+            dep = s.get(Deployment, deployment_id)
+            if dep is not None:
+                dep.percent = percent
+        if line:
+            self._log(deployment_id, line)
+
+    def run(self, op: Operation) -> str:
+        """The handler of a `deploy` operation."""
+        assert op.deployment_id is not None
+        dep_id = op.deployment_id
+        with self.parts.store.session() as s:
+            dep = s.get(Deployment, dep_id)
+            assert dep is not None
+            if dep.status in ("succeeded", "failed"):
+                return f"deployment {dep_id} already {dep.status}"
+            resumed = dep.status == "running"
+            dep.status = "running"
+            dep.started_at = dep.started_at or utcnow()
+            env = s.get(Environment, dep.environment_id)
+            assert env is not None
+            key = f"{env.project.name}/{env.name}"
+            actor = f"deployment {dep_id} (asked by {dep.requested_by})"
+        self._progress(dep_id, 5, f"deployment {dep_id} of {key} "
+                       f"{'resumed' if resumed else 'started'}")
+        try:
+            self._deploy(dep_id, actor, key, op.deadline)
+        except TransientError as exc:
+            if before(op.deadline):
+                self._log(dep_id, f"waiting: {exc.message}; retrying")
+                raise
+            self._finish(dep_id, success=False, error=exc.message)
+            raise
+        except TetherError as exc:
+            self._finish(dep_id, success=False, error=exc.message)
+            raise
+        except Exception as exc:
+            message = f"internal error ({type(exc).__name__}); nothing was changed"
+            log.error("deployment %s crashed: %s", dep_id, redact(str(exc)))
+            self._finish(dep_id, success=False, error=message)
+            raise OperationError(message) from None
+        self._finish(dep_id, success=True)
+        return f"deployment {dep_id} succeeded"
+
+    def _finish(self, dep_id: int, success: bool, error: str | None = None) -> None:
+        with self.parts.store.session() as s:
+            dep = s.get(Deployment, dep_id)
+            assert dep is not None
+            dep.status = "succeeded" if success else "failed"
+            dep.success, dep.error, dep.finished_at = success, error, utcnow()
+            if success:
+                dep.percent = 100
+        self._log(dep_id, "deployment succeeded" if success else
+                  f"deployment failed: {error}; the previous release keeps running and no "
+                  "service changed state")
+
+    def _deploy(self, dep_id: int, actor: str, key: str, deadline: datetime | None) -> None:
+        with self.parts.store.session() as s:
+            env = _deployment_environment(s, dep_id)
+            removing = pending_removals(s, env.id)
+            pending = [(i.id, i.prefix, i.service) for i in live_instances(s, env)
+                       if State(i.state) in (State.NEW, State.PROVISIONING)
+                       and i.id not in removing]
+        for n, (inst_id, prefix, service) in enumerate(pending):
+            self._progress(dep_id, 10 + 40 * n // max(len(pending), 1),
+                           f"provisioning {prefix} ({service})")
+            self.provisioning.provision_instance(inst_id, actor, deadline)
+            self._log(dep_id, f"{prefix} is provisioned")
+        self._renew_credentials(dep_id, actor)
+        with self.parts.store.session() as s:
+            env = _deployment_environment(s, dep_id)
+            project = env.project
+            variables = release_env(s, self.parts.box, env)
+            removing = pending_removals(s, env.id)
+            in_release = sorted(
+                i.id for i in live_instances(s, env)
+                if lifecycle.takes_part(State(i.state),
+                                        Pending.REMOVE if i.id in removing else None)
+                and service_vars(self.parts.box, i))
+            release = Release(environment_id=env.id, deployment_id=dep_id,
+                              env_enc=self.parts.box.seal(variables),
+                              variable_names=sorted(variables), command=project.app_command,
+                              instance_ids=in_release, node_id=self.parts.node_id)
+            s.add(release)
+            s.flush()
+            release_id, previous_id = release.id, env.current_release_id
+            command, app_dir = project.app_command, project.app_dir
+            health_path, timeout, port = project.health_path, project.health_timeout, env.port
+            s.get(Deployment, dep_id).release_id = release_id  # type: ignore[union-attr]
+        secret_values = [v for k, v in variables.items() if k != "STAGE"]
+        self._progress(dep_id, 55, f"release {release_id} has {len(variables)} variables: "
+                       f"{', '.join(sorted(variables))}")
+        runtime = self.parts.runtime
+        if command and runtime is not None:
+            runtime.ensure_address(key, port)
+            self._progress(dep_id, 60, f"starting release {release_id}: {command}")
+            try:
+                running = runtime.start(ReleaseSpec(
+                    release_id=release_id, environment_key=key, command=command,
+                    env=variables, health_path=health_path, cwd=app_dir,
+                    health_timeout=float(timeout),
+                    log=lambda line: self._log(dep_id, "app: " + redact(line, secret_values))))
+            except ReleaseFailed as exc:
+                self._set_release(release_id, "failed")
+                raise OperationError(redact(exc.message, secret_values)) from None
+            self._record_process(release_id, running)
+            self._progress(dep_id, 80, f"release {release_id} is healthy at GET {health_path}")
+            crash_point("deploy.before_switch")
+            previous = runtime.switch(key, running)
+            self._progress(dep_id, 85, f"traffic switched to release {release_id}")
+            crash_point("deploy.after_switch")
+            if previous is not None:
+                runtime.stop(previous)
+                self._log(dep_id, f"previous release {previous.release_id} stopped")
+        else:
+            self._log(dep_id, "no application command: only the services' states are settled")
+            crash_point("deploy.before_switch")
+        self._settle(dep_id, actor, release_id, previous_id, set(in_release))
+
+    def _settle(self, dep_id: int, actor: str, release_id: int, previous_id: int | None,
+                in_release: set[int]) -> None:
+        """In one transaction: the new release is the running one, and every instance settles by
+        what it really has."""
+        with self.parts.store.session() as s:
+            env = _deployment_environment(s, dep_id)
+            for inst in live_instances(s, env):
+                apply_event(s, actor, "deployed", inst, Event.DEPLOY_SUCCEEDED,
+                            in_release=inst.id in in_release)
+            for old in s.scalars(select(Release).where(Release.environment_id == env.id,
+                                                       Release.status == "running")):
+                old.status = "stopped"
+            s.get(Release, release_id).status = "running"  # type: ignore[union-attr]
+            env.current_release_id = release_id
+            audit(s, actor, "release", environment_id=env.id,
+                  detail=f"release {release_id} replaces {previous_id or 'nothing'}")
+
+    def _record_process(self, release_id: int, running: RunningRelease) -> None:
+        with self.parts.store.session() as s:
+            release = s.get(Release, release_id)
+            if release is not None:
+                release.pid, release.port = running.pid, running.port
+                release.node_id = self.parts.node_id
+
+    def _renew_credentials(self, dep_id: int, actor: str) -> None:
+        """Renew credentials that expire soon (Azure SAS tokens) before the release gets them.
+        A failure fails the deployment; the old credentials stay valid until they expire."""
+        box = self.parts.box
+        with self.parts.store.session() as s:
+            env = _deployment_environment(s, dep_id)
+            due = []
+            for inst in live_instances(s, env):
+                provider = get_provider(inst.kind)
+                creds = box.open(inst.credentials_enc)
+                if (creds and inst.cluster_id and isinstance(provider, Renewable)
+                        and lifecycle.takes_part(State(inst.state))
+                        and provider.needs_renewal(Credentials(creds))):
+                    cluster = s.get(Cluster, inst.cluster_id)
+                    assert cluster is not None
+                    due.append((inst.id, inst.prefix, provider, cluster_spec(box, cluster),
+                                Credentials(creds)))
+        for inst_id, prefix, provider, spec, creds in due:
+            self._log(dep_id, f"renewing the credentials of {prefix}: they expire soon")
+            fresh = provider.renew(spec, naming.resource_names(inst_id), creds)
+            with self.parts.store.session() as s:
+                inst = s.get(Instance, inst_id)
+                assert inst is not None
+                inst.credentials_enc = box.seal(fresh.values)
+                audit(s, actor, "credentials renewed", instance=inst, detail="expiring soon")
+
+    def _set_release(self, release_id: int, status: str) -> None:
+        with self.parts.store.session() as s:
+            release = s.get(Release, release_id)
+            if release is not None:
+                release.status = status

@@ -1,0 +1,45 @@
+"""What every part of the engine shares: the store, the secret box, the data dir, the runtime
+(None: no application processes, e.g. engine-level tests) and this node's id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tether.crypto import SecretBox
+from tether.errors import TetherError
+from tether.providers.base import PrivateServers
+from tether.providers.registry import private_servers
+from tether.runtime.process import ProcessRuntime
+from tether.store.db import Store
+
+
+@dataclass
+class EngineParts:
+    store: Store
+    box: SecretBox
+    data_dir: Path
+    runtime: ProcessRuntime | None = None
+    node_id: str | None = None
+
+    def private(self, kind: str) -> PrivateServers:
+        """The dedicated servers Tether runs for `--private` instances of `kind`."""
+        return private_servers(kind, self.data_dir / "private")
+
+
+def reason_of(exc: BaseException) -> str:
+    """An exception in words for a user: a TetherError's message, else its type and text (the
+    caller redacts secrets)."""
+    if isinstance(exc, TetherError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def before(deadline: datetime | None) -> bool:
+    """Whether an operation may still be retried: its deadline has not passed."""
+    if deadline is None:
+        return False
+    if deadline.tzinfo is None:  # SQLite gives naive datetimes back
+        deadline = deadline.replace(tzinfo=UTC)
+    return datetime.now(UTC) < deadline

@@ -1,0 +1,317 @@
+"""Provision and remove one instance on its cluster.
+
+Rule 5 holds at every failure point: an error before the provider call (no cluster fits, two
+private instances competing for one cluster, the store refusing a write), during it, or while
+recording its result ends in `new` with the error recorded and nothing left on the cluster. An
+error that may pass (TransientError: the cluster unreachable for a moment) keeps the instance
+`provisioning` while the worker retries the operation, until its deadline. A failed removal keeps
+the instance where it was, with the error shown, and can be retried.
+
+Every step is idempotent and keyed by names derived from the instance id, so an operation a
+crash interrupted is resumed, never half-repeated. The named crash points are for the crash tests
+(see `tether.faults`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tether import catalog, lifecycle, naming
+from tether.engine.parts import EngineParts, before, reason_of
+from tether.errors import ClusterError, OperationError, TransientError
+from tether.faults import crash_point
+from tether.lifecycle import Action, Event, State
+from tether.net import free_port
+from tether.providers.base import ClusterSpec
+from tether.providers.registry import get_provider
+from tether.redact import redact
+from tether.store.models import Cluster, Environment, Instance, Operation
+from tether.store.records import (
+    UNFINISHED,
+    apply_event,
+    cluster_spec,
+    running_release_has,
+)
+
+log = logging.getLogger("tether.engine")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    prefix: str
+    kind: str
+    spec: ClusterSpec
+    secret: str
+    spawned: bool
+
+
+class Provisioning:
+    def __init__(self, parts: EngineParts) -> None:
+        self.parts = parts
+
+    # -- provision ----------------------------------------------------------------------------
+
+    def provision_instance(self, instance_id: int, actor: str,
+                           deadline: datetime | None = None) -> str:
+        """Create the instance's resources (idempotent). On a final failure: clean up, back to
+        `new` with the error recorded, and raise; on an error that may pass before `deadline`:
+        stay `provisioning` and raise TransientError (the worker retries)."""
+        names = naming.resource_names(instance_id)
+        try:
+            plan = self._begin(instance_id, actor)
+        except Exception as exc:
+            reason = redact(reason_of(exc))
+            prefix = self._fail(instance_id, actor, reason)
+            raise ClusterError(f"provisioning {prefix} failed: {reason}") from None
+        if isinstance(plan, str):
+            return plan
+        spec = plan.spec
+        crash_point("provision.before_provider")
+        try:
+            if plan.spawned:
+                password = unquote(urlsplit(spec.url).password or "")
+                url = self.parts.private(plan.kind).create(names, int(spec.settings["port"]),
+                                                           password)
+                spec = self._record_admin_url(spec, url)
+            creds = get_provider(plan.kind).provision(spec, names, plan.secret)
+        except Exception as exc:
+            reason = redact(reason_of(exc), [plan.secret, spec.url])
+            if isinstance(exc, TransientError) and before(deadline):
+                self._note(instance_id, f"provisioning {plan.prefix}: {reason}; retrying")
+                raise TransientError(f"provisioning {plan.prefix}: {reason}") from None
+            self._undo(instance_id, plan, spec, actor, reason)
+            raise ClusterError(f"provisioning {plan.prefix} failed: {reason}") from None
+        crash_point("provision.after_provider")
+        try:
+            with self.parts.store.session() as s:
+                inst = s.get(Instance, instance_id)
+                assert inst is not None
+                inst.credentials_enc = self.parts.box.seal(creds.values)
+                inst.last_error = None
+                inst.drift = None
+                apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED)
+        except Exception as exc:
+            reason = redact(f"recording the result failed: {reason_of(exc)}",
+                            [plan.secret, spec.url])
+            self._undo(instance_id, plan, spec, actor, reason)
+            raise ClusterError(f"provisioning {plan.prefix} failed: {reason}") from None
+        return f"{plan.prefix} is provisioned"
+
+    def _begin(self, instance_id: int, actor: str) -> _Plan | str:
+        """In one transaction: enter `provisioning`, pick the cluster, choose the secret."""
+        with self.parts.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            assert inst is not None, f"instance {instance_id} does not exist"
+            state = State(inst.state)
+            if state not in (State.NEW, State.PROVISIONING):
+                return f"{inst.prefix} is already provisioned ({state})"
+            apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED)
+            env = s.get(Environment, inst.environment_id)
+            assert env is not None
+            if inst.cluster_id is None:
+                inst.cluster_id = self._choose_cluster(s, inst, env.project.region).id
+            if inst.secret_enc is None:
+                inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
+            cluster = s.get(Cluster, inst.cluster_id)
+            assert cluster is not None
+            spec = cluster_spec(self.parts.box, cluster)
+            return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
+                         bool(spec.settings.get("spawned")))
+
+    def _choose_cluster(self, s: Session, inst: Instance, region: str) -> Cluster:
+        """The cluster an instance lives on: the first shared cluster of its service, or for
+        `--private` a free registered private cluster (claimed atomically: a conditional update,
+        so two instances never own one), else a dedicated server run by Tether."""
+        clusters = s.scalars(select(Cluster).where(Cluster.kind == inst.kind,
+                                                   Cluster.region == region)
+                             .order_by(Cluster.id)).all()
+        fitting = [c for c in clusters
+                   if catalog.service_name(c.kind, c.version) == inst.service]
+        if not inst.private:
+            for c in fitting:
+                if not c.private:
+                    return c
+            raise OperationError(f"no shared cluster for {inst.service} in region {region} "
+                                 "any more: register one with `tether cluster add`")
+        for c in fitting:
+            if c.private and c.owner_instance_id is None:
+                claimed = s.execute(update(Cluster).where(
+                    Cluster.id == c.id, Cluster.owner_instance_id.is_(None))
+                    .values(owner_instance_id=inst.id).execution_options(
+                        synchronize_session=False))
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    s.refresh(c)
+                    return c
+        if inst.kind not in catalog.SPAWNABLE_PRIVATE:
+            raise OperationError(f"no free private {inst.kind} cluster in region {region}: "
+                                 "register one with `tether cluster add ... --private`")
+        embedded = self.parts.private(inst.kind).version()
+        if catalog.service_name(inst.kind, embedded) != inst.service:
+            raise OperationError(f"Tether runs private servers of {inst.kind} {embedded}, not "
+                                 f"{inst.service}: register a private {inst.service} cluster "
+                                 "with `tether cluster add ... --private`")
+        names = naming.resource_names(inst.id)
+        port = free_port()
+        password = secrets.token_urlsafe(24)
+        # the admin URL is only known once the server exists: kept as a placeholder with the
+        # password (sealed) until `create` returns the real one
+        url = f"pending://admin:{password}@127.0.0.1:{port}/"
+        cluster = Cluster(name=f"private-{names.base}", kind=inst.kind, region=region,
+                          private=True, version=embedded, url_enc=self.parts.box.seal(url),
+                          settings={"port": port, "spawned": True}, managed=True,
+                          owner_instance_id=inst.id, node_id=self.parts.node_id)
+        s.add(cluster)
+        s.flush()
+        return cluster
+
+    def _record_admin_url(self, spec: ClusterSpec, url: str) -> ClusterSpec:
+        """Keep the admin URL a dedicated server answered with (sealed) and use it."""
+        if url != spec.url:
+            with self.parts.store.session() as s:
+                cluster = s.get(Cluster, spec.id)
+                if cluster is not None:
+                    cluster.url_enc = self.parts.box.seal(url)
+        return dataclasses.replace(spec, url=url)
+
+    def _undo(self, instance_id: int, plan: _Plan, spec: ClusterSpec, actor: str,
+              reason: str) -> None:
+        """Delete whatever the attempt made on the cluster, then record the failure."""
+        names = naming.resource_names(instance_id)
+        try:
+            if plan.spawned:
+                self.parts.private(plan.kind).destroy(names, int(spec.settings["port"]))
+            else:
+                get_provider(plan.kind).deprovision(spec, names)
+        except Exception as exc:  # recorded; the retry converges
+            reason += f" (clean-up also failed: {redact(reason_of(exc), [spec.url])})"
+        self._fail(instance_id, actor, reason)
+
+    def _fail(self, instance_id: int, actor: str, reason: str) -> str:
+        """Back to `new` with the error recorded (rule 5), the private cluster handed back.
+        Returns the prefix. If even this cannot be written, the operation stays unfinished and
+        is retried (or the instance is found stranded at the next start): logged, not raised."""
+        try:
+            with self.parts.store.session() as s:
+                inst = s.get(Instance, instance_id)
+                assert inst is not None
+                self._release_cluster(s, inst)
+                inst.last_error = reason
+                apply_event(s, actor, "provision failed", inst, Event.PROVISION_FAILED,
+                            detail=reason)
+                return inst.prefix
+        except Exception as exc:
+            log.error("recording the failed provision of instance %s failed: %s", instance_id,
+                      redact(reason_of(exc)))
+            return f"instance {instance_id}"
+
+    @staticmethod
+    def _release_cluster(s: Session, inst: Instance) -> None:
+        """Hand back the cluster a private instance owned (a dedicated server's row goes)."""
+        if inst.cluster_id is None:
+            return
+        cluster = s.get(Cluster, inst.cluster_id)
+        if cluster is not None and cluster.settings.get("spawned"):
+            inst.cluster_id = None
+            s.flush()
+            s.delete(cluster)
+        elif inst.private:
+            if cluster is not None and cluster.owner_instance_id == inst.id:
+                cluster.owner_instance_id = None
+            inst.cluster_id = None
+
+    def _note(self, instance_id: int, message: str) -> None:
+        with self.parts.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            if inst is not None:
+                inst.last_error = message
+
+    # -- remove -------------------------------------------------------------------------------
+
+    def remove_instance(self, instance_id: int, actor: str,
+                        deadline: datetime | None = None) -> str:
+        """Delete the instance's resources and credentials for good, when the lifecycle allows it
+        now (the remove was allowed when asked, but a deployment may have run since)."""
+        names = naming.resource_names(instance_id)
+        with self.parts.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            assert inst is not None
+            env = s.get(Environment, inst.environment_id)
+            decision = lifecycle.decide(State(inst.state), Action.REMOVE, inst.prefix,
+                                        env.name if env else "ENV",
+                                        in_release=running_release_has(s, inst))
+            cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
+            spec = cluster_spec(self.parts.box, cluster) if cluster else None
+            kind, prefix = inst.kind, inst.prefix
+        if not decision.allowed:
+            self._note(instance_id, f"removing {prefix} was refused: {decision.message}")
+            raise OperationError(decision.message)
+        if decision.operation is None:
+            return decision.message
+        crash_point("remove.before_provider")
+        if spec is not None:
+            try:
+                if spec.settings.get("spawned"):
+                    self.parts.private(kind).destroy(names, int(spec.settings["port"]))
+                else:
+                    get_provider(kind).deprovision(spec, names)
+            except Exception as exc:
+                reason = redact(reason_of(exc), [spec.url])
+                if isinstance(exc, TransientError) and before(deadline):
+                    self._note(instance_id, f"removing {prefix}: {reason}; retrying")
+                    raise TransientError(f"removing {prefix}: {reason}") from None
+                message = (f"removing {prefix} failed: {reason}; retrying is safe "
+                           "(`tether service remove` again)")
+                with self.parts.store.session() as s:
+                    inst = s.get(Instance, instance_id)
+                    assert inst is not None
+                    inst.last_error = message
+                    apply_event(s, actor, "remove failed", inst, Event.REMOVE_FAILED,
+                                detail=reason)
+                raise ClusterError(message) from None
+        crash_point("remove.after_provider")
+        with self.parts.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            assert inst is not None
+            self._release_cluster(s, inst)
+            inst.credentials_enc = None
+            inst.secret_enc = None
+            inst.last_error = None
+            inst.drift = None
+            apply_event(s, actor, "removed", inst, Event.REMOVE_SUCCEEDED,
+                        detail="data deleted for good")
+        return f"{prefix} is removed: its data is deleted"
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover_stranded(self, actor: str = "engine") -> list[int]:
+        """Instances left `provisioning` with no operation that will finish them (a crash at a
+        point no operation covers): whatever was made is deleted and they go back to `new` with
+        the reason, so they can be retried (rule 5)."""
+        with self.parts.store.session() as s:
+            busy_instances = set(s.scalars(select(Operation.instance_id).where(
+                Operation.status.in_(UNFINISHED), Operation.instance_id.is_not(None))))
+            deploying = set(s.scalars(select(Operation.environment_id).where(
+                Operation.status.in_(UNFINISHED), Operation.kind == "deploy")))
+            plans = []
+            for inst in s.scalars(select(Instance).where(
+                    Instance.state == State.PROVISIONING.value)):
+                if inst.id in busy_instances or inst.environment_id in deploying:
+                    continue
+                cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
+                spec = cluster_spec(self.parts.box, cluster) if cluster else None
+                plans.append((inst.id, inst.prefix, inst.kind, spec))
+        reason = "its provisioning was interrupted: provision it again"
+        for inst_id, prefix, kind, spec in plans:
+            if spec is None:
+                self._fail(inst_id, actor, reason)
+            else:
+                self._undo(inst_id, _Plan(prefix, kind, spec, "", bool(
+                    spec.settings.get("spawned"))), spec, actor, reason)
+        return [p[0] for p in plans]

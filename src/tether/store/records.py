@@ -1,0 +1,136 @@
+"""The reads and writes both the actions and the engine use, below both of them: a state change
+with its audit entry (rule 7), the facts the lifecycle rules take besides the recorded state
+(does the running release have the instance? which of its operations waits?), and a cluster's
+spec for its provider.
+
+A state is only ever changed here, and only to what `tether.lifecycle` answered: callers pass a
+lifecycle `Decision` or an `Event`, never a state of their own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether import lifecycle
+from tether.lifecycle import Decision, Event, Pending, State
+from tether.providers.base import ClusterSpec
+from tether.store.models import (
+    AuditEntry,
+    Cluster,
+    Environment,
+    Instance,
+    Operation,
+    Release,
+    utcnow,
+)
+
+UNFINISHED = ("queued", "running")
+
+
+def audit(
+    s: Session,
+    actor: str,
+    action: str,
+    *,
+    environment_id: int | None = None,
+    instance: Instance | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    detail: str | None = None,
+) -> None:
+    s.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            environment_id=environment_id if instance is None else instance.environment_id,
+            instance_id=instance.id if instance is not None else None,
+            from_state=from_state,
+            to_state=to_state,
+            detail=detail,
+        )
+    )
+
+
+def _move(s: Session, actor: str, action: str, instance: Instance, to: State,
+          detail: str | None) -> State:
+    before = instance.state
+    if before != to.value:
+        instance.state = to.value
+        instance.updated_at = utcnow()
+        audit(s, actor, action, instance=instance, from_state=before, to_state=to.value,
+              detail=detail)
+    return to
+
+
+def apply_decision(s: Session, actor: str, action: str, instance: Instance, decision: Decision,
+                   detail: str | None = None) -> State:
+    """Enter the state a user's allowed action leads to (no-op when it names none)."""
+    assert decision.allowed, decision.message
+    if decision.target is None:
+        return State(instance.state)
+    return _move(s, actor, action, instance, decision.target, detail)
+
+
+def apply_event(s: Session, actor: str, action: str, instance: Instance, event: Event, *,
+                in_release: bool | None = None, detail: str | None = None) -> State:
+    """Enter the state an engine event leads to. `in_release` defaults to whether the running
+    release has the instance (the deploy events pass what the new release has)."""
+    if in_release is None:
+        in_release = running_release_has(s, instance)
+    to = lifecycle.after(State(instance.state), event, in_release=in_release)
+    return _move(s, actor, action, instance, to, detail)
+
+
+def release_instance_ids(s: Session, env: Environment) -> set[int] | None:
+    """The instances whose variables the running release has; None when nothing runs."""
+    if env.current_release_id is None:
+        return None
+    release = s.get(Release, env.current_release_id)
+    if release is None:
+        return None
+    if release.instance_ids is None:  # a release made before the store recorded it
+        return {i.id for i in s.scalars(select(Instance).where(
+            Instance.environment_id == env.id,
+            Instance.state.in_([st.value for st in lifecycle.USABLE])))}
+    return {int(i) for i in release.instance_ids}
+
+
+def running_release_has(s: Session, instance: Instance) -> bool:
+    env = s.get(Environment, instance.environment_id)
+    ids = release_instance_ids(s, env) if env is not None else None
+    return bool(ids) and instance.id in ids  # type: ignore[operator]
+
+
+def pending_operation(s: Session, instance: Instance) -> Pending | None:
+    """The instance's own operation that waits or runs, in lifecycle terms."""
+    kinds = set(s.scalars(select(Operation.kind).where(Operation.instance_id == instance.id,
+                                                      Operation.status.in_(UNFINISHED))))
+    if "remove" in kinds:
+        return Pending.REMOVE
+    if "provision" in kinds:
+        return Pending.PROVISION
+    return None
+
+
+def pending_removals(s: Session, environment_id: int) -> set[int]:
+    """Instances of an environment whose removal waits or runs."""
+    return set(s.scalars(select(Operation.instance_id).where(
+        Operation.environment_id == environment_id, Operation.kind == "remove",
+        Operation.status.in_(UNFINISHED))).all()) - {None}  # type: ignore[arg-type]
+
+
+def unfinished(s: Session, instance: Instance, kind: str | None = None) -> Operation | None:
+    """The instance's latest operation that waits or runs (of `kind`, if given)."""
+    q = select(Operation).where(Operation.instance_id == instance.id,
+                                Operation.status.in_(UNFINISHED))
+    if kind is not None:
+        q = q.where(Operation.kind == kind)
+    return s.scalar(q.order_by(Operation.id.desc()).limit(1))
+
+
+def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:
+    return ClusterSpec(id=cluster.id, kind=cluster.kind, region=cluster.region,
+                       url=box.open(cluster.url_enc), private=cluster.private,
+                       settings=dict(cluster.settings or {}))

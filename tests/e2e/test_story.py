@@ -222,3 +222,19 @@ def test_no_wait_returns_the_operation(tether: Tether) -> None:
         time.sleep(0.1)
     assert shown["state"] == "pending attachment"
     t.ok("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT", "-p", "nowait")
+
+
+def test_service_wait_follows_an_operation_started_without_waiting(tether: Tether) -> None:
+    t = tether
+    t.ok("project", "create", "waiting")
+    t.ok("service", "add", "test", "postgres", "--prefix", "W", "--provision", "--no-wait",
+         "-p", "waiting")
+    waited = t.ok("service", "wait", "test", "W", "-p", "waiting", "--json").json()
+    assert waited["state"] == "pending attachment"
+    again = t.ok("service", "wait", "test", "W", "-p", "waiting")  # nothing left to wait for
+    assert "nothing to wait for" in again.out + again.err
+    t.ok("service", "remove", "test", "W", "--confirm", "W", "-p", "waiting", "--no-wait")
+    removed = t.ok("service", "wait", "test", "W", "-p", "waiting", "--json").json()
+    assert removed["state"] == "removed"
+    missing = t.cli("service", "wait", "test", "NOPE", "-p", "waiting")
+    assert missing.code == 2

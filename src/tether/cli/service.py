@@ -194,6 +194,8 @@ def list_(
             note = Text(f"{op['kind']} {op['status']} (operation {op['id']})", style="cyan")
         elif i.get("last_error"):
             note = Text(f"last error: {i['last_error']}", style="red")
+        elif i.get("drift"):
+            note = Text(f"drift: {i['drift']}", style="yellow")
         else:
             note = cell(None)
         cluster = i.get("cluster")
@@ -230,6 +232,9 @@ def show(
                                      f"asked by {op['requested_by']})", style="cyan"))
     if view.get("last_error"):
         field_line("Last error", Text(str(view["last_error"]), style="red"))
+    if view.get("drift"):
+        field_line("Drift", Text(f"{view['drift']} (found {when(view.get('observed_at'))})",
+                                 style="yellow"))
     variables: dict[str, str] = view.get("variables") or {}
     if variables:
         say(("Variables:", "bold"))
@@ -297,3 +302,22 @@ def remove(
         _finish(client, view, env, f"removing {prefix} from {env}", no_wait,
                 lambda: client.get(_path(name, env, prefix)),
                 f"tether service remove {env} {prefix} --confirm {prefix} -p {name}")
+
+
+@app.command("wait", epilog="Example: tether service add test postgres --provision --no-wait && "
+                            "tether service wait test DEFAULT")
+def wait(env: EnvArg, prefix: PrefixArg, project: ProjectOpt = None,
+         json_: JsonOpt = False) -> None:
+    """Wait for the operation a service has running or queued (e.g. one started with
+    `--no-wait`), then show its state; exit 1 when that operation failed."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        view = client.get(_path(name, env, prefix))
+        op = view.get("operation")
+        if op is None and not json_:
+            say(f"{prefix} has no operation running or queued: nothing to wait for")
+        kind = str(op["kind"]) if op else "provision"
+        retry = (f"tether service remove {env} {prefix} --confirm {prefix} -p {name}"
+                 if kind == "remove" else f"tether service provision {env} {prefix} -p {name}")
+        _finish(client, view, env, f"waiting for the {kind} of {prefix} in {env}", False,
+                lambda: client.get(_path(name, env, prefix)), retry)

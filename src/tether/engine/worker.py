@@ -1,121 +1,173 @@
-"""The worker: executes durable operations.
+"""The worker: claims durable operations from the store and runs them, on one node or several.
 
-Operations on one environment run one at a time, in the order they were asked; different
-environments proceed in parallel (a thread pool). On start, operations a crash left `running` are
-queued again: every step is idempotent and keyed by names derived from the instance id, so they
-resume rather than repeat half-done work."""
+- **Claims are atomic.** An operation is taken by one conditional `UPDATE … WHERE status='queued'
+  … RETURNING`; on PostgreSQL the candidates are picked `FOR UPDATE SKIP LOCKED` and the claim
+  holds a transaction-scoped advisory lock on the environment, then checks again, so two nodes can
+  never start two operations of one environment.
+- **One at a time per environment, in order, across all nodes**: an operation is claimable only
+  when no operation of its environment is running and none before it is still queued (a retry
+  waiting for its `not_before` keeps its place). Different environments run in parallel.
+- **Leases.** A claim is leased to this node (`claimed_by`, `lease_until`); a heartbeat thread
+  renews the leases of the operations this node holds and records the node as alive (`nodes`).
+  Any node re-queues an operation whose lease expired (its node died or lost the store); a valid
+  lease is never touched. On start, the operations claimed under this node's own id are leftovers
+  of its previous life (a node id is held by one process at a time) and are re-queued at once.
+- **Nothing stays `running`** after its handler ended: the final write is retried with backoff,
+  then again from the loop while this node keeps the lease; only this node's claim can finish it.
+  The busy set is only entered after the claim committed, and always left.
+- **Errors that may pass** (`TransientError`) re-queue the operation with exponential backoff
+  (`not_before`) until its `deadline` (set at its first claim), then fail it with the reason.
+- **Wake-ups cross processes** on PostgreSQL (`tether.engine.wakeup`); SQLite polls briefly.
+
+Execution is exactly-once while nodes live, at-least-once across a crash (an operation a dead
+node was running is run again): every handler is idempotent. Lease times come from the store's
+clock on PostgreSQL, so nodes' clocks need not agree."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Interval,
+    Text,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.orm import aliased
 
-from tether.errors import TetherError
+from tether.engine.wakeup import DONE_CHANNEL, WAKE_CHANNEL, Wakeups
+from tether.errors import TetherError, TransientError
+from tether.node import NodeIdentity
 from tether.redact import redact
 from tether.store.db import Store
-from tether.store.models import Operation, utcnow
+from tether.store.models import Node, Operation, utcnow
 
 log = logging.getLogger("tether.worker")
 
 Handler = Callable[[Operation], str | None]
 
+#: the advisory-lock namespace of "claiming an operation of environment N" (high 32 bits)
+_ENV_LOCK_SPACE = 0x7E7E_0001
+#: pauses between the tries of an operation's final write, before the loop takes over
+_FINISH_PAUSES = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a handler's run decided: `succeeded`/`failed`, or `queued` again after `delay` s."""
+
+    status: str
+    message: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+
 
 class Worker:
     def __init__(self, store: Store, handlers: dict[str, Handler], max_parallel: int = 4,
-                 node_id: str | None = None) -> None:
+                 node_id: str | None = None, *, lease: float = 15.0, heartbeat: float = 3.0,
+                 poll_interval: float = 0.5, retry_window: float = 120.0,
+                 backoff: float = 0.5, backoff_cap: float = 10.0) -> None:
+        if not 0 < heartbeat < lease:
+            raise ValueError(f"the heartbeat ({heartbeat} s) must be shorter than the lease "
+                             f"({lease} s) it renews")
         self.store = store
-        self.node_id = node_id
+        self.node_id = node_id or NodeIdentity.ephemeral("worker").id
         self.handlers = handlers
+        self.max_parallel = max_parallel
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.poll_interval = poll_interval
+        self.retry_window = retry_window
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self._pg = store.engine.dialect.name == "postgresql"
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._busy: set[int] = set()
+        self._stop = threading.Event()  # stop claiming
+        self._closed = threading.Event()  # stop the heartbeat too
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="tether-op")
-        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition(self._lock)
+        #: environments whose operation runs in a handler here (entered only after the claim
+        #: committed, always left)
+        self._busy: set[int] = set()
+        #: operations whose handler runs here
+        self._active: set[int] = set()
+        #: operations this node holds a claim on (handler running, or final write pending):
+        #: the heartbeat renews their leases
+        self._held: set[int] = set()
+        #: outcomes whose final write failed every try: written again by the loop
+        self._unfinished: dict[int, _Outcome] = {}
+        self._next_due = float("inf")  # monotonic time of the earliest retry this node queued
+        self._threads: list[threading.Thread] = []
+        #: this node's signals to and from the other nodes (PostgreSQL only)
+        self.wakeups = Wakeups(store, self.node_id, on_work=self._wake.set, on_done=self._bump)
         #: notified whenever an operation finishes, so waiters answer without polling
         self._finished = threading.Condition()
         self._generation = 0
+        self._build_statements()
+
+    # -- public surface ---------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """Wake the loop at once (called after an action queued an operation)."""
-        self._wake.set()
+        """Wake the loop at once, and the other nodes' (called after an action queued an
+        operation; on the request path, so it only sets an event)."""
+        self.wakeups.signal_work()
 
     def start(self) -> None:
+        """Record this node, take back what its previous life left running, and start claiming."""
+        self._register_node()
         with self.store.session() as s:
-            s.execute(update(Operation).where(Operation.status == "running")
-                      .values(status="queued", message="resumed after a restart"))
-        self._thread = threading.Thread(target=self._loop, name="tether-worker", daemon=True)
-        self._thread.start()
+            s.execute(update(Operation)
+                      .where(Operation.status == "running", Operation.claimed_by == self.node_id)
+                      .values(status="queued", claimed_by=None, lease_until=None,
+                              message="resumed after a restart of its node"))
+        self._requeue_expired()
+        self.wakeups.start()
+        for target, name in ((self._loop, "tether-worker"), (self._beat, "tether-heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running handlers finish for up to `timeout` s, then hand back what
+        still runs (queued again, for another node or the next start) and mark the node stopped.
+        Returns within `timeout` + 15 s even if the store does not answer."""
+        until = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=False)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._dispatch()
-            except Exception:  # the loop must survive a store hiccup; try again shortly
-                log.exception("worker dispatch failed")
-            self._wake.wait(0.5)
-            self._wake.clear()
-
-    def _dispatch(self) -> None:
-        with self.store.session() as s:
-            queued = s.scalars(select(Operation).where(Operation.status == "queued")
-                               .order_by(Operation.id)).all()
-            seen: set[int] = set()
-            claimed: list[Operation] = []
-            with self._lock:
-                for op in queued:
-                    env = op.environment_id
-                    if env in seen or env in self._busy:
-                        seen.add(env)
-                        continue
-                    seen.add(env)
-                    op.status = "running"
-                    op.started_at = utcnow()
-                    op.attempts += 1
-                    self._busy.add(env)
-                    claimed.append(op)
-            s.flush()
-            s.expunge_all()  # handed to the pool as plain, loaded objects
-        for op in claimed:
-            self._pool.submit(self._run, op)
-
-    def _run(self, op: Operation) -> None:
-        op_id, env = op.id, op.environment_id
-        try:
-            handler = self.handlers[op.kind]
-            try:
-                message = handler(op)
-                status, error = "succeeded", None
-            except TetherError as exc:
-                status, error, message = "failed", redact(exc.message), None
-            except Exception as exc:
-                log.error("operation %s (%s) crashed: %s", op_id, op.kind,
-                          redact(f"{type(exc).__name__}: {exc}"))
-                status, message = "failed", None
-                error = f"internal error ({type(exc).__name__}); retrying is safe"
-            with self.store.session() as s:
-                row = s.get(Operation, op_id)
-                if row is not None:
-                    row.status, row.error, row.finished_at = status, error, utcnow()
-                    row.message = message or row.message
-        finally:
-            with self._lock:
-                self._busy.discard(env)
-            self._wake.set()
-            with self._finished:
-                self._generation += 1
-                self._finished.notify_all()
+        if self._threads:
+            self._threads[0].join(max(0.0, min(5.0, until - time.monotonic())))
+        with self._idle:
+            self._idle.wait_for(lambda: not self._active, max(0.0, until - time.monotonic()))
+        self._bounded("writing the outcomes left to write", self._write_unfinished, 3.0)
+        with self._lock:
+            left = sorted(self._held)
+        if left:
+            log.warning("stopping with operations %s still running: handing them back", left)
+            self._bounded("handing back running operations", lambda: self._hand_back(
+                left, "handed back: its node stopped before it finished"), 5.0)
+        self._closed.set()
+        self._bounded("marking the node stopped", self._mark_stopped, 2.0)
+        self.wakeups.stop(1.0)
+        for thread in self._threads[1:]:
+            thread.join(1.0)
 
     @property
     def generation(self) -> int:
@@ -124,6 +176,346 @@ class Worker:
         return self._generation
 
     def wait_for_change(self, since: int, timeout: float) -> None:
-        """Block until an operation finishes after `since` was read, or `timeout` seconds pass."""
+        """Block until an operation finishes after `since` was read (on any node sharing a
+        PostgreSQL store), or `timeout` seconds pass."""
         with self._finished:
             self._finished.wait_for(lambda: self._generation != since, timeout)
+
+    # -- statements, built once (building them is most of a claim's cost in Python) -----------
+
+    def _at(self, name: str) -> ColumnElement[datetime]:
+        """A time given at execution as seconds from now (see `_times`), on the store's clock:
+        PostgreSQL's (nodes' clocks need not agree), or this host's for SQLite (one host)."""
+        if self._pg:
+            return func.now() + bindparam(name, type_=Interval())
+        return bindparam(name, type_=DateTime(timezone=True))
+
+    def _times(self, **seconds: float) -> dict[str, Any]:
+        if self._pg:
+            return {name: timedelta(seconds=s) for name, s in seconds.items()}
+        now = utcnow()
+        return {name: now + timedelta(seconds=s) for name, s in seconds.items()}
+
+    def _build_statements(self) -> None:
+        ops = Operation.__table__.c
+        other = aliased(Operation)
+        ahead = exists().where(  # an operation of the same environment runs, or comes first
+            other.environment_id == Operation.environment_id,
+            or_(other.status == "running",
+                and_(other.status == "queued", other.id < Operation.id)))
+        due = or_(Operation.not_before.is_(None), Operation.not_before <= self._at("now"))
+        claimable = and_(Operation.status == "queued",
+                         Operation.kind.in_(bindparam("kinds", expanding=True)), due, ~ahead)
+        pick = (select(Operation.id, Operation.environment_id).where(claimable)
+                .order_by(Operation.id).limit(bindparam("limit")))
+        if self._pg:
+            # candidates no other node is looking at, each with its environment's lock taken
+            # (or not: another node is claiming in that environment right now)
+            locked = pick.with_for_update(skip_locked=True, of=Operation).subquery()
+            self._pick = select(locked.c.id, func.pg_try_advisory_xact_lock(
+                literal(_ENV_LOCK_SPACE << 32, BigInteger) + locked.c.environment_id))
+        else:
+            self._pick = select(pick.subquery().c.id, true())
+        # the claim checks everything again, in a statement (a snapshot) after those locks
+        self._take = (update(Operation)
+                      .where(Operation.id.in_(bindparam("ids", expanding=True)), claimable)
+                      .values(status="running", claimed_by=bindparam("node"),
+                              lease_until=self._at("lease"), started_at=self._at("now"),
+                              attempts=Operation.attempts + 1,
+                              deadline=func.coalesce(Operation.deadline, self._at("window")))
+                      .returning(Operation)
+                      .execution_options(synchronize_session=False))
+        mine = and_(ops.status == "running", ops.claimed_by == bindparam("node"))
+        table = Operation.__table__
+        self._end = (update(table).where(ops.id == bindparam("op_id"), mine)
+                     .values(status=bindparam("to_status"), error=bindparam("to_error"),
+                             lease_until=None, finished_at=self._at("now"),
+                             message=func.coalesce(bindparam("to_message", type_=Text()),
+                                                   ops.message)))
+        self._retry = (update(table).where(ops.id == bindparam("op_id"), mine)
+                       .values(status="queued", claimed_by=None, lease_until=None, error=None,
+                               not_before=self._at("delay"), message=bindparam("to_message")))
+        self._give_back = (update(table)
+                           .where(ops.id.in_(bindparam("ids", expanding=True)), mine)
+                           .values(status="queued", claimed_by=None, lease_until=None,
+                                   message=bindparam("to_message")))
+        self._extend = (update(table)
+                        .where(ops.id.in_(bindparam("ids", expanding=True)), mine)
+                        .values(lease_until=self._at("lease")))
+        self._expire = (update(table)
+                        .where(ops.status == "running",
+                               or_(ops.lease_until.is_(None),
+                                   ops.lease_until < self._at("now")),
+                               ops.id.not_in(bindparam("ids", expanding=True)))
+                        .values(status="queued", claimed_by=None, lease_until=None,
+                                message="taken over: its node stopped renewing its lease")
+                        .returning(ops.id))
+
+    # -- the loop: claim, start, re-try writes ----------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self._write_unfinished()
+                self._dispatch()
+            except Exception:  # the loop must survive a store hiccup; try again shortly
+                log.exception("worker dispatch failed")
+            self._wake.wait(self._pause())
+
+    def _pause(self) -> float:
+        due = self._next_due - time.monotonic()
+        if due <= 0:
+            self._next_due = float("inf")
+        return max(0.01, min(self.poll_interval, due + 0.02))
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            free = self.max_parallel - len(self._active)
+        if free <= 0 or not self.handlers:
+            return
+        for op in self._claim(free):
+            self._start(op)
+
+    def _claim(self, limit: int) -> list[Operation]:
+        """Claim up to `limit` operations in one transaction; they are returned detached, once
+        the claim committed (if the commit raises, nothing was claimed here). A candidate is
+        queued, due, of a kind this node handles, and first in its environment's line; the claim
+        checks all of that again, under the environment's lock on PostgreSQL."""
+        kinds = list(self.handlers)
+        with self.store.session() as s:
+            ids = [op_id for op_id, locked in s.execute(
+                self._pick, {"kinds": kinds, "limit": limit, **self._times(now=0)}) if locked]
+            if not ids:
+                return []
+            return list(s.scalars(self._take, {
+                "ids": ids, "kinds": kinds, "node": self.node_id,
+                **self._times(now=0, lease=self.lease, window=self.retry_window)}))
+
+    def _start(self, op: Operation) -> None:
+        """Run a claimed operation in its own thread; hand it back if that cannot be done."""
+        with self._lock:
+            self._busy.add(op.environment_id)
+            self._active.add(op.id)
+            self._held.add(op.id)
+        try:
+            if self._stop.is_set():
+                raise RuntimeError("the worker is stopping")
+            self._submit(op)
+        except Exception as exc:
+            log.warning("operation %s could not be started (%s): handing it back", op.id, exc)
+            with self._idle:
+                self._busy.discard(op.environment_id)
+                self._active.discard(op.id)
+                self._idle.notify_all()
+            try:
+                self._hand_back([op.id], "handed back: its node could not start it")
+            except Exception:  # its lease will expire and any node will take it
+                log.exception("operation %s could not be handed back", op.id)
+
+    def _submit(self, op: Operation) -> None:
+        # own daemon threads, not a pool: a handler stuck forever must not keep the process alive
+        # after stop(), and the claim already bounds how many run at once
+        threading.Thread(target=self._run, args=(op,), daemon=True,
+                         name=f"tether-op-{op.id}").start()
+
+    # -- running one operation --------------------------------------------------------------------
+
+    def _run(self, op: Operation) -> None:
+        outcome: _Outcome | None = None
+        try:
+            outcome = self._execute(op)
+        finally:
+            try:
+                if outcome is None:  # interrupted (SystemExit in the handler): let another try
+                    self._hand_back([op.id], "handed back: its handler was interrupted")
+                else:
+                    self._finish(op.id, outcome)
+            except Exception:  # not handed back: its lease expires and any node takes it
+                log.exception("operation %s could not be handed back", op.id)
+            finally:
+                with self._idle:
+                    self._busy.discard(op.environment_id)
+                    self._active.discard(op.id)
+                    self._idle.notify_all()
+                self._wake.set()
+                self._bump()
+
+    def _execute(self, op: Operation) -> _Outcome:
+        handler = self.handlers.get(op.kind)
+        if handler is None:
+            return _Outcome("failed", error=f"no handler for operation kind {op.kind!r}")
+        try:
+            return _Outcome("succeeded", message=handler(op))
+        except TransientError as exc:
+            reason = redact(exc.message)
+            if _before(op.deadline):
+                delay = min(self.backoff_cap, self.backoff * 2 ** max(0, op.attempts - 1))
+                return _Outcome("queued", delay=delay, message=(
+                    f"retrying in {delay:.1f} s (attempt {op.attempts} failed: {reason})"))
+            log.warning("operation %s (%s) gave up after %s attempts: %s", op.id, op.kind,
+                        op.attempts, reason)
+            return _Outcome("failed", error=f"{reason} (gave up after {op.attempts} attempts)")
+        except TetherError as exc:
+            return _Outcome("failed", error=redact(exc.message))
+        except Exception as exc:
+            log.error("operation %s (%s) crashed: %s", op.id, op.kind,
+                      redact(f"{type(exc).__name__}: {exc}"))
+            return _Outcome("failed",
+                            error=f"internal error ({type(exc).__name__}); retrying is safe")
+
+    def _finish(self, op_id: int, outcome: _Outcome) -> None:
+        """Write the outcome, trying again with backoff; if the store stays away, the loop keeps
+        trying while the heartbeat keeps the lease (so no other node runs it again)."""
+        for pause in (*_FINISH_PAUSES, None):
+            try:
+                self._write(op_id, outcome)
+                return
+            except Exception as exc:
+                if pause is None:
+                    log.error("operation %s: its outcome could not be written (%s); will retry",
+                              op_id, redact(f"{type(exc).__name__}: {exc}"))
+                    break
+                log.warning("operation %s: writing its outcome failed (%s); again in %.2f s",
+                            op_id, redact(f"{type(exc).__name__}: {exc}"), pause)
+                time.sleep(pause)
+        with self._lock:
+            self._unfinished[op_id] = outcome
+
+    def _write(self, op_id: int, outcome: _Outcome) -> None:
+        """The final (or retry) write, conditional on this node's claim."""
+        params: dict[str, Any] = {"op_id": op_id, "node": self.node_id}
+        if outcome.status == "queued":
+            stmt = self._retry
+            params.update(to_message=outcome.message, **self._times(delay=outcome.delay))
+        else:
+            stmt = self._end
+            params.update(to_status=outcome.status, to_error=outcome.error,
+                          to_message=outcome.message or None, **self._times(now=0))
+        with self.store.session() as s:
+            done = s.execute(stmt, params).rowcount
+            if done:
+                self.wakeups.announce(s, DONE_CHANNEL)
+        if not done:
+            log.warning("operation %s was taken over by another node before it finished here: "
+                        "this node's outcome (%s) is dropped", op_id, outcome.status)
+        with self._lock:
+            self._held.discard(op_id)
+            self._unfinished.pop(op_id, None)
+            if done and outcome.status == "queued":
+                self._next_due = min(self._next_due, time.monotonic() + outcome.delay)
+
+    def _write_unfinished(self) -> None:
+        with self._lock:
+            pending = list(self._unfinished.items())
+        for op_id, outcome in pending:
+            try:
+                self._write(op_id, outcome)
+                self._bump()
+            except Exception as exc:
+                log.warning("operation %s: its outcome still cannot be written (%s)", op_id,
+                            redact(f"{type(exc).__name__}: {exc}"))
+
+    def _hand_back(self, op_ids: list[int], why: str) -> None:
+        """Queue again operations this node claimed but will not finish. Whatever happens, this
+        node stops renewing their leases: if the write fails, they expire and any node takes
+        them."""
+        try:
+            with self.store.session() as s:
+                back = s.execute(self._give_back, {"ids": op_ids, "node": self.node_id,
+                                                   "to_message": why}).rowcount
+                if back:
+                    self.wakeups.announce(s, WAKE_CHANNEL)
+        finally:
+            with self._lock:
+                self._held.difference_update(op_ids)
+                for op_id in op_ids:
+                    self._unfinished.pop(op_id, None)
+
+    # -- heartbeat and leases ---------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self.heartbeat):
+            for step in (self._renew, self._requeue_expired):
+                try:
+                    step()
+                except Exception as exc:
+                    log.warning("heartbeat: %s failed: %s", step.__name__,
+                                redact(f"{type(exc).__name__}: {exc}"))
+
+    def _renew(self) -> None:
+        """Extend the leases of the operations held here, and say this node is alive."""
+        with self._lock:
+            held = sorted(self._held)
+        with self.store.session() as s:
+            if held:
+                renewed = s.execute(self._extend, {"ids": held, "node": self.node_id,
+                                                   **self._times(lease=self.lease)}).rowcount
+                if renewed < len(held):
+                    log.debug("renewed %s of %s leases (the others finished or were taken "
+                              "over)", renewed, len(held))
+            seen = s.execute(update(Node.__table__).where(Node.id == self.node_id)
+                             .values(seen_at=self._at("now"), stopped_at=None),
+                             self._times(now=0)).rowcount
+        if not seen:
+            self._register_node()
+
+    def _requeue_expired(self) -> None:
+        """Queue again the operations whose node stopped renewing their lease (any node's)."""
+        with self._lock:
+            held = sorted(self._held)
+        with self.store.session() as s:  # ours are renewed by the heartbeat: never taken here
+            taken = s.scalars(self._expire, {"ids": held, **self._times(now=0)}).all()
+            if taken:
+                self.wakeups.announce(s, WAKE_CHANNEL)
+        if taken:
+            log.warning("operations %s had an expired lease: queued again", sorted(taken))
+            self._wake.set()
+
+    def _register_node(self) -> None:
+        with self.store.session() as s:
+            if s.get(Node, self.node_id) is None:
+                s.add(Node(id=self.node_id, hostname=socket.gethostname(), pid=os.getpid()))
+                s.flush()
+            s.execute(update(Node.__table__).where(Node.id == self.node_id)
+                      .values(hostname=socket.gethostname(), pid=os.getpid(),
+                              started_at=self._at("now"), seen_at=self._at("now"),
+                              stopped_at=None), self._times(now=0))
+
+    def _mark_stopped(self) -> None:
+        with self.store.session() as s:
+            s.execute(update(Node.__table__).where(Node.id == self.node_id)
+                      .values(seen_at=self._at("now"), stopped_at=self._at("now")),
+                      self._times(now=0))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _bump(self) -> None:
+        with self._finished:
+            self._generation += 1
+            self._finished.notify_all()
+
+    @staticmethod
+    def _bounded(what: str, step: Callable[[], object], seconds: float) -> None:
+        """Run `step`, but give up waiting after `seconds` (a store that does not answer must
+        not keep a stopping node from stopping)."""
+        def quietly() -> None:
+            try:
+                step()
+            except Exception as exc:
+                log.error("%s failed: %s", what, redact(f"{type(exc).__name__}: {exc}"))
+
+        thread = threading.Thread(target=quietly, daemon=True, name="tether-stop")
+        thread.start()
+        thread.join(seconds)
+        if thread.is_alive():
+            log.error("%s did not finish in %.0f s: the store does not answer", what, seconds)
+
+
+def _before(deadline: datetime | None) -> bool:
+    """Whether now is before `deadline` (naive values are UTC, as SQLite returns them)."""
+    if deadline is None:
+        return True
+    if deadline.tzinfo is None:
+        deadline = deadline.replace(tzinfo=UTC)
+    return utcnow() < deadline

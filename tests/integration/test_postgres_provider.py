@@ -19,7 +19,12 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import PgServer, world_traversable_tmpdir
-from tether.errors import ClusterError
+from tests.integration.provider_contract import (
+    check_final,
+    check_observe_follows_provision,
+    check_unreachable_is_transient,
+)
+from tether.errors import ClusterError, TransientError
 from tether.net import free_port
 from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
@@ -280,6 +285,162 @@ def test_a_bad_url_is_refused_without_echoing_it() -> None:
     with pytest.raises(ClusterError, match="not a valid PostgreSQL URL") as err:
         PROVIDER.check(spec("postgres://u:s3cret-pw@h:notaport/db?bogus=1"))
     assert "s3cret-pw" not in err.value.message
+
+
+# -- drift: observe, repair by provisioning again --------------------------------------------------
+
+
+def admin_sql(cluster: ClusterSpec, statement: sql.Composable | str) -> None:
+    """A change made by hand, behind Tether's back, through the admin connection."""
+    with connect(cluster.url) as conn:
+        conn.execute(statement)
+
+
+def test_observe_is_in_sync_after_provision_and_absent_after_deprovision(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("s")
+    assert f"role {names.role} is missing" in PROVIDER.observe(cluster, names).differences
+    check_observe_follows_provision(PROVIDER, cluster, names)
+
+
+def test_a_dropped_database_is_found_and_made_again_empty(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("x")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    with connect(dsn(creds)) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+    admin_sql(cluster, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+        sql.Identifier(names.database)))
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists and not seen.in_sync
+    assert seen.differences == (f"database {names.database} is missing: its data is lost (a "
+                                "repair makes it again, EMPTY)",)
+    assert PROVIDER.provision(cluster, names, str(creds.values["password"])) == creds
+    assert PROVIDER.observe(cluster, names).in_sync
+    with connect(dsn(creds)) as conn:  # the same credentials work; the data is gone
+        assert conn.execute("SELECT to_regclass('kept')").fetchone() == (None,)
+
+
+def test_connect_granted_to_public_is_found_and_revoked_again(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names, other = make_names("g"), make_names("h")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    other_creds = PROVIDER.provision(cluster, other, secrets.token_urlsafe(24))
+    db = sql.Identifier(names.database)
+    admin_sql(cluster, sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(db))
+    with connect(dsn(other_creds, database=names.database)):  # the hole is real
+        pass
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.differences == (f"CONNECT on {names.database} is granted to PUBLIC",)
+    assert PROVIDER.observe(cluster, other).in_sync
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        connect(dsn(other_creds, database=names.database))
+    # a right given to another role by name is found and taken back the same way
+    admin_sql(cluster, sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(
+        db, sql.Identifier(other.role)))
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"CONNECT, CREATE on {names.database} is granted to {other.role}",)
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+
+
+def test_role_attributes_and_memberships_are_reset(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("m")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    role = sql.Identifier(names.role)
+    admin_sql(cluster, sql.SQL("ALTER ROLE {} NOLOGIN CREATEDB SUPERUSER VALID UNTIL "
+                               "'2001-01-01'").format(role))
+    admin_sql(cluster, sql.SQL("GRANT pg_read_all_data TO {}").format(role))
+    assert set(PROVIDER.observe(cluster, names).differences) == {
+        f"role {names.role} cannot log in (NOLOGIN)",
+        f"the password of role {names.role} has expired",
+        f"role {names.role} has SUPERUSER", f"role {names.role} has CREATEDB",
+        f"role {names.role} is a member of pg_read_all_data"}
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    with connect(dsn(creds)) as conn:
+        row = conn.execute("SELECT rolsuper, rolcreatedb, pg_has_role('pg_read_all_data', "
+                           "'MEMBER') FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False, False, False)
+
+
+def test_a_database_given_away_or_a_dropped_role_is_given_back(
+        cluster: ClusterSpec, admin_role: Callable[..., str],
+        make_names: Callable[[str], ResourceNames], unique_id: str) -> None:
+    names = make_names("w")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    with connect(dsn(creds)) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    admin_role()  # a role to give the database to
+    thief = f"tether_t{unique_id}adm0"
+    admin_sql(cluster, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+        sql.Identifier(names.database), sql.Identifier(thief)))
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"database {names.database} belongs to {thief}, not to role {names.role}",
+        f"role {names.role} may not connect to database {names.database}")
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    # the role dropped by hand (what it owns handed to the admin first, as DROP ROLE requires)
+    role = sql.Identifier(names.role)
+    inside = cluster.url.rsplit("/", 1)[0] + "/" + names.database
+    for url in (inside, cluster.url):
+        with connect(url) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+    admin_sql(cluster, sql.SQL("DROP ROLE {}").format(role))
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists  # its database carries Tether's mark
+    assert seen.differences[0] == f"role {names.role} is missing"
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    with connect(dsn(creds)) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (names.database,)
+    with connect(inside) as conn:  # the data survived (its table now the admin's)
+        assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
+
+
+def test_a_createrole_admin_repairs_what_it_may(
+        cluster: ClusterSpec, admin_role: Callable[..., str],
+        make_names: Callable[[str], ResourceNames]) -> None:
+    limited = spec(admin_role("CREATEROLE", "CREATEDB"))
+    names = make_names("k")
+    creds = PROVIDER.provision(limited, names, secrets.token_urlsafe(24))
+    admin_sql(cluster, sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(
+        sql.Identifier(names.database)))
+    assert not PROVIDER.observe(limited, names).in_sync
+    PROVIDER.provision(limited, names, str(creds.values["password"]))
+    assert PROVIDER.observe(limited, names).in_sync
+    # a superuser attribute is beyond it: the repair fails with the reason, leaving all else
+    admin_sql(cluster, sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(names.role)))
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.provision(limited, names, str(creds.values["password"]))
+    assert not isinstance(err.value, TransientError)
+    assert "SUPERUSER" in err.value.message
+    assert db_exists(cluster.url, names.database) and role_exists(cluster.url, names.role)
+    admin_sql(cluster, sql.SQL("ALTER ROLE {} NOSUPERUSER").format(sql.Identifier(names.role)))
+
+
+# -- errors that may pass, and final ones ----------------------------------------------------------
+
+
+def test_a_cluster_where_nothing_listens_is_a_transient_error(
+        pg_server: PgServer, make_names: Callable[[str], ResourceNames]) -> None:
+    url = f"postgres://postgres:{pg_server.password}@127.0.0.1:{free_port()}/postgres"
+    check_unreachable_is_transient(PROVIDER, spec(url), make_names("t"),
+                                   "cannot reach PostgreSQL at 127.0.0.1:", pg_server.password)
+    with pytest.raises(TransientError):
+        PROVIDER.check(spec(url))
+
+
+def test_a_wrong_password_is_a_final_error(pg_server: PgServer,
+                                           make_names: Callable[[str], ResourceNames]) -> None:
+    url = f"postgres://postgres:Wr0ng-{secrets.token_hex(6)}@{pg_server.host}:{pg_server.port}/"
+    check_final(lambda: PROVIDER.provision(spec(url), make_names("v"), secrets.token_urlsafe(24)),
+                "refused the password")
 
 
 # -- private servers and the embedded server -------------------------------------------------------

@@ -6,6 +6,11 @@ calling `provision` twice with the same `ResourceNames` neither fails nor duplic
 `deprovision` of something already gone succeeds. Names always come from `ResourceNames`, which
 the engine derives from the instance id, never from raw user input.
 
+Level-triggered, as a controller is (Crossplane's managed reconciler): `observe` says how the
+resource set on the cluster differs from what `provision` makes, and `provision` converges from
+any drift it can fix, so repairing is provisioning again. Errors that may pass (a cluster
+unreachable for a moment) are `TransientError`s; the others are final `ClusterError`s.
+
 Adding an engine (Redis, MongoDB...) means one new module that implements `Provider` and registers
 itself in `tether.providers.registry`.
 """
@@ -54,6 +59,28 @@ class ResourceNames:
 
 
 @dataclass(frozen=True)
+class Observation:
+    """What a provider found of an instance's resource set on its cluster.
+
+    `exists`: any part of it is there. `differences`: each way it differs from what `provision`
+    makes, in plain words naming resources, never secrets (e.g. "database tether_i12 is
+    missing", "CONNECT on tether_i12 is granted to PUBLIC"). A part whose data a repair cannot
+    bring back says so ("... its data is lost: a repair makes it again, EMPTY")."""
+
+    exists: bool
+    differences: tuple[str, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return self.exists and not self.differences
+
+
+def lost(part: str) -> str:
+    """The difference for a part deleted outside Tether, whose content a repair cannot restore."""
+    return f"{part} is missing: its data is lost (a repair makes it again, EMPTY)"
+
+
+@dataclass(frozen=True)
 class Credentials:
     """What an instance's application receives, as structured data (the DSN is built from it by
     `naming`). Stored encrypted at rest."""
@@ -75,6 +102,11 @@ class Provider(Protocol):
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         """Whether any part of the resource set exists on the cluster."""
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """Look (read only) at the resource set and say how it differs from what `provision`
+        makes: missing parts, rights beyond least privilege, rights taken away. `provision`
+        repairs what it can of that."""
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Delete the resource set and its data for good; succeed when already gone."""

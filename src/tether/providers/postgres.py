@@ -2,9 +2,22 @@
 for `--private` instances.
 
 Least privilege: the role can log in and owns its database, nothing more (no superuser, createdb,
-createrole), and only it may connect to its database (CONNECT is revoked from PUBLIC).
+createrole, replication, bypassrls, no membership of other roles), and only it may connect to its
+database (every right on it is revoked from PUBLIC and from any other role).
 Passwords are sent to the server as SCRAM verifiers computed here, so the clear-text password
 never appears in a server log or in `pg_stat_activity`.
+
+Ownership: a database is Tether's when the instance's role owns it, or when its comment carries
+Tether's mark for the instance (set at every provision), so a database whose owner was changed by
+hand is still recognised and given back to its role; a database of that name that is neither
+belongs to someone else: provisioning refuses to take it over and removal leaves it alone.
+
+Drift (`observe`) and its repair (`provision` again): a missing role or database is made again, the
+role's attributes and password reset, other roles' memberships revoked, the database given back
+to the role, rights of PUBLIC and of other roles revoked, connections allowed again. What cannot
+be repaired: a database dropped by hand comes back EMPTY (its data is lost); a superuser
+attribute or another role's membership cannot be taken away by an admin that is not a superuser
+(nor holds ADMIN on that role); a database of that name that carries no mark is not taken over.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +35,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tether import naming
-from tether.errors import ClusterError
+from tether.errors import ClusterError, TransientError
 from tether.pgserver import EmbeddedPostgres
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.common import cluster_error, is_transient
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.postgres")
@@ -31,6 +46,14 @@ log = logging.getLogger("tether.providers.postgres")
 CONNECT_TIMEOUT = 5
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use postgres://USER:PASSWORD@HOST:PORT/postgres"
+MARK = "managed by Tether"
+#: SQLSTATEs of failures that may pass: connection exceptions (class 08), the server shutting
+#: down or starting up, too many connections, serialization failures and deadlocks
+_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+#: role attributes a tenant's role must not have, as pg_roles names them and ALTER ROLE resets them
+_FORBIDDEN = (("rolsuper", "SUPERUSER"), ("rolcreatedb", "CREATEDB"),
+              ("rolcreaterole", "CREATEROLE"), ("rolreplication", "REPLICATION"),
+              ("rolbypassrls", "BYPASSRLS"))
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -59,8 +82,27 @@ class _Target:
         return f"{self.host}:{self.port}"
 
 
+def _mark(names: ResourceNames) -> str:
+    return f"{MARK}: {names.base}"
+
+
+def _ours(database: tuple[str, str | None, bool], names: ResourceNames) -> bool:
+    """Whether a database (owner, comment, ...) is the instance's: its role owns it, or it
+    carries Tether's mark for the instance."""
+    return database[0] == names.role or database[1] == _mark(names)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a psycopg failure may pass (the server restarting, a connection cut...)."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return any(state.startswith(prefix) for prefix in _TRANSIENT_STATES)
+    return isinstance(exc, psycopg.OperationalError) and is_transient(exc)
+
+
 def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> ClusterError:
-    """Turn a connection failure into a message that says what to fix (and holds no secret)."""
+    """Turn a connection failure into a message that says what to fix (and holds no secret);
+    a `TransientError` when it may pass (refused, timed out, the server starting up...)."""
     raw = str(exc)
     detail = redact(raw.strip().splitlines()[-1] if raw.strip() else type(exc).__name__,
                      (target.password, cluster.url))
@@ -80,9 +122,12 @@ def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> Clu
     elif "no pg_hba.conf entry" in low:
         msg = (f"PostgreSQL at {target.where} does not accept connections from Tether for user "
                f"{target.user!r}: allow it in pg_hba.conf")
-    elif any(s in low for s in ("connection refused", "timeout expired", "could not translate",
-                                "no route to host", "network is unreachable",
-                                "could not connect", "name or service not known")):
+    elif _transient(exc):
+        return cluster_error(f"cannot reach PostgreSQL at {target.where} for now: check that "
+                             "the server runs and that the host and port in the cluster URL are "
+                             f"right ({detail})", transient=True)
+    elif any(s in low for s in ("could not translate", "could not connect",
+                                "name or service not known")):
         msg = (f"cannot reach PostgreSQL at {target.where}: check that the server runs and "
                "that the host and port in the cluster URL are right")
     else:
@@ -94,7 +139,35 @@ def _sql_error(exc: psycopg.Error, secrets: tuple[str | None, ...]) -> str:
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None and diag.message_primary else None) or str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = diag.message_detail if diag is not None else None
+    if detail and detail.strip():  # e.g. which attribute only a superuser may change
+        first += f" ({detail.strip().splitlines()[0]})"
     return redact(first, secrets)
+
+
+def _failure(exc: Exception, secrets: tuple[str | None, ...]) -> tuple[str, bool]:
+    """The reason of a failed step (no secret) and whether it may pass."""
+    if isinstance(exc, ClusterError):
+        return exc.message, isinstance(exc, TransientError)
+    assert isinstance(exc, psycopg.Error)
+    return _sql_error(exc, secrets), _transient(exc)
+
+
+@dataclass
+class _Made:
+    """What one provision call created, so that its clean-up removes exactly that."""
+
+    role: bool = False
+    database: bool = False
+
+
+@dataclass(frozen=True)
+class _Role:
+    """A role's attributes, as pg_roles shows them."""
+
+    can_login: bool
+    forbidden: tuple[str, ...]  # the attributes it must not have (e.g. SUPERUSER)
+    expired: bool
 
 
 class PostgresProvider:
@@ -106,6 +179,8 @@ class PostgresProvider:
 
     @contextmanager
     def _admin(self, cluster: ClusterSpec) -> Iterator[psycopg.Connection[Any]]:
+        """An admin connection; a failure to connect, or a query failing on it, becomes a
+        `ClusterError` (a `TransientError` when it may pass) that holds no secret."""
         target = _Target(cluster)
         try:
             conn = psycopg.connect(cluster.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
@@ -115,19 +190,56 @@ class PostgresProvider:
         try:
             conn.execute("SET statement_timeout = '120s'")
             yield conn
+        except psycopg.Error as exc:
+            reason = _sql_error(exc, (target.password, cluster.url))
+            raise cluster_error(f"PostgreSQL at {target.where} failed: {reason}",
+                                _transient(exc)) from None
         finally:
             conn.close()
 
     @staticmethod
-    def _role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() \
-            is not None
+    def _role(conn: psycopg.Connection[Any], role: str) -> _Role | None:
+        row = conn.execute(
+            "SELECT rolcanlogin, coalesce(rolvaliduntil < now(), false), "
+            + ", ".join(column for column, _ in _FORBIDDEN)
+            + " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if row is None:
+            return None
+        forbidden = tuple(attribute for (_, attribute), held in zip(_FORBIDDEN, row[2:],
+                                                                    strict=True) if held)
+        return _Role(can_login=bool(row[0]), forbidden=forbidden, expired=bool(row[1]))
 
     @staticmethod
-    def _db_owner(conn: psycopg.Connection[Any], database: str) -> str | None:
-        row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+    def _memberships(conn: psycopg.Connection[Any], role: str) -> list[str]:
+        """The roles `role` is a member of (none, for a tenant)."""
+        return [str(r[0]) for r in conn.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1", (role,))]
+
+    @staticmethod
+    def _database(conn: psycopg.Connection[Any], database: str
+                  ) -> tuple[str, str | None, bool] | None:
+        """(owner, comment, accepts connections) of a database, or None."""
+        row = conn.execute("SELECT pg_get_userbyid(datdba), shobj_description(oid, "
+                           "'pg_database'), datallowconn FROM pg_database WHERE datname = %s",
                            (database,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), row[1], bool(row[2]))
+
+    @staticmethod
+    def _grantees(conn: psycopg.Connection[Any], names: ResourceNames) -> dict[str, list[str]]:
+        """Who holds which rights on the database, besides its owner and the instance's role
+        ("PUBLIC" for everyone); the default rights count (PUBLIC: CONNECT, TEMPORARY)."""
+        rows = conn.execute(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+            "a.privilege_type FROM pg_database d, "
+            "aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a "
+            "WHERE d.datname = %s AND a.grantee <> d.datdba ORDER BY 1, 2",
+            (names.database,)).fetchall()
+        held: dict[str, list[str]] = {}
+        for grantee, privilege in rows:
+            if grantee != names.role and privilege not in held.setdefault(grantee, []):
+                held[grantee].append(str(privilege))
+        return {grantee: privileges for grantee, privileges in held.items() if privileges}
 
     @staticmethod
     def _privileges(conn: psycopg.Connection[Any]) -> tuple[bool, bool, bool]:
@@ -153,48 +265,59 @@ class PostgresProvider:
         return version.split()[0] if version else "unknown"
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
-        """Converge to: role with this password, its own database, CONNECT for it alone.
-        On failure, a fresh resource set is removed again (rule 5); the database of an
-        instance that was already provisioned is never dropped here."""
+        """Converge to: role with this password and no other rights, its own database, rights
+        on it for the role alone; repairs any drift `observe` reports that can be repaired.
+        On a final failure, what this call created is removed again (rule 5); what existed
+        before (an instance already provisioned, being repaired) is never dropped here."""
         _check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
+        made = _Made()
         with self._admin(cluster) as conn:
-            had_own_db = self._db_owner(conn, names.database) == names.role
             try:
-                self._converge(conn, names, secret)
+                self._converge(conn, names, secret, made)
             except (psycopg.Error, ClusterError) as exc:
-                reason = (exc.message if isinstance(exc, ClusterError)
-                          else _sql_error(exc, secrets))
-                failure = reason
-                if not had_own_db:
+                failure, transient = _failure(exc, secrets)
+                if not transient and (made.role or made.database):
                     try:
-                        self.deprovision(cluster, names)
+                        self._remove_made(cluster, names, made)
                     except Exception as cleanup_exc:  # recorded; a retry converges
                         failure += (" (clean-up also failed: "
                                     f"{redact(str(cleanup_exc), secrets)})")
-                raise ClusterError(f"provisioning {names.database} on PostgreSQL at "
-                                   f"{target.where} failed: {failure}") from None
+                raise cluster_error(f"provisioning {names.database} on PostgreSQL at "
+                                    f"{target.where} failed: {failure}", transient) from None
         return Credentials({"user": names.role, "password": secret, "host": target.host,
                             "port": target.port, "database": names.database})
 
-    def _converge(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str) -> None:
-        role, db = sql.Identifier(names.role), sql.Identifier(names.database)
-        verifier = conn.pgconn.encrypt_password(secret.encode(), names.role.encode(),
-                                                b"scram-sha-256").decode()
-        alter = sql.SQL("ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-            role, sql.Literal(verifier))
-        if self._role_exists(conn, names.role):
-            conn.execute(alter)
-        else:
+    def _converge(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
+                  made: _Made) -> None:
+        self._converge_role(conn, names, secret, made)
+        self._converge_database(conn, names, made)
+
+    def _converge_role(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
+                       made: _Made) -> None:
+        role = sql.Identifier(names.role)
+        verifier = sql.Literal(conn.pgconn.encrypt_password(
+            secret.encode(), names.role.encode(), b"scram-sha-256").decode())
+        found = self._role(conn, names.role)
+        if found is None:
             try:
                 conn.execute(sql.SQL(
                     "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                    "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(role, sql.Literal(verifier)))
+                    "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(role, verifier))
+                made.role = True
             except psycopg.errors.DuplicateObject:  # created concurrently: converge
-                conn.execute(alter)
-        superuser = self._privileges(conn)[0]
-        if not superuser:
+                found = self._role(conn, names.role)
+        if found is not None:
+            # Only the attributes that are wrong: an admin that is not a superuser may not even
+            # name SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE.
+            fixes = "".join(f" NO{attribute}" for attribute in found.forbidden
+                            if attribute not in ("CREATEDB", "CREATEROLE"))
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE" + fixes
+                                 + " VALID UNTIL 'infinity' PASSWORD {}").format(role, verifier))
+            for group in self._memberships(conn, names.role):
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
+        if not self._privileges(conn)[0]:
             # A CREATEROLE admin must be able to SET ROLE to the role to make it a database
             # owner (and later to drop that database).
             if conn.info.server_version >= 160000:
@@ -202,45 +325,116 @@ class PostgresProvider:
                              .format(role))
             else:
                 conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-        owner = self._db_owner(conn, names.database)
-        if owner is None:
+
+    def _converge_database(self, conn: psycopg.Connection[Any], names: ResourceNames,
+                           made: _Made) -> None:
+        role, db = sql.Identifier(names.role), sql.Identifier(names.database)
+        found = self._database(conn, names.database)
+        if found is None:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
-                owner = names.role
+                made.database = True
             except psycopg.errors.DuplicateDatabase:
-                owner = self._db_owner(conn, names.database)
+                pass
+            found = self._database(conn, names.database)
+            if found is None:
+                raise ClusterError(f"the database {names.database} vanished while it was made")
+        owner, comment, allows_connections = found
         if owner != names.role:
-            raise ClusterError(
-                f"a database named {names.database} exists already and belongs to {owner!r}, "
-                "not to Tether's role for this instance: Tether never takes over a database it "
-                "did not create; drop or rename that database, then retry")
-        conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+            if comment != _mark(names):
+                raise ClusterError(
+                    f"a database named {names.database} exists already and belongs to "
+                    f"{owner!r}, not to Tether's role for this instance: Tether never takes over "
+                    "a database it did not create; drop or rename that database, then retry")
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role))
+        if comment != _mark(names):
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                db, sql.Literal(_mark(names))))
+        if not allows_connections:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(db))
+        for grantee in self._grantees(conn, names):
+            who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, who))
         conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, role))
+
+    def _remove_made(self, cluster: ClusterSpec, names: ResourceNames, made: _Made) -> None:
+        """Undo a failed provision: what it created, nothing else. A new role owns no database
+        but one this call made, so removing the instance removes exactly that."""
+        if made.role:
+            self.deprovision(cluster, names)
+            return
+        with self._admin(cluster) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(names.database)))
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         _check_names(names)
         with self._admin(cluster) as conn:
-            return (self._role_exists(conn, names.role)
-                    or self._db_owner(conn, names.database) == names.role)
+            database = self._database(conn, names.database)
+            return (self._role(conn, names.role) is not None
+                    or (database is not None and _ours(database, names)))
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The role (there, can log in, no attribute or membership beyond that), the database
+        (there, owned by the role, accepting connections) and who else may use it."""
+        _check_names(names)
+        differences: list[str] = []
+        with self._admin(cluster) as conn:
+            role = self._role(conn, names.role)
+            memberships = self._memberships(conn, names.role) if role else []
+            database = self._database(conn, names.database)
+            ours = database is not None and _ours(database, names)
+            grantees = self._grantees(conn, names) if ours else {}
+            role_connects = bool(role and ours and conn.execute(
+                "SELECT has_database_privilege(%s, %s, 'CONNECT')",
+                (names.role, names.database)).fetchone()[0])  # type: ignore[index]
+        if role is None:
+            differences.append(f"role {names.role} is missing")
+        else:
+            if not role.can_login:
+                differences.append(f"role {names.role} cannot log in (NOLOGIN)")
+            if role.expired:
+                differences.append(f"the password of role {names.role} has expired")
+            differences += [f"role {names.role} has {attribute}" for attribute in role.forbidden]
+            differences += [f"role {names.role} is a member of {group}"
+                            for group in memberships]
+        if database is None:
+            differences.append(lost(f"database {names.database}"))
+        elif not ours:
+            differences.append(f"database {names.database} belongs to {database[0]} and is not "
+                               "marked as Tether's: Tether does not take it over")
+        else:
+            owner, _, allows_connections = database
+            if owner != names.role:
+                differences.append(f"database {names.database} belongs to {owner}, not to "
+                                   f"role {names.role}")
+            if not allows_connections:
+                differences.append(f"database {names.database} does not allow connections")
+            if role is not None and not role_connects:
+                differences.append(f"role {names.role} may not connect to database "
+                                   f"{names.database}")
+            differences += [f"{', '.join(privileges)} on {names.database} is granted to "
+                            f"{grantee}" for grantee, privileges in grantees.items()]
+        return Observation(exists=role is not None or ours, differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Drop the database (open connections are cut) and the role. A database of that name
-        owned by someone else is not ours and is left alone."""
+        that is not Tether's is left alone."""
         _check_names(names)
         target = _Target(cluster)
         role, db = sql.Identifier(names.role), sql.Identifier(names.database)
         with self._admin(cluster) as conn:
             try:
-                owner = self._db_owner(conn, names.database)
-                if owner == names.role:
+                found = self._database(conn, names.database)
+                if found is not None and _ours(found, names):
                     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE datname = %s AND pid <> pg_backend_pid()",
                                  (names.database,))
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
-                elif owner is not None:
+                elif found is not None:
                     log.warning("database %s belongs to %s, not to role %s: leaving it alone",
-                                names.database, owner, names.role)
-                if self._role_exists(conn, names.role):
+                                names.database, found[0], names.role)
+                if self._role(conn, names.role) is not None:
                     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE usename = %s", (names.role,))
                     row = conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')",
@@ -250,8 +444,9 @@ class PostgresProvider:
                     conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
             except psycopg.Error as exc:
                 reason = _sql_error(exc, (target.password, cluster.url))
-                raise ClusterError(f"removing {names.database} from PostgreSQL at "
-                                   f"{target.where} failed: {reason}") from None
+                raise cluster_error(f"removing {names.database} from PostgreSQL at "
+                                    f"{target.where} failed: {reason}", _transient(exc)
+                                    ) from None
 
     def lock_down(self, cluster: ClusterSpec) -> None:
         """For clusters Tether runs itself: let nobody but the admin connect to the maintenance

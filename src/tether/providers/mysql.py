@@ -16,8 +16,18 @@ made *before* the database is created, so a crash at any step leaves a state a r
 as its own; a database of that name without that grant belongs to someone else: provisioning
 refuses to take it over and removal leaves it alone.
 
+On MariaDB the database also carries Tether's mark in its comment, so a database whose user was
+dropped by hand (its grant goes with it) is still recognised as the instance's and repaired.
+
 On MariaDB the password is sent as its mysql_native_password hash, computed here, so the
 clear-text password never appears in a server log or in the process list.
+
+Drift (`observe`) and its repair (`provision` again): a missing user or database is made again,
+the user unlocked, its rights on its database granted again, rights beyond its database (global,
+on other databases or their tables, GRANT OPTION) revoked. What cannot be repaired: a database
+dropped by hand comes back EMPTY (its data is lost); on MySQL (no database comments) a database
+whose user was dropped cannot be told from someone else's, so it is not taken over; the user's
+routine rights and role grants are not looked at.
 """
 
 from __future__ import annotations
@@ -44,9 +54,10 @@ import pymysql
 import pymysql.cursors
 
 from tether import naming
-from tether.errors import ClusterError
+from tether.errors import ClusterError, TransientError
 from tether.net import wait_for_port
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.common import cluster_error, final_text
 from tether.redact import redact
 from tether.sysaccess import first_untraversable
 
@@ -67,7 +78,14 @@ _ER_HOST_NOT_PRIVILEGED = 1130
 _ER_CANNOT_USER = 1396  # CREATE USER of an existing user (e.g. made concurrently)
 _ER_NO_SUCH_THREAD = 1094
 _ER_ACCOUNT_LOCKED = 4151
+_ER_BAD_FIELD = 1054
 _UNREACHABLE = (2002, 2003, 2005, 2006, 2013)
+#: failures that may pass: the server unreachable, gone away or shutting down, the connection
+#: lost or killed, too many connections, a lock wait timeout or a deadlock
+_TRANSIENT = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1927})
+#: the rights an instance's user must hold on its database (ALL holds more, by version)
+_CORE_RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "INDEX")
+MARK = "managed by Tether"
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -79,6 +97,10 @@ def _check_names(names: ResourceNames) -> None:
 def _ident(name: str) -> str:
     """A quoted identifier (database name)."""
     return "`" + name.replace("`", "``") + "`"
+
+
+def _mark(names: ResourceNames) -> str:
+    return f"{MARK}: {names.base}"
 
 
 def _grant_pattern(database: str) -> str:
@@ -125,8 +147,18 @@ def _error_parts(exc: Exception) -> tuple[int | None, str]:
     return None, str(exc) or type(exc).__name__
 
 
+def _transient(exc: Exception) -> bool:
+    """Whether a PyMySQL failure may pass (see `_TRANSIENT`); a host name that does not resolve
+    is final."""
+    code, text = _error_parts(exc)
+    if code in _TRANSIENT or (code is None and isinstance(exc, OSError)):
+        return not final_text(text)
+    return False
+
+
 def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> ClusterError:
-    """Turn a connection failure into a message that says what to fix (and holds no secret)."""
+    """Turn a connection failure into a message that says what to fix (and holds no secret);
+    a `TransientError` when it may pass."""
     code, text = _error_parts(exc)
     detail = redact(text.strip().splitlines()[-1] if text.strip() else type(exc).__name__,
                     (target.password, cluster.url))
@@ -144,13 +176,20 @@ def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> Clu
                "the host and port in the cluster URL are right")
     else:
         msg = f"cannot connect to MySQL at {target.where} as {target.user!r}"
-    return ClusterError(f"{msg} ({detail})")
+    return cluster_error(f"{msg} ({detail})", _transient(exc))
 
 
 def _sql_error(exc: Exception, secrets: tuple[str | None, ...]) -> str:
     code, text = _error_parts(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return redact(f"{first} ({code})" if code else first, secrets)
+
+
+def _failure(exc: Exception, secrets: tuple[str | None, ...]) -> tuple[str, bool]:
+    """The reason of a failed step (no secret) and whether it may pass."""
+    if isinstance(exc, ClusterError):
+        return exc.message, isinstance(exc, TransientError)
+    return _sql_error(exc, secrets), _transient(exc)
 
 
 def _version_number(version: str) -> str:
@@ -162,7 +201,20 @@ def _version_number(version: str) -> str:
 class _Progress:
     """What one provision call created, so that its clean-up removes exactly that."""
 
+    created_user: bool = False
     created_database: bool = False
+
+
+@dataclass(frozen=True)
+class _Rights:
+    """What the instance's user may do, as the grant tables show it."""
+
+    own: frozenset[str]  # rights on its own database
+    own_grant_option: bool
+    global_: tuple[str, ...]  # global rights beyond USAGE (GRANT OPTION included)
+    databases: tuple[str, ...]  # other database patterns it holds rights on
+    #: (database, table) outside its own database, where it holds table or column rights
+    tables: tuple[tuple[str, str], ...]
 
 
 Cursor = pymysql.cursors.Cursor
@@ -177,6 +229,8 @@ class MySQLProvider:
 
     @contextmanager
     def _admin(self, cluster: ClusterSpec) -> Iterator[Cursor]:
+        """An admin cursor; a failure to connect, or a statement failing on it, becomes a
+        `ClusterError` (a `TransientError` when it may pass) that holds no secret."""
         target = _Target(cluster)
         try:
             conn = pymysql.connect(host=target.host, port=target.port, user=target.user,
@@ -190,6 +244,10 @@ class MySQLProvider:
                 # DROP DATABASE waits for the metadata locks of open transactions: not forever
                 cur.execute("SET SESSION lock_wait_timeout = 60")
                 yield cur
+        except pymysql.err.MySQLError as exc:
+            reason = _sql_error(exc, (target.password, cluster.url))
+            raise cluster_error(f"MySQL at {target.where} failed: {reason}",
+                                _transient(exc)) from None
         finally:
             conn.close()
 
@@ -210,6 +268,63 @@ class MySQLProvider:
         cur.execute("SELECT 1 FROM mysql.db WHERE User = %s AND Host = '%%' AND Db = %s",
                     (names.role, _grant_pattern(names.database)))
         return cur.fetchone() is not None
+
+    @staticmethod
+    def _db_comment(cur: Cursor, database: str) -> str | None:
+        """The database's comment (MariaDB 10.5+); None where the server keeps none."""
+        try:
+            cur.execute("SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA "
+                        "WHERE SCHEMA_NAME = %s", (database,))
+        except pymysql.err.OperationalError as exc:
+            if _error_parts(exc)[0] == _ER_BAD_FIELD:  # MySQL: no database comments
+                return None
+            raise
+        row = cur.fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _ours(self, cur: Cursor, names: ResourceNames) -> bool:
+        """Whether the database (if any) is the instance's: its user holds the grant on it, or
+        it carries Tether's mark for the instance."""
+        return (self._has_grant(cur, names)
+                or self._db_comment(cur, names.database) == _mark(names))
+
+    @staticmethod
+    def _locked(cur: Cursor, user: str) -> bool:
+        cur.execute(f"SHOW CREATE USER {_ACCOUNT}", (user,))
+        row = cur.fetchone()  # holds the password hash: only ever searched, never shown
+        return bool(row) and "ACCOUNT LOCK" in str(row[0]).upper()
+
+    @staticmethod
+    def _rights(cur: Cursor, names: ResourceNames) -> _Rights:
+        grantee = f"'{names.role}'@'%'"
+        own_pattern = _grant_pattern(names.database)
+        cur.execute("SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES "
+                    "WHERE GRANTEE = %s", (grantee,))
+        global_: list[str] = []
+        for privilege, grantable in cur.fetchall():
+            if privilege != "USAGE" and privilege not in global_:
+                global_.append(str(privilege))
+            if grantable == "YES" and "GRANT OPTION" not in global_:
+                global_.append("GRANT OPTION")
+        cur.execute("SELECT TABLE_SCHEMA, PRIVILEGE_TYPE, IS_GRANTABLE FROM "
+                    "information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s", (grantee,))
+        own: set[str] = set()
+        own_grant_option = False
+        databases: list[str] = []
+        for schema, privilege, grantable in cur.fetchall():
+            if schema == own_pattern:
+                own.add(str(privilege))
+                own_grant_option = own_grant_option or grantable == "YES"
+            elif schema not in databases:
+                databases.append(str(schema))
+        cur.execute("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLE_PRIVILEGES "
+                    "WHERE GRANTEE = %s AND TABLE_SCHEMA <> %s UNION "
+                    "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.COLUMN_PRIVILEGES "
+                    "WHERE GRANTEE = %s AND TABLE_SCHEMA <> %s ORDER BY 1, 2",
+                    (grantee, names.database, grantee, names.database))
+        tables = tuple((str(schema), str(table)) for schema, table in cur.fetchall())
+        return _Rights(own=frozenset(own), own_grant_option=own_grant_option,
+                       global_=tuple(global_), databases=tuple(sorted(databases)), tables=tables)
 
     @staticmethod
     def _db_exists(cur: Cursor, database: str) -> bool:
@@ -280,32 +395,27 @@ class MySQLProvider:
         return missing
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
-        """Converge to: the user with this password, the grant on its database, the database.
-        On failure, a fresh resource set is removed again (rule 5); the database of an instance
-        that was already provisioned is never dropped here."""
+        """Converge to: the user with this password and no rights beyond its database, the
+        grant on its database, the database; repairs any drift `observe` reports that can be
+        repaired. On a final failure, what this call created is removed again (rule 5); what
+        existed before (an instance being repaired) is never dropped here."""
         _check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
         progress = _Progress()
         with self._admin(cluster) as cur:
             try:
-                ours_before = self._has_grant(cur, names)
-            except pymysql.err.MySQLError as exc:
-                raise ClusterError(f"provisioning {names.database} on MySQL at {target.where} "
-                                   f"failed: {_sql_error(exc, secrets)}") from None
-            try:
                 self._converge(cur, names, secret, progress)
             except (pymysql.err.MySQLError, ClusterError) as exc:
-                failure = (exc.message if isinstance(exc, ClusterError)
-                           else _sql_error(exc, secrets))
-                if not ours_before:
+                failure, transient = _failure(exc, secrets)
+                if not transient and (progress.created_user or progress.created_database):
                     try:
                         self._remove_fresh(cluster, names, progress)
                     except Exception as cleanup_exc:  # recorded; a retry converges
                         failure += (" (clean-up also failed: "
                                     f"{redact(str(cleanup_exc), secrets)})")
-                raise ClusterError(f"provisioning {names.database} on MySQL at {target.where} "
-                                   f"failed: {failure}") from None
+                raise cluster_error(f"provisioning {names.database} on MySQL at {target.where} "
+                                    f"failed: {failure}", transient) from None
         return Credentials({"user": names.role, "password": secret, "host": target.host,
                             "port": target.port, "database": names.database})
 
@@ -313,21 +423,25 @@ class MySQLProvider:
                   progress: _Progress) -> None:
         db = names.database
         db_exists = self._db_exists(cur, db)
-        if db_exists and not self._has_grant(cur, names):
+        if db_exists and not self._ours(cur, names):
             raise ClusterError(
                 f"a database named {db} exists already and was not made by Tether for this "
-                "instance (its user holds no grant on it): Tether never takes over a database "
-                "it did not create; drop or rename that database, then retry")
-        if self._is_mariadb(cur):
+                "instance (its user holds no grant on it, and it carries no mark of Tether's): "
+                "Tether never takes over a database it did not create; drop or rename that "
+                "database, then retry")
+        mariadb = self._is_mariadb(cur)
+        if mariadb:
             identified, password = "IDENTIFIED BY PASSWORD %s", native_password_hash(secret)
         else:  # MySQL 8 rewrites the statement in its logs itself
             identified, password = "IDENTIFIED BY %s", secret
         alter = f"ALTER USER {_ACCOUNT} {identified} ACCOUNT UNLOCK"
         if self._user_exists(cur, names.role):
             cur.execute(alter, (names.role, password))
+            self._revoke_extra_rights(cur, names)
         else:
             try:
                 cur.execute(f"CREATE USER {_ACCOUNT} {identified}", (names.role, password))
+                progress.created_user = True
             except pymysql.err.OperationalError as exc:
                 if _error_parts(exc)[0] != _ER_CANNOT_USER:
                     raise
@@ -335,9 +449,11 @@ class MySQLProvider:
         # the grant first: it is what marks the database as ours
         cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(db))}.* TO {_ACCOUNT}",
                     (names.role,))
+        comment = " COMMENT %s" if mariadb else ""
+        args = (_mark(names),) if mariadb else ()
         if not db_exists:
             try:
-                cur.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
+                cur.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4{comment}", args)
             except pymysql.err.ProgrammingError as exc:
                 if _error_parts(exc)[0] != _ER_DB_CREATE_EXISTS:
                     raise
@@ -345,39 +461,89 @@ class MySQLProvider:
                                    "Tether never takes over a database it did not create; "
                                    "drop or rename that database, then retry") from None
             progress.created_database = True
+        elif mariadb and self._db_comment(cur, db) != _mark(names):
+            cur.execute(f"ALTER DATABASE {_ident(db)}{comment}", args)
+
+    def _revoke_extra_rights(self, cur: Cursor, names: ResourceNames) -> None:
+        """Take back every right of the user beyond its own database. GRANT OPTION goes first:
+        revoking it where the user holds nothing else any more is an error."""
+        rights = self._rights(cur, names)
+        levels = [f"{_ident(pattern)}.*" for pattern in rights.databases]
+        levels += [f"{_ident(schema)}.{_ident(table)}" for schema, table in rights.tables]
+        if rights.global_:
+            levels.append("*.*")
+        for level in levels:
+            for what in ("GRANT OPTION", "ALL PRIVILEGES"):
+                cur.execute(f"REVOKE {what} ON {level} FROM {_ACCOUNT}", (names.role,))
+        if rights.own_grant_option:
+            cur.execute(f"REVOKE GRANT OPTION ON {_ident(_grant_pattern(names.database))}.* "
+                        f"FROM {_ACCOUNT}", (names.role,))
 
     def _remove_fresh(self, cluster: ClusterSpec, names: ResourceNames,
                       progress: _Progress) -> None:
-        """Undo a failed first provision: the user (and so its grant), and the database only
-        when this very call created it. A new connection: the old one may be what failed."""
+        """Undo a failed provision: what this very call created, nothing else (the user and so
+        its grant; the database). A new connection: the old one may be what failed."""
         with self._admin(cluster) as cur:
             if progress.created_database:
                 cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
-            if self._user_exists(cur, names.role):
+            if progress.created_user and self._user_exists(cur, names.role):
                 self._kill_connections(cur, names.role)
                 cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         _check_names(names)
-        target = _Target(cluster)
         with self._admin(cluster) as cur:
-            try:
-                return self._user_exists(cur, names.role) or (
-                    self._has_grant(cur, names) and self._db_exists(cur, names.database))
-            except pymysql.err.MySQLError as exc:
-                raise ClusterError(f"looking for {names.database} on MySQL at {target.where} "
-                                   f"failed: {_sql_error(exc, (target.password, cluster.url))}"
-                                   ) from None
+            return self._user_exists(cur, names.role) or (
+                self._db_exists(cur, names.database) and self._ours(cur, names))
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The user (there, not locked, rights on its own database and nowhere else) and the
+        database (there, Tether's)."""
+        _check_names(names)
+        db, user = names.database, names.role
+        differences: list[str] = []
+        with self._admin(cluster) as cur:
+            user_exists = self._user_exists(cur, user)
+            db_exists = self._db_exists(cur, db)
+            ours = db_exists and self._ours(cur, names)
+            locked = user_exists and self._locked(cur, user)
+            rights = self._rights(cur, names) if user_exists else None
+        if not user_exists:
+            differences.append(f"user {user} is missing")
+        if locked:
+            differences.append(f"user {user} is locked")
+        if not db_exists:
+            differences.append(lost(f"database {db}"))
+        elif not ours:
+            differences.append(f"database {db} is not marked as Tether's and its user holds no "
+                               "grant on it: Tether does not take it over")
+        if rights is not None:
+            missing = [right for right in _CORE_RIGHTS if right not in rights.own]
+            if len(missing) == len(_CORE_RIGHTS):
+                differences.append(f"user {user} holds no rights on database {db}")
+            elif missing:
+                differences.append(f"user {user} lacks {', '.join(missing)} on database {db}")
+            if rights.own_grant_option:
+                differences.append(f"user {user} may grant its rights on database {db} "
+                                   "(GRANT OPTION)")
+            if rights.global_:
+                differences.append(f"user {user} has the global rights "
+                                   f"{', '.join(rights.global_)}")
+            differences += [f"user {user} has rights on database {pattern}"
+                            for pattern in rights.databases]
+            differences += [f"user {user} has rights on table {schema}.{table}"
+                            for schema, table in rights.tables]
+        return Observation(exists=user_exists or ours, differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Lock the user out, cut its sessions, drop the database (if ours), drop the user.
-        The user goes last: its grant is what marks the database as ours, so a crash half-way
-        leaves a state the retry still recognises."""
+        The user goes last: its grant is what marks the database as ours (on MySQL), so a
+        crash half-way leaves a state the retry still recognises."""
         _check_names(names)
         target = _Target(cluster)
         with self._admin(cluster) as cur:
             try:
-                ours = self._has_grant(cur, names)
+                ours = self._ours(cur, names)
                 user_exists = self._user_exists(cur, names.role)
                 if user_exists:
                     try:  # no new sessions while we remove it (MariaDB 10.4+, MySQL 5.7+)
@@ -394,8 +560,8 @@ class MySQLProvider:
                     cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
             except pymysql.err.MySQLError as exc:
                 reason = _sql_error(exc, (target.password, cluster.url))
-                raise ClusterError(f"removing {names.database} from MySQL at {target.where} "
-                                   f"failed: {reason}") from None
+                raise cluster_error(f"removing {names.database} from MySQL at {target.where} "
+                                    f"failed: {reason}", _transient(exc)) from None
 
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         c = credentials.values

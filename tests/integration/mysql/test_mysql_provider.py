@@ -22,6 +22,11 @@ import pytest
 
 from tests.conftest import world_traversable_tmpdir
 from tests.integration.mysql.conftest import MySQLServer
+from tests.integration.provider_contract import (
+    check_final,
+    check_observe_follows_provision,
+    check_unreachable_is_transient,
+)
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers import mysql as mysql_module
@@ -311,6 +316,7 @@ def test_a_limited_admin_is_enough(mysql_server: MySQLServer,
     names = make_mysql_names("c")
     creds = PROVIDER.provision(limited, names, secrets.token_urlsafe(24))
     assert PROVIDER.provision(limited, names, str(creds.values["password"])) == creds
+    assert PROVIDER.observe(limited, names).in_sync  # it sees the grants it must check
     app = app_connect(creds)
     try:
         fetch(app, "CREATE TABLE t (x INT)")
@@ -351,6 +357,116 @@ def test_a_bad_url_is_refused_without_echoing_it(url: str) -> None:
     with pytest.raises(ClusterError, match="not a valid MySQL URL") as err:
         PROVIDER.check(spec(url))
     assert "s3cret-pw" not in err.value.message
+
+
+# -- drift: observe, repair by provisioning again --------------------------------------------------
+
+
+def test_observe_is_in_sync_after_provision_and_absent_after_deprovision(
+        mysql_cluster: ClusterSpec, make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    check_observe_follows_provision(PROVIDER, mysql_cluster, make_mysql_names("s"))
+
+
+def test_a_dropped_user_is_found_and_made_again(
+        mysql_server: MySQLServer, mysql_cluster: ClusterSpec,
+        make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    names = make_mysql_names("u")
+    creds = PROVIDER.provision(mysql_cluster, names, secrets.token_urlsafe(24))
+    with app_connect(creds) as conn:
+        fetch(conn, "CREATE TABLE kept (v INT)")
+        fetch(conn, "INSERT INTO kept VALUES (7)")
+    mysql_server.query(f"DROP USER '{names.role}'@'%%'", ())
+    seen = PROVIDER.observe(mysql_cluster, names)
+    assert seen.exists  # its database carries Tether's mark
+    assert seen.differences == (f"user {names.role} is missing",)
+    assert PROVIDER.provision(mysql_cluster, names, str(creds.values["password"])) == creds
+    assert PROVIDER.observe(mysql_cluster, names).in_sync
+    with app_connect(creds) as conn:  # the same credentials, the data kept
+        assert fetch(conn, "SELECT v FROM kept") == [(7,)]
+
+
+def test_a_dropped_database_is_found_and_made_again_empty(
+        mysql_server: MySQLServer, mysql_cluster: ClusterSpec,
+        make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    names = make_mysql_names("x")
+    creds = PROVIDER.provision(mysql_cluster, names, secrets.token_urlsafe(24))
+    with app_connect(creds) as conn:
+        fetch(conn, "CREATE TABLE kept (v INT)")
+    mysql_server.query(f"DROP DATABASE `{names.database}`")
+    assert PROVIDER.observe(mysql_cluster, names).differences == (
+        f"database {names.database} is missing: its data is lost (a repair makes it again, "
+        "EMPTY)",)
+    PROVIDER.provision(mysql_cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(mysql_cluster, names).in_sync
+    with app_connect(creds) as conn:
+        assert fetch(conn, "SHOW TABLES") == []
+
+
+def test_rights_beyond_its_database_and_a_lock_are_taken_back(
+        mysql_server: MySQLServer, mysql_cluster: ClusterSpec,
+        make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    names, other = make_mysql_names("g"), make_mysql_names("o")
+    creds = PROVIDER.provision(mysql_cluster, names, secrets.token_urlsafe(24))
+    other_creds = PROVIDER.provision(mysql_cluster, other, secrets.token_urlsafe(24))
+    with app_connect(other_creds) as conn:
+        fetch(conn, "CREATE TABLE secret (v INT)")
+    account = f"'{names.role}'@'%'"
+    for statement in (f"GRANT SELECT ON `{other.database}`.* TO {account}",
+                      f"GRANT INSERT ON `{other.database}`.`secret` TO {account}",
+                      f"GRANT PROCESS ON *.* TO {account}",
+                      f"REVOKE DROP, ALTER ON `{names.database.replace('_', chr(92) + '_')}`.* "
+                      f"FROM {account}",
+                      f"ALTER USER {account} ACCOUNT LOCK"):
+        with mysql_server.connect() as conn, conn.cursor() as cur:
+            cur.execute(statement)
+    assert set(PROVIDER.observe(mysql_cluster, names).differences) == {
+        f"user {names.role} is locked",
+        f"user {names.role} lacks DROP, ALTER on database {names.database}",
+        f"user {names.role} has the global rights PROCESS",
+        f"user {names.role} has rights on database {other.database}",
+        f"user {names.role} has rights on table {other.database}.secret"}
+    PROVIDER.provision(mysql_cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(mysql_cluster, names).in_sync
+    assert PROVIDER.observe(mysql_cluster, other).in_sync
+    with app_connect(creds) as conn:
+        with pytest.raises(pymysql.err.OperationalError):
+            fetch(conn, f"SELECT * FROM `{other.database}`.secret")
+        fetch(conn, "CREATE TABLE t (v INT)")
+        fetch(conn, "DROP TABLE t")
+
+
+def test_a_database_without_grant_nor_mark_is_still_not_taken_over(
+        mysql_server: MySQLServer, mysql_cluster: ClusterSpec,
+        make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    names = make_mysql_names("n")
+    mysql_server.query(f"CREATE DATABASE `{names.database}`")
+    try:
+        seen = PROVIDER.observe(mysql_cluster, names)
+        assert not seen.exists and "Tether does not take it over" in seen.differences[-1]
+        with pytest.raises(ClusterError, match="exists already"):
+            PROVIDER.provision(mysql_cluster, names, secrets.token_urlsafe(24))
+        assert not user_exists(mysql_server, names.role)
+    finally:
+        mysql_server.query(f"DROP DATABASE IF EXISTS `{names.database}`")
+
+
+# -- errors that may pass, and final ones ----------------------------------------------------------
+
+
+def test_a_server_where_nothing_listens_is_a_transient_error(
+        mysql_server: MySQLServer, make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    url = (f"mysql://{mysql_server.user}:{quote(mysql_server.password, safe='')}@127.0.0.1:"
+           f"{free_port()}/")
+    check_unreachable_is_transient(PROVIDER, spec(url), make_mysql_names("t"),
+                                   "cannot reach MySQL at 127.0.0.1:", mysql_server.password)
+
+
+def test_a_wrong_password_is_a_final_error(
+        mysql_server: MySQLServer, make_mysql_names: Callable[[str], ResourceNames]) -> None:
+    url = (f"mysql://{mysql_server.user}:Wr0ng-{secrets.token_hex(6)}@{mysql_server.host}:"
+           f"{mysql_server.port}/")
+    check_final(lambda: PROVIDER.provision(spec(url), make_mysql_names("v"),
+                                           secrets.token_urlsafe(24)), "refused the password")
 
 
 # -- private servers -------------------------------------------------------------------------------

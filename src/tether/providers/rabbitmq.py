@@ -19,7 +19,14 @@ Names: the vhost and the user are both `names.base` (`tether_i42`), URL-encoded 
 A vhost is Tether's when its description carries Tether's mark; a vhost of that name without it,
 or a user of that name with tags, belongs to someone else: provisioning refuses to take it over,
 and removal leaves it alone. (Servers before 3.8 keep no vhost descriptions: there a vhost of
-that name is taken for Tether's.)
+that name is taken for Tether's.) Once the instance's vhost is there, a user of its name is the
+instance's: tags given to it by hand are taken away again.
+
+Drift (`observe`) and its repair (`provision` again): a missing vhost or user is made again, the
+user's tags removed, its full permission on its vhost set again, permissions of the user on other
+vhosts and of other users (the admin included) on its vhost removed. What cannot be repaired: a
+vhost deleted by hand comes back EMPTY (its queues, exchanges and messages are lost); a vhost of
+that name without Tether's mark is not taken over.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from tether.errors import ClusterError
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.errors import ClusterError, TransientError
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.common import cluster_error, is_final, rewrap
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.rabbitmq")
@@ -46,6 +54,9 @@ _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use http://ADMIN:PASSWORD@HOST:15672/"
 _TAGS_FIX = "rabbitmqctl set_user_tags {user} administrator"
 MARK = "managed by Tether"
+FULL = {"configure": ".*", "write": ".*", "read": ".*"}
+#: answers of a server (or a proxy in front of it) that is starting, stopping or overloaded
+_UNAVAILABLE = (502, 503, 504)
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -128,22 +139,26 @@ class _Api:
         try:
             response = self.client.request(method, f"{t.api}{path}", json=body)
         except httpx.TimeoutException:
-            raise ClusterError(f"the RabbitMQ management API at {t.where} did not answer in "
-                               "time: check that the server is healthy and reachable") from None
+            raise cluster_error(f"the RabbitMQ management API at {t.where} did not answer in "
+                                "time: check that the server is healthy and reachable",
+                                transient=True) from None
         except httpx.HTTPError as exc:
             detail = redact(str(exc) or type(exc).__name__, self.secrets)
-            raise ClusterError(
+            transient = (isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
+                         and not is_final(exc))
+            raise cluster_error(
                 f"cannot reach the RabbitMQ management API at {t.where}: check that the server "
                 "runs, that the management plugin is enabled (rabbitmq-plugins enable "
                 "rabbitmq_management) and that the host and port in the cluster URL are right "
-                f"({detail})") from None
+                f"({detail})", transient) from None
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code == 401:
             raise self._unauthorized(response)
         if response.status_code >= 400:
-            raise ClusterError(f"the RabbitMQ management API at {t.where} refused {method} "
-                               f"{path}: {self._reason(response)}")
+            raise cluster_error(f"the RabbitMQ management API at {t.where} refused {method} "
+                                f"{path}: {self._reason(response)}",
+                                response.status_code in _UNAVAILABLE)
         return response
 
     def json(self, path: str, ok_missing: bool = False) -> Any:
@@ -244,8 +259,10 @@ class RabbitMQProvider:
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
         """Converge to: vhost, user with this password and no tags, full rights for it on its
-        vhost, none for the admin there. On failure, a fresh resource set is removed again
-        (rule 5); the vhost of an instance that was already provisioned is never deleted here."""
+        vhost and none elsewhere, none for anyone else (the admin included) there; repairs any
+        drift `observe` reports that can be repaired. On a final failure, a fresh resource set
+        is removed again (rule 5); the vhost of an instance that was already provisioned is
+        never deleted here."""
         _check_names(names)
         with self._api(cluster, secret) as api:
             t = api.target
@@ -258,7 +275,7 @@ class RabbitMQProvider:
                     f"a vhost named {names.base} exists already on RabbitMQ at {t.where} and was "
                     "not made by Tether: Tether never takes over a vhost it did not create; "
                     "delete or rename that vhost, then retry")
-            if user is not None and self._tags(user):
+            if user is not None and self._tags(user) and not own_vhost:
                 raise ClusterError(
                     f"a user named {names.base} exists already on RabbitMQ at {t.where} with the "
                     "tags " + ", ".join(self._tags(user)) + ": Tether never takes over such a "
@@ -267,13 +284,13 @@ class RabbitMQProvider:
                 self._converge(api, names, secret)
             except ClusterError as exc:
                 failure = exc.message
-                if own_vhost is None:
+                if own_vhost is None and not isinstance(exc, TransientError):
                     try:
                         self._delete(api, names)
                     except ClusterError as cleanup_exc:  # recorded; a retry converges
                         failure += f" (clean-up also failed: {cleanup_exc.message})"
-                raise ClusterError(f"provisioning {names.base} on RabbitMQ at {t.where} failed: "
-                                   f"{failure}") from None
+                raise rewrap(exc, f"provisioning {names.base} on RabbitMQ at {t.where} failed: "
+                                  f"{failure}") from None
         return Credentials({"user": names.base, "password": secret, "host": t.amqp_host,
                             "port": t.amqp_port, "vhost": names.base})
 
@@ -282,18 +299,65 @@ class RabbitMQProvider:
         api.call("PUT", f"/vhosts/{vhost}",
                  {"description": _description(names), "tags": "tether"})
         api.call("PUT", f"/users/{user}", {"password": secret, "tags": ""})
-        api.call("PUT", f"/permissions/{vhost}/{user}",
-                 {"configure": ".*", "write": ".*", "read": ".*"})
-        # RabbitMQ gave the admin full rights on the vhost it created: take them back
-        admin = _p(api.target.user)
-        api.call("DELETE", f"/permissions/{vhost}/{admin}", ok_missing=True)
-        api.call("DELETE", f"/topic-permissions/{vhost}/{admin}", ok_missing=True)
+        api.call("PUT", f"/permissions/{vhost}/{user}", FULL)
+        # RabbitMQ gave the admin full rights on the vhost it created: take them back, and any
+        # right given by hand to someone else there, or to the user elsewhere
+        for kind, other_vhost, other_user in self._foreign_permissions(api, names):
+            api.call("DELETE", f"/{kind}/{_p(other_vhost)}/{_p(other_user)}", ok_missing=True)
+
+    @staticmethod
+    def _foreign_permissions(api: _Api, names: ResourceNames) -> list[tuple[str, str, str]]:
+        """(kind, vhost, user) of every permission or topic permission of another user on the
+        instance's vhost, or of its user on another vhost."""
+        found: list[tuple[str, str, str]] = []
+        for kind in ("permissions", "topic-permissions"):
+            on_vhost = api.json(f"/vhosts/{_p(names.base)}/{kind}", ok_missing=True) or []
+            of_user = api.json(f"/users/{_p(names.base)}/{kind}", ok_missing=True) or []
+            for entry in [*on_vhost, *of_user]:
+                key = (kind, str(entry.get("vhost")), str(entry.get("user")))
+                if key[1:] != (names.base, names.base) and key not in found:
+                    found.append(key)
+        return found
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         _check_names(names)
         with self._api(cluster) as api:
             own_vhost, user = self._state(api, names)
         return bool(own_vhost) or (user is not None and not self._tags(user))
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The vhost (there, Tether's), the user (there, no tags, full rights on its vhost and
+        none elsewhere) and who else may use the vhost (nobody, the admin included)."""
+        _check_names(names)
+        v = names.base
+        differences: list[str] = []
+        with self._api(cluster) as api:
+            own_vhost, user = self._state(api, names)
+            own = api.json(f"/permissions/{_p(v)}/{_p(v)}", ok_missing=True) if (
+                own_vhost and user is not None) else None
+            foreign = self._foreign_permissions(api, names) if (
+                own_vhost or user is not None) else []
+        if own_vhost is None:
+            differences.append(lost(f"vhost {v}"))
+        elif own_vhost is False:
+            differences.append(f"vhost {v} is not marked as Tether's: Tether does not take it "
+                               "over")
+        if user is None:
+            differences.append(f"user {v} is missing")
+        else:
+            if self._tags(user):
+                differences.append(f"user {v} has the tags {', '.join(self._tags(user))}")
+            if own_vhost and own is None:
+                differences.append(f"user {v} has no permission on vhost {v}")
+            elif own is not None and any(own.get(k) != FULL[k] for k in FULL):
+                rights = " ".join(f"{k}={own.get(k)!r}" for k in FULL)
+                differences.append(f"the permission of user {v} on vhost {v} is {rights}, not "
+                                   "'.*' for all")
+        for kind, other_vhost, other_user in foreign:
+            what = "a topic permission" if kind == "topic-permissions" else "a permission"
+            differences.append(f"user {other_user} has {what} on vhost {other_vhost}")
+        return Observation(exists=bool(own_vhost) or (user is not None and not self._tags(user)),
+                           differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Delete the vhost (its queues, exchanges and messages go with it; connections to it
@@ -304,8 +368,8 @@ class RabbitMQProvider:
             try:
                 self._delete(api, names)
             except ClusterError as exc:
-                raise ClusterError(f"removing {names.base} from RabbitMQ at "
-                                   f"{api.target.where} failed: {exc.message}") from None
+                raise rewrap(exc, f"removing {names.base} from RabbitMQ at "
+                                  f"{api.target.where} failed: {exc.message}") from None
 
     def _delete(self, api: _Api, names: ResourceNames) -> None:
         own_vhost, user = self._state(api, names)

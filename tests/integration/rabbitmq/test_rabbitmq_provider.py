@@ -15,6 +15,11 @@ import pytest
 from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection, Exchange, Queue
 
+from tests.integration.provider_contract import (
+    check_final,
+    check_observe_follows_provision,
+    check_unreachable_is_transient,
+)
 from tests.integration.rabbitmq.conftest import RabbitServer
 from tether.errors import ClusterError
 from tether.net import free_port
@@ -268,6 +273,89 @@ def test_a_tagged_user_of_that_name_is_never_taken_over(
         assert admin.get(f"/users/{names.base}")["tags"] == ["monitoring"]
     finally:
         admin.request("DELETE", f"/users/{names.base}")
+
+
+# -- drift: observe, repair by provisioning again --------------------------------------------------
+
+
+def test_observe_is_in_sync_after_provision_and_absent_after_deprovision(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    check_observe_follows_provision(PROVIDER, cluster, make_names("s"))
+
+
+def test_the_admin_permission_granted_again_is_found_and_removed(
+        cluster: ClusterSpec, rabbit: RabbitServer, admin: Admin,
+        make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("p")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    v, u = names.base, rabbit.admin_user
+    admin.request("PUT", f"/permissions/{v}/{quote(u, safe='')}",
+                  {"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    admin_creds = Credentials({**creds.values, "user": u, "password": rabbit.admin_password})
+    with connect(amqp_url(admin_creds)):  # the hole is real
+        pass
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"user {u} has a permission on vhost {v}",)
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    with pytest.raises(NotAllowed, match="530"):
+        connect(amqp_url(admin_creds))
+
+
+def test_tags_and_permissions_changed_by_hand_are_reset(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    names, other = make_names("q"), make_names("w")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    PROVIDER.provision(cluster, other, secrets.token_urlsafe(24))
+    v = names.base
+    admin.request("PUT", f"/users/{v}", {"password": str(creds.values["password"]),
+                                         "tags": "administrator"}).raise_for_status()
+    admin.request("PUT", f"/permissions/{v}/{v}",
+                  {"configure": "", "write": ".*", "read": ".*"}).raise_for_status()
+    admin.request("PUT", f"/permissions/{other.base}/{v}",
+                  {"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    assert set(PROVIDER.observe(cluster, names).differences) == {
+        f"user {v} has the tags administrator",
+        f"the permission of user {v} on vhost {v} is configure='' write='.*' read='.*', not "
+        "'.*' for all",
+        f"user {v} has a permission on vhost {other.base}"}
+    assert PROVIDER.observe(cluster, other).differences == (
+        f"user {v} has a permission on vhost {other.base}",)
+    PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert PROVIDER.observe(cluster, names).in_sync
+    assert PROVIDER.observe(cluster, other).in_sync
+    assert admin.get(f"/users/{v}")["tags"] in ([], "")
+
+
+def test_a_deleted_vhost_is_found_and_made_again_empty(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("x")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    admin.request("DELETE", f"/vhosts/{names.base}").raise_for_status()
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"vhost {names.base} is missing: its data is lost (a repair makes it again, EMPTY)",)
+    assert PROVIDER.provision(cluster, names, str(creds.values["password"])) == creds
+    assert PROVIDER.observe(cluster, names).in_sync
+    with connect(amqp_url(creds)) as conn:
+        conn.default_channel  # noqa: B018 -- opening a channel proves the vhost is usable
+
+
+# -- errors that may pass, and final ones ----------------------------------------------------------
+
+
+def test_a_server_where_nothing_listens_is_a_transient_error(
+        rabbit: RabbitServer, make_names: Callable[[str], ResourceNames]) -> None:
+    url = f"http://{rabbit.admin_user}:{quote(rabbit.admin_password)}@127.0.0.1:{free_port()}/"
+    check_unreachable_is_transient(
+        PROVIDER, spec(url, rabbit), make_names("t"),
+        "cannot reach the RabbitMQ management API at 127.0.0.1:", rabbit.admin_password)
+
+
+def test_a_wrong_password_is_a_final_error(rabbit: RabbitServer,
+                                           make_names: Callable[[str], ResourceNames]) -> None:
+    url = url_for(rabbit, rabbit.admin_user, "Wr0ng-" + secrets.token_hex(6))
+    check_final(lambda: PROVIDER.provision(spec(url, rabbit), make_names("v"),
+                                           secrets.token_urlsafe(24)), "refused the user")
 
 
 # -- check() and admin errors ---------------------------------------------------------------------

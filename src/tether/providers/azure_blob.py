@@ -25,6 +25,12 @@ let a deployment swap in a fresh token before the old one expires.
 
 Containers Tether makes carry the metadata `tether_resource=<names.base>`: a container of the same
 name without it is not Tether's, and is never taken over nor deleted.
+
+Drift (`observe`) and its repair (`provision` again): a missing container is made again, public
+access and stored access policies set on it by hand are removed. What cannot be repaired: a
+container deleted by hand comes back EMPTY (its blobs are lost); a container of that name without
+Tether's mark is not taken over. The account key itself is not observed: if it is rotated, every
+SAS signed with the old one stops working, and the cluster URL must be updated.
 """
 
 from __future__ import annotations
@@ -57,8 +63,9 @@ from azure.storage.blob import (
 )
 
 from tether import naming
-from tether.errors import ClusterError
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.errors import ClusterError, TransientError
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.common import cluster_error, is_final, rewrap
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.azure_blob")
@@ -204,13 +211,22 @@ def _first_line(exc: BaseException, secrets: tuple[str | None, ...]) -> str:
     return redact(first, secrets)
 
 
+def _transient(exc: AzureError) -> bool:
+    """Whether an SDK failure may pass: the endpoint unreachable for now, a connection cut or
+    timed out, the service busy or failing for a moment (5xx)."""
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return not is_final(exc)
+    return getattr(exc, "status_code", None) in (500, 502, 503, 504)
+
+
 def _error(exc: AzureError, target: _Target, doing: str) -> ClusterError:
-    """An SDK failure as a message that says what to fix (and holds no secret)."""
+    """An SDK failure as a message that says what to fix (and holds no secret); a
+    `TransientError` when it may pass."""
     detail = _first_line(exc, (target.key,))
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return ClusterError(f"cannot reach Azure Blob storage at {target.where} while {doing}: "
-                            "check that the server runs and that the host and port in the "
-                            f"cluster URL are right ({detail})")
+        return cluster_error(f"cannot reach Azure Blob storage at {target.where} while {doing}: "
+                             "check that the server runs and that the host and port in the "
+                             f"cluster URL are right ({detail})", _transient(exc))
     status = getattr(exc, "status_code", None)
     if isinstance(exc, HttpResponseError) and status == 400 and "api version" in detail.lower():
         return ClusterError(f"Azure Blob storage at {target.where} does not accept the storage "
@@ -223,8 +239,8 @@ def _error(exc: AzureError, target: _Target, doing: str) -> ClusterError:
                             "(the account's access key, URL-encoded)")
     code = getattr(exc, "error_code", None)
     code = getattr(code, "value", code)  # a StorageErrorCode, or a plain string
-    return ClusterError(f"{doing} on Azure Blob storage at {target.where} failed"
-                        f"{f' ({status} {code})' if status else ''}: {detail}")
+    return cluster_error(f"{doing} on Azure Blob storage at {target.where} failed"
+                         f"{f' ({status} {code})' if status else ''}: {detail}", _transient(exc))
 
 
 def _sas_token(target: _Target, container: str, expiry: datetime) -> str:
@@ -305,9 +321,10 @@ class AzureBlobProvider:
         return seen.get("version") or target.api_version or "unknown"
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
-        """Converge to: a private container marked as this instance's, and a fresh SAS token
-        for it. `secret` is not used: the token is signed with the account key. A container
-        this call made is deleted again when the call fails (rule 5)."""
+        """Converge to: a private container marked as this instance's, without stored access
+        policies, and a fresh SAS token for it; repairs any drift `observe` reports that can be
+        repaired. `secret` is not used: the token is signed with the account key. A container
+        this call made is deleted again when the call fails for good (rule 5)."""
         target = _Target.parse(cluster)
         container = container_name(names)
         credentials = self._credentials(target, container)  # fails before anything is made
@@ -334,9 +351,12 @@ class AzureBlobProvider:
                     f"a container named {container} exists already on Azure Blob storage at "
                     f"{target.where} and was not made by Tether for this instance: Tether never "
                     "takes over a container it did not create; delete or rename it, then retry")
+            if self._openings(client):
+                client.set_container_access_policy(signed_identifiers={}, public_access=None)
         except AzureError as exc:
             failure = _error(exc, target, f"creating the container {container}")
-            if creating:  # the request may have created it before failing
+            if creating and not isinstance(failure, TransientError):
+                # the request may have created it before failing
                 failure = self._clean_up(client, names, target, failure)
             raise failure from None
         finally:
@@ -351,8 +371,8 @@ class AzureBlobProvider:
             if AzureBlobProvider._ours(metadata, names):
                 client.delete_container()
         except AzureError as exc:  # recorded; a retry converges
-            return ClusterError(f"{failure.message} (clean-up also failed: "
-                                f"{_first_line(exc, (target.key,))})")
+            return rewrap(failure, f"{failure.message} (clean-up also failed: "
+                                   f"{_first_line(exc, (target.key,))})")
         return failure
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
@@ -366,6 +386,43 @@ class AzureBlobProvider:
             raise _error(exc, target, f"looking up the container {container}") from None
         finally:
             service.close()
+
+    @staticmethod
+    def _openings(client: ContainerClient) -> list[str]:
+        """How the container can be reached other than with a SAS Tether signed: public access,
+        stored access policies (a SAS may name one instead of carrying its own rights)."""
+        policy = client.get_container_access_policy()
+        found = []
+        if policy.get("public_access"):
+            found.append(f"public access ({policy['public_access']})")
+        identifiers = [str(i.id) for i in policy.get("signed_identifiers") or []]
+        if identifiers:
+            found.append(f"the stored access policies {', '.join(sorted(identifiers))}")
+        return found
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The container (there, marked as this instance's), private and without stored access
+        policies."""
+        target = _Target.parse(cluster)
+        container = container_name(names)
+        service = self._service(target)
+        try:
+            client = service.get_container_client(container)
+            metadata = self._properties(client)
+            ours = self._ours(metadata, names)
+            openings = self._openings(client) if ours else []
+        except AzureError as exc:
+            raise _error(exc, target, f"looking at the container {container}") from None
+        finally:
+            service.close()
+        if metadata is None:
+            differences = [lost(f"container {container}")]
+        elif not ours:
+            differences = [f"container {container} is not marked as this instance's: Tether "
+                           "does not take it over"]
+        else:
+            differences = [f"container {container} allows {opening}" for opening in openings]
+        return Observation(exists=ours, differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Delete the container, and every blob in it with it. A container of that name that

@@ -18,9 +18,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import AccessPolicy, BlobServiceClient, ContainerClient
 
 from tests.integration.azure.conftest import ACCOUNT, ACCOUNT_KEY, Azurite, cluster_url
+from tests.integration.provider_contract import (
+    check_final,
+    check_observe_follows_provision,
+    check_unreachable_is_transient,
+)
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers.azure_blob import (
@@ -203,6 +208,67 @@ def test_a_container_of_someone_else_is_never_taken_over(
             assert blob.readall() == b"keep me"
         finally:
             service.delete_container(container_name(names))
+
+
+# -- drift: observe, repair by provisioning again --------------------------------------------------
+
+
+def test_observe_is_in_sync_after_provision_and_absent_after_deprovision(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    check_observe_follows_provision(PROVIDER, cluster, make_names("s"))
+
+
+def test_a_deleted_container_is_found_and_made_again_empty(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("x")
+    creds = PROVIDER.provision(cluster, names, "unused")
+    tenant(cluster, creds).upload_blob("kept.txt", b"v")
+    with admin(cluster) as service:
+        service.delete_container(container_name(names))
+    seen = PROVIDER.observe(cluster, names)
+    assert not seen.exists
+    assert seen.differences == (f"container {container_name(names)} is missing: its data is "
+                                "lost (a repair makes it again, EMPTY)",)
+    again = PROVIDER.provision(cluster, names, "unused")
+    assert PROVIDER.observe(cluster, names).in_sync
+    assert list(tenant(cluster, again).list_blobs()) == []
+    tenant(cluster, creds).upload_blob("new.txt", b"v")  # the old SAS reaches it again
+
+
+def test_public_access_and_stored_policies_are_found_and_removed(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("p")
+    PROVIDER.provision(cluster, names, "unused")
+    container = container_name(names)
+    with admin(cluster) as service:
+        service.get_container_client(container).set_container_access_policy(
+            signed_identifiers={"backdoor": AccessPolicy(
+                permission="rl", expiry=datetime.now(UTC) + timedelta(days=1))},
+            public_access="container")
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"container {container} allows public access (container)",
+        f"container {container} allows the stored access policies backdoor")
+    PROVIDER.provision(cluster, names, "unused")
+    assert PROVIDER.observe(cluster, names).in_sync
+
+
+# -- errors that may pass, and final ones ----------------------------------------------------------
+
+
+def test_an_endpoint_where_nothing_listens_is_a_transient_error(
+        make_names: Callable[[str], ResourceNames]) -> None:
+    check_unreachable_is_transient(PROVIDER, spec(cluster_url(free_port())), make_names("t"),
+                                   "cannot reach Azure Blob storage at http://127.0.0.1:",
+                                   ACCOUNT_KEY)
+
+
+def test_a_wrong_key_is_a_final_error(cluster: ClusterSpec,
+                                      make_names: Callable[[str], ResourceNames]) -> None:
+    parts = urlsplit(cluster.url)
+    wrong = cluster_url(int(parts.port or 0), str(parts.hostname),
+                        key=ACCOUNT_KEY[:-12] + "AAAAAAAAAA==")
+    check_final(lambda: PROVIDER.observe(spec(wrong), make_names("v")),
+                "refused the account key")
 
 
 # -- SAS renewal -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -105,6 +106,53 @@ def test_env_vars_give_a_file_storage_dsn(cluster: ClusterSpec, unique_id: str) 
         assert parse_qs(parts.query)["url"] == [f"{PUBLIC_URL}{names.base}/"]
     finally:
         PROVIDER.deprovision(cluster, names)
+
+
+def test_observe_finds_a_removed_dir_and_a_changed_mode(cluster: ClusterSpec,
+                                                       unique_id: str) -> None:
+    names = ResourceNames(base=f"tether_t{unique_id}o")
+    assert not PROVIDER.observe(cluster, names).exists
+    creds = PROVIDER.provision(cluster, names, "unused")
+    directory = Path(creds.values["directory"])
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists and seen.in_sync
+    try:
+        (directory / "kept.txt").write_text("v")
+        directory.chmod(0o700)
+        assert PROVIDER.observe(cluster, names).differences == (
+            f"directory {directory} has mode 0700, not 0755",)
+        PROVIDER.provision(cluster, names, "unused")
+        assert PROVIDER.observe(cluster, names).in_sync
+        assert (directory / "kept.txt").read_text() == "v"
+
+        shutil.rmtree(directory)
+        assert PROVIDER.observe(cluster, names).differences == (
+            f"directory {directory} is missing: its data is lost (a repair makes it again, "
+            "EMPTY)",)
+        assert PROVIDER.provision(cluster, names, "unused") == creds
+        assert PROVIDER.observe(cluster, names).in_sync
+        assert list(directory.iterdir()) == []
+    finally:
+        PROVIDER.deprovision(cluster, names)
+    assert not PROVIDER.observe(cluster, names).exists
+
+
+def test_a_symlink_in_place_of_the_dir_is_reported_and_never_followed(
+        cluster: ClusterSpec, tmp_path: Path, unique_id: str) -> None:
+    names = ResourceNames(base=f"tether_t{unique_id}k")
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    outside.chmod(0o700)
+    base = Path(cluster.settings["base_dir"])
+    base.mkdir(parents=True)
+    os.symlink(outside, base / names.base)
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists and "is not a directory" in seen.differences[0]
+    with pytest.raises(ClusterError, match="not a directory"):
+        PROVIDER.provision(cluster, names, "unused")
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o700  # not chmod-ed through the link
+    PROVIDER.deprovision(cluster, names)
+    assert outside.is_dir()
 
 
 def test_registry_knows_the_supported_kinds() -> None:

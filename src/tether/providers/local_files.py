@@ -1,20 +1,27 @@
 """Local files: one directory per instance under the cluster's `base_dir`, served over HTTP by
 Tether under the cluster's `public_url`. For the `local` region and development; there is no
-credential to isolate (the application and Tether share the machine)."""
+credential to isolate (the application and Tether share the machine).
+
+Drift (`observe`) and its repair (`provision` again): a missing directory is made again, its mode
+set back to 0755. What cannot be repaired: a directory deleted by hand comes back EMPTY (its
+files are lost); a symlink or a file in its place is left alone (never followed out of
+base_dir)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from tether import naming
 from tether.errors import ClusterError
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
 
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+MODE = 0o755
 
 
 def _base_dir(cluster: ClusterSpec) -> Path:
@@ -60,11 +67,16 @@ class LocalFilesProvider:
         return "1"
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Converge to: the instance's directory, mode 0755. A symlink or a file in its place
+        is refused, never followed."""
         directory = _instance_dir(cluster, names)
         url = _public_url(cluster) + names.base + "/"
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            raise ClusterError(f"{directory} is not a directory (a symlink or a file): remove "
+                               "it, then retry")
         try:
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-            directory.chmod(0o755)  # mkdir's mode is masked by the umask
+            directory.mkdir(mode=MODE, parents=True, exist_ok=True)
+            directory.chmod(MODE)  # mkdir's mode is masked by the umask
         except OSError as exc:
             raise ClusterError(f"cannot create the media directory {directory} "
                                f"({exc.strerror or exc})") from None
@@ -73,6 +85,25 @@ class LocalFilesProvider:
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         directory = _instance_dir(cluster, names)
         return directory.exists() or directory.is_symlink()
+
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The directory: there, a directory (not a symlink), mode 0755."""
+        directory = _instance_dir(cluster, names)
+        try:
+            found = directory.lstat()
+        except FileNotFoundError:
+            return Observation(False, (lost(f"directory {directory}"),))
+        except OSError as exc:
+            raise ClusterError(f"cannot look at the media directory {directory} "
+                               f"({exc.strerror or exc})") from None
+        if not stat.S_ISDIR(found.st_mode):
+            return Observation(True, (f"{directory} is not a directory (a symlink or a file): "
+                                      "Tether does not touch it",))
+        mode = stat.S_IMODE(found.st_mode)
+        if mode != MODE:
+            return Observation(True, (f"directory {directory} has mode {mode:04o}, not "
+                                      f"{MODE:04o}",))
+        return Observation(True)
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         directory = _instance_dir(cluster, names)

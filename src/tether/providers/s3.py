@@ -44,6 +44,14 @@ So a new bucket allows ACLs (object ownership `BucketOwnerPreferred`) and has it
 access block removed, where the server supports those calls (an account-wide AWS block still
 wins: lift it for media accounts).
 
+Drift (`observe`) and its repair (`provision` again): a missing bucket or IAM user is made again,
+the user's policy put back, other inline policies deleted and attached ones detached, its keys
+brought back to exactly one. What cannot be repaired: a bucket deleted by hand comes back EMPTY
+(its files are lost); a deleted user, or a key deleted or replaced by hand, cannot be brought
+back: the repair makes a NEW key, so the credentials change and the application needs a
+deployment to get them; a bucket of that name owned by someone else is not taken over. The public
+media settings (ownership controls, public access block) are not observed.
+
 The DSN, `s3://KEY:SECRET@BUCKET.ENDPOINT-HOST/?auth=s3v4&domain=CDN-HOST` (plus
 `addressing_style=path` and `region_name=` off AWS), is what `django-storage-url` reads. That
 library (0.12) always speaks HTTPS on port 443 to the ENDPOINT-HOST (it drops a port), and
@@ -55,6 +63,7 @@ applications the endpoint must be HTTPS on 443 with a host name of at most three
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -73,7 +82,9 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     ConnectionError,
+    ProxyConnectionError,
     ReadTimeoutError,
     SSLError,
 )
@@ -83,8 +94,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tether import naming
-from tether.errors import ClusterError
-from tether.providers.base import ClusterSpec, Credentials, ResourceNames
+from tether.errors import ClusterError, TransientError
+from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.common import cluster_error, is_final, rewrap
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.s3")
@@ -111,6 +123,11 @@ _FALSE = {"0", "false", "no", "off"}
 #: answers that mean "this server does not do that" rather than "you may not"
 _UNSUPPORTED = {"NotImplemented", "MethodNotAllowed", "InvalidRequest", "UnsupportedOperation",
                 "XNotImplemented", "501", "405"}
+#: answers that mean the admin's own key is wrong
+_BAD_ADMIN_KEY = {"InvalidAccessKeyId", "InvalidClientTokenId", "SignatureDoesNotMatch"}
+#: answers that mean "busy or failing for a moment": retrying may well work
+_BUSY = {"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "Throttling",
+         "ThrottlingException", "RequestLimitExceeded", "ServiceFailure"}
 
 
 def _is_aws(host: str) -> bool:
@@ -287,37 +304,61 @@ def _detail(exc: BaseException, secrets: Iterable[str | None]) -> str:
     return redact(first, secrets)
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether a boto3 failure may pass: the endpoint unreachable for now, a connection cut or
+    timed out, the server busy or failing for a moment (5xx, SlowDown...)."""
+    if isinstance(exc, (SSLError, ProxyConnectionError)):
+        return False
+    if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
+        return True
+    if isinstance(exc, ConnectionError):
+        return not is_final(exc)
+    if isinstance(exc, ClientError):
+        return _code(exc) in _BUSY or _status(exc) in (500, 502, 503, 504)
+    return False
+
+
+def _classified(exc: BaseException, message: str) -> ClusterError:
+    return cluster_error(message, _transient(exc))
+
+
 def _error(exc: BaseException, target: _Target, doing: str,
            secrets: Iterable[str | None] = ()) -> ClusterError:
-    """A boto3 failure as a message that says what to fix (and holds no secret)."""
+    """A boto3 failure as a message that says what to fix (and holds no secret); a
+    `TransientError` when it may pass."""
+    return _classified(exc, _error_message(exc, target, doing, secrets))
+
+
+def _error_message(exc: BaseException, target: _Target, doing: str,
+                   secrets: Iterable[str | None]) -> str:
     hidden = (*target.secrets, *secrets)
     detail = _detail(exc, hidden)
     if isinstance(exc, SSLError):
-        return ClusterError(f"TLS failed talking to S3 at {target.where} while {doing}: check the "
-                            "endpoint_scheme setting (http or https) and the server's "
-                            f"certificate ({detail})")
+        return (f"TLS failed talking to S3 at {target.where} while {doing}: check the "
+                "endpoint_scheme setting (http or https) and the server's "
+                f"certificate ({detail})")
     if isinstance(exc, ReadTimeoutError):
-        return ClusterError(f"S3 at {target.where} did not answer in time while {doing}: retry, "
-                            "or check the server's health")
+        return (f"S3 at {target.where} did not answer in time while {doing}: retry, "
+                "or check the server's health")
     if isinstance(exc, ConnectionError):
-        return ClusterError(f"cannot reach S3 at {target.where} while {doing}: check that the "
-                            "server runs and that the host, port and endpoint_scheme setting "
-                            f"are right ({detail})")
+        return (f"cannot reach S3 at {target.where} while {doing}: check that the "
+                "server runs and that the host, port and endpoint_scheme setting "
+                f"are right ({detail})")
     if isinstance(exc, ClientError):
         code, status = _code(exc), _status(exc)
         if code in ("InvalidAccessKeyId", "InvalidClientTokenId"):
-            return ClusterError(f"S3 at {target.where} does not know the access key in the "
-                                "cluster URL: fix the admin's access key ID")
+            return (f"S3 at {target.where} does not know the access key in the "
+                    "cluster URL: fix the admin's access key ID")
         if code == "SignatureDoesNotMatch":
-            return ClusterError(f"S3 at {target.where} refused the secret key in the cluster "
-                                "URL: fix the admin's secret key (URL-encoded: / as %2F, "
-                                "+ as %2B), and the region setting")
+            return (f"S3 at {target.where} refused the secret key in the cluster "
+                    "URL: fix the admin's secret key (URL-encoded: / as %2F, "
+                    "+ as %2B), and the region setting")
         if code in ("AccessDenied", "AccessDeniedException", "Forbidden", "403") or status == 403:
-            return ClusterError(f"S3 at {target.where} refused {doing} to the admin key: give the "
-                                "key the rights it lacks, or use an admin key ({detail})")
-        return ClusterError(f"{doing} on S3 at {target.where} failed"
-                            f"{f' ({status} {code})' if status else ''}: {detail}")
-    return ClusterError(f"{doing} on S3 at {target.where} failed: {detail}")
+            return (f"S3 at {target.where} refused {doing} to the admin key: give the "
+                    "key the rights it lacks, or use an admin key ({detail})")
+        return (f"{doing} on S3 at {target.where} failed"
+                f"{f' ({status} {code})' if status else ''}: {detail}")
+    return f"{doing} on S3 at {target.where} failed: {detail}"
 
 
 def _iam_error(exc: BaseException, target: _Target) -> ClusterError:
@@ -333,7 +374,7 @@ def _iam_error(exc: BaseException, target: _Target) -> ClusterError:
                   "CreateAccessKey, DeleteAccessKey, ListAccessKeys, TagUser, ListUserTags)")
     else:
         reason = f"the IAM API at {where} failed"
-    return ClusterError(f"{reason}: fix the iam_endpoint setting or the key's rights, or set "
+    return _classified(exc, f"{reason}: fix the iam_endpoint setting or the key's rights, or set "
                         "iam=false to give every instance the admin key (not least-privilege) "
                         f"({_detail(exc, target.secrets)})")
 
@@ -432,6 +473,8 @@ class S3Provider:
         except ClientError as exc:
             if _missing(exc):
                 return "missing"
+            if _code(exc) in _BAD_ADMIN_KEY:
+                raise  # the admin's key is wrong: no bucket's owner can be told
             if not _unsupported(exc):
                 if _status(exc) == 403:
                     return "foreign"  # AWS: another account's bucket
@@ -500,18 +543,54 @@ class S3Provider:
         return next((t.get("Value") for t in tags if t.get("Key") == SEALED_KEY_TAG), None)
 
     @staticmethod
-    def _ensure_user(iam: Any, user: str) -> None:
+    def _ensure_user(iam: Any, user: str) -> bool:
+        """Make the IAM user (True), or find it there (False)."""
         try:
             iam.create_user(UserName=user)
         except ClientError as exc:
             if _code(exc) != "EntityAlreadyExists":
                 raise
+            return False
+        return True
 
-    def _converge_key(self, iam: Any, user: str, bucket: str, secret: str) -> tuple[str, str]:
-        """The user's policy, and exactly one access key: the sealed one when it still opens
-        with `secret`, else a fresh one (sealed for the next call)."""
-        iam.put_user_policy(UserName=user, PolicyName=POLICY_NAME,
+    @staticmethod
+    def _policies(iam: Any, user: str) -> tuple[Any, list[str], list[str]]:
+        """The user's own policy document (None when missing), its other inline policies, and
+        the ARNs of the policies attached to it (where the server has attached policies)."""
+        try:
+            document = iam.get_user_policy(UserName=user, PolicyName=POLICY_NAME).get(
+                "PolicyDocument")
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            document = None
+        if isinstance(document, str):  # URL-encoded JSON, where botocore does not decode it
+            with contextlib.suppress(ValueError):
+                document = json.loads(unquote(document))
+        others = [str(name) for name in iam.list_user_policies(UserName=user).get(
+            "PolicyNames", []) if name != POLICY_NAME]
+        try:
+            attached = [str(p["PolicyArn"]) for p in iam.list_attached_user_policies(
+                UserName=user).get("AttachedPolicies", [])]
+        except ClientError as exc:
+            if not (_unsupported(exc) or _status(exc) == 404):
+                raise
+            attached = []
+        return document, others, attached
+
+    def _converge_policies(self, iam: Any, bucket: str) -> None:
+        """The user's policy reaches its bucket, and no other policy gives it more."""
+        iam.put_user_policy(UserName=bucket, PolicyName=POLICY_NAME,
                             PolicyDocument=json.dumps(bucket_policy(bucket)))
+        _, others, attached = self._policies(iam, bucket)
+        for name in others:
+            iam.delete_user_policy(UserName=bucket, PolicyName=name)
+        for arn in attached:
+            iam.detach_user_policy(UserName=bucket, PolicyArn=arn)
+
+    def _converge_key(self, iam: Any, user: str, secret: str) -> tuple[str, str]:
+        """Exactly one access key: the sealed one when it still opens with `secret`, else a
+        fresh one (sealed for the next call)."""
         keys = iam.list_access_keys(UserName=user).get("AccessKeyMetadata", [])
         if len(keys) == 1 and keys[0].get("Status", "Active") == "Active":
             key_id = str(keys[0]["AccessKeyId"])
@@ -545,10 +624,10 @@ class S3Provider:
                 return
             except ClientError as exc:
                 if _status(exc) not in (400, 401, 403) or time.monotonic() > deadline:
-                    raise ClusterError(
+                    raise _classified(exc, (
                         f"the new access key of {bucket} does not reach its bucket on S3 at "
                         f"{target.where} ({_status(exc)} {_code(exc)}): check that the server "
-                        "enforces IAM policies for its own IAM users") from None
+                        "enforces IAM policies for its own IAM users")) from None
             time.sleep(0.5)
 
     @staticmethod
@@ -662,7 +741,7 @@ class S3Provider:
         bucket = target.bucket(names)
         hidden = (secret, *target.secrets)
         s3 = self._client(target, "s3")
-        made_bucket = user_there = on_iam = False
+        made_bucket = made_user = on_iam = False
         key_id, secret_key = target.access_key, target.secret_key
         try:
             made_bucket = self._create_bucket(s3, target, bucket)
@@ -670,30 +749,33 @@ class S3Provider:
             if target.iam:
                 on_iam = True
                 iam = self._client(target, "iam")
-                self._ensure_user(iam, bucket)
-                user_there = True
-                key_id, secret_key = self._converge_key(iam, bucket, bucket, secret)
+                made_user = self._ensure_user(iam, bucket)
+                self._converge_policies(iam, bucket)
+                key_id, secret_key = self._converge_key(iam, bucket, secret)
                 on_iam = False
                 self._wait_until_usable(target, bucket, key_id, secret_key)
         except (BotoCoreError, ClientError, ClusterError) as exc:
             if isinstance(exc, ClusterError):
-                failure = exc.message
+                error = exc
             elif on_iam and not (isinstance(exc, ClientError) and _status(exc) not in (
                     403, 404, 405, 501)):
-                failure = _iam_error(exc, target).message
+                error = _iam_error(exc, target)
             else:
                 doing = (f"setting up the IAM user {bucket}" if on_iam
                          else f"creating the bucket {bucket}")
-                failure = _error(exc, target, doing, hidden).message
-            if made_bucket:  # a fresh resource set: remove what exists of it (rule 5)
+                error = _error(exc, target, doing, hidden)
+            failure = error.message
+            if not isinstance(error, TransientError) and (made_bucket or made_user):
+                # what this call made, and nothing else (rule 5; a repair keeps the rest)
                 try:
-                    self._remove_bucket(s3, target, bucket)
-                    if user_there:
+                    if made_bucket:
+                        self._remove_bucket(s3, target, bucket)
+                    if made_user:
                         self._delete_user(self._client(target, "iam"), bucket)
                 except Exception as cleanup_exc:  # recorded; a retry converges
                     failure += f" (clean-up also failed: {_detail(cleanup_exc, hidden)})"
-            raise ClusterError(f"provisioning {bucket} on S3 at {target.where} failed: "
-                               f"{redact(failure, hidden)}") from None
+            raise rewrap(error, f"provisioning {bucket} on S3 at {target.where} failed: "
+                                f"{redact(failure, hidden)}") from None
         return Credentials({
             "bucket": bucket, "access_key_id": key_id, "secret_access_key": secret_key,
             "endpoint": target.app_host, "endpoint_url": target.app_endpoint,
@@ -722,6 +804,65 @@ class S3Provider:
             raise _iam_error(exc, target) from None
         return True
 
+    def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
+        """The bucket (there, the admin's); with `iam`, the user (there), its policy (the one
+        reaching its bucket, and no other) and its key (exactly one, active, the one Tether
+        made and sealed)."""
+        target = _Target.parse(cluster)
+        bucket = target.bucket(names)
+        differences: list[str] = []
+        try:
+            state = self._bucket_state(self._client(target, "s3"), bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise _error(exc, target, f"looking up the bucket {bucket}") from None
+        if state == "missing":
+            differences.append(lost(f"bucket {bucket}"))
+        elif state == "foreign":
+            differences.append(f"bucket {bucket} belongs to someone else: Tether does not take "
+                               "it over")
+        user_there = False
+        if target.iam:
+            try:
+                user_there = self._observe_user(self._client(target, "iam"), bucket, differences)
+            except (BotoCoreError, ClientError) as exc:
+                raise _iam_error(exc, target) from None
+        return Observation(exists=state == "ours" or user_there,
+                           differences=tuple(differences))
+
+    def _observe_user(self, iam: Any, user: str, differences: list[str]) -> bool:
+        """Add what differs of the IAM user to `differences`; whether the user is there."""
+        try:
+            iam.get_user(UserName=user)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            differences.append(f"IAM user {user} is missing (the application's key went with "
+                               "it: a repair makes a new one)")
+            return False
+        document, others, attached = self._policies(iam, user)
+        if document is None:
+            differences.append(f"IAM user {user} has no policy {POLICY_NAME}: its key reaches "
+                               "nothing")
+        elif document != bucket_policy(user):
+            differences.append(f"the policy {POLICY_NAME} of IAM user {user} is not the one "
+                               "that reaches its bucket alone")
+        differences += [f"IAM user {user} has another policy {name}" for name in others]
+        differences += [f"IAM user {user} has the attached policy {arn}" for arn in attached]
+        keys = iam.list_access_keys(UserName=user).get("AccessKeyMetadata", [])
+        if not keys:
+            differences.append(f"IAM user {user} has no access key (a repair makes a new one)")
+        elif len(keys) > 1:
+            differences.append(f"IAM user {user} has {len(keys)} access keys, not one")
+        else:
+            key_id = str(keys[0]["AccessKeyId"])
+            if keys[0].get("Status", "Active") != "Active":
+                differences.append(f"the access key {key_id} of IAM user {user} is inactive")
+            sealed = self._sealed_tag(iam, user)
+            if sealed is not None and sealed.partition(":")[0] != key_id:
+                differences.append(f"the access key {key_id} of IAM user {user} is not the one "
+                                   "Tether made (a repair makes a new one)")
+        return True
+
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Delete every object (and version), the bucket, then the IAM user's keys, policy and
         the user. A bucket of that name owned by someone else is left alone."""
@@ -735,8 +876,9 @@ class S3Provider:
             try:
                 self._delete_user(self._client(target, "iam"), bucket)
             except (BotoCoreError, ClientError) as exc:
-                raise ClusterError(f"deleting the IAM user {bucket} failed: "
-                                   f"{_iam_error(exc, target).message}") from None
+                error = _iam_error(exc, target)
+                raise rewrap(error, f"deleting the IAM user {bucket} failed: {error.message}"
+                             ) from None
 
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         """`{P}_STORAGE_DSN` (see `storage_dsn`)."""

@@ -19,14 +19,25 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from sqlalchemy import select
 
 from tests.conftest import world_traversable_tmpdir
+from tests.integration.provider_contract import (
+    check_final,
+    check_observe_follows_provision,
+    check_unreachable_is_transient,
+)
 from tests.integration.s3.conftest import S3Server
+from tests.plane import plane as make_plane
+from tests.plane import wait_op
+from tether.actions import projects, services
+from tether.engine.reconcile import Reconciler
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
 from tether.providers.local_files import LocalFilesProvider
-from tether.providers.s3 import SEALED_KEY_TAG, S3Provider
+from tether.providers.s3 import POLICY_NAME, SEALED_KEY_TAG, S3Provider
+from tether.store.models import AuditEntry, Instance
 
 pytestmark = pytest.mark.integration
 
@@ -412,6 +423,135 @@ def test_name_prefix_goes_before_bucket_and_user(
     finally:
         PROVIDER.deprovision(prefixed, names)
     assert not bucket_exists(s3_server, bucket) and not user_exists(s3_server, bucket)
+
+
+# -- drift: observe, repair by provisioning again --------------------------------------------------
+
+
+def provisioned(cluster: ClusterSpec, names: ResourceNames
+                ) -> tuple[ResourceNames, str, Credentials, str]:
+    """Provision `names`: (names, the secret, the credentials, the bucket)."""
+    secret = secrets.token_urlsafe(24)
+    creds = PROVIDER.provision(cluster, names, secret)
+    return names, secret, creds, str(creds.values["bucket"])
+
+
+def test_observe_is_in_sync_after_provision_and_absent_after_deprovision(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    check_observe_follows_provision(PROVIDER, cluster, make_names("s"))
+
+
+def test_a_deleted_user_policy_is_found_and_put_back(
+        s3_server: S3Server, cluster: ClusterSpec,
+        make_names: Callable[[str], ResourceNames]) -> None:
+    names, secret, creds, bucket = provisioned(cluster, make_names("y"))
+    s3_server.client("iam").delete_user_policy(UserName=bucket, PolicyName=POLICY_NAME)
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"IAM user {bucket} has no policy {POLICY_NAME}: its key reaches nothing",)
+    assert PROVIDER.provision(cluster, names, secret) == creds  # the same key
+    assert PROVIDER.observe(cluster, names).in_sync
+    own_client(s3_server, creds).put_object(Bucket=bucket, Key="k", Body=b"v")
+
+
+def test_extra_policies_and_keys_are_removed(
+        s3_server: S3Server, cluster: ClusterSpec,
+        make_names: Callable[[str], ResourceNames]) -> None:
+    names, secret, creds, bucket = provisioned(cluster, make_names("z"))
+    iam = s3_server.client("iam")
+    iam.put_user_policy(UserName=bucket, PolicyName="everything", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                                                "Resource": ["arn:aws:s3:::*"]}]}))
+    iam.create_access_key(UserName=bucket)
+    assert set(PROVIDER.observe(cluster, names).differences) == {
+        f"IAM user {bucket} has another policy everything",
+        f"IAM user {bucket} has 2 access keys, not one"}
+    again = PROVIDER.provision(cluster, names, secret)
+    assert PROVIDER.observe(cluster, names).in_sync
+    assert iam.list_user_policies(UserName=bucket)["PolicyNames"] == [POLICY_NAME]
+    # which key was the application's cannot be told any more: one new key, new credentials
+    assert access_keys(s3_server, bucket) == [again.values["access_key_id"]]
+    assert again.values["access_key_id"] != creds.values["access_key_id"]
+    own_client(s3_server, again).put_object(Bucket=bucket, Key="k", Body=b"v")
+
+
+def test_a_deleted_user_or_bucket_is_made_again(
+        s3_server: S3Server, cluster: ClusterSpec,
+        make_names: Callable[[str], ResourceNames]) -> None:
+    names, secret, creds, bucket = provisioned(cluster, make_names("u"))
+    own_client(s3_server, creds).put_object(Bucket=bucket, Key="kept", Body=b"v")
+    iam = s3_server.client("iam")
+    for key in access_keys(s3_server, bucket):
+        iam.delete_access_key(UserName=bucket, AccessKeyId=key)
+    iam.delete_user_policy(UserName=bucket, PolicyName=POLICY_NAME)
+    iam.delete_user(UserName=bucket)
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists and seen.differences == (
+        f"IAM user {bucket} is missing (the application's key went with it: a repair makes a "
+        "new one)",)
+    again = PROVIDER.provision(cluster, names, secret)
+    assert PROVIDER.observe(cluster, names).in_sync
+    assert again.values["access_key_id"] != creds.values["access_key_id"]
+    assert own_client(s3_server, again).get_object(Bucket=bucket, Key="kept")["Body"].read() \
+        == b"v"
+    # the bucket deleted by hand comes back empty, the key unchanged
+    admin = s3_server.client()
+    admin.delete_object(Bucket=bucket, Key="kept")
+    admin.delete_bucket(Bucket=bucket)
+    assert PROVIDER.observe(cluster, names).differences == (
+        f"bucket {bucket} is missing: its data is lost (a repair makes it again, EMPTY)",)
+    assert PROVIDER.provision(cluster, names, secret) == again
+    assert PROVIDER.observe(cluster, names).in_sync
+    assert "Contents" not in own_client(s3_server, again).list_objects_v2(Bucket=bucket)
+
+
+def test_the_reconciler_stores_the_new_key_a_repair_made(
+        s3_server: S3Server, tmp_path: Path, unique_id: str) -> None:
+    with make_plane(tmp_path, "s3", "eu-aws", s3_server.url, "seaweed",
+                    settings={"endpoint_scheme": "http"}) as (ctx, _engine):
+        name = f"s3r{unique_id}"
+        projects.create_project(ctx, name, region="eu-aws")
+        added = services.add(ctx, name, "test", "s3-media", "MEDIA", provision=True)
+        assert wait_op(ctx, added["operation"]["id"])["status"] == "succeeded"
+        try:
+            with ctx.store.session() as s:
+                old = Credentials(ctx.box.open(s.get(Instance, added["id"]).credentials_enc))
+            bucket = str(old.values["bucket"])
+            s3_server.client("iam").delete_access_key(
+                UserName=bucket, AccessKeyId=str(old.values["access_key_id"]))
+            report = Reconciler(ctx.store, ctx.box, ctx.data_dir).run_once()
+            assert added["id"] in report.repaired
+            with ctx.store.session() as s:
+                new = Credentials(ctx.box.open(s.get(Instance, added["id"]).credentials_enc))
+                details = [a.detail for a in s.scalars(select(AuditEntry).where(
+                    AuditEntry.instance_id == added["id"], AuditEntry.actor == "reconciler"))]
+            assert new.values["access_key_id"] != old.values["access_key_id"]
+            own_client(s3_server, new).put_object(Bucket=bucket, Key="k", Body=b"v")
+            assert details[0] == (f"IAM user {bucket} has no access key (a repair makes a new "
+                                  "one)")
+            assert "deploy the environment to give them to the application" in str(details[1])
+            assert str(new.values["secret_access_key"]) not in str(details)
+        finally:
+            removed = services.remove(ctx, name, "test", "MEDIA", "MEDIA")
+            assert wait_op(ctx, removed["operation"]["id"])["status"] == "succeeded"
+
+
+# -- errors that may pass, and final ones ----------------------------------------------------------
+
+
+def test_an_endpoint_where_nothing_listens_is_a_transient_error(
+        s3_server: S3Server, make_names: Callable[[str], ResourceNames]) -> None:
+    url = (f"s3://{s3_server.access_key}:{quote(s3_server.secret_key, safe='')}@127.0.0.1:"
+           f"{free_port()}/")
+    check_unreachable_is_transient(PROVIDER, spec(url), make_names("t"),
+                                   "cannot reach S3 at http://127.0.0.1:", s3_server.secret_key)
+
+
+def test_a_wrong_secret_is_a_final_error(s3_server: S3Server,
+                                         make_names: Callable[[str], ResourceNames]) -> None:
+    url = (f"s3://{s3_server.access_key}:Wr0ng-{secrets.token_hex(8)}@"
+           f"{urlsplit(s3_server.endpoint).netloc}/")
+    check_final(lambda: PROVIDER.provision(spec(url), make_names("v"), secrets.token_urlsafe(24)),
+                "refused the secret key")
 
 
 # -- the real client: django-storage-url ----------------------------------------------------------

@@ -1,5 +1,6 @@
 """The local process runtime with real processes: health checks, failed starts, the stable
-address switching with zero failed requests, draining, and clean shutdown."""
+address switching with zero failed requests, draining, clean shutdown; the app's output in a
+private, rotated, redacted log file; a release that outlives its runtime, adopted by the next."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,15 @@ import pytest
 
 from tether.errors import UserError
 from tether.net import free_port
-from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec, RunningRelease
+from tether.runtime import logs
+from tether.runtime.process import (
+    ProcessRuntime,
+    ReleaseFailed,
+    ReleaseSpec,
+    RunningRelease,
+    kill_process_group,
+    process_start_token,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +46,9 @@ TINY_APP = textwrap.dedent(
         def do_GET(self):
             if self.path == "/health":
                 code, text = int(os.environ.get("HEALTH", "200")), "health"
+            elif self.path.startswith("/say/"):
+                print(self.path[len("/say/"):], flush=True)
+                code, text = 200, "said"
             elif self.path == "/slow":
                 time.sleep(1)
                 code, text = 200, "slow " + os.environ["VERSION"]
@@ -64,6 +77,8 @@ TINY_APP = textwrap.dedent(
         print("starting version", os.environ["VERSION"])
         print("boom: missing configuration", file=sys.stderr)
         sys.exit(int(os.environ["EXIT_AT_START"]))
+    for n in range(int(os.environ.get("PRINT_LINES", "0"))):
+        print(f"line {n:05d} token={os.environ.get('TOKEN', '-')} " + "x" * 60)
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
     server.daemon_threads = True
     server.request_queue_size = 64
@@ -172,7 +187,7 @@ def test_hello_app_serves_at_the_stable_address(runtime: ProcessRuntime) -> None
         command=f"{shlex.quote(sys.executable)} {shlex.quote(str(HELLO))}",
         env={"STAGE": "test", "REQUIRED_VARIABLES": "STAGE"},
         health_path="/health",
-        log=lines.append,
+        log=lines.extend,
     )
     release = runtime.start(spec)
     assert release.pid > 0 and release.port > 0
@@ -205,7 +220,7 @@ def test_failed_starts_keep_the_previous_release_serving(
 
     lines: list[str] = []
     crashing = tiny_spec(tiny, 2, EXIT_AT_START="3")
-    crashing.log = lines.append
+    crashing.log = lines.extend
     with pytest.raises(ReleaseFailed, match="exited with code 3 before becoming healthy"):
         runtime.start(crashing)
     assert "starting version 2" in lines
@@ -342,3 +357,140 @@ def test_shutdown_leaves_no_process_behind(tmp_path: Path, tiny: str) -> None:
     assert not alive(child)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, trust_env=False)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_output_goes_to_a_private_rotated_log_file_with_secrets_masked(
+    runtime: ProcessRuntime, tiny: str, tmp_path: Path
+) -> None:
+    path = logs.release_log_path(tmp_path / "data", "shop/test", 1)
+    assert path == tmp_path / "data" / "logs" / "shop" / "test" / "release-1.log"
+    token = "s3cr3t-t0ken-value"
+    spec = tiny_spec(tiny, 1, PRINT_LINES="3000", TOKEN=token)
+    spec.log_path, spec.log_max_bytes, spec.log_backups = path, 40_000, 2
+    spec.secrets = [token]
+    started: list[str] = []
+    spec.log = started.extend
+    release = runtime.start(spec)
+    assert release.log_path == path
+    # the lines printed while starting reached the deployment log's sink, masked
+    assert started and all(token not in line for line in started)
+    # the app printed ~300 kB while nobody read its output after the start: all drained,
+    # rotated at 40 kB, two rotated files kept
+    wait_until(lambda: logs.tail_text(path, 1) == [f"tiny app 1 on {release.port}"])
+    files = logs.log_files(path)
+    assert [f.name for f in files] == ["release-1.log.2", "release-1.log.1", "release-1.log"]
+    for f in files:
+        assert f.stat().st_size <= 40_000
+        assert oct(f.stat().st_mode & 0o777) == "0o600"
+        text = f.read_text()
+        assert token not in text and "token=*** " in text
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert not (path.parent / "release-1.log.3").exists()
+
+    tail = logs.read_tail(path, 6)
+    assert [e.line.split()[1] for e in tail.lines[:5]] == [f"{n:05d}" for n in range(2995, 3000)]
+    assert all(e.at and e.at.endswith("Z") for e in tail.lines)
+    # a reader following the output keeps its place across a rotation
+    runtime.switch("shop/test", release)
+    url = runtime.ensure_address("shop/test", free_port())
+    position = tail.position
+    assert httpx.get(url + "/say/after-the-tail", trust_env=False).text == "said"
+    wait_until(lambda: bool(logs.read_after(path, position).lines))
+    chunk = logs.read_after(path, position)
+    assert [e.line for e in chunk.lines] == ["after-the-tail"] and not chunk.missed
+    # lines rotated away before they were read are reported as missed
+    oldest = logs.read_after(path, None, limit=1)
+    assert oldest.position is not None
+    for n in range(40):
+        httpx.get(url + f"/say/{n:03d}-{'y' * 1500}", trust_env=False)
+    wait_until(lambda: any("039-" in line for line in logs.tail_text(path, 1)))
+    assert logs.read_after(path, oldest.position).missed
+
+
+def test_output_is_drained_while_nobody_reads_it(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    """An app printing far more than a pipe holds is never blocked by its output."""
+    app = tmp_path / "chatty.py"
+    app.write_text(textwrap.dedent(
+        """
+        import os, sys
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        for n in range(20000):
+            print("chatter", n, "z" * 100)
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            def log_message(self, *args):
+                pass
+        HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+        """))
+    spec = ReleaseSpec(1, "shop/test", f"{shlex.quote(sys.executable)} {shlex.quote(str(app))}",
+                       {}, health_timeout=20, log_path=tmp_path / "chatty.log")
+    release = runtime.start(spec)  # healthy only once all 2 MB were printed
+    wait_until(lambda: logs.tail_text(release.log_path, 1) == ["chatter 19999 " + "z" * 100])
+
+
+def test_a_release_outlives_its_runtime_and_is_adopted_by_the_next(
+    tiny: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    first = ProcessRuntime()
+    first.ensure_address("shop/test", port)
+    spec = tiny_spec(tiny, 5)
+    spec.log_path = tmp_path / "release-5.log"
+    release = first.start(spec)
+    first.switch("shop/test", release)
+    assert first.abandon() == [release]  # as a crash: the address goes, the app stays
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/", trust_env=False)
+    assert alive(release.pid) and release.pid_start == process_start_token(release.pid)
+
+    second = ProcessRuntime()
+    try:
+        url = second.ensure_address("shop/test", port)
+        adopted = second.adopt(5, "shop/test", release.pid, release.pid_start, release.port,
+                               spec.log_path)
+        assert adopted is not None and adopted.adopted and adopted.running
+        second.switch("shop/test", adopted)
+        assert httpx.get(url, trust_env=False).text == "version 5"
+        # its output still reaches its log file, with nobody from the first runtime left
+        assert httpx.get(url + "/say/still-logging", trust_env=False).text == "said"
+        wait_until(lambda: logs.tail_text(spec.log_path, 1) == ["still-logging"])
+        second.stop(adopted)
+        assert gone(release.pid)
+        assert adopted.exit_reason() == "it was stopped"
+    finally:
+        second.shutdown()
+
+
+def test_a_pid_that_is_not_the_release_is_neither_adopted_nor_killed(
+    runtime: ProcessRuntime,
+) -> None:
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        token = process_start_token(other.pid)
+        assert token is not None
+        wrong = str(int(token) + 1)  # the same pid, started at another time: another process
+        assert runtime.adopt(1, "shop/test", other.pid, wrong, free_port(), None) is None
+        assert not kill_process_group(other.pid, wrong, grace=0.1)
+        assert runtime.releases() == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+    assert process_start_token(other.pid) is None  # ended: nothing to adopt
+
+
+def test_nothing_starts_once_the_runtime_is_shut_down(tiny: str) -> None:
+    runtime = ProcessRuntime()
+    runtime.shutdown()
+    with pytest.raises(ReleaseFailed, match="stopping"):
+        runtime.start(tiny_spec(tiny, 1))

@@ -1,6 +1,9 @@
-"""Deployments: ask for one (the engine runs it), follow it, list them."""
+"""Deployments: ask for one (the engine runs it), follow it, list them; and the output of the
+release an environment runs (`tether logs`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,8 +17,12 @@ from tether.actions.common import (
     operation_view,
     queue_operation,
 )
-from tether.errors import NotFound
-from tether.store.models import Deployment, DeploymentLog, Environment, Operation
+from tether.errors import NotFound, UserError
+from tether.runtime import logs
+from tether.store.models import Deployment, DeploymentLog, Environment, Operation, Release
+
+#: most lines one call returns
+MAX_LOG_LINES = 10000
 
 
 def deployment_view(s: Session, d: Deployment, logs_after: int | None = None
@@ -81,3 +88,60 @@ def get_operation(ctx: Context, operation_id: int) -> dict[str, object]:
         if op is None:
             raise NotFound(f"no operation {operation_id}")
         return operation_view(op)
+
+
+def _parse_cursor(after: str) -> tuple[int, logs.Position | None]:
+    """A cursor is `RELEASE.INODE.HEAD.OFFSET` (see `logs.Position`), as `app_logs` returned
+    it."""
+    release, _, position = after.partition(".")
+    try:
+        return int(release), logs.Position.parse(position)
+    except ValueError:
+        raise UserError(f"invalid log cursor {after!r}: pass the `cursor` a previous call "
+                        "returned, or leave it out") from None
+
+
+def app_logs(ctx: Context, project: str | None, env_name: str, lines: int = 100,
+             after: str | None = None) -> dict[str, object]:
+    """The output of the environment's running release, from its log files: the last `lines`
+    lines, or (with `after`, a cursor from a previous answer) the lines written since, at most
+    `MAX_LOG_LINES` at a time. After a deploy, a cursor of the previous release continues with
+    the new release's output from its start. `missed` says that lines were rotated away before
+    they were read."""
+    if not 0 <= lines <= MAX_LOG_LINES:
+        raise UserError(f"lines must be between 0 and {MAX_LOG_LINES}")
+    with ctx.store.session() as s:
+        env = get_environment(s, get_project(s, project), env_name)
+        key = f"{env.project.name}/{env.name}"
+        release = s.get(Release, env.current_release_id) if env.current_release_id else None
+        release_id = release.id if release else None
+        path = Path(release.log_path) if release and release.log_path else None
+        view: dict[str, object] = {
+            "project": env.project.name, "environment": env.name, "release_id": release_id,
+            "release_status": release.status if release else None,
+            "node_id": release.node_id if release else None,
+        }
+    cursor_release, position = _parse_cursor(after) if after else (None, None)
+    chunk = logs.Chunk([], None)
+    note = None
+    if release_id is None:
+        note = f"no release of {key} runs yet: deploy it with `tether deploy {env_name}`"
+    elif path is None:
+        note = f"release {release_id} of {key} has no log file (it runs no application)"
+    elif not any(p.exists() for p in logs.log_files(path)):
+        where = f" (it runs on node {view['node_id']})" if view["node_id"] else ""
+        note = f"the log of release {release_id} of {key} is not on this node{where}"
+    elif after is None:
+        chunk = logs.read_tail(path, lines)
+    else:
+        same = cursor_release == release_id
+        chunk = logs.read_after(path, position if same else None, MAX_LOG_LINES)
+    if chunk.position is None and cursor_release == release_id:
+        chunk.position = position
+    view["lines"] = [entry.as_dict() for entry in chunk.lines]
+    view["cursor"] = f"{release_id or 0}." + (chunk.position.token() if chunk.position
+                                               else "0.0.0")
+    view["missed"] = chunk.missed
+    if note:
+        view["note"] = note
+    return view

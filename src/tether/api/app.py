@@ -195,6 +195,22 @@ def create_app(base: Context, media_dir: Path | None = None,
                                limit: int = 20) -> list[dict[str, Any]]:
         return await call(deployments.list_deployments, ctx, project, env, limit)
 
+    @api.get(env_path + "/logs", tags=["deployments"])
+    async def app_logs(ctx: Ctx, project: str, env: str,
+                       lines: Annotated[int, Query(ge=0, le=deployments.MAX_LOG_LINES)] = 100,
+                       after: str | None = None,
+                       wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
+        """The running release's output: the last `lines` lines, or with `after` (the `cursor`
+        of a previous answer) the lines since; with `wait`, answer as soon as there are new
+        lines (at most `wait` s): `tether logs --follow` long-polls this way."""
+        deadline = time.monotonic() + wait
+        while True:
+            answer = await call(deployments.app_logs, ctx, project, env, lines, after)
+            left = deadline - time.monotonic()
+            if after is None or answer["lines"] or answer["cursor"] != after or left <= 0:
+                return answer
+            await asyncio.sleep(min(left, 0.2))
+
     @api.get("/deployments/{deployment_id}", tags=["deployments"])
     async def get_deployment(ctx: Ctx, deployment_id: int,
                              logs_after: int = 0) -> dict[str, Any]:

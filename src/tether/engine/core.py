@@ -39,7 +39,7 @@ class Engine:
 
     def start(self) -> None:
         self.private_servers.start()
-        self.releases.restore()
+        self.releases.restore_in_background()
         self.worker.start()
         self.provisioning.recover_stranded()
 

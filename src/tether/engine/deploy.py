@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from tether import lifecycle, naming
 from tether.engine.parts import EngineParts, before
 from tether.engine.provisioning import Provisioning
+from tether.engine.releases import record_process, release_secrets
 from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import OperationError, TetherError, TransientError
 from tether.faults import crash_point
@@ -25,6 +26,7 @@ from tether.lifecycle import Event, Pending, State
 from tether.providers.base import Credentials, Renewable
 from tether.providers.registry import get_provider
 from tether.redact import redact
+from tether.runtime.logs import release_log_file
 from tether.runtime.process import ReleaseFailed, ReleaseSpec, RunningRelease
 from tether.store.models import (
     Cluster,
@@ -56,6 +58,12 @@ class Deploying:
     def _log(self, deployment_id: int, line: str) -> None:
         with self.parts.store.session() as s:
             s.add(DeploymentLog(deployment_id=deployment_id, line=line[:4000]))
+
+    def _log_lines(self, deployment_id: int, lines: list[str]) -> None:
+        """Several lines in one transaction (the app's output while its release starts)."""
+        with self.parts.store.session() as s:
+            s.add_all([DeploymentLog(deployment_id=deployment_id, line=line[:4000])
+                       for line in lines])
 
     def _progress(self, deployment_id: int, percent: int, line: str | None = None) -> None:
         with self.parts.store.session() as s:
@@ -153,24 +161,35 @@ class Deploying:
         runtime = self.parts.runtime
         if command and runtime is not None:
             runtime.ensure_address(key, port)
+            runtime.wait_restored(key)  # after a start: the current release is back first
+            log_path = release_log_file(self.parts.data_dir, key, release_id)
             self._progress(dep_id, 60, f"starting release {release_id}: {command}")
             try:
                 running = runtime.start(ReleaseSpec(
                     release_id=release_id, environment_key=key, command=command,
                     env=variables, health_path=health_path, cwd=app_dir,
-                    health_timeout=float(timeout),
-                    log=lambda line: self._log(dep_id, "app: " + redact(line, secret_values))))
+                    health_timeout=float(timeout), log_path=log_path,
+                    secrets=release_secrets(variables),
+                    log=lambda lines: self._log_lines(
+                        dep_id, ["app: " + redact(line, secret_values) for line in lines]),
+                    on_start=lambda started: self._record_process(release_id, started)))
             except ReleaseFailed as exc:
                 self._set_release(release_id, "failed")
                 raise OperationError(redact(exc.message, secret_values)) from None
-            self._record_process(release_id, running)
-            self._progress(dep_id, 80, f"release {release_id} is healthy at GET {health_path}")
+            self._progress(dep_id, 80, f"release {release_id} is healthy at GET {health_path}; "
+                           f"its output goes on in its log (`tether logs {key.split('/')[-1]}`)")
             crash_point("deploy.before_switch")
-            previous = runtime.switch(key, running)
+            try:
+                previous = runtime.switch(key, running)
+            except TetherError:
+                runtime.stop(running, drain_timeout=0)
+                self._set_release(release_id, "failed")
+                raise
             self._progress(dep_id, 85, f"traffic switched to release {release_id}")
             crash_point("deploy.after_switch")
             if previous is not None:
                 runtime.stop(previous)
+                self._set_release(previous.release_id, "stopped")
                 self._log(dep_id, f"previous release {previous.release_id} stopped")
         else:
             self._log(dep_id, "no application command: only the services' states are settled")
@@ -195,11 +214,9 @@ class Deploying:
                   detail=f"release {release_id} replaces {previous_id or 'nothing'}")
 
     def _record_process(self, release_id: int, running: RunningRelease) -> None:
-        with self.parts.store.session() as s:
-            release = s.get(Release, release_id)
-            if release is not None:
-                release.pid, release.port = running.pid, running.port
-                release.node_id = self.parts.node_id
+        """Where the release's process runs, recorded as soon as it runs (before its health
+        wait), so a crash at any point leaves a process a restart can find."""
+        record_process(self.parts.store, release_id, running, self.parts.node_id)
 
     def _renew_credentials(self, dep_id: int, actor: str) -> None:
         """Renew credentials that expire soon (Azure SAS tokens) before the release gets them.

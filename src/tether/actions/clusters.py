@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import secrets
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+import psycopg
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.actions.common import Context, audit, iso
 from tether.catalog import FAMILIES, MEDIA_KIND_FAMILY, ClusterInfo, infer_family, kind_allowed
 from tether.errors import ClusterError, Conflict, UserError
+from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
 from tether.providers.registry import SUPPORTED_KINDS, get_provider
-from tether.store.models import Cluster, Region
+from tether.store.models import Cluster, Instance, Region
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
+#: the cluster setting that remembers which server a cluster points at (see `server_identity`)
+IDENTITY_SETTING = "server_identity"
+#: the file in a local-files cluster's base dir that names that directory tree for good
+LOCAL_FILES_MARKER = ".tether-server-id"
 
 
 def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:
@@ -50,6 +60,7 @@ def cluster_view(box: Any, c: Cluster) -> dict[str, object]:
         "version": c.version,
         "location": safe_location(box.open(c.url_enc)),
         "managed": c.managed,
+        "node_id": c.node_id,
         "owner_instance_id": c.owner_instance_id,
         "created_at": iso(c.created_at),
     }
@@ -84,14 +95,111 @@ def list_regions(ctx: Context) -> list[dict[str, object]]:
                 for r in s.scalars(select(Region).order_by(Region.name))]
 
 
+def server_identity(kind: str, url: str, settings: dict[str, Any] | None) -> str | None:
+    """What tells this server from any other, whatever address it answers on today: a
+    PostgreSQL server's system identifier (made by initdb, kept across restarts, ports and
+    moves of its data dir); for local files, a random id kept in a file at the top of the
+    base dir (so a moved data dir is the same tree, and the same path on another machine is
+    not). None when it cannot be known (other kinds, or a role not allowed to read it)."""
+    if kind == "postgres":
+        try:
+            with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        except psycopg.Error:
+            return None
+        return f"postgres:{row[0]}" if row and row[0] is not None else None
+    if kind == "local-files":
+        raw = (settings or {}).get("base_dir")
+        if not raw or not os.path.isabs(str(raw)):
+            return None
+        return f"local-files:{_local_files_id(Path(str(raw)))}"
+    return None
+
+
+def _local_files_id(base_dir: Path) -> str:
+    marker = base_dir / LOCAL_FILES_MARKER
+    try:
+        found = marker.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    except OSError as exc:
+        raise UserError(f"cannot read {marker} ({exc.strerror or exc}): make the media "
+                        "directory readable for Tether") from None
+    if found:
+        return found
+    fresh = secrets.token_hex(12)
+    tmp = marker.with_name(f"{marker.name}.{fresh}.tmp")
+    try:
+        tmp.write_text(fresh + "\n")
+        with contextlib.suppress(FileExistsError):  # another process wrote it meanwhile: keep it
+            os.link(tmp, marker)
+    except OSError as exc:
+        raise UserError(f"cannot write {marker} ({exc.strerror or exc}): make the media "
+                        "directory writable for Tether") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return marker.read_text().strip()
+
+
+def _describe_identity(identity: str | None) -> str:
+    if identity is None:
+        return "a server whose identity cannot be read"
+    kind, _, value = identity.partition(":")
+    if kind == "postgres":
+        return f"the PostgreSQL server with system identifier {value}"
+    return f"the {kind} tree {value}"
+
+
+def _refuse_repointing(s: Session, existing: Cluster, identity: str | None,
+                       location: str) -> None:
+    """A start must never move a cluster that holds instances to another server: their data
+    stays where it is, and Tether would lose the way to it (remove would drop nothing, a
+    deploy would hand out dead credentials). The same server on a new port is fine."""
+    known = (existing.settings or {}).get(IDENTITY_SETTING)
+    if known is None or identity == known:
+        return  # the same server, or registered before identities were kept: nothing to compare
+    held = s.scalar(select(func.count()).select_from(Instance).where(
+        Instance.cluster_id == existing.id, Instance.state != State.REMOVED.value)) or 0
+    if not held:
+        return
+    raise Conflict(
+        f"refusing to point the cluster {existing.name} at {location}: that is "
+        f"{_describe_identity(identity)}, but the cluster holds {held} instance(s) on "
+        f"{_describe_identity(known)}, and their data stays there. Start that server again "
+        f"(or put its data back), or register the new server under another name")
+
+
+def _follow_the_server(ctx: Context, s: Session, cluster: Cluster, old_url: str,
+                       new_url: str) -> int:
+    """The same server answers on a new address (e.g. its port was taken while it was
+    stopped): the instances on it get that address in their credentials, so their variables
+    point at it from the next deploy on. Returns how many were updated."""
+    old, new = urlsplit(old_url), urlsplit(new_url)
+    moved = 0
+    for inst in s.scalars(select(Instance).where(Instance.cluster_id == cluster.id,
+                                                 Instance.state != State.REMOVED.value,
+                                                 Instance.credentials_enc.is_not(None))):
+        creds = ctx.box.open(inst.credentials_enc)
+        if not isinstance(creds, dict) or "host" not in creds or "port" not in creds:
+            continue
+        if (str(creds["host"]), str(creds["port"])) != (str(old.hostname), str(old.port)):
+            continue
+        creds["host"], creds["port"] = new.hostname, new.port
+        inst.credentials_enc = ctx.box.seal(creds)
+        moved += 1
+    return moved
+
+
 def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = False,
                 name: str | None = None, settings: dict[str, Any] | None = None,
                 managed: bool = False, upsert: bool = False,
-                region_family: str | None = None) -> dict[str, object]:
+                region_family: str | None = None,
+                node_id: str | None = None) -> dict[str, object]:
     """Register a cluster after checking that Tether can administer it (a bad URL or password is
     refused here, with the fix, rather than failing later at provision time). With `upsert`
     (clusters Tether runs itself, or declared in a cluster file), a cluster of the same name is
-    updated instead of refused."""
+    updated instead of refused, unless that would point a cluster holding instances at another
+    server. `node_id`: the node that runs the server (embedded servers belong to their node)."""
     if kind not in SUPPORTED_KINDS:
         raise UserError(f"unknown cluster kind {kind!r}: supported kinds are "
                         f"{', '.join(sorted(SUPPORTED_KINDS))}")
@@ -106,10 +214,15 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
         version = provider.check(spec)
     except ClusterError as exc:
         raise UserError(f"cannot use this {kind} cluster: {exc.message}") from exc
+    identity = server_identity(kind, url, settings)
+    stored = dict(settings or {})
+    stored.pop(IDENTITY_SETTING, None)  # only ever what was read from the server itself
+    if identity is not None:
+        stored[IDENTITY_SETTING] = identity
     with ctx.store.session() as s:
         _region(s, region, region_family, kind)
         name = name or f"{kind}-{region}-{len(s.scalars(select(Cluster.id)).all()) + 1}"
-        existing = s.scalar(select(Cluster).where(Cluster.name == name))
+        existing = s.scalar(select(Cluster).where(Cluster.name == name).with_for_update())
         if existing is not None:
             if not (managed or upsert):
                 raise Conflict(f"a cluster named {name} exists already: pick another --name")
@@ -117,13 +230,25 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
                 raise Conflict(f"the cluster {name} is a {existing.kind} cluster in "
                                f"{existing.region}: a name cannot change kind or region; "
                                "pick another name")
+            _refuse_repointing(s, existing, identity, safe_location(url))
+            old_url = ctx.box.open(existing.url_enc)
+            same_server = (identity is not None
+                           and identity == (existing.settings or {}).get(IDENTITY_SETTING))
+            if same_server and safe_location(old_url) != safe_location(url):
+                moved = _follow_the_server(ctx, s, existing, old_url, url)
+                audit(s, ctx.actor, "cluster moved",
+                      detail=f"{name}: the same server now at {safe_location(url)} (was "
+                             f"{safe_location(old_url)}); {moved} instance(s) follow it")
             existing.url_enc = ctx.box.seal(url)
             existing.version = version
             existing.private = private
-            existing.settings = settings or {}
+            existing.settings = stored
+            if managed:
+                existing.node_id = node_id
             return cluster_view(ctx.box, existing)
         cluster = Cluster(name=name, kind=kind, region=region, private=private, version=version,
-                          url_enc=ctx.box.seal(url), settings=settings or {}, managed=managed)
+                          url_enc=ctx.box.seal(url), settings=stored, managed=managed,
+                          node_id=node_id)
         s.add(cluster)
         s.flush()
         audit(s, ctx.actor, "cluster added",

@@ -29,12 +29,18 @@ def up(
     """Start the control plane on its embedded default: API, worker, an embedded PostgreSQL
     cluster and local media storage in region `local`.
 
+    Ctrl-C (SIGINT) or SIGTERM stops everything it started, in order: the API, the operations
+    and applications, the embedded servers, the store (forced after 30 s). A second signal
+    while stopping does not cut the stop short.
+
     Example: tether up --data-dir ~/tether-data --port 8070
     """
     from tether.server import serve
 
     console = Console(stderr=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # uvicorn's own start and stop lines (the API's and every stable address's) are noise here
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         serve((data_dir or default_data_dir()).expanduser().resolve(), host, port,
               lambda m: console.print(f"[bold]tether[/] {escape(m)}", highlight=False),

@@ -26,7 +26,7 @@ from tests.integration.provider_contract import (
 )
 from tether.errors import ClusterError, TransientError
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres
+from tether.pgserver import EmbeddedPostgres, PortTaken
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
 from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
 
@@ -538,13 +538,30 @@ def test_embedded_start_failure_reports_the_log_without_secrets(tmp_base: Path) 
         server = EmbeddedPostgres(tmp_base / "pg", busy.getsockname()[1])
         try:
             server.init(password)
-            with pytest.raises(ClusterError) as err:
+            with pytest.raises(PortTaken) as err:
                 server.start(timeout=20)
             assert "did not start" in err.value.message
-            assert "could not" in err.value.message  # the log tail says why
+            assert "taken by another program" in err.value.message  # read from the log tail
             assert password not in err.value.message
         finally:
             server.destroy()
+
+
+def test_embedded_start_failure_shows_the_log_tail_without_secrets(tmp_base: Path) -> None:
+    password = "hunter2-" + secrets.token_hex(6)
+    server = EmbeddedPostgres(tmp_base / "pg", free_port())
+    try:
+        server.init(password)
+        with (server.data_dir / "postgresql.auto.conf").open("a") as conf:
+            conf.write("shared_buffers = 'not-a-size'\n")
+        with pytest.raises(ClusterError) as err:
+            server.start(timeout=20)
+        assert not isinstance(err.value, PortTaken)
+        assert "did not start" in err.value.message
+        assert "shared_buffers" in err.value.message  # the log tail says why
+        assert password not in err.value.message
+    finally:
+        server.destroy()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the service-user path only applies to root")

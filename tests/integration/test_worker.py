@@ -211,11 +211,13 @@ def test_an_outcome_is_written_after_the_store_comes_back_and_never_run_twice(
         return "done"
 
     first, second = Recorder(work), Recorder()
-    a = workers(pg, {"job": first}, lease=0.5, heartbeat=0.1, node_id="node-a")
-    b = workers(pg, {"job": second}, lease=0.5, heartbeat=0.1, node_id="node-b")
+    # leases long enough that a loaded machine (CI runs test groups side by side) does not let
+    # them lapse between two heartbeats; the failing writes take ~6 s, two leases' worth
+    a = workers(pg, {"job": first}, lease=3.0, heartbeat=0.3, node_id="node-a")
+    b = workers(pg, {"job": second}, lease=3.0, heartbeat=0.3, node_id="node-b")
     a.start()
     assert began.wait(5)
-    pg.session = session  # type: ignore[method-assign]  # only node a writes outcomes now
+    pg.session = session  # type: ignore[method-assign]  # node a's outcome write fails 8 times
     b.start()
     try:
         wait_until(finished(pg, op_id), 20)

@@ -246,3 +246,34 @@ def test_two_nodes_on_one_store_keep_their_embedded_servers(
         for t in tethers:
             t.stop()
         _drop_database(pg_server.admin_url, database)
+
+
+def test_tether_up_finds_and_repairs_drift_on_its_own(tethers: list[Tether]) -> None:
+    """The reconciler runs inside `tether up` (every TETHER_RECONCILE_INTERVAL seconds): a right
+    granted behind Tether's back is found, repaired and recorded in the instance's history."""
+    t = new_tether("tether-up-drift-", {"TETHER_RECONCILE_INTERVAL": "1"})
+    tethers.append(t)
+    t.start()
+    t.ok("project", "create", "shop")
+    t.ok("service", "add", "test", "postgres", "--provision")
+    dsn = t.ok("project", "env-vars", "-e", "test", "--all", "--get",
+               "DEFAULT_DATABASE_DSN").out.strip()
+    public_may_connect = "SELECT has_database_privilege('public', current_database(), 'CONNECT')"
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the owner may grant this itself
+        database = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(
+            sql.Identifier(database)))
+        assert conn.execute(public_may_connect).fetchone() == (True,)
+
+    def actions() -> list[str]:
+        shown = t.ok("service", "show", "test", "DEFAULT", "-p", "shop", "--json").json()
+        return [h["action"] for h in shown["history"] if h["actor"] == "reconciler"]
+
+    deadline = time.monotonic() + 60
+    while "drift repaired" not in actions() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert actions()[-2:] == ["drift found", "drift repaired"], t.log_tail()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(public_may_connect).fetchone() == (False,)
+    shown = t.ok("service", "show", "test", "DEFAULT", "-p", "shop", "--json").json()
+    assert shown["drift"] is None and shown["observed_at"] is not None

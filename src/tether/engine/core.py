@@ -2,7 +2,8 @@
 
 One module per kind of work (CloudNativePG keeps one file per phase): `provisioning` (provision
 and remove one instance), `deploy` (an environment's deployment), `releases` (the releases that
-run), `private` (dedicated servers Tether runs). This module assembles them; it never imports
+run), `private` (dedicated servers Tether runs), `reconcile` (the slow pass that finds and repairs
+drift), `worker` (leased operations). This module assembles them; it never imports
 `actions/`, and it never decides a state: `tether.lifecycle` does, through `store.records`."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from tether.engine.deploy import Deploying
 from tether.engine.parts import EngineParts
 from tether.engine.private import PrivateServers
 from tether.engine.provisioning import Provisioning
+from tether.engine.reconcile import Reconciler, configured_interval
 from tether.engine.releases import Releases
 from tether.engine.worker import Worker
 from tether.runtime.process import ProcessRuntime
@@ -36,15 +38,22 @@ class Engine:
             "remove": self._op_remove,
             "deploy": self.deploying.run,
         }, node_id=node_id)
+        self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
 
     def start(self) -> None:
         self.private_servers.start()
         self.releases.restore_in_background()
         self.worker.start()
         self.provisioning.recover_stranded()
+        interval = configured_interval()
+        if interval > 0:
+            self.reconciler.start(interval)
 
-    def stop(self) -> None:
-        self.worker.stop()
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop in order: the drift pass, the worker (operations under way get `timeout`
+        seconds, then are handed back), the releases' processes, the private servers."""
+        self.reconciler.stop(min(timeout, 10.0))
+        self.worker.stop(timeout)
         if self.runtime:
             self.runtime.shutdown()
         self.private_servers.stop()

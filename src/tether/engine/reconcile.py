@@ -53,7 +53,7 @@ NEW_CREDENTIALS = ("new credentials were made and stored: deploy the environment
 
 
 def configured_interval() -> float:
-    """`TETHER_RECONCILE_INTERVAL` (seconds), else `DEFAULT_INTERVAL_S`."""
+    """`TETHER_RECONCILE_INTERVAL` (seconds), else `DEFAULT_INTERVAL_S`; 0 turns the pass off."""
     raw = os.environ.get("TETHER_RECONCILE_INTERVAL", "").strip()
     try:
         value = float(raw) if raw else DEFAULT_INTERVAL_S
@@ -61,6 +61,8 @@ def configured_interval() -> float:
         log.warning("TETHER_RECONCILE_INTERVAL=%r is not a number of seconds: using %s", raw,
                     DEFAULT_INTERVAL_S)
         return DEFAULT_INTERVAL_S
+    if value <= 0:
+        return 0.0
     return max(value, 1.0)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
-from tether.actions import clusters, deployments, projects, services, variables
+from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
 from tether.errors import Conflict, UserError
@@ -22,6 +22,7 @@ from tether.naming import resource_names
 from tether.providers.registry import get_provider
 from tether.store.db import Store
 from tether.store.models import AuditEntry, Cluster, Instance, Operation
+from tether.store.records import cluster_spec
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def plane(store: Store, tmp_path: Path, pg_server: Any) -> Iterator[tuple[Contex
         # leave nothing behind on the shared server, whatever the test left
         with store.session() as s:
             pg = s.scalars(select(Cluster).where(Cluster.name == "pg")).one()
-            spec = clusters.cluster_spec(ctx.box, pg)
+            spec = cluster_spec(ctx.box, pg)
             ids = list(s.scalars(select(Instance.id)))
     for inst_id in ids:
         get_provider("postgres").deprovision(spec, resource_names(inst_id))

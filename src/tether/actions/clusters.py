@@ -29,12 +29,6 @@ IDENTITY_SETTING = "server_identity"
 LOCAL_FILES_MARKER = ".tether-server-id"
 
 
-def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:
-    return ClusterSpec(id=cluster.id, kind=cluster.kind, region=cluster.region,
-                       url=box.open(cluster.url_enc), private=cluster.private,
-                       settings=dict(cluster.settings or {}))
-
-
 def cluster_infos(s: Session) -> list[ClusterInfo]:
     return [
         ClusterInfo(c.id, c.name, c.kind, c.region, c.version, c.private, c.owner_instance_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,13 @@ from psycopg.conninfo import conninfo_to_dict
 from tether.net import free_port
 from tether.pgserver import EmbeddedPostgres
 
+# A non-interactive shell starts background jobs with SIGINT ignored, and an ignored signal stays
+# ignored across exec: pytest run with `&` (scripts/test.sh runs a group so) would pass that on to
+# every `tether` it starts, and the tests that end a command with Ctrl-C would wait in vain.
+# Handled here, SIGINT is back to its default in every process the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @dataclass(frozen=True)
 class PgServer:
@@ -25,6 +33,18 @@ class PgServer:
     host: str
     port: int
     password: str
+
+
+#: TETHER_* settings the test run itself sets for every Tether it starts (scripts/test.sh gives
+#: each group of tests running side by side its own range of environment ports)
+PASSED_THROUGH = ("TETHER_ENV_PORTS",)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment for a `tether` process of a test: no TETHER_* setting of the
+    caller's own (its URL, token, data dir), except those the test run sets on purpose."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("TETHER_") or k in PASSED_THROUGH}
 
 
 def world_traversable_tmpdir(prefix: str) -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from tests.conftest import clean_env
 from tests.e2e.conftest import ROOT, Tether
 from tether import lifecycle, naming
 from tether.crypto import SecretBox
@@ -67,7 +68,7 @@ class CrashRun:
         os.chmod(base, 0o755)  # noqa: S103 - the embedded PostgreSQL's user must traverse it
         self.base, self.provider = base, provider
         self.marker = secrets.token_hex(6)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        env = clean_env()
         env["XDG_CONFIG_HOME"] = str(base / "config")
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         self.tether = Tether(data_dir=base / "data", config_home=base / "config",

@@ -45,6 +45,7 @@ from sqlalchemy import select
 from tether import clusterfile
 from tether.actions.clusters import IDENTITY_SETTING, add_cluster, safe_location, server_identity
 from tether.actions.common import Context
+from tether.actions.projects import env_ports
 from tether.api.app import create_app
 from tether.api.auth import actor_for, create_token
 from tether.config import ClientSettings, load_client_settings, save_client_settings
@@ -361,6 +362,7 @@ def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
 
 def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path | None,
            stops: Stops) -> ControlPlane:
+    env_ports()  # a bad TETHER_ENV_PORTS stops the start, not a later project create
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o755)  # noqa: S103 - the embedded servers' system user must traverse it
     node = NodeIdentity.acquire(data_dir, "up")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import clean_env
 from tether.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +94,7 @@ class Tether:
 def tether() -> Iterator[Tether]:
     base = Path(tempfile.mkdtemp(prefix="tether-e2e-"))
     os.chmod(base, 0o755)  # noqa: S103 - the embedded PostgreSQL's system user must traverse it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env = clean_env()
     env["XDG_CONFIG_HOME"] = str(base / "config")
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     t = Tether(data_dir=base / "data", config_home=base / "config", port=free_port(), env=env)
@@ -109,7 +110,7 @@ def new_tether(prefix: str, extra_env: dict[str, str] | None = None) -> Tether:
     free API port. Remove `data_dir.parent` when done."""
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(base, 0o755)  # noqa: S103 - the embedded PostgreSQL's system user must traverse it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env = clean_env()
     env["XDG_CONFIG_HOME"] = str(base / "config")
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     env.update(extra_env or {})

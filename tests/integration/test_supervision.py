@@ -25,6 +25,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tests.conftest import clean_env
 from tests.plane import wait_op
 from tether.actions import clusters, deployments, projects, variables
 from tether.actions.common import Context
@@ -103,7 +104,7 @@ class Node:
     """`tether up`'s engine in a process of its own, to be stopped or killed."""
 
     def __init__(self, data_dir: Path, node_id: str, crash_at: str | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        env = clean_env()
         if crash_at:
             env[CRASH_ENV] = crash_at
         self.log = data_dir.parent / f"node-{node_id}.log"

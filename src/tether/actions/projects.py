@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 from sqlalchemy import select
@@ -16,14 +17,32 @@ from tether.store.models import Environment, Project, Region
 
 DEFAULT_ENVIRONMENTS = ("test", "live")
 ENV_PORTS = range(8100, 9000)
+ENV_PORTS_VAR = "TETHER_ENV_PORTS"
+
+
+def env_ports() -> range:
+    """The ports environments' stable addresses are taken from: `TETHER_ENV_PORTS` (`FIRST-LAST`,
+    e.g. `8100-8999`), else `ENV_PORTS`. Two control planes on one machine need ranges apart."""
+    raw = os.environ.get(ENV_PORTS_VAR, "").strip()
+    if not raw:
+        return ENV_PORTS
+    first, sep, last = raw.partition("-")
+    if sep and first.strip().isdigit() and last.strip().isdigit():
+        ports = range(int(first), int(last) + 1)
+        if ports.start >= 1024 and ports.stop <= 65536 and len(ports) > 0:
+            return ports
+    raise UserError(f"{ENV_PORTS_VAR}={raw!r} is not a port range: write FIRST-LAST, e.g. "
+                    "8100-8999 (ports 1024-65535)")
 
 
 def _free_env_port(s: Session) -> int:
     used = set(s.scalars(select(Environment.port)))
-    for port in ENV_PORTS:
+    ports = env_ports()
+    for port in ports:
         if port not in used and port_is_free(port):
             return port
-    raise UserError("no free port left for a new environment address (8100-8999)")
+    raise UserError(f"no free port left for a new environment address ({ports.start}-"
+                    f"{ports.stop - 1}): remove unused projects, or widen {ENV_PORTS_VAR}")
 
 
 def environment_view(env: Environment) -> dict[str, object]:

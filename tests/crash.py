@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from tests.conftest import clean_env
+from tests.conftest import clean_env, world_traversable_tmpdir
 from tests.e2e.conftest import ROOT, Tether
 from tether import lifecycle, naming
 from tether.crypto import SecretBox
@@ -291,3 +292,15 @@ def record(kind: str, cells: dict[str, str]) -> None:
         matrix = {}
     matrix[kind] = {point: cells.get(point, "not reached") for point in POINTS}
     MATRIX_FILE.write_text(json.dumps(matrix, indent=2, sort_keys=True) + "\n")
+
+
+def run_matrix(provider: Provider) -> None:
+    """One provider's whole column, on a data dir of its own, recorded; whatever it left (app
+    processes, the embedded PostgreSQL, the data dir) is cleaned up, even when it failed."""
+    base = world_traversable_tmpdir(f"tether-crash-{provider.kind}-")
+    run = CrashRun(base, provider)
+    try:
+        record(provider.kind, run.run())
+    finally:
+        run.clean_up()
+        shutil.rmtree(base, ignore_errors=True)

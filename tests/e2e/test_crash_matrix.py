@@ -12,19 +12,13 @@ import time
 import pytest
 
 from tests.conftest import world_traversable_tmpdir
-from tests.crash import CrashRun, Provider, record
+from tests.crash import CrashRun, Provider, run_matrix
 
 pytestmark = pytest.mark.e2e
 
 
 def test_crash_matrix_postgres() -> None:
-    base = world_traversable_tmpdir("tether-crash-pg-")
-    run = CrashRun(base, Provider("postgres", "postgres", embedded=True))
-    try:
-        record("postgres", run.run())
-    finally:
-        run.clean_up()
-        shutil.rmtree(base, ignore_errors=True)
+    run_matrix(Provider("postgres", "postgres", embedded=True))
 
 
 def test_kill_9_mid_provision_and_mid_deploy() -> None:

@@ -1,26 +1,15 @@
-"""The crash matrix for mysql (see tests/crash.py): `tether up` killed at every crash point of
-provision, deploy, detach-then-deploy and remove, then started again, converges with nothing
-orphaned on the real server and one application process serving."""
+"""The crash matrix's mysql column (see tests/crash.py), beside its server's fixture."""
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 
-from tests.conftest import world_traversable_tmpdir
-from tests.crash import CrashRun, Provider, record
+from tests.crash import Provider, run_matrix
 
 pytestmark = pytest.mark.e2e
 
 
 def test_crash_matrix_mysql(mysql_server: Any) -> None:
-    base = world_traversable_tmpdir("tether-crash-mysql-")
-    run = CrashRun(base, Provider("mysql", "mysql", region="local",
-                                  cluster_args=["--url", mysql_server.admin_url]))
-    try:
-        record("mysql", run.run())
-    finally:
-        run.clean_up()
-        shutil.rmtree(base, ignore_errors=True)
+    run_matrix(Provider("mysql", "mysql", cluster_args=["--url", mysql_server.admin_url]))

@@ -17,9 +17,13 @@ def bind_port(port: int, host: str = "127.0.0.1") -> socket.socket:
     """A TCP socket bound (not yet listening) to host:port, to hold the port from the moment
     it is chosen until a server listens on it: checking a port and binding it later is a race.
     Raises OSError when the port is taken. SO_REUSEADDR as servers set it (a port whose last
-    connections are in TIME_WAIT is free; one something listens on is not)."""
+    connections are in TIME_WAIT is free; one something listens on is not).
+
+    The protocol is named (IPPROTO_TCP), not left 0: asyncio turns Nagle's algorithm off
+    (TCP_NODELAY) only on connections of sockets that say they are TCP, and without it every
+    small answer waits ~40 ms for a delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

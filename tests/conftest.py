@@ -24,6 +24,11 @@ from tether.pgserver import EmbeddedPostgres
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Engines started in this process run no drift pass of their own in the background (it would
+# repair what a test changed on purpose, at a moment of its own): the drift tests run passes
+# themselves. `tether up` processes the tests start get the default (see clean_env).
+os.environ["TETHER_RECONCILE_INTERVAL"] = "0"
+
 
 @dataclass(frozen=True)
 class PgServer:

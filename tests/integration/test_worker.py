@@ -4,12 +4,13 @@ errors that may pass, wake-ups across nodes, a bounded stop. Issue 7, findings 3
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from tests.nodeproc import make_environments, pg_store, queue_operations
 from tether.engine.worker import Worker
-from tether.errors import TransientError
+from tether.errors import ClusterError, TransientError
 from tether.store.db import Store
 from tether.store.models import Node, Operation, utcnow
 
@@ -425,13 +426,71 @@ def test_a_transient_error_past_the_deadline_fails_with_its_reason(
         raise TransientError("cluster pg unreachable (postgresql://admin:hunter22@db/x)")
 
     handler = Recorder(work)
-    workers(store, {"job": handler}, backoff=0.1, retry_window=0.8).start()
+    workers(store, {"job": handler}, backoff=0.1, retry_window=0.8, deadline_grace=0).start()
     wait_until(finished(store, op_id), 10)
     failed = row(store, op_id)
     assert failed.status == "failed"
     assert failed.error is not None and "cluster pg unreachable" in failed.error
     assert "gave up after" in failed.error and "hunter22" not in failed.error
     assert failed.attempts >= 3 and len(handler.calls) == failed.attempts
+
+
+def test_a_retry_asked_just_before_the_deadline_is_given(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """A handler saw the deadline ahead and asked for a retry (its instance stays
+    `provisioning`), but the deadline passed before the worker looked: before, the worker failed
+    the operation and nothing ever undid the handler's state. Now the retry is given, and the
+    handler gives up itself with a final error."""
+    (env,) = make_environments(store, 1)
+    (op_id,) = queue_operations(store, [env], 1, kind="job")
+
+    def work(op: Operation) -> None:
+        assert op.deadline is not None
+        deadline = op.deadline.replace(tzinfo=op.deadline.tzinfo or UTC)  # naive on SQLite
+        if op.attempts == 1:
+            assert utcnow() < deadline  # the handler's own check: retry
+            time.sleep(max(0.0, (deadline - utcnow()).total_seconds()) + 0.2)
+            raise TransientError("cluster pg unreachable")
+        raise ClusterError("provisioning DB failed: cluster pg unreachable (given up)")
+
+    handler = Recorder(work)
+    workers(store, {"job": handler}, backoff=0.1, retry_window=0.5, deadline_grace=5).start()
+    wait_until(finished(store, op_id), 10)
+    done = row(store, op_id)
+    assert [call[1] for call in handler.calls] == [1, 2]
+    assert (done.status, done.error) == (
+        "failed", "provisioning DB failed: cluster pg unreachable (given up)")
+
+
+def test_an_operation_taken_back_while_its_handler_runs_is_not_run_twice_here(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """Its lease lapsed (the store was away) and it was queued again while its handler still
+    runs here: this node must not start it a second time beside the first, nor the next
+    operation of its environment."""
+    (env,) = make_environments(store, 1)
+    first, second = queue_operations(store, [env], 2, kind="job")
+    began, release = threading.Event(), threading.Event()
+
+    def work(op: Operation) -> str:
+        if op.id == first and op.attempts == 1:
+            began.set()
+            assert release.wait(10)
+        return "done"
+
+    handler = Recorder(work)
+    workers(store, {"job": handler}).start()
+    assert began.wait(5)
+    with store.session() as s:  # what another node's take-over of a lapsed lease does
+        s.execute(update(Operation).where(Operation.id == first).values(
+            status="queued", claimed_by=None, lease_until=None))
+    time.sleep(1.0)  # the loop polls every 0.05 s
+    started = len(handler.calls)
+    release.set()
+    wait_until(finished(store, second), 10)
+    assert started == 0  # nothing started beside the running handler (calls are recorded at end)
+    assert handler.ids() == [first, first, second]
+    spans = sorted((start, end) for _id, _attempt, start, end in handler.calls)
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 # -- wake-ups across nodes, stop -------------------------------------------------------------

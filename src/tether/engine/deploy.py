@@ -97,8 +97,10 @@ class Deploying:
             if before(op.deadline):
                 self._log(dep_id, f"waiting: {exc.message}; retrying")
                 raise
+            # given up here: a final error, so the worker fails the operation with it (a
+            # TransientError would have it retried a deployment already marked failed)
             self._finish(dep_id, success=False, error=exc.message)
-            raise
+            raise OperationError(exc.message) from None
         except TetherError as exc:
             self._finish(dep_id, success=False, error=exc.message)
             raise

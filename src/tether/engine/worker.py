@@ -68,6 +68,10 @@ Handler = Callable[[Operation], str | None]
 _ENV_LOCK_SPACE = 0x7E7E_0001
 #: pauses between the tries of an operation's final write, before the loop takes over
 _FINISH_PAUSES = (0.05, 0.2, 0.5, 1.0, 2.0)
+#: seconds past an operation's deadline before the worker gives up on an error that may pass: a
+#: handler that checked the deadline a moment earlier and asked for a retry gets it (handlers
+#: that give up themselves raise a final error)
+DEADLINE_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ class Worker:
     def __init__(self, store: Store, handlers: dict[str, Handler], max_parallel: int = 4,
                  node_id: str | None = None, *, lease: float = 15.0, heartbeat: float = 3.0,
                  poll_interval: float = 0.5, retry_window: float = 120.0,
-                 backoff: float = 0.5, backoff_cap: float = 10.0) -> None:
+                 backoff: float = 0.5, backoff_cap: float = 10.0,
+                 deadline_grace: float = DEADLINE_GRACE_S) -> None:
         if not 0 < heartbeat < lease:
             raise ValueError(f"the heartbeat ({heartbeat} s) must be shorter than the lease "
                              f"({lease} s) it renews")
@@ -98,6 +103,7 @@ class Worker:
         self.retry_window = retry_window
         self.backoff = backoff
         self.backoff_cap = backoff_cap
+        self.deadline_grace = deadline_grace
         self._pg = store.engine.dialect.name == "postgresql"
         self._wake = threading.Event()
         self._stop = threading.Event()  # stop claiming
@@ -204,8 +210,12 @@ class Worker:
             or_(other.status == "running",
                 and_(other.status == "queued", other.id < Operation.id)))
         due = or_(Operation.not_before.is_(None), Operation.not_before <= self._at("now"))
+        # never an environment whose operation still runs in a handler here: an operation taken
+        # back from this node (its lease lapsed while the store was away) is not run twice here
+        here = Operation.environment_id.not_in(bindparam("busy", expanding=True))
         claimable = and_(Operation.status == "queued",
-                         Operation.kind.in_(bindparam("kinds", expanding=True)), due, ~ahead)
+                         Operation.kind.in_(bindparam("kinds", expanding=True)), due, ~ahead,
+                         here)
         pick = (select(Operation.id, Operation.environment_id).where(claimable)
                 .order_by(Operation.id).limit(bindparam("limit")))
         if self._pg:
@@ -264,9 +274,10 @@ class Worker:
             self._wake.wait(self._pause())
 
     def _pause(self) -> float:
-        due = self._next_due - time.monotonic()
-        if due <= 0:
-            self._next_due = float("inf")
+        with self._lock:
+            due = self._next_due - time.monotonic()
+            if due <= 0:
+                self._next_due = float("inf")
         return max(0.01, min(self.poll_interval, due + 0.02))
 
     def _dispatch(self) -> None:
@@ -283,14 +294,24 @@ class Worker:
         queued, due, of a kind this node handles, and first in its environment's line; the claim
         checks all of that again, under the environment's lock on PostgreSQL."""
         kinds = list(self.handlers)
+        with self._lock:
+            busy = sorted(self._busy)
         with self.store.session() as s:
-            ids = [op_id for op_id, locked in s.execute(
-                self._pick, {"kinds": kinds, "limit": limit, **self._times(now=0)}) if locked]
+            ids = [op_id for op_id, locked in s.execute(self._pick, {
+                "kinds": kinds, "busy": busy, "limit": limit, **self._times(now=0)}) if locked]
             if not ids:
                 return []
-            return list(s.scalars(self._take, {
-                "ids": ids, "kinds": kinds, "node": self.node_id,
+            claimed = list(s.scalars(self._take, {
+                "ids": ids, "kinds": kinds, "busy": busy, "node": self.node_id,
                 **self._times(now=0, lease=self.lease, window=self.retry_window)}))
+            if self._pg and claimed:
+                # deadlines are set on the store's clock; handlers compare them with this
+                # host's: give them this host's equivalent
+                skew = utcnow() - s.scalar(select(func.now()))
+                for op in claimed:
+                    if op.deadline is not None:
+                        op.deadline = op.deadline + skew
+            return claimed
 
     def _start(self, op: Operation) -> None:
         """Run a claimed operation in its own thread; hand it back if that cannot be done."""
@@ -349,7 +370,7 @@ class Worker:
             return _Outcome("succeeded", message=handler(op))
         except TransientError as exc:
             reason = redact(exc.message)
-            if _before(op.deadline):
+            if _before(op.deadline, grace=self.deadline_grace):
                 delay = min(self.backoff_cap, self.backoff * 2 ** max(0, op.attempts - 1))
                 return _Outcome("queued", delay=delay, message=(
                     f"retrying in {delay:.1f} s (attempt {op.attempts} failed: {reason})"))
@@ -452,8 +473,9 @@ class Worker:
                 renewed = s.execute(self._extend, {"ids": held, "node": self.node_id,
                                                    **self._times(lease=self.lease)}).rowcount
                 if renewed < len(held):
-                    log.debug("renewed %s of %s leases (the others finished or were taken "
-                              "over)", renewed, len(held))
+                    log.warning("renewed %s of %s leases: the others lapsed and may be run "
+                                "by another node (their outcome here will be dropped)",
+                                renewed, len(held))
             seen = s.execute(update(Node.__table__).where(Node.id == self.node_id)
                              .values(seen_at=self._at("now"), stopped_at=None),
                              self._times(now=0)).rowcount
@@ -512,10 +534,11 @@ class Worker:
             log.error("%s did not finish in %.0f s: the store does not answer", what, seconds)
 
 
-def _before(deadline: datetime | None) -> bool:
-    """Whether now is before `deadline` (naive values are UTC, as SQLite returns them)."""
+def _before(deadline: datetime | None, grace: float = 0.0) -> bool:
+    """Whether now is before `deadline` + `grace` s (naive values are UTC, as SQLite returns
+    them)."""
     if deadline is None:
         return True
     if deadline.tzinfo is None:
         deadline = deadline.replace(tzinfo=UTC)
-    return utcnow() < deadline
+    return utcnow() < deadline + timedelta(seconds=grace)

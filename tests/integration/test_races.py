@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
@@ -321,3 +322,38 @@ def test_an_instance_stranded_in_provisioning_is_recovered_at_start(
     with psycopg.connect(pg_server.admin_url) as conn:
         assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
                             (f"tether_i{inst_id}",)).fetchone() is None
+
+
+def test_a_store_error_after_the_traffic_switch_does_not_fail_the_deployment(
+        plane: tuple[Context, Engine], tmp_path: Path, unique_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once traffic is switched the new release serves: a failure to record it (the store away
+    for a moment) used to mark the deployment failed with the states of the old release, so a
+    removal could delete the data of an instance the serving release uses (rules 3 and 4). Now
+    the operation is retried and the deployment succeeds."""
+    ctx, engine = plane
+    gate = Gate(ctx, tmp_path, f"sw{unique_id}")
+    gate.open()
+    provisioned(ctx, gate.name, "DB")
+    real = engine.deploying._settle
+    failures: list[int] = []
+
+    def settle(*args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise OperationalError("UPDATE environments ...", {}, Exception("database is locked"))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.deploying, "_settle", settle)
+    dep = deployments.deploy(ctx, gate.name, "test")
+    assert wait_op(ctx, dep["operation"]["id"], timeout=120)["status"] == "succeeded"
+    assert failures == [1]
+    shown = deployments.get_deployment(ctx, dep["id"])
+    assert shown["status"] == "succeeded", shown
+    assert state(ctx, gate.name, "DB") == "attached"
+    with pytest.raises(Conflict):
+        services.remove(ctx, gate.name, "test", "DB", "DB")
+    with ctx.store.session() as s:  # one release runs: the retry's; the first one was stopped
+        statuses = sorted(s.scalars(select(Release.status).where(
+            Release.deployment_id == dep["id"])))
+    assert statuses == ["running", "stopped"], statuses

@@ -10,13 +10,14 @@ recorded state, is what "the running release has the instance" means to the rule
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether import lifecycle, naming
-from tether.engine.parts import EngineParts, before
+from tether.engine.parts import EngineParts, before, reason_of
 from tether.engine.provisioning import Provisioning
 from tether.engine.releases import record_process, release_secrets
 from tether.envvars import live_instances, release_env, service_vars
@@ -178,25 +179,56 @@ class Deploying:
             except ReleaseFailed as exc:
                 self._set_release(release_id, "failed")
                 raise OperationError(redact(exc.message, secret_values)) from None
-            self._progress(dep_id, 80, f"release {release_id} is healthy at GET {health_path}; "
-                           f"its output goes on in its log (`tether logs {key.split('/')[-1]}`)")
-            crash_point("deploy.before_switch")
             try:
+                self._progress(dep_id, 80, f"release {release_id} is healthy at GET "
+                               f"{health_path}; its output goes on in its log "
+                               f"(`tether logs {key.split('/')[-1]}`)")
+                crash_point("deploy.before_switch")
                 previous = runtime.switch(key, running)
-            except TetherError:
+            except BaseException:  # not switched: the new release goes, the old one serves on
                 runtime.stop(running, drain_timeout=0)
                 self._set_release(release_id, "failed")
                 raise
-            self._progress(dep_id, 85, f"traffic switched to release {release_id}")
+            # The switch is the commit point: from here the new release serves, so nothing may
+            # record this deployment as failed (the states would then describe a release that
+            # no longer runs, and a removal could delete data the serving release uses).
+            self._best_effort(lambda: self._progress(
+                dep_id, 85, f"traffic switched to release {release_id}"))
             crash_point("deploy.after_switch")
+            self._settle_switched(dep_id, actor, release_id, previous_id, set(in_release))
             if previous is not None:
-                runtime.stop(previous)
-                self._set_release(previous.release_id, "stopped")
-                self._log(dep_id, f"previous release {previous.release_id} stopped")
-        else:
-            self._log(dep_id, "no application command: only the services' states are settled")
-            crash_point("deploy.before_switch")
+                self._best_effort(lambda: self._stop_previous(dep_id, previous))
+            return
+        self._log(dep_id, "no application command: only the services' states are settled")
+        crash_point("deploy.before_switch")
         self._settle(dep_id, actor, release_id, previous_id, set(in_release))
+
+    def _settle_switched(self, dep_id: int, actor: str, release_id: int,
+                         previous_id: int | None, in_release: set[int]) -> None:
+        """Settle after the traffic switch. A failure (the store away for a moment) is an error
+        that may pass: the operation is retried and the deployment goes on (its retry starts
+        the release again and settles), never recorded as failed."""
+        try:
+            self._settle(dep_id, actor, release_id, previous_id, in_release)
+        except Exception as exc:
+            raise TransientError(f"release {release_id} serves, but recording it failed "
+                                 f"({redact(reason_of(exc))})") from None
+
+    def _stop_previous(self, dep_id: int, previous: RunningRelease) -> None:
+        runtime = self.parts.runtime
+        assert runtime is not None
+        runtime.stop(previous)
+        self._set_release(previous.release_id, "stopped")
+        self._log(dep_id, f"previous release {previous.release_id} stopped")
+
+    @staticmethod
+    def _best_effort(step: Callable[[], object]) -> None:
+        """A step after the switch whose failure changes nothing that was decided (a log line,
+        stopping the old release: a start stops leftovers): logged, not raised."""
+        try:
+            step()
+        except Exception as exc:
+            log.warning("after the traffic switch: %s", redact(reason_of(exc)))
 
     def _settle(self, dep_id: int, actor: str, release_id: int, previous_id: int | None,
                 in_release: set[int]) -> None:

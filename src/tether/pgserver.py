@@ -345,6 +345,14 @@ class EmbeddedPostgres:
                      "-l", str(self.log_file), "-w", "-t", str(max(1, int(timeout))),
                      "-o", options], timeout=timeout + 30, start_new_session=True)
         if proc.returncode != 0:
+            if self._running_port() == self.port:
+                # our own postmaster holds the port: it started, but is slower than pg_ctl's
+                # wait (e.g. a long crash recovery). Not a taken port: moving it would restart
+                # the recovery elsewhere, again and again.
+                self._wait_ready(timeout)
+                log.info("PostgreSQL started on %s:%s (%s), after a slow start", self.host,
+                         self.port, self.data_dir)
+                return
             if self._failed_on_taken_port(log_offset):
                 raise PortTaken(
                     f"PostgreSQL in {self.data_dir} did not start: port {self.port} on "

@@ -441,10 +441,17 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
 
 
 def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:
-    """Hold the API's port from the start: a port checked now and bound later may be gone."""
+    """Hold the API's port from the start: a port checked now and bound later may be gone. It
+    listens at once: on Linux two sockets with SO_REUSEADDR may both *bind* one port, only one
+    may listen (requests that come early wait in the backlog until the API serves)."""
+    sock: socket.socket | None = None
     try:
-        return bind_port(port, host)
+        sock = bind_port(port, host)
+        sock.listen(128)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise UserError(f"port {port} on {host} is taken ({exc.strerror}): is another "
                         f"`tether up` running? Stop it, or pick another port with --port "
                         f"(data dir: {data_dir})") from None
+    return sock

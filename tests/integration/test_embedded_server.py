@@ -217,3 +217,53 @@ def test_a_stop_that_hangs_is_forced_after_the_timeout(tmp_path: Path) -> None:
     assert "forcing the stop of an operation that never ends, a server" in proc.stderr
     assert (tmp_path / "operation-forced").exists() and (tmp_path / "server-forced").exists()
     assert not (tmp_path / "stopped").exists()  # the ordered stop never got there
+
+
+def test_a_slow_start_of_its_own_is_not_taken_for_a_taken_port(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_ctl gives up waiting (exit 1) while the postmaster it started goes on starting (a long
+    crash recovery): the port is held by our own server, so the start used to be taken for a
+    taken port and moved, restarting the recovery on another port, again and again."""
+    from tether import pgserver
+
+    base = world_traversable_tmpdir("tether-test-slow-start-")
+    server = pgserver.EmbeddedPostgres(base / "pg", free_port())
+    real_run = pgserver._run
+
+    def slow_pg_ctl(args: list[str], *rest: Any, **kwargs: Any) -> Any:
+        done = real_run(args, *rest, **kwargs)
+        if args[1:2] == ["start"]:  # the server starts; pg_ctl reports its wait ran out
+            return subprocess.CompletedProcess(args, 1, "", "pg_ctl: server did not start in "
+                                               "time")
+        return done
+
+    try:
+        server.init("a-password-" + secrets.token_hex(4))
+        port = server.port
+        monkeypatch.setattr(pgserver, "_run", slow_pg_ctl)
+        server.start(timeout=20, move_if_taken=True)
+        monkeypatch.setattr(pgserver, "_run", real_run)
+        assert server.port == port
+        assert server.is_running()
+    finally:
+        monkeypatch.setattr(pgserver, "_run", real_run)
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_api_port_is_held_from_the_start(tmp_path: Path) -> None:
+    """A port only bound (not listening) with SO_REUSEADDR can be bound again by another
+    program on Linux, which then took it while Tether was still starting."""
+    from tether import server
+    from tether.errors import UserError
+    from tether.net import bind_port
+
+    port = free_port()
+    held = server._bind_api(tmp_path, "127.0.0.1", port)
+    try:
+        with pytest.raises(OSError):
+            bind_port(port).close()
+        with pytest.raises(UserError, match="is taken"):
+            server._bind_api(tmp_path, "127.0.0.1", port)
+    finally:
+        held.close()

@@ -191,3 +191,37 @@ def test_the_background_pass_runs_soon_after_start(
         reconciler.stop()
     assert [a for _, a, _ in trail(ctx, inst_id)] == ["drift found", "drift repaired"]
     assert services.show(ctx, project, "test", "DEFAULT")["observed_at"] is not None
+
+
+def test_an_instance_another_node_reconciles_is_left_to_it(
+        tmp_path: Path, pg_server: Any, unique_id: str) -> None:
+    """On a PostgreSQL store several nodes run the pass: one instance is reconciled by one node
+    at a time (two repairs at once would, e.g., each make an S3 key, and the next pass delete
+    both, the deployed one with them)."""
+    from sqlalchemy import BigInteger, func, literal
+
+    from tests.nodeproc import pg_store
+    from tether.engine import reconcile
+
+    with pg_store(pg_server.admin_url, f"tether_drift_{unique_id}") as store, \
+            make_plane(tmp_path, "postgres", "local", pg_server.admin_url, "pg",
+                       store=store) as (ctx, _engine):
+        project, inst_id, _dsn = provisioned(ctx, unique_id)
+        try:
+            database = by_hand(pg_server, GRANT, inst_id)
+            key = literal(reconcile._INSTANCE_LOCK_SPACE << 32, BigInteger) + inst_id
+            with store.engine.begin() as other_node:  # another node reconciles it now
+                assert other_node.scalar(select(func.pg_try_advisory_xact_lock(key)))
+                busy = Reconciler(ctx.store, ctx.box, ctx.data_dir, node_id="b").run_once()
+                assert inst_id in busy.skipped and inst_id not in busy.repaired
+                assert trail(ctx, inst_id) == []
+            done = Reconciler(ctx.store, ctx.box, ctx.data_dir, node_id="b").run_once()
+            assert inst_id in done.repaired
+            assert services.show(ctx, project, "test", "DEFAULT")["drift"] is None
+            with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+                assert conn.execute("SELECT has_database_privilege('public', %s, 'CONNECT')",
+                                    (database,)).fetchone() == (False,)
+        finally:
+            with ctx.store.session() as s:
+                spec = cluster_spec(ctx.box, s.scalars(select(Cluster)).one())
+            get_provider("postgres").deprovision(spec, resource_names(inst_id))

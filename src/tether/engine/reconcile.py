@@ -20,14 +20,16 @@ nothing new: the next pass looks again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BigInteger, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from tether import lifecycle, naming
@@ -48,6 +50,8 @@ ACTOR = "reconciler"
 DEFAULT_INTERVAL_S = 300.0
 #: the first pass comes this soon after `start`
 FIRST_PASS_DELAY_S = 5.0
+#: the advisory-lock namespace of "reconciling instance N" (high 32 bits; PostgreSQL stores)
+_INSTANCE_LOCK_SPACE = 0x7E7E_0002
 NEW_CREDENTIALS = ("new credentials were made and stored: deploy the environment to give them "
                    "to the application")
 
@@ -204,7 +208,26 @@ class Reconciler:
                     report.failed.append(inst.id)
         return targets
 
+    @contextlib.contextmanager
+    def _exclusive(self, instance_id: int) -> Iterator[bool]:
+        """Whether this node may reconcile the instance now: on a PostgreSQL store, a lock that
+        no other node holds (two nodes repairing one instance at once would, e.g., each make
+        an S3 key, and the next pass delete both); SQLite stores have one node."""
+        if self.store.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.store.engine.begin() as conn:  # the lock ends with this transaction
+            yield bool(conn.scalar(select(func.pg_try_advisory_xact_lock(
+                literal(_INSTANCE_LOCK_SPACE << 32, BigInteger) + instance_id))))
+
     def _reconcile(self, t: _Target, report: ReconcileReport) -> None:
+        with self._exclusive(t.instance_id) as mine:
+            if not mine:  # another node reconciles it right now
+                report.skipped.append(t.instance_id)
+                return
+            self._reconcile_held(t, report)
+
+    def _reconcile_held(self, t: _Target, report: ReconcileReport) -> None:
         provider = get_provider(t.kind)
         try:
             seen = provider.observe(t.spec, naming.resource_names(t.instance_id))
@@ -301,8 +324,6 @@ class Reconciler:
             inst = s.get(Instance, t.instance_id)
             if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
                 return
-            if outcome.credentials is not None:
-                inst.credentials_enc = self.box.seal(outcome.credentials)
             before = inst.drift
             unchanged = (Instance.drift.is_(None) if before is None
                          else Instance.drift == before)
@@ -310,6 +331,8 @@ class Reconciler:
                 update(Instance).where(Instance.id == inst.id, unchanged)
                 .values(drift=outcome.final, observed_at=utcnow())
                 .execution_options(synchronize_session=False)).rowcount
+            if outcome.credentials is not None:  # what the server now has, whoever audits it
+                inst.credentials_enc = self.box.seal(outcome.credentials)
             if written != 1:  # another node recorded this instance meanwhile
                 return
             for action, detail in _entries(before, outcome):

@@ -390,10 +390,11 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
     engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"), node_id=node.id)
     base.notify = engine.notify
     app = create_app(base, media_dir=media_dir, worker=engine.worker)
-    # operations under way get two thirds of the stop budget, then are handed back, so the
-    # applications, servers and store still stop in order before the forced stop
+    # the drift pass and operations under way share half of the stop budget, then operations
+    # are handed back, so the HTTP grace, the applications, the servers and the store still
+    # stop in order before the forced stop
     stops.push("the engine (operations, applications, private servers)",
-               lambda: engine.stop(timeout=STOP_TIMEOUT * 2 / 3),
+               lambda: engine.stop(timeout=STOP_TIMEOUT / 2),
                force=lambda: _force_engine(engine))
     engine.start()
     return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops)

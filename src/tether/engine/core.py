@@ -8,6 +8,7 @@ drift), `worker` (leased operations). This module assembles them; it never impor
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tether.crypto import SecretBox
@@ -50,10 +51,12 @@ class Engine:
             self.reconciler.start(interval)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop in order: the drift pass, the worker (operations under way get `timeout`
-        seconds, then are handed back), the releases' processes, the private servers."""
-        self.reconciler.stop(min(timeout, 10.0))
-        self.worker.stop(timeout)
+        """Stop in order: the drift pass, the worker (operations under way get what is left of
+        `timeout` seconds, then are handed back), the releases' processes, the private
+        servers."""
+        until = time.monotonic() + timeout
+        self.reconciler.stop(min(5.0, timeout / 3))
+        self.worker.stop(max(0.0, until - time.monotonic()))
         if self.runtime:
             self.runtime.shutdown()
         self.private_servers.stop()

@@ -403,6 +403,80 @@ def test_a_database_given_away_or_a_dropped_role_is_given_back(
         assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
 
 
+class _FailsAfterGivingTheDatabase(PostgresProvider):
+    """A provider whose provision fails with a final error after the database has been made or
+    given to the role: the step that lists who holds rights on it runs a statement the real
+    server rejects (the database it names does not exist)."""
+
+    @staticmethod
+    def _grantees(conn: psycopg.Connection[Any], names: ResourceNames) -> dict[str, list[str]]:
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+            sql.Identifier(names.database + "_gone")))
+        raise AssertionError("unreachable: the statement above fails")
+
+
+def _drop_role_by_hand(cluster: ClusterSpec, names: ResourceNames) -> None:
+    """Drop the instance's role as an admin would: what it owns (its database included) handed
+    to the admin first, as DROP ROLE requires."""
+    role = sql.Identifier(names.role)
+    inside = cluster.url.rsplit("/", 1)[0] + "/" + names.database
+    for url in (inside, cluster.url):
+        with connect(url) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+    admin_sql(cluster, sql.SQL("DROP ROLE {}").format(role))
+
+
+def test_a_failed_repair_never_drops_a_database_that_existed_before(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    # An instance whose role was dropped by hand: its database, marked as Tether's, now the
+    # admin's. The repair makes the role again and gives it the database; a later step fails
+    # with a final error. The clean-up removes the role it made, never the tenant's data.
+    names = make_names("d")
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    with connect(dsn(creds)) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    _drop_role_by_hand(cluster, names)
+    with connect(cluster.url) as conn:
+        admin = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+    assert PROVIDER.observe(cluster, names).differences[0] == f"role {names.role} is missing"
+    password = str(creds.values["password"])
+    with pytest.raises(ClusterError) as err:
+        _FailsAfterGivingTheDatabase().provision(cluster, names, password)
+    assert db_exists(cluster.url, names.database)  # the tenant's database survived ...
+    assert not isinstance(err.value, TransientError)
+    assert f'database "{names.database}_gone" does not exist' in err.value.message
+    assert "clean-up also failed" not in err.value.message
+    assert password not in err.value.message
+    inside = cluster.url.rsplit("/", 1)[0] + "/" + names.database
+    with connect(inside) as conn:  # ... with its data
+        assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
+    with connect(cluster.url) as conn:  # given back to the owner it had, still marked
+        assert conn.execute(
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') "
+            "FROM pg_database WHERE datname = %s", (names.database,)).fetchone() == (
+            admin, f"managed by Tether: {names.base}")
+    assert not role_exists(cluster.url, names.role)  # the role this call made is removed
+    # the state is the one before the failed repair, and a repair that works converges
+    assert PROVIDER.observe(cluster, names).differences[0] == f"role {names.role} is missing"
+    assert PROVIDER.provision(cluster, names, password) == creds
+    assert PROVIDER.observe(cluster, names).in_sync
+    with connect(inside) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
+
+
+def test_a_failed_first_provision_removes_the_role_and_database_it_made(
+        cluster: ClusterSpec, make_names: Callable[[str], ResourceNames]) -> None:
+    names = make_names("e")
+    with pytest.raises(ClusterError) as err:
+        _FailsAfterGivingTheDatabase().provision(cluster, names, secrets.token_urlsafe(24))
+    assert not isinstance(err.value, TransientError)
+    assert "clean-up also failed" not in err.value.message
+    assert not db_exists(cluster.url, names.database)
+    assert not role_exists(cluster.url, names.role)
+
+
 def test_a_createrole_admin_repairs_what_it_may(
         cluster: ClusterSpec, admin_role: Callable[..., str],
         make_names: Callable[[str], ResourceNames]) -> None:

@@ -22,24 +22,42 @@ TRANSIENT_ERRNOS = frozenset({
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN,
 })
 
-#: how client libraries word a failure that may pass (compared in lower case)
+#: how client libraries word a failure that may pass (compared in lower case): a connection cut
+#: or refused, a server starting, stopping or out of connection slots, TLS cut mid-way (an EOF or
+#: a reset, not a certificate or a protocol that does not fit)
 TRANSIENT_WORDS = (
     "connection refused", "connection reset", "connection aborted", "broken pipe",
     "timed out", "timeout expired", "timeout", "temporary failure in name resolution",
     "server closed the connection unexpectedly", "the database system is starting up",
     "the database system is shutting down", "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
     "terminating connection due to administrator command", "no route to host",
     "network is unreachable", "lost connection", "server has gone away",
     "server shutdown in progress", "remote end closed connection", "connection was closed",
-    "too many connections", "try again",
+    "too many connections", "too many clients", "remaining connection slots are reserved",
+    "try again", "ssl connection has been closed unexpectedly", "ssl syscall error",
+    "unexpected_eof_while_reading", "unexpected eof while reading", "eof detected",
+    "eof occurred in violation of protocol",
 )
 
 #: words that make a failure final even when it looks like a connection problem: a host name
-#: that does not resolve at all, or TLS that does not fit, will not fix itself
+#: that does not resolve at all, or TLS that does not fit (a certificate that does not verify, a
+#: protocol or version both sides do not share), will not fix itself. TLS cut mid-way (an EOF, a
+#: reset) is not among them: it may pass.
 FINAL_WORDS = (
     "name or service not known", "nodename nor servname", "no address associated",
-    "certificate verify failed", "wrong version number", "ssl:",
+    # certificates
+    "certificate verify failed", "certificate has expired", "self-signed certificate",
+    "self signed certificate", "alert unknown ca", "alert bad certificate",
+    "alert certificate", "does not match host name", "hostname mismatch",
+    # protocol or version mismatches
+    "wrong version number", "unsupported protocol", "alert protocol version",
+    "no protocols available", "unknown protocol", "version too low", "version too high",
+    "does not support ssl", "alert handshake failure",
 )
+
+#: TLS failures that say the connection was cut, not that TLS does not fit: they may pass
+_TRANSIENT_SSL = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -65,13 +83,27 @@ def transient_text(text: str) -> bool:
     return not final_text(low) and any(word in low for word in TRANSIENT_WORDS)
 
 
+def _ssl_final(exc: ssl.SSLError) -> bool:
+    """Whether a TLS failure will not fix itself: a certificate that does not verify, or a
+    protocol or version both sides do not share. A connection cut mid-way (EOF, reset) may pass;
+    any other TLS failure is not final here (nor transient, unless its words say so)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    if isinstance(exc, _TRANSIENT_SSL):
+        return False
+    reason = str(getattr(exc, "reason", None) or "").lower().replace("_", " ")
+    return final_text(reason) or final_text(str(exc))
+
+
 def is_final(exc: BaseException) -> bool:
     """Whether a failure that looks like a connection problem will not fix itself: TLS that
-    does not fit, a host name that does not resolve at all (not a name server failing for a
-    moment)."""
+    does not fit (a certificate that does not verify, a protocol or version mismatch), a host
+    name that does not resolve at all (not a name server failing for a moment)."""
     for e in _chain(exc):
         if isinstance(e, ssl.SSLError):
-            return True
+            if _ssl_final(e):
+                return True
+            continue
         if isinstance(e, socket.gaierror):
             return e.errno != socket.EAI_AGAIN
         if final_text(str(e)):
@@ -81,11 +113,12 @@ def is_final(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure to talk to a server may pass by itself: refused, reset or timed-out
-    connections, a name server failing for a moment, a server starting or stopping."""
+    connections, TLS cut mid-way, a name server failing for a moment, a server starting,
+    stopping or out of connection slots."""
     if is_final(exc):
         return False
     for e in _chain(exc):
-        if isinstance(e, (TimeoutError, ConnectionError)):
+        if isinstance(e, (TimeoutError, ConnectionError, *_TRANSIENT_SSL)):
             return True
         if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
             return True

@@ -48,8 +48,11 @@ _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use postgres://USER:PASSWORD@HOST:PORT/postgres"
 MARK = "managed by Tether"
 #: SQLSTATEs of failures that may pass: connection exceptions (class 08), the server shutting
-#: down or starting up, too many connections, serialization failures and deadlocks
-_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+#: down or starting up, too many connections, serialization failures and deadlocks, an object
+#: in use (55006: e.g. template1 being accessed during CREATE DATABASE), a lock not available
+#: (55P03)
+_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55006",
+                     "55P03")
 #: role attributes a tenant's role must not have, as pg_roles names them and ALTER ROLE resets them
 _FORBIDDEN = (("rolsuper", "SUPERUSER"), ("rolcreatedb", "CREATEDB"),
               ("rolcreaterole", "CREATEROLE"), ("rolreplication", "REPLICATION"),
@@ -159,6 +162,9 @@ class _Made:
 
     role: bool = False
     database: bool = False
+    #: the owner a database that existed before this call had, when this call gave it to the
+    #: role (a repair); the clean-up gives it back
+    database_owner_before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -347,6 +353,8 @@ class PostgresProvider:
                     f"{owner!r}, not to Tether's role for this instance: Tether never takes over "
                     "a database it did not create; drop or rename that database, then retry")
             conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role))
+            if not made.database:
+                made.database_owner_before = owner
         if comment != _mark(names):
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 db, sql.Literal(_mark(names))))
@@ -358,14 +366,42 @@ class PostgresProvider:
         conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, role))
 
     def _remove_made(self, cluster: ClusterSpec, names: ResourceNames, made: _Made) -> None:
-        """Undo a failed provision: what it created, nothing else. A new role owns no database
-        but one this call made, so removing the instance removes exactly that."""
-        if made.role:
-            self.deprovision(cluster, names)
-            return
+        """Undo a failed provision: what this call created, nothing else.
+
+        The database is dropped only if this call created it: one that existed before (an
+        instance being repaired, e.g. its role dropped by hand) holds a tenant's data and is
+        never dropped here, even though it is Tether's. A role this call created is dropped,
+        but a database that existed before and that this call gave to that role is first given
+        back to the owner it had before this call (the admin, in the usual case). Should giving
+        it back fail, or should the role own any other database this call did not create, the
+        role is left in place and the clean-up fails with the reason (a retry converges): a
+        role is never dropped with a database, and PostgreSQL would refuse anyway."""
+        role, db = sql.Identifier(names.role), sql.Identifier(names.database)
         with self._admin(cluster) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(names.database)))
+            if made.database:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
+            if not made.role:
+                return
+            found = self._database(conn, names.database)
+            if (made.database_owner_before is not None and found is not None
+                    and found[0] == names.role):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    db, sql.Identifier(made.database_owner_before)))
+            owned = [str(r[0]) for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datdba = "
+                "(SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY 1", (names.role,))]
+            if owned:
+                raise ClusterError(f"role {names.role} owns {', '.join(owned)}, which this "
+                                   "provision did not create: the role is left in place")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE usename = %s", (names.role,))
+            row = conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')",
+                               (names.role,)).fetchone()
+            if row and row[0]:  # its rights on a database that stays; drops no database
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+            elif found is not None and not made.database:
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, role))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         _check_names(names)

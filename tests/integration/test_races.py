@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
-from tether.actions import deployments, projects, services, variables
+from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
 from tether.errors import Conflict
@@ -270,6 +270,43 @@ def test_an_error_before_the_provider_call_returns_to_new(plane: tuple[Context, 
     op = services.provision(ctx, name, "test", "DB")["operation"]  # retrying is safe
     assert wait_op(ctx, op["id"])["status"] == "succeeded"
     assert state(ctx, name, "DB") == "pending attachment"
+
+
+def test_a_failed_clean_up_keeps_the_private_cluster_for_the_retry(
+        plane: tuple[Context, Engine], pg_server: Any, unique_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provision fails and deleting what it made fails too: the instance used to hand its
+    private cluster back at once, so the leftovers sat on a cluster another instance could
+    claim, and a removal of this one deleted nothing. Now it keeps its cluster until a retry
+    (or a removal) cleans up."""
+    from tether.errors import ClusterError
+
+    ctx, _ = plane
+    clusters.add_cluster(ctx, "postgres", "local", pg_server.admin_url, private=True,
+                         name=f"priv{unique_id}")
+    name = f"c{unique_id}"
+    projects.create_project(ctx, name)
+    services.add(ctx, name, "test", "postgres", "DB", private=True)
+    provider = type(get_provider("postgres"))  # a new object per call: patch its class
+
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise ClusterError("the cluster refused (injected)")
+
+    monkeypatch.setattr(provider, "provision", refused)
+    monkeypatch.setattr(provider, "deprovision", refused)
+    op = services.provision(ctx, name, "test", "DB")["operation"]
+    assert wait_op(ctx, op["id"])["status"] == "failed"
+    shown = services.show(ctx, name, "test", "DB")
+    assert shown["state"] == "new" and "clean-up also failed" in str(shown["last_error"])
+    with ctx.store.session() as s:
+        cluster = s.scalars(select(Cluster).where(Cluster.name == f"priv{unique_id}")).one()
+        inst = s.scalars(select(Instance).where(Instance.prefix == "DB",
+                                                Instance.cluster_id.is_not(None))).all()
+        assert [i.id for i in inst] == [cluster.owner_instance_id]
+    monkeypatch.undo()
+    op = services.provision(ctx, name, "test", "DB")["operation"]  # the retry converges
+    assert wait_op(ctx, op["id"])["status"] == "succeeded"
+    assert services.show(ctx, name, "test", "DB")["cluster"]["name"] == f"priv{unique_id}"
 
 
 def test_a_failed_removal_stays_retryable_with_its_error(plane: tuple[Context, Engine],

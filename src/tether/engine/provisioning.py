@@ -184,24 +184,31 @@ class Provisioning:
               reason: str) -> None:
         """Delete whatever the attempt made on the cluster, then record the failure."""
         names = naming.resource_names(instance_id)
+        cleaned = True
         try:
             if plan.spawned:
                 self.parts.private(plan.kind).destroy(names, int(spec.settings["port"]))
             else:
                 get_provider(plan.kind).deprovision(spec, names)
-        except Exception as exc:  # recorded; the retry converges
+        except Exception as exc:  # recorded; the retry (or a removal) converges
+            cleaned = False
             reason += f" (clean-up also failed: {redact(reason_of(exc), [spec.url])})"
-        self._fail(instance_id, actor, reason)
+        self._fail(instance_id, actor, reason, keep_cluster=not cleaned)
 
-    def _fail(self, instance_id: int, actor: str, reason: str) -> str:
-        """Back to `new` with the error recorded (rule 5), the private cluster handed back.
-        Returns the prefix. If even this cannot be written, the operation stays unfinished and
-        is retried (or the instance is found stranded at the next start): logged, not raised."""
+    def _fail(self, instance_id: int, actor: str, reason: str, *,
+              keep_cluster: bool = False) -> str:
+        """Back to `new` with the error recorded (rule 5), the private cluster handed back —
+        unless `keep_cluster`: the clean-up failed, so the instance keeps its cluster (and a
+        dedicated server its row, the only record of its port and password) for the retry or
+        the removal that deletes what was left. Returns the prefix. If even this cannot be
+        written, the operation stays unfinished and is retried (or the instance is found
+        stranded at the next start): logged, not raised."""
         try:
             with self.parts.store.session() as s:
                 inst = s.get(Instance, instance_id)
                 assert inst is not None
-                self._release_cluster(s, inst)
+                if not keep_cluster:
+                    self._release_cluster(s, inst)
                 inst.last_error = reason
                 apply_event(s, actor, "provision failed", inst, Event.PROVISION_FAILED,
                             detail=reason)

@@ -40,8 +40,9 @@ class NodeIdentity:
     def acquire(cls, data_dir: Path, role: str = "up") -> NodeIdentity:
         """The node identity of `role` in `data_dir`, made on first use, locked until
         `release()` (or the process ends). Refused when another process holds it."""
-        if not role or set(role) - ROLE_CHARS:
-            raise UserError(f"invalid node role {role!r}: use lower-case letters, digits, '-'")
+        if not role or set(role) - ROLE_CHARS or len(role) > 10:
+            raise UserError(f"invalid node role {role!r}: use up to 10 lower-case letters, "
+                            "digits, '-'")
         data_dir.mkdir(parents=True, exist_ok=True)
         lock_path = data_dir / f"node-{role}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -52,7 +53,15 @@ class NodeIdentity:
             raise UserError(
                 f"another Tether process ({role}) already runs on the data dir {data_dir}: "
                 "stop it first, or give this one its own --data-dir") from None
-        id_path = data_dir / f"node-{role}.id"
+        try:
+            node_id = cls._read_or_make_id(data_dir / f"node-{role}.id", role)
+        except BaseException:  # the lock goes with its descriptor
+            os.close(fd)
+            raise
+        return cls(id=node_id, data_dir=data_dir, _fd=fd)
+
+    @staticmethod
+    def _read_or_make_id(id_path: Path, role: str) -> str:
         try:
             node_id = id_path.read_text().strip()
         except FileNotFoundError:
@@ -63,7 +72,7 @@ class NodeIdentity:
             tmp.write_text(node_id + "\n")
             os.chmod(tmp, 0o600)
             tmp.replace(id_path)
-        return cls(id=node_id, data_dir=data_dir, _fd=fd)
+        return node_id
 
     @classmethod
     def ephemeral(cls, role: str = "test") -> NodeIdentity:
@@ -74,6 +83,7 @@ class NodeIdentity:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
 

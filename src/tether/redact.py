@@ -9,9 +9,20 @@ from urllib.parse import quote
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]+)@")
 
 
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Mask every known secret (raw and URL-encoded) and any password inside a URL."""
+def secret_forms(secrets: Iterable[str | None]) -> list[str]:
+    """Every form of the secrets that `redact` masks (raw and URL-encoded; secrets shorter than
+    4 characters are not masked), longest first."""
+    forms = set()
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+            forms.update((secret, quote(secret, safe="")))
+    return sorted(forms, key=lambda form: (-len(form), form))
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Mask every known secret (raw and URL-encoded) and any password inside a URL. Longest
+    first: a secret that is part of a longer one (KEY_PREFIX=abcd, API_KEY=abcd…) must not break
+    the longer one's match, which would leave the rest of it in clear."""
+    for form in secret_forms(secrets):
+        text = text.replace(form, "***")
     return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)

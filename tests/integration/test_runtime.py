@@ -5,6 +5,7 @@ private, rotated, redacted log file; a release that outlives its runtime, adopte
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tether.errors import UserError
+from tether.errors import OperationError, UserError
 from tether.net import free_port
 from tether.runtime import logs
 from tether.runtime.process import (
@@ -494,3 +495,258 @@ def test_nothing_starts_once_the_runtime_is_shut_down(tiny: str) -> None:
     runtime.shutdown()
     with pytest.raises(ReleaseFailed, match="stopping"):
         runtime.start(tiny_spec(tiny, 1))
+
+
+# -- review findings: the order of a start, forced stops, log masking and reading -------------
+
+
+def processes_with(marker: str) -> list[int]:
+    """The live processes with `marker` in their command line (Linux: reads /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() not in (entry / "cmdline").read_bytes():
+                continue
+            if (entry / "stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def test_on_start_records_the_release_before_its_app_exists(
+    runtime: ProcessRuntime, tiny: str, unique_id: str
+) -> None:
+    """A crash of Tether between the start of an app and the record of its pid left an app
+    nobody knew of: `on_start` now runs before the app exists, and if it fails (the store is
+    down, Tether is killed) no app is started at all."""
+    marker = f"marker-{unique_id}"
+    seen: list[tuple[int, str, list[int]]] = []
+
+    def record(release: RunningRelease) -> None:
+        seen.append((release.pid, release.pid_start, processes_with(marker)))
+
+    spec = tiny_spec(f"{tiny} {marker}", 1)
+    spec.on_start = record
+    release = runtime.start(spec)
+    ((pid, token, apps_then),) = seen
+    assert (pid, token) == (release.pid, release.pid_start) == \
+        (release.pid, process_start_token(release.pid))
+    assert apps_then == []  # recorded before the app was started
+    assert all(os.getpgid(app) == release.pid for app in processes_with(marker))
+    runtime.stop(release, drain_timeout=0)
+
+    failing_marker = f"failing-{unique_id}"
+    writers: list[RunningRelease] = []
+
+    def broken(release: RunningRelease) -> None:
+        writers.append(release)
+        time.sleep(0.3)  # the writer is up and waits for its settings
+        raise RuntimeError("the store is down")
+
+    spec = tiny_spec(f"{tiny} {failing_marker}", 2)
+    spec.on_start = broken
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="store is down"):
+        runtime.start(spec)
+    assert time.monotonic() - began < 3  # no SIGTERM grace for a writer that runs no app
+    (writer,) = writers
+    assert gone(writer.pid) and writer.exit_reason() == "it was stopped"
+    time.sleep(0.5)  # an app started by mistake would show by now
+    assert processes_with(failing_marker) == []
+    assert runtime.releases() == []
+
+
+def test_the_writer_starts_no_app_without_valid_settings(tmp_path: Path) -> None:
+    """The writer of a start called off gets EOF on its stdin instead of settings: it must exit
+    at once with an error, starting nothing."""
+    flag = tmp_path / "app-ran"
+    bad_settings = [
+        b"",
+        b"not json",
+        b"[]",
+        json.dumps({"command": f"touch {flag}", "log_path": str(tmp_path / "x.log"),
+                    "max_bytes": 1000, "backups": 1}).encode(),  # no env
+    ]
+    for settings in bad_settings:
+        done = subprocess.run([sys.executable, "-m", "tether.runtime.logs"], input=settings,
+                              capture_output=True, timeout=30)
+        assert done.returncode == 2, done
+        assert done.stdout.startswith(b"error the log writer got no valid settings"), done
+        assert b"Traceback" not in done.stdout + done.stderr
+    assert not flag.exists()
+
+
+def test_a_start_called_off_by_shutdown_leaves_no_writer_nor_pipe(
+    tiny: str, unique_id: str
+) -> None:
+    """A spawn racing `shutdown` (here: shutdown while the release is recorded) ends its
+    writer at once and closes its pipes, instead of a 5 s SIGTERM wait the writer ignores."""
+    runtime = ProcessRuntime()
+    marker = f"marker-{unique_id}"
+    writers: list[RunningRelease] = []
+
+    def record_then_shutdown(release: RunningRelease) -> None:
+        writers.append(release)
+        time.sleep(0.3)  # the writer is up, ignores SIGTERM, and waits for its settings
+        runtime.shutdown()
+
+    spec = tiny_spec(f"{tiny} {marker}", 1)
+    spec.on_start = record_then_shutdown
+    began = time.monotonic()
+    with pytest.raises(ReleaseFailed, match="stopping"):
+        runtime.start(spec)
+    assert time.monotonic() - began < 3
+    (writer,) = writers
+    process = writer._process
+    assert process is not None and process.returncode is not None
+    assert process.stdin is not None and process.stdin.closed
+    assert process.stdout is not None and process.stdout.closed
+    assert gone(writer.pid) and processes_with(marker) == []
+
+
+def test_kill_all_ends_apps_that_ignore_sigterm_at_once(tiny: str, tmp_path: Path) -> None:
+    """The forced stop of `tether up`: SIGKILL to every release, started or adopted, with no
+    drain and no grace (`shutdown` would take 2 s + 5 s per app that ignores SIGTERM)."""
+    stubborn = f"trap '' TERM; exec {tiny}"
+    first = ProcessRuntime()
+    spec = tiny_spec(stubborn, 1)
+    spec.log_path = tmp_path / "release-1.log"
+    left = first.start(spec)
+    (released,) = first.abandon()
+    assert released is left
+
+    runtime = ProcessRuntime()
+    try:
+        adopted = runtime.adopt(1, "shop/test", left.pid, left.pid_start, left.port,
+                                spec.log_path)
+        assert adopted is not None
+        url = runtime.ensure_address("shop/other", free_port())
+        started = runtime.start(tiny_spec(stubborn, 2, key="shop/other"))
+        runtime.switch("shop/other", started)
+        assert httpx.get(url, trust_env=False).text == "version 2"
+        os.killpg(started.pid, signal.SIGTERM)  # ignored: the app goes on serving
+        time.sleep(0.3)
+        assert httpx.get(url, trust_env=False).text == "version 2"
+
+        began = time.monotonic()
+        assert sorted(runtime.kill_all()) == [1, 2]
+        assert time.monotonic() - began < 1.5
+        wait_until(lambda: gone(started.pid) and gone(left.pid), timeout=0.5)
+        assert runtime.closed and runtime.releases() == []
+        assert started.exit_reason() == "it was stopped"
+        with pytest.raises(ReleaseFailed, match="stopping"):
+            runtime.start(tiny_spec(tiny, 3))
+    finally:
+        runtime.shutdown()
+        for release in (left, started):
+            with contextlib.suppress(OSError):
+                os.killpg(release.pid, signal.SIGKILL)
+
+
+def test_a_secret_across_the_cut_of_a_long_line_is_masked(tmp_path: Path) -> None:
+    """Lines longer than MAX_LINE are cut into pieces, each masked on its own: a cut inside a
+    secret wrote its two halves in clear. Lines complete at once, lines still coming, and a
+    secret whose end comes in a later write."""
+    secret = "S3cr3t-Val-012345"
+    cut = logs.MAX_LINE
+    app = tmp_path / "long.py"
+    app.write_text(textwrap.dedent(
+        f"""
+        import sys, time
+        secret, cut = {secret!r}, {cut}
+        def out(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            time.sleep(0.3)
+        out("a" * (cut - 5) + secret + " end1\\n")
+        out("b" * (cut - 7) + secret + "c" * 100)
+        out(" end2\\n")
+        out("d" * (cut - 9))
+        out(secret[:10])  # small writes: read each on its own
+        out(secret[10:] + " end3\\n")
+        """))
+    path = tmp_path / "release.log"
+    settings = {"command": f"{shlex.quote(sys.executable)} {shlex.quote(str(app))}",
+                "cwd": None, "env": {"PATH": os.defpath}, "log_path": str(path),
+                "max_bytes": 10 * cut, "backups": 1, "secrets": [secret]}
+    done = subprocess.run([sys.executable, "-m", "tether.runtime.logs"],
+                          input=json.dumps(settings).encode(), capture_output=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith(b"started "), done
+    text = path.read_text()
+    assert secret[:5] not in text and secret[5:] not in text
+    assert secret[:10] not in text and secret[10:] not in text
+    assert text.count("***") == 3
+    pieces = [line.partition(" ")[2] for line in text.splitlines()]
+    assert all(len(piece) <= cut for piece in pieces)
+    assert "".join(pieces) == ("a" * (cut - 5) + "*** end1" + "b" * (cut - 7) + "***"
+                               + "c" * 100 + " end2" + "d" * (cut - 9) + "*** end3")
+
+
+def test_a_log_position_is_never_negative() -> None:
+    """A crafted cursor with a negative offset made `f.seek(-n)` raise (HTTP 500): every
+    token `Position.token` cannot have made is refused (ValueError: a bad cursor)."""
+    assert logs.Position.parse("12.34.56") == logs.Position(12, 34, 56)
+    assert logs.Position.parse("0.0.0") is None
+    for token in ("12.34.-56", "12.-34.56", "-12.34.56", "12.34", "12.34.56.78", "a.b.c",
+                  "", "12.34. 56", "12.34.+5", "12.34.\uff15"):
+        with pytest.raises(ValueError):
+            logs.Position.parse(token)
+    with pytest.raises(ValueError):
+        logs.Position(12, 34, -1)
+
+
+def test_an_unreadable_log_is_an_operation_error(tmp_path: Path) -> None:
+    """An OSError while reading a log is an error with a message (an `OperationError`, so the
+    API answers it as one), still an OSError for callers that skip unreadable logs."""
+    path = tmp_path / "release-1.log"
+    path.mkdir()  # not a file: open() fails
+    for read in (lambda: logs.read_tail(path, 5), lambda: logs.read_after(path, None)):
+        with pytest.raises(logs.LogUnreadable, match="could not be read") as caught:
+            read()
+        assert isinstance(caught.value, OperationError) and isinstance(caught.value, OSError)
+        assert str(path) in caught.value.message
+    assert logs.tail_text(path, 5) == []
+
+
+NO_PROC_START = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tether.runtime.process import ProcessRuntime, ReleaseFailed, ReleaseSpec
+
+    runtime = ProcessRuntime()
+    recorded = []
+    spec = ReleaseSpec(1, "shop/test", sys.argv[1], {"VERSION": "1"}, health_path="/health",
+                       health_timeout=10, log_path=Path(sys.argv[2]), on_start=recorded.append)
+    try:
+        runtime.start(spec)
+    except ReleaseFailed as exc:
+        print("refused:", exc, "| recorded:", len(recorded), flush=True)
+    else:
+        print("started | recorded:", len(recorded), flush=True)
+    runtime.shutdown()
+    """
+)
+
+
+def test_a_release_whose_start_time_cannot_be_read_is_not_started(
+    tiny: str, tmp_path: Path, unique_id: str
+) -> None:
+    """Without the writer's start time (/proc unreadable) a release was recorded with an empty
+    one: never adopted nor stopped after a crash. The start is refused instead, before any app
+    exists. /proc is really hidden: a runtime in a mount namespace with an empty /proc."""
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare (user and mount namespaces) to hide /proc")
+    marker = f"marker-{unique_id}"
+    script = tmp_path / "start.py"
+    script.write_text(NO_PROC_START)
+    inner = (f"mount -t tmpfs tmpfs /proc && exec {shlex.quote(sys.executable)} "
+             f"{shlex.quote(str(script))} {shlex.quote(f'{tiny} {marker}')} "
+             f"{shlex.quote(str(tmp_path / 'release-1.log'))}")
+    done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", inner], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done
+    assert done.stdout.startswith("refused: could not read the start time"), done
+    assert done.stdout.rstrip().endswith("| recorded: 0"), done
+    assert processes_with(marker) == []

@@ -31,6 +31,7 @@ from tether.actions import clusters, deployments, projects, variables
 from tether.actions.common import Context
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
+from tether.errors import UserError
 from tether.faults import ENV as CRASH_ENV
 from tether.net import free_port
 from tether.runtime.process import ProcessRuntime, process_start_token
@@ -445,6 +446,33 @@ def test_the_app_s_output_goes_to_its_log_file_once_healthy(
         engine.stop()
     # the file outlives the release and Tether: `tether logs` reads it after a restart too
     assert "tick" in path.read_text()
+
+
+def test_a_crafted_log_cursor_is_a_bad_cursor(ctx: Context, project: Project_) -> None:
+    """A cursor with a negative number made the read seek before the file's start: an OSError,
+    HTTP 500. It is refused like any cursor Tether did not make (UserError: 400, exit 2)."""
+    engine = engine_for(ctx)
+    engine.start()
+    try:
+        project.deploy_ok()
+
+        def tail() -> dict[str, object] | None:
+            shown = deployments.app_logs(ctx, project.name, "test", lines=2)
+            return shown if shown["lines"] else None
+
+        shown = eventually(tail, what="the app's first lines")
+        release, inode, head, offset = str(shown["cursor"]).split(".")
+        assert int(offset) > 0
+        good = deployments.app_logs(ctx, project.name, "test", after=str(shown["cursor"]))
+        assert good["release_id"] == int(release)
+        for crafted in (f"{release}.{inode}.{head}.-{offset}", f"{release}.{inode}.{head}.-1",
+                        f"{release}.{inode}.-{head}.{offset}", f"{release}.-{inode}.0.0",
+                        f"{release}.{inode}.{head}", f"{release}.x.y.z"):
+            with pytest.raises(UserError, match="invalid log cursor") as caught:
+                deployments.app_logs(ctx, project.name, "test", after=crafted)
+            assert caught.value.status == 400
+    finally:
+        engine.stop()
 
 
 if __name__ == "__main__":

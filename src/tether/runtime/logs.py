@@ -42,7 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from tether.redact import redact
+from tether.errors import OperationError
+from tether.redact import redact, secret_forms
 
 #: size at which a release's log file is rotated, and how many rotated files are kept
 MAX_BYTES = 5 * 1024 * 1024
@@ -97,15 +98,22 @@ class Position:
     head: int
     offset: int
 
+    def __post_init__(self) -> None:
+        if self.inode < 0 or self.head < 0 or self.offset < 0:
+            raise ValueError(f"a log position is never negative: {self.token()}")
+
     def token(self) -> str:
         return f"{self.inode}.{self.head}.{self.offset}"
 
     @classmethod
     def parse(cls, token: str) -> Position | None:
-        try:
-            inode, head, offset = (int(part) for part in token.split("."))
-        except ValueError:
-            return None
+        """The position of a `token()`; None for `0.0.0` (no file yet: from the beginning).
+        Raises ValueError for anything else that `token()` cannot have made (not three whole
+        numbers, or a negative one): a bad cursor, refused as such by its callers."""
+        parts = token.split(".")
+        if len(parts) != 3 or not all(part.isdigit() and part.isascii() for part in parts):
+            raise ValueError(f"not a log position: {token!r}")
+        inode, head, offset = (int(part) for part in parts)
         return cls(inode, head, offset) if inode > 0 else None
 
 
@@ -116,6 +124,12 @@ class LogLine:
 
     def as_dict(self) -> dict[str, str | None]:
         return {"at": self.at, "line": self.line}
+
+
+class LogUnreadable(OperationError, OSError):
+    """The log files could not be read (an OSError of the system, or files rotating without
+    pause): an error with a message (HTTP 500 with it, exit 1), still an OSError for callers
+    that ignore unreadable logs."""
 
 
 @dataclass
@@ -216,9 +230,27 @@ def _position(opened: _File, offset: int) -> Position:
     return Position(opened.inode, head, offset)
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """An OSError while the log is read becomes a `LogUnreadable` naming the file."""
+    try:
+        yield
+    except LogUnreadable:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise LogUnreadable(f"the log {path} could not be read: {reason}") from exc
+
+
 def read_after(path: Path, position: Position | None, limit: int = 1000,
                max_bytes: int = READ_LIMIT) -> Chunk:
-    """Up to `limit` complete lines written after `position` (None: from the beginning)."""
+    """Up to `limit` complete lines written after `position` (None: from the beginning).
+    Raises `LogUnreadable` when the files cannot be read."""
+    with _reading(path):
+        return _read_after(path, position, limit, max_bytes)
+
+
+def _read_after(path: Path, position: Position | None, limit: int, max_bytes: int) -> Chunk:
     lines: list[LogLine] = []
     with _opened(path) as files:
         if not files:
@@ -258,7 +290,13 @@ def read_after(path: Path, position: Position | None, limit: int = 1000,
 
 
 def read_tail(path: Path, count: int) -> Chunk:
-    """The last `count` complete lines of the log, and the position after them."""
+    """The last `count` complete lines of the log, and the position after them. Raises
+    `LogUnreadable` when the files cannot be read."""
+    with _reading(path):
+        return _read_tail(path, count)
+
+
+def _read_tail(path: Path, count: int) -> Chunk:
     with _opened(path) as files:
         if not files:
             return Chunk([], None)
@@ -345,10 +383,32 @@ def _emit(handler: logging.Handler, raw: bytes, secrets: list[str]) -> None:
     handler.handle(record)
 
 
+def _cut(data: bytes, needles: list[bytes], limit: int = MAX_LINE) -> int:
+    """Where to cut `data`, longer than `limit`, into a piece and the rest: at `limit`, or
+    before it, at the start of a secret the cut would split (the halves would not be masked:
+    each line is masked on its own)."""
+    cut = limit
+    moved = True
+    while moved:
+        moved = False
+        for needle in needles:
+            # any occurrence inside this window straddles the cut
+            start = data.find(needle, max(0, cut - len(needle) + 1), cut + len(needle) - 1)
+            if start < 0:
+                continue
+            if start == 0:  # a secret longer than a piece: the piece takes it whole
+                return len(needle)
+            cut, moved = start, True
+    return cut
+
+
 def _pump(fd: int, app: subprocess.Popen[bytes], handler: logging.Handler,
           secrets: list[str]) -> None:
     """Copy the app's output to the log until it ends (or the app exited and nothing more comes
-    soon: a background child may hold the pipe open)."""
+    soon: a background child may hold the pipe open). A line longer than `MAX_LINE` is cut into
+    pieces, never inside a secret."""
+    needles = [form.encode("utf-8") for form in secret_forms(secrets)]
+    margin = max((len(needle) for needle in needles), default=0)
     buffer = b""
     exited_at: float | None = None
     while True:
@@ -368,12 +428,15 @@ def _pump(fd: int, app: subprocess.Popen[bytes], handler: logging.Handler,
         *complete, buffer = buffer.split(b"\n")
         for raw in complete:
             while len(raw) > MAX_LINE:
-                _emit(handler, raw[:MAX_LINE], secrets)
-                raw = raw[MAX_LINE:]
+                cut = _cut(raw, needles)
+                _emit(handler, raw[:cut], secrets)
+                raw = raw[cut:]
             _emit(handler, raw, secrets)
-        while len(buffer) > MAX_LINE:
-            _emit(handler, buffer[:MAX_LINE], secrets)
-            buffer = buffer[MAX_LINE:]
+        # a line still coming: cut only once any secret the cut could split is there whole
+        while len(buffer) > MAX_LINE + margin:
+            cut = _cut(buffer, needles)
+            _emit(handler, buffer[:cut], secrets)
+            buffer = buffer[cut:]
     if buffer:
         _emit(handler, buffer, secrets)
 
@@ -391,17 +454,28 @@ def writer_main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _ignore)
     report = sys.stdout.buffer
-    config = json.loads(sys.stdin.buffer.read())
-    path = Path(config["log_path"])
+    # No settings (Tether closed stdin without sending them: the start was called off) or bad
+    # ones: no app is started.
     try:
-        handler = _open_handler(path, int(config["max_bytes"]), int(config["backups"]))
+        config = json.loads(sys.stdin.buffer.read())
+        path = Path(config["log_path"])
+        max_bytes, backups = int(config["max_bytes"]), int(config["backups"])
+        command, env, cwd = config["command"], config["env"], config.get("cwd")
+        secrets = [str(v) for v in config.get("secrets") or ()]
+        if not (isinstance(command, str) and isinstance(env, dict)):
+            raise TypeError("command must be a string and env an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _report(report, f"error the log writer got no valid settings ({type(exc).__name__}): "
+                        "the app was not started")
+        return 2
+    try:
+        handler = _open_handler(path, max_bytes, backups)
     except OSError as exc:
         _report(report, f"error could not open the log file {path}: {exc.strerror}")
         return 1
-    cwd = config.get("cwd")
     try:
         app = subprocess.Popen(
-            ["/bin/sh", "-c", config["command"]], cwd=cwd, env=config["env"],
+            ["/bin/sh", "-c", command], cwd=cwd, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
         where = f" in {cwd}" if cwd else ""
@@ -415,7 +489,7 @@ def writer_main() -> int:
     os.close(devnull)
     assert app.stdout is not None
     try:
-        _pump(app.stdout.fileno(), app, handler, list(config.get("secrets") or ()))
+        _pump(app.stdout.fileno(), app, handler, secrets)
     finally:
         handler.close()
     code = app.wait()

@@ -72,7 +72,8 @@ class ReleaseSpec:
     log_backups: int = logs.BACKUPS
     #: values masked in the log file (the release's secrets)
     secrets: Sequence[str] = ()
-    #: called as soon as the process runs, before the health wait (to record its pid)
+    #: called once the release's process (its log writer) runs and before its app is started,
+    #: to record its pid and start time; if it raises, no app is started and `start` re-raises
     on_start: Callable[[RunningRelease], None] | None = None
 
 
@@ -328,8 +329,6 @@ class ProcessRuntime:
         follower = _Follower(log_path, logs.end_position(log_path), spec.log)
         release = self._spawn(spec, port, log_path)
         try:
-            if spec.on_start is not None:
-                spec.on_start(release)
             self._wait_healthy(release, spec, follower)
         except BaseException:
             self.stop(release, drain_timeout=0)  # waits for the writer: the last lines are in
@@ -339,7 +338,12 @@ class ProcessRuntime:
         return release
 
     def _spawn(self, spec: ReleaseSpec, port: int, log_path: Path) -> RunningRelease:
-        """Start the log writer, which starts the app; returns once the app runs."""
+        """Start the log writer, record it (`ReleaseSpec.on_start`), then let it start the app;
+        returns once the app runs.
+
+        The writer starts no app until it has read its settings on stdin, so the release is
+        recorded (pid and start time) before its app exists: a crash of Tether at any point
+        leaves either no app or an app whose process is known (adopted or stopped later)."""
         config = {
             "command": spec.command,
             "cwd": spec.cwd,
@@ -360,21 +364,40 @@ class ProcessRuntime:
             )
         except OSError as exc:
             raise ReleaseFailed(f"could not start the app's log writer: {exc.strerror}") from exc
+        token = process_start_token(writer.pid)
         release = RunningRelease(
             release_id=spec.release_id,
             environment_key=spec.environment_key,
             port=port,
             pid=writer.pid,
-            pid_start=process_start_token(writer.pid) or "",
+            pid_start=token or "",
             log_path=log_path,
             _process=writer,
         )
+        if token is None:
+            # Without its start time the release could never be recognised after a crash of
+            # Tether: neither adopted nor stopped (its pid alone may name another process by
+            # then). No app runs yet: refusing the start is safe, running it is not.
+            exited = writer.poll()
+            self._abort(release)
+            if exited is not None:
+                raise ReleaseFailed(f"the app's log writer exited at once (code {exited})")
+            raise ReleaseFailed(
+                f"could not read the start time of the app's log writer (pid {writer.pid}, "
+                f"/proc/{writer.pid}/stat): the release was not started, as it could not be "
+                "recognised (adopted or stopped) after a restart of Tether")
+        try:
+            if spec.on_start is not None:
+                spec.on_start(release)  # before the app exists: no app is ever unrecorded
+        except BaseException:
+            self._abort(release)
+            raise
         with self._routes:
             closed = self._closed
             if not closed:
                 self._releases.add(release)
         if closed:  # shutdown began meanwhile: it did not see this one
-            self._terminate(release)
+            self._abort(release)
             raise ReleaseFailed("Tether is stopping: the release was not started")
         try:
             report = self._handshake(writer, json.dumps(config).encode())
@@ -386,6 +409,21 @@ class ProcessRuntime:
             message = report.removeprefix("error ").strip() or "the log writer did not start"
             raise ReleaseFailed(message)
         return release
+
+    @staticmethod
+    def _abort(release: RunningRelease) -> None:
+        """End a log writer that was not handed its settings: it started no app. Its stdin
+        closed, it reads no settings and exits without starting one (see `logs.writer_main`);
+        SIGKILL makes sure at once (it ignores SIGTERM). Its pipes are closed, not leaked."""
+        process = release._process
+        assert process is not None
+        release._stopped = True
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        _kill_group(release.pid, signal.SIGKILL)  # not reaped yet: the pid is still ours
+        process.wait()
 
     @staticmethod
     def _handshake(writer: subprocess.Popen[bytes], config: bytes) -> str:
@@ -567,6 +605,37 @@ class ProcessRuntime:
         for listener in self._shutdown_listeners:
             with contextlib.suppress(Exception):
                 listener([r.release_id for r in releases])
+
+    def kill_all(self) -> list[int]:
+        """The forced stop (`tether up` when its ordered stop takes too long): SIGKILL every
+        release's process group at once, started or adopted (an adopted one only while its pid
+        is still the recorded process), with no draining and no grace; nothing starts after.
+
+        Unlike `shutdown`, it neither closes the stable addresses nor calls the `on_shutdown`
+        listeners (the store may be what hangs): their rows still say `running`, so the next
+        start of Tether finds the processes gone and starts the current releases again. Returns
+        at once (at most ~1 s to reap the log writers); returns the ids of the releases
+        killed."""
+        with self._routes:
+            self._closed = True
+            releases = list(self._releases)
+            self._releases.clear()
+            self._current.clear()
+            self._routes.notify_all()
+        for release in releases:
+            release._stopped = True
+            process = release._process
+            if process is None:
+                if process_matches(release.pid, release.pid_start):
+                    _kill_group(release.pid, signal.SIGKILL)
+            elif process.returncode is None:  # not reaped: its pid still names its group
+                _kill_group(release.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        for release in releases:  # reap the writers (SIGKILL is not delayed by anything)
+            if release._process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    release._process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return [r.release_id for r in releases]
 
     def abandon(self) -> list[RunningRelease]:
         """Stop the stable addresses but leave every release running, forgotten, as a crash of

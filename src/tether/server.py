@@ -300,10 +300,11 @@ def _shares_store() -> bool:
 
 
 def _force_engine(engine: Engine) -> None:
-    """When the ordered stop hangs (e.g. an operation that does not end): the applications and
-    private servers still go."""
+    """When the ordered stop hangs (e.g. an operation that does not end): the applications are
+    killed at once (no drain, no grace: an app ignoring SIGTERM must not outlive tether up; the
+    next start starts the current releases again) and the private servers still go."""
     if engine.runtime is not None:
-        engine.runtime.shutdown()
+        engine.runtime.kill_all()
     engine.private_servers.stop()
 
 

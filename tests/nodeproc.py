@@ -81,12 +81,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lease", type=float, default=15.0)
     parser.add_argument("--heartbeat", type=float, default=3.0)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--work-ms", type=float, nargs=2, default=(2.0, 6.0),
+                        metavar=("MIN", "MAX"), help="how long each operation's work takes")
     args = parser.parse_args(argv)
     store = Store(args.url)
 
     def touch(op: Operation) -> str:
         started = time.time()
-        time.sleep(random.uniform(0.002, 0.006))  # the work
+        time.sleep(random.uniform(*args.work_ms) / 1000)  # the work
         with store.engine.begin() as conn:
             conn.execute(text("INSERT INTO executions (op_id, env_id, node, started, finished) "
                               "VALUES (:op, :env, :node, :started, :finished)"),

@@ -140,7 +140,9 @@ def test_a_killed_nodes_operations_are_finished_by_the_other(store: Store,
     expire. Executed twice: at most the operations the killed node had in flight."""
     env_ids = make_environments(store, ENVIRONMENTS)
     op_ids = queue_operations(store, env_ids, OPERATIONS)
-    short = ("--lease", "1.5", "--heartbeat", "0.3")
+    # work long enough (20-60 ms) that node-b has operations in flight when it is killed: with
+    # the default 2-6 ms they could all finish between the look and the kill on a loaded machine
+    short = ("--lease", "1.5", "--heartbeat", "0.3", "--work-ms", "20", "60")
     nodes.start("node-a", *short)
     nodes.start("node-b", *short)
 

@@ -26,3 +26,11 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for form in secret_forms(secrets):
         text = text.replace(form, "***")
     return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def mask_value(value: str) -> str:
+    """A secret value as shown when its owner did not ask to see it: a URL keeps its scheme,
+    user, host and path with the password masked (what it points at stays visible); anything
+    else is masked whole."""
+    masked = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
+    return masked if masked != value else "***"

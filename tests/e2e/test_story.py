@@ -4,6 +4,7 @@ that changes nothing, detach, remove, restart — and no failed request at the s
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -110,9 +111,20 @@ def test_the_whole_story(tether: Tether) -> None:
     assert status["services"]["ANALYTICS_DATABASE_DSN"]["ok"]
     assert status["services"]["MEDIA_STORAGE_DSN"]["ok"]
     env_vars = {v["name"]: v for v in t.ok("project", "env-vars", "-e", "test", "--all",
-                                            "--json").json()}
+                                            "--reveal", "--json").json()}
     assert env_vars["DEFAULT_DATABASE_DSN"]["in_running_release"]
     assert env_vars["DEFAULT_DATABASE_DSN"]["state"] == "attached"
+    # without --reveal, --all shows where each service points but no secret
+    masked = {v["name"]: v for v in t.ok("project", "env-vars", "-e", "test", "--all",
+                                          "--json").json()}
+    password = urlsplit(env_vars["DEFAULT_DATABASE_DSN"]["value"]).password
+    assert password and password not in json.dumps(masked)
+    assert env_vars["SECRET_KEY"]["value"] not in json.dumps(masked)
+    assert masked["DEFAULT_DATABASE_DSN"]["hidden"] and masked["SECRET_KEY"]["value"] == "***"
+    assert urlsplit(masked["DEFAULT_DATABASE_DSN"]["value"]).password == "***"
+    assert masked["STAGE"]["value"] == "test" and not masked["STAGE"]["hidden"]
+    table = t.ok("project", "env-vars", "-e", "test", "--all")
+    assert password not in table.out and "--reveal" in table.err
     # local media: a directory of its own, its files served over HTTP by Tether
     media = urlsplit(env_vars["MEDIA_STORAGE_DSN"]["value"])
     assert media.scheme == "file"

@@ -59,7 +59,7 @@ def _app(t: Tether) -> tuple[str, Path]:
 
 
 def _dsns(t: Tether) -> dict[str, str]:
-    shown = t.ok("project", "env-vars", "-e", "test", "--all", "--json").json()
+    shown = t.ok("project", "env-vars", "-e", "test", "--all", "--reveal", "--json").json()
     return {v["name"]: v["value"] for v in shown if v["name"].endswith("_DATABASE_DSN")}
 
 

@@ -8,15 +8,21 @@ from tether import naming
 from tether.actions.common import Context, audit, get_environment, get_project
 from tether.envvars import all_vars, instance_var_names, live_instances
 from tether.errors import Conflict, NotFound, UserError
+from tether.redact import mask_value
 from tether.store.models import Release, Variable
 
 MAX_VALUE = 32 * 1024
 
 
+#: the sources whose values are secrets: masked in listings unless asked for
+SECRET_SOURCES = frozenset({"service", "secret"})
+
+
 def list_variables(ctx: Context, project: str | None, env_name: str,
-                   include_all: bool = False) -> list[dict[str, object]]:
+                   include_all: bool = False, reveal: bool = True) -> list[dict[str, object]]:
     """Custom variables, or with `include_all` every variable the app gets at its next deploy
-    (and the service variables it will not get, marked so)."""
+    (and the service variables it will not get, marked so). Without `reveal`, the values of
+    secrets (service credentials, SECRET_KEY) are masked (`hidden` says which)."""
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project), env_name)
         running: set[str] = set()
@@ -27,9 +33,11 @@ def list_variables(ctx: Context, project: str | None, env_name: str,
         for var in all_vars(s, ctx.box, env):
             if not include_all and var.source != "custom":
                 continue
+            hidden = not reveal and var.source in SECRET_SOURCES
             out.append({
                 "name": var.name,
-                "value": var.value,
+                "value": mask_value(var.value) if hidden else var.value,
+                "hidden": hidden,
                 "source": var.source,
                 "prefix": var.prefix,
                 "state": var.state,

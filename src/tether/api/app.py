@@ -136,9 +136,11 @@ def create_app(base: Context, media_dir: Path | None = None,
                           body.health_path)
 
     @api.get(env_path + "/variables", tags=["variables"])
-    async def list_variables(ctx: Ctx, project: str, env: str,
-                             all: bool = False) -> list[dict[str, Any]]:
-        return await call(variables.list_variables, ctx, project, env, all)
+    async def list_variables(ctx: Ctx, project: str, env: str, all: bool = False,
+                             reveal: bool = False) -> list[dict[str, Any]]:
+        """Custom variables; with `all`, every variable of the next deploy. Secret values
+        (service credentials, SECRET_KEY) are masked unless `reveal`."""
+        return await call(variables.list_variables, ctx, project, env, all, reveal)
 
     @api.put(env_path + "/variables/{name}", tags=["variables"])
     async def set_variable(ctx: Ctx, project: str, env: str, name: str,

@@ -154,7 +154,7 @@ def _find(variables: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-@app.command("env-vars", epilog="Examples: tether project env-vars -e test --all  |  "
+@app.command("env-vars", epilog="Examples: tether project env-vars -e test --all [--reveal]  |  "
                                 "tether project env-vars --set DEBUG 1  |  "
                                 "tether project env-vars --get DATABASE_URL")
 def env_vars(
@@ -164,8 +164,12 @@ def env_vars(
         "--all", help="Every variable the app gets at its next deploy (services, STAGE, "
                       "SECRET_KEY, custom), with its source and whether the running release "
                       "has it.")] = False,
+    reveal: Annotated[bool, typer.Option(
+        "--reveal", help="With --all: show the values of secrets (service credentials, "
+                         "SECRET_KEY), masked otherwise.")] = False,
     get: Annotated[str | None, typer.Option(
-        "--get", metavar="NAME", help="Print the value of one variable alone.")] = None,
+        "--get", metavar="NAME", help="Print the value of one variable alone (its real value: "
+                                      "you asked for it by name).")] = None,
     set_: Annotated[tuple[str, str] | None, typer.Option(
         "--set", metavar="NAME VALUE", help="Set a custom variable (from the next deploy).")
     ] = None,
@@ -175,7 +179,8 @@ def env_vars(
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Show or change an environment's variables (custom ones by default)."""
+    """Show or change an environment's variables (custom ones by default; --all: every one the
+    app gets, secrets masked unless --reveal)."""
     if sum(x is not None for x in (get, set_, unset)) > 1:
         fail("use one of --get, --set and --unset at a time", 2, json_mode=json_,
              code="bad_request")
@@ -188,7 +193,9 @@ def env_vars(
         if unset is not None:
             _print_change(client.delete(f"{base}/{seg(unset)}"), json_)
             return
-        variables = client.get(base, params={"all": "true" if all_ or get else "false"})
+        variables = client.get(base, params={
+            "all": "true" if all_ or get else "false",
+            "reveal": "true" if reveal or get is not None else "false"})
     if get is not None:
         var = _find(variables, get)
         if var is None:
@@ -218,6 +225,8 @@ def env_vars(
         t.add_row(Text(var["name"], style=dim or "bold"), Text(str(var["value"]), style=dim),
                   _source(var), cell(var.get("next_release")), cell(var.get("in_running_release")))
     out.print(t)
+    if any(var.get("hidden") for var in variables):
+        hint("secret values are masked: add --reveal to show them, or --get NAME for one")
     if any(not v.get("next_release", True) for v in variables):
         hint("NEXT DEPLOY no: the service is being detached (or is detached), so the next "
              "deploy does not give the app these variables")

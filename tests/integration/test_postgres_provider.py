@@ -109,6 +109,30 @@ def test_check_returns_the_version(cluster: ClusterSpec) -> None:
     assert re.fullmatch(r"\d+(\.\d+)*", PROVIDER.check(cluster))
 
 
+@pytest.mark.parametrize("option", ["passfile=/root/.pgpass", "sslkey=/etc/ssl/private/x.key",
+                                    "service=prod", "sslrootcert=/etc/tether/ca.pem"])
+def test_cluster_urls_may_not_read_local_files(cluster: ClusterSpec, option: str,
+                                               tmp_path: Path) -> None:
+    """libpq options that read files on Tether's machine are refused before any connection:
+    whoever registers a cluster must not point Tether at its files (a password file, keys)."""
+    secret_file = tmp_path / "pgpass"
+    secret_file.write_text("*:*:*:*:not-for-you\n")
+    url = f"{cluster.url}?{option.replace('/root/.pgpass', str(secret_file))}"
+    with pytest.raises(ClusterError, match="read files on Tether's machine") as err:
+        PROVIDER.check(ClusterSpec(id=0, kind="postgres", region="local", url=url))
+    assert "not-for-you" not in err.value.message
+
+
+def test_the_system_trust_store_is_allowed(cluster: ClusterSpec) -> None:
+    """`sslrootcert=system` reads no file of the user's choosing: it is passed on to libpq
+    (which then wants TLS, which this test server does not speak)."""
+    url = f"{cluster.url}?sslrootcert=system"
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.check(ClusterSpec(id=0, kind="postgres", region="local", url=url))
+    assert "read files on Tether's machine" not in err.value.message
+    assert "cannot connect" in err.value.message
+
+
 def test_provision_twice_is_idempotent(cluster: ClusterSpec,
                                        make_names: Callable[[str], ResourceNames]) -> None:
     names = make_names("a")

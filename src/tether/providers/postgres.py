@@ -65,6 +65,13 @@ def _check_names(names: ResourceNames) -> None:
             raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier")
 
 
+#: libpq options that make Tether read a file of its own machine (a password file, a service
+#: file, client keys and certificates): whoever registers a cluster must not be able to point
+#: Tether's process at its files. `sslrootcert=system` (the system's CAs) reads none of yours.
+_LOCAL_FILE_OPTIONS = frozenset({"passfile", "service", "servicefile", "sslcert", "sslkey",
+                                 "sslrootcert", "sslcrl", "sslcrldir", "sslpassword"})
+
+
 class _Target:
     """Where a cluster URL points, without its password (safe to show)."""
 
@@ -74,6 +81,13 @@ class _Target:
         except Exception:  # the parser's message may quote the URL, password included
             raise ClusterError(f"the cluster URL is not a valid PostgreSQL URL: {_URL_HINT}"
                                ) from None
+        local = sorted(key for key in params if key in _LOCAL_FILE_OPTIONS
+                       and not (key == "sslrootcert" and params[key] == "system"))
+        if local:
+            raise ClusterError(
+                f"the cluster URL may not use {', '.join(local)}: those options read files on "
+                "Tether's machine. Put the password in the URL, and for TLS use sslmode="
+                "verify-full with sslrootcert=system (the CA in the system's trust store)")
         self.password: str | None = params.get("password")
         self.user = str(params.get("user") or "postgres")
         self.host = str(params.get("host") or "localhost")

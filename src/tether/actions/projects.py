@@ -83,6 +83,35 @@ def _add_environment(s: Session, ctx: Context, project: Project, name: str) -> E
     return env
 
 
+#: the longest app command, app directory and health path accepted (stored and returned by
+#: every project listing: a 50 MB command would be too)
+MAX_COMMAND = 4096
+MAX_PATH = 1024
+
+
+def _check_health_path(path: str) -> None:
+    """A path Tether puts into an HTTP request line: control characters or spaces there would
+    split or corrupt the request (a CR/LF would even add headers)."""
+    if not path.startswith("/"):
+        raise UserError(f"invalid health path {path!r}: it must start with / (e.g. /health)")
+    if len(path) > MAX_PATH or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F
+                                   for c in path):
+        raise UserError(f"invalid health path {path[:80]!r}: at most {MAX_PATH} characters, "
+                        "without spaces or control characters (encode them, e.g. %20)")
+
+
+def _check_app_text(what: str, value: str | None, limit: int) -> None:
+    """An app command or directory: it reaches exec and the file system, where a NUL cannot."""
+    if value is None:
+        return
+    if len(value) > limit:
+        raise UserError(f"the {what} is too long: at most {limit} characters")
+    if "\x00" in value:
+        raise UserError(f"the {what} may not contain a NUL character")
+    if what == "app directory" and any(c in value for c in "\r\n"):
+        raise UserError(f"the {what} may not contain line breaks")
+
+
 def create_project(
     ctx: Context,
     name: str,
@@ -93,8 +122,9 @@ def create_project(
     health_timeout: int = 30,
 ) -> dict[str, object]:
     naming.check_project_name(name)
-    if not health_path.startswith("/"):
-        raise UserError(f"invalid health path {health_path!r}: it must start with / (e.g. /health)")
+    _check_health_path(health_path)
+    _check_app_text("app command", app_command, MAX_COMMAND)
+    _check_app_text("app directory", app_dir, MAX_PATH)
     if not 1 <= health_timeout <= 600:
         raise UserError("invalid health timeout: use 1 to 600 seconds")
     with ctx.store.session() as s:
@@ -137,10 +167,10 @@ def update_project(ctx: Context, name: str | None, app_command: str | None = Non
     with ctx.store.session() as s:
         project = get_project(s, name)
         if app_command is not None:
+            _check_app_text("app command", app_command, MAX_COMMAND)
             project.app_command = app_command or None
         if health_path is not None:
-            if not health_path.startswith("/"):
-                raise UserError(f"invalid health path {health_path!r}: it must start with /")
+            _check_health_path(health_path)
             project.health_path = health_path
         audit(s, ctx.actor, "project updated", detail=project.name)
         return project_view(project)

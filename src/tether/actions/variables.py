@@ -52,6 +52,8 @@ def set_variable(ctx: Context, project: str | None, env_name: str, name: str,
     naming.check_variable_name(name)
     if len(value) > MAX_VALUE:
         raise UserError(f"the value of {name} is too long: at most {MAX_VALUE} characters")
+    if "\x00" in value:  # an environment cannot hold it: every deploy would fail
+        raise UserError(f"the value of {name} may not contain a NUL character")
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project), env_name)
         for inst in live_instances(s, env):

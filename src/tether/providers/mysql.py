@@ -64,6 +64,9 @@ from tether.sysaccess import first_untraversable
 log = logging.getLogger("tether.providers.mysql")
 
 CONNECT_TIMEOUT = 5
+#: seconds for the server's greeting and the login, then for any one statement
+GREETING_TIMEOUT = 10
+STATEMENT_TIMEOUT = 180
 DEFAULT_PORT = 3306
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")  # MySQL user names: at most 32 characters
 _URL_HINT = "use mysql://USER:PASSWORD@HOST:PORT/"
@@ -233,12 +236,17 @@ class MySQLProvider:
         `ClusterError` (a `TransientError` when it may pass) that holds no secret."""
         target = _Target(cluster)
         try:
+            # the read timeout covers the server's greeting and the login too: a port that
+            # accepts but never greets (not a MySQL server, or a hung one) fails in seconds
             conn = pymysql.connect(host=target.host, port=target.port, user=target.user,
                                    password=target.password, connect_timeout=CONNECT_TIMEOUT,
-                                   read_timeout=180, write_timeout=180, autocommit=True,
-                                   charset="utf8mb4")
+                                   read_timeout=GREETING_TIMEOUT, write_timeout=STATEMENT_TIMEOUT,
+                                   autocommit=True, charset="utf8mb4")
         except (pymysql.err.MySQLError, OSError) as exc:
             raise _connect_error(target, cluster, exc) from None
+        # then statements may take longer (DROP DATABASE of a big database); PyMySQL reads its
+        # read timeout from this attribute before every read
+        conn._read_timeout = STATEMENT_TIMEOUT
         try:
             with conn.cursor() as cur:
                 # DROP DATABASE waits for the metadata locks of open transactions: not forever

@@ -112,6 +112,22 @@ def test_check_returns_the_version(mysql_cluster: ClusterSpec) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", PROVIDER.check(mysql_cluster))
 
 
+def test_a_port_that_never_greets_fails_in_seconds() -> None:
+    """A port that accepts connections but never sends MySQL's greeting (another service, a hung
+    server): `tether cluster add mysql` used to wait 60-180 s for it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        spec = ClusterSpec(id=0, kind="mysql", region="local",
+                           url=f"mysql://admin:pw@127.0.0.1:{port}/")
+        started = time.monotonic()
+        with pytest.raises(ClusterError) as err:
+            MySQLProvider().check(spec)
+        assert time.monotonic() - started < mysql_module.GREETING_TIMEOUT + 10
+    assert f"127.0.0.1:{port}" in err.value.message and "pw" not in err.value.message
+
+
 def test_provision_twice_is_idempotent(mysql_server: MySQLServer, mysql_cluster: ClusterSpec,
                                        make_mysql_names: Callable[[str], ResourceNames]) -> None:
     names = make_mysql_names("a")

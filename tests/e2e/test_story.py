@@ -5,6 +5,7 @@ that changes nothing, detach, remove, restart — and no failed request at the s
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -250,3 +251,17 @@ def test_service_wait_follows_an_operation_started_without_waiting(tether: Tethe
     assert removed["state"] == "removed"
     missing = t.cli("service", "wait", "test", "NOPE", "-p", "waiting")
     assert missing.code == 2
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(tether: Tether) -> None:
+    """FastAPI's default docs page loaded Swagger UI from a public CDN into the control plane's
+    origin: now every file it needs is Tether's own, and its CSP allows nothing else."""
+    page = httpx.get(tether.url + "/api/v1/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    referenced = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert referenced and all(ref.startswith("/") and not ref.startswith("//")
+                              for ref in referenced), referenced
+    for ref in referenced:
+        assert httpx.get(tether.url + ref).status_code == 200, ref
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in csp and "http" not in csp

@@ -3,13 +3,18 @@ no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {c
 
 
 import asyncio
+import base64
+import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -77,7 +82,7 @@ def create_app(base: Context, media_dir: Path | None = None,
                   description="Backing services for your applications: REST API. Every call "
                               "needs `Authorization: Bearer TOKEN` (or, from the Services view, "
                               "its session cookie plus an `X-CSRF-Token` header on changes).",
-                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+                  openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
 
     @app.exception_handler(TetherError)
     async def _tether_error(_: Request, exc: TetherError) -> JSONResponse:
@@ -250,6 +255,15 @@ def create_app(base: Context, media_dir: Path | None = None,
 
     app.include_router(api)
 
+    docs_page = _docs_page()
+
+    @app.get("/api/v1/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return docs_page
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="docs-assets")
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -260,3 +274,30 @@ def create_app(base: Context, media_dir: Path | None = None,
     app.include_router(web_router(base.store, known_tokens))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+#: where the API docs page's Swagger UI files are served from (the `swagger-ui-bundle` wheel)
+DOCS_ASSETS = "/api/v1/docs-assets"
+
+
+def _docs_page() -> HTMLResponse:
+    """The API docs page (Swagger UI) with every file served by Tether itself: FastAPI's default
+    page loads its script from a public CDN, so whoever controls that CDN (or the network on the
+    way) would run script in the control plane's origin. The page's one inline script is allowed
+    by its hash, nothing else."""
+    page = get_swagger_ui_html(
+        openapi_url="/api/v1/openapi.json", title="Tether API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+    body = bytes(page.body).decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in re.findall(r"<script>(.*?)</script>", body, re.S))
+    return HTMLResponse(body, headers={
+        "Content-Security-Policy": (
+            f"default-src 'self'; script-src 'self' {hashes}; style-src 'self'; "
+            "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'"),
+        "X-Content-Type-Options": "nosniff",
+    })

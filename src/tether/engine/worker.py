@@ -251,7 +251,8 @@ class Worker:
                                    message=bindparam("to_message")))
         self._extend = (update(table)
                         .where(ops.id.in_(bindparam("ids", expanding=True)), mine)
-                        .values(lease_until=self._at("lease")))
+                        .values(lease_until=self._at("lease"))
+                        .returning(ops.id))
         self._expire = (update(table)
                         .where(ops.status == "running",
                                or_(ops.lease_until.is_(None),
@@ -469,18 +470,19 @@ class Worker:
         with self._lock:
             held = sorted(self._held)
         with self.store.session() as s:
-            if held:
-                renewed = s.execute(self._extend, {"ids": held, "node": self.node_id,
-                                                   **self._times(lease=self.lease)}).rowcount
-                if renewed < len(held):
-                    log.warning("renewed %s of %s leases: the others lapsed and may be run "
-                                "by another node (their outcome here will be dropped)",
-                                renewed, len(held))
+            renewed = set(s.scalars(self._extend, {
+                "ids": held, "node": self.node_id, **self._times(lease=self.lease)})
+            ) if held else set()
             seen = s.execute(update(Node.__table__).where(Node.id == self.node_id)
                              .values(seen_at=self._at("now"), stopped_at=None),
                              self._times(now=0)).rowcount
         if not seen:
             self._register_node()
+        with self._lock:  # not renewed, yet still held: not finished here, so lapsed
+            lost = sorted((set(held) - renewed) & self._held)
+        if lost:
+            log.warning("operations %s lost their lease here: another node may run them (the "
+                        "outcome this node writes for them will be dropped)", lost)
 
     def _requeue_expired(self) -> None:
         """Queue again the operations whose node stopped renewing their lease (any node's)."""

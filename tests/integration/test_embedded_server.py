@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests.conftest import world_traversable_tmpdir
+from tests.conftest import own_postgres, world_traversable_tmpdir
 from tether.actions import clusters
 from tether.actions.common import Context
 from tether.crypto import SecretBox
@@ -43,16 +43,8 @@ def ctx(tmp_path: Path) -> Iterator[Context]:
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[tuple[EmbeddedPostgres, str]]:
     """A second PostgreSQL server, with its password, that the tests may stop and move."""
-    base = world_traversable_tmpdir("tether-test-own-pg-")
-    password = secrets.token_urlsafe(18)
-    server = EmbeddedPostgres(base / "data", free_port())
-    try:
-        server.init(password)
-        server.start()
-        yield server, password
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+    with own_postgres("tether-test-own-pg-") as own:
+        yield own
 
 
 def _listen(port: int) -> socket.socket:

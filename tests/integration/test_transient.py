@@ -4,18 +4,16 @@ until the operation's deadline, and the provision succeeds once the server is ba
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import world_traversable_tmpdir
+from tests.conftest import own_postgres, world_traversable_tmpdir
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
 from tether.actions import deployments, projects, services
-from tether.net import free_port
 from tether.pgserver import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
@@ -24,16 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_server() -> Iterator[tuple[EmbeddedPostgres, str]]:
     """A PostgreSQL of this test's own, so it can be stopped without disturbing the others."""
-    base = world_traversable_tmpdir("tether-test-transient-")
-    password = secrets.token_urlsafe(18)
-    server = EmbeddedPostgres(base / "data", free_port())
-    try:
-        server.init(password)
-        server.start()
+    with own_postgres("tether-test-transient-") as (server, password):
         yield server, server.admin_url(password)
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_cluster_stopped_for_20_s_does_not_fail_the_provision(

@@ -256,7 +256,8 @@ def main() -> int:
             if time.monotonic() > deadline or up.poll() is not None:
                 raise SystemExit("tether up did not start")
             time.sleep(0.2)
-        token = json.loads(config.read_text())["token"]
+        token = next(c["token"] for c in json.loads(config.read_text())["contexts"].values()
+                     if c["url"] == url)
         box = SecretBox.from_data_dir(base / "data")
         state = json.loads((base / "data" / "embedded-postgres.json").read_text())
         admin_pg = (f"postgres://postgres:{box.open(state['password_enc'])}@127.0.0.1:"

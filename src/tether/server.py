@@ -48,7 +48,7 @@ from tether.actions.common import Context
 from tether.actions.projects import env_ports
 from tether.api.app import create_app
 from tether.api.auth import actor_for, create_token
-from tether.config import ClientSettings, load_client_settings, save_client_settings
+from tether.config import ClientSettings, edit_cli_config
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, TetherError, UserError
@@ -282,16 +282,25 @@ def _close_store(store: Store) -> None:
 
 
 def _ensure_cli_settings(store: Store, url: str) -> Path | None:
-    """Make sure the CLI config on this machine reaches this control plane with a valid token."""
-    current = load_client_settings()
-    if current is not None and current.url == url:
-        try:
-            actor_for(store, f"Bearer {current.token}")
-            return None
-        except TetherError:
-            pass
-    token = create_token(store, "admin")
-    return save_client_settings(ClientSettings(url=url, token=token))
+    """Make sure the CLI config on this machine has a context reaching this control plane with a
+    valid token, and make it current; the path when the file was written. The contexts of other
+    control planes are kept: the file is locked around the read-modify-write, so `tether up`s
+    starting at once lose nothing. A context whose token this store still accepts is kept as is
+    (the environment's TETHER_URL/TETHER_TOKEN play no part: this is the file's own entry)."""
+    with edit_cli_config() as config:
+        name = config.name_for(url)
+        entry = config.contexts.get(name)
+        valid = False
+        if entry is not None and entry.url == url:
+            try:
+                actor_for(store, f"Bearer {entry.token}")
+                valid = True
+            except TetherError:
+                pass
+        if not valid:
+            config.contexts[name] = ClientSettings(url=url, token=create_token(store, "admin"))
+        config.current = name
+    return config.written
 
 
 def _shares_store() -> bool:

@@ -87,7 +87,9 @@ class Tether:
         return result
 
     def token(self) -> str:
-        return str(json.loads((self.config_home / "tether" / "config.json").read_text())["token"])
+        """The admin token `tether up` wrote to its context (the one with this URL)."""
+        config = json.loads((self.config_home / "tether" / "config.json").read_text())
+        return str(next(c["token"] for c in config["contexts"].values() if c["url"] == self.url))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 
 from tether import __version__
 from tether.cli.output import fail
-from tether.config import ClientSettings, load_client_settings
+from tether.config import ClientSettings, ConfigError, load_client_settings
 
 #: seconds for an ordinary call
 DEFAULT_TIMEOUT = 30.0
@@ -24,7 +24,7 @@ CONNECT_TIMEOUT = 10.0
 LONG_POLL = 10
 
 NO_CONFIG = (
-    "no Tether control plane configured: run `tether up` (it writes "
+    "no Tether control plane configured: run `tether up` (it adds a context to "
     "~/.config/tether/config.json) or set TETHER_URL and TETHER_TOKEN"
 )
 
@@ -64,9 +64,12 @@ class Client:
 
     @classmethod
     def connect(cls, json_mode: bool = False) -> Client:
-        """A client from `TETHER_URL`/`TETHER_TOKEN` or the config `tether up` wrote."""
+        """A client from `TETHER_URL`/`TETHER_TOKEN` or a context of the config `tether up`
+        wrote (`TETHER_CONTEXT`, else the current one)."""
         try:
             settings = load_client_settings()
+        except ConfigError as exc:
+            fail(exc.message, 2, json_mode=json_mode, code=exc.code)
         except (OSError, ValueError) as exc:
             fail(f"cannot read the CLI config ({type(exc).__name__}): run `tether up` again "
                  "to rewrite it, or set TETHER_URL and TETHER_TOKEN", 2,

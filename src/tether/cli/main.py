@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import cluster, deploy, logs, project, service
+from tether.cli import cluster, context, deploy, logs, project, service
 from tether.cli.client import Client
 from tether.cli.common import CONTEXT_SETTINGS, JsonOpt
 from tether.cli.output import emit_json, say
@@ -41,6 +41,7 @@ app.add_typer(service.app, name="service")
 deploy.register(app)
 logs.register(app)
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(context.app, name="context")
 
 
 def _version(value: bool) -> None:

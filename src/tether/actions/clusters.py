@@ -14,11 +14,13 @@ import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tether.access import Need
 from tether.actions.common import Context, audit, iso
 from tether.catalog import FAMILIES, MEDIA_KIND_FAMILY, ClusterInfo, infer_family, kind_allowed
 from tether.errors import ClusterError, Conflict, UserError
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
+from tether.providers.common import check_limit_settings
 from tether.providers.registry import SUPPORTED_KINDS, get_provider
 from tether.store.models import Cluster, Instance, Region
 
@@ -194,11 +196,16 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
     (clusters Tether runs itself, or declared in a cluster file), a cluster of the same name is
     updated instead of refused, unless that would point a cluster holding instances at another
     server. `node_id`: the node that runs the server (embedded servers belong to their node)."""
+    ctx.require(Need.ADMIN)
     if kind not in SUPPORTED_KINDS:
         raise UserError(f"unknown cluster kind {kind!r}: supported kinds are "
                         f"{', '.join(sorted(SUPPORTED_KINDS))}")
     if not REGION_RE.fullmatch(region):
         raise UserError(f"invalid region {region!r}: use lower-case letters, digits and '-'")
+    try:  # per-instance limits (connection_limit, queue_limit): whole numbers in range
+        settings = check_limit_settings(kind, settings or {})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     with ctx.store.session() as s:  # refuse a misplaced cluster before contacting it
         _region(s, region, region_family, kind, create=False)
     provider = get_provider(kind)

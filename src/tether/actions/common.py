@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.access import SYSTEM, Need, Principal
 from tether.crypto import SecretBox
 from tether.errors import NotFound, UserError
 from tether.lifecycle import State
@@ -25,7 +26,9 @@ def _nothing() -> None:
 
 @dataclass
 class Context:
-    """Everything an action may touch. `actor` is the name of the token that asked."""
+    """Everything an action may touch. `principal` is the token that asked (its role and
+    project scope decide what it may do: `tether.access`); `actor` is how the audit trail and
+    the history name it."""
 
     store: Store
     box: SecretBox
@@ -35,23 +38,39 @@ class Context:
     notify: Callable[[], None] = field(default=_nothing)
     #: where Tether serves local media files, e.g. http://127.0.0.1:8070/media/
     public_url: str = "http://127.0.0.1:8070/"
+    principal: Principal = SYSTEM
 
-    def as_actor(self, actor: str) -> Context:
-        return Context(self.store, self.box, self.data_dir, actor, self.notify, self.public_url)
+    def as_principal(self, principal: Principal) -> Context:
+        """This context, asked by `principal` (one per API call)."""
+        return Context(self.store, self.box, self.data_dir, principal.actor, self.notify,
+                       self.public_url, principal)
+
+    def require(self, need: Need, project: str | None = None) -> None:
+        """Refuse (403) unless the token that asked may do `need` (in `project`)."""
+        self.principal.require(need, project)
 
 
 def iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def get_project(s: Session, name: str | None) -> Project:
-    """The project by name; with no name, the only project (SPEC: else the only project)."""
+def get_project(s: Session, name: str | None, ctx: Context | None = None,
+                need: Need = Need.READ) -> Project:
+    """The project by name; with no name, the only project (SPEC: else the only project).
+
+    With `ctx`, the token that asked must be allowed `need` in it (else 403), and "the only
+    project" counts only the projects it is granted."""
     if name:
         project = s.scalar(select(Project).where(Project.name == name))
         if project is None:
             raise NotFound(f"no project named {name!r}: see `tether project list`")
+        if ctx is not None:
+            ctx.require(need, project.name)
         return project
-    projects = s.scalars(select(Project)).all()
+    projects = [p for p in s.scalars(select(Project)).all()
+                if ctx is None or ctx.principal.sees(p.name)]
+    if len(projects) == 1 and ctx is not None:
+        ctx.require(need, projects[0].name)
     if len(projects) == 1:
         return projects[0]
     if not projects:

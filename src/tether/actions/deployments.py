@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.access import Need
 from tether.actions.common import (
     Context,
     audit,
@@ -52,7 +53,7 @@ def deployment_view(s: Session, d: Deployment, logs_after: int | None = None
 
 def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
         dep = Deployment(environment_id=env.id, requested_by=ctx.actor)
         s.add(dep)
         s.flush()
@@ -68,16 +69,24 @@ def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object
 def list_deployments(ctx: Context, project: str | None, env_name: str,
                      limit: int = 20) -> list[dict[str, object]]:
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx), env_name)
         rows = s.scalars(select(Deployment).where(Deployment.environment_id == env.id)
                          .order_by(Deployment.id.desc()).limit(limit))
         return [deployment_view(s, d) for d in rows]
 
 
+def _may_read(s: Session, ctx: Context, environment_id: int) -> bool:
+    """Whether the token may read the project of this environment. A deployment or operation
+    of a project it is not granted is answered like one that does not exist (its id says
+    nothing about the project, so a 403 would only confirm that it exists)."""
+    env = s.get(Environment, environment_id)
+    return env is not None and ctx.principal.may(Need.READ, env.project.name)
+
+
 def get_deployment(ctx: Context, deployment_id: int, logs_after: int = 0) -> dict[str, object]:
     with ctx.store.session() as s:
         d = s.get(Deployment, deployment_id)
-        if d is None:
+        if d is None or not _may_read(s, ctx, d.environment_id):
             raise NotFound(f"no deployment {deployment_id}")
         return deployment_view(s, d, logs_after=logs_after)
 
@@ -85,7 +94,7 @@ def get_deployment(ctx: Context, deployment_id: int, logs_after: int = 0) -> dic
 def get_operation(ctx: Context, operation_id: int) -> dict[str, object]:
     with ctx.store.session() as s:
         op = s.get(Operation, operation_id)
-        if op is None:
+        if op is None or not _may_read(s, ctx, op.environment_id):
             raise NotFound(f"no operation {operation_id}")
         return operation_view(op)
 
@@ -111,7 +120,7 @@ def app_logs(ctx: Context, project: str | None, env_name: str, lines: int = 100,
     if not 0 <= lines <= MAX_LOG_LINES:
         raise UserError(f"lines must be between 0 and {MAX_LOG_LINES}")
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx), env_name)
         key = f"{env.project.name}/{env.name}"
         release = s.get(Release, env.current_release_id) if env.current_release_id else None
         release_id = release.id if release else None

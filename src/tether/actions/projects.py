@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tether import naming
+from tether.access import Need
 from tether.actions.common import Context, audit, get_project, iso
 from tether.errors import Conflict, UserError
 from tether.net import port_is_free
@@ -121,6 +122,7 @@ def create_project(
     health_path: str = "/",
     health_timeout: int = 30,
 ) -> dict[str, object]:
+    ctx.require(Need.CREATE_PROJECT)
     naming.check_project_name(name)
     _check_health_path(health_path)
     _check_app_text("app command", app_command, MAX_COMMAND)
@@ -154,18 +156,19 @@ def create_project(
 
 def list_projects(ctx: Context) -> list[dict[str, object]]:
     with ctx.store.session() as s:
-        return [project_view(p) for p in s.scalars(select(Project).order_by(Project.name))]
+        return [project_view(p) for p in s.scalars(select(Project).order_by(Project.name))
+                if ctx.principal.sees(p.name)]
 
 
 def show_project(ctx: Context, name: str | None) -> dict[str, object]:
     with ctx.store.session() as s:
-        return project_view(get_project(s, name))
+        return project_view(get_project(s, name, ctx))
 
 
 def update_project(ctx: Context, name: str | None, app_command: str | None = None,
                    health_path: str | None = None) -> dict[str, object]:
     with ctx.store.session() as s:
-        project = get_project(s, name)
+        project = get_project(s, name, ctx, Need.CHANGE)
         if app_command is not None:
             _check_app_text("app command", app_command, MAX_COMMAND)
             project.app_command = app_command or None

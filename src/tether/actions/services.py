@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tether import catalog, lifecycle, naming
+from tether.access import Need
 from tether.actions.clusters import cluster_infos, safe_location
 from tether.actions.common import (
     Context,
@@ -37,7 +38,7 @@ from tether.store.records import (
 def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[dict[str, object]]:
     with ctx.store.session() as s:
         if region is None:
-            region = get_project(s, project).region
+            region = get_project(s, project, ctx).region
         return [
             {"service": o.service, "kind": o.kind, "version": o.version, "region": o.region,
              "shared": o.shared, "private": o.private}
@@ -99,8 +100,9 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
     }
 
 
-def _env(s: Session, project: str | None, env: str) -> Environment:
-    return get_environment(s, get_project(s, project), env)
+def _env(s: Session, ctx: Context, project: str | None, env: str,
+         need: Need = Need.CHANGE) -> Environment:
+    return get_environment(s, get_project(s, project, ctx, need), env)
 
 
 def _require(s: Session, env: Environment, prefix: str) -> Instance:
@@ -128,7 +130,7 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
         private: bool = False, provision: bool = False) -> dict[str, object]:
     naming.check_prefix(prefix)
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name)
         region = env.project.region
         offer = catalog.resolve(cluster_infos(s), region, service, private)
         custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
@@ -169,7 +171,7 @@ def _provision(s: Session, ctx: Context, env: Environment, inst: Instance) -> Op
 
 def provision(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name)
         inst = _require(s, env, prefix)
         op = _provision(s, ctx, env, inst)
         view = instance_view(s, ctx, inst)
@@ -182,7 +184,7 @@ def provision(ctx: Context, project: str | None, env_name: str, prefix: str) -> 
 def _simple(ctx: Context, project: str | None, env_name: str, prefix: str,
             action: Action) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name)
         inst = _require(s, env, prefix)
         decision = _decide(s, env, inst, action)
         _refuse_unless(decision)
@@ -204,7 +206,7 @@ def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
            confirm: str | None) -> dict[str, object]:
     """Rule 3: destructive, refused while attached, and only with the prefix typed again."""
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name)
         inst = _require(s, env, prefix)
         decision = _decide(s, env, inst, Action.REMOVE)
         _refuse_unless(decision)
@@ -230,7 +232,7 @@ def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
 def list_instances(ctx: Context, project: str | None, env_name: str,
                    include_removed: bool = False) -> list[dict[str, object]]:
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name, Need.READ)
         q = select(Instance).where(Instance.environment_id == env.id).order_by(Instance.id)
         if not include_removed:
             q = q.where(Instance.state != State.REMOVED.value)
@@ -240,7 +242,7 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
 def show(ctx: Context, project: str | None, env_name: str, prefix: str,
          reveal: bool = False) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = _env(s, project, env_name)
+        env = _env(s, ctx, project, env_name, Need.REVEAL if reveal else Need.READ)
         inst = _require(s, env, prefix)
         view = instance_view(s, ctx, inst, reveal=reveal)
         view["history"] = [

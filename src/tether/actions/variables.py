@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from tether import naming
+from tether.access import Need
 from tether.actions.common import Context, audit, get_environment, get_project
 from tether.envvars import all_vars, instance_var_names, live_instances
 from tether.errors import Conflict, NotFound, UserError
@@ -24,7 +25,8 @@ def list_variables(ctx: Context, project: str | None, env_name: str,
     (and the service variables it will not get, marked so). Without `reveal`, the values of
     secrets (service credentials, SECRET_KEY) are masked (`hidden` says which)."""
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx,
+                                             Need.REVEAL if reveal else Need.READ), env_name)
         running: set[str] = set()
         if env.current_release_id:
             release = s.get(Release, env.current_release_id)
@@ -55,7 +57,7 @@ def set_variable(ctx: Context, project: str | None, env_name: str, name: str,
     if "\x00" in value:  # an environment cannot hold it: every deploy would fail
         raise UserError(f"the value of {name} may not contain a NUL character")
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
         for inst in live_instances(s, env):
             if name in instance_var_names(inst):
                 raise Conflict(f"{name} is given by the service {inst.prefix} ({inst.service}): "
@@ -74,7 +76,7 @@ def set_variable(ctx: Context, project: str | None, env_name: str, name: str,
 def unset_variable(ctx: Context, project: str | None, env_name: str,
                    name: str) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project), env_name)
+        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
         var = s.scalar(select(Variable).where(Variable.environment_id == env.id,
                                               Variable.name == name))
         if var is None:

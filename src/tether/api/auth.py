@@ -1,29 +1,85 @@
-"""Bearer tokens and browser sessions. Only a SHA-256 hash of each token is stored; `tether up`
-makes the first admin token and writes it to the CLI's config file. A browser signed in to the
-Services view sends the same token in a cookie, with a CSRF token on every change."""
+"""Tokens, browser sessions and sign-in throttling.
+
+Only a SHA-256 hash of each token is stored. `tether up` makes the first admin token and writes it
+to the CLI's config; admins make more with `tether token create` (roles and project scopes:
+`tether.access`). Every call looks its token up in the store: a revoked or expired token is
+refused by the very next call, on every node (no cache; one indexed query per call).
+
+A browser signs in to the Services view with a token and gets a *session*: a random id in an
+HttpOnly cookie, kept server-side (as a hash) with its expiry. The cookie is not the token: signing
+out revokes the session at once, and revoking the token ends all its sessions. Cookies travel with
+every request, forged ones too (and cookies ignore ports: a page of the media origin on another
+port of the same host is "same-site"), so a cookie-authenticated change must also carry the
+session's CSRF token, which only the Services view's own pages hold (written into each page,
+never in a cookie a script of another origin could read).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
+from tether.access import Principal, Role
 from tether.errors import Unauthorized, UserError
 from tether.store.db import Store
-from tether.store.models import Token
+from tether.store.models import Token, WebSession
+
+#: how long a browser session lasts (then the browser signs in again)
+SESSION_LIFETIME = timedelta(hours=12)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(store: Store, name: str) -> str:
-    token = "tth_" + secrets.token_urlsafe(32)
-    with store.session() as s:
-        s.add(Token(name=name, token_hash=hash_token(token)))
-    return token
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back (all of Tether's are UTC)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def new_token_secret() -> str:
+    return "tth_" + secrets.token_urlsafe(32)
+
+
+def create_token(store: Store, name: str, role: Role | str = Role.ADMIN, *,
+                 owner: str | None = None, projects: list[str] | None = None,
+                 expires_at: datetime | None = None, created_by: str | None = None,
+                 rename_if_taken: bool = True) -> str:
+    """Make a token and return its secret (shown once, never stored). Names are unique among
+    live tokens: with `rename_if_taken` (tokens Tether makes itself, e.g. `tether up`'s `admin`)
+    a taken name gets a number (`admin-2`); without, a taken name is an IntegrityError."""
+    role = Role(role)
+    secret = new_token_secret()
+    n = 1
+    while True:
+        candidate = name if n == 1 else f"{name}-{n}"
+        try:
+            with store.session() as s:
+                s.add(Token(name=candidate, token_hash=hash_token(secret), role=role.value,
+                            owner=owner, projects=projects, expires_at=expires_at,
+                            created_by=created_by))
+            return secret
+        except IntegrityError:
+            if not rename_if_taken:
+                raise
+            n += 1
+            if n > 1000:
+                raise
 
 
 def has_tokens(store: Store) -> bool:
@@ -31,42 +87,54 @@ def has_tokens(store: Store) -> bool:
         return s.scalar(select(Token.id).limit(1)) is not None
 
 
-def bearer_digest(authorization: str | None) -> str | None:
-    """The hash of the token in an `Authorization: Bearer ...` header, if there is one."""
+def bearer_secret(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, if there is one."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    return hash_token(token.strip())
+    return token.strip()
 
 
-def actor_for(store: Store, authorization: str | None,
-              known: dict[str, str] | None = None) -> str:
-    """The name of the token in an `Authorization: Bearer ...` header, or Unauthorized.
-    `known` caches digests already found (tokens are only ever added, so a hit stays valid)."""
-    digest = bearer_digest(authorization)
-    if digest is None:
+def principal_of(token: Token) -> Principal:
+    return Principal(name=token.name, role=Role(token.role), owner=token.owner,
+                     projects=frozenset(token.projects) if token.projects is not None else None,
+                     token_id=token.id)
+
+
+def _refuse_unusable(token: Token | None, what: str = "token") -> Token:
+    """The token, or Unauthorized saying why it cannot be used."""
+    if token is None:
+        raise Unauthorized(f"invalid {what}: use the token `tether up` wrote to the CLI config, "
+                           "or one an admin made with `tether token create`; or set TETHER_TOKEN")
+    if token.revoked_at is not None:
+        raise Unauthorized(f"the token {token.name!r} was revoked: ask an admin for a new one "
+                           "(`tether token create`)")
+    expires = _aware(token.expires_at)
+    if expires is not None and expires <= _now():
+        raise Unauthorized(f"the token {token.name!r} expired on {expires:%Y-%m-%d %H:%M} UTC: "
+                           "ask an admin for a new one (`tether token create`)")
+    return token
+
+
+def principal_for(store: Store, authorization: str | None) -> Principal:
+    """Who sent an `Authorization: Bearer TOKEN` header, or Unauthorized (401)."""
+    secret = bearer_secret(authorization)
+    if secret is None:
         raise Unauthorized("missing bearer token: send `Authorization: Bearer TOKEN` "
                            "(the CLI reads it from the config `tether up` writes, or TETHER_TOKEN)")
-    if known is not None and digest in known:
-        return known[digest]
     with store.session() as s:
-        name = s.scalar(select(Token.name).where(Token.token_hash == digest))
-    if name is None:
-        raise Unauthorized("invalid token: use the token `tether up` wrote to the CLI config, "
-                           "or set TETHER_TOKEN")
-    if known is not None:
-        known[digest] = name
-    return name
+        token = s.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
+        return principal_of(_refuse_unusable(token))
+
+
+def actor_for(store: Store, authorization: str | None) -> str:
+    """The audit name of a valid bearer token (Unauthorized otherwise)."""
+    return principal_for(store, authorization).actor
 
 
 # --- Browser sessions (the Services view) ---------------------------------------------------
-# A browser holds the same bearer token as the CLI, but in an HttpOnly cookie so page scripts can
-# never read it. Cookies travel with every request, forged ones too, so a cookie-authenticated
-# request that changes something must also carry a CSRF token: one that page scripts of this
-# origin can read (a non-HttpOnly cookie) and send back in a header, which a foreign site cannot.
 
 SESSION_COOKIE = "tether_session"
-CSRF_COOKIE = "tether_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -79,21 +147,119 @@ class CsrfRefused(UserError):
     status = 403
 
 
-def csrf_token(token: str) -> str:
-    """The CSRF token of a session: an HMAC keyed by the session's own secret token.
+@dataclass(frozen=True)
+class SignedIn:
+    """A valid browser session: who it is, and the session's row id."""
 
-    Keying it by the token binds it to the session and makes it unforgeable without the token,
-    which never leaves the HttpOnly cookie; it needs no server-side state or key, so it stays
-    valid across restarts and on every node sharing the store, exactly as long as the token."""
-    return hmac.new(token.encode(), b"tether-csrf-v1", hashlib.sha256).hexdigest()
+    principal: Principal
+    session_id: int
 
 
-def check_csrf(token: str, presented: str | None) -> None:
+def create_session(store: Store, token_secret: str, client: str = "") -> str:
+    """Sign a browser in with a token: a new session, its secret returned for the cookie.
+    Unauthorized when the token is not valid."""
+    secret = "tts_" + secrets.token_urlsafe(32)
+    with store.session() as s:
+        token = _refuse_unusable(s.scalar(select(Token).where(
+            Token.token_hash == hash_token(token_secret))))
+        expires = _now() + SESSION_LIFETIME
+        token_expires = _aware(token.expires_at)
+        if token_expires is not None:
+            expires = min(expires, token_expires)
+        s.add(WebSession(secret_hash=hash_token(secret), token_id=token.id,
+                         client=client[:200], expires_at=expires))
+    return secret
+
+
+def session_for(store: Store, secret: str | None) -> SignedIn:
+    """The signed-in browser of a session cookie, or Unauthorized: a session that was signed out,
+    revoked or has expired, or whose token was revoked or has expired, is over."""
+    if not secret:
+        raise Unauthorized("not signed in: sign in to the Services view with a token")
+    with store.session() as s:
+        row = s.execute(select(WebSession, Token).join(Token, WebSession.token_id == Token.id)
+                        .where(WebSession.secret_hash == hash_token(secret))).first()
+        if row is None:
+            raise Unauthorized("this browser session is not known (signed out?): sign in again")
+        session, token = row
+        if session.revoked_at is not None or (_aware(session.expires_at) or _now()) <= _now():
+            raise Unauthorized("this browser session has ended: sign in again")
+        return SignedIn(principal_of(_refuse_unusable(token)), session.id)
+
+
+def end_session(store: Store, secret: str) -> None:
+    """Sign a browser out: its session is revoked in the store, so the cookie is worthless
+    even if it was copied."""
+    with store.session() as s:
+        s.execute(update(WebSession).where(WebSession.secret_hash == hash_token(secret),
+                                           WebSession.revoked_at.is_(None))
+                  .values(revoked_at=_now()))
+
+
+def csrf_token(session_secret: str) -> str:
+    """The CSRF token of a session: an HMAC keyed by the session's own secret.
+
+    Keying it by the secret binds it to the session and makes it unforgeable without the secret,
+    which never leaves the HttpOnly cookie; it needs no more server-side state, so it is valid
+    on every node sharing the store, exactly as long as the session."""
+    return hmac.new(session_secret.encode(), b"tether-csrf-v2", hashlib.sha256).hexdigest()
+
+
+def check_csrf(session_secret: str, presented: str | None) -> None:
     """Refuse a cookie-authenticated unsafe request whose CSRF header is missing or wrong."""
     if not presented:
-        raise CsrfRefused(f"missing {CSRF_HEADER} header: a signed-in browser must send the "
-                          f"`{CSRF_COOKIE}` cookie's value with every change (reload the page, "
-                          "or sign in again)")
-    if not hmac.compare_digest(presented.encode(), csrf_token(token).encode()):
+        raise CsrfRefused(f"missing {CSRF_HEADER} header: a signed-in browser must send its "
+                          "page's CSRF token with every change (reload the page, or sign in "
+                          "again)")
+    if not hmac.compare_digest(presented.encode(), csrf_token(session_secret).encode()):
         raise CsrfRefused(f"wrong {CSRF_HEADER} header: it does not belong to this session "
                           "(reload the page, or sign in again)")
+
+
+# --- Sign-in throttling ------------------------------------------------------------------------
+
+class SignInThrottle:
+    """Slows down repeated failed sign-ins from one address: after `free` failures within
+    `window` seconds, each further attempt must wait, twice as long after each failure (1 s,
+    2 s, 4 s ... at most `ceiling`). A success clears the address. Kept in memory per node:
+    tokens are 256-bit random, so this is about noise and policy, not about guessing."""
+
+    def __init__(self, free: int = 5, window: float = 900.0, ceiling: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free = free
+        self.window = window
+        self.ceiling = ceiling
+        self._clock = clock
+        self._failures: dict[str, tuple[int, float, float]] = {}  # count, first, wait until
+        self._lock = threading.Lock()
+
+    def wait_left(self, address: str) -> float:
+        """Seconds this address must still wait before its next attempt (0: go ahead)."""
+        with self._lock:
+            entry = self._failures.get(address)
+            if entry is None:
+                return 0.0
+            _count, first, until = entry
+            now = self._clock()
+            if now - first > self.window and now >= until:
+                del self._failures[address]
+                return 0.0
+            return max(0.0, until - now)
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = self._clock()
+            count, first, _ = self._failures.get(address, (0, now, now))
+            if now - first > self.window:
+                count, first = 0, now
+            count += 1
+            delay = 0.0 if count < self.free else min(self.ceiling,
+                                                       2.0 ** (count - self.free))
+            self._failures[address] = (count, first, now + delay)
+            if len(self._failures) > 10000:  # bounded memory: forget the oldest addresses
+                for key in sorted(self._failures, key=lambda k: self._failures[k][1])[:1000]:
+                    del self._failures[key]
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)

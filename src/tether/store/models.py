@@ -28,11 +28,43 @@ class Base(DeclarativeBase):
 
 
 class Token(Base):
+    """An API token: only its SHA-256 is kept. Its role and project scope say what it may do
+    (`tether.access`); a revoked or expired token is refused at once (no cache anywhere)."""
+
     __tablename__ = "tokens"
+    __table_args__ = (
+        Index("uq_live_token_name", "name", unique=True,
+              sqlite_where=text("revoked_at IS NULL"),
+              postgresql_where=text("revoked_at IS NULL")),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20), default="admin")
+    #: the person it belongs to (the audit trail names them); None: the token's name
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: the project names it is granted; None: every project
+    projects: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebSession(Base):
+    """A browser signed in to the Services view with a token. The browser holds a random
+    session id (only its SHA-256 is kept here), never the token; signing out, revoking the
+    session or revoking its token ends it at once, and it expires on its own."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), index=True)
+    #: where it signed in from and with what (shown in the list of sessions)
+    client: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Node(Base):

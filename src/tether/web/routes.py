@@ -2,9 +2,11 @@
 
 The pages are static shells; their scripts load every piece of data from the REST API with the
 session cookie, so a page route only decides *whether* to serve the shell (signed in) or to send
-the browser to the sign-in page. Signing in turns the token typed into the form into two cookies:
-the token itself, HttpOnly so no script can read it, and the session's CSRF token, readable by
-this origin's scripts, which send it back on every change (see `tether.api.auth`).
+the browser to the sign-in page. Signing in with a token makes a server-side session
+(`tether.api.auth`): the browser gets its random id in an HttpOnly cookie, never the token; each
+page shell carries the session's CSRF token in a `<meta>` element, which its scripts send back on
+every change. No cookie holds it, so a page of another origin on this host (cookies ignore ports)
+cannot read it. Repeated failed sign-ins from one address are slowed down.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from tether.api.auth import (
-    CSRF_COOKIE,
     CSRF_HEADER,
     SESSION_COOKIE,
-    actor_for,
-    bearer_digest,
+    SignedIn,
+    SignInThrottle,
+    create_session,
     csrf_token,
+    end_session,
+    session_for,
 )
 from tether.errors import Unauthorized
 from tether.store.db import Store
@@ -85,31 +89,35 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parsed.items()}
 
 
-def web_router(store: Store, known_tokens: dict[str, str]) -> APIRouter:
-    """The Services view's routes. `known_tokens` is the API's cache of token digests, shared so
-    a page load costs no store query once the token has been seen."""
+def _client(request: Request) -> str:
+    """Where a browser signs in from, as the list of sessions shows it."""
+    address = request.client.host if request.client else "?"
+    agent = request.headers.get("user-agent", "")[:150]
+    return f"{address} {agent}".strip()
+
+
+def web_router(store: Store, throttle: SignInThrottle) -> APIRouter:
+    """The Services view's routes."""
     router = APIRouter(include_in_schema=False)
 
-    async def actor(token: str | None) -> str | None:
-        """The token's name, or None when there is no token or it is not valid."""
-        if not token:
+    async def signed_in(secret: str | None) -> SignedIn | None:
+        """The browser's live session, or None (no cookie, or a session that is over)."""
+        if not secret:
             return None
-        header = f"Bearer {token}"
-        found = known_tokens.get(bearer_digest(header) or "")
-        if found is not None:
-            return found
         try:
-            return await run_in_threadpool(actor_for, store, header, known_tokens)
+            return await run_in_threadpool(session_for, store, secret)
         except Unauthorized:
             return None
 
     async def guarded(request: Request, page: str) -> Response:
-        """The page for a signed-in browser; anyone else goes to the sign-in page first."""
-        if await actor(request.cookies.get(SESSION_COOKIE)) is None:
+        """The page for a signed-in browser, carrying its session's CSRF token; anyone else
+        goes to the sign-in page first."""
+        secret = request.cookies.get(SESSION_COOKIE)
+        if secret is None or await signed_in(secret) is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/sign-in?next={quote(target, safe='/')}", 303,
                                     headers={"Cache-Control": "no-store"})
-        return _page(page)
+        return _page(page, fill={"csrf": csrf_token(secret)})
 
     def sign_in_page(request: Request, next_path: str, error: str = "",
                      status: int = 200) -> HTMLResponse:
@@ -138,7 +146,7 @@ def web_router(store: Store, known_tokens: dict[str, str]) -> APIRouter:
     @router.get("/sign-in")
     async def sign_in_form(request: Request, next: str | None = None) -> Response:
         target = _safe_next(next)
-        if await actor(request.cookies.get(SESSION_COOKIE)) is not None:
+        if await signed_in(request.cookies.get(SESSION_COOKIE)) is not None:
             return RedirectResponse(target, 303)
         return sign_in_page(request, target)
 
@@ -151,15 +159,26 @@ def web_router(store: Store, known_tokens: dict[str, str]) -> APIRouter:
         if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
             return sign_in_page(request, target, "This sign-in form has expired or was not "
                                 "sent from this page: please sign in again.", 403)
+        address = request.client.host if request.client else "?"
+        wait = throttle.wait_left(address)
+        if wait > 0:
+            response = sign_in_page(request, target, f"Too many failed sign-ins from this "
+                                    f"address: try again in {int(wait) + 1} s.", 429)
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
         token = form.get("token", "").strip()
-        if await actor(token) is None:
-            return sign_in_page(request, target, "That token is not valid: use the one "
-                                "tether up wrote to the CLI config (its token field).", 401)
+        try:
+            secret = await run_in_threadpool(create_session, store, token, _client(request))
+        except Unauthorized as exc:
+            throttle.failed(address)
+            message = exc.message if "revoked" in exc.message or "expired" in exc.message else (
+                "That token is not valid: use the one tether up wrote to the CLI config (its "
+                "token field), or one an admin made with tether token create.")
+            return sign_in_page(request, target, message, 401)
+        throttle.succeeded(address)
         response = RedirectResponse(target, 303)
         secure = _secure(request)
-        response.set_cookie(SESSION_COOKIE, token, path="/", httponly=True,
-                            samesite="strict", secure=secure)
-        response.set_cookie(CSRF_COOKIE, csrf_token(token), path="/", httponly=False,
+        response.set_cookie(SESSION_COOKIE, secret, path="/", httponly=True,
                             samesite="strict", secure=secure)
         response.delete_cookie(SIGNIN_COOKIE, path=SIGNIN_PATH, httponly=True,
                                samesite="strict", secure=secure)
@@ -167,20 +186,23 @@ def web_router(store: Store, known_tokens: dict[str, str]) -> APIRouter:
 
     @router.post("/web/sign-out")
     async def sign_out(request: Request) -> Response:
-        """Forget the session in this browser. Like any change, it needs the CSRF token (form
-        field or header), so another site cannot sign a user out behind their back."""
-        token = request.cookies.get(SESSION_COOKIE)
-        if token:
+        """End the session: revoked in the store (a copied cookie is worthless from now on) and
+        forgotten by this browser. Like any change, it needs the CSRF token (form field or
+        header), so another site cannot sign a user out behind their back."""
+        secret = request.cookies.get(SESSION_COOKIE)
+        if secret:
             form = await _form(request)
             given = request.headers.get(CSRF_HEADER) or form.get("csrf_token", "")
-            if not hmac.compare_digest(given.encode(), csrf_token(token).encode()):
+            if not hmac.compare_digest(given.encode(), csrf_token(secret).encode()):
                 return Response("sign-out refused: the CSRF token is missing or wrong; reload "
                                 "the page and try again", 403, media_type="text/plain")
+            await run_in_threadpool(end_session, store, secret)
         response = RedirectResponse("/sign-in", 303)
         secure = _secure(request)
-        for name, http_only in ((SESSION_COOKIE, True), (CSRF_COOKIE, False)):
-            response.delete_cookie(name, path="/", httponly=http_only, samesite="strict",
-                                   secure=secure)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=secure)
+        # the readable CSRF cookie of earlier versions: gone from browsers that still have it
+        response.delete_cookie("tether_csrf", path="/", samesite="strict", secure=secure)
         return response
 
     return router

@@ -1,6 +1,8 @@
 // The one way the pages talk to Tether: the same REST API as the CLI (/api/v1). The browser
 // authenticates with its HttpOnly session cookie (which no script can read); every change also
-// carries the session's CSRF token, read from the `tether_csrf` cookie, in `X-CSRF-Token`.
+// carries the session's CSRF token in `X-CSRF-Token`. The server writes that token into each page
+// (`<meta name="tether-csrf">`), never into a cookie: cookies ignore ports, so a page of another
+// origin on this host could read a cookie, but it cannot read this page.
 
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -12,16 +14,11 @@ export class ApiError extends Error {
   }
 }
 
-/** The value of a cookie this page may read (only `tether_csrf` is readable by design). */
-export function cookie(name) {
-  for (const part of document.cookie.split(';')) {
-    const [key, ...rest] = part.trim().split('=');
-    if (key === name) return decodeURIComponent(rest.join('='));
-  }
-  return '';
+/** The session's CSRF token, from the page the server rendered. */
+export function csrfToken() {
+  const meta = document.querySelector('meta[name="tether-csrf"]');
+  return meta ? meta.content : '';
 }
-
-export const csrfToken = () => cookie('tether_csrf');
 
 /** Send the browser to the sign-in page, coming back here afterwards. */
 export function signInAgain() {

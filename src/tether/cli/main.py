@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import cluster, context, deploy, logs, project, service
+from tether.cli import cluster, context, deploy, logs, project, service, token
 from tether.cli.client import Client
 from tether.cli.common import CONTEXT_SETTINGS, JsonOpt
 from tether.cli.output import emit_json, say
@@ -42,6 +42,7 @@ deploy.register(app)
 logs.register(app)
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(context.app, name="context")
+app.add_typer(token.app, name="token")
 
 
 def _version(value: bool) -> None:
@@ -68,8 +69,10 @@ def status(json_: JsonOpt = False) -> None:
     if json_:
         emit_json({**answer, "url": url})
         return
+    scope = answer.get("projects")
     say(("Connected", "green"), f" to Tether {answer.get('version')} at {url} as "
-        f"{answer.get('actor')}")
+        f"{answer.get('actor')} ({answer.get('role', 'admin')}"
+        + (f", projects {', '.join(scope)})" if scope else ")"))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.e2e.conftest import ROOT, Tether
 from tests.web.conftest import LAPTOP, PHONE, SIGN_IN_URL, sign_in
@@ -311,3 +311,25 @@ def test_a_project_is_created_in_the_browser(tether: Tether, page: Page) -> None
     expect(page.get_by_role("tab", name="live")).to_be_visible()
     page.get_by_role("link", name="Projects").click()
     expect(page.get_by_role("link", name="made-in-browser")).to_be_visible()
+
+
+def test_sessions_are_listed_and_one_can_end_another(tether: Tether, browser: Browser,
+                                                     page: Page) -> None:
+    sign_in(page, tether)
+    other_context = browser.new_context(base_url=tether.url)
+    other = other_context.new_page()
+    try:
+        sign_in(other, tether)
+        page.get_by_role("link", name="Sessions").click()
+        page.wait_for_url("**/sessions")
+        rows = page.locator("#sessions tbody tr")
+        expect(rows.filter(has_text="this browser")).to_have_count(1)
+        theirs = rows.filter(has_not_text="this browser").last
+        theirs.get_by_role("button", name="End session").click()
+        expect(page.get_by_role("status").last).to_contain_text("signed out")
+        # the other browser is signed out at once: its next page load asks to sign in
+        other.goto("/")
+        other.wait_for_url(SIGN_IN_URL)
+        assert other.request.get("/api/v1/projects").status == 401
+    finally:
+        other_context.close()

@@ -143,6 +143,10 @@ def web_router(store: Store, throttle: SignInThrottle) -> APIRouter:
     async def instance_page(request: Request, project: str, env: str, prefix: str) -> Response:
         return await guarded(request, "instance.html")
 
+    @router.get("/sessions")
+    async def sessions_page(request: Request) -> Response:
+        return await guarded(request, "sessions.html")
+
     @router.get("/sign-in")
     async def sign_in_form(request: Request, next: str | None = None) -> Response:
         target = _safe_next(next)

@@ -31,6 +31,11 @@ access and stored access policies set on it by hand are removed. What cannot be 
 container deleted by hand comes back EMPTY (its blobs are lost); a container of that name without
 Tether's mark is not taken over. The account key itself is not observed: if it is rotated, every
 SAS signed with the old one stops working, and the cluster URL must be updated.
+
+Timeouts: 5 s to connect and 15 s for an answer to one request (10 s, without retries, when a
+cluster is checked), and one quick retry (the SDK's default policy backs off for minutes on a
+dead host): an address that accepts but never answers fails in seconds with a message that says
+so.
 """
 
 from __future__ import annotations
@@ -77,8 +82,12 @@ RENEW_BEFORE = timedelta(days=30)
 #: read, add, create, write, delete, list: all an application does with its own media
 SAS_PERMISSION = "racwdl"
 MARKER = "tether_resource"
+#: seconds to connect, and to wait for an answer to one request (CHECK_READ_TIMEOUT when a
+#: cluster is checked); RETRIES quick retries after the first attempt (none when checked)
 CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 30
+READ_TIMEOUT = 15
+CHECK_READ_TIMEOUT = 10
+RETRIES = 1
 
 _URL_HINT = ("use azure://ACCOUNT:KEY@ACCOUNT.blob.core.windows.net, or "
              "azure+http://ACCOUNT:KEY@HOST:PORT/ACCOUNT for Azurite, with the key URL-encoded "
@@ -219,10 +228,29 @@ def _transient(exc: AzureError) -> bool:
     return getattr(exc, "status_code", None) in (500, 502, 503, 504)
 
 
+def _timed_out(exc: AzureError) -> bool:
+    """Whether the SDK gave up waiting (to connect, or for an answer)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        if isinstance(current, TimeoutError) or "timed out" in str(current).lower():
+            return True
+        current = (getattr(current, "inner_exception", None) or current.__cause__
+                   or current.__context__)
+    return any(type(e).__name__.endswith("Timeout") for e in seen)
+
+
 def _error(exc: AzureError, target: _Target, doing: str) -> ClusterError:
     """An SDK failure as a message that says what to fix (and holds no secret); a
     `TransientError` when it may pass."""
     detail = _first_line(exc, (target.key,))
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)) and _timed_out(exc):
+        return cluster_error(f"Azure Blob storage at {target.where} timed out while {doing}: "
+                             f"no connection within {CONNECT_TIMEOUT} s, or no answer in time. "
+                             f"Check that {target.where} is an Azure Blob endpoint (or Azurite's "
+                             "blob port), that the server runs and is not overloaded, and that "
+                             f"no firewall drops the traffic ({detail})", transient=True)
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return cluster_error(f"cannot reach Azure Blob storage at {target.where} while {doing}: "
                              "check that the server runs and that the host and port in the "
@@ -261,11 +289,17 @@ class AzureBlobProvider:
     # -- plumbing ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _service(target: _Target) -> BlobServiceClient:
+    def _service(target: _Target, checking: bool = False) -> BlobServiceClient:
+        """A client of the account; `checking`: shorter read timeout and no retries, so a check
+        of a cluster that never answers fails in seconds."""
         # Few, quick retries: the SDK's default backs off for a minute on an unreachable host.
+        retries = 0 if checking else RETRIES
         options: dict[str, Any] = {
-            "retry_policy": LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0.2),
-            "connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
+            "retry_policy": LinearRetry(backoff=0.5, retry_total=retries, retry_connect=retries,
+                                        retry_read=retries, retry_status=retries,
+                                        random_jitter_range=0.2),
+            "connection_timeout": CONNECT_TIMEOUT,
+            "read_timeout": CHECK_READ_TIMEOUT if checking else READ_TIMEOUT,
         }
         if target.api_version:
             options["api_version"] = target.api_version
@@ -305,7 +339,7 @@ class AzureBlobProvider:
         def keep_version(response: Any) -> None:
             seen["version"] = str(response.http_response.headers.get("x-ms-version") or "")
 
-        service = self._service(target)
+        service = self._service(target, checking=True)
         try:
             pages = service.list_containers(results_per_page=1,
                                             raw_response_hook=keep_version).by_page()

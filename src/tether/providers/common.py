@@ -5,6 +5,9 @@ The worker retries an operation that raised a `TransientError`, with backoff, un
 a final `ClusterError` fails it at once with its reason. Each provider knows its client library's
 exception types and error codes; what they share is here: the errno values and the words of an
 unreachable server, and keeping the kind of an error when a message is wrapped around it.
+
+Also shared: the per-instance limits on shared clusters (`instance_limit`), so one tenant cannot
+take every connection slot of a server and lock the others out.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import errno
 import socket
 import ssl
 from collections.abc import Iterator
+from typing import Any
 
 from tether.errors import ClusterError, TransientError
+from tether.providers.base import ClusterSpec
 
 #: socket errors that say "not now" rather than "never"
 TRANSIENT_ERRNOS = frozenset({
@@ -135,3 +140,72 @@ def cluster_error(message: str, transient: bool) -> ClusterError:
 def rewrap(exc: ClusterError, message: str) -> ClusterError:
     """A new message around `exc` that keeps its kind (transient or final)."""
     return cluster_error(message, isinstance(exc, TransientError))
+
+
+# -- fair shares on shared clusters --------------------------------------------------------------
+
+#: the cluster setting that caps how many connections one instance's credentials may hold at
+#: once (PostgreSQL `CONNECTION LIMIT` on its role, MariaDB/MySQL `MAX_USER_CONNECTIONS` on its
+#: user, RabbitMQ `max-connections` on its vhost), so one tenant cannot take every connection
+#: slot of a shared server and lock the others out
+CONNECTION_LIMIT = "connection_limit"
+#: the RabbitMQ cluster setting that caps the queues of one instance's vhost (`max-queues`)
+QUEUE_LIMIT = "queue_limit"
+#: the defaults on shared clusters, per kind: well below what the servers allow by default
+#: (PostgreSQL max_connections 100, MariaDB max_connections 151), so one instance at its limit
+#: still leaves room for the others and for the admin
+DEFAULT_LIMITS: dict[str, dict[str, int]] = {
+    "postgres": {CONNECTION_LIMIT: 20},
+    "mysql": {CONNECTION_LIMIT: 20},
+    "rabbitmq": {CONNECTION_LIMIT: 100, QUEUE_LIMIT: 1000},
+}
+#: the highest value each limit setting takes; 0 means "no limit"
+MAX_LIMITS = {CONNECTION_LIMIT: 10_000, QUEUE_LIMIT: 100_000}
+
+
+def parse_limit(name: str, raw: Any) -> int:
+    """A limit setting as an integer from 0 (no limit) to its maximum; a `ValueError` whose
+    message says what to fix otherwise. Numbers written as text (a TOML string, a form field)
+    are taken; booleans, fractions and anything else are not."""
+    high = MAX_LIMITS[name]
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        value = int(raw.strip())
+    if value is None or not 0 <= value <= high:
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "..."
+        raise ValueError(f"the cluster setting {name}={shown} is not valid: use a whole number "
+                         f"from 1 to {high}, or 0 for no limit (e.g. --setting {name}=20)")
+    return value
+
+
+def check_limit_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with each limit setting checked and made an integer; a `ValueError` (with
+    the fix) for a bad value, or for a limit this kind of cluster does not have."""
+    checked = dict(settings)
+    for name in MAX_LIMITS:
+        if name not in checked:
+            continue
+        kinds = sorted(k for k, limits in DEFAULT_LIMITS.items() if name in limits)
+        if kind not in kinds:
+            raise ValueError(f"{kind} clusters have no {name} setting: it applies to "
+                             f"{', '.join(kinds)} clusters")
+        checked[name] = parse_limit(name, checked[name])
+    return checked
+
+
+def instance_limit(cluster: ClusterSpec, name: str) -> int | None:
+    """The limit `name` each instance on this cluster gets, or None for no limit.
+
+    The cluster setting when given (0: no limit); else, on a shared cluster, the kind's default
+    (`DEFAULT_LIMITS`); a private cluster (one instance owns the whole server) has no limit
+    unless the setting asks for one. A bad stored value is a final `ClusterError`."""
+    raw = (cluster.settings or {}).get(name)
+    if raw is None:
+        return None if cluster.private else DEFAULT_LIMITS.get(cluster.kind, {}).get(name)
+    try:
+        value = parse_limit(name, raw)
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
+    return value or None

@@ -23,11 +23,16 @@ On MariaDB the password is sent as its mysql_native_password hash, computed here
 clear-text password never appears in a server log or in the process list.
 
 Drift (`observe`) and its repair (`provision` again): a missing user or database is made again,
-the user unlocked, its rights on its database granted again, rights beyond its database (global,
-on other databases or their tables, GRANT OPTION) revoked. What cannot be repaired: a database
-dropped by hand comes back EMPTY (its data is lost); on MySQL (no database comments) a database
-whose user was dropped cannot be told from someone else's, so it is not taken over; the user's
-routine rights and role grants are not looked at.
+the user unlocked and its connection limit reset, its rights on its database granted again,
+rights beyond its database (global, on other databases or their tables, GRANT OPTION) revoked.
+What cannot be repaired: a database dropped by hand comes back EMPTY (its data is lost); on MySQL
+(no database comments) a database whose user was dropped cannot be told from someone else's, so
+it is not taken over; the user's routine rights and role grants are not looked at.
+
+Fair shares: on a shared server the user gets `MAX_USER_CONNECTIONS` (the cluster setting
+`connection_limit`, default 20; 0 for no limit), so one tenant cannot take every connection slot
+of the server (`max_connections`, 151 by default); a private server's user has no limit unless the
+setting asks for one.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from tether import naming
 from tether.errors import ClusterError, TransientError
 from tether.net import wait_for_port
 from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
-from tether.providers.common import cluster_error, final_text
+from tether.providers.common import CONNECTION_LIMIT, cluster_error, final_text, instance_limit
 from tether.redact import redact
 from tether.sysaccess import first_untraversable
 
@@ -89,6 +94,15 @@ _TRANSIENT = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 19
 #: the rights an instance's user must hold on its database (ALL holds more, by version)
 _CORE_RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "INDEX")
 MARK = "managed by Tether"
+
+
+def _connection_limit(cluster: ClusterSpec) -> int:
+    """The `MAX_USER_CONNECTIONS` of the instances' users on this cluster (0: none)."""
+    return instance_limit(cluster, CONNECTION_LIMIT) or 0
+
+
+def _limit_text(limit: int) -> str:
+    return "any number of connections" if limit <= 0 else f"{limit} connection(s)"
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -174,6 +188,11 @@ def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> Clu
     elif code == _ER_ACCOUNT_LOCKED:
         msg = (f"the account {target.user!r} on MySQL at {target.where} is locked: unlock it "
                f"(ALTER USER {target.account} ACCOUNT UNLOCK)")
+    elif "timed out" in text.lower():
+        msg = (f"MySQL at {target.where} timed out: no connection within {CONNECT_TIMEOUT} s, "
+               f"or no greeting and login within {GREETING_TIMEOUT} s. "
+               f"Check that {target.where} is a MySQL or MariaDB server (not another service), "
+               "that it runs and is not overloaded, and that no firewall drops the traffic")
     elif code in _UNREACHABLE or isinstance(exc, OSError):
         msg = (f"cannot reach MySQL at {target.where}: check that the server runs and that "
                "the host and port in the cluster URL are right")
@@ -297,6 +316,14 @@ class MySQLProvider:
                 or self._db_comment(cur, names.database) == _mark(names))
 
     @staticmethod
+    def _connection_limit(cur: Cursor, user: str) -> int:
+        """The user's MAX_USER_CONNECTIONS (0: none of its own)."""
+        cur.execute("SELECT max_user_connections FROM mysql.user WHERE User = %s "
+                    "AND Host = '%%'", (user,))
+        row = cur.fetchone()
+        return int(row[0] or 0) if row else 0
+
+    @staticmethod
     def _locked(cur: Cursor, user: str) -> bool:
         cur.execute(f"SHOW CREATE USER {_ACCOUNT}", (user,))
         row = cur.fetchone()  # holds the password hash: only ever searched, never shown
@@ -410,10 +437,11 @@ class MySQLProvider:
         _check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
+        limit = _connection_limit(cluster)
         progress = _Progress()
         with self._admin(cluster) as cur:
             try:
-                self._converge(cur, names, secret, progress)
+                self._converge(cur, names, secret, limit, progress)
             except (pymysql.err.MySQLError, ClusterError) as exc:
                 failure, transient = _failure(exc, secrets)
                 if not transient and (progress.created_user or progress.created_database):
@@ -427,7 +455,7 @@ class MySQLProvider:
         return Credentials({"user": names.role, "password": secret, "host": target.host,
                             "port": target.port, "database": names.database})
 
-    def _converge(self, cur: Cursor, names: ResourceNames, secret: str,
+    def _converge(self, cur: Cursor, names: ResourceNames, secret: str, limit: int,
                   progress: _Progress) -> None:
         db = names.database
         db_exists = self._db_exists(cur, db)
@@ -442,18 +470,19 @@ class MySQLProvider:
             identified, password = "IDENTIFIED BY PASSWORD %s", native_password_hash(secret)
         else:  # MySQL 8 rewrites the statement in its logs itself
             identified, password = "IDENTIFIED BY %s", secret
-        alter = f"ALTER USER {_ACCOUNT} {identified} ACCOUNT UNLOCK"
+        limited = f"{identified} WITH MAX_USER_CONNECTIONS %s"
+        alter = f"ALTER USER {_ACCOUNT} {limited} ACCOUNT UNLOCK"
         if self._user_exists(cur, names.role):
-            cur.execute(alter, (names.role, password))
+            cur.execute(alter, (names.role, password, limit))
             self._revoke_extra_rights(cur, names)
         else:
             try:
-                cur.execute(f"CREATE USER {_ACCOUNT} {identified}", (names.role, password))
+                cur.execute(f"CREATE USER {_ACCOUNT} {limited}", (names.role, password, limit))
                 progress.created_user = True
             except pymysql.err.OperationalError as exc:
                 if _error_parts(exc)[0] != _ER_CANNOT_USER:
                     raise
-                cur.execute(alter, (names.role, password))  # made concurrently: converge
+                cur.execute(alter, (names.role, password, limit))  # made concurrently: converge
         # the grant first: it is what marks the database as ours
         cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(db))}.* TO {_ACCOUNT}",
                     (names.role,))
@@ -505,9 +534,10 @@ class MySQLProvider:
                 self._db_exists(cur, names.database) and self._ours(cur, names))
 
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
-        """The user (there, not locked, rights on its own database and nowhere else) and the
-        database (there, Tether's)."""
+        """The user (there, not locked, its connection limit, rights on its own database and
+        nowhere else) and the database (there, Tether's)."""
         _check_names(names)
+        limit = _connection_limit(cluster)
         db, user = names.database, names.role
         differences: list[str] = []
         with self._admin(cluster) as cur:
@@ -515,11 +545,15 @@ class MySQLProvider:
             db_exists = self._db_exists(cur, db)
             ours = db_exists and self._ours(cur, names)
             locked = user_exists and self._locked(cur, user)
+            held_limit = self._connection_limit(cur, user) if user_exists else limit
             rights = self._rights(cur, names) if user_exists else None
         if not user_exists:
             differences.append(f"user {user} is missing")
         if locked:
             differences.append(f"user {user} is locked")
+        if held_limit != limit:
+            differences.append(f"user {user} may hold {_limit_text(held_limit)} at once, not "
+                               f"{_limit_text(limit)}")
         if not db_exists:
             differences.append(lost(f"database {db}"))
         elif not ours:

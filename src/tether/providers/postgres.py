@@ -13,11 +13,21 @@ hand is still recognised and given back to its role; a database of that name tha
 belongs to someone else: provisioning refuses to take it over and removal leaves it alone.
 
 Drift (`observe`) and its repair (`provision` again): a missing role or database is made again, the
-role's attributes and password reset, other roles' memberships revoked, the database given back
-to the role, rights of PUBLIC and of other roles revoked, connections allowed again. What cannot
-be repaired: a database dropped by hand comes back EMPTY (its data is lost); a superuser
-attribute or another role's membership cannot be taken away by an admin that is not a superuser
-(nor holds ADMIN on that role); a database of that name that carries no mark is not taken over.
+role's attributes, password and connection limit reset, other roles' memberships revoked, the
+database given back to the role, rights of PUBLIC and of other roles revoked, connections allowed
+again. What cannot be repaired: a database dropped by hand comes back EMPTY (its data is lost); a
+superuser attribute or another role's membership cannot be taken away by an admin that is not a
+superuser (nor holds ADMIN on that role); a database of that name that carries no mark is not
+taken over.
+
+Fair shares: on a shared cluster the role gets `CONNECTION LIMIT` (the cluster setting
+`connection_limit`, default 20; 0 for no limit), so one tenant cannot take every connection slot
+of the server; a private cluster's role has no limit unless the setting asks for one.
+
+Timeouts: connecting (TCP, TLS, the server's first answer and the login) gives up after
+`CONNECT_TIMEOUT` seconds, so an address that accepts but never answers fails in seconds with a
+message that says so; statements stop after 120 s on the server, and TCP keepalives notice a
+server that vanished while Tether waits for an answer.
 """
 
 from __future__ import annotations
@@ -38,12 +48,19 @@ from tether import naming
 from tether.errors import ClusterError, TransientError
 from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
-from tether.providers.common import cluster_error, is_transient
+from tether.providers.common import CONNECTION_LIMIT, cluster_error, instance_limit, is_transient
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.postgres")
 
+#: seconds for the connection, TLS, the server's first answer and the login
 CONNECT_TIMEOUT = 5
+#: TCP keepalives on admin connections: a server that vanished while Tether waits for an answer
+#: is noticed after about KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5,
+               "keepalives_count": 3}
+#: `CONNECTION LIMIT` that means none
+_NO_LIMIT = -1
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use postgres://USER:PASSWORD@HOST:PORT/postgres"
 MARK = "managed by Tether"
@@ -57,6 +74,16 @@ _TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01",
 _FORBIDDEN = (("rolsuper", "SUPERUSER"), ("rolcreatedb", "CREATEDB"),
               ("rolcreaterole", "CREATEROLE"), ("rolreplication", "REPLICATION"),
               ("rolbypassrls", "BYPASSRLS"))
+
+
+def _connection_limit(cluster: ClusterSpec) -> int:
+    """The `CONNECTION LIMIT` of the instances' roles on this cluster (-1: none)."""
+    limit = instance_limit(cluster, CONNECTION_LIMIT)
+    return _NO_LIMIT if limit is None else limit
+
+
+def _limit_text(limit: int) -> str:
+    return "any number of connections" if limit < 0 else f"{limit} connection(s)"
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -139,6 +166,12 @@ def _connect_error(target: _Target, cluster: ClusterSpec, exc: Exception) -> Clu
     elif "no pg_hba.conf entry" in low:
         msg = (f"PostgreSQL at {target.where} does not accept connections from Tether for user "
                f"{target.user!r}: allow it in pg_hba.conf")
+    elif "timeout expired" in low or "timed out" in low:
+        return cluster_error(
+            f"PostgreSQL at {target.where} timed out: no answer within {CONNECT_TIMEOUT} s. "
+            f"Check that {target.where} is a PostgreSQL server (not another service), that it "
+            "runs and is not overloaded, and that no firewall drops the traffic "
+            f"({detail})", transient=True)
     elif _transient(exc):
         return cluster_error(f"cannot reach PostgreSQL at {target.where} for now: check that "
                              "the server runs and that the host and port in the cluster URL are "
@@ -188,6 +221,7 @@ class _Role:
     can_login: bool
     forbidden: tuple[str, ...]  # the attributes it must not have (e.g. SUPERUSER)
     expired: bool
+    connection_limit: int  # -1: none
 
 
 class PostgresProvider:
@@ -204,7 +238,7 @@ class PostgresProvider:
         target = _Target(cluster)
         try:
             conn = psycopg.connect(cluster.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
-                                   application_name="tether")
+                                   application_name="tether", **_KEEPALIVES)
         except psycopg.Error as exc:
             raise _connect_error(target, cluster, exc) from None
         try:
@@ -220,14 +254,15 @@ class PostgresProvider:
     @staticmethod
     def _role(conn: psycopg.Connection[Any], role: str) -> _Role | None:
         row = conn.execute(
-            "SELECT rolcanlogin, coalesce(rolvaliduntil < now(), false), "
+            "SELECT rolcanlogin, coalesce(rolvaliduntil < now(), false), rolconnlimit, "
             + ", ".join(column for column, _ in _FORBIDDEN)
             + " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if row is None:
             return None
-        forbidden = tuple(attribute for (_, attribute), held in zip(_FORBIDDEN, row[2:],
+        forbidden = tuple(attribute for (_, attribute), held in zip(_FORBIDDEN, row[3:],
                                                                     strict=True) if held)
-        return _Role(can_login=bool(row[0]), forbidden=forbidden, expired=bool(row[1]))
+        return _Role(can_login=bool(row[0]), forbidden=forbidden, expired=bool(row[1]),
+                     connection_limit=int(row[2]))
 
     @staticmethod
     def _memberships(conn: psycopg.Connection[Any], role: str) -> list[str]:
@@ -292,10 +327,11 @@ class PostgresProvider:
         _check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
+        limit = _connection_limit(cluster)
         made = _Made()
         with self._admin(cluster) as conn:
             try:
-                self._converge(conn, names, secret, made)
+                self._converge(conn, names, secret, limit, made)
             except (psycopg.Error, ClusterError) as exc:
                 failure, transient = _failure(exc, secrets)
                 if not transient and (made.role or made.database):
@@ -310,13 +346,13 @@ class PostgresProvider:
                             "port": target.port, "database": names.database})
 
     def _converge(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
-                  made: _Made) -> None:
-        self._converge_role(conn, names, secret, made)
+                  limit: int, made: _Made) -> None:
+        self._converge_role(conn, names, secret, limit, made)
         self._converge_database(conn, names, made)
 
     def _converge_role(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
-                       made: _Made) -> None:
-        role = sql.Identifier(names.role)
+                       limit: int, made: _Made) -> None:
+        role, connection_limit = sql.Identifier(names.role), sql.Literal(limit)
         verifier = sql.Literal(conn.pgconn.encrypt_password(
             secret.encode(), names.role.encode(), b"scram-sha-256").decode())
         found = self._role(conn, names.role)
@@ -324,7 +360,8 @@ class PostgresProvider:
             try:
                 conn.execute(sql.SQL(
                     "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                    "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(role, verifier))
+                    "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}").format(
+                        role, connection_limit, verifier))
                 made.role = True
             except psycopg.errors.DuplicateObject:  # created concurrently: converge
                 found = self._role(conn, names.role)
@@ -334,7 +371,8 @@ class PostgresProvider:
             fixes = "".join(f" NO{attribute}" for attribute in found.forbidden
                             if attribute not in ("CREATEDB", "CREATEROLE"))
             conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE" + fixes
-                                 + " VALID UNTIL 'infinity' PASSWORD {}").format(role, verifier))
+                                 + " CONNECTION LIMIT {} VALID UNTIL 'infinity' PASSWORD {}"
+                                 ).format(role, connection_limit, verifier))
             for group in self._memberships(conn, names.role):
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
         if not self._privileges(conn)[0]:
@@ -425,9 +463,11 @@ class PostgresProvider:
                     or (database is not None and _ours(database, names)))
 
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
-        """The role (there, can log in, no attribute or membership beyond that), the database
-        (there, owned by the role, accepting connections) and who else may use it."""
+        """The role (there, can log in, its connection limit, no attribute or membership beyond
+        that), the database (there, owned by the role, accepting connections) and who else may
+        use it."""
         _check_names(names)
+        limit = _connection_limit(cluster)
         differences: list[str] = []
         with self._admin(cluster) as conn:
             role = self._role(conn, names.role)
@@ -446,6 +486,10 @@ class PostgresProvider:
             if role.expired:
                 differences.append(f"the password of role {names.role} has expired")
             differences += [f"role {names.role} has {attribute}" for attribute in role.forbidden]
+            if role.connection_limit != limit:
+                differences.append(f"role {names.role} may hold "
+                                   f"{_limit_text(role.connection_limit)} at once, not "
+                                   f"{_limit_text(limit)}")
             differences += [f"role {names.role} is a member of {group}"
                             for group in memberships]
         if database is None:

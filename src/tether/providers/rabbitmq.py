@@ -27,6 +27,15 @@ user's tags removed, its full permission on its vhost set again, permissions of 
 vhosts and of other users (the admin included) on its vhost removed. What cannot be repaired: a
 vhost deleted by hand comes back EMPTY (its queues, exchanges and messages are lost); a vhost of
 that name without Tether's mark is not taken over.
+
+Fair shares: on a shared cluster each vhost gets the limits `max-connections` (the cluster setting
+`connection_limit`, default 100) and `max-queues` (`queue_limit`, default 1000); 0 means no
+limit, and a private cluster's vhost has none unless a setting asks for one. They are set again
+at every provision, and `observe` reports limits changed on the server.
+
+Timeouts: the management API must answer within `TIMEOUT` (5 s to connect, 10 s to answer), so
+an address that accepts but never answers fails in seconds with a message that says so; deleting
+a vhost (its queues and messages with it) may take `DELETE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -43,12 +52,24 @@ import httpx
 
 from tether.errors import ClusterError, TransientError
 from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
-from tether.providers.common import cluster_error, is_final, rewrap
+from tether.providers.common import (
+    CONNECTION_LIMIT,
+    QUEUE_LIMIT,
+    cluster_error,
+    instance_limit,
+    is_final,
+    rewrap,
+)
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.rabbitmq")
 
-TIMEOUT = httpx.Timeout(10.0, read=60.0)  # deleting a vhost with many queues takes a while
+#: seconds to connect to the management API, and for it to answer one call
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+#: deleting a vhost with many queues takes a while
+DELETE_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+#: the vhost limits and the cluster settings that set them
+_LIMITS = (("max-connections", CONNECTION_LIMIT), ("max-queues", QUEUE_LIMIT))
 DEFAULT_AMQP_PORT = 5672
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use http://ADMIN:PASSWORD@HOST:15672/"
@@ -57,6 +78,15 @@ MARK = "managed by Tether"
 FULL = {"configure": ".*", "write": ".*", "read": ".*"}
 #: answers of a server (or a proxy in front of it) that is starting, stopping or overloaded
 _UNAVAILABLE = (502, 503, 504)
+
+
+def _vhost_limits(cluster: ClusterSpec) -> dict[str, int | None]:
+    """The limits each vhost on this cluster gets (None: no limit)."""
+    return {limit: instance_limit(cluster, setting) for limit, setting in _LIMITS}
+
+
+def _limit_text(value: int | None) -> str:
+    return "none" if value is None else str(value)
 
 
 def _check_names(names: ResourceNames) -> None:
@@ -133,15 +163,19 @@ class _Api:
         self.secrets = secrets
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             ok_missing: bool = False) -> httpx.Response | None:
+             ok_missing: bool = False, timeout: httpx.Timeout = TIMEOUT
+             ) -> httpx.Response | None:
         """One request; None for a 404 when `ok_missing`."""
         t = self.target
         try:
-            response = self.client.request(method, f"{t.api}{path}", json=body)
-        except httpx.TimeoutException:
-            raise cluster_error(f"the RabbitMQ management API at {t.where} did not answer in "
-                                "time: check that the server is healthy and reachable",
-                                transient=True) from None
+            response = self.client.request(method, f"{t.api}{path}", json=body, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            waited = timeout.connect if isinstance(exc, httpx.ConnectTimeout) else timeout.read
+            raise cluster_error(
+                f"the RabbitMQ management API at {t.where} timed out: no answer within "
+                f"{waited:g} s to {method} {path}. Check that {t.where} is the management API "
+                "(port 15672 by default, not AMQP's 5672), that the server runs and is not "
+                "overloaded, and that no firewall drops the traffic", transient=True) from None
         except httpx.HTTPError as exc:
             detail = redact(str(exc) or type(exc).__name__, self.secrets)
             transient = (isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
@@ -264,6 +298,7 @@ class RabbitMQProvider:
         is removed again (rule 5); the vhost of an instance that was already provisioned is
         never deleted here."""
         _check_names(names)
+        limits = _vhost_limits(cluster)
         with self._api(cluster, secret) as api:
             t = api.target
             if names.base == t.user:
@@ -281,7 +316,7 @@ class RabbitMQProvider:
                     "tags " + ", ".join(self._tags(user)) + ": Tether never takes over such a "
                     "user; delete or rename it, then retry")
             try:
-                self._converge(api, names, secret)
+                self._converge(api, names, secret, limits)
             except ClusterError as exc:
                 failure = exc.message
                 if own_vhost is None and not isinstance(exc, TransientError):
@@ -294,16 +329,36 @@ class RabbitMQProvider:
         return Credentials({"user": names.base, "password": secret, "host": t.amqp_host,
                             "port": t.amqp_port, "vhost": names.base})
 
-    def _converge(self, api: _Api, names: ResourceNames, secret: str) -> None:
+    def _converge(self, api: _Api, names: ResourceNames, secret: str,
+                  limits: dict[str, int | None]) -> None:
         vhost, user = _p(names.base), _p(names.base)
         api.call("PUT", f"/vhosts/{vhost}",
                  {"description": _description(names), "tags": "tether"})
+        for limit, value in limits.items():
+            if value is None:
+                api.call("DELETE", f"/vhost-limits/{vhost}/{limit}", ok_missing=True)
+            else:
+                api.call("PUT", f"/vhost-limits/{vhost}/{limit}", {"value": value})
         api.call("PUT", f"/users/{user}", {"password": secret, "tags": ""})
         api.call("PUT", f"/permissions/{vhost}/{user}", FULL)
         # RabbitMQ gave the admin full rights on the vhost it created: take them back, and any
         # right given by hand to someone else there, or to the user elsewhere
         for kind, other_vhost, other_user in self._foreign_permissions(api, names):
             api.call("DELETE", f"/{kind}/{_p(other_vhost)}/{_p(other_user)}", ok_missing=True)
+
+    @staticmethod
+    def _held_limits(api: _Api, names: ResourceNames) -> dict[str, int | None]:
+        """The vhost's limits as the server holds them (None: no limit)."""
+        found = api.json(f"/vhost-limits/{_p(names.base)}", ok_missing=True) or []
+        values: dict[str, Any] = {}
+        for entry in found if isinstance(found, list) else []:
+            if isinstance(entry, dict) and entry.get("vhost") == names.base:
+                values.update(entry.get("value") or {})
+        held: dict[str, int | None] = {}
+        for limit, _ in _LIMITS:
+            value = values.get(limit)
+            held[limit] = int(value) if isinstance(value, int) and value >= 0 else None
+        return held
 
     @staticmethod
     def _foreign_permissions(api: _Api, names: ResourceNames) -> list[tuple[str, str, str]]:
@@ -330,11 +385,13 @@ class RabbitMQProvider:
         none elsewhere) and who else may use the vhost (nobody, the admin included)."""
         _check_names(names)
         v = names.base
+        limits = _vhost_limits(cluster)
         differences: list[str] = []
         with self._api(cluster) as api:
             own_vhost, user = self._state(api, names)
             own = api.json(f"/permissions/{_p(v)}/{_p(v)}", ok_missing=True) if (
                 own_vhost and user is not None) else None
+            held = self._held_limits(api, names) if own_vhost else limits
             foreign = self._foreign_permissions(api, names) if (
                 own_vhost or user is not None) else []
         if own_vhost is None:
@@ -342,6 +399,9 @@ class RabbitMQProvider:
         elif own_vhost is False:
             differences.append(f"vhost {v} is not marked as Tether's: Tether does not take it "
                                "over")
+        differences += [f"vhost {v} has {limit} {_limit_text(held[limit])}, not "
+                        f"{_limit_text(wanted)}"
+                        for limit, wanted in limits.items() if held[limit] != wanted]
         if user is None:
             differences.append(f"user {v} is missing")
         else:
@@ -374,7 +434,8 @@ class RabbitMQProvider:
     def _delete(self, api: _Api, names: ResourceNames) -> None:
         own_vhost, user = self._state(api, names)
         if own_vhost:
-            api.call("DELETE", f"/vhosts/{_p(names.base)}", ok_missing=True)
+            api.call("DELETE", f"/vhosts/{_p(names.base)}", ok_missing=True,
+                     timeout=DELETE_TIMEOUT)
         elif own_vhost is False:
             log.warning("vhost %s on %s was not made by Tether: leaving it alone", names.base,
                         api.target.where)

@@ -58,6 +58,10 @@ library (0.12) always speaks HTTPS on port 443 to the ENDPOINT-HOST (it drops a 
 finds the bucket by cutting the host at `.s3.` or else keeps the last three labels: for its
 applications the endpoint must be HTTPS on 443 with a host name of at most three labels
 (`localhost`, `minio.example.com`) or an AWS one. `check` warns when it is not.
+
+Timeouts: 5 s to connect and 15 s for an answer to one request (10 s, and a single attempt, when a
+cluster is checked), at most `ATTEMPTS` attempts: an address that accepts but never answers fails
+in seconds with a message that says so, never after minutes of retries.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectionError,
+    ConnectTimeoutError,
     ProxyConnectionError,
     ReadTimeoutError,
     SSLError,
@@ -101,8 +106,14 @@ from tether.redact import redact
 
 log = logging.getLogger("tether.providers.s3")
 
+#: seconds to connect, and to wait for an answer to one request; an address that accepts but
+#: never answers fails in seconds (`check`: CHECK_READ_TIMEOUT, one attempt), a call made while
+#: provisioning after at most ATTEMPTS * READ_TIMEOUT (the worker retries it later)
 CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 30
+READ_TIMEOUT = 15
+CHECK_READ_TIMEOUT = 10
+#: attempts per request, the first included (botocore's default backs off for long)
+ATTEMPTS = 3
 #: how long provision waits for a new access key to reach its bucket (AWS IAM is eventually
 #: consistent; SeaweedFS is at once)
 KEY_WAIT = 30.0
@@ -337,9 +348,13 @@ def _error_message(exc: BaseException, target: _Target, doing: str,
         return (f"TLS failed talking to S3 at {target.where} while {doing}: check the "
                 "endpoint_scheme setting (http or https) and the server's "
                 f"certificate ({detail})")
-    if isinstance(exc, ReadTimeoutError):
-        return (f"S3 at {target.where} did not answer in time while {doing}: retry, "
-                "or check the server's health")
+    if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+        waited = (f"no connection within {CONNECT_TIMEOUT} s"
+                  if isinstance(exc, ConnectTimeoutError) else "no answer in time")
+        return (f"S3 at {target.where} timed out while {doing}: {waited}. Check that "
+                f"{target.where} is an S3 endpoint (and the endpoint_scheme setting: http or "
+                "https), that the server runs and is not overloaded, and that no firewall "
+                f"drops the traffic ({detail})")
     if isinstance(exc, ConnectionError):
         return (f"cannot reach S3 at {target.where} while {doing}: check that the "
                 "server runs and that the host, port and endpoint_scheme setting "
@@ -364,7 +379,9 @@ def _error_message(exc: BaseException, target: _Target, doing: str,
 def _iam_error(exc: BaseException, target: _Target) -> ClusterError:
     """Why the IAM API cannot be used, with both ways out."""
     where = target.iam_endpoint or "AWS IAM"
-    if isinstance(exc, (ConnectionError, ReadTimeoutError)):
+    if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+        reason = f"the IAM API at {where} timed out"
+    elif isinstance(exc, ConnectionError):
         reason = f"cannot reach the IAM API at {where}"
     elif isinstance(exc, ClientError) and (_unsupported(exc) or _status(exc) == 404):
         reason = f"there is no IAM API at {where}"
@@ -448,7 +465,8 @@ class S3Provider:
 
     @staticmethod
     def _client(target: _Target, service: str, key: str | None = None,
-                secret_key: str | None = None, attempts: int = 3) -> Any:
+                secret_key: str | None = None, attempts: int = ATTEMPTS,
+                read_timeout: float = READ_TIMEOUT) -> Any:
         # A session per client: sessions are not thread-safe, and the engine runs providers
         # from worker threads; they share the loader, which caches the parsed service models
         # (read-only), so a client costs ~30 ms instead of ~100. Few retries: the default backs
@@ -458,8 +476,9 @@ class S3Provider:
         session = boto3.session.Session(aws_access_key_id=key or target.access_key,
                                         aws_secret_access_key=secret_key or target.secret_key,
                                         region_name=target.region, botocore_session=core)
-        config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                        retries={"max_attempts": attempts, "mode": "standard"},
+        # `total_max_attempts` counts the first attempt (`max_attempts` would count retries)
+        config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                        retries={"total_max_attempts": attempts, "mode": "standard"},
                         s3={"addressing_style": target.addressing_style},
                         signature_version="s3v4" if service == "s3" else None)
         endpoint = target.endpoint if service == "s3" else target.iam_endpoint
@@ -714,14 +733,16 @@ class S3Provider:
         answer says instances share the admin key."""
         target = _Target.parse(cluster)
         try:
-            answer = self._client(target, "s3", attempts=1).list_buckets()
+            answer = self._client(target, "s3", attempts=1,
+                                  read_timeout=CHECK_READ_TIMEOUT).list_buckets()
         except (BotoCoreError, ClientError) as exc:
             raise _error(exc, target, "listing buckets") from None
         server = str(answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server")
                      or "s3").strip()[:60]
         if target.iam:
             try:
-                self._client(target, "iam", attempts=1).list_users(MaxItems=1)
+                self._client(target, "iam", attempts=1,
+                             read_timeout=CHECK_READ_TIMEOUT).list_users(MaxItems=1)
             except (BotoCoreError, ClientError) as exc:
                 raise _iam_error(exc, target) from None
         else:

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8070
+#: the local media files are served on their own port (another origin than the API's, see
+#: tether.media): by default the API's port + this (8071); `--media-port`/TETHER_MEDIA_PORT
+#: choose another, TETHER_MEDIA_URL the public base URL (e.g. https://media.example.com/ in
+#: front of it)
+MEDIA_PORT_OFFSET = 1
 
 
 def default_data_dir() -> Path:

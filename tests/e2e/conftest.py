@@ -41,10 +41,21 @@ class Tether:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    #: the media files' own port, free like the API's (not the default API port + 1, which may
+    #: be taken): passed as TETHER_MEDIA_PORT in `env`, so every start of this `tether up` uses it
+    media_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.env.setdefault("TETHER_MEDIA_PORT", str(self.media_port))
+        self.media_port = int(self.env["TETHER_MEDIA_PORT"])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def media_url(self) -> str:
+        return f"http://127.0.0.1:{self.media_port}"
 
     def start(self) -> None:
         log = open(self.data_dir.parent / "up.log", "ab")  # noqa: SIM115 - lives with the process

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import re
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import swagger_ui_bundle
@@ -74,10 +73,10 @@ class ClusterIn(BaseModel):
                                   "its name: local, *azure* -> azure, else s3)")
 
 
-def create_app(base: Context, media_dir: Path | None = None,
-               worker: Worker | None = None) -> FastAPI:
+def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     """The API. With the `worker` of this process, clients waiting on an operation are answered
-    as soon as it finishes; without one (another node runs it), the store is polled."""
+    as soon as it finishes; without one (another node runs it), the store is polled. Media files
+    are never served here: they have an origin of their own (tether.media)."""
     app = FastAPI(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
                               "needs `Authorization: Bearer TOKEN` (or, from the Services view, "
@@ -268,9 +267,6 @@ def create_app(base: Context, media_dir: Path | None = None,
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    if media_dir is not None:
-        media_dir.mkdir(parents=True, exist_ok=True)
-        app.mount("/media", StaticFiles(directory=media_dir), name="media")
     app.include_router(web_router(base.store, known_tokens))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

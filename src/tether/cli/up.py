@@ -20,7 +20,17 @@ def up(
                            "(default: $TETHER_DATA_DIR, /var/lib/tether as root, else "
                            "~/.local/share/tether).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port of the API and media files.")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="Port of the API and the Services view.")
+                    ] = DEFAULT_PORT,
+    media_port: Annotated[int | None, typer.Option(
+        "--media-port", envvar="TETHER_MEDIA_PORT",
+        help="Port of the local media files: an origin of their own, never the API's "
+             "(default: --port + 1).")] = None,
+    media_url: Annotated[str | None, typer.Option(
+        "--media-url", envvar="TETHER_MEDIA_URL",
+        help="Public base URL of the media files when a proxy or CDN serves the media port "
+             "under a host name of its own, e.g. https://media.example.com/ (default: "
+             "http://HOST:MEDIA_PORT/).")] = None,
     clusters: Annotated[Path | None, typer.Option(
         "--clusters", envvar="TETHER_CLUSTERS_FILE",
         help="A TOML file of clusters to register at start (default: DATA_DIR/clusters.toml "
@@ -33,6 +43,10 @@ def up(
     and applications, the embedded servers, the store (forced after 30 s). A second signal
     while stopping does not cut the stop short.
 
+    The media files are served on a port of their own (--media-port, default --port + 1):
+    another origin than the API, so a file uploaded by an application's user can never act as
+    a signed-in admin.
+
     Example: tether up --data-dir ~/tether-data --port 8070
     """
     from tether.server import serve
@@ -44,7 +58,7 @@ def up(
     try:
         serve((data_dir or default_data_dir()).expanduser().resolve(), host, port,
               lambda m: console.print(f"[bold]tether[/] {escape(m)}", highlight=False),
-              clusters)
+              clusters, media_port=media_port, media_url=media_url)
     except UserError as exc:
         console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None

@@ -1,6 +1,11 @@
-"""Local files: one directory per instance under the cluster's `base_dir`, served over HTTP by
-Tether under the cluster's `public_url`. For the `local` region and development; there is no
-credential to isolate (the application and Tether share the machine).
+"""Local files: one directory per instance under the cluster's `base_dir`, served over HTTP under
+the cluster's `public_url`. For the `local` region and development; there is no credential to
+isolate (the application and Tether share the machine).
+
+`public_url` must be an origin of its own, never the control plane's: whatever an application
+(or its end user) puts into the directory is served from there. `tether up` serves its embedded
+cluster's files on their own port (tether.media: `nosniff`, a sandboxing CSP, active types as
+downloads) and keeps the cluster's `public_url` and its instances' URLs pointed at it.
 
 Drift (`observe`) and its repair (`provision` again): a missing directory is made again, its mode
 set back to 0755. What cannot be repaired: a directory deleted by hand comes back EMPTY (its
@@ -35,8 +40,8 @@ def _base_dir(cluster: ClusterSpec) -> Path:
 def _public_url(cluster: ClusterSpec) -> str:
     url = str(cluster.settings.get("public_url") or "")
     if not url.startswith(("http://", "https://")):
-        raise ClusterError("a local-files cluster needs a public_url setting "
-                           "(e.g. http://127.0.0.1:8070/media/)")
+        raise ClusterError("a local-files cluster needs a public_url setting, an origin of its "
+                           "own (e.g. http://127.0.0.1:8071/ or https://media.example.com/)")
     return url if url.endswith("/") else url + "/"
 
 

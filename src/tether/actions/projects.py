@@ -88,6 +88,8 @@ def _add_environment(s: Session, ctx: Context, project: Project, name: str) -> E
 #: every project listing: a 50 MB command would be too)
 MAX_COMMAND = 4096
 MAX_PATH = 1024
+#: the store's column for the health path holds 200 characters
+MAX_HEALTH_PATH = 200
 
 
 def _check_health_path(path: str) -> None:
@@ -95,10 +97,11 @@ def _check_health_path(path: str) -> None:
     split or corrupt the request (a CR/LF would even add headers)."""
     if not path.startswith("/"):
         raise UserError(f"invalid health path {path!r}: it must start with / (e.g. /health)")
-    if len(path) > MAX_PATH or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F
-                                   for c in path):
-        raise UserError(f"invalid health path {path[:80]!r}: at most {MAX_PATH} characters, "
-                        "without spaces or control characters (encode them, e.g. %20)")
+    if len(path) > MAX_HEALTH_PATH or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F
+                                          for c in path):
+        raise UserError(f"invalid health path {path[:80]!r}: at most {MAX_HEALTH_PATH} "
+                        "characters, without spaces or control characters (encode them, "
+                        "e.g. %20)")
 
 
 def _check_app_text(what: str, value: str | None, limit: int) -> None:

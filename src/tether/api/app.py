@@ -15,12 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
 from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
+from tether.api import limits
 from tether.api.auth import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -29,48 +29,30 @@ from tether.api.auth import (
     bearer_digest,
     check_csrf,
 )
+from tether.api.models import (
+    ERRORS,
+    ClusterIn,
+    ConfirmQuery,
+    Cursor,
+    EnvPath,
+    IdPath,
+    LogsAfter,
+    NamePath,
+    PageSize,
+    PrefixPath,
+    ProjectIn,
+    ProjectPatch,
+    ProjectPath,
+    ProjectQuery,
+    RegionQuery,
+    ServiceIn,
+    VariableIn,
+)
 from tether.engine.worker import Worker
 from tether.errors import TetherError, UserError
 from tether.web.routes import STATIC_DIR, web_router
 
 FINISHED = ("succeeded", "failed")
-
-
-class ProjectIn(BaseModel):
-    name: str = Field(examples=["shop"])
-    region: str = "local"
-    app_command: str | None = Field(default=None, examples=["python app.py"])
-    app_dir: str | None = None
-    health_path: str = "/"
-    health_timeout: int = 30
-
-
-class ProjectPatch(BaseModel):
-    app_command: str | None = None
-    health_path: str | None = None
-
-
-class ServiceIn(BaseModel):
-    service: str = Field(examples=["postgres-18"])
-    prefix: str = "DEFAULT"
-    private: bool = False
-    provision: bool = False
-
-
-class VariableIn(BaseModel):
-    value: str
-
-
-class ClusterIn(BaseModel):
-    kind: str = Field(examples=["postgres"])
-    region: str = Field(examples=["local"])
-    url: str = Field(examples=["postgres://admin:PASSWORD@db.example.com:5432/postgres"])
-    private: bool = False
-    name: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
-    region_family: str | None = Field(
-        default=None, description="local, s3 or azure; only for a new region (default: from "
-                                  "its name: local, *azure* -> azure, else s3)")
 
 
 def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
@@ -82,6 +64,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                               "needs `Authorization: Bearer TOKEN` (or, from the Services view, "
                               "its session cookie plus an `X-CSRF-Token` header on changes).",
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
+    limits.install(app)  # bodies capped before anything reads them, auth included
 
     @app.exception_handler(TetherError)
     async def _tether_error(_: Request, exc: TetherError) -> JSONResponse:
@@ -111,7 +94,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return base.as_actor(actor)
 
     Ctx = Annotated[Context, Depends(context)]
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", responses=ERRORS)
     env_path = "/projects/{project}/environments/{env}"
 
     async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -131,80 +114,85 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                           body.app_command, body.app_dir, body.health_path, body.health_timeout)
 
     @api.get("/projects/{project}", tags=["projects"])
-    async def show_project(ctx: Ctx, project: str) -> dict[str, Any]:
+    async def show_project(ctx: Ctx, project: ProjectPath) -> dict[str, Any]:
         return await call(projects.show_project, ctx, project)
 
     @api.patch("/projects/{project}", tags=["projects"])
-    async def update_project(ctx: Ctx, project: str, body: ProjectPatch) -> dict[str, Any]:
+    async def update_project(ctx: Ctx, project: ProjectPath, body: ProjectPatch) -> dict[str, Any]:
         return await call(projects.update_project, ctx, project, body.app_command,
                           body.health_path)
 
     @api.get(env_path + "/variables", tags=["variables"])
-    async def list_variables(ctx: Ctx, project: str, env: str, all: bool = False,
+    async def list_variables(ctx: Ctx, project: ProjectPath, env: EnvPath, all: bool = False,
                              reveal: bool = False) -> list[dict[str, Any]]:
         """Custom variables; with `all`, every variable of the next deploy. Secret values
         (service credentials, SECRET_KEY) are masked unless `reveal`."""
         return await call(variables.list_variables, ctx, project, env, all, reveal)
 
     @api.put(env_path + "/variables/{name}", tags=["variables"])
-    async def set_variable(ctx: Ctx, project: str, env: str, name: str,
+    async def set_variable(ctx: Ctx, project: ProjectPath, env: EnvPath, name: NamePath,
                            body: VariableIn) -> dict[str, Any]:
         return await call(variables.set_variable, ctx, project, env, name, body.value)
 
     @api.delete(env_path + "/variables/{name}", tags=["variables"])
-    async def unset_variable(ctx: Ctx, project: str, env: str, name: str) -> dict[str, Any]:
+    async def unset_variable(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                             name: NamePath) -> dict[str, Any]:
         return await call(variables.unset_variable, ctx, project, env, name)
 
     @api.get("/catalog", tags=["services"])
-    async def catalog(ctx: Ctx, region: str | None = None,
-                      project: str | None = None) -> list[dict[str, Any]]:
+    async def catalog(ctx: Ctx, region: RegionQuery = None,
+                      project: ProjectQuery = None) -> list[dict[str, Any]]:
         return await call(services.catalog_view, ctx, region, project)
 
     @api.get(env_path + "/services", tags=["services"])
-    async def list_services(ctx: Ctx, project: str, env: str,
+    async def list_services(ctx: Ctx, project: ProjectPath, env: EnvPath,
                             removed: bool = False) -> list[dict[str, Any]]:
         return await call(services.list_instances, ctx, project, env, removed)
 
     @api.post(env_path + "/services", status_code=201, tags=["services"])
-    async def add_service(ctx: Ctx, project: str, env: str, body: ServiceIn) -> dict[str, Any]:
+    async def add_service(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                          body: ServiceIn) -> dict[str, Any]:
         return await call(services.add, ctx, project, env, body.service, body.prefix,
                           body.private, body.provision)
 
     @api.get(env_path + "/services/{prefix}", tags=["services"])
-    async def show_service(ctx: Ctx, project: str, env: str, prefix: str,
+    async def show_service(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
                            reveal: bool = False) -> dict[str, Any]:
         return await call(services.show, ctx, project, env, prefix, reveal)
 
     @api.post(env_path + "/services/{prefix}/provision", tags=["services"])
-    async def provision(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+    async def provision(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                        prefix: PrefixPath) -> dict[str, Any]:
         return await call(services.provision, ctx, project, env, prefix)
 
     @api.post(env_path + "/services/{prefix}/detach", tags=["services"])
-    async def detach(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+    async def detach(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                     prefix: PrefixPath) -> dict[str, Any]:
         return await call(services.detach, ctx, project, env, prefix)
 
     @api.post(env_path + "/services/{prefix}/attach", tags=["services"])
-    async def attach(ctx: Ctx, project: str, env: str, prefix: str) -> dict[str, Any]:
+    async def attach(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                     prefix: PrefixPath) -> dict[str, Any]:
         return await call(services.attach, ctx, project, env, prefix)
 
     @api.delete(env_path + "/services/{prefix}", tags=["services"])
-    async def remove(ctx: Ctx, project: str, env: str, prefix: str,
-                     confirm: str | None = None) -> dict[str, Any]:
+    async def remove(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
+                     confirm: ConfirmQuery = None) -> dict[str, Any]:
         return await call(services.remove, ctx, project, env, prefix, confirm)
 
     @api.post(env_path + "/deployments", status_code=201, tags=["deployments"])
-    async def deploy(ctx: Ctx, project: str, env: str) -> dict[str, Any]:
+    async def deploy(ctx: Ctx, project: ProjectPath, env: EnvPath) -> dict[str, Any]:
         return await call(deployments.deploy, ctx, project, env)
 
     @api.get(env_path + "/deployments", tags=["deployments"])
-    async def list_deployments(ctx: Ctx, project: str, env: str,
-                               limit: int = 20) -> list[dict[str, Any]]:
+    async def list_deployments(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                               limit: PageSize = 20) -> list[dict[str, Any]]:
         return await call(deployments.list_deployments, ctx, project, env, limit)
 
     @api.get(env_path + "/logs", tags=["deployments"])
-    async def app_logs(ctx: Ctx, project: str, env: str,
+    async def app_logs(ctx: Ctx, project: ProjectPath, env: EnvPath,
                        lines: Annotated[int, Query(ge=0, le=deployments.MAX_LOG_LINES)] = 100,
-                       after: str | None = None,
+                       after: Cursor = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
         """The running release's output: the last `lines` lines, or with `after` (the `cursor`
         of a previous answer) the lines since; with `wait`, answer as soon as there are new
@@ -218,12 +206,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             await asyncio.sleep(min(left, 0.2))
 
     @api.get("/deployments/{deployment_id}", tags=["deployments"])
-    async def get_deployment(ctx: Ctx, deployment_id: int,
-                             logs_after: int = 0) -> dict[str, Any]:
+    async def get_deployment(ctx: Ctx, deployment_id: IdPath,
+                             logs_after: LogsAfter = 0) -> dict[str, Any]:
         return await call(deployments.get_deployment, ctx, deployment_id, logs_after)
 
     @api.get("/operations/{operation_id}", tags=["operations"])
-    async def get_operation(ctx: Ctx, operation_id: int,
+    async def get_operation(ctx: Ctx, operation_id: IdPath,
                             wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
         """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
         deadline = time.monotonic() + wait

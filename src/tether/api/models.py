@@ -1,0 +1,170 @@
+"""What the REST API accepts, with its bounds: request bodies, path and query parameters.
+
+Every text has a length that fits the store's column and the actions' own checks, and no
+control characters where they would break something (a NUL cannot be stored in PostgreSQL, nor
+passed to exec or put into an environment; a line break would split an HTTP request line or a
+file path). Every integer has a range, so a 100-digit id is a 422 rather than a 500 from the
+database driver. The checks that need more than a length or a character class (a project name's
+form, a health path's leading slash) stay in `tether.actions`, with messages that say the fix.
+
+The OpenAPI document states these bounds, and the answers every operation may give (`ERRORS`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Path, Query
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from tether.actions.projects import MAX_COMMAND, MAX_HEALTH_PATH, MAX_PATH
+from tether.actions.variables import MAX_VALUE
+from tether.api.limits import MAX_BODY, human_size
+
+#: no control characters at all (names, URLs, paths)
+PLAIN = r"^[^\x00-\x1f\x7f]*$"
+#: anything but a NUL (commands and variable values may hold line breaks)
+NO_NUL = r"^[^\x00]*$"
+
+#: ids are 64-bit integers in every store
+MAX_ID = 2**63 - 1
+#: the most deployments one listing returns
+MAX_PAGE = 200
+
+# Lengths of the store's columns and the product's names (see tether.naming).
+PROJECT_NAME = 40
+REGION_NAME = 40
+ENVIRONMENT_NAME = 20
+PREFIX = 30
+SERVICE_NAME = 60
+VARIABLE_NAME = 128
+CLUSTER_KIND = 30
+CLUSTER_NAME = 100
+REGION_FAMILY = 20
+CLUSTER_URL = 2048
+#: a cluster's settings: a few scalar values each (endpoints, names, numbers, flags)
+MAX_SETTINGS = 50
+SETTING_KEY = 64
+SETTING_TEXT = 8192
+#: the settings as stored (JSON)
+MAX_SETTINGS_BYTES = 64 * 1024
+#: a log cursor (`RELEASE.INODE.HEAD.OFFSET`, four numbers)
+CURSOR = 100
+
+
+def _text(max_length: int, pattern: str = PLAIN, min_length: int = 0) -> Any:
+    return StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern)
+
+
+# --- Path and query parameters ---------------------------------------------------------------
+
+ProjectPath = Annotated[str, Path(min_length=1, max_length=PROJECT_NAME, pattern=PLAIN,
+                                  description="the project's name", examples=["shop"])]
+EnvPath = Annotated[str, Path(min_length=1, max_length=ENVIRONMENT_NAME, pattern=PLAIN,
+                                      description="the environment, e.g. test or live",
+                                      examples=["test"])]
+PrefixPath = Annotated[str, Path(min_length=1, max_length=PREFIX, pattern=PLAIN,
+                                 description="the service instance's prefix",
+                                 examples=["DEFAULT"])]
+NamePath = Annotated[str, Path(min_length=1, max_length=VARIABLE_NAME, pattern=PLAIN,
+                                   description="the variable's name", examples=["DEBUG"])]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="at most this many, newest first")]
+LogsAfter = Annotated[int, Query(ge=0, le=MAX_ID,
+                                 description="only the log lines after this line id")]
+Cursor = Annotated[str | None, Query(max_length=CURSOR, pattern=PLAIN)]
+RegionQuery = Annotated[str | None, Query(max_length=REGION_NAME, pattern=PLAIN)]
+ProjectQuery = Annotated[str | None, Query(max_length=PROJECT_NAME, pattern=PLAIN)]
+ConfirmQuery = Annotated[str | None, Query(max_length=PREFIX, pattern=PLAIN,
+                                           description="the prefix, typed again")]
+
+
+# --- Request bodies ---------------------------------------------------------------------------
+
+class ProjectIn(BaseModel):
+    name: Annotated[str, _text(PROJECT_NAME, min_length=1)] = Field(examples=["shop"])
+    region: Annotated[str, _text(REGION_NAME, min_length=1)] = "local"
+    app_command: Annotated[str, _text(MAX_COMMAND, NO_NUL)] | None = Field(
+        default=None, examples=["python app.py"])
+    app_dir: Annotated[str, _text(MAX_PATH)] | None = None
+    health_path: Annotated[str, _text(MAX_HEALTH_PATH, min_length=1)] = "/"
+    health_timeout: Annotated[int, Field(ge=1, le=600, description="seconds")] = 30
+
+
+class ProjectPatch(BaseModel):
+    app_command: Annotated[str, _text(MAX_COMMAND, NO_NUL)] | None = None
+    health_path: Annotated[str, _text(MAX_HEALTH_PATH, min_length=1)] | None = None
+
+
+class ServiceIn(BaseModel):
+    service: Annotated[str, _text(SERVICE_NAME, min_length=1)] = Field(
+        examples=["postgres-18"])
+    prefix: Annotated[str, _text(PREFIX, min_length=1)] = "DEFAULT"
+    private: bool = False
+    provision: bool = False
+
+
+class VariableIn(BaseModel):
+    value: Annotated[str, _text(MAX_VALUE, NO_NUL)]
+
+
+SettingScalar = (Annotated[str, _text(SETTING_TEXT, NO_NUL)]
+                 | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+                 | Annotated[float, Field(allow_inf_nan=False)]
+                 | bool | None)
+
+
+class ClusterIn(BaseModel):
+    kind: Annotated[str, _text(CLUSTER_KIND, min_length=1)] = Field(examples=["postgres"])
+    region: Annotated[str, _text(REGION_NAME, min_length=1)] = Field(examples=["local"])
+    url: Annotated[str, _text(CLUSTER_URL, min_length=1)] = Field(
+        examples=["postgres://admin:PASSWORD@db.example.com:5432/postgres"])
+    private: bool = False
+    name: Annotated[str, _text(CLUSTER_NAME, min_length=1)] | None = None
+    settings: dict[Annotated[str, _text(SETTING_KEY, min_length=1)],
+                   SettingScalar | Annotated[list[SettingScalar], Field(max_length=MAX_SETTINGS)]
+                   ] = Field(default_factory=dict, max_length=MAX_SETTINGS,
+                             description="kind-specific settings: numbers, flags, texts")
+    region_family: Annotated[str, _text(REGION_FAMILY, min_length=1)] | None = Field(
+        default=None, description="local, s3 or azure; only for a new region (default: from "
+                                  "its name: local, *azure* -> azure, else s3)")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > MAX_SETTINGS_BYTES:
+            raise ValueError(f"the settings take more than {MAX_SETTINGS_BYTES // 1024} KiB "
+                             "as JSON: keep them to endpoints, names, numbers and flags")
+        return value
+
+
+# --- Answers ----------------------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["not_found"])
+    message: str = Field(description="what was wrong and how to fix it")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: `{"error": {"code", "message"}}`."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: the answers any operation of the API may give besides its own success
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("bad input, or a value the action refuses: the message says how to fix it"),
+    401: _error("no token, or an invalid, revoked or expired one"),
+    403: _error("the token's role or projects do not allow this"),
+    404: _error("no such project, environment, instance, variable or id"),
+    409: _error("refused in the current state (e.g. removing an attached instance)"),
+    413: _error(f"the request body is larger than {human_size(MAX_BODY)}"),
+    422: _error("a parameter or body field is missing, of the wrong type or out of bounds"),
+    500: _error("the work failed on Tether's side (the message says why); retrying is safe"),
+}

@@ -18,16 +18,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
-from tether.actions import clusters, deployments, projects, services, variables
+from tether.actions import clusters, deployments, projects, services, tokens, variables
 from tether.actions.common import Context
 from tether.api import limits
 from tether.api.auth import (
     CSRF_HEADER,
     SAFE_METHODS,
     SESSION_COOKIE,
-    actor_for,
-    bearer_digest,
+    SignInThrottle,
     check_csrf,
+    principal_for,
+    session_for,
 )
 from tether.api.models import (
     ERRORS,
@@ -46,6 +47,8 @@ from tether.api.models import (
     ProjectQuery,
     RegionQuery,
     ServiceIn,
+    TokenIn,
+    TokenNamePath,
     VariableIn,
 )
 from tether.engine.worker import Worker
@@ -77,21 +80,20 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "bad_request",
                                        "message": "invalid request: " + "; ".join(parts)}}, 422)
 
-    known_tokens: dict[str, str] = {}
-
     async def context(request: Request,
                       authorization: Annotated[str | None, Header()] = None) -> Context:
         """Who is asking: the bearer header first (the CLI, scripts), else the browser's session
-        cookie, which must come with the session's CSRF token on anything that changes state."""
+        cookie, which must come with the session's CSRF token on anything that changes state.
+        Looked up in the store on every call, so a revoked token or session is refused at once."""
         session = None if authorization else request.cookies.get(SESSION_COOKIE)
         if session:
-            authorization = f"Bearer {session}"
-        actor = known_tokens.get(bearer_digest(authorization) or "")
-        if actor is None:  # not seen yet: look it up (and remember it) off the event loop
-            actor = await run_in_threadpool(actor_for, base.store, authorization, known_tokens)
-        if session and request.method not in SAFE_METHODS:
-            check_csrf(session, request.headers.get(CSRF_HEADER))
-        return base.as_actor(actor)
+            signed_in = await run_in_threadpool(session_for, base.store, session)
+            if request.method not in SAFE_METHODS:
+                check_csrf(session, request.headers.get(CSRF_HEADER))
+            request.state.session_id = signed_in.session_id
+            return base.as_principal(signed_in.principal)
+        principal = await run_in_threadpool(principal_for, base.store, authorization)
+        return base.as_principal(principal)
 
     Ctx = Annotated[Context, Depends(context)]
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -102,7 +104,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
 
     @api.get("/status", tags=["meta"])
     async def status(ctx: Ctx) -> dict[str, Any]:
-        return {"version": __version__, "actor": ctx.actor}
+        """Who you are: the token's name, owner (`actor`, as the audit trail names you), role and
+        the projects it is granted (null: every project)."""
+        p = ctx.principal
+        return {"version": __version__, "actor": ctx.actor, "token": p.name,
+                "role": p.role.value,
+                "projects": sorted(p.projects) if p.projects is not None else None}
 
     @api.get("/projects", tags=["projects"])
     async def list_projects(ctx: Ctx) -> list[dict[str, Any]]:
@@ -240,6 +247,34 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def list_regions(ctx: Ctx) -> list[dict[str, Any]]:
         return await call(clusters.list_regions, ctx)
 
+    @api.get("/tokens", tags=["tokens"])
+    async def list_tokens(ctx: Ctx, revoked: bool = False) -> list[dict[str, Any]]:
+        """Tokens (admin only); with `revoked`, the revoked ones too. Never their secrets."""
+        return await call(tokens.list_tokens, ctx, revoked)
+
+    @api.post("/tokens", status_code=201, tags=["tokens"])
+    async def create_token(ctx: Ctx, body: TokenIn) -> dict[str, Any]:
+        """A new token (admin only). The answer's `token` is its secret, shown this once."""
+        return await call(tokens.create, ctx, body.name, body.role, body.projects,
+                          body.expires_days, body.owner)
+
+    @api.delete("/tokens/{name}", tags=["tokens"])
+    async def revoke_token(ctx: Ctx, name: TokenNamePath) -> dict[str, Any]:
+        """Revoke a token (admin only): refused from the next call on, its sessions ended."""
+        return await call(tokens.revoke, ctx, name)
+
+    @api.get("/sessions", tags=["tokens"])
+    async def list_sessions(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
+        """Live browser sessions of your token (an admin sees everyone's); `current` marks
+        the one asking."""
+        return await call(tokens.list_sessions, ctx,
+                          getattr(request.state, "session_id", None))
+
+    @api.delete("/sessions/{session_id}", tags=["tokens"])
+    async def revoke_session(ctx: Ctx, session_id: IdPath) -> dict[str, Any]:
+        """End a browser session at once."""
+        return await call(tokens.revoke_session, ctx, session_id)
+
     app.include_router(api)
 
     docs_page = _docs_page()
@@ -255,7 +290,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(web_router(base.store, known_tokens))
+    app.include_router(web_router(base.store, SignInThrottle()))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -51,6 +51,7 @@ SETTING_TEXT = 8192
 MAX_SETTINGS_BYTES = 64 * 1024
 #: a log cursor (`RELEASE.INODE.HEAD.OFFSET`, four numbers)
 CURSOR = 100
+TOKEN_NAME = 40
 
 
 def _text(max_length: int, pattern: str = PLAIN, min_length: int = 0) -> Any:
@@ -70,6 +71,8 @@ PrefixPath = Annotated[str, Path(min_length=1, max_length=PREFIX, pattern=PLAIN,
 NamePath = Annotated[str, Path(min_length=1, max_length=VARIABLE_NAME, pattern=PLAIN,
                                    description="the variable's name", examples=["DEBUG"])]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+TokenNamePath = Annotated[str, Path(min_length=1, max_length=TOKEN_NAME, pattern=PLAIN,
+                                    description="the token's name", examples=["ci-deploy"])]
 
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="at most this many, newest first")]
 LogsAfter = Annotated[int, Query(ge=0, le=MAX_ID,
@@ -108,6 +111,20 @@ class ServiceIn(BaseModel):
 
 class VariableIn(BaseModel):
     value: Annotated[str, _text(MAX_VALUE, NO_NUL)]
+
+
+class TokenIn(BaseModel):
+    name: Annotated[str, _text(TOKEN_NAME, min_length=1)] = Field(examples=["ci-deploy"])
+    role: Annotated[str, _text(20, min_length=1)] = Field(
+        examples=["developer"], description="admin, developer or viewer")
+    projects: Annotated[list[Annotated[str, _text(PROJECT_NAME, min_length=1)]],
+                        Field(max_length=100)] | None = Field(
+        default=None, description="the projects it is granted (developer, viewer); none: "
+                                  "every project")
+    expires_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        default=None, description="days until it stops working; none: never")
+    owner: Annotated[str, _text(TOKEN_NAME, min_length=1)] | None = Field(
+        default=None, description="who it belongs to (the audit trail names them)")
 
 
 SettingScalar = (Annotated[str, _text(SETTING_TEXT, NO_NUL)]

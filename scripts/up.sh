@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
+# The applications get tether up's PATH: the quick start's `python` is this venv's (with psycopg).
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/tether up "$@"

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tether.net import free_port
 from tether.pgserver import EmbeddedPostgres
+from tether.runtime.accounts import accounts_of, remove_accounts
 
 # A non-interactive shell starts background jobs with SIGINT ignored, and an ignored signal stays
 # ignored across exec: pytest run with `&` (scripts/test.sh runs a group so) would pass that on to
@@ -91,6 +92,20 @@ def pg_server() -> Iterator[PgServer]:
     with own_postgres("tether-test-pg-") as (server, password):
         yield PgServer(admin_url=server.admin_url(password), host=server.host,
                        port=server.port, password=password)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_app_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Deployed apps run as system users of their own when the tests run as root
+    (`tether.runtime.accounts`): at the end, remove those of this session's data dirs (under its
+    temp dir) and of data dirs already deleted (a `tether up` of an end-to-end test). Users of
+    another test run going on beside this one keep theirs (their data dirs still exist)."""
+    yield
+    if os.geteuid() != 0:
+        return
+    base = tmp_path_factory.getbasetemp().resolve()
+    remove_accounts(name for name, data_dir in accounts_of()
+                    if data_dir.is_relative_to(base) or not data_dir.exists())
 
 
 @pytest.fixture

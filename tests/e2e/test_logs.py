@@ -109,8 +109,9 @@ def app(tether: Tether, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     path = tmp_path_factory.mktemp("logs-app") / "app.py"
     path.write_text(APP)
     marker = "logs-marker-" + secrets.token_hex(4)
-    tether.ok("project", "create", "logs", "--app-command", f"{sys.executable} {path} {marker}",
-              "--health-path", "/health")
+    # the app's own directory, copied for each release (its user cannot read the test's tmp dir)
+    tether.ok("project", "create", "logs", "--app-command", f"{sys.executable} app.py {marker}",
+              "--app-dir", str(path.parent), "--health-path", "/health")
     tether.ok("project", "env-vars", "-p", "logs", "-e", "test", "--set", "API_TOKEN", TOKEN)
     # An ephemeral port for the stable address rather than the first free one of 8100-8999,
     # which other test runs on this machine may take while this Tether restarts.

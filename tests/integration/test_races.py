@@ -71,11 +71,13 @@ class Gate:
 
     def __init__(self, ctx: Context, tmp_path: Path, name: str) -> None:
         self.ctx, self.name = ctx, name
-        app = tmp_path / "gated_app.py"
-        app.write_text(GATED_APP)
-        self.file = tmp_path / f"gate-{name}"
-        projects.create_project(ctx, name, app_command=f"{sys.executable} {app}",
-                                health_path="/health", health_timeout=60)
+        # the app's own directory, beside the data dir (tmp_path): its user reads nothing there
+        app_dir = tmp_path.parent / f"{tmp_path.name}-app-{name}"
+        app_dir.mkdir()
+        (app_dir / "gated_app.py").write_text(GATED_APP)
+        self.file = app_dir / f"gate-{name}"
+        projects.create_project(ctx, name, app_command=f"{sys.executable} gated_app.py",
+                                app_dir=str(app_dir), health_path="/health", health_timeout=60)
         variables.set_variable(ctx, name, "test", "GATE_FILE", str(self.file))
 
     def open(self) -> None:

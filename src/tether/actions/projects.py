@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -116,6 +117,28 @@ def _check_app_text(what: str, value: str | None, limit: int) -> None:
         raise UserError(f"the {what} may not contain line breaks")
 
 
+def _check_app_dir(data_dir: Path, value: str | None) -> None:
+    """An app directory: each release runs from its own copy of it (runtime/appcopy.py), made
+    on this machine, so it must be a directory here, and never hold Tether's secrets."""
+    _check_app_text("app directory", value, MAX_PATH)
+    if not value:
+        return
+    if not os.path.isabs(value):
+        raise UserError(f"the app directory {value[:200]!r} is not an absolute path: give the "
+                        "full path, e.g. /srv/shop")
+    if not os.path.isdir(value):
+        raise UserError(f"the app directory {value[:200]} does not exist or is not a directory "
+                        "on the machine Tether runs on: create it, or give another --app-dir")
+    real, data = Path(value).resolve(), Path(data_dir).resolve()
+    if real.is_relative_to(data):
+        raise UserError(f"the app directory {value[:200]} is inside Tether's data dir {data}: "
+                        "keep the application's files elsewhere, e.g. /srv/shop")
+    if data.is_relative_to(real):
+        raise UserError(f"the app directory {value[:200]} holds Tether's data dir {data}, whose "
+                        "secrets each release's copy would hold: give the application's own "
+                        "directory")
+
+
 def create_project(
     ctx: Context,
     name: str,
@@ -129,7 +152,7 @@ def create_project(
     naming.check_project_name(name)
     _check_health_path(health_path)
     _check_app_text("app command", app_command, MAX_COMMAND)
-    _check_app_text("app directory", app_dir, MAX_PATH)
+    _check_app_dir(ctx.data_dir, app_dir)
     if not 1 <= health_timeout <= 600:
         raise UserError("invalid health timeout: use 1 to 600 seconds")
     with ctx.store.session() as s:

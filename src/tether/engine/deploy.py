@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +20,12 @@ from sqlalchemy.orm import Session
 from tether import lifecycle, naming
 from tether.engine.parts import EngineParts, before, reason_of
 from tether.engine.provisioning import Provisioning
-from tether.engine.releases import record_process, release_secrets
+from tether.engine.releases import (
+    media_directories,
+    prune_copies,
+    record_process,
+    release_secrets,
+)
 from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import OperationError, TetherError, TransientError
 from tether.faults import crash_point
@@ -27,6 +33,7 @@ from tether.lifecycle import Event, Pending, State
 from tether.providers.base import Credentials, Renewable
 from tether.providers.registry import get_provider
 from tether.redact import redact
+from tether.runtime.isolation import PreparedRelease, prepare_release
 from tether.runtime.logs import release_log_file
 from tether.runtime.process import ReleaseFailed, ReleaseSpec, RunningRelease
 from tether.store.models import (
@@ -110,8 +117,19 @@ class Deploying:
             log.error("deployment %s crashed: %s", dep_id, redact(str(exc)))
             self._finish(dep_id, success=False, error=message)
             raise OperationError(message) from None
+        finally:
+            self._best_effort(lambda: self._prune(dep_id, key))
         self._finish(dep_id, success=True)
         return f"deployment {dep_id} succeeded"
+
+    def _prune(self, dep_id: int, key: str) -> None:
+        """Remove the release copies of the environment that are no longer kept (a failed
+        release's, the one before the previous)."""
+        if self.parts.runtime is None:
+            return
+        with self.parts.store.session() as s:
+            env_id = _deployment_environment(s, dep_id).id
+        prune_copies(self.parts, env_id, key)
 
     def _finish(self, dep_id: int, success: bool, error: str | None = None) -> None:
         with self.parts.store.session() as s:
@@ -157,8 +175,11 @@ class Deploying:
             release_id, previous_id = release.id, env.current_release_id
             command, app_dir = project.app_command, project.app_dir
             health_path, timeout, port = project.health_path, project.health_timeout, env.port
+            env_id = env.id
+            media = media_directories(s, self.parts.box, in_release)
             s.get(Deployment, dep_id).release_id = release_id  # type: ignore[union-attr]
-        secret_values = [v for k, v in variables.items() if k != "STAGE"]
+        # every secret component (a DSN's bare password, a SAS signature), as the log files
+        secret_values = release_secrets(variables)
         self._progress(dep_id, 55, f"release {release_id} has {len(variables)} variables: "
                        f"{', '.join(sorted(variables))}")
         runtime = self.parts.runtime
@@ -166,13 +187,15 @@ class Deploying:
             runtime.ensure_address(key, port)
             runtime.wait_restored(key)  # after a start: the current release is back first
             log_path = release_log_file(self.parts.data_dir, key, release_id)
+            prepared = self._prepare(dep_id, release_id, env_id, key, app_dir, command,
+                                     variables, media)
             self._progress(dep_id, 60, f"starting release {release_id}: {command}")
             try:
                 running = runtime.start(ReleaseSpec(
                     release_id=release_id, environment_key=key, command=command,
-                    env=variables, health_path=health_path, cwd=app_dir,
+                    env=variables, health_path=health_path, cwd=str(prepared.cwd),
                     health_timeout=float(timeout), log_path=log_path,
-                    secrets=release_secrets(variables),
+                    secrets=secret_values, account=prepared.account,
                     log=lambda lines: self._log_lines(
                         dep_id, ["app: " + redact(line, secret_values) for line in lines]),
                     on_start=lambda started: self._record_process(release_id, started)))
@@ -202,6 +225,20 @@ class Deploying:
         self._log(dep_id, "no application command: only the services' states are settled")
         crash_point("deploy.before_switch")
         self._settle(dep_id, actor, release_id, previous_id, set(in_release))
+
+    def _prepare(self, dep_id: int, release_id: int, env_id: int, key: str,
+                 app_dir: str | None, command: str, variables: dict[str, str],
+                 media: list[Path]) -> PreparedRelease:
+        """The release's user and its own copy of the app directory, made before it starts; a
+        failure fails the release (nothing was started)."""
+        try:
+            prepared = prepare_release(self.parts.data_dir, env_id, key, release_id, app_dir,
+                                       command, variables, media)
+        except BaseException:
+            self._set_release(release_id, "failed")
+            raise
+        self._progress(dep_id, 58, f"release {release_id} {prepared.describe()}")
+        return prepared
 
     def _settle_switched(self, dep_id: int, actor: str, release_id: int,
                          previous_id: int | None, in_release: set[int]) -> None:

@@ -18,14 +18,22 @@ back). A deploy of an environment waits until that environment has been restored
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from tether.crypto import SecretBox
 from tether.engine.parts import EngineParts, reason_of
+from tether.envvars import service_vars
 from tether.redact import redact
+from tether.runtime import appcopy
+from tether.runtime.isolation import file_directories, prepare_release
 from tether.runtime.logs import release_log_file
 from tether.runtime.process import (
     ProcessRuntime,
@@ -34,18 +42,98 @@ from tether.runtime.process import (
     kill_process_group,
 )
 from tether.store.db import Store
-from tether.store.models import Environment, Project, Release
+from tether.store.models import Environment, Instance, Project, Release
 
 log = logging.getLogger("tether.engine")
 
 #: statuses of a release whose process may still run
 LIVE = ("starting", "running")
+#: statuses of a release that once served (the previous one is kept for a restart or roll-back)
+SERVED = ("running", "stopped")
+
+#: query parameters whose values are secrets (a SAS token's `sig`, a password in a query…)
+_SECRET_PARAMETERS = frozenset({
+    "password", "pass", "passwd", "pwd", "secret", "secret_key", "secretkey", "sig",
+    "signature", "token", "access_token", "auth_token", "key", "api_key", "apikey",
+    "access_key", "sas", "x-amz-signature", "x-amz-credential", "x-goog-signature",
+})
+_PARAMETER = re.compile(r"(?:^|[?&;])([^=&;?]+)=([^&;]*)")
+
+
+def _query_secrets(query: str) -> list[str]:
+    found = []
+    for name, raw in _PARAMETER.findall(query):
+        if unquote(name).strip().lower() in _SECRET_PARAMETERS and raw:
+            found += [raw, unquote(raw)]
+    return found
+
+
+def secret_parts(value: str) -> list[str]:
+    """A variable's value and each secret component inside it, in the forms it may be printed
+    in: a URL's password (as written and decoded), and the secret parameters of a query string
+    (a SAS token's signature), the password's own included (an Azure DSN's password is a SAS
+    token). An app printing the bare password of its DSN prints one of these."""
+    parts = [value]
+    try:
+        split = urlsplit(value)
+    except ValueError:
+        return parts
+    if split.scheme and "@" in split.netloc:
+        userinfo = split.netloc.rpartition("@")[0]
+        _user, sep, password = userinfo.partition(":")
+        if sep and password:
+            parts += [password, unquote(password)]
+            parts += _query_secrets(unquote(password))
+    if split.scheme:
+        parts += _query_secrets(split.query)
+    return list(dict.fromkeys(parts))
 
 
 def release_secrets(variables: dict[str, str]) -> list[str]:
-    """The values masked in a release's logs: every variable but STAGE (the environment's name,
-    which would otherwise be masked everywhere it is printed)."""
-    return [value for name, value in variables.items() if name != "STAGE"]
+    """The values masked in a release's logs (its log files and its deployment log): every
+    variable but STAGE (the environment's name, which would otherwise be masked everywhere it is
+    printed), and every secret component of each (`secret_parts`)."""
+    found: list[str] = []
+    for name, value in variables.items():
+        if name != "STAGE" and value:
+            found += secret_parts(value)
+    return list(dict.fromkeys(found))
+
+
+def media_directories(s: Session, box: SecretBox, instance_ids: Iterable[int]) -> list[Path]:
+    """The local media directories of these instances (made by their providers, so trusted),
+    which the release's user gets to write into."""
+    ids = list(instance_ids)
+    if not ids:
+        return []
+    values = [value for inst in s.scalars(select(Instance).where(Instance.id.in_(ids)))
+              for value in service_vars(box, inst).values()]
+    return file_directories(values)
+
+
+def copies_to_keep(s: Session, environment_id: int) -> set[int]:
+    """The releases whose copies stay: the current one, the two latest that served (so the
+    previous release can run again) and any that may still run."""
+    env = s.get(Environment, environment_id)
+    rows = s.execute(select(Release.id, Release.status)
+                     .where(Release.environment_id == environment_id)).all()
+    keep = {release_id for release_id, status in rows if status in LIVE}
+    keep |= set(sorted((release_id for release_id, status in rows if status in SERVED),
+                       reverse=True)[:2])
+    if env is not None and env.current_release_id is not None:
+        keep.add(env.current_release_id)
+    return keep
+
+
+def prune_copies(parts: EngineParts, environment_id: int, environment_key: str) -> list[int]:
+    """Remove the release copies of the environment that are no longer kept."""
+    with parts.store.session() as s:
+        keep = copies_to_keep(s, environment_id)
+    removed = appcopy.prune(parts.data_dir, environment_key, keep)
+    if removed:
+        log.info("release copies of %s removed: %s", environment_key,
+                 ", ".join(map(str, removed)))
+    return removed
 
 
 def record_process(store: Store, release_id: int, running: RunningRelease,
@@ -78,6 +166,7 @@ class _Leftover:
 
 @dataclass(frozen=True)
 class _Environment:
+    id: int
     key: str
     port: int
     current_release_id: int | None
@@ -128,7 +217,7 @@ class Releases:
                     _Leftover(r.id, r.status, r.pid, r.pid_start) for r in live
                     if r.environment_id == env.id and r.id != env.current_release_id
                     and self._mine(r.node_id))
-                plan.append(_Environment(f"{project.name}/{env.name}", env.port,
+                plan.append(_Environment(env.id, f"{project.name}/{env.name}", env.port,
                                          env.current_release_id, leftovers))
         for item in plan:
             try:
@@ -151,6 +240,12 @@ class Releases:
                 except Exception as exc:
                     log.error("restoring the release of %s failed: %s", item.key,
                               redact(reason_of(exc)))
+                try:  # copies of releases that ended while Tether was down; before a deploy
+                    # of the environment may start (it waits for `restored`)
+                    prune_copies(self.parts, item.id, item.key)
+                except Exception as exc:
+                    log.warning("removing old release copies of %s: %s", item.key,
+                                redact(reason_of(exc)))
                 finally:
                     runtime.restored(item.key)
         finally:
@@ -187,8 +282,10 @@ class Releases:
             pid, pid_start, port = release.pid, release.pid_start, release.port
             log_path = release.log_path
             env_enc = release.env_enc
-            cwd, health_path = project.app_dir, project.health_path
+            app_dir, health_path = project.app_dir, project.health_path
             health_timeout = float(project.health_timeout)
+            environment_id = env.id
+            media = media_directories(s, self.parts.box, release.instance_ids or ())
         adopted = runtime.adopt(release_id, item.key, pid, pid_start, port, log_path)
         if adopted is not None:
             runtime.switch(item.key, adopted)
@@ -202,12 +299,17 @@ class Releases:
         secrets = release_secrets(variables)
         set_release_status(store, release_id, "starting")
         try:
+            # its own copy, made when it first started (made again from the app directory only
+            # when it is gone, e.g. for a release started by a Tether that made no copies)
+            prepared = prepare_release(self.parts.data_dir, environment_id, item.key,
+                                       release_id, app_dir, command, variables, media)
             running = runtime.start(ReleaseSpec(
                 release_id=release_id, environment_key=item.key, command=command,
-                env=variables, health_path=health_path, cwd=cwd, health_timeout=health_timeout,
+                env=variables, health_path=health_path, cwd=str(prepared.cwd),
+                health_timeout=health_timeout,
                 log_path=Path(log_path) if log_path else
                 release_log_file(self.parts.data_dir, item.key, release_id),
-                secrets=secrets,
+                secrets=secrets, account=prepared.account,
                 on_start=lambda r: record_process(store, release_id, r, self.parts.node_id)))
         except Exception as exc:
             self._not_back(runtime, item.key, release_id, exc, secrets)
@@ -219,7 +321,8 @@ class Releases:
             self._not_back(runtime, item.key, release_id, exc, secrets)
             return
         set_release_status(store, release_id, "running")
-        log.info("release %s of %s started again", release_id, item.key)
+        log.info("release %s of %s started again: it %s", release_id, item.key,
+                 prepared.describe())
 
     def _not_back(self, runtime: ProcessRuntime, key: str, release_id: int, exc: Exception,
                   secrets: list[str]) -> None:

@@ -6,7 +6,8 @@ loses it when Tether dies (its next write fails with EPIPE or kills it), so an a
 crash could no longer log, or would die of logging. Instead each release runs as
 
     log writer (python -m tether.runtime.logs, its own session: the release's process group)
-      └─ /bin/sh -c APP_COMMAND   (stdout and stderr: a pipe to the writer)
+      └─ the app: its argv (or /bin/sh -c APP_COMMAND when the command asks for a shell), as
+         the environment's own user when Tether is root (stdout and stderr: a pipe to the writer)
 
 The writer reads the app's output line by line, masks the release's secrets (`tether.redact`, as
 the deployment log does), and appends each line, with its UTC time, to the release's log file
@@ -15,7 +16,9 @@ the only writer of the file, so rotation is a plain rename and loses nothing, an
 pipe whether or not anyone reads the file and whether or not Tether runs. It ignores SIGTERM (the
 app gets it with the whole group), keeps reading until the app's output ends, then exits with the
 app's own status (re-raising the app's signal), so Tether sees the app's exit as before.
-Files are mode 0600 in 0700 directories: the output may hold anything the app prints.
+Files are mode 0600 in 0700 directories: the output may hold anything the app prints. The writer
+runs as Tether's user, so the files stay Tether's: the app, running as a user of its own, can
+neither open its own log file nor another release's.
 
 Tether reads the files back by *position* (inode and byte offset), so a reader that follows the
 output keeps its place across rotations (a rotated file keeps its inode), and knows when lines it
@@ -446,6 +449,24 @@ def _ignore(_signum: int, _frame: object) -> None:
     caught signals to their default)."""
 
 
+def _start_error(exc: OSError, argv: list[str], cwd: str | None, user: str | None) -> str:
+    """Why the app could not be started, with what to do about it."""
+    where = f" in {cwd}" if cwd else ""
+    who = f" as the user {user}" if user else ""
+    program = argv[0] if argv else "?"
+    if cwd and exc.filename == cwd:
+        hint = f"its directory cannot be entered ({exc.strerror})"
+    elif isinstance(exc, FileNotFoundError):
+        hint = ("the program was not found: name it by an absolute path or one on PATH "
+                "(a file of the app directory: ./NAME)")
+    elif isinstance(exc, PermissionError):
+        hint = ("permission denied: the program and the directories above it must be "
+                f"executable{who} (see README, \"What an application needs\")")
+    else:
+        hint = exc.strerror or str(exc)
+    return f"could not start the app ({program}){who}{where}: {hint}"
+
+
 def writer_main() -> int:
     """`python -m tether.runtime.logs`: read the release's settings (JSON) from stdin, start the
     app, report `started PID` (or `error MESSAGE`) on stdout, then copy the app's output to the
@@ -461,9 +482,17 @@ def writer_main() -> int:
         path = Path(config["log_path"])
         max_bytes, backups = int(config["max_bytes"]), int(config["backups"])
         command, env, cwd = config["command"], config["env"], config.get("cwd")
+        argv = config.get("argv") or ["/bin/sh", "-c", command]
         secrets = [str(v) for v in config.get("secrets") or ()]
-        if not (isinstance(command, str) and isinstance(env, dict)):
-            raise TypeError("command must be a string and env an object")
+        if not (isinstance(command, str) and isinstance(env, dict)
+                and isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise TypeError("command must be a string, argv a list of strings, env an object")
+        user, group = config.get("user"), config.get("group")
+        groups = config.get("groups")
+        user_name = config.get("user_name")
+        if user is not None and not (isinstance(user, int) and isinstance(group, int)
+                                     and isinstance(groups, list)):
+            raise TypeError("user and group must be numbers, groups a list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _report(report, f"error the log writer got no valid settings ({type(exc).__name__}): "
                         "the app was not started")
@@ -473,13 +502,13 @@ def writer_main() -> int:
     except OSError as exc:
         _report(report, f"error could not open the log file {path}: {exc.strerror}")
         return 1
+    switch = {} if user is None else {"user": user, "group": group, "extra_groups": groups}
     try:
         app = subprocess.Popen(
-            ["/bin/sh", "-c", command], cwd=cwd, env=env,
+            argv, cwd=cwd, env=env, **switch,  # type: ignore[arg-type]
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
-        where = f" in {cwd}" if cwd else ""
-        _report(report, f"error could not start the app{where}: {exc.strerror}")
+        _report(report, "error " + _start_error(exc, argv, cwd, user_name))
         return 1
     os.umask(0o077)  # rotated files are made private too
     _report(report, f"started {app.pid}")

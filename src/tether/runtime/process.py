@@ -12,6 +12,12 @@ to the release's log file whether or not Tether runs, so a release survives a cr
 and can be *adopted* by the next one (`adopt`): routed to by its port, stopped by its process
 group, its output still flowing to its file. While a release starts, the new lines of its log are
 handed to `ReleaseSpec.log` in batches (the deployment log); after that they stay in the file.
+
+The app itself runs as `ReleaseSpec.account` (the environment's system user, see `accounts.py`)
+when one is given, from `ReleaseSpec.cwd` (the release's copy of the application directory, see
+`appcopy.py`), with the argv `command.command_argv` makes of its command: no shell unless the
+command asks for one. Its log writer stays Tether's: the app writes into a pipe, never into the
+log file, which it cannot open.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import tether
 from tether.errors import OperationError, UserError
 from tether.net import free_port
 from tether.runtime import logs
+from tether.runtime.accounts import AppAccount
+from tether.runtime.command import command_argv
 from tether.runtime.proxy import ProxyApp, ProxyHost, ProxyServer
 
 # Variables of the control plane's own environment an app may see: nothing that could hold a
@@ -58,7 +66,7 @@ class ReleaseFailed(OperationError):
 class ReleaseSpec:
     release_id: int
     environment_key: str  # e.g. "shop/test": one stable address per key
-    command: str  # shell command line, run with /bin/sh -c
+    command: str  # split into argv, or run with /bin/sh -c when it asks for a shell (command.py)
     env: dict[str, str]  # the app's variables; PORT is added by the runtime
     health_path: str = "/"
     cwd: str | None = None
@@ -75,6 +83,8 @@ class ReleaseSpec:
     #: called once the release's process (its log writer) runs and before its app is started,
     #: to record its pid and start time; if it raises, no app is started and `start` re-raises
     on_start: Callable[[RunningRelease], None] | None = None
+    #: the system user the app runs as (None: Tether's own user)
+    account: AppAccount | None = None
 
 
 @dataclass(eq=False)
@@ -140,10 +150,16 @@ def _describe_exit(code: int) -> str:
     return f"the app exited with code {code}{hint}"
 
 
-def _app_environment(spec_env: dict[str, str], port: int) -> dict[str, str]:
-    """A clean environment: the few basics, the app's own variables, and PORT."""
+def _app_environment(spec_env: dict[str, str], port: int, account: AppAccount | None = None,
+                     cwd: str | None = None) -> dict[str, str]:
+    """A clean environment: the few basics, the app's own variables, and PORT. An app running
+    as a user of its own has its release as HOME (Tether's home is not its), and its name as
+    USER and LOGNAME."""
     env = {name: os.environ[name] for name in PASSED_VARIABLES if name in os.environ}
     env.setdefault("PATH", os.defpath)
+    if account is not None:
+        env["HOME"] = cwd or "/"
+        env["USER"] = env["LOGNAME"] = account.name
     env["PYTHONUNBUFFERED"] = "1"  # so Python apps' output reaches the log line by line
     env.update(spec_env)
     env["PORT"] = str(port)
@@ -344,10 +360,16 @@ class ProcessRuntime:
         The writer starts no app until it has read its settings on stdin, so the release is
         recorded (pid and start time) before its app exists: a crash of Tether at any point
         leaves either no app or an app whose process is known (adopted or stopped later)."""
+        account = spec.account
         config = {
             "command": spec.command,
+            "argv": command_argv(spec.command),
             "cwd": spec.cwd,
-            "env": _app_environment(spec.env, port),
+            "env": _app_environment(spec.env, port, account, spec.cwd),
+            "user": account.uid if account else None,
+            "group": account.gid if account else None,
+            "groups": list(account.groups) if account else None,
+            "user_name": account.name if account else None,
             "log_path": str(log_path),
             "max_bytes": spec.log_max_bytes,
             "backups": spec.log_backups,

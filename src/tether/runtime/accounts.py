@@ -1,0 +1,377 @@
+"""The system users applications run as, and what they may reach.
+
+When Tether runs as root, each environment's processes run as a system user of their own,
+`tether-<10 hex digits>` (a hash of the data dir and the environment's id, so two control planes
+on one machine never share one), made on the environment's first deploy with
+
+    useradd --system --user-group --no-create-home --home-dir /nonexistent
+            --shell /usr/sbin/nologin --groups tether-apps --comment "Tether app, ..."
+
+Its own group is the group of its release copies (see `releases.py`), which no other user may
+enter; the shared group `tether-apps` (made once) is what the POSIX ACLs below name:
+
+- the data dir: `tether-apps` may traverse it (`--x`) but not list it, and is denied (`---`)
+  every top-level entry that anybody else could read (a `clusters.toml` left 0644, a directory
+  0755…), except `releases/` and the media directories, which it may traverse. The secret key,
+  the store and its -wal/-shm, the logs and the embedded servers' data are private to their owner
+  (0600/0700) anyway;
+- the directories above the data dir, above a media directory, and above each program the app
+  command names (following its symlinks: a venv's `python` leads into the interpreter it was made
+  from), where "other" may not traverse them: `tether-apps` gets `--x` there and nothing more
+  (e.g. `/root`, 0700, when the clone and its venv live under it);
+- a Python interpreter's installation (a venv and the base it was made from) that "other" may not
+  read: `tether-apps` gets read access to it, and to what is installed there later.
+
+Nothing else is opened. Without root Tether cannot switch users: the apps run as Tether's own
+user, and it says so once in its log.
+
+Users are made under a lock (within this process) and retried while another process holds the
+passwd lock (`useradd` exits 10), so concurrent deploys are safe; a user made meanwhile by another
+process is simply used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import logging
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether.errors import OperationError
+from tether.runtime import acl
+from tether.runtime.command import named_programs
+
+log = logging.getLogger("tether.runtime")
+
+APPS_GROUP = "tether-apps"
+NAME_PREFIX = "tether-"
+_COMMENT = "Tether app, environment {env_id}, {data_dir}"
+_COMMENT_RE = re.compile(r"^Tether app, environment \d+, (/.*)$")
+_NAME_RE = re.compile(r"^tether-[0-9a-f]{10}$")
+#: top-level entries of the data dir apps may traverse (to their release copy, their media)
+REACHABLE_TOP = ("releases", "media")
+
+_lock = threading.Lock()
+_warned = False
+
+
+class AccountError(OperationError):
+    """An application's system user could not be made or prepared; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class AppAccount:
+    """The system user an environment's processes run as."""
+
+    name: str
+    uid: int
+    gid: int  # its own group: the group of its release copies
+    apps_gid: int  # the shared `tether-apps` group (a supplementary group)
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return (self.apps_gid,)
+
+
+def switches_users() -> bool:
+    """Whether apps run as users of their own: only root can switch users."""
+    return os.geteuid() == 0
+
+
+def say_not_root_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("Tether does not run as root, so it cannot switch users: applications run "
+                    "as Tether's own user (%s) and can read what it can (see README, "
+                    "\"What an application needs\")", _current_user())
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def account_name(data_dir: Path, environment_id: int) -> str:
+    """`tether-` and 10 hex digits: within useradd's 32 characters, unique per data dir and
+    environment (two control planes on one machine have environments with the same ids)."""
+    digest = hashlib.sha256(f"{Path(data_dir).resolve()}\0{environment_id}".encode()).hexdigest()
+    return NAME_PREFIX + digest[:10]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=60,
+                          stdin=subprocess.DEVNULL, env={"PATH": _SBIN_PATH, "LC_ALL": "C"})
+
+
+_SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_LOCKED = 10  # useradd/groupadd/userdel: could not lock the passwd or group file
+_RETRY_FOR = 30.0
+
+
+def _retrying(args: list[str], exists: Callable[[], bool]) -> None:
+    """Run useradd/groupadd until it succeeds or `exists()` says the result is there (made by a
+    concurrent process); retried while another process holds the passwd lock."""
+    deadline = time.monotonic() + _RETRY_FOR
+    delay = 0.05
+    while True:
+        if exists():
+            return
+        try:
+            proc = _run(args)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise AccountError(f"could not run {args[0]}: {exc}; install the `passwd` package "
+                               "(useradd, groupadd) or run Tether as a user that cannot switch "
+                               "users") from None
+        if proc.returncode == 0 or exists():
+            return
+        if proc.returncode != _LOCKED or time.monotonic() > deadline:
+            detail = (proc.stderr or proc.stdout).strip() or f"exit code {proc.returncode}"
+            raise AccountError(f"could not make the system user or group for the application "
+                               f"({' '.join(args[:1] + args[-1:])}: {detail})")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _gid_of(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def apps_group() -> int:
+    """The gid of `tether-apps`, made when missing."""
+    _retrying(["groupadd", "--system", APPS_GROUP], lambda: _gid_of(APPS_GROUP) is not None)
+    gid = _gid_of(APPS_GROUP)
+    assert gid is not None
+    return gid
+
+
+def ensure_account(data_dir: Path, environment_id: int) -> AppAccount | None:
+    """The environment's system user, made when missing; None when Tether is not root (it runs
+    the app as itself, and says so once)."""
+    if not switches_users():
+        say_not_root_once()
+        return None
+    name = account_name(data_dir, environment_id)
+    with _lock:
+        apps_gid = apps_group()
+
+        def made() -> bool:
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                return False
+            return True
+
+        comment = _COMMENT.format(env_id=environment_id,
+                                  data_dir=str(Path(data_dir).resolve()).replace(":", "_"))
+        _retrying(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                   "/nonexistent", "--shell", "/usr/sbin/nologin", "--groups", APPS_GROUP,
+                   "--comment", comment, name], made)
+        entry = pwd.getpwnam(name)
+        members = grp.getgrgid(apps_gid).gr_mem
+    if name not in members:  # made by hand, or by an older Tether: the ACLs name the group
+        _retrying(["usermod", "--append", "--groups", APPS_GROUP, name],
+                  lambda: name in grp.getgrgid(apps_gid).gr_mem)
+    return AppAccount(name=name, uid=entry.pw_uid, gid=entry.pw_gid, apps_gid=apps_gid)
+
+
+def accounts_of(data_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """The app users Tether made (for any data dir, or for `data_dir`), with their data dir."""
+    found = []
+    wanted = Path(data_dir).resolve() if data_dir is not None else None
+    for entry in pwd.getpwall():
+        match = _COMMENT_RE.match(entry.pw_gecos)
+        if not (_NAME_RE.match(entry.pw_name) and match):
+            continue
+        where = Path(match.group(1))
+        if wanted is None or where == wanted:
+            found.append((entry.pw_name, where))
+    return found
+
+
+def remove_accounts(names: Iterable[str]) -> list[str]:
+    """`userdel` each of these app users (their own group goes with them); returns those
+    removed. A user with processes still running is left (userdel refuses)."""
+    removed = []
+    for name in names:
+        if not _NAME_RE.match(name):
+            continue
+        with _lock:
+            proc = _run(["userdel", name])
+        if proc.returncode == 0:
+            removed.append(name)
+    return removed
+
+
+# -- reachability --------------------------------------------------------------------------------
+
+
+def _others_may(path: Path, bits: int) -> bool:
+    try:
+        return os.stat(path).st_mode & bits == bits
+    except OSError:
+        return True  # nothing there to open
+
+
+def _traverse_down_to(path: Path, apps_gid: int, stop_at: Iterable[Path] = ()) -> None:
+    """Let `tether-apps` traverse every directory above `path` that "other" may not."""
+    stops = {Path(p) for p in stop_at}
+    for parent in reversed(path.parents):
+        if parent in stops:
+            continue
+        if not _others_may(parent, stat.S_IXOTH):
+            acl.set_group(parent, apps_gid, acl.EXECUTE)
+
+
+def _symlink_chain(path: Path) -> list[Path]:
+    """`path` and every path its symlinks lead through, to the file itself."""
+    chain = [path]
+    current = path
+    for _ in range(40):
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break
+        current = (current.parent / target) if not os.path.isabs(target) else Path(target)
+        chain.append(current)
+    real = path.resolve()
+    if real not in chain:
+        chain.append(real)
+    return chain
+
+
+def _python_homes(executable: Path) -> list[Path]:
+    """The installation a Python interpreter reads: its venv (`bin/..` holding pyvenv.cfg) and
+    the base install its `home` names; the prefix above `bin/` otherwise."""
+    homes = []
+    for path in _symlink_chain(executable):
+        prefix = path.parent.parent
+        cfg = prefix / "pyvenv.cfg"
+        if cfg.is_file():
+            homes.append(prefix)
+            with contextlib.suppress(OSError):
+                for line in cfg.read_text().splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip() == "home" and value.strip():
+                        homes.append(Path(value.strip()).parent)
+        elif path.parent.name == "bin":
+            homes.append(prefix)
+    return [h for h in dict.fromkeys(homes) if h != Path("/") and h.is_dir()]
+
+
+def _readable_tree(top: Path, apps_gid: int) -> None:
+    """Let `tether-apps` read a tree "other" may not read (and what is added to it later)."""
+    if _others_may(top, stat.S_IROTH | stat.S_IXOTH):
+        return
+    for root, dirs, files in os.walk(top):
+        acl.set_group(Path(root), apps_gid, acl.READ | acl.EXECUTE, default=True)
+        for name in files:
+            path = Path(root, name)
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if stat.S_ISREG(st.st_mode):
+                    bits = acl.READ | (acl.EXECUTE if st.st_mode & 0o111 else 0)
+                    acl.set_group(path, apps_gid, bits)
+        dirs[:] = [d for d in dirs if not Path(root, d).is_symlink()]
+
+
+def _find(word: str, path_env: str) -> Path | None:
+    if os.path.isabs(word):
+        return Path(word) if os.path.isfile(word) else None
+    if "/" not in word:
+        where = shutil.which(word, path=path_env)
+        return Path(where) if where else None
+    return None  # relative to the release's copy: reachable with it
+
+
+def _shebang(program: Path, path_env: str) -> Path | None:
+    """The interpreter a script names on its `#!` line (`/usr/bin/env NAME`: NAME on PATH)."""
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", errors="replace").split()
+    if not words:
+        return None
+    if Path(words[0]).name == "env":
+        names = [w for w in words[1:] if not w.startswith("-")]
+        return _find(names[0], path_env) if names else None
+    return _find(words[0], path_env)
+
+
+def resolve_programs(command: str, path_env: str) -> list[Path]:
+    """The programs an app command names, found as the app would find them (its PATH), and the
+    interpreters of those that are scripts (`#!`)."""
+    found: list[Path] = []
+    for word in named_programs(command):
+        program = _find(word, path_env)
+        if program is None:
+            continue
+        found.append(program)
+        interpreter = _shebang(program, path_env)
+        if interpreter is not None:
+            found.append(interpreter)
+    return list(dict.fromkeys(found))
+
+
+def make_reachable(account: AppAccount, data_dir: Path, command: str | None, path_env: str,
+                   directories: Iterable[Path] = ()) -> None:
+    """Open exactly what the app's user needs (see the module docstring): the way into the data
+    dir (and nothing in it but its release copies and media), the way to `directories` (its
+    media), and the programs its command names with their interpreter's installation."""
+    data_dir = Path(data_dir).resolve()
+    gid = account.apps_gid
+    try:
+        with _lock:
+            _traverse_down_to(data_dir / "releases", gid)
+            acl.set_group(data_dir, gid, acl.EXECUTE)  # traverse, never list
+            for entry in data_dir.iterdir():
+                if entry.name in REACHABLE_TOP:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.lstat()
+                    if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o007 == 0:
+                        continue  # private to its owner already (or a link, never followed)
+                    if acl.group_permissions(entry, gid) is None:
+                        acl.set_group(entry, gid, 0)
+            for directory in directories:
+                directory = Path(directory)
+                _traverse_down_to(directory, gid)
+                for parent in directory.parents:
+                    if parent.parent == data_dir and parent.name not in REACHABLE_TOP:
+                        acl.set_group(parent, gid, acl.EXECUTE)  # a media base elsewhere
+            for program in resolve_programs(command or "", path_env):
+                if program.resolve().is_relative_to(data_dir):
+                    continue  # nothing in the data dir is opened for apps
+                for hop in _symlink_chain(program):
+                    _traverse_down_to(hop, gid)
+                if program.resolve().name.startswith("python"):
+                    for home in _python_homes(program):
+                        _traverse_down_to(home, gid)
+                        _readable_tree(home, gid)
+    except acl.AclUnsupported as exc:
+        raise AccountError(f"{exc.strerror}: the application's user {account.name} cannot be "
+                           "given access to its release and interpreter; mount that file "
+                           "system with ACL support, or make those paths readable") from None
+    except OSError as exc:
+        raise AccountError(f"could not open the way to the application for its user "
+                           f"{account.name}: {exc.strerror or exc} ({exc.filename})") from None

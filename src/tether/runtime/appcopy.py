@@ -1,0 +1,297 @@
+"""Each release runs from its own copy of the application directory, made before it starts:
+`DATA_DIR/releases/<project>/<env>/<release id>/`. A later edit of the application directory
+cannot change a running release, and a release started again after a restart of Tether runs
+what it ran before.
+
+Who may read a copy: when Tether runs as root, the copy belongs to root and to the group of the
+environment's own user (directories 0750, files 0640, or 0750 when executable), inside
+`releases/<project>/<env>/` (0750, the same group); `releases/` and `releases/<project>/` are
+0710 for `tether-apps` (traverse, not list). So the app reads its own release and nothing of
+another environment's, and cannot change its release, not even by `chmod` (it does not own it).
+Without root, everything is Tether's own and read-only for it (directories 0500, files 0400 or
+0500 when executable), inside 0700 directories.
+
+What is not copied:
+- version control and caches: `.git`, `.hg`, `.svn`, `__pycache__`, `.pytest_cache`,
+  `.ruff_cache`, `.mypy_cache`, `.tox`, `.nox`;
+- virtualenvs (any directory holding a `pyvenv.cfg`): a venv copied elsewhere breaks (its scripts
+  name their interpreter by absolute path), and the app uses the interpreter where it is;
+- Tether's own data dir, should it lie inside the application directory;
+- what the app directory's `.tetherignore` names (like `.gitignore`, without `!`: one pattern per
+  line, `#` comments; a trailing `/` matches directories only; a pattern holding another `/` is
+  matched against the path from the app directory, any other against each name at any depth;
+  `*`, `?` and `[...]` as in the shell);
+- sockets, FIFOs and devices. Symbolic links are copied as links, never followed.
+
+Copies are made into a hidden directory, then renamed into place: a crash mid-copy never leaves a
+half copy taken for a whole one. `prune` removes the copies of releases that are gone (the
+engine keeps the current release, the previous one and any still starting or running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.errors import OperationError
+from tether.runtime.accounts import AppAccount
+
+RELEASES = "releases"
+IGNORE_FILE = ".tetherignore"
+SKIPPED_NAMES = frozenset({".git", ".hg", ".svn", "__pycache__", ".pytest_cache",
+                           ".ruff_cache", ".mypy_cache", ".tox", ".nox"})
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PARTIAL = re.compile(r"^\.(\d+)\.partial-[0-9a-f]+$")
+
+
+class CopyFailed(OperationError):
+    """The application directory could not be copied for a release."""
+
+
+def environment_dir(data_dir: Path, environment_key: str) -> Path:
+    """`DATA_DIR/releases/<project>/<env>` for `environment_key` "project/env"."""
+    parts = [_SAFE.sub("_", p) or "_" for p in environment_key.split("/")]
+    return Path(data_dir).joinpath(RELEASES, *parts)
+
+
+def release_dir(data_dir: Path, environment_key: str, release_id: int) -> Path:
+    return environment_dir(data_dir, environment_key) / str(release_id)
+
+
+@dataclass
+class Copied:
+    """A release's copy: where, and what went into it."""
+
+    path: Path
+    files: int = 0
+    size: int = 0
+    skipped: list[str] = field(default_factory=list)
+    reused: bool = False
+
+    def describe(self) -> str:
+        if self.reused:
+            return f"its copy of the app directory, {self.path}"
+        skipped = f"; not copied: {', '.join(self.skipped[:8])}" if self.skipped else ""
+        more = f" and {len(self.skipped) - 8} more" if len(self.skipped) > 8 else ""
+        return (f"a copy of the app directory in {self.path} ({self.files} files, "
+                f"{self.size / 1e6:.1f} MB{skipped}{more})")
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    glob: str
+    directories_only: bool
+    anchored: bool
+
+
+def read_ignore_file(source: Path) -> list[_Pattern]:
+    """The patterns of `source/.tetherignore` (none when it has no such file)."""
+    try:
+        text = (source / IGNORE_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    patterns = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        directories_only = line.endswith("/")
+        line = line.rstrip("/")
+        anchored = "/" in line
+        line = line.lstrip("/")
+        if line:
+            patterns.append(_Pattern(line, directories_only, anchored))
+    return patterns
+
+
+def _ignored(patterns: list[_Pattern], relative: str, name: str, is_dir: bool) -> bool:
+    for pattern in patterns:
+        if pattern.directories_only and not is_dir:
+            continue
+        if fnmatch.fnmatchcase(relative if pattern.anchored else name, pattern.glob):
+            return True
+    return False
+
+
+class _Owner:
+    """Who a copy belongs to, and the modes of what is in it (see the module docstring)."""
+
+    def __init__(self, account: AppAccount | None) -> None:
+        self.account = account
+        self.uid = 0 if account else os.geteuid()
+        self.gid = account.gid if account else os.getegid()
+        self.shared = account is not None  # readable by the account's group
+
+    def dir_mode(self) -> int:
+        return 0o750 if self.shared else 0o500
+
+    def file_mode(self, source_mode: int) -> int:
+        executable = bool(source_mode & 0o111)
+        if self.shared:
+            return 0o750 if executable else 0o640
+        return 0o500 if executable else 0o400
+
+    def apply(self, path: Path, mode: int | None) -> None:
+        if self.shared:
+            os.lchown(path, self.uid, self.gid)
+        if mode is not None:
+            os.chmod(path, mode)
+
+
+def _prepare_parents(data_dir: Path, environment_key: str, owner: _Owner) -> Path:
+    env_dir = environment_dir(data_dir, environment_key)
+    top = Path(data_dir) / RELEASES
+    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    account = owner.account
+    for path in [top, *[p for p in env_dir.parents if p.is_relative_to(top) and p != top]]:
+        if account is not None:
+            os.chown(path, 0, account.apps_gid)
+            os.chmod(path, 0o710)  # noqa: S103 - tether-apps may traverse, not list
+        else:
+            os.chmod(path, 0o700)
+    if account is not None:
+        os.chown(env_dir, 0, account.gid)
+        os.chmod(env_dir, 0o750)  # noqa: S103 - the environment's own group only
+    else:
+        os.chmod(env_dir, 0o700)
+    return env_dir
+
+
+def make_copy(data_dir: Path, environment_key: str, release_id: int, source: Path | None,
+              account: AppAccount | None) -> Copied:
+    """The release's copy of `source` (an empty directory when the project has none); an
+    existing complete copy is reused (a release started again)."""
+    owner = _Owner(account)
+    try:
+        env_dir = _prepare_parents(Path(data_dir), environment_key, owner)
+    except OSError as exc:
+        raise CopyFailed(f"could not prepare {environment_dir(data_dir, environment_key)} for "
+                         f"the release's copy: {exc.strerror or exc}") from None
+    target = env_dir / str(release_id)
+    if target.is_dir() and not target.is_symlink():
+        return Copied(target, reused=True)
+    partial = env_dir / f".{release_id}.partial-{secrets.token_hex(4)}"
+    copied = Copied(target)
+    try:
+        partial.mkdir(mode=0o700)
+        if source is not None:
+            _copy_tree(Path(source), partial, Path(data_dir), owner, copied)
+        owner.apply(partial, owner.dir_mode())
+        os.rename(partial, target)
+    except CopyFailed:
+        _remove_tree(partial)
+        raise
+    except OSError as exc:
+        _remove_tree(partial)
+        where = exc.filename or source
+        raise CopyFailed(f"could not copy the app directory {source} for release {release_id} "
+                         f"({where}: {exc.strerror or exc}): make it readable for Tether, or "
+                         f"leave what cannot be read out with {IGNORE_FILE}") from None
+    return copied
+
+
+def _copy_tree(source: Path, target: Path, data_dir: Path, owner: _Owner,
+               copied: Copied) -> None:
+    try:
+        st = os.stat(source)
+    except OSError as exc:
+        raise CopyFailed(f"the app directory {source} cannot be read ({exc.strerror}): fix "
+                         "it, or create the project with another --app-dir") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CopyFailed(f"the app directory {source} is not a directory: create the project "
+                         "with another --app-dir")
+    try:
+        data = os.stat(data_dir)
+        data_id: tuple[int, int] | None = (data.st_dev, data.st_ino)
+    except OSError:
+        data_id = None
+    patterns = read_ignore_file(source)
+    # (source dir, target dir, path relative to the app dir)
+    stack: list[tuple[Path, Path, str]] = [(source, target, "")]
+    directories: list[Path] = []
+    while stack:
+        src_dir, dst_dir, rel_dir = stack.pop()
+        with os.scandir(src_dir) as entries:
+            for entry in entries:
+                relative = f"{rel_dir}{entry.name}"
+                src, dst = Path(entry.path), dst_dir / entry.name
+                st = entry.stat(follow_symlinks=False)
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if entry.name in SKIPPED_NAMES or _ignored(patterns, relative, entry.name,
+                                                           is_dir):
+                    copied.skipped.append(relative + ("/" if is_dir else ""))
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(src), dst)
+                    owner.apply(dst, None)
+                elif is_dir:
+                    if (st.st_dev, st.st_ino) == data_id or (src / "pyvenv.cfg").is_file():
+                        copied.skipped.append(relative + "/")
+                        continue
+                    dst.mkdir(mode=0o700)
+                    directories.append(dst)
+                    stack.append((src, dst, relative + "/"))
+                elif stat.S_ISREG(st.st_mode):
+                    shutil.copyfile(src, dst, follow_symlinks=False)
+                    owner.apply(dst, owner.file_mode(st.st_mode))
+                    copied.files += 1
+                    copied.size += st.st_size
+                else:
+                    copied.skipped.append(relative)
+    for directory in reversed(directories):  # read-only last: they were written into first
+        owner.apply(directory, owner.dir_mode())
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a copy, read-only directories included (without root they are 0500)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    if os.geteuid() != 0:
+        for root, dirs, _files in os.walk(path):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    p = Path(root, name)
+                    if not p.is_symlink():
+                        p.chmod(0o700)
+        with contextlib.suppress(OSError):
+            path.chmod(0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def copies(data_dir: Path, environment_key: str) -> list[int]:
+    """The release ids that have a complete copy."""
+    env_dir = environment_dir(data_dir, environment_key)
+    try:
+        return sorted(int(p.name) for p in env_dir.iterdir() if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def prune(data_dir: Path, environment_key: str, keep: set[int]) -> list[int]:
+    """Remove the copies (and half-made copies) of releases not in `keep`; returns their ids."""
+    env_dir = environment_dir(data_dir, environment_key)
+    removed = []
+    try:
+        entries = list(env_dir.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        partial = _PARTIAL.match(entry.name)
+        release_id = int(entry.name) if entry.name.isdigit() else (
+            int(partial.group(1)) if partial else None)
+        if release_id is None or release_id in keep:
+            continue
+        _remove_tree(entry)
+        if not partial:
+            removed.append(release_id)
+    return sorted(removed)

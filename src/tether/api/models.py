@@ -27,8 +27,9 @@ PLAIN = r"^[^\x00-\x1f\x7f]*$"
 #: anything but a NUL (commands and variable values may hold line breaks)
 NO_NUL = r"^[^\x00]*$"
 
-#: ids are 64-bit integers in every store
-MAX_ID = 2**63 - 1
+#: ids are the store's INTEGER columns: 32-bit in PostgreSQL (a larger number there is an error
+#: of the database, not "no such id")
+MAX_ID = 2**31 - 1
 #: the most deployments one listing returns
 MAX_PAGE = 200
 

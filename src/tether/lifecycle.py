@@ -1,7 +1,7 @@
 """The lifecycle of a service instance (SPEC.md), as pure functions: the ONLY place that decides a
 state. Nothing here does I/O.
 
-Two questions are asked of it:
+Two questions are asked of it (and `decide_rotation`, for `tether service rotate`):
 
 - `decide(state, action, ...)`: may a user's ACTION happen to an instance now? The answer is a
   refusal with the way out, or the state entered at once and the work the engine must then do.
@@ -195,6 +195,33 @@ def _remove(state: State, p: str, env: str, in_release: bool) -> Decision:
                        f"variables: detach it and deploy first (`tether service detach {env} "
                        f"{p}`, then `tether deploy {env}`)")
     return _ok(f"{p} is being removed; its data will be deleted for good", None, "remove")
+
+
+def decide_rotation(state: State | None, prefix: str, env: str = "ENV", *,
+                    in_release: bool = False, pending: Pending | None = None) -> Decision:
+    """May the credentials of an instance be rotated now (`tether service rotate`)? Only a
+    provisioned instance has credentials: it is functional, in any of its states, and no removal
+    of it waits. A rotation changes no state: the operation makes new credentials; the running
+    release keeps the old ones (`in_release`) until a deployment gives it the new ones, and the
+    old ones are revoked then (at once when no release has them)."""
+    p = prefix
+    if state is None:
+        return _refuse(f"no service with prefix {p} in {env}: see `tether service list {env}`")
+    if state is State.REMOVED:
+        return _refuse(f"{p} was removed and its data deleted: it has no credentials to rotate")
+    if pending is Pending.REMOVE:
+        return _refuse(f"{p} ({state}) is being removed: there is nothing left to rotate")
+    if state is State.PROVISIONING:
+        return _refuse(f"{p} is provisioning: it has no credentials yet; wait for it to finish, "
+                       "then rotate them")
+    if state is State.NEW:
+        return _refuse(f"{p} is new and not provisioned: it has no credentials to rotate; "
+                       f"provision it first (`tether service provision {env} {p}`)")
+    if in_release:
+        return _ok(f"{p} gets new credentials: {env} is deployed with them, then the old ones "
+                   "are revoked", None, "rotate")
+    return _ok(f"{p} gets new credentials; no running release has {p}, so the old ones are "
+               "revoked at once", None, "rotate")
 
 
 def after(state: State, event: Event, *, in_release: bool) -> State:

@@ -106,6 +106,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", ENV + "/services/SPARE/provision", None, "change"),
     ("POST", ENV + "/services/MEDIA/detach", None, "change"),
     ("POST", ENV + "/services/MEDIA/attach", None, "change"),
+    ("POST", ENV + "/services/MEDIA/rotate", None, "change"),
     ("DELETE", ENV + "/services/MEDIA?confirm=MEDIA", None, "change"),
     ("POST", ENV + "/deployments", None, "change"),
     ("GET", ENV + "/deployments", None, "read"),

@@ -1,9 +1,11 @@
-"""Service instances: add, provision, detach, attach, remove, list, show.
+"""Service instances: add, provision, detach, attach, remove, rotate, list, show.
 
 Each action validates, asks `tether.lifecycle.decide`, and records the state change, the audit
 entry and (when work is needed) an operation, in one transaction. The engine does the work."""
 
 from __future__ import annotations
+
+import secrets
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +28,8 @@ from tether.actions.common import (
 from tether.envvars import instance_var_names, service_vars
 from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Action, State
+from tether.providers.base import Rotatable, rotation_unsupported
+from tether.providers.registry import get_provider
 from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Variable
 from tether.store.records import (
     apply_decision,
@@ -67,6 +71,15 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
             decision.target is not None and decision.target != state))
         return {"allowed": decision.allowed, "changes": changes, "message": decision.message}
 
+    def rotate_view() -> dict[str, object]:
+        if not _rotatable(inst):
+            return {"allowed": False, "changes": False,
+                    "message": rotation_unsupported(inst.kind)}
+        decision = lifecycle.decide_rotation(state, inst.prefix, env_name,
+                                             in_release=in_release, pending=waiting)
+        return {"allowed": decision.allowed, "changes": decision.allowed,
+                "message": decision.message}
+
     cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
     variables = service_vars(ctx.box, inst)
     pending = operation or unfinished(s, inst)
@@ -93,11 +106,21 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         # What each user action would do now, as the lifecycle rules decide it, so that clients
         # (the Services view) offer exactly what the API accepts and say why not otherwise:
         # `allowed` False is a refusal; `changes` False an allowed no-op ("already attached").
-        "actions": {action.value: action_view(action) for action in
-                    (Action.PROVISION, Action.DETACH, Action.ATTACH, Action.REMOVE)},
+        "actions": {**{action.value: action_view(action) for action in
+                       (Action.PROVISION, Action.DETACH, Action.ATTACH, Action.REMOVE)},
+                    "rotate": rotate_view()},
+        # how many times its credentials were rotated, and the logins of earlier credentials
+        # that stay valid until no running release uses them (names, never secrets)
+        "rotations": inst.rotations or 0,
+        "retiring_logins": [str(c.get("user"))
+                            for c in ctx.box.open(inst.retiring_credentials_enc) or []],
         "created_at": iso(inst.created_at),
         "updated_at": iso(inst.updated_at),
     }
+
+
+def _rotatable(inst: Instance) -> bool:
+    return isinstance(get_provider(inst.kind), Rotatable)
 
 
 def _env(s: Session, ctx: Context, project: str | None, env: str,
@@ -224,6 +247,38 @@ def remove(ctx: Context, project: str | None, env_name: str, prefix: str,
                   detail="data will be deleted for good")
         view = instance_view(s, ctx, inst)
         view["operation"] = operation_view(op)
+        view["message"] = decision.message
+    ctx.notify()
+    return view
+
+
+def rotate(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
+    """New credentials without downtime: the engine makes a second login, deploys the
+    environment with it when the running release uses the instance, then revokes the old one.
+    Asking again while a rotation waits or runs answers with that rotation."""
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name)
+        inst = _require(s, env, prefix)
+        if not _rotatable(inst):
+            raise UserError(f"{rotation_unsupported(inst.kind)}; {prefix} is a {inst.kind} "
+                            "service")
+        ongoing = unfinished(s, inst)
+        if ongoing is not None and ongoing.kind == "rotate":
+            view = instance_view(s, ctx, inst, operation=ongoing)
+            view["message"] = f"the credentials of {prefix} are being rotated already"
+            return view
+        decision = lifecycle.decide_rotation(State(inst.state), inst.prefix, env.name,
+                                             in_release=running_release_has(s, inst),
+                                             pending=pending_operation(s, inst))
+        _refuse_unless(decision)
+        if ongoing is not None:
+            raise Conflict(f"{prefix} has a {ongoing.kind} operation {ongoing.status}: wait for "
+                           f"it (`tether service wait {env.name} {prefix}`), then rotate")
+        # chosen and kept before the engine makes the login, so every retry converges to it
+        inst.rotation_secret_enc = ctx.box.seal(secrets.token_urlsafe(24))
+        op = queue_operation(s, ctx, "rotate", env, inst)
+        audit(s, ctx.actor, "rotate requested", instance=inst, detail=decision.message)
+        view = instance_view(s, ctx, inst, operation=op)
         view["message"] = decision.message
     ctx.notify()
     return view

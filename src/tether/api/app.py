@@ -182,6 +182,14 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                      prefix: PrefixPath) -> dict[str, Any]:
         return await call(services.attach, ctx, project, env, prefix)
 
+    @api.post(env_path + "/services/{prefix}/rotate", tags=["services"])
+    async def rotate(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                     prefix: PrefixPath) -> dict[str, Any]:
+        """New credentials without downtime: a second login is made; when the running release
+        uses the service, a deployment gives the application the new credentials (the
+        operation's `deployment_id`), then the old ones are revoked (at once otherwise)."""
+        return await call(services.rotate, ctx, project, env, prefix)
+
     @api.delete(env_path + "/services/{prefix}", tags=["services"])
     async def remove(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
                      confirm: ConfirmQuery = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """`tether service ...`: the catalog, and the service instances of an environment through their
 lifecycle: add, provision, detach, attach, remove (see SPEC.md, "Lifecycle of a service
-instance")."""
+instance"); and rotate, new credentials without downtime."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tether.cli.common import (
     resolve_project,
     wait_operation,
 )
+from tether.cli.deploy import _follow as follow_deployment
 from tether.cli.output import (
     cell,
     emit_json,
@@ -304,6 +305,60 @@ def remove(
                 f"tether service remove {env} {prefix} --confirm {prefix} -p {name}")
 
 
+@app.command("rotate", epilog="Example: tether service rotate live DEFAULT")
+def rotate(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
+           project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Give a service new credentials without downtime: a second login is made, the environment
+    is deployed with it (when its running release uses the service), then the old credentials
+    are revoked. Also repairs a service whose password was changed behind Tether's back."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        view = client.post(_path(name, env, prefix) + "/rotate")
+        op = view.get("operation")
+        if op is None or no_wait:
+            _finish(client, view, env, "", True, lambda: view, "")
+            return
+        if not json_ and view.get("message"):
+            say(str(view["message"]))
+        final = wait_operation(client, op, f"rotating the credentials of {prefix} in {env}",
+                               f"tether service show {env} {prefix}")
+        deployment = None
+        if final["status"] == "succeeded" and final.get("deployment_id"):
+            dep = client.get(f"/deployments/{seg(final['deployment_id'])}")
+            if not json_:
+                say("Deploying ", (f"{name}/{env}", "bold"), " with the new credentials "
+                    f"(deployment {dep['id']})")
+            deployment = follow_deployment(client, dep, f"{name}/{env}")
+        shown = client.get(_path(name, env, prefix))
+    shown["operation"] = final
+    shown["deployment"] = deployment
+    if json_:
+        emit_json(shown)
+    retry = f"tether service rotate {env} {prefix} -p {name}"
+    if final["status"] == "failed":
+        err.print(Text.assemble(("error: ", "bold red"), f"rotating the credentials of {prefix} "
+                                f"in {env} failed: {final.get('error') or 'no reason recorded'}"))
+        hint(f"retrying is safe: `{retry}`")
+        raise typer.Exit(1)
+    if deployment is not None and deployment["status"] != "succeeded":
+        err.print(Text.assemble(("error: ", "bold red"), f"deployment {deployment['id']} of "
+                                f"{env} failed: {deployment.get('error') or 'no reason recorded'}"))
+        err.print("the previous release keeps running with the old credentials, which stay "
+                  f"valid beside the new ones: fix the cause, then `tether deploy {env}` "
+                  "finishes the rotation")
+        raise typer.Exit(1)
+    if json_:
+        return
+    out.print(state_line(shown, env))
+    old = shown.get("retiring_logins") or []
+    if old:
+        err.print(Text.assemble(("warning: ", "bold yellow"), f"the old login(s) "
+                                f"{', '.join(old)} of {prefix} are still valid: "
+                                f"{shown.get('last_error') or 'a running release uses them'}"))
+    else:
+        say(("Rotated ", "green"), (prefix, "bold"), f" in {env}: {final.get('message') or ''}")
+
+
 @app.command("wait", epilog="Example: tether service add test postgres --provision --no-wait && "
                             "tether service wait test DEFAULT")
 def wait(env: EnvArg, prefix: PrefixArg, project: ProjectOpt = None,
@@ -318,6 +373,7 @@ def wait(env: EnvArg, prefix: PrefixArg, project: ProjectOpt = None,
             say(f"{prefix} has no operation running or queued: nothing to wait for")
         kind = str(op["kind"]) if op else "provision"
         retry = (f"tether service remove {env} {prefix} --confirm {prefix} -p {name}"
-                 if kind == "remove" else f"tether service provision {env} {prefix} -p {name}")
+                 if kind == "remove" else f"tether service rotate {env} {prefix} -p {name}"
+                 if kind == "rotate" else f"tether service provision {env} {prefix} -p {name}")
         _finish(client, view, env, f"waiting for the {kind} of {prefix} in {env}", False,
                 lambda: client.get(_path(name, env, prefix)), retry)

@@ -3,8 +3,9 @@
 One module per kind of work (CloudNativePG keeps one file per phase): `provisioning` (provision
 and remove one instance), `deploy` (an environment's deployment), `releases` (the releases that
 run), `private` (dedicated servers Tether runs), `reconcile` (the slow pass that finds and repairs
-drift), `worker` (leased operations). This module assembles them; it never imports
-`actions/`, and it never decides a state: `tether.lifecycle` does, through `store.records`."""
+drift), `rotation` (new credentials without downtime), `worker` (leased operations). This module
+assembles them; it never imports `actions/`, and it never decides a state: `tether.lifecycle`
+does, through `store.records`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tether.engine.private import PrivateServers
 from tether.engine.provisioning import Provisioning
 from tether.engine.reconcile import Reconciler, configured_interval
 from tether.engine.releases import Releases
+from tether.engine.rotation import Rotation
 from tether.engine.worker import Worker
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
@@ -34,10 +36,12 @@ class Engine:
         self.deploying = Deploying(self.parts, self.provisioning)
         self.releases = Releases(self.parts)
         self.private_servers = PrivateServers(self.parts)
+        self.rotation = Rotation(self.parts)
         self.worker = Worker(store, {
             "provision": self._op_provision,
             "remove": self._op_remove,
             "deploy": self.deploying.run,
+            "rotate": self.rotation.run,
         }, node_id=node_id)
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
 

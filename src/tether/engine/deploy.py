@@ -26,6 +26,7 @@ from tether.engine.releases import (
     record_process,
     release_secrets,
 )
+from tether.engine.rotation import revoke_after_deploy
 from tether.envvars import live_instances, release_env, service_vars
 from tether.errors import OperationError, TetherError, TransientError
 from tether.faults import crash_point
@@ -119,6 +120,8 @@ class Deploying:
             raise OperationError(message) from None
         finally:
             self._best_effort(lambda: self._prune(dep_id, key))
+        # switched, the previous release stopped: revoke rotated-away credentials (issue 8)
+        self._best_effort(lambda: revoke_after_deploy(self.parts, dep_id, actor))
         self._finish(dep_id, success=True)
         return f"deployment {dep_id} succeeded"
 

@@ -289,6 +289,8 @@ class Provisioning:
             self._release_cluster(s, inst)
             inst.credentials_enc = None
             inst.secret_enc = None
+            inst.retiring_credentials_enc = None  # every login went with the resources
+            inst.rotation_secret_enc = None
             inst.last_error = None
             inst.drift = None
             apply_event(s, actor, "removed", inst, Event.REMOVE_SUCCEEDED,

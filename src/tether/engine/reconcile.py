@@ -32,11 +32,12 @@ from typing import Any
 from sqlalchemy import BigInteger, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from tether import lifecycle, naming
+from tether import lifecycle
 from tether.crypto import SecretBox
+from tether.engine.rotation import names_of, revoke_retired
 from tether.errors import ClusterError, TetherError, TransientError
 from tether.lifecycle import State
-from tether.providers.base import ClusterSpec, Observation, Provider
+from tether.providers.base import ClusterSpec, Observation, Provider, ResourceNames
 from tether.providers.registry import get_provider
 from tether.redact import redact
 from tether.store.db import Store
@@ -95,6 +96,7 @@ class _Target:
     prefix: str
     kind: str
     spec: ClusterSpec
+    names: ResourceNames  # with the login its credentials use (after rotations)
     secret: str | None
     credentials: dict[str, Any] | None
 
@@ -172,6 +174,8 @@ class Reconciler:
         """One pass over every functional instance on a cluster."""
         report = ReconcileReport()
         with self._pass:
+            # old credentials of rotations that no running release uses (a revoke that failed)
+            revoke_retired(self.store, self.box, ACTOR, idle_only=True, node_id=self.node_id)
             for target in self._targets(report):
                 if self._stop.is_set():
                     break
@@ -195,13 +199,17 @@ class Reconciler:
             for inst, cluster in rows:
                 if self.node_id is not None and cluster.node_id not in (None, self.node_id):
                     continue  # another node's server: that node looks at it
-                if inst.id in busy[0] or inst.environment_id in busy[1]:
+                if (inst.id in busy[0] or inst.environment_id in busy[1]
+                        or inst.retiring_credentials_enc is not None):
+                    # (a rotation whose old login a running release still uses: two logins
+                    # are valid, the rotation's deployment settles it)
                     report.skipped.append(inst.id)
                     continue
                 try:
                     targets.append(_Target(
                         instance_id=inst.id, prefix=inst.prefix, kind=inst.kind,
-                        spec=cluster_spec(self.box, cluster), secret=self.box.open(inst.secret_enc),
+                        spec=cluster_spec(self.box, cluster), names=names_of(inst),
+                        secret=self.box.open(inst.secret_enc),
                         credentials=self.box.open(inst.credentials_enc)))
                 except TetherError as exc:  # secrets sealed with another key
                     log.error("instance %s: %s", inst.id, exc.message)
@@ -230,7 +238,7 @@ class Reconciler:
     def _reconcile_held(self, t: _Target, report: ReconcileReport) -> None:
         provider = get_provider(t.kind)
         try:
-            seen = provider.observe(t.spec, naming.resource_names(t.instance_id))
+            seen = provider.observe(t.spec, t.names)
         except TransientError as exc:
             log.warning("instance %s (%s): its cluster cannot be reached for now, nothing "
                         "observed: %s", t.instance_id, t.prefix, exc.message)
@@ -264,7 +272,7 @@ class Reconciler:
             return _Outcome(found=found, final=found)
         if not self._idle(t.instance_id):
             return None
-        names = naming.resource_names(t.instance_id)
+        names = t.names
         try:
             credentials = provider.provision(t.spec, names, t.secret)
         except TransientError as exc:
@@ -312,7 +320,7 @@ class Reconciler:
             log.warning("instance %s (%s) was removed during its repair: deleting what the "
                         "repair made", t.instance_id, t.prefix)
             try:
-                provider.deprovision(t.spec, naming.resource_names(t.instance_id))
+                provider.deprovision(t.spec, t.names)
             except ClusterError as exc:
                 log.error("instance %s (%s): deleting what its repair made failed: %s",
                           t.instance_id, t.prefix, exc.message)

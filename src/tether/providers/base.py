@@ -45,9 +45,14 @@ class ResourceNames:
 
     `base` is e.g. `tether_i42`: a lowercase identifier, safe in SQL (still always quoted), in paths
     and in URLs. Database, role, bucket, vhost and directory names are all derived from it.
+
+    `rotation` is how many times the instance's credentials were rotated (`Rotatable`): its
+    application logs in as `login`, which is `base` itself until the first rotation and
+    `base_<n>` after the n-th. `role` stays `base`: the owner of the instance's resources.
     """
 
     base: str
+    rotation: int = 0
 
     @property
     def database(self) -> str:
@@ -56,6 +61,28 @@ class ResourceNames:
     @property
     def role(self) -> str:
         return self.base
+
+    @property
+    def login(self) -> str:
+        """The login the instance's current credentials use."""
+        return login_name(self.base, self.rotation)
+
+    def rotated(self, rotation: int) -> ResourceNames:
+        """The same resources, with the login of the `rotation`-th rotation."""
+        return ResourceNames(base=self.base, rotation=rotation)
+
+    def is_login(self, user: str) -> bool:
+        """Whether `user` is one of the instance's logins (`base`, or `base_<n>`)."""
+        return user == self.base or (user.startswith(self.base + "_")
+                                     and user[len(self.base) + 1:].isascii()
+                                     and user[len(self.base) + 1:].isdigit())
+
+
+def login_name(base: str, rotation: int) -> str:
+    """The login of an instance after `rotation` rotations: `base`, then `base_1`, `base_2`..."""
+    if rotation < 0:
+        raise ValueError(f"a rotation count is never negative ({rotation})")
+    return base if rotation == 0 else f"{base}_{int(rotation)}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,36 @@ class Renewable(Protocol):
 
     def renew(self, cluster: ClusterSpec, names: ResourceNames,
               credentials: Credentials) -> Credentials: ...
+
+
+@runtime_checkable
+class Rotatable(Protocol):
+    """A provider that can give an instance new credentials without downtime: a second login
+    with the same rights, valid beside the old one until the old one is revoked.
+
+    PostgreSQL has one password per role and MariaDB no dual passwords, so the running release
+    (old credentials) and the next one (new credentials) need two logins valid at once: the
+    engine makes the new login (`add_login`), deploys it, and revokes the old one
+    (`revoke_login`) once no running release uses it. Both are idempotent, and `provision`,
+    `observe` and `deprovision` know every login: `names.login` is the current one, and
+    deprovision removes all of them."""
+
+    def add_login(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Create (or converge to) the login `names.login` with the password `secret` and the
+        same rights and limits as the instance's, beside its other logins; return the
+        credentials that use it. `secret` is chosen and stored by the engine before the call,
+        so a retry converges to the same credentials."""
+
+    def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
+        """Make the old login `login` of the instance unusable for good and end its open
+        connections; `names.login` (the current one) is never touched. Succeeds when it is
+        gone already."""
+
+
+def rotation_unsupported(kind: str) -> str:
+    """Why a kind of service cannot rotate its credentials (yet)."""
+    return (f"rotation is not supported for {kind} yet: it works for postgres, mysql and "
+            "rabbitmq services")
 
 
 class PrivateServers(Protocol):

@@ -24,6 +24,15 @@ Fair shares: on a shared cluster the role gets `CONNECTION LIMIT` (the cluster s
 `connection_limit`, default 20; 0 for no limit), so one tenant cannot take every connection slot
 of the server; a private cluster's role has no limit unless the setting asks for one.
 
+Rotation (`add_login`, `revoke_login`): a role has one password, so new credentials are a second
+login role `<role>_<n>` that is a member of the instance's role (INHERIT) and acts as it
+(`SET role` by default, so what it creates belongs to the instance's role), with the same
+connection limit and no other right. The old login is revoked once no release uses it: the
+instance's own role becomes NOLOGIN without a password (it keeps owning the database), an earlier
+`<role>_<n>` is dropped (what it owns given to the instance's role first); their open sessions
+are ended. `observe` and `provision` take the current login from `names.login`: after a rotation
+the instance's role is expected to be NOLOGIN, and the connection limit is the login's.
+
 Timeouts: connecting (TCP, TLS, the server's first answer and the login) gives up after
 `CONNECT_TIMEOUT` seconds, so an address that accepts but never answers fails in seconds with a
 message that says so; statements stop after 120 s on the server, and TCP keepalives notice a
@@ -87,7 +96,7 @@ def _limit_text(limit: int) -> str:
 
 
 def _check_names(names: ResourceNames) -> None:
-    for name in (names.role, names.database):
+    for name in (names.role, names.database, names.login):
         if not _NAME_RE.fullmatch(name):
             raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier")
 
@@ -203,12 +212,29 @@ def _failure(exc: Exception, secrets: tuple[str | None, ...]) -> tuple[str, bool
     return _sql_error(exc, secrets), _transient(exc)
 
 
+def _verifier(conn: psycopg.Connection[Any], role: str, secret: str) -> sql.Composable:
+    """The SCRAM verifier of `secret` for `role`, as a literal: the clear-text password never
+    reaches the server."""
+    return sql.Literal(conn.pgconn.encrypt_password(
+        secret.encode(), role.encode(), b"scram-sha-256").decode())
+
+
+def _fixes(found: _Role) -> str:
+    """` NOSUPERUSER...` for the forbidden attributes a role holds (CREATEDB and CREATEROLE are
+    always reset): only those, since an admin that is not a superuser may not even name
+    SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE."""
+    return "".join(f" NO{attribute}" for attribute in found.forbidden
+                   if attribute not in ("CREATEDB", "CREATEROLE"))
+
+
 @dataclass
 class _Made:
     """What one provision call created, so that its clean-up removes exactly that."""
 
     role: bool = False
     database: bool = False
+    #: the login role of a rotated instance (`names.login`, not its own role)
+    login: bool = False
     #: the owner a database that existed before this call had, when this call gave it to the
     #: role (a repair); the clean-up gives it back
     database_owner_before: str | None = None
@@ -322,8 +348,10 @@ class PostgresProvider:
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
         """Converge to: role with this password and no other rights, its own database, rights
         on it for the role alone; repairs any drift `observe` reports that can be repaired.
-        On a final failure, what this call created is removed again (rule 5); what existed
-        before (an instance already provisioned, being repaired) is never dropped here."""
+        After a rotation (`names.login` is not the role) the role is NOLOGIN without a password
+        and the login role gets the password. On a final failure, what this call created is
+        removed again (rule 5); what existed before (an instance already provisioned, being
+        repaired) is never dropped here."""
         _check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
@@ -334,7 +362,7 @@ class PostgresProvider:
                 self._converge(conn, names, secret, limit, made)
             except (psycopg.Error, ClusterError) as exc:
                 failure, transient = _failure(exc, secrets)
-                if not transient and (made.role or made.database):
+                if not transient and (made.role or made.database or made.login):
                     try:
                         self._remove_made(cluster, names, made)
                     except Exception as cleanup_exc:  # recorded; a retry converges
@@ -342,47 +370,109 @@ class PostgresProvider:
                                     f"{redact(str(cleanup_exc), secrets)})")
                 raise cluster_error(f"provisioning {names.database} on PostgreSQL at "
                                     f"{target.where} failed: {failure}", transient) from None
-        return Credentials({"user": names.role, "password": secret, "host": target.host,
+        return self._credentials(target, names, secret)
+
+    @staticmethod
+    def _credentials(target: _Target, names: ResourceNames, secret: str) -> Credentials:
+        return Credentials({"user": names.login, "password": secret, "host": target.host,
                             "port": target.port, "database": names.database})
 
     def _converge(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
                   limit: int, made: _Made) -> None:
         self._converge_role(conn, names, secret, limit, made)
         self._converge_database(conn, names, made)
+        if names.login != names.role:
+            self._converge_login(conn, names, secret, limit, made)
 
     def _converge_role(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
                        limit: int, made: _Made) -> None:
+        """The instance's own role: it logs in with `secret` until a rotation gives the
+        application another login; from then on it only owns (NOLOGIN, no password)."""
         role, connection_limit = sql.Identifier(names.role), sql.Literal(limit)
-        verifier = sql.Literal(conn.pgconn.encrypt_password(
-            secret.encode(), names.role.encode(), b"scram-sha-256").decode())
+        logs_in = names.login == names.role
+        login = sql.SQL("LOGIN" if logs_in else "NOLOGIN")
+        verifier = _verifier(conn, names.role, secret) if logs_in else sql.SQL("NULL")
         found = self._role(conn, names.role)
         if found is None:
             try:
                 conn.execute(sql.SQL(
-                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                    "CREATE ROLE {} WITH {} NOSUPERUSER NOCREATEDB NOCREATEROLE "
                     "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}").format(
-                        role, connection_limit, verifier))
+                        role, login, connection_limit, verifier))
                 made.role = True
             except psycopg.errors.DuplicateObject:  # created concurrently: converge
                 found = self._role(conn, names.role)
         if found is not None:
             # Only the attributes that are wrong: an admin that is not a superuser may not even
             # name SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE.
-            fixes = "".join(f" NO{attribute}" for attribute in found.forbidden
-                            if attribute not in ("CREATEDB", "CREATEROLE"))
-            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE" + fixes
+            conn.execute(sql.SQL("ALTER ROLE {} WITH {} NOCREATEDB NOCREATEROLE" + _fixes(found)
                                  + " CONNECTION LIMIT {} VALID UNTIL 'infinity' PASSWORD {}"
-                                 ).format(role, connection_limit, verifier))
+                                 ).format(role, login, connection_limit, verifier))
             for group in self._memberships(conn, names.role):
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
-        if not self._privileges(conn)[0]:
-            # A CREATEROLE admin must be able to SET ROLE to the role to make it a database
-            # owner (and later to drop that database).
+        # A CREATEROLE admin must be able to SET ROLE to the role to make it a database owner
+        # (and later to drop that database).
+        self._grant_to_admin(conn, names.role)
+
+    def _grant_to_admin(self, conn: psycopg.Connection[Any], role: str) -> None:
+        """Let an admin that is not a superuser act as `role` (own, reassign, end sessions)."""
+        if self._privileges(conn)[0]:
+            return
+        if conn.info.server_version >= 160000:
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET TRUE")
+                         .format(sql.Identifier(role)))
+        else:
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+    def _converge_login(self, conn: psycopg.Connection[Any], names: ResourceNames, secret: str,
+                        limit: int, made: _Made) -> None:
+        """The login role of a rotated instance: LOGIN with `secret` and the instance's
+        connection limit, a member of the instance's role (INHERIT) and of nothing else, acting
+        as it by default (`SET role`), so what it creates belongs to the instance's role."""
+        login, role = sql.Identifier(names.login), sql.Identifier(names.role)
+        connection_limit = sql.Literal(limit)
+        verifier = _verifier(conn, names.login, secret)
+        found = self._role(conn, names.login)
+        if found is None:
+            try:
+                conn.execute(sql.SQL(
+                    "CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                    "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}").format(
+                        login, connection_limit, verifier))
+                made.login = True
+            except psycopg.errors.DuplicateObject:  # created concurrently: converge
+                found = self._role(conn, names.login)
+        if found is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN INHERIT NOCREATEDB NOCREATEROLE"
+                                 + _fixes(found) + " CONNECTION LIMIT {} VALID UNTIL "
+                                 "'infinity' PASSWORD {}").format(login, connection_limit,
+                                                                  verifier))
+        groups = self._memberships(conn, names.login)
+        for group in groups:
+            if group != names.role:
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), login))
+        if names.role not in groups:
             if conn.info.server_version >= 160000:
-                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET TRUE")
-                             .format(role))
+                conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET TRUE").format(
+                    role, login))
             else:
-                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(role, login))
+        if self._acts_as(conn, names.login) != names.role:
+            conn.execute(sql.SQL("ALTER ROLE {} SET role TO {}").format(
+                login, sql.Literal(names.role)))
+        self._grant_to_admin(conn, names.login)
+
+    @staticmethod
+    def _acts_as(conn: psycopg.Connection[Any], login: str) -> str | None:
+        """The role a login role takes by default (its `SET role` setting), if any."""
+        row = conn.execute(
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            "WHERE r.rolname = %s AND s.setdatabase = 0", (login,)).fetchone()
+        for entry in (row[0] or []) if row else []:
+            key, _, value = str(entry).partition("=")
+            if key.lower() == "role":
+                return value
+        return None
 
     def _converge_database(self, conn: psycopg.Connection[Any], names: ResourceNames,
                            made: _Made) -> None:
@@ -430,6 +520,8 @@ class PostgresProvider:
         role is never dropped with a database, and PostgreSQL would refuse anyway."""
         role, db = sql.Identifier(names.role), sql.Identifier(names.database)
         with self._admin(cluster) as conn:
+            if made.login:
+                self._drop_login(conn, cluster, names, names.login)
             if made.database:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
             if not made.role:
@@ -465,33 +557,46 @@ class PostgresProvider:
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
         """The role (there, can log in, its connection limit, no attribute or membership beyond
         that), the database (there, owned by the role, accepting connections) and who else may
-        use it."""
+        use it. After a rotation the role must not log in, and the login role (`names.login`)
+        is looked at instead: there, can log in, its connection limit, a member of the role
+        alone and acting as it."""
         _check_names(names)
         limit = _connection_limit(cluster)
+        rotated = names.login != names.role
         differences: list[str] = []
         with self._admin(cluster) as conn:
             role = self._role(conn, names.role)
             memberships = self._memberships(conn, names.role) if role else []
+            login = self._role(conn, names.login) if rotated else role
+            login_groups = self._memberships(conn, names.login) if rotated and login else []
+            acts_as = self._acts_as(conn, names.login) if rotated and login else None
             database = self._database(conn, names.database)
             ours = database is not None and _ours(database, names)
             grantees = self._grantees(conn, names) if ours else {}
-            role_connects = bool(role and ours and conn.execute(
+            login_connects = bool(login and ours and conn.execute(
                 "SELECT has_database_privilege(%s, %s, 'CONNECT')",
-                (names.role, names.database)).fetchone()[0])  # type: ignore[index]
+                (names.login, names.database)).fetchone()[0])  # type: ignore[index]
         if role is None:
             differences.append(f"role {names.role} is missing")
         else:
-            if not role.can_login:
-                differences.append(f"role {names.role} cannot log in (NOLOGIN)")
-            if role.expired:
-                differences.append(f"the password of role {names.role} has expired")
             differences += [f"role {names.role} has {attribute}" for attribute in role.forbidden]
-            if role.connection_limit != limit:
-                differences.append(f"role {names.role} may hold "
-                                   f"{_limit_text(role.connection_limit)} at once, not "
-                                   f"{_limit_text(limit)}")
             differences += [f"role {names.role} is a member of {group}"
                             for group in memberships]
+            if rotated and role.can_login:
+                differences.append(f"role {names.role} can log in, but its credentials were "
+                                   f"rotated to role {names.login}")
+        if rotated and login is None:
+            differences.append(f"role {names.login} (the instance's login) is missing")
+        if login is not None:
+            differences += self._login_differences(names.login, login, limit)
+        if rotated and login is not None:
+            differences += [f"role {names.login} is a member of {group}"
+                            for group in login_groups if group != names.role]
+            if names.role not in login_groups:
+                differences.append(f"role {names.login} is not a member of {names.role}")
+            if acts_as != names.role:
+                differences.append(f"role {names.login} does not act as {names.role} "
+                                   "(its SET role setting)")
         if database is None:
             differences.append(lost(f"database {names.database}"))
         elif not ours:
@@ -504,16 +609,29 @@ class PostgresProvider:
                                    f"role {names.role}")
             if not allows_connections:
                 differences.append(f"database {names.database} does not allow connections")
-            if role is not None and not role_connects:
-                differences.append(f"role {names.role} may not connect to database "
+            if login is not None and not login_connects:
+                differences.append(f"role {names.login} may not connect to database "
                                    f"{names.database}")
             differences += [f"{', '.join(privileges)} on {names.database} is granted to "
                             f"{grantee}" for grantee, privileges in grantees.items()]
         return Observation(exists=role is not None or ours, differences=tuple(differences))
 
+    @staticmethod
+    def _login_differences(name: str, login: _Role, limit: int) -> list[str]:
+        """How the role the application logs in as differs from a working, limited login."""
+        differences: list[str] = []
+        if not login.can_login:
+            differences.append(f"role {name} cannot log in (NOLOGIN)")
+        if login.expired:
+            differences.append(f"the password of role {name} has expired")
+        if login.connection_limit != limit:
+            differences.append(f"role {name} may hold {_limit_text(login.connection_limit)} "
+                               f"at once, not {_limit_text(limit)}")
+        return differences
+
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
-        """Drop the database (open connections are cut) and the role. A database of that name
-        that is not Tether's is left alone."""
+        """Drop the database (open connections are cut), every login role a rotation made and
+        the role. A database of that name that is not Tether's is left alone."""
         _check_names(names)
         target = _Target(cluster)
         role, db = sql.Identifier(names.role), sql.Identifier(names.database)
@@ -528,6 +646,8 @@ class PostgresProvider:
                 elif found is not None:
                     log.warning("database %s belongs to %s, not to role %s: leaving it alone",
                                 names.database, found[0], names.role)
+                for login in self._logins(conn, names):
+                    self._drop_login(conn, cluster, names, login)
                 if self._role(conn, names.role) is not None:
                     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE usename = %s", (names.role,))
@@ -541,6 +661,106 @@ class PostgresProvider:
                 raise cluster_error(f"removing {names.database} from PostgreSQL at "
                                     f"{target.where} failed: {reason}", _transient(exc)
                                     ) from None
+
+    @staticmethod
+    def _logins(conn: psycopg.Connection[Any], names: ResourceNames) -> list[str]:
+        """The login roles rotations made for the instance (`<role>_<n>`), whatever the store
+        knows of them (a crash may have left one it never recorded)."""
+        rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s ORDER BY 1",
+                            (names.role.replace("_", "\\_") + "\\_%",)).fetchall()
+        return [str(r[0]) for r in rows if names.is_login(str(r[0])) and r[0] != names.role]
+
+    # -- Rotatable --------------------------------------------------------------------------------
+
+    def add_login(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Make (or converge) the login role `names.login` beside the instance's other logins:
+        a member of the instance's role, acting as it, with `secret` and the instance's
+        connection limit. The instance's role and database must be there (a repair makes them
+        again). On a final failure a login role this call made is dropped again."""
+        _check_names(names)
+        if names.login == names.role:
+            raise ClusterError(f"role {names.role} is the instance's own role: a rotation makes "
+                               "a login of another name")
+        target = _Target(cluster)
+        secrets = (secret, target.password, cluster.url)
+        made = _Made()
+        with self._admin(cluster) as conn:
+            try:
+                database = self._database(conn, names.database)
+                if self._role(conn, names.role) is None or database is None or not _ours(
+                        database, names):
+                    raise ClusterError(
+                        f"role {names.role} or its database {names.database} is missing: the "
+                        "instance must be repaired before its credentials can be rotated "
+                        "(the reconciler repairs it, or remove and add it again)")
+                self._converge_login(conn, names, secret, _connection_limit(cluster), made)
+            except (psycopg.Error, ClusterError) as exc:
+                failure, transient = _failure(exc, secrets)
+                if not transient and made.login:
+                    try:
+                        with self._admin(cluster) as cleanup:
+                            self._drop_login(cleanup, cluster, names, names.login)
+                    except Exception as cleanup_exc:  # recorded; a retry converges
+                        failure += (" (clean-up also failed: "
+                                    f"{redact(str(cleanup_exc), secrets)})")
+                raise cluster_error(f"making the login {names.login} on PostgreSQL at "
+                                    f"{target.where} failed: {failure}", transient) from None
+        return self._credentials(target, names, secret)
+
+    def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
+        """Revoke an old login of the instance: its own role stops logging in (NOLOGIN, no
+        password) and keeps owning the database; an earlier login role is dropped, what it owns
+        given to the instance's role. Their open sessions are ended either way."""
+        _check_names(names)
+        if login == names.login or not names.is_login(login):
+            raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
+                               f"{names.role} (its current login is {names.login})")
+        target = _Target(cluster)
+        with self._admin(cluster) as conn:
+            try:
+                if login == names.role:
+                    if self._role(conn, login) is not None:
+                        conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(
+                            sql.Identifier(login)))
+                        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE usename = %s", (login,))
+                else:
+                    self._drop_login(conn, cluster, names, login)
+            except psycopg.Error as exc:
+                reason = _sql_error(exc, (target.password, cluster.url))
+                raise cluster_error(f"revoking the login {login} on PostgreSQL at "
+                                    f"{target.where} failed: {reason}", _transient(exc)
+                                    ) from None
+
+    def _drop_login(self, conn: psycopg.Connection[Any], cluster: ClusterSpec,
+                    names: ResourceNames, login: str) -> None:
+        """Drop a login role of the instance (not its own role): no new sessions, its sessions
+        ended, what it owns in the instance's database given to the instance's role, then the
+        role. Succeeds when it is gone."""
+        assert login != names.role and names.is_login(login), login
+        if self._role(conn, login) is None:
+            return
+        ident = sql.Identifier(login)
+        conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                     (login,))
+        row = conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE') AND "
+                           "pg_has_role(current_user, %s, 'USAGE')",
+                           (login, names.role)).fetchone()
+        may_reassign = bool(row and row[0])
+        database = self._database(conn, names.database)
+        if may_reassign and database is not None and _ours(database, names):
+            # objects it made after a RESET ROLE: the instance's data, kept by its role
+            with psycopg.connect(cluster.url, dbname=names.database, autocommit=True,
+                                 connect_timeout=CONNECT_TIMEOUT, application_name="tether",
+                                 **_KEEPALIVES) as tenant:
+                tenant.execute("SET statement_timeout = '120s'")
+                tenant.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                    ident, sql.Identifier(names.role)))
+                tenant.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        if may_reassign:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
 
     def lock_down(self, cluster: ClusterSpec) -> None:
         """For clusters Tether runs itself: let nobody but the admin connect to the maintenance

@@ -169,6 +169,15 @@ class Instance(Base):
     #: the password/key chosen before provisioning, so a retry converges to the same credentials
     secret_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     credentials_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: how many times its credentials were rotated: the application logs in as the login of
+    #: that rotation (`ResourceNames.login`)
+    rotations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the password of the login a rotation asked for makes, chosen (and kept) before the
+    #: provider call so a retry converges; None once its credentials are recorded
+    rotation_secret_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: a list of earlier credentials still valid, because a running release may use them:
+    #: revoked once none does (after the deployment that gives the new ones)
+    retiring_credentials_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: what the last observation found different from what Tether made (None: as it should be)
     drift: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -225,7 +234,9 @@ class Release(Base):
 
 
 class Operation(Base):
-    """A durable unit of work for the engine (provision, remove, deploy)."""
+    """A durable unit of work for the engine (provision, remove, deploy, rotate). A rotate
+    operation that queued a deployment to give the application its new credentials names it
+    in `deployment_id`."""
 
     __tablename__ = "operations"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -22,11 +22,12 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 
 from tests.conftest import PgServer
-from tether.actions import projects
+from tether.actions import clusters, projects
 from tether.actions.common import Context
 from tether.api.app import create_app
 from tether.api.auth import create_token
 from tether.crypto import SecretBox
+from tether.errors import UserError
 from tether.store.db import Store
 from tether.store.models import Region
 
@@ -44,6 +45,7 @@ GOOD = {"project": "shop", "env": "test", "prefix": "DEFAULT", "name": "GREETING
 class Api:
     client: TestClient
     doc: dict[str, Any]
+    ctx: Context
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def api(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         token = create_token(store, "root")
         with TestClient(create_app(ctx), raise_server_exceptions=False,
                         headers={"Authorization": f"Bearer {token}"}) as client:
-            yield Api(client, client.get("/api/v1/openapi.json").json())
+            yield Api(client, client.get("/api/v1/openapi.json").json(), ctx)
     finally:
         store.dispose()
         with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
@@ -163,3 +165,18 @@ def test_no_parameter_or_field_gives_a_server_error(api: Api) -> None:
             failures.append(f"{method} {template} with {what}: {answer.status_code} "
                             f"{answer.text[:200]}")
     assert failures == [], "\n".join(failures)
+
+
+@pytest.mark.parametrize("name, url", [
+    ("n" * 101, "file:///srv/media"),
+    ("two\nlines", "file:///srv/media"),
+    ("fine", "file:///srv/media\x00"),
+], ids=["long-name", "line-break-in-name", "nul-in-url"])
+def test_a_cluster_name_or_url_that_breaks_the_store_is_refused_in_the_action(
+        api: Api, tmp_path: Path, name: str, url: str) -> None:
+    """Not only through the API: a cluster file (or any caller) giving a name longer than its
+    column, or a control character in the name or URL, gets a message with the fix, not an error
+    of the store (or a cluster stored under a name no command can type)."""
+    settings = {"base_dir": str(tmp_path), "public_url": "http://127.0.0.1:1/media/"}
+    with pytest.raises(UserError, match=r"cluster (name|URL)"):
+        clusters.add_cluster(api.ctx, "local-files", "local", url, name=name, settings=settings)

@@ -31,6 +31,23 @@ IDENTITY_SETTING = "server_identity"
 LOCAL_FILES_MARKER = ".tether-server-id"
 
 
+#: the store's column for a cluster's name; the longest admin URL taken
+MAX_NAME = 100
+MAX_URL = 2048
+
+
+def _check_text(what: str, value: str | None, limit: int) -> None:
+    """A name or URL from the API or a cluster file: a control character would break the
+    connection string or the store (PostgreSQL takes no NUL), a longer name its column."""
+    if value is None:
+        return
+    if len(value) > limit:
+        raise UserError(f"invalid {what}: at most {limit} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise UserError(f"invalid {what}: it may not contain control characters (a line "
+                        "break, a tab, a NUL)")
+
+
 def cluster_infos(s: Session) -> list[ClusterInfo]:
     return [
         ClusterInfo(c.id, c.name, c.kind, c.region, c.version, c.private, c.owner_instance_id)
@@ -202,6 +219,8 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
                         f"{', '.join(sorted(SUPPORTED_KINDS))}")
     if not REGION_RE.fullmatch(region):
         raise UserError(f"invalid region {region!r}: use lower-case letters, digits and '-'")
+    _check_text("cluster name", name, MAX_NAME)
+    _check_text("cluster URL", url, MAX_URL)
     try:  # per-instance limits (connection_limit, queue_limit): whole numbers in range
         settings = check_limit_settings(kind, settings or {})
     except ValueError as exc:

@@ -19,19 +19,35 @@ and every answer says, whatever the file:
 
 Only files inside an instance's directory are served (`/<instance>/<path>`): never the top of
 the media directory, never a directory listing, never a path out of it (`..`, symlinks).
+
+Symlinks are not followed at all, and not by a check that comes before the open: the media server
+runs as root while each instance's directory belongs to its application's user, who may swap a
+file for a link (to the secret key) between a check of the path and its open. So every path is
+opened one component at a time, each relative to the descriptor of the directory before it, with
+`O_NOFOLLOW`, and the answer is read from the descriptor of the file opened that way (a regular
+file, by `fstat`: never a FIFO or a device). A symlink anywhere in the path is a 404.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from mimetypes import guess_type
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
-from starlette.responses import PlainTextResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.config import MEDIA_PORT_OFFSET
@@ -94,11 +110,132 @@ class MediaHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: should a FIFO take a file's place after it was looked at, its open does not wait
+#: for a writer (and `fstat` then refuses it); it changes nothing for a regular file's reads
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: what an open along a path gives when the path names no file that may be served: missing, a
+#: symlink (ELOOP under O_NOFOLLOW), a file where a directory should be, unreadable, too long
+_NOT_SERVED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM,
+                         errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV, errno.EISDIR})
+
+
+def open_regular_file(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_result] | None:
+    """Open `root/parts[0]/.../parts[-1]` without following any symlink under `root`: each
+    component is opened relative to the descriptor of the one before with `O_NOFOLLOW`, so no
+    swap of a component for a link, before or during the walk, leads anywhere else. The
+    descriptor (the caller closes it) and its `fstat` when it is a regular file; None when the
+    path names nothing that may be served (missing, a symlink, a directory, a FIFO, a device)."""
+    if not parts or any(p in ("", ".", "..") or "/" in p or "\x00" in p for p in parts):
+        return None
+    try:
+        directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in _NOT_SERVED:
+            return None
+        raise
+    try:
+        for name in parts[:-1]:
+            inner = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        # looked at before the open, so a FIFO or a device in place is never opened at all
+        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=directory, follow_symlinks=False).st_mode):
+            return None
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno in _NOT_SERVED:
+            return None
+        raise
+    finally:
+        os.close(directory)
+    try:
+        stat_result = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(stat_result.st_mode):  # swapped for something else after the look
+        os.close(fd)
+        return None
+    return fd, stat_result
+
+
+class DescriptorResponse(FileResponse):
+    """A FileResponse (Content-Length, Last-Modified, ETag, HEAD, Range) read from a descriptor
+    opened by `open_regular_file`, never by a path lookup of its own; the descriptor is closed
+    once the answer is sent (or failed).
+
+    Starlette reads the file through `_open_file`, overridden here to read the descriptor. Its
+    `path` is `/proc/self/fd/N` anyway, should a Starlette version open `path` itself: opening
+    that link reopens the very file the descriptor holds, whatever its name now leads to. The
+    `http.response.pathsend` extension is hidden from it: the server would open the path after
+    the descriptor is closed."""
+
+    def __init__(self, fd: int, stat_result: os.stat_result, media_type: str) -> None:
+        self.fd = fd
+        super().__init__(f"/proc/self/fd/{fd}", stat_result=stat_result, media_type=media_type)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = {k: v for k, v in scope.get("extensions", {}).items()
+                      if k != "http.response.pathsend"}
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the descriptor (once)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        file = anyio.AsyncFile(open(self.fd, "rb", closefd=False))  # noqa: SIM115
+        try:
+            await file.seek(0)
+            yield file
+        finally:
+            with anyio.CancelScope(shield=True):
+                await file.aclose()
+
+
+class MediaFiles(StaticFiles):
+    """StaticFiles that serves what `open_regular_file` opens: the same answers (405 but for
+    GET and HEAD, 404, 304 on If-None-Match or If-Modified-Since, Range), without its check of
+    the resolved path before an open by path (which a swap in between defeats)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory=directory.absolute())
+        self.root = directory.absolute()
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(status_code=405, headers={"Allow": "GET, HEAD"})
+        parts = path.split(os.sep)
+        opened = await anyio.to_thread.run_sync(open_regular_file, self.root, parts)
+        if opened is None:
+            raise HTTPException(status_code=404)
+        fd, stat_result = opened
+        try:
+            # the type from the name, as StaticFiles gave it (an absolute path: never a URL)
+            media_type = guess_type(os.path.join(self.root, *parts))[0]
+            response = DescriptorResponse(fd, stat_result,
+                                          media_type or "application/octet-stream")
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            response.close()
+            return NotModifiedResponse(response.headers)
+        return response
+
+
 def create_media_app(media_dir: Path) -> ASGIApp:
-    """The media origin's ASGI app: the files under `media_dir`, read only (GET and HEAD)."""
+    """The media origin's ASGI app: the files under `media_dir`, read only (GET and HEAD),
+    never through a symlink (see the module docstring)."""
     media_dir.mkdir(parents=True, exist_ok=True)
-    # follow_symlink=False (the default): a link out of media_dir is refused, not followed
-    files = Starlette(routes=[Mount("/", app=StaticFiles(directory=media_dir))])
+    files = Starlette(routes=[Mount("/", app=MediaFiles(media_dir))])
     return MediaHeaders(files)
 
 

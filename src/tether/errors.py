@@ -41,6 +41,17 @@ class Unauthorized(UserError):
     status = 401
 
 
+class TooManyAttempts(UserError):
+    """Refused for now: too many failed attempts from one address (HTTP 429, Retry-After)."""
+
+    code = "too_many_attempts"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class OperationError(TetherError):
     """The work failed (exit 1). Retrying is safe."""
 

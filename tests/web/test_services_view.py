@@ -5,8 +5,10 @@ requests refused, and user-supplied markup shown as text."""
 
 from __future__ import annotations
 
+import http.server
 import re
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -192,11 +194,14 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     assert [h["to"] for h in history if h["to"]][-1] == "removed"
     assert all(h["actor"] for h in history)
 
-    # the token never travelled in a URL, and no script can read it
+    # the token never travelled in a URL, and is kept nowhere in the browser: it holds only its
+    # session (in localStorage, no cookie)
     token = tether.token()
     assert not [u for u in seen_urls if token in u]
-    assert token not in page.evaluate("document.cookie")
-    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+    assert page.evaluate("document.cookie") == ""
+    assert page.evaluate("Object.keys(localStorage)") == ["tether.session"]
+    assert token not in page.evaluate("localStorage.getItem('tether.session')")
+    assert page.evaluate("sessionStorage.length") == 0
 
 
 def test_signed_out_sees_no_project_data(tether: Tether, project: str, page: Page) -> None:
@@ -218,60 +223,87 @@ def test_signed_out_sees_no_project_data(tether: Tether, project: str, page: Pag
     # a wrong token typed into the form is refused, and nothing is shown
     page.get_by_label("Access token").fill("tth_wrong")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    expect(page.get_by_role("alert")).to_contain_text("invalid token")
     assert "SECRET_MEDIA" not in page.content()
 
 
-def test_forged_requests_are_refused(tether: Tether, project: str, page: Page,
-                                     context: BrowserContext) -> None:
-    # a sign-in post without (or with a wrong) form token: refused, no session made
-    refused = page.request.post("/web/sign-in", form={"token": tether.token(), "next": "/"},
-                                max_redirects=0)
-    assert refused.status == 403
-    page.goto("/sign-in")  # sets the form-token cookie; the post below does not know its value
-    refused = page.request.post("/web/sign-in", max_redirects=0, form={
-        "token": tether.token(), "next": "/", "form_token": "guessed"})
-    assert refused.status == 403
-    assert not [c for c in context.cookies() if c["name"] == "tether_session"]
+def test_the_browser_holds_a_session_and_no_cookie(tether: Tether, project: str, page: Page,
+                                                   context: BrowserContext) -> None:
+    """The browser's credential is a session (not the token) in this origin's localStorage,
+    sent as a header by the pages' scripts; no cookie is ever set, so nothing the browser sends
+    by itself (to an app on another port of this host, or with a forged request) opens
+    anything."""
+    # what a cross-site form could send to sign in (no JSON): refused, no session made
+    forged = page.request.post(tether.url + "/api/v1/sessions", form={"token": tether.token()})
+    assert forged.status == 422
 
     sign_in(page, tether)
-    cookies = {c["name"]: c for c in context.cookies()}
-    session = cookies["tether_session"]
-    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
-    # the session is not the token, and no cookie holds the CSRF token (cookies ignore ports:
-    # a page of another origin on this host could read a script-readable one)
-    assert session["value"] != tether.token()
-    assert set(cookies) == {"tether_session"}
-    csrf = page.locator('meta[name="tether-csrf"]').get_attribute("content")
-    assert csrf and len(csrf) == 64
+    assert context.cookies() == []
+    saved = page.evaluate("JSON.parse(localStorage.getItem('tether.session'))")
+    secret = saved["secret"]
+    assert secret.startswith("tts_") and secret != tether.token()
 
-    # with the session cookie but no or a wrong CSRF token: 403, nothing changed
+    # requests the browser makes on its own carry no credential: refused, nothing changed
     path = f"/api/v1/projects/{project}/environments/test/variables/FORGED"
-    for headers in ({}, {"X-CSRF-Token": "0" * 64}, {"X-CSRF-Token": ""}):
-        forged = page.request.put(path, data={"value": "x"}, headers=headers)
-        assert forged.status == 403, forged.text()
-        assert forged.json()["error"]["code"] == "csrf_refused"
-    forged = page.request.post(f"/api/v1/projects/{project}/environments/test/deployments")
-    assert forged.status == 403
+    assert page.request.put(path, data={"value": "x"}).status == 401
+    assert page.request.post(f"/api/v1/projects/{project}/environments/test/deployments"
+                             ).status == 401
     names = [v["name"] for v in api(tether, "GET",
                                     f"/projects/{project}/environments/test/variables").json()]
     assert "FORGED" not in names
-    # a sign-out forged without the token is refused too
-    assert page.request.post("/web/sign-out", max_redirects=0).status == 403
-    # with the page's token the same request is accepted; bearer calls (CLI) need none
-    ok = page.request.put(path, data={"value": "x"}, headers={"X-CSRF-Token": csrf})
+    # the session as a bearer token works (what the pages' scripts send)
+    ok = page.request.put(path, data={"value": "x"}, headers={"Authorization": f"Bearer {secret}"})
     assert ok.status == 200, ok.text()
     assert api(tether, "DELETE", path.removeprefix("/api/v1")).status_code == 200
 
-    # signing out clears the session: pages go to sign-in again
+    # signing out ends the session in Tether: the secret, replayed, is worthless
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/sign-in")
-    assert not [c for c in context.cookies() if c["name"] == "tether_session"]
-    assert page.request.get("/api/v1/projects").status == 401
-    # ... and in the store: the old cookie, replayed, is worthless
-    context.add_cookies([{"name": "tether_session", "value": session["value"],
-                          "url": tether.url}])
-    assert page.request.get("/api/v1/projects").status == 401
+    assert page.evaluate("localStorage.getItem('tether.session')") is None
+    replay = page.request.get(tether.url + "/api/v1/projects",
+                              headers={"Authorization": f"Bearer {secret}"})
+    assert replay.status == 401
+    page.goto("/")
+    page.wait_for_url(SIGN_IN_URL)
+
+
+def test_an_app_on_another_port_gets_no_credential(tether: Tether, project: str,
+                                                   page: Page) -> None:
+    """Cookies ignore ports: with a session cookie, every application on this host (and its
+    server, through the stable address) would have received the admin's session. Now a page
+    of another origin on this host, opened by the signed-in admin, receives no credential and
+    can read none."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            body = (b"<!doctype html><script>document.title = 'storage:' + "
+                    b"localStorage.length + ' cookies:' + document.cookie.length;</script>")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sign_in(page, tether)
+        page.goto(f"/projects/{project}")
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/app")
+        expect(page).to_have_title("storage:0 cookies:0")
+        assert seen, "the app was asked"
+        for headers in seen:
+            assert not {k.lower() for k in headers} & {"cookie", "authorization"}, headers
+            assert "tts_" not in str(headers) and tether.token() not in str(headers)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_user_markup_is_shown_as_text(tether: Tether, project: str, page: Page,
@@ -293,7 +325,7 @@ def test_user_markup_is_shown_as_text(tether: Tether, project: str, page: Page,
     page.reload()
     expect(cell).to_have_text(HOSTILE)
     # markup in the sign-in page's `next` is escaped as well (and CSP forbids inline scripts)
-    page.context.clear_cookies()
+    page.evaluate("localStorage.clear()")  # signed out: the sign-in page stays
     page.goto('/sign-in?next=/"><script>alert(1)</script>')
     assert page.locator("input[name=next]").get_attribute("value") == \
         '/"><script>alert(1)</script>'

@@ -1,11 +1,9 @@
-"""The pure parts of browser sessions: where sign-in may send a browser, and that a CSRF token
-belongs to one session only."""
+"""The pure part of signing in: where the sign-in page may send a browser afterwards."""
 
 from __future__ import annotations
 
 import pytest
 
-from tether.api.auth import CsrfRefused, check_csrf, csrf_token
 from tether.web.routes import _safe_next
 
 
@@ -18,15 +16,3 @@ def test_sign_in_returns_to_a_page_of_this_site(target: str) -> None:
                                     "/\\evil.example", "projects", "/x\r\nSet-Cookie: a=b"])
 def test_sign_in_never_sends_a_browser_elsewhere(target: str | None) -> None:
     assert _safe_next(target) == "/"
-
-
-def test_a_csrf_token_belongs_to_its_session_only() -> None:
-    mine, other = "tth_" + "a" * 43, "tth_" + "b" * 43
-    assert csrf_token(mine) == csrf_token(mine)  # stable: survives restarts, any node
-    assert csrf_token(mine) != csrf_token(other)
-    assert mine not in csrf_token(mine)
-    check_csrf(mine, csrf_token(mine))
-    for presented in (None, "", csrf_token(other), csrf_token(mine)[:-1]):
-        with pytest.raises(CsrfRefused) as refused:
-            check_csrf(mine, presented)
-        assert refused.value.status == 403

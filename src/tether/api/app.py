@@ -21,15 +21,7 @@ from tether import __version__
 from tether.actions import clusters, deployments, projects, services, tokens, variables
 from tether.actions.common import Context
 from tether.api import limits
-from tether.api.auth import (
-    CSRF_HEADER,
-    SAFE_METHODS,
-    SESSION_COOKIE,
-    SignInThrottle,
-    check_csrf,
-    principal_for,
-    session_for,
-)
+from tether.api.auth import SignInThrottle, caller_for, create_session
 from tether.api.models import (
     ERRORS,
     ClusterIn,
@@ -47,12 +39,16 @@ from tether.api.models import (
     ProjectQuery,
     RegionQuery,
     ServiceIn,
+    SessionIn,
     TokenIn,
     TokenNamePath,
     VariableIn,
 )
+from tether.api.models import (
+    error_doc as _error_doc,
+)
 from tether.engine.worker import Worker
-from tether.errors import TetherError, UserError
+from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.web.routes import STATIC_DIR, web_router
 
 FINISHED = ("succeeded", "failed")
@@ -64,15 +60,18 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     are never served here: they have an origin of their own (tether.media)."""
     app = FastAPI(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
-                              "needs `Authorization: Bearer TOKEN` (or, from the Services view, "
-                              "its session cookie plus an `X-CSRF-Token` header on changes).",
+                              "needs `Authorization: Bearer TOKEN` (the Services view sends its "
+                              "browser session the same way: `POST /api/v1/sessions`).",
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
     limits.install(app)  # bodies capped before anything reads them, auth included
 
     @app.exception_handler(TetherError)
     async def _tether_error(_: Request, exc: TetherError) -> JSONResponse:
         status = exc.status if isinstance(exc, UserError) else 500
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status)
+        headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts)
+                   else None)
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,18 +81,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
 
     async def context(request: Request,
                       authorization: Annotated[str | None, Header()] = None) -> Context:
-        """Who is asking: the bearer header first (the CLI, scripts), else the browser's session
-        cookie, which must come with the session's CSRF token on anything that changes state.
-        Looked up in the store on every call, so a revoked token or session is refused at once."""
-        session = None if authorization else request.cookies.get(SESSION_COOKIE)
-        if session:
-            signed_in = await run_in_threadpool(session_for, base.store, session)
-            if request.method not in SAFE_METHODS:
-                check_csrf(session, request.headers.get(CSRF_HEADER))
-            request.state.session_id = signed_in.session_id
-            return base.as_principal(signed_in.principal)
-        principal = await run_in_threadpool(principal_for, base.store, authorization)
-        return base.as_principal(principal)
+        """Who is asking: the bearer token (the CLI, scripts) or browser session (the Services
+        view) in the `Authorization` header, looked up in the store on every call, so a revoked
+        token or ended session is refused at once. Cookies are never read (see tether.web)."""
+        caller = await run_in_threadpool(caller_for, base.store, authorization)
+        request.state.session_id = caller.session_id
+        request.state.authorization = authorization
+        return base.as_principal(caller.principal)
 
     Ctx = Annotated[Context, Depends(context)]
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -271,6 +265,30 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         """Revoke a token (admin only): refused from the next call on, its sessions ended."""
         return await call(tokens.revoke, ctx, name)
 
+    throttle = SignInThrottle()
+
+    @api.post("/sessions", status_code=201, tags=["tokens"],
+              responses={429: _error_doc("too many failed sign-ins from this address: wait "
+                                         "for the number of seconds in Retry-After")})
+    async def sign_in(request: Request, body: SessionIn) -> dict[str, Any]:
+        """Sign a browser in: trade a token for a session (`session`, its secret, shown once),
+        sent as `Authorization: Bearer SESSION` from then on. Needs no other authentication;
+        repeated failures from one address are slowed down (429 with Retry-After)."""
+        address = request.client.host if request.client else "?"
+        wait = throttle.wait_left(address)
+        if wait > 0:
+            raise TooManyAttempts(f"too many failed sign-ins from this address: try again in "
+                                  f"{int(wait) + 1} s", int(wait) + 1)
+        agent = request.headers.get("user-agent", "")[:150]
+        try:
+            made = await run_in_threadpool(create_session, base.store, body.token,
+                                           f"{address} {agent}".strip())
+        except Unauthorized:
+            throttle.failed(address)
+            raise
+        throttle.succeeded(address)
+        return {"id": made.id, "session": made.secret, "expires_at": made.expires_at.isoformat()}
+
     @api.get("/sessions", tags=["tokens"])
     async def list_sessions(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
         """Live browser sessions of your token (an admin sees everyone's); `current` marks
@@ -298,7 +316,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(web_router(base.store, SignInThrottle()))
+    app.include_router(web_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

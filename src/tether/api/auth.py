@@ -5,19 +5,18 @@ to the CLI's config; admins make more with `tether token create` (roles and proj
 `tether.access`). Every call looks its token up in the store: a revoked or expired token is
 refused by the very next call, on every node (no cache; one indexed query per call).
 
-A browser signs in to the Services view with a token and gets a *session*: a random id in an
-HttpOnly cookie, kept server-side (as a hash) with its expiry. The cookie is not the token: signing
-out revokes the session at once, and revoking the token ends all its sessions. Cookies travel with
-every request, forged ones too (and cookies ignore ports: a page of the media origin on another
-port of the same host is "same-site"), so a cookie-authenticated change must also carry the
-session's CSRF token, which only the Services view's own pages hold (written into each page,
-never in a cookie a script of another origin could read).
+A browser signs in to the Services view with a token and gets a *session* (`POST
+/api/v1/sessions`): a random secret (`tts_...`) kept server-side as a hash, with its expiry, that
+the browser sends as a bearer token like the CLI sends its token. It is not the token: signing
+out revokes the session at once, and revoking the token ends all its sessions. No cookie is ever
+used: cookies ignore ports, so every application on this host would receive it, and browsers
+attach cookies to forged requests (which is what CSRF tokens are for; a header that only the
+Services view's scripts add needs none).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import threading
 import time
@@ -25,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tether.access import Principal, Role
-from tether.errors import Unauthorized, UserError
+from tether.errors import Unauthorized
 from tether.store.db import Store
 from tether.store.models import Token, WebSession
 
@@ -116,15 +115,23 @@ def _refuse_unusable(token: Token | None, what: str = "token") -> Token:
     return token
 
 
-def principal_for(store: Store, authorization: str | None) -> Principal:
-    """Who sent an `Authorization: Bearer TOKEN` header, or Unauthorized (401)."""
+def caller_for(store: Store, authorization: str | None) -> SignedIn:
+    """Who sent an `Authorization: Bearer ...` header (a token, or a browser session's secret),
+    or Unauthorized (401)."""
     secret = bearer_secret(authorization)
     if secret is None:
         raise Unauthorized("missing bearer token: send `Authorization: Bearer TOKEN` "
                            "(the CLI reads it from the config `tether up` writes, or TETHER_TOKEN)")
+    if secret.startswith(SESSION_PREFIX):
+        return session_for(store, secret)
     with store.session() as s:
         token = s.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
-        return principal_of(_refuse_unusable(token))
+        return SignedIn(principal_of(_refuse_unusable(token)))
+
+
+def principal_for(store: Store, authorization: str | None) -> Principal:
+    """Who sent an `Authorization: Bearer TOKEN` header, or Unauthorized (401)."""
+    return caller_for(store, authorization).principal
 
 
 def actor_for(store: Store, authorization: str | None) -> str:
@@ -134,31 +141,30 @@ def actor_for(store: Store, authorization: str | None) -> str:
 
 # --- Browser sessions (the Services view) ---------------------------------------------------
 
-SESSION_COOKIE = "tether_session"
-CSRF_HEADER = "X-CSRF-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class CsrfRefused(UserError):
-    """A cookie-authenticated request that changes something came without the page's CSRF
-    token: it may have been forged by another site (HTTP 403)."""
-
-    code = "csrf_refused"
-    status = 403
+#: the prefix of session secrets (tokens start with `tth_`)
+SESSION_PREFIX = "tts_"
 
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A valid browser session: who it is, and the session's row id."""
+    """Who is calling: the token's principal, and the browser session it came through (None for
+    a token sent as it is)."""
 
     principal: Principal
-    session_id: int
+    session_id: int | None = None
 
 
-def create_session(store: Store, token_secret: str, client: str = "") -> str:
-    """Sign a browser in with a token: a new session, its secret returned for the cookie.
+@dataclass(frozen=True)
+class NewSession:
+    id: int
+    secret: str
+    expires_at: datetime
+
+
+def create_session(store: Store, token_secret: str, client: str = "") -> NewSession:
+    """Sign a browser in with a token: a new session, its secret (shown once) returned.
     Unauthorized when the token is not valid."""
-    secret = "tts_" + secrets.token_urlsafe(32)
+    secret = SESSION_PREFIX + secrets.token_urlsafe(32)
     with store.session() as s:
         token = _refuse_unusable(s.scalar(select(Token).where(
             Token.token_hash == hash_token(token_secret))))
@@ -166,16 +172,16 @@ def create_session(store: Store, token_secret: str, client: str = "") -> str:
         token_expires = _aware(token.expires_at)
         if token_expires is not None:
             expires = min(expires, token_expires)
-        s.add(WebSession(secret_hash=hash_token(secret), token_id=token.id,
-                         client=client[:200], expires_at=expires))
-    return secret
+        row = WebSession(secret_hash=hash_token(secret), token_id=token.id,
+                         client=client[:200], expires_at=expires)
+        s.add(row)
+        s.flush()
+        return NewSession(row.id, secret, expires)
 
 
-def session_for(store: Store, secret: str | None) -> SignedIn:
-    """The signed-in browser of a session cookie, or Unauthorized: a session that was signed out,
-    revoked or has expired, or whose token was revoked or has expired, is over."""
-    if not secret:
-        raise Unauthorized("not signed in: sign in to the Services view with a token")
+def session_for(store: Store, secret: str) -> SignedIn:
+    """The signed-in browser of a session secret, or Unauthorized: a session that was signed
+    out, revoked or has expired, or whose token was revoked or has expired, is over."""
     with store.session() as s:
         row = s.execute(select(WebSession, Token).join(Token, WebSession.token_id == Token.id)
                         .where(WebSession.secret_hash == hash_token(secret))).first()
@@ -185,35 +191,6 @@ def session_for(store: Store, secret: str | None) -> SignedIn:
         if session.revoked_at is not None or (_aware(session.expires_at) or _now()) <= _now():
             raise Unauthorized("this browser session has ended: sign in again")
         return SignedIn(principal_of(_refuse_unusable(token)), session.id)
-
-
-def end_session(store: Store, secret: str) -> None:
-    """Sign a browser out: its session is revoked in the store, so the cookie is worthless
-    even if it was copied."""
-    with store.session() as s:
-        s.execute(update(WebSession).where(WebSession.secret_hash == hash_token(secret),
-                                           WebSession.revoked_at.is_(None))
-                  .values(revoked_at=_now()))
-
-
-def csrf_token(session_secret: str) -> str:
-    """The CSRF token of a session: an HMAC keyed by the session's own secret.
-
-    Keying it by the secret binds it to the session and makes it unforgeable without the secret,
-    which never leaves the HttpOnly cookie; it needs no more server-side state, so it is valid
-    on every node sharing the store, exactly as long as the session."""
-    return hmac.new(session_secret.encode(), b"tether-csrf-v2", hashlib.sha256).hexdigest()
-
-
-def check_csrf(session_secret: str, presented: str | None) -> None:
-    """Refuse a cookie-authenticated unsafe request whose CSRF header is missing or wrong."""
-    if not presented:
-        raise CsrfRefused(f"missing {CSRF_HEADER} header: a signed-in browser must send its "
-                          "page's CSRF token with every change (reload the page, or sign in "
-                          "again)")
-    if not hmac.compare_digest(presented.encode(), csrf_token(session_secret).encode()):
-        raise CsrfRefused(f"wrong {CSRF_HEADER} header: it does not belong to this session "
-                          "(reload the page, or sign in again)")
 
 
 # --- Sign-in throttling ------------------------------------------------------------------------

@@ -114,6 +114,11 @@ class VariableIn(BaseModel):
     value: Annotated[str, _text(MAX_VALUE, NO_NUL)]
 
 
+class SessionIn(BaseModel):
+    token: Annotated[str, _text(200, min_length=1)] = Field(
+        description="the access token to sign in with")
+
+
 class TokenIn(BaseModel):
     name: Annotated[str, _text(TOKEN_NAME, min_length=1)] = Field(examples=["ci-deploy"])
     role: Annotated[str, _text(20, min_length=1)] = Field(
@@ -171,8 +176,12 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def _error(description: str) -> dict[str, Any]:
+def error_doc(description: str) -> dict[str, Any]:
+    """An error answer as the OpenAPI document describes it."""
     return {"model": ErrorBody, "description": description}
+
+
+_error = error_doc
 
 
 #: the answers any operation of the API may give besides its own success

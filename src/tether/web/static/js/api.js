@@ -1,10 +1,12 @@
-// The one way the pages talk to Tether: the same REST API as the CLI (/api/v1). The browser
-// authenticates with its HttpOnly session cookie (which no script can read); every change also
-// carries the session's CSRF token in `X-CSRF-Token`. The server writes that token into each page
-// (`<meta name="tether-csrf">`), never into a cookie: cookies ignore ports, so a page of another
-// origin on this host could read a cookie, but it cannot read this page.
+// The one way the pages talk to Tether: the same REST API as the CLI (/api/v1), with the
+// browser's *session* as a bearer token. Signing in (sign-in.js) trades the access token typed
+// into the form for a session (`POST /api/v1/sessions`), kept in this origin's localStorage.
+// No cookie is ever used: cookies ignore ports, so every application and media file served on
+// another port of this host would receive a session cookie (and a browser sends cookies with
+// forged requests too); localStorage belongs to this exact origin, and a header is sent only by
+// these scripts. Signing out ends the session in Tether and forgets it here.
 
-const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
+const SESSION_KEY = 'tether.session';
 
 export class ApiError extends Error {
   constructor(message, status, code) {
@@ -14,30 +16,75 @@ export class ApiError extends Error {
   }
 }
 
-/** The session's CSRF token, from the page the server rendered. */
-export function csrfToken() {
-  const meta = document.querySelector('meta[name="tether-csrf"]');
-  return meta ? meta.content : '';
+/** The session of this browser: `{ id, secret }`, or null when signed out. */
+export function session() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SESSION_KEY) || 'null');
+    return saved && typeof saved.secret === 'string' ? saved : null;
+  } catch (err) {
+    return null;
+  }
+}
+
+export function saveSession(value) {
+  localStorage.setItem(SESSION_KEY, JSON.stringify({ id: value.id, secret: value.session }));
+}
+
+export function forgetSession() {
+  localStorage.removeItem(SESSION_KEY);
 }
 
 /** Send the browser to the sign-in page, coming back here afterwards. */
 export function signInAgain() {
+  forgetSession();
   const next = location.pathname + location.search;
-  location.assign('/sign-in?next=' + encodeURIComponent(next));
+  location.assign('/sign-in?next=' + encodeURIComponent(next).replace(/%2F/g, '/'));
+}
+
+/** A signed-in page: without a session, go and sign in (the page shows no data before). */
+export function requireSession() {
+  if (session() === null) {
+    signInAgain();
+    return false;
+  }
+  return true;
+}
+
+/** Sign out: the session ends in Tether (a copied secret is worthless), then here. */
+export async function signOut() {
+  const current = session();
+  if (current) {
+    try {
+      await fetch(`/api/v1/sessions/${encodeURIComponent(current.id)}`, {
+        method: 'DELETE',
+        headers: { Authorization: `Bearer ${current.secret}`, Accept: 'application/json' },
+        credentials: 'omit',
+        cache: 'no-store',
+      });
+    } catch (err) {
+      // unreachable: the session ends on its own; forget it here anyway
+    }
+  }
+  forgetSession();
+  location.assign('/sign-in');
 }
 
 /** Call the API; answers the decoded JSON, or throws ApiError with the API's own message. */
 export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+  const current = session();
+  if (current === null) {
+    signInAgain();
+    throw new ApiError('You are not signed in.', 401, 'unauthorized');
+  }
+  const headers = { Accept: 'application/json', Authorization: `Bearer ${current.secret}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (!SAFE.has(method)) headers['X-CSRF-Token'] = csrfToken();
   let response;
   try {
     response = await fetch('/api/v1' + path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: 'same-origin',
+      credentials: 'omit',
       cache: 'no-store',
     });
   } catch (err) {

@@ -1,7 +1,7 @@
 // The browser sessions of the signed-in token (an admin sees all): where each signed in from,
 // when it ends, and a button to end it at once.
 
-import { api, seg } from './api.js';
+import { api, seg, signOut } from './api.js';
 import { byId, h, replace } from './dom.js';
 import { initChrome, notify, when } from './ui.js';
 
@@ -10,12 +10,12 @@ function row(session) {
     session.current ? 'Sign out here' : 'End session');
   end.addEventListener('click', async () => {
     end.disabled = true;
+    if (session.current) {
+      signOut();
+      return;
+    }
     try {
       await api('DELETE', `/sessions/${seg(session.id)}`);
-      if (session.current) {
-        location.assign('/sign-in');
-        return;
-      }
       notify(`Session ${session.id} ended: that browser is signed out.`);
       await load();
       const first = document.querySelector('#sessions button');

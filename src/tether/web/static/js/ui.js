@@ -2,7 +2,7 @@
 // an instance and the typed confirmation of a removal. What an action may do comes from the API
 // (`instance.actions`, decided by Tether's lifecycle rules); nothing here decides it.
 
-import { api, csrfToken, envPath, seg } from './api.js';
+import { api, envPath, requireSession, seg, signOut } from './api.js';
 import { byId, h, replace } from './dom.js';
 
 export const ACTIONS = ['provision', 'detach', 'attach', 'remove'];
@@ -18,10 +18,17 @@ const ACTION_HELP = {
   remove: 'Delete it and all of its data for good (you will be asked to type the prefix).',
 };
 
-/** Breadcrumb links (label, href) and the sign-out form's CSRF token. */
+/** Breadcrumb links (label, href) and the sign-out button; without a session, sign in first. */
 export function initChrome(crumbs = []) {
+  requireSession();
   const form = document.querySelector('form.sign-out');
-  if (form) form.elements.csrf_token.value = csrfToken();
+  if (form) {
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      form.querySelector('button').disabled = true;
+      signOut();
+    });
+  }
   const nav = byId('crumbs');
   if (nav) {
     replace(nav, h('ol', {}, crumbs.map(([label, href], i) => h('li', {},

@@ -29,6 +29,14 @@ What cannot be repaired: a database dropped by hand comes back EMPTY (its data i
 (no database comments) a database whose user was dropped cannot be told from someone else's, so
 it is not taken over; the user's routine rights and role grants are not looked at.
 
+Rotation (`add_login`, `revoke_login`): MariaDB has no dual passwords, so new credentials are a
+second user `NAME_<n>`@'%' with the same rights on the database and the same connection limit.
+The old login is revoked once no release uses it: an earlier `NAME_<n>` is dropped (its sessions
+killed first); the instance's own user is locked with a new random password instead, because its
+grant is what marks the database as Tether's (on MySQL, which keeps no database comments). After
+a rotation `observe` and `provision` expect the instance's own user locked and look at the login
+user (`names.login`) for the rest.
+
 Fair shares: on a shared server the user gets `MAX_USER_CONNECTIONS` (the cluster setting
 `connection_limit`, default 20; 0 for no limit), so one tenant cannot take every connection slot
 of the server (`max_connections`, 151 by default); a private server's user has no limit unless the
@@ -43,6 +51,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -106,9 +115,10 @@ def _limit_text(limit: int) -> str:
 
 
 def _check_names(names: ResourceNames) -> None:
-    if not _NAME_RE.fullmatch(names.base):
-        raise ClusterError(f"refusing the resource name {names.base!r}: not a plain identifier "
-                           "of at most 32 characters")
+    for name in (names.base, names.login):
+        if not _NAME_RE.fullmatch(name):
+            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier "
+                               "of at most 32 characters")
 
 
 def _ident(name: str) -> str:
@@ -123,6 +133,25 @@ def _mark(names: ResourceNames) -> str:
 def _grant_pattern(database: str) -> str:
     """The database name as GRANT reads it: `_` and `%` are wildcards there, so escape them."""
     return database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
+def _rights_differences(user: str, db: str, rights: _Rights) -> list[str]:
+    """How one of the instance's users' rights differ from all on its database, nothing else."""
+    differences: list[str] = []
+    missing = [right for right in _CORE_RIGHTS if right not in rights.own]
+    if len(missing) == len(_CORE_RIGHTS):
+        differences.append(f"user {user} holds no rights on database {db}")
+    elif missing:
+        differences.append(f"user {user} lacks {', '.join(missing)} on database {db}")
+    if rights.own_grant_option:
+        differences.append(f"user {user} may grant its rights on database {db} (GRANT OPTION)")
+    if rights.global_:
+        differences.append(f"user {user} has the global rights {', '.join(rights.global_)}")
+    differences += [f"user {user} has rights on database {pattern}"
+                    for pattern in rights.databases]
+    differences += [f"user {user} has rights on table {schema}.{table}"
+                    for schema, table in rights.tables]
+    return differences
 
 
 def native_password_hash(password: str) -> str:
@@ -225,6 +254,8 @@ class _Progress:
 
     created_user: bool = False
     created_database: bool = False
+    #: the login user of a rotated instance (`names.login`, not its own user)
+    created_login: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,8 +361,9 @@ class MySQLProvider:
         return bool(row) and "ACCOUNT LOCK" in str(row[0]).upper()
 
     @staticmethod
-    def _rights(cur: Cursor, names: ResourceNames) -> _Rights:
-        grantee = f"'{names.role}'@'%'"
+    def _rights(cur: Cursor, names: ResourceNames, user: str) -> _Rights:
+        """What `user` (one of the instance's users) may do, by the grant tables."""
+        grantee = f"'{user}'@'%'"
         own_pattern = _grant_pattern(names.database)
         cur.execute("SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES "
                     "WHERE GRANTEE = %s", (grantee,))
@@ -444,7 +476,8 @@ class MySQLProvider:
                 self._converge(cur, names, secret, limit, progress)
             except (pymysql.err.MySQLError, ClusterError) as exc:
                 failure, transient = _failure(exc, secrets)
-                if not transient and (progress.created_user or progress.created_database):
+                if not transient and (progress.created_user or progress.created_database
+                                      or progress.created_login):
                     try:
                         self._remove_fresh(cluster, names, progress)
                     except Exception as cleanup_exc:  # recorded; a retry converges
@@ -452,7 +485,11 @@ class MySQLProvider:
                                     f"{redact(str(cleanup_exc), secrets)})")
                 raise cluster_error(f"provisioning {names.database} on MySQL at {target.where} "
                                     f"failed: {failure}", transient) from None
-        return Credentials({"user": names.role, "password": secret, "host": target.host,
+        return self._credentials(target, names, secret)
+
+    @staticmethod
+    def _credentials(target: _Target, names: ResourceNames, secret: str) -> Credentials:
+        return Credentials({"user": names.login, "password": secret, "host": target.host,
                             "port": target.port, "database": names.database})
 
     def _converge(self, cur: Cursor, names: ResourceNames, secret: str, limit: int,
@@ -466,23 +503,12 @@ class MySQLProvider:
                 "Tether never takes over a database it did not create; drop or rename that "
                 "database, then retry")
         mariadb = self._is_mariadb(cur)
-        if mariadb:
-            identified, password = "IDENTIFIED BY PASSWORD %s", native_password_hash(secret)
-        else:  # MySQL 8 rewrites the statement in its logs itself
-            identified, password = "IDENTIFIED BY %s", secret
-        limited = f"{identified} WITH MAX_USER_CONNECTIONS %s"
-        alter = f"ALTER USER {_ACCOUNT} {limited} ACCOUNT UNLOCK"
-        if self._user_exists(cur, names.role):
-            cur.execute(alter, (names.role, password, limit))
-            self._revoke_extra_rights(cur, names)
-        else:
-            try:
-                cur.execute(f"CREATE USER {_ACCOUNT} {limited}", (names.role, password, limit))
-                progress.created_user = True
-            except pymysql.err.OperationalError as exc:
-                if _error_parts(exc)[0] != _ER_CANNOT_USER:
-                    raise
-                cur.execute(alter, (names.role, password, limit))  # made concurrently: converge
+        rotated = names.login != names.role
+        # after a rotation the instance's own user only holds the grant: locked, with a
+        # password nobody knows
+        own_secret = secrets.token_urlsafe(24) if rotated else secret
+        progress.created_user = self._converge_user(cur, names, names.role, own_secret, limit,
+                                                    mariadb, lock=rotated)
         # the grant first: it is what marks the database as ours
         cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(db))}.* TO {_ACCOUNT}",
                     (names.role,))
@@ -500,27 +526,58 @@ class MySQLProvider:
             progress.created_database = True
         elif mariadb and self._db_comment(cur, db) != _mark(names):
             cur.execute(f"ALTER DATABASE {_ident(db)}{comment}", args)
+        if rotated:
+            progress.created_login = self._converge_user(cur, names, names.login, secret, limit,
+                                                         mariadb, lock=False)
+            cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(db))}.* TO "
+                        f"{_ACCOUNT}", (names.login,))
 
-    def _revoke_extra_rights(self, cur: Cursor, names: ResourceNames) -> None:
+    def _converge_user(self, cur: Cursor, names: ResourceNames, user: str, secret: str,
+                       limit: int, mariadb: bool, lock: bool) -> bool:
+        """One of the instance's users with this password and connection limit, unlocked (or
+        `lock`ed), with no rights beyond its database; True when this call created it."""
+        if mariadb:
+            identified, password = "IDENTIFIED BY PASSWORD %s", native_password_hash(secret)
+        else:  # MySQL 8 rewrites the statement in its logs itself
+            identified, password = "IDENTIFIED BY %s", secret
+        limited = f"{identified} WITH MAX_USER_CONNECTIONS %s"
+        alter = f"ALTER USER {_ACCOUNT} {limited} ACCOUNT {'LOCK' if lock else 'UNLOCK'}"
+        if self._user_exists(cur, user):
+            cur.execute(alter, (user, password, limit))
+            self._revoke_extra_rights(cur, names, user)
+            return False
+        try:
+            cur.execute(f"CREATE USER {_ACCOUNT} {limited}" + (" ACCOUNT LOCK" if lock else ""),
+                        (user, password, limit))
+            return True
+        except pymysql.err.OperationalError as exc:
+            if _error_parts(exc)[0] != _ER_CANNOT_USER:
+                raise
+            cur.execute(alter, (user, password, limit))  # made concurrently: converge
+            return False
+
+    def _revoke_extra_rights(self, cur: Cursor, names: ResourceNames, user: str) -> None:
         """Take back every right of the user beyond its own database. GRANT OPTION goes first:
         revoking it where the user holds nothing else any more is an error."""
-        rights = self._rights(cur, names)
+        rights = self._rights(cur, names, user)
         levels = [f"{_ident(pattern)}.*" for pattern in rights.databases]
         levels += [f"{_ident(schema)}.{_ident(table)}" for schema, table in rights.tables]
         if rights.global_:
             levels.append("*.*")
         for level in levels:
             for what in ("GRANT OPTION", "ALL PRIVILEGES"):
-                cur.execute(f"REVOKE {what} ON {level} FROM {_ACCOUNT}", (names.role,))
+                cur.execute(f"REVOKE {what} ON {level} FROM {_ACCOUNT}", (user,))
         if rights.own_grant_option:
             cur.execute(f"REVOKE GRANT OPTION ON {_ident(_grant_pattern(names.database))}.* "
-                        f"FROM {_ACCOUNT}", (names.role,))
+                        f"FROM {_ACCOUNT}", (user,))
 
     def _remove_fresh(self, cluster: ClusterSpec, names: ResourceNames,
                       progress: _Progress) -> None:
         """Undo a failed provision: what this very call created, nothing else (the user and so
         its grant; the database). A new connection: the old one may be what failed."""
         with self._admin(cluster) as cur:
+            if progress.created_login:
+                self._drop_user(cur, names.login)
             if progress.created_database:
                 cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
             if progress.created_user and self._user_exists(cur, names.role):
@@ -535,10 +592,12 @@ class MySQLProvider:
 
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
         """The user (there, not locked, its connection limit, rights on its own database and
-        nowhere else) and the database (there, Tether's)."""
+        nowhere else) and the database (there, Tether's). After a rotation the instance's own
+        user must be locked, and the login user (`names.login`) is the one that must log in."""
         _check_names(names)
         limit = _connection_limit(cluster)
-        db, user = names.database, names.role
+        db, user, login = names.database, names.role, names.login
+        rotated = login != user
         differences: list[str] = []
         with self._admin(cluster) as cur:
             user_exists = self._user_exists(cur, user)
@@ -546,63 +605,148 @@ class MySQLProvider:
             ours = db_exists and self._ours(cur, names)
             locked = user_exists and self._locked(cur, user)
             held_limit = self._connection_limit(cur, user) if user_exists else limit
-            rights = self._rights(cur, names) if user_exists else None
+            rights = self._rights(cur, names, user) if user_exists else None
+            login_exists = self._user_exists(cur, login) if rotated else user_exists
+            if rotated:  # the limit that counts is the login's
+                login_locked = login_exists and self._locked(cur, login)
+                held_limit = self._connection_limit(cur, login) if login_exists else limit
+                login_rights = self._rights(cur, names, login) if login_exists else None
+            else:
+                login_locked, login_rights = locked, None
         if not user_exists:
             differences.append(f"user {user} is missing")
-        if locked:
-            differences.append(f"user {user} is locked")
+        if rotated and user_exists and not locked:
+            differences.append(f"user {user} can log in, but its credentials were rotated to "
+                               f"user {login}")
+        if rotated and not login_exists:
+            differences.append(f"user {login} (the instance's login) is missing")
+        if login_locked and login_exists:
+            differences.append(f"user {login} is locked")
         if held_limit != limit:
-            differences.append(f"user {user} may hold {_limit_text(held_limit)} at once, not "
+            differences.append(f"user {login} may hold {_limit_text(held_limit)} at once, not "
                                f"{_limit_text(limit)}")
         if not db_exists:
             differences.append(lost(f"database {db}"))
         elif not ours:
             differences.append(f"database {db} is not marked as Tether's and its user holds no "
                                "grant on it: Tether does not take it over")
-        if rights is not None:
-            missing = [right for right in _CORE_RIGHTS if right not in rights.own]
-            if len(missing) == len(_CORE_RIGHTS):
-                differences.append(f"user {user} holds no rights on database {db}")
-            elif missing:
-                differences.append(f"user {user} lacks {', '.join(missing)} on database {db}")
-            if rights.own_grant_option:
-                differences.append(f"user {user} may grant its rights on database {db} "
-                                   "(GRANT OPTION)")
-            if rights.global_:
-                differences.append(f"user {user} has the global rights "
-                                   f"{', '.join(rights.global_)}")
-            differences += [f"user {user} has rights on database {pattern}"
-                            for pattern in rights.databases]
-            differences += [f"user {user} has rights on table {schema}.{table}"
-                            for schema, table in rights.tables]
+        for name, held in ((user, rights), (login, login_rights)):
+            if held is not None:
+                differences += _rights_differences(name, db, held)
         return Observation(exists=user_exists or ours, differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
-        """Lock the user out, cut its sessions, drop the database (if ours), drop the user.
-        The user goes last: its grant is what marks the database as ours (on MySQL), so a
-        crash half-way leaves a state the retry still recognises."""
+        """Lock the users out (the instance's own and every login a rotation made), cut their
+        sessions, drop the database (if ours), drop the users. The instance's own user goes
+        last: its grant is what marks the database as ours (on MySQL), so a crash half-way
+        leaves a state the retry still recognises."""
         _check_names(names)
         target = _Target(cluster)
         with self._admin(cluster) as cur:
             try:
                 ours = self._ours(cur, names)
-                user_exists = self._user_exists(cur, names.role)
-                if user_exists:
+                users = [u for u in (*self._logins(cur, names), names.role)
+                         if self._user_exists(cur, u)]
+                for user in users:
                     try:  # no new sessions while we remove it (MariaDB 10.4+, MySQL 5.7+)
-                        cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (names.role,))
+                        cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (user,))
                     except pymysql.err.MySQLError as exc:
-                        log.warning("could not lock %s: %s", names.role, _sql_error(exc, ()))
-                    self._kill_connections(cur, names.role)
+                        log.warning("could not lock %s: %s", user, _sql_error(exc, ()))
+                    self._kill_connections(cur, user)
                 if ours:
                     cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
                 elif self._db_exists(cur, names.database):
                     log.warning("database %s was not made by Tether for %s: leaving it alone",
                                 names.database, names.role)
-                if user_exists:
-                    cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
+                for user in users:
+                    cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (user,))
             except pymysql.err.MySQLError as exc:
                 reason = _sql_error(exc, (target.password, cluster.url))
                 raise cluster_error(f"removing {names.database} from MySQL at {target.where} "
+                                    f"failed: {reason}", _transient(exc)) from None
+
+    @staticmethod
+    def _logins(cur: Cursor, names: ResourceNames) -> list[str]:
+        """The login users rotations made for the instance (`NAME_<n>`), whatever the store
+        knows of them (a crash may have left one it never recorded)."""
+        cur.execute("SELECT User FROM mysql.user WHERE Host = '%%' AND User LIKE %s ORDER BY 1",
+                    (_grant_pattern(names.role) + "\\_%",))
+        return [str(r[0]) for r in cur.fetchall()
+                if str(r[0]) != names.role and names.is_login(str(r[0]))]
+
+    def _drop_user(self, cur: Cursor, user: str) -> None:
+        """Lock a user, kill its sessions, drop it; succeeds when it is gone."""
+        if not self._user_exists(cur, user):
+            return
+        cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (user,))
+        self._kill_connections(cur, user)
+        cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (user,))
+
+    # -- Rotatable --------------------------------------------------------------------------------
+
+    def add_login(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Make (or converge) the login user `names.login` beside the instance's other users,
+        with `secret`, the instance's connection limit and all rights on its database (and
+        none elsewhere). The instance's user and database must be there (a repair makes them
+        again). On a final failure a user this call made is dropped again."""
+        _check_names(names)
+        if names.login == names.role:
+            raise ClusterError(f"user {names.role} is the instance's own user: a rotation makes "
+                               "a login of another name")
+        target = _Target(cluster)
+        secrets_ = (secret, target.password, cluster.url)
+        created = False
+        with self._admin(cluster) as cur:
+            try:
+                if not (self._user_exists(cur, names.role) and self._db_exists(
+                        cur, names.database) and self._ours(cur, names)):
+                    raise ClusterError(
+                        f"user {names.role} or its database {names.database} is missing: the "
+                        "instance must be repaired before its credentials can be rotated "
+                        "(the reconciler repairs it, or remove and add it again)")
+                created = self._converge_user(cur, names, names.login, secret,
+                                              _connection_limit(cluster),
+                                              self._is_mariadb(cur), lock=False)
+                cur.execute(f"GRANT ALL PRIVILEGES ON {_ident(_grant_pattern(names.database))}"
+                            f".* TO {_ACCOUNT}", (names.login,))
+            except (pymysql.err.MySQLError, ClusterError) as exc:
+                failure, transient = _failure(exc, secrets_)
+                if not transient and created:
+                    try:
+                        with self._admin(cluster) as cleanup:
+                            self._drop_user(cleanup, names.login)
+                    except Exception as cleanup_exc:  # recorded; a retry converges
+                        failure += (" (clean-up also failed: "
+                                    f"{redact(str(cleanup_exc), secrets_)})")
+                raise cluster_error(f"making the login {names.login} on MySQL at {target.where} "
+                                    f"failed: {failure}", transient) from None
+        return self._credentials(target, names, secret)
+
+    def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
+        """Revoke an old login of the instance: an earlier login user is dropped; the
+        instance's own user is locked with a new random password (its grant marks the
+        database as Tether's). Their open sessions are killed either way."""
+        _check_names(names)
+        if login == names.login or not names.is_login(login):
+            raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
+                               f"{names.role} (its current login is {names.login})")
+        target = _Target(cluster)
+        with self._admin(cluster) as cur:
+            try:
+                if login != names.role:
+                    self._drop_user(cur, login)
+                elif self._user_exists(cur, login):
+                    unknown = secrets.token_urlsafe(24)
+                    if self._is_mariadb(cur):
+                        cur.execute(f"ALTER USER {_ACCOUNT} IDENTIFIED BY PASSWORD %s "
+                                    "ACCOUNT LOCK", (login, native_password_hash(unknown)))
+                    else:
+                        cur.execute(f"ALTER USER {_ACCOUNT} IDENTIFIED BY %s ACCOUNT LOCK",
+                                    (login, unknown))
+                    self._kill_connections(cur, login)
+            except pymysql.err.MySQLError as exc:
+                reason = _sql_error(exc, (target.password, cluster.url))
+                raise cluster_error(f"revoking the login {login} on MySQL at {target.where} "
                                     f"failed: {reason}", _transient(exc)) from None
 
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:

@@ -28,6 +28,12 @@ vhosts and of other users (the admin included) on its vhost removed. What cannot
 vhost deleted by hand comes back EMPTY (its queues, exchanges and messages are lost); a vhost of
 that name without Tether's mark is not taken over.
 
+Rotation (`add_login`, `revoke_login`): new credentials are a second user `NAME_<n>` (no tags)
+with the same permission on the vhost; the old user is deleted once no release uses it, and its
+open connections are closed (the broker does it, and Tether closes any left). The vhost limits
+count every user's connections already. After a rotation `observe` and `provision` look at the
+login user (`names.login`) instead of `NAME`.
+
 Fair shares: on a shared cluster each vhost gets the limits `max-connections` (the cluster setting
 `connection_limit`, default 100) and `max-queues` (`queue_limit`, default 1000); 0 means no
 limit, and a private cluster's vhost has none unless a setting asks for one. They are set again
@@ -90,8 +96,9 @@ def _limit_text(value: int | None) -> str:
 
 
 def _check_names(names: ResourceNames) -> None:
-    if not _NAME_RE.fullmatch(names.base):
-        raise ClusterError(f"refusing the resource name {names.base!r}: not a plain identifier")
+    for name in (names.base, names.login):
+        if not _NAME_RE.fullmatch(name):
+            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier")
 
 
 def _p(name: str) -> str:
@@ -267,7 +274,7 @@ class RabbitMQProvider:
     def _state(self, api: _Api, names: ResourceNames
                ) -> tuple[bool | None, dict[str, Any] | None]:
         vhost = api.json(f"/vhosts/{_p(names.base)}", ok_missing=True)
-        user = api.json(f"/users/{_p(names.base)}", ok_missing=True)
+        user = api.json(f"/users/{_p(names.login)}", ok_missing=True)
         return self._own_vhost(vhost, names), user
 
     # -- Provider ---------------------------------------------------------------------------------
@@ -301,8 +308,8 @@ class RabbitMQProvider:
         limits = _vhost_limits(cluster)
         with self._api(cluster, secret) as api:
             t = api.target
-            if names.base == t.user:
-                raise ClusterError(f"the cluster's admin user is named {names.base!r} like this "
+            if t.user in (names.base, names.login):
+                raise ClusterError(f"the cluster's admin user is named {t.user!r} like this "
                                    "instance's user: put another administrator in the cluster URL")
             own_vhost, user = self._state(api, names)
             if own_vhost is False:
@@ -312,9 +319,9 @@ class RabbitMQProvider:
                     "delete or rename that vhost, then retry")
             if user is not None and self._tags(user) and not own_vhost:
                 raise ClusterError(
-                    f"a user named {names.base} exists already on RabbitMQ at {t.where} with the "
-                    "tags " + ", ".join(self._tags(user)) + ": Tether never takes over such a "
-                    "user; delete or rename it, then retry")
+                    f"a user named {names.login} exists already on RabbitMQ at {t.where} with "
+                    "the tags " + ", ".join(self._tags(user)) + ": Tether never takes over such "
+                    "a user; delete or rename it, then retry")
             try:
                 self._converge(api, names, secret, limits)
             except ClusterError as exc:
@@ -326,12 +333,16 @@ class RabbitMQProvider:
                         failure += f" (clean-up also failed: {cleanup_exc.message})"
                 raise rewrap(exc, f"provisioning {names.base} on RabbitMQ at {t.where} failed: "
                                   f"{failure}") from None
-        return Credentials({"user": names.base, "password": secret, "host": t.amqp_host,
+        return self._credentials(t, names, secret)
+
+    @staticmethod
+    def _credentials(t: _Target, names: ResourceNames, secret: str) -> Credentials:
+        return Credentials({"user": names.login, "password": secret, "host": t.amqp_host,
                             "port": t.amqp_port, "vhost": names.base})
 
     def _converge(self, api: _Api, names: ResourceNames, secret: str,
                   limits: dict[str, int | None]) -> None:
-        vhost, user = _p(names.base), _p(names.base)
+        vhost, user = _p(names.base), _p(names.login)
         api.call("PUT", f"/vhosts/{vhost}",
                  {"description": _description(names), "tags": "tether"})
         for limit, value in limits.items():
@@ -363,14 +374,14 @@ class RabbitMQProvider:
     @staticmethod
     def _foreign_permissions(api: _Api, names: ResourceNames) -> list[tuple[str, str, str]]:
         """(kind, vhost, user) of every permission or topic permission of another user on the
-        instance's vhost, or of its user on another vhost."""
+        instance's vhost, or of its user (its login, `names.login`) on another vhost."""
         found: list[tuple[str, str, str]] = []
         for kind in ("permissions", "topic-permissions"):
             on_vhost = api.json(f"/vhosts/{_p(names.base)}/{kind}", ok_missing=True) or []
-            of_user = api.json(f"/users/{_p(names.base)}/{kind}", ok_missing=True) or []
+            of_user = api.json(f"/users/{_p(names.login)}/{kind}", ok_missing=True) or []
             for entry in [*on_vhost, *of_user]:
                 key = (kind, str(entry.get("vhost")), str(entry.get("user")))
-                if key[1:] != (names.base, names.base) and key not in found:
+                if key[1:] != (names.base, names.login) and key not in found:
                     found.append(key)
         return found
 
@@ -384,12 +395,12 @@ class RabbitMQProvider:
         """The vhost (there, Tether's), the user (there, no tags, full rights on its vhost and
         none elsewhere) and who else may use the vhost (nobody, the admin included)."""
         _check_names(names)
-        v = names.base
+        v, u = names.base, names.login
         limits = _vhost_limits(cluster)
         differences: list[str] = []
         with self._api(cluster) as api:
             own_vhost, user = self._state(api, names)
-            own = api.json(f"/permissions/{_p(v)}/{_p(v)}", ok_missing=True) if (
+            own = api.json(f"/permissions/{_p(v)}/{_p(u)}", ok_missing=True) if (
                 own_vhost and user is not None) else None
             held = self._held_limits(api, names) if own_vhost else limits
             foreign = self._foreign_permissions(api, names) if (
@@ -403,15 +414,15 @@ class RabbitMQProvider:
                         f"{_limit_text(wanted)}"
                         for limit, wanted in limits.items() if held[limit] != wanted]
         if user is None:
-            differences.append(f"user {v} is missing")
+            differences.append(f"user {u} is missing")
         else:
             if self._tags(user):
-                differences.append(f"user {v} has the tags {', '.join(self._tags(user))}")
+                differences.append(f"user {u} has the tags {', '.join(self._tags(user))}")
             if own_vhost and own is None:
-                differences.append(f"user {v} has no permission on vhost {v}")
+                differences.append(f"user {u} has no permission on vhost {v}")
             elif own is not None and any(own.get(k) != FULL[k] for k in FULL):
                 rights = " ".join(f"{k}={own.get(k)!r}" for k in FULL)
-                differences.append(f"the permission of user {v} on vhost {v} is {rights}, not "
+                differences.append(f"the permission of user {u} on vhost {v} is {rights}, not "
                                    "'.*' for all")
         for kind, other_vhost, other_user in foreign:
             what = "a topic permission" if kind == "topic-permissions" else "a permission"
@@ -421,8 +432,8 @@ class RabbitMQProvider:
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Delete the vhost (its queues, exchanges and messages go with it; connections to it
-        are closed) and the user. A vhost or user of that name that is not Tether's is left
-        alone."""
+        are closed) and the user, with every login a rotation made. A vhost or user of that
+        name that is not Tether's is left alone."""
         _check_names(names)
         with self._api(cluster) as api:
             try:
@@ -432,18 +443,105 @@ class RabbitMQProvider:
                                   f"{api.target.where} failed: {exc.message}") from None
 
     def _delete(self, api: _Api, names: ResourceNames) -> None:
-        own_vhost, user = self._state(api, names)
+        own_vhost, _ = self._state(api, names)
         if own_vhost:
             api.call("DELETE", f"/vhosts/{_p(names.base)}", ok_missing=True,
                      timeout=DELETE_TIMEOUT)
         elif own_vhost is False:
             log.warning("vhost %s on %s was not made by Tether: leaving it alone", names.base,
                         api.target.where)
-        if user is not None and not self._tags(user):
-            api.call("DELETE", f"/users/{_p(names.base)}", ok_missing=True)
-        elif user is not None:
-            log.warning("user %s on %s has tags: not Tether's, leaving it alone", names.base,
+        for login in self._logins(api, names):
+            self._delete_user(api, login)
+
+    def _logins(self, api: _Api, names: ResourceNames) -> list[str]:
+        """The instance's users: `NAME` and every login a rotation made (`NAME_<n>`), whatever
+        the store knows of them (a crash may have left one it never recorded)."""
+        users = api.json("/users") or []
+        return [str(u.get("name")) for u in users
+                if isinstance(u, dict) and names.is_login(str(u.get("name")))]
+
+    def _delete_user(self, api: _Api, login: str) -> None:
+        """Delete one of the instance's users (not one with tags: not Tether's) and close its
+        connections; succeeds when it is gone."""
+        user = api.json(f"/users/{_p(login)}", ok_missing=True)
+        if user is not None and self._tags(user):
+            log.warning("user %s on %s has tags: not Tether's, leaving it alone", login,
                         api.target.where)
+            return
+        if user is not None:
+            api.call("DELETE", f"/users/{_p(login)}", ok_missing=True)
+        self._close_connections(api, login)
+
+    @staticmethod
+    def _close_connections(api: _Api, user: str) -> None:
+        """Close the AMQP connections a user still holds: RabbitMQ closes a deleted user's
+        connections itself (3.10 does), this closes any a broker left open."""
+        connections = api.json("/connections?columns=name,user") or []
+        for connection in connections:
+            if isinstance(connection, dict) and connection.get("user") == user:
+                api.call("DELETE", f"/connections/{_p(str(connection.get('name')))}",
+                         ok_missing=True)
+
+    # -- Rotatable --------------------------------------------------------------------------------
+
+    def add_login(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
+        """Make (or converge) the user `names.login` beside the instance's other users, with
+        `secret`, no tags and full rights on the instance's vhost (and none elsewhere). The
+        vhost must be there (a repair makes it again). On a final failure a user this call made
+        is deleted again."""
+        _check_names(names)
+        if names.login == names.base:
+            raise ClusterError(f"user {names.base} is the instance's own user: a rotation makes "
+                               "a login of another name")
+        with self._api(cluster, secret) as api:
+            t = api.target
+            if t.user == names.login:
+                raise ClusterError(f"the cluster's admin user is named {t.user!r} like this "
+                                   "instance's login: put another administrator in the cluster "
+                                   "URL")
+            own_vhost, user = self._state(api, names)
+            if not own_vhost:
+                raise ClusterError(f"the vhost {names.base} is missing on RabbitMQ at {t.where}: "
+                                   "the instance must be repaired before its credentials can be "
+                                   "rotated (the reconciler repairs it, or remove and add it "
+                                   "again)")
+            if user is not None and self._tags(user):
+                raise ClusterError(f"a user named {names.login} exists already on RabbitMQ at "
+                                   f"{t.where} with tags: Tether never takes over such a user; "
+                                   "delete or rename it, then retry")
+            try:
+                api.call("PUT", f"/users/{_p(names.login)}", {"password": secret, "tags": ""})
+                api.call("PUT", f"/permissions/{_p(names.base)}/{_p(names.login)}", FULL)
+                for kind in ("permissions", "topic-permissions"):  # its rights elsewhere
+                    held = api.json(f"/users/{_p(names.login)}/{kind}", ok_missing=True) or []
+                    for entry in held:
+                        if str(entry.get("vhost")) != names.base:
+                            api.call("DELETE", f"/{kind}/{_p(str(entry.get('vhost')))}/"
+                                               f"{_p(names.login)}", ok_missing=True)
+            except ClusterError as exc:
+                failure = exc.message
+                if user is None and not isinstance(exc, TransientError):
+                    try:
+                        self._delete_user(api, names.login)
+                    except ClusterError as cleanup_exc:  # recorded; a retry converges
+                        failure += f" (clean-up also failed: {cleanup_exc.message})"
+                raise rewrap(exc, f"making the login {names.login} on RabbitMQ at {t.where} "
+                                  f"failed: {failure}") from None
+        return self._credentials(t, names, secret)
+
+    def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
+        """Delete an old user of the instance (never `names.login`) and close its
+        connections."""
+        _check_names(names)
+        if login == names.login or not names.is_login(login):
+            raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
+                               f"{names.base} (its current login is {names.login})")
+        with self._api(cluster) as api:
+            try:
+                self._delete_user(api, login)
+            except ClusterError as exc:
+                raise rewrap(exc, f"revoking the login {login} on RabbitMQ at "
+                                  f"{api.target.where} failed: {exc.message}") from None
 
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         """`{P}_AMQP_BROKER_URL`, and `BROKER_URL` for the DEFAULT prefix (Divio names)."""

@@ -109,9 +109,10 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         "actions": {**{action.value: action_view(action) for action in
                        (Action.PROVISION, Action.DETACH, Action.ATTACH, Action.REMOVE)},
                     "rotate": rotate_view()},
-        # how many times its credentials were rotated, and the logins of earlier credentials
-        # that stay valid until no running release uses them (names, never secrets)
+        # how many times its credentials were rotated, the login they use, and the logins of
+        # earlier credentials that stay valid until no running release uses them (names only)
         "rotations": inst.rotations or 0,
+        "login": (ctx.box.open(inst.credentials_enc) or {}).get("user"),
         "retiring_logins": [str(c.get("user"))
                             for c in ctx.box.open(inst.retiring_credentials_enc) or []],
         "created_at": iso(inst.created_at),

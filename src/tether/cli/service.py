@@ -356,7 +356,8 @@ def rotate(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
                                 f"{', '.join(old)} of {prefix} are still valid: "
                                 f"{shown.get('last_error') or 'a running release uses them'}"))
     else:
-        say(("Rotated ", "green"), (prefix, "bold"), f" in {env}: {final.get('message') or ''}")
+        say(("Rotated ", "green"), (prefix, "bold"), f" in {env}: it logs in as "
+            f"{shown.get('login')} now, and the old credentials are revoked")
 
 
 @app.command("wait", epilog="Example: tether service add test postgres --provision --no-wait && "

@@ -125,7 +125,8 @@ def open_regular_file(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_re
     component is opened relative to the descriptor of the one before with `O_NOFOLLOW`, so no
     swap of a component for a link, before or during the walk, leads anywhere else. The
     descriptor (the caller closes it) and its `fstat` when it is a regular file; None when the
-    path names nothing that may be served (missing, a symlink, a directory, a FIFO, a device)."""
+    path names nothing that may be served (missing, a symlink, a directory, a FIFO, a device,
+    a file with more than one name: a hard link)."""
     if not parts or any(p in ("", ".", "..") or "/" in p or "\x00" in p for p in parts):
         return None
     try:
@@ -154,7 +155,10 @@ def open_regular_file(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_re
     except BaseException:
         os.close(fd)
         raise
-    if not stat.S_ISREG(stat_result.st_mode):  # swapped for something else after the look
+    # a hard link is another name of a file that may live anywhere on this file system (an
+    # application could link the secret key into its media directory where the kernel's
+    # protected_hardlinks is off): a media file has one name, in its media directory
+    if not stat.S_ISREG(stat_result.st_mode) or stat_result.st_nlink != 1:
         os.close(fd)
         return None
     return fd, stat_result

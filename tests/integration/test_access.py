@@ -10,6 +10,8 @@ route without a row fails `test_the_table_covers_every_route`.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -195,6 +197,15 @@ def test_a_scoped_token_sees_only_its_projects(world: World) -> None:
 
 def test_a_viewer_reads_masked_values_and_may_not_reveal(world: World) -> None:
     viewer = _auth(world.tokens["viewer"])
+    admin = _auth(world.tokens["admin"])
+    assert world.client.put(ENV + "/variables/STRIPE_KEY", json={"value": "sk_live_123"},
+                            headers=admin).status_code == 200
+    custom = world.client.get(ENV + "/variables", headers=viewer).json()
+    stripe = next(v for v in custom if v["name"] == "STRIPE_KEY")
+    assert stripe["hidden"] is True and "sk_live_123" not in str(custom)
+    # a developer of the project sees its own custom values
+    mine = world.client.get(ENV + "/variables", headers=_auth(world.tokens["dev_shop"])).json()
+    assert next(v for v in mine if v["name"] == "STRIPE_KEY")["value"] == "sk_live_123"
     listed = world.client.get(ENV + "/variables?all=true", headers=viewer).json()
     secret = next(v for v in listed if v["name"] == "SECRET_KEY")
     assert secret["hidden"] is True
@@ -235,6 +246,7 @@ def test_token_names_are_unique_among_live_tokens(world: World) -> None:
     {"name": "x", "role": "admin", "projects": ["shop"]},
     {"name": "x", "role": "viewer", "projects": ["nowhere"]},
     {"name": "x", "role": "viewer", "expires_days": 0},
+    {"name": "x", "role": "developer", "projects": []},  # an empty scope is not "every project"
 ])
 def test_bad_tokens_are_refused(world: World, body: dict[str, Any]) -> None:
     answer = world.client.post("/api/v1/tokens", json=body, headers=_auth(world.tokens["admin"]))
@@ -250,3 +262,23 @@ def test_the_audit_trail_names_the_owner(world: World) -> None:
     assert shown["history"][0]["actor"] == "alice (dev-shop)"
     deployed = world.client.post(ENV + "/deployments", headers=dev).json()
     assert deployed["requested_by"] == "alice (dev-shop)"
+
+
+def test_a_long_poll_is_cut_short_when_its_token_is_revoked(world: World) -> None:
+    admin = _auth(world.tokens["admin"])
+    made = world.client.post("/api/v1/tokens", json={"name": "poller", "role": "viewer"},
+                             headers=admin).json()
+    answers: list[int] = []
+
+    def poll() -> None:
+        answers.append(world.client.get(f"/api/v1/operations/{world.operation_id}?wait=20",
+                                        headers=_auth(made["token"])).status_code)
+
+    waiter = threading.Thread(target=poll)
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.5)
+    assert world.client.delete("/api/v1/tokens/poller", headers=admin).status_code == 200
+    waiter.join(timeout=25)
+    assert answers == [401]
+    assert time.monotonic() - started < 5, "refused by the next pass, not after the whole wait"

@@ -139,11 +139,12 @@ def test_symlinks_fifos_and_directories_are_not_served(media: tuple[str, Path, P
     (instance / "out-dir").symlink_to(secret.parent)  # a link out, as a directory component
     (instance / "in-dir").symlink_to(instance / "sub")  # a link inside, as a directory component
     os.mkfifo(instance / "pipe.txt")  # opening it for reading would wait for a writer
+    os.link(secret, instance / "hard.txt")  # another name of the secret (as root: allowed)
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{url}/{name}/ok.txt").text == "fine"
         assert client.get(f"{url}/{name}/sub/deep.txt").text == "deep"
         for path in ("key-link", "inner-link.txt", f"out-dir/{secret.name}", "in-dir/deep.txt",
-                     "pipe.txt", "sub", "ok.txt/x", "missing"):
+                     "pipe.txt", "hard.txt", "sub", "ok.txt/x", "missing"):
             started = time.monotonic()
             answer = client.get(f"{url}/{name}/{path}")
             assert answer.status_code == 404, (path, answer.status_code)

@@ -52,7 +52,10 @@ def create(ctx: Context, name: str, role: str, projects: list[str] | None = None
         raise UserError(f"unknown role {role!r}: use admin, developer or viewer") from None
     if expires_days is not None and not 1 <= expires_days <= MAX_EXPIRY_DAYS:
         raise UserError(f"invalid expiry: use 1 to {MAX_EXPIRY_DAYS} days")
-    scope = sorted(set(projects)) if projects else None
+    if projects is not None and not projects:
+        raise UserError("an empty project scope grants nothing: name at least one project, or "
+                        "leave the scope out for every project")
+    scope = sorted(set(projects)) if projects is not None else None
     if scope is not None and role_ is Role.ADMIN:
         raise UserError("an admin token cannot be limited to projects (it administers "
                         "everything): use --role developer or viewer with --project")

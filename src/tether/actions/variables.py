@@ -27,6 +27,7 @@ def list_variables(ctx: Context, project: str | None, env_name: str,
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project, ctx,
                                              Need.REVEAL if reveal else Need.READ), env_name)
+        may_reveal = ctx.principal.may(Need.REVEAL, env.project.name)
         running: set[str] = set()
         if env.current_release_id:
             release = s.get(Release, env.current_release_id)
@@ -35,7 +36,9 @@ def list_variables(ctx: Context, project: str | None, env_name: str,
         for var in all_vars(s, ctx.box, env):
             if not include_all and var.source != "custom":
                 continue
-            hidden = not reveal and var.source in SECRET_SOURCES
+            # a token that may not see secret values (a viewer) sees no value in clear: custom
+            # variables hold API keys as often as service credentials do
+            hidden = not reveal and (var.source in SECRET_SOURCES or not may_reveal)
             out.append({
                 "name": var.name,
                 "value": mask_value(var.value) if hidden else var.value,

@@ -89,6 +89,11 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         request.state.authorization = authorization
         return base.as_principal(caller.principal)
 
+    async def still_allowed(request: Request) -> None:
+        """A long poll asks again who is calling: a token revoked (or a session ended) while
+        it waits is refused by its next pass, not only by its next call."""
+        await run_in_threadpool(caller_for, base.store, request.state.authorization)
+
     Ctx = Annotated[Context, Depends(context)]
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
     env_path = "/projects/{project}/environments/{env}"
@@ -199,7 +204,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(deployments.list_deployments, ctx, project, env, limit)
 
     @api.get(env_path + "/logs", tags=["deployments"])
-    async def app_logs(ctx: Ctx, project: ProjectPath, env: EnvPath,
+    async def app_logs(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
                        lines: Annotated[int, Query(ge=0, le=deployments.MAX_LOG_LINES)] = 100,
                        after: Cursor = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
@@ -207,12 +212,16 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         of a previous answer) the lines since; with `wait`, answer as soon as there are new
         lines (at most `wait` s): `tether logs --follow` long-polls this way."""
         deadline = time.monotonic() + wait
+        checked = time.monotonic()
         while True:
             answer = await call(deployments.app_logs, ctx, project, env, lines, after)
             left = deadline - time.monotonic()
             if after is None or answer["lines"] or answer["cursor"] != after or left <= 0:
                 return answer
             await asyncio.sleep(min(left, 0.2))
+            if time.monotonic() - checked >= 1.0:
+                await still_allowed(request)
+                checked = time.monotonic()
 
     @api.get("/deployments/{deployment_id}", tags=["deployments"])
     async def get_deployment(ctx: Ctx, deployment_id: IdPath,
@@ -220,10 +229,11 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(deployments.get_deployment, ctx, deployment_id, logs_after)
 
     @api.get("/operations/{operation_id}", tags=["operations"])
-    async def get_operation(ctx: Ctx, operation_id: IdPath,
+    async def get_operation(ctx: Ctx, request: Request, operation_id: IdPath,
                             wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
         """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
         deadline = time.monotonic() + wait
+        checked = time.monotonic()
         while True:
             seen = worker.generation if worker is not None else 0
             op = await call(deployments.get_operation, ctx, operation_id)
@@ -234,6 +244,9 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                 await run_in_threadpool(worker.wait_for_change, seen, min(left, 1.0))
             else:
                 await asyncio.sleep(min(left, 0.05))
+            if time.monotonic() - checked >= 1.0:
+                await still_allowed(request)
+                checked = time.monotonic()
 
     @api.get("/clusters", tags=["clusters"])
     async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:

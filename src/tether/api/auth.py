@@ -64,9 +64,8 @@ def create_token(store: Store, name: str, role: Role | str = Role.ADMIN, *,
     a taken name gets a number (`admin-2`); without, a taken name is an IntegrityError."""
     role = Role(role)
     secret = new_token_secret()
-    n = 1
-    while True:
-        candidate = name if n == 1 else f"{name}-{n}"
+    for _attempt in range(5):  # another node may take the same free name at the same moment
+        candidate = _free_name(store, name) if rename_if_taken else name
         try:
             with store.session() as s:
                 s.add(Token(name=candidate, token_hash=hash_token(secret), role=role.value,
@@ -76,9 +75,20 @@ def create_token(store: Store, name: str, role: Role | str = Role.ADMIN, *,
         except IntegrityError:
             if not rename_if_taken:
                 raise
-            n += 1
-            if n > 1000:
-                raise
+    raise IntegrityError("token name", None, Exception(f"no free name for token {name!r}"))
+
+
+def _free_name(store: Store, name: str) -> str:
+    """`name`, or `name-N` with the lowest N no live token has (one query, however many)."""
+    with store.session() as s:
+        taken = set(s.scalars(select(Token.name).where(
+            Token.revoked_at.is_(None), (Token.name == name) | Token.name.like(f"{name}-%"))))
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
 
 
 def has_tokens(store: Store) -> bool:

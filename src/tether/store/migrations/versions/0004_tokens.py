@@ -36,7 +36,8 @@ def upgrade() -> None:
         fresh, n = name, 1
         while fresh in seen:
             n += 1
-            fresh = f"{name}-{n}"
+            suffix = f"-{n}"
+            fresh = name[:100 - len(suffix)] + suffix  # the column holds 100 characters
         seen.add(fresh)
         if fresh != name:
             bind.execute(tokens.update().where(tokens.c.id == token_id).values(name=fresh))

@@ -236,6 +236,31 @@ def test_a_failed_deployment_revokes_nothing(plane: tuple[Context, Engine], tmp_
     assert services.show(ctx, name, "test", "DEFAULT")["retiring_logins"] == []
 
 
+def test_rotating_again_after_a_failed_deployment_keeps_only_what_the_app_uses(
+        plane: tuple[Context, Engine], tmp_path: Path, unique_id: str) -> None:
+    """The running release still uses the first login; the second, which no release ever got,
+    is revoked at once by the next rotation; the first only once the third serves."""
+    ctx, _ = plane
+    name = f"again{unique_id}"
+    app = App(ctx, tmp_path, name, "postgres", health_timeout=8)
+    services.add(ctx, name, "test", "postgres", "DEFAULT")
+    app.deploy_ok()
+    first = app.dsn()
+    app.gate.unlink()
+    op = wait_op(ctx, services.rotate(ctx, name, "test", "DEFAULT")["operation"]["id"])  # type: ignore[index]
+    app.wait_deployment(int(op["deployment_id"]), expect="failed")
+    second = app.dsn()
+    app.gate.touch()
+    op = wait_op(ctx, services.rotate(ctx, name, "test", "DEFAULT")["operation"]["id"])  # type: ignore[index]
+    assert op["status"] == "succeeded" and op["deployment_id"], op
+    assert not logs_in(second)  # unused: revoked by the rotation itself
+    app.wait_deployment(int(op["deployment_id"]))
+    assert app.user().endswith("_2")
+    assert not logs_in(first) and logs_in(app.dsn())
+    shown = services.show(ctx, name, "test", "DEFAULT")
+    assert shown["rotations"] == 2 and shown["retiring_logins"] == []
+
+
 def test_a_rotation_repairs_a_tenant_that_changed_its_own_password(
         plane: tuple[Context, Engine], tmp_path: Path, unique_id: str) -> None:
     ctx, _ = plane

@@ -384,15 +384,15 @@ class Rotation:
         reason: the old credentials then stay valid, and the next deployment retries."""
         report = revoke_retired(self.parts.store, self.parts.box, actor,
                                 instance_id=op.instance_id)
-        deployment = self._queue_deployment(op, plan) if report.in_use else None
+        if report.in_use:  # the deployment revokes them all (what failed here too)
+            deployment = self._queue_deployment(op, plan)
+            return (f"{plan.prefix} has new credentials (login {login}): deployment "
+                    f"{deployment} of {plan.environment} gives them to the application, then "
+                    "revokes the old ones")
         for _, _, _, message, transient in report.failed:
             if transient and before(op.deadline):
                 raise TransientError(message)
             raise ClusterError(message)
-        if deployment is not None:
-            return (f"{plan.prefix} has new credentials (login {login}): deployment "
-                    f"{deployment} of {plan.environment} gives them to the application, then "
-                    "revokes the old ones")
         return f"{plan.prefix} has new credentials (login {login}); the old ones are revoked"
 
     def _queue_deployment(self, op: Operation, plan: _Plan) -> int:

@@ -334,14 +334,17 @@ def test_the_heartbeat_keeps_a_long_operation_from_being_taken_over(
         store: Store, workers: Callable[..., Worker]) -> None:
     (env,) = make_environments(store, 1)
     (op_id,) = queue_operations(store, [env], 1, kind="job")
-    first = Recorder(lambda op: time.sleep(2.0) or "slow")
+    # the operation outlasts its lease 2.5 times over; the lease leaves the heartbeat 10 beats
+    # of slack (a loaded machine running the other test group beside this one delayed beats by
+    # more than half a second when the lease was 0.5 s)
+    first = Recorder(lambda op: time.sleep(5.0) or "slow")
     second = Recorder()
-    a = workers(store, {"job": first}, node_id="node-a", lease=0.5, heartbeat=0.1)
-    b = workers(store, {"job": second}, node_id="node-b", lease=0.5, heartbeat=0.1)
+    a = workers(store, {"job": first}, node_id="node-a", lease=2.0, heartbeat=0.2)
+    b = workers(store, {"job": second}, node_id="node-b", lease=2.0, heartbeat=0.2)
     a.start()
     wait_until(lambda: row(store, op_id).status == "running", 5)
     b.start()
-    wait_until(finished(store, op_id), 10)
+    wait_until(finished(store, op_id), 20)
     assert row(store, op_id).status == "succeeded"
     assert first.ids() == [op_id] and second.ids() == []
     with store.session() as s:

@@ -10,7 +10,8 @@ service not offered there), so "valid for the schema" does not mean "accepted".
 It runs on both stores: SQLite (the default) and PostgreSQL, which is stricter (a text longer
 than its column, or a NUL in one, is an error there, where SQLite takes it).
 
-The numbers of a run (operations, requests, failures) are printed, for the README."""
+The numbers of a run (operations, requests, failures) are printed, for the README. (It runs in
+the test group beside the end-to-end one, which is the longer of the two.)"""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import PgServer
-from tests.e2e.conftest import BIN, Tether, new_tether
+from tests.e2e.conftest import BIN, Tether, new_tether, tether  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 CHECKS_LEFT_OUT = "positive_data_acceptance"
 #: the run's bounds: examples per operation and phase, and a time budget it ends within
 MAX_EXAMPLES = 10
-MAX_SECONDS = 75
+MAX_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +71,18 @@ def _admin_token(t: Tether, http: httpx.Client) -> tuple[str, str]:
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_schemathesis_finds_no_server_error_and_no_answer_unlike_the_document(
         store: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    tether: Tether = request.getfixturevalue("tether" if store == "sqlite"
+    plane: Tether = request.getfixturevalue("tether" if store == "sqlite"
                                              else "tether_on_postgres")
-    with httpx.Client(base_url=tether.url, timeout=30,
-                      headers={"Authorization": f"Bearer {tether.token()}"}) as http:
+    with httpx.Client(base_url=plane.url, timeout=30,
+                      headers={"Authorization": f"Bearer {plane.token()}"}) as http:
         keep = [str(t["name"]) for t in http.get("/api/v1/tokens").json()]
-        name, token = _admin_token(tether, http)
+        name, token = _admin_token(plane, http)
     report = tmp_path / "report.json"
-    env = {**tether.env, "SCHEMATHESIS_HOOKS": str(HOOKS),
+    env = {**plane.env, "SCHEMATHESIS_HOOKS": str(HOOKS),
            "TETHER_ST_KEEP_TOKENS": ",".join([*keep, name])}
     started = time.monotonic()
     run = subprocess.run(
-        [str(BIN / "st"), "run", f"{tether.url}/api/v1/openapi.json",
+        [str(BIN / "st"), "run", f"{plane.url}/api/v1/openapi.json",
          "--header", f"Authorization: Bearer {token}",
          "--checks", "all", "--exclude-checks", CHECKS_LEFT_OUT,
          "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_SECONDS),
@@ -104,7 +105,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_unlike_the_document(
     assert ops["tested"] == ops["total"] > 20, ops
     assert result["warnings"].get("missing_auth") == [], result["warnings"]
     # the run authenticated throughout: its token and the admin's still work
-    for secret in (token, tether.token()):
-        status = httpx.get(tether.url + "/api/v1/status", timeout=30,
+    for secret in (token, plane.token()):
+        status = httpx.get(plane.url + "/api/v1/status", timeout=30,
                            headers={"Authorization": f"Bearer {secret}"})
         assert status.status_code == 200, status.text

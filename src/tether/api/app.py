@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
+from tether.access import Forbidden
 from tether.actions import clusters, deployments, projects, services, tokens, variables
 from tether.actions.common import Context
 from tether.api import limits
@@ -268,8 +269,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(tokens.list_tokens, ctx, revoked)
 
     @api.post("/tokens", status_code=201, tags=["tokens"])
-    async def create_token(ctx: Ctx, body: TokenIn) -> dict[str, Any]:
-        """A new token (admin only). The answer's `token` is its secret, shown this once."""
+    async def create_token(ctx: Ctx, request: Request, body: TokenIn) -> dict[str, Any]:
+        """A new token (admin only). The answer's `token` is its secret, shown this once.
+        Refused to a browser session: a stolen session must not mint a token that outlives its
+        sign-out and its token's revocation."""
+        if getattr(request.state, "session_id", None) is not None:
+            raise Forbidden("tokens are made with a token (`tether token create`), not from a "
+                            "browser session")
         return await call(tokens.create, ctx, body.name, body.role, body.projects,
                           body.expires_days, body.owner)
 

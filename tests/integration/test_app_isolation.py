@@ -21,6 +21,7 @@ import pwd
 import stat
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,3 +466,52 @@ def test_restarted_release_runs_its_own_copy(ctx: Context, tmp_path: Path) -> No
         assert answer.text == "v1"
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("owner", ["the app, which chgrp-ed it", "root, handed over once"])
+def test_a_media_directory_swapped_for_a_link_never_hands_over_its_target(
+        tmp_path: Path, owner: str) -> None:
+    """Issue 8, second review, finding 1: root handed a media directory over to the app by
+    path on every deploy unless it had the app's uid AND gid; the app (owning it) chgrp-ed it to
+    force the walk, filled `a/` and swapped `a` for a link to /etc once root listed it: root
+    chowned /etc/shadow to the app. Now a directory the app owns is never walked again, and the
+    first walk (of root's directory) is relative to the directories it opened, never following
+    a link. Here the victim is a file in a temporary directory, never /etc."""
+    from tether.runtime.accounts import AppAccount
+    from tether.runtime.isolation import _hand_over
+
+    account = AppAccount("tether-nobody", 65534, 65534, 65534)
+    media = tmp_path / "media" / "inst"
+    inner = media / "a"
+    inner.mkdir(parents=True)
+    for i in range(20000):
+        (inner / f"f{i:05d}").touch()
+    (inner / "zz_shadow").touch()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "zz_shadow").write_text("root:...")
+    os.chown(media, *((account.uid, 0) if owner.startswith("the app") else (0, 0)))
+    done, swapped = threading.Event(), threading.Event()
+
+    def attacker() -> None:  # the app: swaps a/ for a link once root works in it
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                if os.lstat(inner / "f00000").st_uid == account.uid:
+                    os.rename(inner, media / "a_old")
+                    os.symlink(victim, inner)
+                    swapped.set()
+                    return
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    try:
+        _hand_over(media, account, tmp_path / "data")
+    finally:
+        done.set()
+        thread.join()
+    assert os.lstat(victim / "zz_shadow").st_uid == 0
+    assert os.lstat(victim).st_uid == 0
+    if owner.startswith("root"):  # handed over, the moved directory included
+        assert swapped.is_set()
+        assert os.lstat(media).st_uid == account.uid
+        assert os.lstat(media / "a_old" / "f19999").st_uid == account.uid

@@ -8,6 +8,7 @@ in the `ReleaseSpec` (`cwd`, `account`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -53,25 +54,58 @@ def app_path(variables: Mapping[str, str]) -> str:
     return variables.get("PATH") or os.environ.get("PATH") or os.defpath
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 def _hand_over(directory: Path, account: AppAccount, data_dir: Path) -> None:
-    """Make a media directory the account's: the app writes its files there. Done recursively
-    the first time only (later files are its own). Never a link, never the data dir or above."""
+    """Make a media directory the account's: the app writes its files there. Done the first
+    time only, while the directory is not the account's yet (root's, as its provider made it):
+    once its owner is the account, it is never walked again, whatever its group (the app may
+    `chgrp` it, and fill it, to make root walk it). The walk is relative to the file
+    descriptors of the directories it opens (`O_NOFOLLOW`), never by path: a directory swapped
+    for a symlink while it runs is never followed (a walk by path chowned the link's target).
+    Never a link, never the data dir or above; a file with more than one name (a hard link to
+    something elsewhere) is left as it is."""
     try:
         st = directory.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid == account.uid:
         return
     data_dir = data_dir.resolve()
     if directory.resolve() in (data_dir, *data_dir.parents) or directory.resolve() == Path("/"):
         return
-    if st.st_uid == account.uid and st.st_gid == account.gid:
+    try:
+        fd = os.open(directory, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            return  # swapped for a link or a file meanwhile: never followed
+        raise
+    try:
+        if os.fstat(fd).st_uid == account.uid:
+            return
+        _chown_entries(fd, account, depth=0)
+        os.fchown(fd, account.uid, account.gid)  # the top last: nobody else wrote meanwhile
+    finally:
+        os.close(fd)
+
+
+def _chown_entries(dir_fd: int, account: AppAccount, depth: int) -> None:
+    """Give every entry below the open directory `dir_fd` to the account, relative to it."""
+    if depth > 256:  # far below the limit of open files
         return
-    for root, dirs, files in os.walk(directory):
-        for name in [*dirs, *files]:
-            with contextlib.suppress(OSError):
-                os.lchown(Path(root, name), account.uid, account.gid)
-    os.lchown(directory, account.uid, account.gid)
+    for name in os.listdir(dir_fd):
+        with contextlib.suppress(OSError):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                try:
+                    _chown_entries(child, account, depth + 1)
+                    os.fchown(child, account.uid, account.gid)
+                finally:
+                    os.close(child)
+            elif not (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                os.chown(name, account.uid, account.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def prepare_release(data_dir: Path, environment_id: int, environment_key: str,

@@ -35,7 +35,7 @@ from tether.api.app import create_app
 from tether.api.auth import create_token
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
-from tether.engine.reconcile import Reconciler
+from tether.engine.reconcile import Reconciler, ReconcileReport
 from tether.errors import ClusterError, Conflict, UserError
 from tether.naming import resource_names
 from tether.net import free_port
@@ -43,7 +43,7 @@ from tether.providers.base import ClusterSpec, Credentials, ResourceNames
 from tether.providers.postgres import PostgresProvider
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
-from tether.store.models import AuditEntry, Cluster, Instance, Operation
+from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Release
 from tether.store.records import cluster_spec
 
 pytestmark = pytest.mark.integration
@@ -328,6 +328,76 @@ def test_a_revoke_that_failed_is_retried_by_the_reconcile_pass(
             AuditEntry.instance_id == inst.id,
             AuditEntry.action == "old credentials revoked")).all()
         assert [a.actor for a in revoked] == ["reconciler"]
+
+
+def test_a_current_release_stopped_with_tether_keeps_its_credentials(
+        plane: tuple[Context, Engine], tmp_path: Path, unique_id: str) -> None:
+    """Review finding 6: Tether stopping marks the current release `stopped` and the next start
+    brings it back with its stored variables; a reconcile pass (or a rotation) in between must
+    not revoke the old login that release will start with after a failed rotation deploy."""
+    ctx, _ = plane
+    name = f"stp{unique_id}"
+    app = App(ctx, tmp_path, name, "postgres", health_timeout=8)
+    services.add(ctx, name, "test", "postgres", "DEFAULT")
+    app.deploy_ok()
+    old_dsn = app.dsn()
+    app.gate.unlink()
+    op = wait_op(ctx, services.rotate(ctx, name, "test", "DEFAULT")["operation"]["id"])  # type: ignore[index]
+    app.wait_deployment(int(op["deployment_id"]), expect="failed")
+    with ctx.store.session() as s:  # as `Releases._stopped_with_tether` leaves it
+        env = s.get(Environment, instance_row(ctx, name).environment_id)
+        assert env is not None and env.current_release_id is not None
+        release = s.get(Release, env.current_release_id)
+        assert release is not None and release.status == "running"
+        release.status = "stopped"
+    try:
+        Reconciler(ctx.store, ctx.box, ctx.data_dir).run_once()
+        assert logs_in(old_dsn)  # the release the restore brings back still logs in
+        shown = services.show(ctx, name, "test", "DEFAULT")
+        assert len(shown["retiring_logins"]) == 1  # type: ignore[arg-type]
+    finally:
+        with ctx.store.session() as s:
+            release = s.get(Release, env.current_release_id)
+            assert release is not None
+            release.status = "running"
+    with ctx.store.session() as s:  # a failed current release is not brought back: revoked
+        s.get(Release, env.current_release_id).status = "failed"  # type: ignore[union-attr]
+    try:
+        Reconciler(ctx.store, ctx.box, ctx.data_dir).run_once()
+        assert not logs_in(old_dsn)
+    finally:
+        with ctx.store.session() as s:
+            s.get(Release, env.current_release_id).status = "running"  # type: ignore[union-attr]
+
+
+def test_a_reconcile_target_read_before_a_rotation_does_not_revive_the_old_login(
+        plane: tuple[Context, Engine], unique_id: str) -> None:
+    """Review finding 5: a pass reads its targets, a rotation finishes (the old login revoked),
+    then the pass reaches the instance: it must not observe the stale login as drift and
+    "repair" it with the old password."""
+    ctx, _ = plane
+    name = f"stale{unique_id}"
+    projects.create_project(ctx, name)
+    added = services.add(ctx, name, "test", "postgres", "DEFAULT", provision=True)
+    assert wait_op(ctx, added["operation"]["id"])["status"] == "succeeded"
+    old = Credentials(ctx.box.open(instance_row(ctx, name).credentials_enc))
+    reconciler = Reconciler(ctx.store, ctx.box, ctx.data_dir)
+    report = ReconcileReport()
+    (target,) = [t for t in reconciler._targets(report) if t.instance_id == added["id"]]
+    op = wait_op(ctx, services.rotate(ctx, name, "test", "DEFAULT")["operation"]["id"])  # type: ignore[index]
+    assert op["status"] == "succeeded" and op["deployment_id"] is None, op
+    new = Credentials(ctx.box.open(instance_row(ctx, name).credentials_enc))
+    assert not logs_in(dsn(old)) and logs_in(dsn(new))
+    reconciler._reconcile(target, report)
+    assert not logs_in(dsn(old)) and logs_in(dsn(new))
+    assert added["id"] in report.skipped
+    shown = services.show(ctx, name, "test", "DEFAULT")
+    assert shown["drift"] is None and observe(ctx, name) == ()
+    # a repair of the stale target that ran while the rotation finished is undone
+    PROVIDER.provision(target.spec, target.names, str(target.secret))
+    assert logs_in(dsn(old))
+    reconciler._undo_if_rotated(target)
+    assert not logs_in(dsn(old)) and logs_in(dsn(new))
 
 
 def test_rotate_is_refused_before_provisioning_and_for_kinds_without_it(

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from tether import lifecycle
 from tether.crypto import SecretBox
-from tether.engine.rotation import names_of, revoke_retired
+from tether.engine.rotation import names_of, retiring, revoke_retired, rotatable
 from tether.errors import ClusterError, TetherError, TransientError
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec, Observation, Provider, ResourceNames
@@ -99,6 +99,13 @@ class _Target:
     names: ResourceNames  # with the login its credentials use (after rotations)
     secret: str | None
     credentials: dict[str, Any] | None
+    #: what the rotation state was when the target was read (the rotation count and the sealed
+    #: credentials and secret): a pass that finds it changed leaves the instance alone
+    rotation_state: tuple[int, str | None, str | None] | None = None
+
+
+def _rotation_state(inst: Instance) -> tuple[int, str | None, str | None]:
+    return int(inst.rotations or 0), inst.credentials_enc, inst.secret_enc
 
 
 @dataclass(frozen=True)
@@ -210,7 +217,8 @@ class Reconciler:
                         instance_id=inst.id, prefix=inst.prefix, kind=inst.kind,
                         spec=cluster_spec(self.box, cluster), names=names_of(inst),
                         secret=self.box.open(inst.secret_enc),
-                        credentials=self.box.open(inst.credentials_enc)))
+                        credentials=self.box.open(inst.credentials_enc),
+                        rotation_state=_rotation_state(inst)))
                 except TetherError as exc:  # secrets sealed with another key
                     log.error("instance %s: %s", inst.id, exc.message)
                     report.failed.append(inst.id)
@@ -249,6 +257,11 @@ class Reconciler:
                       exc.message)
             report.failed.append(t.instance_id)
             return
+        if not self._idle(t):
+            # a rotation finished (or an operation started) since the pass read the instance:
+            # what was observed is of stale names; the next pass looks again
+            report.skipped.append(t.instance_id)
+            return
         if seen.in_sync:
             outcome = _Outcome(found=None, final=None)
         else:
@@ -270,7 +283,7 @@ class Reconciler:
         (an operation started, or it was removed) while the repair ran."""
         if not self.repair or t.secret is None:
             return _Outcome(found=found, final=found)
-        if not self._idle(t.instance_id):
+        if not self._idle(t):
             return None
         names = t.names
         try:
@@ -283,8 +296,9 @@ class Reconciler:
             log.error("instance %s (%s): the repair failed: %s", t.instance_id, t.prefix,
                       exc.message)
             return _Outcome(found=found, final=f"{found} (the repair failed: {exc.message})")
-        if not self._idle(t.instance_id):
+        if not self._idle(t):
             self._undo_if_removed(t, provider)
+            self._undo_if_rotated(t)
             return None
         try:
             after = provider.observe(t.spec, names)
@@ -300,12 +314,16 @@ class Reconciler:
         return _Outcome(found=found, final=final, repair_note=note,
                         credentials=credentials.values if changed else None)
 
-    def _idle(self, instance_id: int) -> bool:
-        """Still functional, and no operation of it (or deployment of its environment) waits
-        or runs."""
+    def _idle(self, t: _Target) -> bool:
+        """Still functional, no operation of it (or deployment of its environment) waits or
+        runs, and its rotation state is the one the target was read with: a rotation that
+        finished meanwhile (its old login revoked) makes the target's names stale, and
+        "repairing" them would give the revoked login back its old password."""
         with self.store.session() as s:
-            inst = s.get(Instance, instance_id)
+            inst = s.get(Instance, t.instance_id)
             if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
+                return False
+            if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
                 return False
             instances, environments = _busy(s)
             return inst.id not in instances and inst.environment_id not in environments
@@ -325,6 +343,27 @@ class Reconciler:
                 log.error("instance %s (%s): deleting what its repair made failed: %s",
                           t.instance_id, t.prefix, exc.message)
 
+    def _undo_if_rotated(self, t: _Target) -> None:
+        """A rotation that finished during the repair may have revoked the login the repair
+        just enabled again: revoke it once more unless it is the instance's login or one a
+        release still uses (retiring: the rotation's deployment revokes it)."""
+        with self.store.session() as s:
+            inst = s.get(Instance, t.instance_id)
+            if inst is None or int(inst.rotations or 0) == t.names.rotation:
+                return
+            current = names_of(inst)
+            kept = {str(c.get("user")) for c in retiring(self.box, inst)}
+        provider = rotatable(t.kind)
+        if provider is None or t.names.login == current.login or t.names.login in kept:
+            return
+        log.warning("instance %s (%s) was rotated during its repair: revoking its old login %s "
+                    "again", t.instance_id, t.prefix, t.names.login)
+        try:
+            provider.revoke_login(t.spec, current, t.names.login)
+        except ClusterError as exc:
+            log.error("instance %s (%s): revoking the old login %s again failed: %s",
+                      t.instance_id, t.prefix, t.names.login, exc.message)
+
     def _record(self, t: _Target, outcome: _Outcome) -> None:
         """Write the drift and the time it was observed; audit when the drift changes. The
         conditional update makes a drift that two nodes find at once audited once."""
@@ -332,6 +371,8 @@ class Reconciler:
             inst = s.get(Instance, t.instance_id)
             if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
                 return
+            if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
+                return  # rotated since it was observed: the next pass looks at the new login
             before = inst.drift
             unchanged = (Instance.drift.is_(None) if before is None
                          else Instance.drift == before)

@@ -20,7 +20,9 @@ no dual passwords), so new credentials are a *second login* valid beside the old
 A revoke that fails is best effort there (like stopping the previous release): the instance keeps
 its retiring credentials, and the next deployment, the next rotation or the reconcile pass tries
 again. Credentials are never revoked while a release that is starting or running has them (its
-variables are compared), nor the instance's current ones.
+variables are compared), nor while the environment's current release has them unless it failed
+(a current release is `stopped` while Tether is stopped, and started again with its stored
+variables at the next start), nor the instance's current ones.
 
 Every step is keyed by names derived from the instance id and its rotation count, so a crash at
 any point is resumed: the login made again with the same password, the record written once, the
@@ -37,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from tether import lifecycle, naming
@@ -124,9 +126,17 @@ class _Revoke:
 
 
 def _live_variables(s: Session, box: SecretBox, environment_id: int) -> list[dict[str, str]]:
-    """The variables of every release of the environment whose process may still run."""
+    """The variables of every release of the environment whose process may still run, and of
+    its current release unless that one failed: a current release `stopped` with Tether is
+    started again, with these very variables, at the next start (`Releases.restore`), so its
+    credentials are in use although no process has them right now."""
+    env = s.get(Environment, environment_id)
+    current = env.current_release_id if env is not None else None
+    in_use = Release.status.in_(LIVE)
+    if current is not None:
+        in_use = or_(in_use, and_(Release.id == current, Release.status != "failed"))
     return [dict(box.open(r.env_enc) or {}) for r in s.scalars(select(Release).where(
-        Release.environment_id == environment_id, Release.status.in_(LIVE)))]
+        Release.environment_id == environment_id, in_use))]
 
 
 def _used(kind: str, prefix: str, creds: dict[str, Any], live: list[dict[str, str]]) -> bool:

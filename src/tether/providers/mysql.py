@@ -31,11 +31,12 @@ it is not taken over; the user's routine rights and role grants are not looked a
 
 Rotation (`add_login`, `revoke_login`): MariaDB has no dual passwords, so new credentials are a
 second user `NAME_<n>`@'%' with the same rights on the database and the same connection limit.
-The old login is revoked once no release uses it: an earlier `NAME_<n>` is dropped (its sessions
-killed first); the instance's own user is locked with a new random password instead, because its
-grant is what marks the database as Tether's (on MySQL, which keeps no database comments). After
-a rotation `observe` and `provision` expect the instance's own user locked and look at the login
-user (`names.login`) for the rest.
+The old login is revoked once no release uses it: locked with a new random password and its
+sessions killed, never dropped before the instance is removed: the views, triggers and routines it
+defined name it as their DEFINER and break without it (MySQL 8.0.22+ refuses the DROP USER), and
+the instance's own user's grant is what marks the database as Tether's (on MySQL, which keeps no
+database comments). After a rotation `observe` and `provision` expect the instance's own user
+locked and look at the login user (`names.login`) for the rest.
 
 Fair shares: on a shared server the user gets `MAX_USER_CONNECTIONS` (the cluster setting
 `connection_limit`, default 20; 0 for no limit), so one tenant cannot take every connection slot
@@ -723,9 +724,11 @@ class MySQLProvider:
         return self._credentials(target, names, secret)
 
     def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
-        """Revoke an old login of the instance: an earlier login user is dropped; the
-        instance's own user is locked with a new random password (its grant marks the
-        database as Tether's). Their open sessions are killed either way."""
+        """Revoke an old login of the instance: locked with a new random password, its open
+        sessions killed. Never dropped here: the views, triggers and routines it defined name
+        it as their DEFINER and stop working without it (MySQL 8.0.22+ even refuses the DROP
+        USER); the instance's own user's grant also marks the database as Tether's. Every
+        login goes with the instance (`deprovision`)."""
         _check_names(names)
         if login == names.login or not names.is_login(login):
             raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
@@ -733,9 +736,7 @@ class MySQLProvider:
         target = _Target(cluster)
         with self._admin(cluster) as cur:
             try:
-                if login != names.role:
-                    self._drop_user(cur, login)
-                elif self._user_exists(cur, login):
+                if self._user_exists(cur, login):
                     unknown = secrets.token_urlsafe(24)
                     if self._is_mariadb(cur):
                         cur.execute(f"ALTER USER {_ACCOUNT} IDENTIFIED BY PASSWORD %s "

@@ -1,7 +1,8 @@
 """Credential rotation without downtime on MariaDB (issue 8), which has no dual passwords: a second
 user `NAME_<n>` with the same rights and connection limit, deployed, then the old one revoked
-(the instance's own user locked with a password nobody knows, since its grant marks the database
-as Tether's; an earlier login dropped). Real server, real application process, no mocks."""
+(locked with a password nobody knows, not dropped: the instance's own user's grant marks the
+database as Tether's, and what a login defined (views, triggers, routines) needs it as DEFINER;
+every login goes with the instance). Real server, real application process, no mocks."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def test_a_second_user_works_beside_the_first_until_the_first_is_revoked(
             assert logs_in(dsn(first)) and logs_in(dsn(second))
             with connect(dsn(second)) as conn, conn.cursor() as cur:
                 cur.execute("CREATE TABLE made_by_second (x int)")
+                cur.execute("INSERT INTO made_by_second VALUES (7)")
+                # its DEFINER is this login: it must keep working once the login is revoked
+                cur.execute("CREATE VIEW view_by_second AS SELECT x FROM made_by_second")
                 # the instance's connection limit applies to the login the app uses
                 extra = connect(dsn(second))
                 with pytest.raises(pymysql.err.OperationalError, match="max_user_connections"):
@@ -108,11 +112,19 @@ def test_a_second_user_works_beside_the_first_until_the_first_is_revoked(
         with pytest.raises(ClusterError, match="refusing to revoke"):
             PROVIDER.revoke_login(cluster, third_names, third_names.login)
         PROVIDER.revoke_login(cluster, third_names, second_names.login)
+        PROVIDER.revoke_login(cluster, third_names, second_names.login)  # idempotent
         assert not logs_in(dsn(second)) and logs_in(dsn(third))
         with connect(dsn(third)) as conn, conn.cursor() as cur:
-            cur.execute("SHOW TABLES")
-            assert cur.fetchall() == (("made_by_second",),)
-        assert users(mysql_server, names.base) == {names.role: True, third_names.login: False}
+            cur.execute("SHOW FULL TABLES")
+            assert sorted(cur.fetchall()) == [("made_by_second", "BASE TABLE"),
+                                              ("view_by_second", "VIEW")]
+            # review finding 7: the view the revoked login defined still works
+            cur.execute("SELECT x FROM view_by_second")
+            assert cur.fetchall() == ((7,),)
+        # the revoked login is locked (with a password nobody knows), not dropped: its
+        # definitions stay valid; it goes with the instance
+        assert users(mysql_server, names.base) == {
+            names.role: True, second_names.login: True, third_names.login: False}
         assert PROVIDER.observe(cluster, third_names).differences == ()
     finally:
         PROVIDER.deprovision(cluster, names)

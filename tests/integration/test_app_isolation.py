@@ -387,8 +387,8 @@ def _deprovision_all(ctx: Context) -> None:
 
 def test_a_program_under_a_private_directory_is_reached_through_it_only(
         ctx: Context, engine: Engine, tmp_path: Path) -> None:
-    """A program inside a 0700 directory (as a venv under /root): the app's users may traverse
-    the directories above it (an ACL for tether-apps, `--x`) but not list them."""
+    """A program inside a 0700 directory (as a venv under /root): the environment's user may
+    traverse the directories above it (an ACL for its own group, `--x`) but not list them."""
     private = tmp_path / "private"
     (private / "bin").mkdir(parents=True)
     private.chmod(0o700)
@@ -403,9 +403,12 @@ def test_a_program_under_a_private_directory_is_reached_through_it_only(
     variables.set_variable(ctx, "priv", "test", "LEGACY_DSN", f"postgres://u:{PASSWORD}@h/d")
     variables.set_variable(ctx, "priv", "test", "BLOB_DSN", BLOB_DSN)
     deploy_ok(ctx, "priv", "test")
-    _, url, _ = environment(ctx, "priv", "test")
+    env_id, url, _ = environment(ctx, "priv", "test")
     apps = grp.getgrnam(APPS_GROUP).gr_gid
-    assert acl.group_permissions(private, apps) == acl.EXECUTE
+    own = pwd.getpwnam(account_name(ctx.data_dir, env_id)).pw_gid
+    # the environment's own group, not every app's (finding 9 of the second review)
+    assert acl.group_permissions(private, own) == acl.EXECUTE
+    assert acl.group_permissions(private, apps) is None
     assert stat.S_IMODE(private.stat().st_mode) & 0o007 == 0  # others: still nothing
     seen = probe(url, read=[private, private / "bin"])
     # through it, never listing it (bin/ is 0755: anybody who reaches it may list it)
@@ -515,3 +518,61 @@ def test_a_media_directory_swapped_for_a_link_never_hands_over_its_target(
         assert swapped.is_set()
         assert os.lstat(media).st_uid == account.uid
         assert os.lstat(media / "a_old" / "f19999").st_uid == account.uid
+
+
+@pytest.mark.parametrize("planted_by", ["the app", "root"])
+def test_a_planted_pyvenv_cfg_opens_nothing_in_the_data_dir(tmp_path: Path,
+                                                            planted_by: str) -> None:
+    """Issue 8, second review, finding 2: for a `python*` program the app command named, root
+    read the pyvenv.cfg beside it and let `tether-apps` read the tree above the `home` it names:
+    an app wrote /tmp/x/bin/python3 and /tmp/x/pyvenv.cfg naming the data dir, a developer set
+    the command to it, and every app could read the secret key and the store. Now a program is
+    opened only when its whole path is root's and writable by nobody else, and never the data
+    dir, anything in it or holding it (even for a venv root made)."""
+    from tether.runtime.accounts import AppAccount, make_reachable
+
+    apps = grp.getgrnam(APPS_GROUP).gr_gid
+    account = AppAccount("tether-nobody", 65534, 65533, apps)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    secrets = [data / "secret.key", data / "tether.db"]
+    for path in secrets:
+        path.write_text("secret")
+        path.chmod(0o600)
+    planted = tmp_path / "x"
+    (planted / "bin").mkdir(parents=True)
+    (planted / "bin" / "python3").write_text("#!/bin/false\n")
+    (planted / "bin" / "python3").chmod(0o755)
+    (planted / "pyvenv.cfg").write_text(f"home = {data}/anything\n")
+    if planted_by == "the app":
+        for path in (planted, planted / "bin", planted / "bin" / "python3",
+                     planted / "pyvenv.cfg"):
+            os.chown(path, account.uid, account.gid)
+    make_reachable(account, data, f"{planted}/bin/python3 app.py", "/usr/bin:/bin")
+    for gid in (apps, account.gid):
+        for path in secrets:
+            assert acl.group_permissions(path, gid) is None, (path, gid)
+    assert acl.group_permissions(data, apps) == acl.EXECUTE  # traverse, never list
+    assert acl.group_permissions(data, account.gid) is None
+
+
+def test_a_program_in_a_world_writable_directory_is_not_made_reachable(tmp_path: Path) -> None:
+    """Issue 8, second review, finding 2: a program anybody could replace (its directory is
+    world-writable) opens no way to it: the directories above it get no ACL."""
+    from tether.runtime.accounts import AppAccount, make_reachable
+
+    apps = grp.getgrnam(APPS_GROUP).gr_gid
+    account = AppAccount("tether-nobody", 65534, 65533, apps)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    private = tmp_path / "private"
+    shared = private / "shared"
+    shared.mkdir(parents=True)
+    private.chmod(0o700)
+    shared.chmod(0o777)  # not sticky: anybody may swap the program
+    program = shared / "serve"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    make_reachable(account, data, str(program), "/usr/bin:/bin")
+    for gid in (apps, account.gid):
+        assert acl.group_permissions(private, gid) is None, gid

@@ -15,12 +15,21 @@ enter; the shared group `tether-apps` (made once) is what the POSIX ACLs below n
   0755…), except `releases/` and the media directories, which it may traverse. The secret key,
   the store and its -wal/-shm, the logs and the embedded servers' data are private to their owner
   (0600/0700) anyway;
-- the directories above the data dir, above a media directory, and above each program the app
-  command names (following its symlinks: a venv's `python` leads into the interpreter it was made
-  from), where "other" may not traverse them: `tether-apps` gets `--x` there and nothing more
-  (e.g. `/root`, 0700, when the clone and its venv live under it);
+- the directories above the data dir and above a media directory, where "other" may not
+  traverse them: `tether-apps` gets `--x` there and nothing more (e.g. `/root`, 0700, when the
+  clone lives under it). This stays shared: every environment's user takes that way to its
+  release copy (`releases/` is root's, in group `tether-apps`, 0710);
+- the directories above each program the app command names (following its symlinks: a venv's
+  `python` leads into the interpreter it was made from), where "other" may not traverse them:
+  the environment's own group (`account.gid`) gets `--x` there;
 - a Python interpreter's installation (a venv and the base it was made from) that "other" may not
-  read: `tether-apps` gets read access to it, and to what is installed there later.
+  read: the environment's own group gets read access to it, and to what is installed there later.
+
+A program is only acted on when nobody but root can change it (`_trusted`: every component of its
+real path, and of each symlink hop, root's and writable by nobody else, as sudo's secure path)
+and it neither is, holds nor sits in the data dir or the config dir of the user Tether runs as:
+the app's PATH, `#!` lines and a venv's pyvenv.cfg are the app's (or a developer's) word, and an
+app can write a fake venv whose `home` names the data dir.
 
 Nothing else is opened. Without root Tether cannot switch users: the apps run as Tether's own
 user, and it says so once in its log.
@@ -230,7 +239,7 @@ def _others_may(path: Path, bits: int) -> bool:
 
 
 def _traverse_down_to(path: Path, apps_gid: int, stop_at: Iterable[Path] = ()) -> None:
-    """Let `tether-apps` traverse every directory above `path` that "other" may not."""
+    """Let group `apps_gid` traverse every directory above `path` that "other" may not."""
     stops = {Path(p) for p in stop_at}
     for parent in reversed(path.parents):
         if parent in stops:
@@ -256,39 +265,120 @@ def _symlink_chain(path: Path) -> list[Path]:
     return chain
 
 
-def _python_homes(executable: Path) -> list[Path]:
+def _trusted(path: Path) -> Path | None:
+    """The real path of `path` when nobody but root can change what it is, else None: like
+    sudo's secure path, every component (after resolving) is root's and writable by nobody
+    else, but for a sticky directory (/tmp) above a component, where nobody else may rename or
+    remove root's entries."""
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except (OSError, RuntimeError):
+        return None
+    components = [*reversed(real.parents), real]
+    for index, component in enumerate(components):
+        try:
+            st = os.lstat(component)
+        except OSError:
+            return None
+        if st.st_uid != 0 or stat.S_ISLNK(st.st_mode):
+            return None  # not root's, or changed since it was resolved
+        sticky_above = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and \
+            index < len(components) - 1
+        if st.st_mode & 0o022 and not sticky_above:
+            return None
+    return real
+
+
+def _forbidden(data_dir: Path) -> list[Path]:
+    """What is never opened for apps, nor anything holding it or in it: the data dir and the
+    config dir of the user Tether runs as (its CLI token)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    found = [Path(data_dir).resolve()]
+    with contextlib.suppress(OSError, RuntimeError):
+        found.append(Path(os.path.realpath(Path(base) / "tether")))
+    return found
+
+
+def _touches(path: Path, forbidden: Iterable[Path]) -> bool:
+    return any(path.is_relative_to(f) or f.is_relative_to(path) for f in forbidden)
+
+
+def _trusted_chain(program: Path, forbidden: list[Path]) -> list[Path] | None:
+    """The real paths of `program` and of every hop its symlinks lead through (each hop's
+    directory resolved), when every one is trusted (`_trusted`) and none touches a forbidden
+    path; None otherwise (nothing of it is opened then)."""
+    hops = []
+    for hop in _symlink_chain(program):
+        parent = _trusted(hop.parent)
+        if parent is None:
+            return None
+        real = parent / hop.name
+        try:
+            st = os.lstat(real)
+        except OSError:
+            return None
+        if st.st_uid != 0 or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+            return None
+        if _touches(real, forbidden) or _touches(parent, forbidden):
+            return None
+        hops.append(real)
+    final = _trusted(program)
+    if final is None or _touches(final, forbidden):
+        return None
+    return list(dict.fromkeys([*hops, final]))
+
+
+def _python_homes(chain: list[Path], forbidden: list[Path]) -> list[Path]:
     """The installation a Python interpreter reads: its venv (`bin/..` holding pyvenv.cfg) and
-    the base install its `home` names; the prefix above `bin/` otherwise."""
+    the base install its `home` names; the prefix above `bin/` otherwise. `chain` is the
+    interpreter's trusted hops (`_trusted_chain`); a pyvenv.cfg, and the home it names, count
+    only when they are trusted too and touch nothing forbidden (an app could write a venv that
+    names the data dir as its home)."""
     homes = []
-    for path in _symlink_chain(executable):
+    for path in chain:
         prefix = path.parent.parent
         cfg = prefix / "pyvenv.cfg"
         if cfg.is_file():
+            if _trusted(cfg) != cfg:
+                continue
             homes.append(prefix)
             with contextlib.suppress(OSError):
                 for line in cfg.read_text().splitlines():
                     key, _, value = line.partition("=")
-                    if key.strip() == "home" and value.strip():
-                        homes.append(Path(value.strip()).parent)
+                    if key.strip() == "home" and os.path.isabs(value.strip()):
+                        home = _trusted(Path(value.strip()).parent)
+                        if home is not None:
+                            homes.append(home)
         elif path.parent.name == "bin":
             homes.append(prefix)
-    return [h for h in dict.fromkeys(homes) if h != Path("/") and h.is_dir()]
+    return [h for h in dict.fromkeys(homes)
+            if h != Path("/") and h.is_dir() and _trusted(h) == h and not _touches(h, forbidden)]
 
 
-def _readable_tree(top: Path, apps_gid: int) -> None:
-    """Let `tether-apps` read a tree "other" may not read (and what is added to it later)."""
+def _readable_tree(top: Path, gid: int) -> None:
+    """Let group `gid` read a tree "other" may not read (and what is added to it later); never
+    into a directory somebody but root may change (its entries could be swapped for links)."""
     if _others_may(top, stat.S_IROTH | stat.S_IXOTH):
         return
     for root, dirs, files in os.walk(top):
-        acl.set_group(Path(root), apps_gid, acl.READ | acl.EXECUTE, default=True)
+        acl.set_group(Path(root), gid, acl.READ | acl.EXECUTE, default=True)
         for name in files:
             path = Path(root, name)
             with contextlib.suppress(OSError):
                 st = path.lstat()
                 if stat.S_ISREG(st.st_mode):
                     bits = acl.READ | (acl.EXECUTE if st.st_mode & 0o111 else 0)
-                    acl.set_group(path, apps_gid, bits)
-        dirs[:] = [d for d in dirs if not Path(root, d).is_symlink()]
+                    acl.set_group(path, gid, bits)
+        dirs[:] = [d for d in dirs if _root_only(Path(root, d))]
+
+
+def _root_only(directory: Path) -> bool:
+    """A directory (not a link) that only root may change."""
+    try:
+        st = directory.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
 
 
 def _find(word: str, path_env: str) -> Path | None:
@@ -359,15 +449,21 @@ def make_reachable(account: AppAccount, data_dir: Path, command: str | None, pat
                 for parent in directory.parents:
                     if parent.parent == data_dir and parent.name not in REACHABLE_TOP:
                         acl.set_group(parent, gid, acl.EXECUTE)  # a media base elsewhere
+            forbidden = _forbidden(data_dir)
             for program in resolve_programs(command or "", path_env):
-                if program.resolve().is_relative_to(data_dir):
-                    continue  # nothing in the data dir is opened for apps
-                for hop in _symlink_chain(program):
-                    _traverse_down_to(hop, gid)
-                if program.resolve().name.startswith("python"):
-                    for home in _python_homes(program):
-                        _traverse_down_to(home, gid)
-                        _readable_tree(home, gid)
+                chain = _trusted_chain(program, forbidden)
+                if chain is None:
+                    log.warning("the program %s is not opened for the application's user %s: "
+                                "it, or a directory above it, is not root's or writable by "
+                                "others, or it is in Tether's data or config dir", program,
+                                account.name)
+                    continue
+                for hop in chain:
+                    _traverse_down_to(hop, account.gid)
+                if chain[-1].name.startswith("python"):
+                    for home in _python_homes(chain, forbidden):
+                        _traverse_down_to(home, account.gid)
+                        _readable_tree(home, account.gid)
     except acl.AclUnsupported as exc:
         raise AccountError(f"{exc.strerror}: the application's user {account.name} cannot be "
                            "given access to its release and interpreter; mount that file "

@@ -15,6 +15,7 @@ from tether.access import Need
 from tether.actions.common import Context, audit, get_project, iso
 from tether.errors import Conflict, UserError
 from tether.net import port_is_free
+from tether.runtime import appcopy
 from tether.store.models import Environment, Project, Region
 
 DEFAULT_ENVIRONMENTS = ("test", "live")
@@ -137,6 +138,11 @@ def _check_app_dir(data_dir: Path, value: str | None) -> None:
         raise UserError(f"the app directory {value[:200]} holds Tether's data dir {data}, whose "
                         "secrets each release's copy would hold: give the application's own "
                         "directory")
+    refused = appcopy.refused_location(value, data)
+    if refused:
+        raise UserError(f"the app directory {value[:200]} is refused: {refused}, and each "
+                        "release's copy would give its files to the app: give the "
+                        "application's own directory, e.g. /srv/shop")
 
 
 def create_project(

@@ -31,8 +31,10 @@ engine keeps the current release, the previous one and any still starting or run
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -40,6 +42,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tether.config import config_path
 from tether.errors import OperationError
 from tether.runtime.accounts import AppAccount
 
@@ -53,6 +56,51 @@ _PARTIAL = re.compile(r"^\.(\d+)\.partial-[0-9a-f]+$")
 
 class CopyFailed(OperationError):
     """The application directory could not be copied for a release."""
+
+
+#: system locations an app directory may neither be, lie in, nor hold (besides `/root`'s and
+#: homes' dot directories, Tether's data dir and the CLI config dir: see `refused_location`)
+SYSTEM_DIRS = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/var/lib",
+                                      "/root"))
+
+
+def refused_location(app_dir: str | Path, data_dir: Path) -> str | None:
+    """Why `app_dir` may not be an app directory, or None. Root copies it for the app, so it
+    may not be, lie in, resolve into or hold a system or secret location: `/`, `/etc`,
+    `/proc`, `/sys`, `/dev`, `/boot`, `/var/lib`, `/root` itself and its dot directories
+    (`/root/.config`, `/root/.ssh`, ...), the dot directories of homes (`/home/*/.*`), the
+    CLI config dir and Tether's data dir. Checked when a project is created and again before
+    each copy (a symlink may be re-pointed in between). A clone under `/root` stays allowed."""
+    literal = Path(os.path.normpath(os.path.abspath(app_dir)))
+    try:
+        real = Path(os.path.realpath(app_dir))
+    except (OSError, ValueError):
+        real = literal
+    secret = [Path(os.path.realpath(data_dir)), Path(os.path.realpath(config_path().parent))]
+    for path in dict.fromkeys([literal, real]):
+        reason = _refused(path, secret)
+        if reason:
+            return reason if path == literal else f"{reason} (it resolves to {path})"
+    return None
+
+
+def _refused(path: Path, secret: list[Path]) -> str | None:
+    parts = path.parts
+    if path == Path("/"):
+        return "it is the root directory"
+    for system in [*SYSTEM_DIRS, *secret]:
+        if system.is_relative_to(path):
+            return f"it is or holds {system}"
+        if path.is_relative_to(system) and system != Path("/root"):
+            return f"it is inside {system}"
+    if parts[1] == "root" and len(parts) > 2 and parts[2].startswith("."):
+        return f"it is inside {Path(*parts[:3])}"
+    if parts[1] == "home":
+        if len(parts) <= 3:
+            return f"it is or holds the home directories' dot directories ({path}/.*)"
+        if parts[3].startswith("."):
+            return f"it is inside {Path(*parts[:4])}"
+    return None
 
 
 def environment_dir(data_dir: Path, environment_key: str) -> Path:
@@ -73,6 +121,9 @@ class Copied:
     files: int = 0
     size: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: what the owner of the app directory could not read by its mode bits (not copied)
+    unreadable: list[str] = field(default_factory=list)
+    owner_name: str = ""
     reused: bool = False
 
     def describe(self) -> str:
@@ -80,8 +131,14 @@ class Copied:
             return f"its copy of the app directory, {self.path}"
         skipped = f"; not copied: {', '.join(self.skipped[:8])}" if self.skipped else ""
         more = f" and {len(self.skipped) - 8} more" if len(self.skipped) > 8 else ""
+        unreadable = ""
+        if self.unreadable:
+            unreadable = (f"; not copied as {self.owner_name}, the app directory's owner, "
+                          f"may not read them: {', '.join(self.unreadable[:8])}")
+            if len(self.unreadable) > 8:
+                unreadable += f" and {len(self.unreadable) - 8} more"
         return (f"a copy of the app directory in {self.path} ({self.files} files, "
-                f"{self.size / 1e6:.1f} MB{skipped}{more})")
+                f"{self.size / 1e6:.1f} MB{skipped}{more}{unreadable})")
 
 
 @dataclass(frozen=True)
@@ -94,9 +151,16 @@ class _Pattern:
 def read_ignore_file(source: Path) -> list[_Pattern]:
     """The patterns of `source/.tetherignore` (none when it has no such file)."""
     try:
-        text = (source / IGNORE_FILE).read_text(encoding="utf-8", errors="replace")
+        fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        return _read_ignore_at(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_ignore(text: str) -> list[_Pattern]:
     patterns = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -177,6 +241,12 @@ def make_copy(data_dir: Path, environment_key: str, release_id: int, source: Pat
     target = env_dir / str(release_id)
     if target.is_dir() and not target.is_symlink():
         return Copied(target, reused=True)
+    if source is not None:
+        refused = refused_location(source, Path(data_dir))
+        if refused:
+            raise CopyFailed(f"the app directory {source} is refused: {refused}, and the copy "
+                             "would give its files to the app: create the project again with "
+                             "the application's own directory as --app-dir (e.g. /srv/shop)")
     partial = env_dir / f".{release_id}.partial-{secrets.token_hex(4)}"
     copied = Copied(target)
     try:
@@ -197,56 +267,174 @@ def make_copy(data_dir: Path, environment_key: str, release_id: int, source: Pat
     return copied
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: what changed under the copy (a swapped-in symlink, a vanished entry): skipped, never followed
+_RACED = (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO)
+
+
+class _Reader:
+    """Whether the owner of the app directory may read a file by its mode bits: only what they
+    could read goes into the copy, which the app (another user) reads. Root makes the copy and
+    could read anything; without this, `--app-dir` would hand the app root-only files."""
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        try:
+            entry = pwd.getpwuid(uid)
+            self.groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        except (KeyError, OSError):
+            self.groups = set()
+        with contextlib.suppress(KeyError, OSError):
+            self.name = pwd.getpwuid(uid).pw_name
+        if not hasattr(self, "name"):
+            self.name = f"uid {uid}"
+
+    def reads(self, st: os.stat_result, directory: bool) -> bool:
+        need = 0o5 if directory else 0o4  # a directory is listed and entered
+        if st.st_uid == self.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in self.groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & need == need
+
+
+def _read_ignore_at(dir_fd: int) -> list[_Pattern]:
+    """`read_ignore_file` for an open directory, never following a symlinked `.tetherignore`."""
+    try:
+        fd = os.open(IGNORE_FILE, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return []
+        text = f.read(1 << 20).decode("utf-8", errors="replace")
+    return _parse_ignore(text)
+
+
 def _copy_tree(source: Path, target: Path, data_dir: Path, owner: _Owner,
                copied: Copied) -> None:
+    """Copy `source` into `target`, walking by open directories (each opened relative to its
+    parent's descriptor, without following symlinks) and copying from the file descriptor
+    whose type was checked: whoever can write the app directory cannot swap a directory or a
+    file for a symlink during the copy and make Tether copy what it points to."""
     try:
-        st = os.stat(source)
+        top = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise CopyFailed(f"the app directory {source} is not a directory: create the project "
+                         "with another --app-dir") from None
     except OSError as exc:
         raise CopyFailed(f"the app directory {source} cannot be read ({exc.strerror}): fix "
                          "it, or create the project with another --app-dir") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CopyFailed(f"the app directory {source} is not a directory: create the project "
-                         "with another --app-dir")
+    # (open source dir, target dir, path relative to the app dir, names left to copy)
+    stack: list[tuple[int, Path, str, list[str]]] = []
     try:
-        data = os.stat(data_dir)
-        data_id: tuple[int, int] | None = (data.st_dev, data.st_ino)
-    except OSError:
-        data_id = None
-    patterns = read_ignore_file(source)
-    # (source dir, target dir, path relative to the app dir)
-    stack: list[tuple[Path, Path, str]] = [(source, target, "")]
-    directories: list[Path] = []
-    while stack:
-        src_dir, dst_dir, rel_dir = stack.pop()
-        with os.scandir(src_dir) as entries:
-            for entry in entries:
-                relative = f"{rel_dir}{entry.name}"
-                src, dst = Path(entry.path), dst_dir / entry.name
-                st = entry.stat(follow_symlinks=False)
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if entry.name in SKIPPED_NAMES or _ignored(patterns, relative, entry.name,
-                                                           is_dir):
-                    copied.skipped.append(relative + ("/" if is_dir else ""))
+        # what was opened, should the app directory (a symlink) have been re-pointed since
+        # make_copy checked it
+        with contextlib.suppress(OSError):
+            refused = refused_location(os.readlink(f"/proc/self/fd/{top}"), data_dir)
+            if refused:
+                raise CopyFailed(f"the app directory {source} is refused: {refused}: create "
+                                 "the project again with the application's own directory as "
+                                 "--app-dir (e.g. /srv/shop)")
+        try:
+            data = os.stat(data_dir)
+            data_id: tuple[int, int] | None = (data.st_dev, data.st_ino)
+        except OSError:
+            data_id = None
+        reader = _Reader(os.fstat(top).st_uid)
+        patterns = _read_ignore_at(top)
+        stack.append((top, target, "", sorted(os.listdir(top), reverse=True)))
+        directories: list[Path] = []
+        while stack:
+            dir_fd, dst_dir, rel_dir, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(dir_fd)
+                continue
+            name = names.pop()
+            relative = f"{rel_dir}{name}"
+            dst = dst_dir / name
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if name in SKIPPED_NAMES or _ignored(patterns, relative, name, is_dir):
+                copied.skipped.append(relative + ("/" if is_dir else ""))
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=dir_fd), dst)
+                owner.apply(dst, None)
+            elif is_dir:
+                child = _open_at(name, dir_fd, _DIR_FLAGS, copied, relative + "/")
+                if child is None:
                     continue
-                if stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(src), dst)
-                    owner.apply(dst, None)
-                elif is_dir:
-                    if (st.st_dev, st.st_ino) == data_id or (src / "pyvenv.cfg").is_file():
+                try:
+                    st = os.fstat(child)
+                    if (st.st_dev, st.st_ino) == data_id or _holds_pyvenv_cfg(child):
                         copied.skipped.append(relative + "/")
+                        os.close(child)
                         continue
+                    if not reader.reads(st, directory=True):
+                        copied.unreadable.append(relative + "/")
+                        os.close(child)
+                        continue
+                    entries = sorted(os.listdir(child), reverse=True)
                     dst.mkdir(mode=0o700)
-                    directories.append(dst)
-                    stack.append((src, dst, relative + "/"))
-                elif stat.S_ISREG(st.st_mode):
-                    shutil.copyfile(src, dst, follow_symlinks=False)
-                    owner.apply(dst, owner.file_mode(st.st_mode))
-                    copied.files += 1
-                    copied.size += st.st_size
-                else:
-                    copied.skipped.append(relative)
-    for directory in reversed(directories):  # read-only last: they were written into first
-        owner.apply(directory, owner.dir_mode())
+                except BaseException:
+                    os.close(child)
+                    raise
+                directories.append(dst)
+                stack.append((child, dst, relative + "/", entries))
+            elif stat.S_ISREG(st.st_mode):
+                fd = _open_at(name, dir_fd, _FILE_FLAGS, copied, relative)
+                if fd is None:
+                    continue
+                with os.fdopen(fd, "rb") as fsrc:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        copied.skipped.append(relative)
+                        continue
+                    if not reader.reads(st, directory=False):
+                        copied.unreadable.append(relative)
+                        continue
+                    with open(dst, "xb") as fdst:
+                        shutil.copyfileobj(fsrc, fdst)
+                owner.apply(dst, owner.file_mode(st.st_mode))
+                copied.files += 1
+                copied.size += st.st_size
+            else:
+                copied.skipped.append(relative)
+        if copied.unreadable:
+            copied.owner_name = reader.name
+        for directory in reversed(directories):  # read-only last: they were written into first
+            owner.apply(directory, owner.dir_mode())
+    finally:
+        for dir_fd, *_rest in stack:
+            with contextlib.suppress(OSError):
+                os.close(dir_fd)
+
+
+def _open_at(name: str, dir_fd: int, flags: int, copied: Copied, relative: str) -> int | None:
+    """`name` opened in `dir_fd`; None (noted as not copied) when it changed since it was
+    listed: a symlink now (O_NOFOLLOW), no longer a directory, or gone."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _RACED:
+            copied.skipped.append(relative)
+            return None
+        raise
+
+
+def _holds_pyvenv_cfg(dir_fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.stat("pyvenv.cfg", dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _remove_tree(path: Path) -> None:

@@ -21,7 +21,16 @@ What is not copied:
   line, `#` comments; a trailing `/` matches directories only; a pattern holding another `/` is
   matched against the path from the app directory, any other against each name at any depth;
   `*`, `?` and `[...]` as in the shell);
-- sockets, FIFOs and devices. Symbolic links are copied as links, never followed.
+- sockets, FIFOs and devices. Symbolic links are copied as links, never followed;
+- what the app directory's owner may not read by the mode bits (another user's 0600 file, a
+  directory they cannot list): root makes the copy, and would otherwise hand it to the app. The
+  deployment log names what was left out.
+
+The copy walks by open directories, each opened relative to its parent's descriptor without
+following symlinks, and copies each file from the descriptor whose type it checked: whoever can
+write the app directory cannot swap a part of it for a symlink mid-copy. An app directory in a
+system or secret location (`/etc`, `/root/.config`, ...: `refused_location`) is refused when
+the project is created and again before each copy, as a symlink may be re-pointed in between.
 
 Copies are made into a hidden directory, then renamed into place: a crash mid-copy never leaves a
 half copy taken for a whole one. `prune` removes the copies of releases that are gone (the

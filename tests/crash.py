@@ -102,6 +102,24 @@ class CrashRun:
     def ok(self, *args: str) -> Any:
         return self.tether.ok(*args, "-p", self.project, "--json").json()
 
+    def trigger(self, *args: str) -> Any:
+        """A request that reaches an armed crash point: its answer, or None when the crash came
+        first (the worker may take the operation and reach the point before the API's answer
+        is written, on a loaded machine) — what it asked for is in the store either way."""
+        result = self.tether.cli(*args, "-p", self.project, "--json")
+        if result.code == 0:
+            return result.json()
+        assert result.code == 1 and "unreachable" in result.out, (args, result.out, result.err)
+        return None
+
+    def deployment_id(self, answer: Any) -> int:
+        """The id of the deployment a `trigger`ed deploy made (the newest, if its answer was
+        lost to the crash)."""
+        if answer is not None:
+            return int(answer["id"])
+        listed = self.tether.ok("deployments", "test", "-p", self.project, "--json").json()
+        return int(listed[0]["id"])
+
     # -- what converged -----------------------------------------------------------------------
 
     def _store(self) -> tuple[Store, SecretBox]:
@@ -206,7 +224,7 @@ class CrashRun:
                        "--app-command", f"{sys.executable} examples/hello/app.py",
                        "--health-path", "/health")
         self.ok("project", "env-vars", "-e", "test", "--set", "CRASH_MARKER", self.marker)
-        self.ok("service", "add", "test", p.service, "--prefix", "ONE", "--provision",
+        self.trigger("service", "add", "test", p.service, "--prefix", "ONE", "--provision",
                 "--no-wait")
         self.crashed()
 
@@ -214,16 +232,16 @@ class CrashRun:
         self.wait_instance("ONE", "pending attachment")
         self.check_resources()
         self.cell("provision.before_provider", "converged: pending attachment")
-        dep = self.ok("deploy", "test", "--no-wait")
+        dep = self.trigger("deploy", "test", "--no-wait")
         self.crashed()
 
         self.start("provision.after_provider")
-        self.wait_deployment(dep["id"])
+        self.wait_deployment(self.deployment_id(dep))
         self.wait_instance("ONE", "attached")
         self.check_resources()
         self.check_app()
         self.cell("deploy.before_switch", "converged: attached, one app serving")
-        self.ok("service", "add", "test", p.service, "--prefix", "TWO", "--provision",
+        self.trigger("service", "add", "test", p.service, "--prefix", "TWO", "--provision",
                 "--no-wait")
         self.crashed()
 
@@ -231,13 +249,13 @@ class CrashRun:
         self.wait_instance("TWO", "pending attachment")
         self.check_resources()
         self.cell("provision.after_provider", "converged: pending attachment")
-        dep = self.ok("deploy", "test", "--no-wait")
+        dep = self.trigger("deploy", "test", "--no-wait")
         self.crashed()
 
         # a resumed deploy passes both deploy points again: this restart is not armed, and
         # the next deploy point is armed by an orderly restart after the check
         self.start(None)
-        self.wait_deployment(dep["id"])
+        self.wait_deployment(self.deployment_id(dep))
         self.wait_instance("TWO", "attached")
         self.check_resources()
         self.check_app()
@@ -245,16 +263,16 @@ class CrashRun:
         self.stop()
         self.start("deploy.before_switch")
         self.ok("service", "detach", "test", "ONE")
-        dep = self.ok("deploy", "test", "--no-wait")
+        dep = self.trigger("deploy", "test", "--no-wait")
         self.crashed()
 
         self.start("remove.before_provider")
-        self.wait_deployment(dep["id"])
+        self.wait_deployment(self.deployment_id(dep))
         self.wait_instance("ONE", "detached")
         self.check_resources()
         self.check_app()
         self.cell("detach+deploy.before_switch", "converged: detached, one app serving")
-        self.ok("service", "remove", "test", "ONE", "--confirm", "ONE", "--no-wait")
+        self.trigger("service", "remove", "test", "ONE", "--confirm", "ONE", "--no-wait")
         self.crashed()
 
         self.start("deploy.after_switch")
@@ -262,16 +280,16 @@ class CrashRun:
         self.check_resources()
         self.cell("remove.before_provider", "converged: removed, nothing left")
         self.ok("service", "detach", "test", "TWO")
-        dep = self.ok("deploy", "test", "--no-wait")
+        dep = self.trigger("deploy", "test", "--no-wait")
         self.crashed()
 
         self.start("remove.after_provider")
-        self.wait_deployment(dep["id"])
+        self.wait_deployment(self.deployment_id(dep))
         self.wait_instance("TWO", "detached")
         self.check_resources()
         self.check_app()
         self.cell("detach+deploy.after_switch", "converged: detached, one app serving")
-        self.ok("service", "remove", "test", "TWO", "--confirm", "TWO", "--no-wait")
+        self.trigger("service", "remove", "test", "TWO", "--confirm", "TWO", "--no-wait")
         self.crashed()
 
         self.start(None)

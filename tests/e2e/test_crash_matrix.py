@@ -17,6 +17,7 @@ from tests.crash import CrashRun, Provider, run_matrix
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(900)  # restarts tether up 8 times: minutes on a loaded machine
 def test_crash_matrix_postgres() -> None:
     run_matrix(Provider("postgres", "postgres", embedded=True))
 

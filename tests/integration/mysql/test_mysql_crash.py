@@ -11,5 +11,6 @@ from tests.crash import Provider, run_matrix
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(900)  # restarts tether up 8 times: minutes on a loaded machine
 def test_crash_matrix_mysql(mysql_server: Any) -> None:
     run_matrix(Provider("mysql", "mysql", cluster_args=["--url", mysql_server.admin_url]))

@@ -11,6 +11,7 @@ from tests.crash import Provider, run_matrix
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(900)  # restarts tether up 8 times: minutes on a loaded machine
 def test_crash_matrix_rabbitmq(rabbit: Any) -> None:
     settings = [f"--setting={k}={v}" for k, v in rabbit.settings.items()]
     run_matrix(Provider("rabbitmq", "rabbitmq", cluster_args=["--url", rabbit.admin_url,

@@ -11,6 +11,7 @@ from tests.crash import Provider, run_matrix
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(900)  # restarts tether up 8 times: minutes on a loaded machine
 def test_crash_matrix_s3(s3_server: Any) -> None:
     run_matrix(Provider("s3", "s3-media", region="eu-aws", cluster_args=[
         "--url", s3_server.url, "--setting", "endpoint_scheme=http"]))

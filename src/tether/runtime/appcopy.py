@@ -289,15 +289,12 @@ class _Reader:
 
     def __init__(self, uid: int) -> None:
         self.uid = uid
-        try:
-            entry = pwd.getpwuid(uid)
-            self.groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        except (KeyError, OSError):
-            self.groups = set()
+        self.name = f"uid {uid}"
+        self.groups: set[int] = set()
         with contextlib.suppress(KeyError, OSError):
-            self.name = pwd.getpwuid(uid).pw_name
-        if not hasattr(self, "name"):
-            self.name = f"uid {uid}"
+            entry = pwd.getpwuid(uid)
+            self.name = entry.pw_name
+            self.groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
 
     def reads(self, st: os.stat_result, directory: bool) -> bool:
         need = 0o5 if directory else 0o4  # a directory is listed and entered

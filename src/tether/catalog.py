@@ -12,25 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tether.errors import UserError
-from tether.providers.registry import SPAWNABLE_KINDS
+from tether.providers.registry import provider_class, spawnable
 
-#: cluster kind -> (service name stem, whether the version is part of the name)
-KIND_SERVICE: dict[str, tuple[str, bool]] = {
-    "postgres": ("postgres", True),
-    "mysql": ("mysql", True),
-    "elasticsearch": ("elasticsearch", True),
-    "rabbitmq": ("rabbitmq", True),
-    "s3": ("s3-media", False),
-    "azure-blob": ("azure-blob-media", False),
-    "local-files": ("local-media", False),
-}
-
-#: kinds Tether can run a dedicated server for, when `--private` finds no free private cluster
-SPAWNABLE_PRIVATE = SPAWNABLE_KINDS
-
-#: region families, and the media storage kinds each allows (other kinds go anywhere)
+#: region families; media storage kinds declare the one they belong in (`ProviderBase.family`)
 FAMILIES = ("local", "s3", "azure")
-MEDIA_KIND_FAMILY = {"local-files": "local", "s3": "s3", "azure-blob": "azure"}
+#: a region name of each family, for messages
+EXAMPLE_REGION = {"local": "local", "s3": "eu-aws", "azure": "eu-azure"}
 
 
 def infer_family(region: str) -> str:
@@ -41,19 +28,21 @@ def infer_family(region: str) -> str:
     return "azure" if "azure" in region else "s3"
 
 
+def kind_family(kind: str) -> str | None:
+    """The only family a kind's clusters may be in (S3 storage in S3-family regions, Azure Blob
+    in Azure-family ones, local files in the local family), None for any."""
+    return provider_class(kind).family
+
+
 def kind_allowed(kind: str, family: str) -> bool:
-    """S3 storage only in S3-family regions, Azure Blob only in Azure-family regions, local files
-    only in the local family; databases, search and brokers anywhere."""
-    return MEDIA_KIND_FAMILY.get(kind, family) == family
-
-
-def major(version: str) -> str:
-    return version.split(".", 1)[0]
+    """Media storage only in regions of its family; databases, search and brokers anywhere."""
+    wanted = kind_family(kind)
+    return wanted is None or wanted == family
 
 
 def service_name(kind: str, version: str) -> str:
-    stem, versioned = KIND_SERVICE[kind]
-    return f"{stem}-{major(version)}" if versioned else stem
+    """The catalog's name of a cluster of `kind` and `version` (`postgres-18`, `s3-media`)."""
+    return provider_class(kind)().service_name(version)
 
 
 @dataclass(frozen=True)
@@ -83,15 +72,19 @@ def offers(clusters: Iterable[ClusterInfo], region: str) -> list[Offer]:
     for c in clusters:
         if c.region != region or (c.private and c.owner_instance_id is not None):
             continue
-        name = service_name(c.kind, c.version)
+        try:
+            provider = provider_class(c.kind)()
+        except UserError:  # a kind disabled here (its client library is missing)
+            continue
+        name = provider.service_name(c.version)
         old = found.get(name)
         found[name] = Offer(
             service=name,
             kind=c.kind,
-            version=major(c.version) if KIND_SERVICE[c.kind][1] else c.version,
+            version=provider.offered_version(c.version),
             region=region,
             shared=(old.shared if old else False) or not c.private,
-            private=(old.private if old else False) or c.private or c.kind in SPAWNABLE_PRIVATE,
+            private=(old.private if old else False) or c.private or spawnable(c.kind),
         )
     return sorted(found.values(), key=lambda o: o.service)
 

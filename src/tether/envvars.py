@@ -12,9 +12,8 @@ from sqlalchemy.orm import Session
 from tether import lifecycle
 from tether.crypto import SecretBox
 from tether.lifecycle import Pending, State
-from tether.naming import database_vars, storage_vars
 from tether.providers.base import Credentials
-from tether.providers.registry import get_provider
+from tether.providers.registry import get_provider, provider_class
 from tether.store.models import Environment, Instance, Variable
 from tether.store.records import pending_removals
 
@@ -40,16 +39,7 @@ def service_vars(box: SecretBox, instance: Instance) -> dict[str, str]:
 
 def instance_var_names(instance: Instance) -> list[str]:
     """Names an instance gives, known even before it is provisioned (for shadowing checks)."""
-    if instance.kind in ("postgres", "mysql"):
-        return list(database_vars(instance.prefix, ""))
-    if instance.kind in ("s3", "azure-blob", "local-files"):
-        return list(storage_vars(instance.prefix, ""))
-    if instance.kind == "elasticsearch":
-        return [f"{instance.prefix}_ELASTICSEARCH_DSN", f"{instance.prefix}_HAYSTACK_URL"]
-    if instance.kind == "rabbitmq":
-        names = [f"{instance.prefix}_AMQP_BROKER_URL"]
-        return [*names, "BROKER_URL"] if instance.prefix == "DEFAULT" else names
-    return []
+    return provider_class(instance.kind).var_names(instance.prefix)
 
 
 def live_instances(s: Session, env: Environment) -> list[Instance]:

@@ -116,3 +116,26 @@ def test_migration_gives_existing_regions_a_family(tmp_path: Path) -> None:
         rows = dict(conn.execute(text("SELECT name, family FROM regions")).all())
     assert rows == {"local": "local", "eu-azure": "azure", "eu-aws": "s3"}
     store.dispose()
+
+
+@pytest.mark.parametrize(("kind", "url", "settings", "words"), [
+    # a misspelt setting was silently ignored, and the cluster then ran without it
+    ("postgres", "postgres://a:pw@127.0.0.1:9/postgres", {"conection_limit": 5},
+     "conection_limit is not a setting of postgres clusters (they have: connection_limit)"),
+    ("rabbitmq", "http://a:pw@127.0.0.1:9", {"amqp-port": 5672},
+     "amqp-port is not a setting of rabbitmq clusters"),
+    ("s3", "s3://k:s@127.0.0.1:9", {"iam": "perhaps", "endpoint": "http://x"},
+     "endpoint is not a setting of s3 clusters"),
+    ("rabbitmq", "http://a:pw@127.0.0.1:9", {"amqp_port": {"nested": 1}},
+     "the setting amqp_port is not valid"),
+])
+def test_settings_a_kind_does_not_know_are_refused_before_it_is_contacted(
+        ctx: Context, kind: str, url: str, settings: dict[str, Any], words: str) -> None:
+    """Each kind's settings are a typed model (issue 9): nothing listens at the URL, so the
+    settings are refused before any connection is tried."""
+    with pytest.raises(UserError) as err:
+        clusters.add_cluster(ctx, kind, "local" if kind != "s3" else "eu-aws", url,
+                             settings=settings)
+    assert words in err.value.message
+    assert "pw" not in err.value.message
+    assert clusters.list_clusters(ctx) == []

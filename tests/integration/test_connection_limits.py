@@ -23,8 +23,8 @@ from tether.actions.common import Context
 from tether.crypto import SecretBox
 from tether.errors import UserError
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
-from tether.providers.common import DEFAULT_LIMITS
 from tether.providers.postgres import PostgresProvider
+from tether.providers.registry import provider_class
 from tether.store.db import Store
 from tether.store.models import Cluster
 
@@ -124,7 +124,8 @@ def test_defaults_shared_clusters_have_one_private_ones_none_and_0_lifts_it(
     PROVIDER.provision(spec(pg_server), shared, secrets.token_urlsafe(24))
     PROVIDER.provision(spec(pg_server, private=True), private, secrets.token_urlsafe(24))
     PROVIDER.provision(spec(pg_server, connection_limit=0), unlimited, secrets.token_urlsafe(24))
-    assert role_limit(pg_server, shared.role) == DEFAULT_LIMITS["postgres"]["connection_limit"]
+    assert (role_limit(pg_server, shared.role)
+            == provider_class("postgres").limits["connection_limit"])
     assert role_limit(pg_server, private.role) == -1
     assert role_limit(pg_server, unlimited.role) == -1
     private_limited = spec(pg_server, private=True, connection_limit=LIMIT)

@@ -13,7 +13,7 @@ import pytest
 from tether.errors import ClusterError, UserError
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.local_files import LocalFilesProvider
-from tether.providers.registry import SUPPORTED_KINDS, get_provider
+from tether.providers.registry import get_provider, kinds
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +156,7 @@ def test_a_symlink_in_place_of_the_dir_is_reported_and_never_followed(
 
 
 def test_registry_knows_the_supported_kinds() -> None:
-    assert set(SUPPORTED_KINDS) >= {"postgres", "local-files"}
+    assert set(kinds()) >= {"postgres", "local-files"}
     assert get_provider("local-files").kind == "local-files"
     assert get_provider("postgres").kind == "postgres"
     with pytest.raises(UserError, match=r"supported kinds are .*postgres"):

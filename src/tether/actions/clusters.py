@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import secrets
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.access import Need
 from tether.actions.common import Context, audit, iso
-from tether.catalog import FAMILIES, MEDIA_KIND_FAMILY, ClusterInfo, infer_family, kind_allowed
+from tether.catalog import (
+    EXAMPLE_REGION,
+    FAMILIES,
+    ClusterInfo,
+    infer_family,
+    kind_allowed,
+    kind_family,
+)
 from tether.errors import ClusterError, Conflict, UserError
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
 from tether.providers.common import check_limit_settings
-from tether.providers.registry import SUPPORTED_KINDS, get_provider
+from tether.providers.registry import get_provider, kinds, provider_class
 from tether.store.models import Cluster, Instance, Region
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 #: the cluster setting that remembers which server a cluster points at (see `server_identity`)
 IDENTITY_SETTING = "server_identity"
-#: the file in a local-files cluster's base dir that names that directory tree for good
-LOCAL_FILES_MARKER = ".tether-server-id"
 
 
 #: the store's column for a cluster's name; the longest admin URL taken
@@ -94,10 +94,10 @@ def _region(s: Session, region: str, family: str | None, kind: str,
         raise Conflict(f"region {region} is of the {row.family} family, not {family}: "
                        "a region keeps its family; pick another region name")
     if not kind_allowed(kind, row.family):
-        wanted = MEDIA_KIND_FAMILY[kind]
+        wanted = kind_family(kind)
         raise UserError(f"{kind} clusters belong in {wanted}-family regions, and {region} is "
                         f"of the {row.family} family: register it in a {wanted} region "
-                        f"(e.g. --region eu-{'aws' if wanted == 's3' else wanted} "
+                        f"(e.g. --region {EXAMPLE_REGION.get(str(wanted), 'eu')} "
                         f"--region-family {wanted})")
     return row
 
@@ -109,58 +109,19 @@ def list_regions(ctx: Context) -> list[dict[str, object]]:
 
 
 def server_identity(kind: str, url: str, settings: dict[str, Any] | None) -> str | None:
-    """What tells this server from any other, whatever address it answers on today: a
-    PostgreSQL server's system identifier (made by initdb, kept across restarts, ports and
-    moves of its data dir); for local files, a random id kept in a file at the top of the
-    base dir (so a moved data dir is the same tree, and the same path on another machine is
-    not). None when it cannot be known (other kinds, or a role not allowed to read it)."""
-    if kind == "postgres":
-        try:
-            with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
-                row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
-        except psycopg.Error:
-            return None
-        return f"postgres:{row[0]}" if row and row[0] is not None else None
-    if kind == "local-files":
-        raw = (settings or {}).get("base_dir")
-        if not raw or not os.path.isabs(str(raw)):
-            return None
-        return f"local-files:{_local_files_id(Path(str(raw)))}"
-    return None
-
-
-def _local_files_id(base_dir: Path) -> str:
-    marker = base_dir / LOCAL_FILES_MARKER
-    try:
-        found = marker.read_text().strip()
-    except FileNotFoundError:
-        found = ""
-    except OSError as exc:
-        raise UserError(f"cannot read {marker} ({exc.strerror or exc}): make the media "
-                        "directory readable for Tether") from None
-    if found:
-        return found
-    fresh = secrets.token_hex(12)
-    tmp = marker.with_name(f"{marker.name}.{fresh}.tmp")
-    try:
-        tmp.write_text(fresh + "\n")
-        with contextlib.suppress(FileExistsError):  # another process wrote it meanwhile: keep it
-            os.link(tmp, marker)
-    except OSError as exc:
-        raise UserError(f"cannot write {marker} ({exc.strerror or exc}): make the media "
-                        "directory writable for Tether") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return marker.read_text().strip()
+    """What tells this server from any other, whatever address it answers on today (its
+    provider's `identity`: e.g. a PostgreSQL server's system identifier, a random id kept at the
+    top of a local-files tree). None when it cannot be known (other kinds, or an admin not
+    allowed to read it)."""
+    return get_provider(kind).identity(ClusterSpec(id=0, kind=kind, region="", url=url,
+                                                   settings=dict(settings or {})))
 
 
 def _describe_identity(identity: str | None) -> str:
     if identity is None:
         return "a server whose identity cannot be read"
     kind, _, value = identity.partition(":")
-    if kind == "postgres":
-        return f"the PostgreSQL server with system identifier {value}"
-    return f"the {kind} tree {value}"
+    return f"the {kind} server identified as {value}"
 
 
 def _refuse_repointing(s: Session, existing: Cluster, identity: str | None,
@@ -214,15 +175,17 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
     updated instead of refused, unless that would point a cluster holding instances at another
     server. `node_id`: the node that runs the server (embedded servers belong to their node)."""
     ctx.require(Need.ADMIN)
-    if kind not in SUPPORTED_KINDS:
+    if kind not in kinds():
         raise UserError(f"unknown cluster kind {kind!r}: supported kinds are "
-                        f"{', '.join(sorted(SUPPORTED_KINDS))}")
+                        f"{', '.join(kinds())}")
+    provider_class(kind)  # a kind disabled here (its client library missing) says so
     if not REGION_RE.fullmatch(region):
         raise UserError(f"invalid region {region!r}: use lower-case letters, digits and '-'")
     _check_text("cluster name", name, MAX_NAME)
     _check_text("cluster URL", url, MAX_URL)
     try:  # per-instance limits (connection_limit, queue_limit): whole numbers in range
         settings = check_limit_settings(kind, settings or {})
+        settings = provider_class(kind).check_settings(settings)  # the kind's typed settings
     except ValueError as exc:
         raise UserError(str(exc)) from None
     with ctx.store.session() as s:  # refuse a misplaced cluster before contacting it

@@ -30,7 +30,7 @@ from tether.faults import crash_point
 from tether.lifecycle import Action, Event, State
 from tether.net import free_port
 from tether.providers.base import ClusterSpec
-from tether.providers.registry import get_provider
+from tether.providers.registry import get_provider, spawnable
 from tether.redact import redact
 from tether.store.models import Cluster, Environment, Instance, Operation
 from tether.store.records import (
@@ -149,7 +149,7 @@ class Provisioning:
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
                     s.refresh(c)
                     return c
-        if inst.kind not in catalog.SPAWNABLE_PRIVATE:
+        if not spawnable(inst.kind):
             raise OperationError(f"no free private {inst.kind} cluster in region {region}: "
                                  "register one with `tether cluster add ... --private`")
         embedded = self.parts.private(inst.kind).version()

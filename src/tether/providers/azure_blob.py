@@ -69,9 +69,16 @@ from azure.storage.blob import (
 
 from tether import naming
 from tether.errors import ClusterError, TransientError
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
-from tether.providers.common import cluster_error, is_final, rewrap
-from tether.redact import redact
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
+from tether.providers.common import cluster_error, first_line, is_final, rewrap
 
 log = logging.getLogger("tether.providers.azure_blob")
 
@@ -215,9 +222,8 @@ class _Target:
 
 
 def _first_line(exc: BaseException, secrets: tuple[str | None, ...]) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return redact(first, secrets)
+    return first_line(str(getattr(exc, "message", None) or exc), secrets,
+                      fallback=type(exc).__name__)
 
 
 def _transient(exc: AzureError) -> bool:
@@ -277,10 +283,24 @@ def _sas_token(target: _Target, container: str, expiry: datetime) -> str:
         permission=ContainerSasPermissions.from_string(SAS_PERMISSION), expiry=expiry)
 
 
-class AzureBlobProvider:
+class AzureBlobSettings(ClusterSettings):
+    """How the account is reached and named (see `_Target` for what each value may be)."""
+
+    cdn_domain: str | None = None
+    api_version: str | None = None
+    app_endpoint: str | None = None
+
+
+class AzureBlobProvider(ProviderBase):
     """A private container per instance, reached with a SAS token scoped to it."""
 
     kind = "azure-blob"
+    title = "Azure Blob Storage: a container and a SAS token per instance"
+    service = "azure-blob-media"
+    versioned = False
+    family = "azure"
+    variables = ("{P}_STORAGE_DSN",)
+    settings_model = AzureBlobSettings
 
     def __init__(self, clock: Callable[[], datetime] = _utcnow) -> None:
         """`clock` gives the current UTC time SAS expiries are computed from (tests move it)."""
@@ -539,3 +559,6 @@ def storage_dsn(credentials: Credentials) -> str:
     if endpoint.scheme != "https" or endpoint.port is not None:
         return dsn + "?url=" + quote(f"{endpoint.scheme}://{cdn or netloc}/", safe="")
     return dsn + (f"?domain={quote(str(cdn), safe='')}" if cdn else "")
+
+
+PROVIDER = AzureBlobProvider

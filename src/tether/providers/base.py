@@ -11,14 +11,20 @@ resource set on the cluster differs from what `provision` makes, and `provision`
 any drift it can fix, so repairing is provisioning again. Errors that may pass (a cluster
 unreachable for a moment) are `TransientError`s; the others are final `ClusterError`s.
 
-Adding an engine (Redis, MongoDB...) means one new module that implements `Provider` and registers
-itself in `tether.providers.registry`.
+Adding an engine (Redis, MongoDB...) means one new module in this package, named after its kind
+(`local_files` for `local-files`), whose `PROVIDER` is a `ProviderBase` subclass implementing
+`Provider`: the class declares everything about its kind (service name and versions, region
+family, variable names, cluster settings, whether and how Tether runs private servers of it), and
+`tether.providers.registry` finds it there, importing it only when the kind is first used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,132 @@ class Credentials:
     values: dict[str, Any]
 
 
+class ClusterSettings(BaseModel):
+    """The settings of one kind's clusters (`tether cluster add ... --setting KEY=VALUE`, or a
+    cluster file's `settings`), checked when a cluster is registered. A provider declares its own
+    subclass with a typed field per setting; a key no field names is refused, so a misspelt
+    setting is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: settings Tether itself keeps on a cluster (never given by an operator): the port and flag of
+#: a server Tether runs for a private instance, and the identity read from the server
+INTERNAL_SETTINGS = frozenset({"port", "spawned", "server_identity"})
+
+
+class ProviderBase:
+    """What every provider class declares about its kind, with the defaults most kinds use.
+
+    The registry, the catalog and the variables read these declarations; no other module keeps
+    a table of kinds. A provider subclasses this and implements `Provider`."""
+
+    #: the cluster kind (`tether cluster add KIND`), e.g. "postgres", "local-files"
+    kind: ClassVar[str]
+    #: what the kind is, in a few words, for help texts and the catalog
+    title: ClassVar[str] = ""
+    #: the service name's stem: "postgres" gives `postgres-18`; unversioned: "s3-media"
+    service: ClassVar[str]
+    #: whether the server's major version is part of the service name
+    versioned: ClassVar[bool] = True
+    #: the only region family its clusters may be in (media storage follows its region's
+    #: family); None: any region
+    family: ClassVar[str | None] = None
+    #: the variables an instance gives, as templates of its prefix (`{P}_DATABASE_DSN`)
+    variables: ClassVar[tuple[str, ...]] = ()
+    #: extra names the `DEFAULT` instance also gives, each the same value as a template's
+    #: (`{"DATABASE_URL": "{P}_DATABASE_DSN"}`, Divio's names)
+    default_aliases: ClassVar[Mapping[str, str]] = {}
+    #: the typed settings of its clusters
+    settings_model: ClassVar[type[ClusterSettings]] = ClusterSettings
+    #: per-instance limits on shared clusters and their defaults (see `common.instance_limit`)
+    limits: ClassVar[Mapping[str, int]] = {}
+    #: "module:attribute" of the `PrivateServers` Tether runs for `--private` instances when no
+    #: free private cluster is registered; None: only registered private clusters
+    private_servers: ClassVar[str | None] = None
+
+    def service_name(self, version: str) -> str:
+        """The catalog's name for a cluster of `version` (e.g. "postgres-18", "s3-media")."""
+        return f"{self.service}-{major(version)}" if self.versioned else self.service
+
+    def offered_version(self, version: str) -> str:
+        """The version the catalog shows for a cluster of `version`: its major version when
+        that is part of the service name, else the version itself."""
+        return major(version) if self.versioned else version
+
+    @classmethod
+    def var_names(cls, prefix: str) -> list[str]:
+        """The names an instance with `prefix` gives, known before it is provisioned."""
+        names = [template.format(P=prefix) for template in cls.variables]
+        if prefix == "DEFAULT":
+            names += list(cls.default_aliases)
+        return names
+
+    @classmethod
+    def named_vars(cls, prefix: str, values: Mapping[str, str]) -> dict[str, str]:
+        """The variables of an instance from one value per template (`{P}_DATABASE_DSN` ->
+        DSN), with the `DEFAULT` aliases."""
+        missing = set(cls.variables) - set(values)
+        if missing:  # a provider bug: every declared variable must be given
+            raise ValueError(f"{cls.kind}: no value for {', '.join(sorted(missing))}")
+        out = {template.format(P=prefix): values[template] for template in cls.variables}
+        if prefix == "DEFAULT":
+            out.update({alias: values[template]
+                        for alias, template in cls.default_aliases.items()})
+        return out
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The operator's settings checked against `settings_model`: a `ValueError` saying
+        which setting is wrong and how to fix it; the settings as given otherwise (the
+        provider reads them from the cluster's spec)."""
+        given = {k: v for k, v in settings.items() if k not in INTERNAL_SETTINGS}
+        try:
+            cls.settings_model.model_validate(given)
+        except ValidationError as exc:
+            known = ", ".join(sorted(cls.settings_model.model_fields)) or "none"
+            problems = []
+            for error in exc.errors(include_url=False, include_input=False):
+                key = ".".join(str(part) for part in error["loc"]) or "settings"
+                if error["type"] == "extra_forbidden":
+                    problems.append(f"{key} is not a setting of {cls.kind} clusters (they have: "
+                                    f"{known})")
+                else:
+                    problems.append(f"the setting {key} is not valid: {error['msg']}")
+            raise ValueError("; ".join(problems)) from None
+        return dict(settings)
+
+    def identity(self, cluster: ClusterSpec) -> str | None:
+        """What tells this server from any other whatever address it answers on today (see
+        `actions.clusters`); None when the kind cannot know it."""
+        return None
+
+
+def major(version: str) -> str:
+    """The major version of a version string: "18" of "18.6"."""
+    return version.split(".", 1)[0]
+
+
+@runtime_checkable
 class Provider(Protocol):
     kind: str
+    service: str
+    versioned: bool
+    family: str | None
+    variables: tuple[str, ...]
+    settings_model: type[ClusterSettings]
+    limits: Mapping[str, int]
+    private_servers: str | None
+
+    def service_name(self, version: str) -> str: ...
+
+    def offered_version(self, version: str) -> str: ...
+
+    def var_names(self, prefix: str) -> list[str]: ...
+
+    def check_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def identity(self, cluster: ClusterSpec) -> str | None: ...
 
     def check(self, cluster: ClusterSpec) -> str:
         """Connect with the admin credentials and return the server's version (e.g. "18.6").

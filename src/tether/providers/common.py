@@ -6,20 +6,54 @@ a final `ClusterError` fails it at once with its reason. Each provider knows its
 exception types and error codes; what they share is here: the errno values and the words of an
 unreachable server, and keeping the kind of an error when a message is wrapped around it.
 
-Also shared: the per-instance limits on shared clusters (`instance_limit`), so one tenant cannot
-take every connection slot of a server and lock the others out.
+Also shared: the checks of resource names (`check_names`), the one-line, secret-free reason of a
+client library's error (`first_line`), and the per-instance limits on shared clusters
+(`instance_limit`), so one tenant cannot take every connection slot of a server and lock the
+others out.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tether.errors import ClusterError, TransientError
-from tether.providers.base import ClusterSpec
+from tether.providers.base import ClusterSpec, ResourceNames
+from tether.redact import redact
+
+# -- names and messages ---------------------------------------------------------------------------
+
+#: a resource name every engine takes as it is (and every provider still quotes): lower-case
+#: letters, digits and `_`, not starting with a digit
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+#: the longest reason kept from a server's error message
+MAX_REASON = 300
+
+
+def check_names(names: ResourceNames, *, max_length: int = 63) -> None:
+    """Refuse resource names that are not plain identifiers of at most `max_length` characters
+    (63: PostgreSQL's limit; MySQL users take 32). Names come from instance ids, never from
+    users; this is the last line that keeps a name from escaping a quoted identifier, a URL
+    path segment or a base directory."""
+    for name in dict.fromkeys((names.base, names.login)):
+        if not (_PLAIN_NAME.fullmatch(name) and len(name) <= max_length):
+            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier "
+                               f"of at most {max_length} characters")
+
+
+def first_line(text: str, secrets: Iterable[str | None], *, fallback: str = "error") -> str:
+    """The first line of a server's or client library's message, shortened and without any
+    of `secrets` (a password, an admin URL) it may quote."""
+    stripped = text.strip()
+    first = stripped.splitlines()[0] if stripped else fallback
+    if len(first) > MAX_REASON:
+        first = first[:MAX_REASON - 3] + "..."
+    return redact(first, list(secrets))
+
 
 #: socket errors that say "not now" rather than "never"
 TRANSIENT_ERRNOS = frozenset({
@@ -151,14 +185,6 @@ def rewrap(exc: ClusterError, message: str) -> ClusterError:
 CONNECTION_LIMIT = "connection_limit"
 #: the RabbitMQ cluster setting that caps the queues of one instance's vhost (`max-queues`)
 QUEUE_LIMIT = "queue_limit"
-#: the defaults on shared clusters, per kind: well below what the servers allow by default
-#: (PostgreSQL max_connections 100, MariaDB max_connections 151), so one instance at its limit
-#: still leaves room for the others and for the admin
-DEFAULT_LIMITS: dict[str, dict[str, int]] = {
-    "postgres": {CONNECTION_LIMIT: 20},
-    "mysql": {CONNECTION_LIMIT: 20},
-    "rabbitmq": {CONNECTION_LIMIT: 100, QUEUE_LIMIT: 1000},
-}
 #: the highest value each limit setting takes; 0 means "no limit"
 MAX_LIMITS = {CONNECTION_LIMIT: 10_000, QUEUE_LIMIT: 100_000}
 
@@ -182,13 +208,17 @@ def parse_limit(name: str, raw: Any) -> int:
 
 def check_limit_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings with each limit setting checked and made an integer; a `ValueError` (with
-    the fix) for a bad value, or for a limit this kind of cluster does not have."""
+    the fix) for a bad value, or for a limit this kind of cluster does not have (each provider
+    declares its limits and their defaults on shared clusters: `ProviderBase.limits`)."""
+    from tether.providers.registry import available, provider_class
+
     checked = dict(settings)
     for name in MAX_LIMITS:
         if name not in checked:
             continue
-        kinds = sorted(k for k, limits in DEFAULT_LIMITS.items() if name in limits)
-        if kind not in kinds:
+        if name not in provider_class(kind).limits:
+            kinds = sorted(k for k, disabled in available().items()
+                           if disabled is None and name in provider_class(k).limits)
             raise ValueError(f"{kind} clusters have no {name} setting: it applies to "
                              f"{', '.join(kinds)} clusters")
         checked[name] = parse_limit(name, checked[name])
@@ -199,11 +229,15 @@ def instance_limit(cluster: ClusterSpec, name: str) -> int | None:
     """The limit `name` each instance on this cluster gets, or None for no limit.
 
     The cluster setting when given (0: no limit); else, on a shared cluster, the kind's default
-    (`DEFAULT_LIMITS`); a private cluster (one instance owns the whole server) has no limit
+    (its provider's `limits`); a private cluster (one instance owns the whole server) has no limit
     unless the setting asks for one. A bad stored value is a final `ClusterError`."""
     raw = (cluster.settings or {}).get(name)
     if raw is None:
-        return None if cluster.private else DEFAULT_LIMITS.get(cluster.kind, {}).get(name)
+        if cluster.private:
+            return None
+        from tether.providers.registry import provider_class
+
+        return provider_class(cluster.kind).limits.get(name)
     try:
         value = parse_limit(name, raw)
     except ValueError as exc:

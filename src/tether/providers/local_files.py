@@ -14,19 +14,30 @@ base_dir)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
+import secrets
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 from tether import naming
-from tether.errors import ClusterError
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.errors import ClusterError, UserError
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
+from tether.providers.common import check_names
 
-_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MODE = 0o755
+#: the file in a local-files cluster's base dir that names that directory tree for good
+MARKER = ".tether-server-id"
 
 
 def _base_dir(cluster: ClusterSpec) -> Path:
@@ -46,16 +57,62 @@ def _public_url(cluster: ClusterSpec) -> str:
 
 
 def _instance_dir(cluster: ClusterSpec, names: ResourceNames) -> Path:
-    # Names come from instance ids, but never let one escape base_dir.
-    if not _NAME_RE.fullmatch(names.base):
-        raise ClusterError(f"refusing the resource name {names.base!r}: not a plain identifier")
+    check_names(names)  # never let one escape base_dir
     return _base_dir(cluster) / names.base
 
 
-class LocalFilesProvider:
+def _tree_id(base_dir: Path) -> str:
+    """The id in the base dir's marker file, written (once, atomically) when missing."""
+    marker = base_dir / MARKER
+    try:
+        found = marker.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    except OSError as exc:
+        raise UserError(f"cannot read {marker} ({exc.strerror or exc}): make the media "
+                        "directory readable for Tether") from None
+    if found:
+        return found
+    fresh = secrets.token_hex(12)
+    tmp = marker.with_name(f"{marker.name}.{fresh}.tmp")
+    try:
+        tmp.write_text(fresh + "\n")
+        with contextlib.suppress(FileExistsError):  # another process wrote it meanwhile: keep it
+            os.link(tmp, marker)
+    except OSError as exc:
+        raise UserError(f"cannot write {marker} ({exc.strerror or exc}): make the media "
+                        "directory writable for Tether") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return marker.read_text().strip()
+
+
+class LocalFilesSettings(ClusterSettings):
+    """`base_dir` (absolute) holds the instances' directories; `public_url` is the media
+    origin that serves them."""
+
+    base_dir: str
+    public_url: str
+
+
+class LocalFilesProvider(ProviderBase):
     """A directory per instance; its URL is where Tether serves it."""
 
     kind = "local-files"
+    title = "Local media files: a directory per instance, served by Tether's media origin"
+    service = "local-media"
+    versioned = False
+    family = "local"
+    variables = ("{P}_STORAGE_DSN",)
+    settings_model = LocalFilesSettings
+
+    def identity(self, cluster: ClusterSpec) -> str | None:
+        """A random id kept in a file at the top of the base dir: a moved data dir is the
+        same tree, and the same path on another machine is not."""
+        raw = cluster.settings.get("base_dir")
+        if not raw or not os.path.isabs(str(raw)):
+            return None
+        return f"local-files:{_tree_id(Path(str(raw)))}"
 
     def check(self, cluster: ClusterSpec) -> str:
         """The base dir exists (or can be made) and is writable."""
@@ -125,3 +182,6 @@ class LocalFilesProvider:
         c = credentials.values
         dsn = naming.file_storage_dsn(str(c["directory"]), str(c["url"]))
         return naming.storage_vars(prefix, dsn)
+
+
+PROVIDER = LocalFilesProvider

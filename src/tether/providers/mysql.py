@@ -71,7 +71,15 @@ import pymysql.cursors
 from tether import naming
 from tether.errors import ClusterError, TransientError
 from tether.net import wait_for_port
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
 from tether.providers.common import CONNECTION_LIMIT, cluster_error, final_text, instance_limit
 from tether.redact import redact
 from tether.sysaccess import first_untraversable
@@ -274,10 +282,23 @@ class _Rights:
 Cursor = pymysql.cursors.Cursor
 
 
-class MySQLProvider:
+class MySQLSettings(ClusterSettings):
+    """`connection_limit`: connections each instance's user may hold (MAX_USER_CONNECTIONS)."""
+
+    connection_limit: int | None = None
+
+
+class MySQLProvider(ProviderBase):
     """Database + user per instance on a shared (or dedicated) MySQL/MariaDB server."""
 
     kind = "mysql"
+    title = "MySQL/MariaDB databases: a user and a database per instance"
+    service = "mysql"
+    variables = ("{P}_DATABASE_DSN",)
+    default_aliases = {"DATABASE_URL": "{P}_DATABASE_DSN"}
+    settings_model = MySQLSettings
+    limits = {CONNECTION_LIMIT: 20}
+    private_servers = "tether.providers.mysql:PrivateMariaDBServers"
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -1124,3 +1145,6 @@ class PrivateMariaDBServers:
 
     def destroy(self, names: ResourceNames, port: int) -> None:
         self.server(names, port).destroy()
+
+
+PROVIDER = MySQLProvider

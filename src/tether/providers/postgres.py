@@ -56,7 +56,15 @@ from psycopg.conninfo import conninfo_to_dict
 from tether import naming
 from tether.errors import ClusterError, TransientError
 from tether.pgserver import EmbeddedPostgres
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
 from tether.providers.common import CONNECTION_LIMIT, cluster_error, instance_limit, is_transient
 from tether.redact import redact
 
@@ -250,10 +258,33 @@ class _Role:
     connection_limit: int  # -1: none
 
 
-class PostgresProvider:
+class PostgresSettings(ClusterSettings):
+    """`connection_limit`: connections each instance's role may hold (see `instance_limit`)."""
+
+    connection_limit: int | None = None
+
+
+class PostgresProvider(ProviderBase):
     """Role + database per instance on a shared (or dedicated) PostgreSQL cluster."""
 
     kind = "postgres"
+    title = "PostgreSQL databases: a role and a database per instance"
+    service = "postgres"
+    variables = ("{P}_DATABASE_DSN",)
+    default_aliases = {"DATABASE_URL": "{P}_DATABASE_DSN"}
+    settings_model = PostgresSettings
+    limits = {CONNECTION_LIMIT: 20}
+    private_servers = "tether.providers.postgres:PrivatePostgresServers"
+
+    def identity(self, cluster: ClusterSpec) -> str | None:
+        """The server's system identifier (made by initdb, kept across restarts, ports and
+        moves of its data dir); None when the admin may not read it or the server is away."""
+        try:
+            with psycopg.connect(cluster.url, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        except psycopg.Error:
+            return None
+        return f"postgres:{row[0]}" if row and row[0] is not None else None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -812,3 +843,6 @@ class PrivatePostgresServers:
 
     def destroy(self, names: ResourceNames, port: int) -> None:
         self.server(names, port).destroy()
+
+
+PROVIDER = PostgresProvider

@@ -57,7 +57,15 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from tether.errors import ClusterError, TransientError
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
 from tether.providers.common import (
     CONNECTION_LIMIT,
     QUEUE_LIMIT,
@@ -240,10 +248,26 @@ class _Api:
             f"use an administrator of your own elsewhere) ({reason})")
 
 
-class RabbitMQProvider:
+class RabbitMQSettings(ClusterSettings):
+    """Where applications reach AMQP (`amqp_host`, `amqp_port`: the management API's host and
+    5672 by default) and the per-instance limits of each vhost."""
+
+    amqp_host: str | None = None
+    amqp_port: int | None = None
+    connection_limit: int | None = None
+    queue_limit: int | None = None
+
+
+class RabbitMQProvider(ProviderBase):
     """A vhost and a user with rights on that vhost alone, per instance."""
 
     kind = "rabbitmq"
+    title = "RabbitMQ brokers: a vhost and a user per instance"
+    service = "rabbitmq"
+    variables = ("{P}_AMQP_BROKER_URL",)
+    default_aliases = {"BROKER_URL": "{P}_AMQP_BROKER_URL"}
+    settings_model = RabbitMQSettings
+    limits = {CONNECTION_LIMIT: 100, QUEUE_LIMIT: 1000}
 
     @contextmanager
     def _api(self, cluster: ClusterSpec, *extra_secrets: str) -> Iterator[_Api]:
@@ -557,3 +581,6 @@ def broker_url(credentials: Credentials) -> str:
     c = credentials.values
     return (f"amqp://{quote(str(c['user']), safe='')}:{quote(str(c['password']), safe='')}"
             f"@{_host_in_url(str(c['host']))}:{int(c['port'])}/{quote(str(c['vhost']), safe='')}")
+
+
+PROVIDER = RabbitMQProvider

@@ -100,8 +100,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tether import naming
 from tether.errors import ClusterError, TransientError
-from tether.providers.base import ClusterSpec, Credentials, Observation, ResourceNames, lost
-from tether.providers.common import cluster_error, is_final, rewrap
+from tether.providers.base import (
+    ClusterSettings,
+    ClusterSpec,
+    Credentials,
+    Observation,
+    ProviderBase,
+    ResourceNames,
+    lost,
+)
+from tether.providers.common import cluster_error, first_line, is_final, rewrap
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.s3")
@@ -310,9 +318,7 @@ def _detail(exc: BaseException, secrets: Iterable[str | None]) -> str:
         text = str(exc.response.get("Error", {}).get("Message") or "") or _code(exc) or str(exc)
     else:
         text = str(exc)
-    text = text.strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return redact(first, secrets)
+    return first_line(text, secrets, fallback=type(exc).__name__)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -456,10 +462,29 @@ def storage_dsn(credentials: Credentials) -> str:
             f"?{urlencode(query)}")
 
 
-class S3Provider:
+class S3Settings(ClusterSettings):
+    """How the endpoint is reached and named (see `_Target` for what each value may be)."""
+
+    endpoint_scheme: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+    iam: bool | str | None = None
+    iam_endpoint: str | None = None
+    cdn_domain: str | None = None
+    app_endpoint: str | None = None
+    name_prefix: str | None = None
+
+
+class S3Provider(ProviderBase):
     """A bucket per instance, reached with an IAM user's key that reaches that bucket only."""
 
     kind = "s3"
+    title = "S3-compatible object storage: a bucket and a key per instance"
+    service = "s3-media"
+    versioned = False
+    family = "s3"
+    variables = ("{P}_STORAGE_DSN",)
+    settings_model = S3Settings
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -904,3 +929,6 @@ class S3Provider:
     def env_vars(self, prefix: str, credentials: Credentials) -> dict[str, str]:
         """`{P}_STORAGE_DSN` (see `storage_dsn`)."""
         return naming.storage_vars(prefix, storage_dsn(credentials))
+
+
+PROVIDER = S3Provider

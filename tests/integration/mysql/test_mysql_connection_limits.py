@@ -14,8 +14,8 @@ import pytest
 
 from tests.integration.mysql.conftest import MySQLServer
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
-from tether.providers.common import DEFAULT_LIMITS
 from tether.providers.mysql import MySQLProvider
+from tether.providers.registry import provider_class
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,7 @@ def test_defaults_shared_clusters_have_one_private_ones_none(
     shared, private = make_mysql_names("s"), make_mysql_names("p")
     PROVIDER.provision(spec(mysql_server), shared, secrets.token_urlsafe(24))
     PROVIDER.provision(spec(mysql_server, private=True), private, secrets.token_urlsafe(24))
-    assert user_limit(mysql_server, shared.role) == DEFAULT_LIMITS["mysql"]["connection_limit"]
+    assert (user_limit(mysql_server, shared.role)
+            == provider_class("mysql").limits["connection_limit"])
     assert user_limit(mysql_server, private.role) == 0
     assert PROVIDER.observe(spec(mysql_server, private=True), private).in_sync

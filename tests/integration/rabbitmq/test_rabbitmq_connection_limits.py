@@ -17,8 +17,8 @@ from kombu import Connection
 
 from tests.integration.rabbitmq.conftest import RabbitServer
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
-from tether.providers.common import DEFAULT_LIMITS
 from tether.providers.rabbitmq import RabbitMQProvider, broker_url
+from tether.providers.registry import provider_class
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ def test_defaults_shared_clusters_have_limits_private_ones_none(
     shared, private = make_names("s"), make_names("p")
     PROVIDER.provision(spec(rabbit), shared, secrets.token_urlsafe(24))
     PROVIDER.provision(spec(rabbit, private=True), private, secrets.token_urlsafe(24))
-    defaults = DEFAULT_LIMITS["rabbitmq"]
+    defaults = provider_class("rabbitmq").limits
     assert vhost_limits(rabbit, shared.base) == {
         "max-connections": defaults["connection_limit"], "max-queues": defaults["queue_limit"]}
     assert vhost_limits(rabbit, private.base) == {}

@@ -38,6 +38,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -140,10 +141,20 @@ def _live_variables(s: Session, box: SecretBox, environment_id: int) -> list[dic
 
 
 def _used(kind: str, prefix: str, creds: dict[str, Any], live: list[dict[str, str]]) -> bool:
-    """Whether a live release has any variable these credentials give."""
+    """Whether a live release has these credentials: a variable they give, or any variable
+    holding their password. The password counts on its own because the rest of a DSN may have
+    changed under a running release (the same server registered again at a new address
+    rewrites the stored host and port without a deploy), and the release still logs in with
+    that login; a random password per login stands for the login."""
     gives = get_provider(kind).env_vars(prefix, Credentials(creds))
-    return any(variables.get(name) == value for variables in live
-               for name, value in gives.items())
+    if any(variables.get(name) == value for variables in live for name, value in gives.items()):
+        return True
+    password = str(creds.get("password") or "")
+    if len(password) < 16:  # not one of Tether's random secrets: the whole DSN must match
+        return False
+    forms = {password, quote(password, safe=""), quote_plus(password)}
+    return any(form in value for variables in live for value in variables.values()
+               for form in forms)
 
 
 def _busy(s: Session) -> tuple[set[int], set[int]]:

@@ -13,7 +13,7 @@ from tether.access import Need, Role
 from tether.actions.common import Context, audit, iso
 from tether.api.auth import create_token as _create_token
 from tether.errors import Conflict, NotFound, UserError
-from tether.store.models import Project, Token, WebSession
+from tether.store.models import Project, Token, WebSession, aware
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,39}")
 MAX_EXPIRY_DAYS = 3650
@@ -28,8 +28,7 @@ def _check_name(what: str, value: str) -> str:
 
 def token_view(token: Token) -> dict[str, object]:
     now = datetime.now(UTC)
-    expires = token.expires_at.replace(tzinfo=UTC) if (
-        token.expires_at and token.expires_at.tzinfo is None) else token.expires_at
+    expires = aware(token.expires_at)
     status = ("revoked" if token.revoked_at else
               "expired" if expires is not None and expires <= now else "active")
     return {"id": token.id, "name": token.name, "role": token.role,
@@ -116,8 +115,7 @@ def revoke(ctx: Context, name: str) -> dict[str, object]:
 
 
 def _session_view(session: WebSession, token: Token, current: int | None) -> dict[str, object]:
-    expires = session.expires_at.replace(tzinfo=UTC) if (
-        session.expires_at.tzinfo is None) else session.expires_at
+    expires = aware(session.expires_at)
     return {"id": session.id, "token": token.name, "owner": token.owner or token.name,
             "client": session.client, "created_at": iso(session.created_at),
             "expires_at": iso(session.expires_at), "current": session.id == current,

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from tether.access import Principal, Role
 from tether.errors import Unauthorized
 from tether.store.db import Store
-from tether.store.models import Token, WebSession
+from tether.store.models import Token, WebSession, aware
 
 #: how long a browser session lasts (then the browser signs in again)
 SESSION_LIFETIME = timedelta(hours=12)
@@ -42,13 +42,6 @@ def hash_token(token: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back (all of Tether's are UTC)."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 def new_token_secret() -> str:
@@ -118,7 +111,7 @@ def _refuse_unusable(token: Token | None, what: str = "token") -> Token:
     if token.revoked_at is not None:
         raise Unauthorized(f"the token {token.name!r} was revoked: ask an admin for a new one "
                            "(`tether token create`)")
-    expires = _aware(token.expires_at)
+    expires = aware(token.expires_at)
     if expires is not None and expires <= _now():
         raise Unauthorized(f"the token {token.name!r} expired on {expires:%Y-%m-%d %H:%M} UTC: "
                            "ask an admin for a new one (`tether token create`)")
@@ -179,7 +172,7 @@ def create_session(store: Store, token_secret: str, client: str = "") -> NewSess
         token = _refuse_unusable(s.scalar(select(Token).where(
             Token.token_hash == hash_token(token_secret))))
         expires = _now() + SESSION_LIFETIME
-        token_expires = _aware(token.expires_at)
+        token_expires = aware(token.expires_at)
         if token_expires is not None:
             expires = min(expires, token_expires)
         row = WebSession(secret_hash=hash_token(secret), token_id=token.id,
@@ -198,7 +191,7 @@ def session_for(store: Store, secret: str) -> SignedIn:
         if row is None:
             raise Unauthorized("this browser session is not known (signed out?): sign in again")
         session, token = row
-        if session.revoked_at is not None or (_aware(session.expires_at) or _now()) <= _now():
+        if session.revoked_at is not None or (aware(session.expires_at) or _now()) <= _now():
             raise Unauthorized("this browser session has ended: sign in again")
         return SignedIn(principal_of(_refuse_unusable(token)), session.id)
 

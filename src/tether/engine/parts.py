@@ -13,6 +13,7 @@ from tether.providers.base import PrivateServers
 from tether.providers.registry import private_servers
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
+from tether.store.models import aware
 
 
 @dataclass
@@ -40,6 +41,4 @@ def before(deadline: datetime | None) -> bool:
     """Whether an operation may still be retried: its deadline has not passed."""
     if deadline is None:
         return False
-    if deadline.tzinfo is None:  # SQLite gives naive datetimes back
-        deadline = deadline.replace(tzinfo=UTC)
-    return datetime.now(UTC) < deadline
+    return datetime.now(UTC) < aware(deadline)

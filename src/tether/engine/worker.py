@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -58,7 +58,7 @@ from tether.errors import TetherError, TransientError
 from tether.node import NodeIdentity
 from tether.redact import redact
 from tether.store.db import Store
-from tether.store.models import Node, Operation, utcnow
+from tether.store.models import Node, Operation, aware, utcnow
 
 log = logging.getLogger("tether.worker")
 
@@ -541,6 +541,4 @@ def _before(deadline: datetime | None, grace: float = 0.0) -> bool:
     them)."""
     if deadline is None:
         return True
-    if deadline.tzinfo is None:
-        deadline = deadline.replace(tzinfo=UTC)
-    return utcnow() < deadline + timedelta(seconds=grace)
+    return utcnow() < aware(deadline) + timedelta(seconds=grace)

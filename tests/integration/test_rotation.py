@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from tests.conftest import PgServer
 from tests.integration.rotation_app import App, instance_row, observe, zero_downtime_rotation
+from tests.integration.rotation_drift import drift_during_a_rotation
 from tests.integration.test_supervision import Node
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
@@ -398,6 +399,27 @@ def test_a_reconcile_target_read_before_a_rotation_does_not_revive_the_old_login
     assert logs_in(dsn(old))
     reconciler._undo_if_rotated(target)
     assert not logs_in(dsn(old)) and logs_in(dsn(new))
+
+
+def test_drift_during_a_rotation_is_reported_not_repaired_until_the_deployment(
+        plane: tuple[Context, Engine], tmp_path: Path, pg_server: PgServer,
+        unique_id: str) -> None:
+    """Second review, finding 8: the pass skipped an instance whose old login a running release
+    still used, so a superuser granted meanwhile went unnoticed until the next deployment."""
+    ctx, _ = plane
+
+    def make_drift(base: str) -> None:
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+            # the old login the running release uses, and the new one
+            conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER CONNECTION LIMIT 7").format(
+                sql.Identifier(base)))
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(f"{base}_1")))
+
+    drift_during_a_rotation(ctx, tmp_path, f"drr{unique_id}", "postgres", logs_in, make_drift,
+                            lambda base: [f"role {base} has SUPERUSER",
+                                          f"role {base} may hold 7 connection(s) at once, "
+                                          "not 20 connection(s)",
+                                          f"role {base}_1 has CREATEDB"])
 
 
 def test_rotate_is_refused_before_provisioning_and_for_kinds_without_it(

@@ -16,6 +16,13 @@ is being deployed) are left to that operation; the drift is written with a condi
 so two nodes that find the same drift audit it once; clusters run by another node are left to
 it. An error that may pass (`TransientError`: the cluster unreachable for a moment) records
 nothing new: the next pass looks again.
+
+During a rotation whose old login a running release still uses (`retiring_credentials_enc`),
+the instance is observed with those old logins accepted as valid (`ResourceNames.retiring`: the
+provider checks them as it checks the current login), and drift found is recorded and audited
+but not repaired: provisioning converges to the rotated state, which locks the old login the
+running release logs in with. The deployment that finishes the rotation revokes the old login;
+the next pass repairs.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,7 @@ from tether.providers.base import ClusterSpec, Observation, Provider, ResourceNa
 from tether.providers.registry import get_provider
 from tether.redact import redact
 from tether.store.db import Store
-from tether.store.models import Cluster, Instance, Operation, utcnow
+from tether.store.models import Cluster, Environment, Instance, Operation, utcnow
 from tether.store.records import UNFINISHED, audit, cluster_spec
 
 log = logging.getLogger("tether.reconciler")
@@ -55,6 +62,13 @@ FIRST_PASS_DELAY_S = 5.0
 _INSTANCE_LOCK_SPACE = 0x7E7E_0002
 NEW_CREDENTIALS = ("new credentials were made and stored: deploy the environment to give them "
                    "to the application")
+
+
+def held_back(environment: str, old_logins: tuple[str, ...]) -> str:
+    """Why drift found during a rotation is not repaired (a repair would lock the old login
+    the running release still logs in with)."""
+    return (f"not repaired while a rotation's old login ({', '.join(old_logins)}) is in use: "
+            f"deploy {environment} to finish the rotation, then the next pass repairs it")
 
 
 def configured_interval() -> float:
@@ -96,16 +110,28 @@ class _Target:
     prefix: str
     kind: str
     spec: ClusterSpec
-    names: ResourceNames  # with the login its credentials use (after rotations)
+    #: with the login its credentials use (after rotations) and the old logins a running
+    #: release may still use (`retiring`)
+    names: ResourceNames
     secret: str | None
     credentials: dict[str, Any] | None
     #: what the rotation state was when the target was read (the rotation count and the sealed
-    #: credentials and secret): a pass that finds it changed leaves the instance alone
-    rotation_state: tuple[int, str | None, str | None] | None = None
+    #: credentials, secret and retiring credentials): a pass that finds it changed leaves the
+    #: instance alone
+    rotation_state: tuple[int, str | None, str | None, str | None] | None = None
+    environment: str = "ENV"
 
 
-def _rotation_state(inst: Instance) -> tuple[int, str | None, str | None]:
-    return int(inst.rotations or 0), inst.credentials_enc, inst.secret_enc
+def _rotation_state(inst: Instance) -> tuple[int, str | None, str | None, str | None]:
+    return (int(inst.rotations or 0), inst.credentials_enc, inst.secret_enc,
+            inst.retiring_credentials_enc)
+
+
+def _observed_names(box: SecretBox, inst: Instance) -> ResourceNames:
+    """The instance's names with its retiring logins (a running release may still use them)."""
+    names = names_of(inst)
+    old = tuple(str(c.get("user")) for c in retiring(box, inst) if c.get("user"))
+    return replace(names, retiring=tuple(dict.fromkeys(old)))
 
 
 @dataclass(frozen=True)
@@ -206,19 +232,19 @@ class Reconciler:
             for inst, cluster in rows:
                 if self.node_id is not None and cluster.node_id not in (None, self.node_id):
                     continue  # another node's server: that node looks at it
-                if (inst.id in busy[0] or inst.environment_id in busy[1]
-                        or inst.retiring_credentials_enc is not None):
-                    # (a rotation whose old login a running release still uses: two logins
-                    # are valid, the rotation's deployment settles it)
+                if inst.id in busy[0] or inst.environment_id in busy[1]:
                     report.skipped.append(inst.id)
                     continue
+                env = s.get(Environment, inst.environment_id)
                 try:
                     targets.append(_Target(
                         instance_id=inst.id, prefix=inst.prefix, kind=inst.kind,
-                        spec=cluster_spec(self.box, cluster), names=names_of(inst),
+                        spec=cluster_spec(self.box, cluster),
+                        names=_observed_names(self.box, inst),
                         secret=self.box.open(inst.secret_enc),
                         credentials=self.box.open(inst.credentials_enc),
-                        rotation_state=_rotation_state(inst)))
+                        rotation_state=_rotation_state(inst),
+                        environment=env.name if env is not None else "ENV"))
                 except TetherError as exc:  # secrets sealed with another key
                     log.error("instance %s: %s", inst.id, exc.message)
                     report.failed.append(inst.id)
@@ -283,6 +309,13 @@ class Reconciler:
         (an operation started, or it was removed) while the repair ran."""
         if not self.repair or t.secret is None:
             return _Outcome(found=found, final=found)
+        if t.names.old_logins:
+            # provisioning converges to the rotated state: it would lock the old login the
+            # running release logs in with (and the base role or user it acts as)
+            log.warning("instance %s (%s): drift not repaired while the old login of a rotation "
+                        "is in use", t.instance_id, t.prefix)
+            why = held_back(t.environment, t.names.old_logins)
+            return _Outcome(found=found, final=f"{found} ({why})")
         if not self._idle(t):
             return None
         names = t.names
@@ -403,7 +436,10 @@ def _entries(before: str | None, outcome: _Outcome) -> list[tuple[str, str]]:
     when new drift was found (with what the repair left), "drift repaired" when it is gone."""
     found, final = outcome.found, outcome.final
     entries: list[tuple[str, str]] = []
-    if found is not None and found != before:
+    # drift recorded already, with why it was left (a repair held back during a rotation, or
+    # one that failed): found again, it is not new
+    known = before is not None and found is not None and before.startswith(f"{found} (")
+    if found is not None and found != before and not known:
         if final in (None, found):
             detail = found
         else:  # what the repair left, or why it failed

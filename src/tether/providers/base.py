@@ -55,10 +55,16 @@ class ResourceNames:
     `rotation` is how many times the instance's credentials were rotated (`Rotatable`): its
     application logs in as `login`, which is `base` itself until the first rotation and
     `base_<n>` after the n-th. `role` stays `base`: the owner of the instance's resources.
+
+    `retiring`: earlier logins a running release may still use (a rotation not finished by a
+    deployment yet). `observe` accepts them as valid (their login, their rights on the
+    instance's resources) and checks them as it checks `login` (no rights beyond, its limits);
+    everything else ignores them. `rotated` gives names without them.
     """
 
     base: str
     rotation: int = 0
+    retiring: tuple[str, ...] = ()
 
     @property
     def database(self) -> str:
@@ -82,6 +88,12 @@ class ResourceNames:
         return user == self.base or (user.startswith(self.base + "_")
                                      and user[len(self.base) + 1:].isascii()
                                      and user[len(self.base) + 1:].isdigit())
+
+    @property
+    def old_logins(self) -> tuple[str, ...]:
+        """The retiring logins that are the instance's and not its current login."""
+        return tuple(user for user in dict.fromkeys(self.retiring)
+                     if user != self.login and self.is_login(user))
 
 
 def login_name(base: str, rotation: int) -> str:

@@ -615,18 +615,25 @@ class MySQLProvider(ProviderBase):
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
         """The user (there, not locked, its connection limit, rights on its own database and
         nowhere else) and the database (there, Tether's). After a rotation the instance's own
-        user must be locked, and the login user (`names.login`) is the one that must log in."""
+        user must be locked, and the login user (`names.login`) is the one that must log in.
+
+        An old login a running release may still use (`names.retiring`) may be unlocked; it is
+        checked as the login is otherwise (its connection limit, rights on the database and
+        nowhere else). That it is locked or gone is no difference: that is where a revoke takes
+        it."""
         _check_names(names)
         limit = _connection_limit(cluster)
         db, user, login = names.database, names.role, names.login
         rotated = login != user
+        old_logins = names.old_logins
         differences: list[str] = []
         with self._admin(cluster) as cur:
             user_exists = self._user_exists(cur, user)
             db_exists = self._db_exists(cur, db)
             ours = db_exists and self._ours(cur, names)
             locked = user_exists and self._locked(cur, user)
-            held_limit = self._connection_limit(cur, user) if user_exists else limit
+            held_limit = user_limit = (self._connection_limit(cur, user) if user_exists
+                                       else limit)
             rights = self._rights(cur, names, user) if user_exists else None
             login_exists = self._user_exists(cur, login) if rotated else user_exists
             if rotated:  # the limit that counts is the login's
@@ -635,9 +642,16 @@ class MySQLProvider(ProviderBase):
                 login_rights = self._rights(cur, names, login) if login_exists else None
             else:
                 login_locked, login_rights = locked, None
+            # (connection limit, rights) of each old login (not the instance's own user) there
+            olds = {old: (self._connection_limit(cur, old), self._rights(cur, names, old))
+                    for old in old_logins if old != user and self._user_exists(cur, old)}
         if not user_exists:
             differences.append(f"user {user} is missing")
-        if rotated and user_exists and not locked:
+        if user in old_logins:  # still in use: its limit is a login's
+            if user_limit != limit:
+                differences.append(f"user {user} may hold {_limit_text(user_limit)} at once, "
+                                   f"not {_limit_text(limit)}")
+        elif rotated and user_exists and not locked:
             differences.append(f"user {user} can log in, but its credentials were rotated to "
                                f"user {login}")
         if rotated and not login_exists:
@@ -655,6 +669,11 @@ class MySQLProvider(ProviderBase):
         for name, held in ((user, rights), (login, login_rights)):
             if held is not None:
                 differences += _rights_differences(name, db, held)
+        for old, (old_limit, old_rights) in olds.items():
+            if old_limit != limit:
+                differences.append(f"user {old} may hold {_limit_text(old_limit)} at once, not "
+                                   f"{_limit_text(limit)}")
+            differences += _rights_differences(old, db, old_rights)
         return Observation(exists=user_exists or ours, differences=tuple(differences))
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:

@@ -589,11 +589,17 @@ class PostgresProvider(ProviderBase):
         """The role (there, can log in, its connection limit, no attribute or membership beyond
         that), the database (there, owned by the role, accepting connections) and who else may
         use it. After a rotation the role must not log in, and the login role (`names.login`)
-        is looked at instead: there, can log in, its connection limit, a member of the role
-        alone and acting as it."""
+        is looked at instead: there, can log in, its connection limit, no attribute beyond, a
+        member of the role alone and acting as it.
+
+        An old login a running release may still use (`names.retiring`) may log in and be a
+        member of the role; it is checked as the login is otherwise (no attribute or other
+        membership, the same connection limit). That it is gone or cannot log in any more is no
+        difference: that is where a revoke takes it."""
         _check_names(names)
         limit = _connection_limit(cluster)
         rotated = names.login != names.role
+        old_logins = names.old_logins
         differences: list[str] = []
         with self._admin(cluster) as conn:
             role = self._role(conn, names.role)
@@ -601,6 +607,9 @@ class PostgresProvider(ProviderBase):
             login = self._role(conn, names.login) if rotated else role
             login_groups = self._memberships(conn, names.login) if rotated and login else []
             acts_as = self._acts_as(conn, names.login) if rotated and login else None
+            old_roles = {old: self._role(conn, old) for old in old_logins if old != names.role}
+            old_groups = {old: self._memberships(conn, old) for old, found in old_roles.items()
+                          if found is not None}
             database = self._database(conn, names.database)
             ours = database is not None and _ours(database, names)
             grantees = self._grantees(conn, names) if ours else {}
@@ -613,14 +622,27 @@ class PostgresProvider(ProviderBase):
             differences += [f"role {names.role} has {attribute}" for attribute in role.forbidden]
             differences += [f"role {names.role} is a member of {group}"
                             for group in memberships]
-            if rotated and role.can_login:
+            if names.role in old_logins:  # still in use: its limit is a login's
+                if role.connection_limit != limit:
+                    differences.append(self._limit_difference(names.role, role, limit))
+            elif rotated and role.can_login:
                 differences.append(f"role {names.role} can log in, but its credentials were "
                                    f"rotated to role {names.login}")
+        for old, found in old_roles.items():
+            if found is None:
+                continue
+            differences += [f"role {old} has {attribute}" for attribute in found.forbidden]
+            if found.connection_limit != limit:
+                differences.append(self._limit_difference(old, found, limit))
+            differences += [f"role {old} is a member of {group}"
+                            for group in old_groups.get(old, []) if group != names.role]
         if rotated and login is None:
             differences.append(f"role {names.login} (the instance's login) is missing")
         if login is not None:
             differences += self._login_differences(names.login, login, limit)
         if rotated and login is not None:
+            differences += [f"role {names.login} has {attribute}"
+                            for attribute in login.forbidden]
             differences += [f"role {names.login} is a member of {group}"
                             for group in login_groups if group != names.role]
             if names.role not in login_groups:
@@ -656,9 +678,13 @@ class PostgresProvider(ProviderBase):
         if login.expired:
             differences.append(f"the password of role {name} has expired")
         if login.connection_limit != limit:
-            differences.append(f"role {name} may hold {_limit_text(login.connection_limit)} "
-                               f"at once, not {_limit_text(limit)}")
+            differences.append(PostgresProvider._limit_difference(name, login, limit))
         return differences
+
+    @staticmethod
+    def _limit_difference(name: str, login: _Role, limit: int) -> str:
+        return (f"role {name} may hold {_limit_text(login.connection_limit)} at once, not "
+                f"{_limit_text(limit)}")
 
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Drop the database (open connections are cut), every login role a rotation made and

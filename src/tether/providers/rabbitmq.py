@@ -396,16 +396,21 @@ class RabbitMQProvider(ProviderBase):
         return held
 
     @staticmethod
-    def _foreign_permissions(api: _Api, names: ResourceNames) -> list[tuple[str, str, str]]:
+    def _foreign_permissions(api: _Api, names: ResourceNames,
+                             also: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
         """(kind, vhost, user) of every permission or topic permission of another user on the
-        instance's vhost, or of its user (its login, `names.login`) on another vhost."""
+        instance's vhost, or of its user (its login, `names.login`) on another vhost. `also`:
+        users whose permission on the vhost counts as the login's (old logins still in use),
+        and whose permissions elsewhere are listed too."""
+        users = (names.login, *also)
         found: list[tuple[str, str, str]] = []
         for kind in ("permissions", "topic-permissions"):
-            on_vhost = api.json(f"/vhosts/{_p(names.base)}/{kind}", ok_missing=True) or []
-            of_user = api.json(f"/users/{_p(names.login)}/{kind}", ok_missing=True) or []
-            for entry in [*on_vhost, *of_user]:
+            held = [*(api.json(f"/vhosts/{_p(names.base)}/{kind}", ok_missing=True) or [])]
+            for user in users:
+                held += api.json(f"/users/{_p(user)}/{kind}", ok_missing=True) or []
+            for entry in held:
                 key = (kind, str(entry.get("vhost")), str(entry.get("user")))
-                if key[1:] != (names.base, names.login) and key not in found:
+                if not (key[1] == names.base and key[2] in users) and key not in found:
                     found.append(key)
         return found
 
@@ -417,7 +422,11 @@ class RabbitMQProvider(ProviderBase):
 
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
         """The vhost (there, Tether's), the user (there, no tags, full rights on its vhost and
-        none elsewhere) and who else may use the vhost (nobody, the admin included)."""
+        none elsewhere) and who else may use the vhost (nobody, the admin included).
+
+        An old login a running release may still use (`names.retiring`) may use the vhost; it
+        is checked as the user is otherwise (no tags, its permission there full or none, none
+        elsewhere). That it is gone is no difference: that is where a revoke takes it."""
         _check_names(names)
         v, u = names.base, names.login
         limits = _vhost_limits(cluster)
@@ -427,8 +436,13 @@ class RabbitMQProvider(ProviderBase):
             own = api.json(f"/permissions/{_p(v)}/{_p(u)}", ok_missing=True) if (
                 own_vhost and user is not None) else None
             held = self._held_limits(api, names) if own_vhost else limits
-            foreign = self._foreign_permissions(api, names) if (
-                own_vhost or user is not None) else []
+            olds = {old: api.json(f"/users/{_p(old)}", ok_missing=True)
+                    for old in names.old_logins}
+            olds = {old: found for old, found in olds.items() if found is not None}
+            old_own = {old: api.json(f"/permissions/{_p(v)}/{_p(old)}", ok_missing=True)
+                       for old in olds} if own_vhost else {}
+            foreign = self._foreign_permissions(api, names, tuple(olds)) if (
+                own_vhost or user is not None or olds) else []
         if own_vhost is None:
             differences.append(lost(f"vhost {v}"))
         elif own_vhost is False:
@@ -448,6 +462,14 @@ class RabbitMQProvider(ProviderBase):
                 rights = " ".join(f"{k}={own.get(k)!r}" for k in FULL)
                 differences.append(f"the permission of user {u} on vhost {v} is {rights}, not "
                                    "'.*' for all")
+        for old, found in olds.items():
+            if self._tags(found):
+                differences.append(f"user {old} has the tags {', '.join(self._tags(found))}")
+            permission = old_own.get(old)
+            if permission is not None and any(permission.get(k) != FULL[k] for k in FULL):
+                rights = " ".join(f"{k}={permission.get(k)!r}" for k in FULL)
+                differences.append(f"the permission of user {old} on vhost {v} is {rights}, "
+                                   "not '.*' for all")
         for kind, other_vhost, other_user in foreign:
             what = "a topic permission" if kind == "topic-permissions" else "a permission"
             differences.append(f"user {other_user} has {what} on vhost {other_vhost}")

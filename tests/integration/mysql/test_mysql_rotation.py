@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from tests.integration.mysql.conftest import MySQLServer
 from tests.integration.rotation_app import App, instance_row, observe, zero_downtime_rotation
+from tests.integration.rotation_drift import drift_during_a_rotation
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
 from tether.actions import projects, services
@@ -189,3 +190,22 @@ def test_a_rotation_repairs_a_tenant_that_changed_its_own_password(
     app.wait_deployment(int(op["deployment_id"]))
     assert app.user().endswith("_1")  # the app works again, with a password Tether knows
     assert not logs_in(tenants.geturl())  # the old login is revoked, whatever its password
+
+
+def test_drift_during_a_rotation_is_reported_not_repaired_until_the_deployment(
+        plane: tuple[Context, Engine], tmp_path: Path, mysql_server: MySQLServer,
+        unique_id: str) -> None:
+    """Second review, finding 8: the pass skipped an instance whose old login a running release
+    still used, so rights granted to that login meanwhile went unnoticed until the next
+    deployment."""
+    ctx, _ = plane
+    elsewhere = f"drift{unique_id}"  # a database pattern of no instance (no `_`: no wildcard)
+
+    def make_drift(base: str) -> None:
+        mysql_server.query(f"GRANT SELECT ON `{elsewhere}`.* TO '{base}'@'%'")
+        mysql_server.query(f"ALTER USER '{base}'@'%' WITH MAX_USER_CONNECTIONS 7")
+
+    drift_during_a_rotation(ctx, tmp_path, f"mydr{unique_id}", "mysql", logs_in, make_drift,
+                            lambda base: [f"user {base} may hold 7 connection(s) at once, not "
+                                          "20 connection(s)",
+                                          f"user {base} has rights on database {elsewhere}"])

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from tests.integration.rabbitmq.conftest import RabbitServer
 from tests.integration.rotation_app import instance_row, observe, zero_downtime_rotation
+from tests.integration.rotation_drift import drift_during_a_rotation
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
 from tether.actions import projects, services
@@ -157,3 +158,29 @@ def test_a_detached_instance_is_rotated_and_revoked_at_once(
     removed = services.remove(ctx, name, "test", "DEFAULT", "DEFAULT")
     assert wait_op(ctx, removed["operation"]["id"])["status"] == "succeeded"
     assert users(rabbit, f"tether_i{added['id']}") == []
+
+
+def test_drift_during_a_rotation_is_reported_not_repaired_until_the_deployment(
+        plane: tuple[Context, Engine], tmp_path: Path, rabbit: RabbitServer,
+        unique_id: str) -> None:
+    """Second review, finding 8: the pass skipped an instance whose old login a running release
+    still used, so a permission on another vhost given to that login, or a vhost limit
+    changed, went unnoticed until the next deployment."""
+    ctx, _ = plane
+    other = f"tether_t{unique_id}other"  # a vhost of no instance
+    api, auth = f"{rabbit.api}/api", (rabbit.admin_user, rabbit.admin_password)
+
+    def make_drift(base: str) -> None:
+        httpx.put(f"{api}/vhosts/{other}", auth=auth, timeout=30).raise_for_status()
+        httpx.put(f"{api}/permissions/{other}/{base}", auth=auth, timeout=30,
+                  json={"configure": "", "write": "", "read": ".*"}).raise_for_status()
+        httpx.put(f"{api}/vhost-limits/{base}/max-connections", auth=auth, timeout=30,
+                  json={"value": 50}).raise_for_status()
+
+    try:
+        drift_during_a_rotation(
+            ctx, tmp_path, f"mqdr{unique_id}", "rabbitmq", logs_in, make_drift,
+            lambda base: [f"user {base} has a permission on vhost {other}",
+                          f"vhost {base} has max-connections 50"])
+    finally:
+        httpx.delete(f"{api}/vhosts/{other}", auth=auth, timeout=30)

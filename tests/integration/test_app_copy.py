@@ -187,3 +187,69 @@ def test_what_the_app_dirs_owner_may_not_read_is_not_copied(
     copied = make_copy(data_dir, "p/test", 2, mine, None)
     assert sorted(p.name for p in copied.path.iterdir()) == ["app.py"]
     assert "token.json" in copied.describe()
+
+
+def test_a_root_owned_app_dir_hands_the_app_only_what_every_user_may_read(
+        tmp_path: Path, data_dir: Path) -> None:
+    """Issue 8, third review, finding 1: the copy took what the app directory's owner may read,
+    and when that owner is root, that was everything: a developer set `--app-dir /var/backups`
+    and deployed `cat shadow.bak`. Now a root-owned app directory gives only what every user may
+    read ("other" may read a file, read and enter a directory); the README's quick start (a
+    clone under /root with 0644 files) keeps its files. Here a stand-in for /var/backups."""
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o755)
+    backups.chmod(0o755)
+    for name, mode in [("shadow.bak", 0o600), ("group.bak", 0o640), ("app.py", 0o644),
+                       ("run.sh", 0o755)]:
+        (backups / name).write_text(SECRET if mode & 0o004 == 0 else "print('hi')\n")
+        (backups / name).chmod(mode)
+    for name, mode in [("private", 0o700), ("traverse-only", 0o711), ("lib", 0o755)]:
+        (backups / name).mkdir()
+        (backups / name / "mod.py").write_text(SECRET if mode != 0o755 else "x = 1\n")
+        (backups / name / "mod.py").chmod(0o644)
+        (backups / name).chmod(mode)
+    assert os.stat(backups).st_uid == 0
+    assert appcopy.refused_location(backups, data_dir) is None  # allowed, as /var/backups is
+    copied = make_copy(data_dir, "p/test", 1, backups, None)
+    assert sorted(p.name for p in copied.path.iterdir()) == ["app.py", "lib", "run.sh"]
+    assert (copied.path / "lib" / "mod.py").read_text() == "x = 1\n"
+    assert _leaked(copied.path) == []
+    described = copied.describe()
+    for left_out in ("shadow.bak", "group.bak", "private/", "traverse-only/"):
+        assert left_out in described, described
+    assert "only what every user may read" in described
+
+
+def test_an_app_dir_another_user_could_replace_is_refused(
+        ctx: Context, tmp_path: Path, data_dir: Path, unique_id: str) -> None:
+    """Issue 8, third review, finding 1: an app directory in a world-writable directory (or in
+    another user's directory inside /tmp) could be swapped for a link to anything between two
+    deploys by that user (an app, say); refused at create and again at deploy. A directory of
+    the owner's own inside a sticky world-writable directory (/tmp) stays allowed."""
+    open_dir = tmp_path / "open"  # world-writable, not sticky
+    (open_dir / "app").mkdir(parents=True)
+    open_dir.chmod(0o777)
+    sticky = tmp_path / "sticky"  # as /tmp
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    theirs = sticky / "theirs"  # another user's directory holding root's app dir
+    (theirs / "app").mkdir(parents=True)
+    os.chown(theirs, NOBODY, NOBODY)
+    mine = sticky / "mine"  # the owner's own all the way down: fine
+    (mine / "app").mkdir(parents=True)
+    for path in (mine, mine / "app"):
+        os.chown(path, NOBODY, NOBODY)
+    roots = sticky / "roots"  # root's, which nobody else may rename in a sticky directory
+    roots.mkdir()
+    link = sticky / "current"  # another user's link, re-pointed at will
+    link.symlink_to(roots)
+    os.lchown(link, NOBODY, NOBODY)
+    for value, why in [(open_dir / "app", "without the sticky bit"),
+                       (sticky, "every user may write into it"),
+                       (theirs / "app", "another user's"), (link, "another user's")]:
+        with pytest.raises(UserError, match=f"refused: .*{why}"):
+            projects.create_project(ctx, f"h1{unique_id}", app_dir=str(value))
+        with pytest.raises(CopyFailed, match="refused"):
+            make_copy(data_dir, f"p/t{unique_id}", 1, value, None)
+    for value in (mine / "app", roots):
+        projects._check_app_dir(data_dir, str(value))

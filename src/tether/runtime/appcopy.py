@@ -23,8 +23,10 @@ What is not copied:
   `*`, `?` and `[...]` as in the shell);
 - sockets, FIFOs and devices. Symbolic links are copied as links, never followed;
 - what the app directory's owner may not read by the mode bits (another user's 0600 file, a
-  directory they cannot list): root makes the copy, and would otherwise hand it to the app. The
-  deployment log names what was left out.
+  directory they cannot list): root makes the copy, and would otherwise hand it to the app. When
+  that owner is root (a clone under `/root`, `/srv/x`, `/var/backups`...), only what every user
+  may read (a file "other" may read, a directory "other" may read and enter). The deployment
+  log names what was left out.
 
 The copy walks by open directories, each opened relative to its parent's descriptor without
 following symlinks, and copies each file from the descriptor whose type it checked: whoever can
@@ -78,8 +80,11 @@ def refused_location(app_dir: str | Path, data_dir: Path) -> str | None:
     may not be, lie in, resolve into or hold a system or secret location: `/`, `/etc`,
     `/proc`, `/sys`, `/dev`, `/boot`, `/var/lib`, `/root` itself and its dot directories
     (`/root/.config`, `/root/.ssh`, ...), the dot directories of homes (`/home/*/.*`), the
-    CLI config dir and Tether's data dir. Checked when a project is created and again before
-    each copy (a symlink may be re-pointed in between). A clone under `/root` stays allowed."""
+    CLI config dir and Tether's data dir; nor may another user than root and its owner be able
+    to replace it or a directory on the way to it (`_replaceable`: a world-writable directory
+    on the way, e.g. `/tmp` itself, or another user's directory inside `/tmp`). Checked when a
+    project is created and again before each copy (a symlink may be re-pointed in between). A
+    clone under `/root` stays allowed."""
     literal = Path(os.path.normpath(os.path.abspath(app_dir)))
     try:
         real = Path(os.path.realpath(app_dir))
@@ -90,6 +95,42 @@ def refused_location(app_dir: str | Path, data_dir: Path) -> str | None:
         reason = _refused(path, secret)
         if reason:
             return reason if path == literal else f"{reason} (it resolves to {path})"
+    try:
+        owner = os.stat(real).st_uid
+    except OSError:
+        return None  # not there (a directory is required where the project is created)
+    for path in dict.fromkeys([literal, real]):
+        reason = _replaceable(path, owner)
+        if reason:
+            return (f"{reason}: another user could put a link to another directory in its "
+                    "place between two deploys; keep the application in a directory that only "
+                    "root and its owner may change, e.g. /srv/shop (under /tmp: a directory "
+                    "of the owner's own, with every directory between /tmp and it the owner's)")
+    return None
+
+
+def _replaceable(path: Path, owner: int) -> str | None:
+    """Why a user other than root and `owner` (the app directory's owner) could replace the app
+    directory, or a directory on the way to it: a world-writable directory on the way without
+    the sticky bit, the app directory itself world-writable, or, below a sticky world-writable
+    directory (`/tmp`), an entry of another user. None when nobody else could."""
+    components = [*reversed(path.parents), path]
+    shared: Path | None = None  # the last sticky world-writable directory on the way
+    for component in components:
+        try:
+            st = os.lstat(component)
+        except OSError:
+            return None
+        if shared is not None and st.st_uid not in (0, owner):
+            return (f"{component} is another user's (uid {st.st_uid}) inside {shared}, which "
+                    "every user may write")
+        if stat.S_ISLNK(st.st_mode) or not st.st_mode & stat.S_IWOTH:
+            continue
+        if component == path:
+            return "every user may write into it"
+        if not st.st_mode & stat.S_ISVTX:
+            return f"every user may write into {component} (without the sticky bit)"
+        shared = component
     return None
 
 
@@ -132,7 +173,8 @@ class Copied:
     skipped: list[str] = field(default_factory=list)
     #: what the owner of the app directory could not read by its mode bits (not copied)
     unreadable: list[str] = field(default_factory=list)
-    owner_name: str = ""
+    #: why `unreadable` was left out
+    unreadable_why: str = ""
     reused: bool = False
 
     def describe(self) -> str:
@@ -142,8 +184,8 @@ class Copied:
         more = f" and {len(self.skipped) - 8} more" if len(self.skipped) > 8 else ""
         unreadable = ""
         if self.unreadable:
-            unreadable = (f"; not copied as {self.owner_name}, the app directory's owner, "
-                          f"may not read them: {', '.join(self.unreadable[:8])}")
+            unreadable = (f"; not copied as {self.unreadable_why}: "
+                          f"{', '.join(self.unreadable[:8])}")
             if len(self.unreadable) > 8:
                 unreadable += f" and {len(self.unreadable) - 8} more"
         return (f"a copy of the app directory in {self.path} ({self.files} files, "
@@ -285,7 +327,11 @@ _RACED = (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO)
 class _Reader:
     """Whether the owner of the app directory may read a file by its mode bits: only what they
     could read goes into the copy, which the app (another user) reads. Root makes the copy and
-    could read anything; without this, `--app-dir` would hand the app root-only files."""
+    could read anything; without this, `--app-dir` would hand the app root-only files.
+
+    When the owner is root, "what they may read" would be everything: then only what every
+    user may read goes in ("other" may read a file, and read and enter a directory), so an app
+    directory such as `/var/backups` hands the app nothing a local user could not read."""
 
     def __init__(self, uid: int) -> None:
         self.uid = uid
@@ -298,13 +344,23 @@ class _Reader:
 
     def reads(self, st: os.stat_result, directory: bool) -> bool:
         need = 0o5 if directory else 0o4  # a directory is listed and entered
-        if st.st_uid == self.uid:
+        if self.uid == 0:
+            bits = st.st_mode  # root reads anything: only what everybody may read
+        elif st.st_uid == self.uid:
             bits = st.st_mode >> 6
         elif st.st_gid in self.groups:
             bits = st.st_mode >> 3
         else:
             bits = st.st_mode
         return bits & need == need
+
+    def says_why(self) -> str:
+        """Why what `reads` refused was left out (for the deployment log)."""
+        if self.uid == 0:
+            return ("the app directory is root's, and only what every user may read is copied "
+                    "from a directory of root's (make them readable for all, e.g. chmod o+r, "
+                    "if the app needs them)")
+        return f"{self.name}, the app directory's owner, may not read them"
 
 
 def _read_ignore_at(dir_fd: int) -> list[_Pattern]:
@@ -415,7 +471,7 @@ def _copy_tree(source: Path, target: Path, data_dir: Path, owner: _Owner,
             else:
                 copied.skipped.append(relative)
         if copied.unreadable:
-            copied.owner_name = reader.name
+            copied.unreadable_why = reader.says_why()
         for directory in reversed(directories):  # read-only last: they were written into first
             owner.apply(directory, owner.dir_mode())
     finally:

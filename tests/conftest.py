@@ -16,8 +16,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres
 from tether.runtime.accounts import accounts_of, remove_accounts
+from tether.servers.postgres import EmbeddedPostgres
 
 # A non-interactive shell starts background jobs with SIGINT ignored, and an ignored signal stays
 # ignored across exec: pytest run with `&` (scripts/test.sh runs a group so) would pass that on to

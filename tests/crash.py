@@ -40,8 +40,8 @@ from tether.crypto import SecretBox
 from tether.faults import ENV as CRASH_ENV
 from tether.lifecycle import State
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres
 from tether.providers.registry import get_provider
+from tether.servers.postgres import EmbeddedPostgres
 from tether.store.db import Store
 from tether.store.models import Cluster, Instance
 from tether.store.records import cluster_spec

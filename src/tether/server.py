@@ -63,10 +63,10 @@ from tether.lifecycle import State
 from tether.media import create_media_app, media_port_for, media_public_url
 from tether.net import bind_port, free_port, port_is_free
 from tether.node import NodeIdentity
-from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PostgresProvider
 from tether.runtime.process import ProcessRuntime
+from tether.servers.postgres import EmbeddedPostgres
 from tether.store.db import Store, store_url
 from tether.store.models import Cluster, Instance
 from tether.store.records import audit

@@ -24,7 +24,7 @@ from tether.actions.common import Context
 from tether.crypto import SecretBox
 from tether.errors import Conflict
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres, PortTaken
+from tether.servers.postgres import EmbeddedPostgres, PortTaken
 from tether.store.db import Store
 from tether.store.models import Cluster, Environment, Instance, Project
 
@@ -216,7 +216,7 @@ def test_a_slow_start_of_its_own_is_not_taken_for_a_taken_port(
     """pg_ctl gives up waiting (exit 1) while the postmaster it started goes on starting (a long
     crash recovery): the port is held by our own server, so the start used to be taken for a
     taken port and moved, restarting the recovery on another port, again and again."""
-    from tether import pgserver
+    from tether.servers import postgres as pgserver
 
     base = world_traversable_tmpdir("tether-test-slow-start-")
     server = pgserver.EmbeddedPostgres(base / "pg", free_port())

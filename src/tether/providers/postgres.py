@@ -46,7 +46,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -55,7 +54,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tether import naming
 from tether.errors import ClusterError, TransientError
-from tether.pgserver import EmbeddedPostgres
 from tether.providers.base import (
     ClusterSettings,
     ClusterSpec,
@@ -274,7 +272,7 @@ class PostgresProvider(ProviderBase):
     default_aliases = {"DATABASE_URL": "{P}_DATABASE_DSN"}
     settings_model = PostgresSettings
     limits = {CONNECTION_LIMIT: 20}
-    private_servers = "tether.providers.postgres:PrivatePostgresServers"
+    private_servers = "tether.servers.postgres:PrivatePostgresServers"
 
     def identity(self, cluster: ClusterSpec) -> str | None:
         """The server's system identifier (made by initdb, kept across restarts, ports and
@@ -833,42 +831,6 @@ class PostgresProvider(ProviderBase):
         dsn = naming.database_dsn("postgres", str(c["user"]), str(c["password"]),
                                   str(c["host"]), int(c["port"]), str(c["database"]))
         return naming.database_vars(prefix, dsn)
-
-
-class PrivatePostgresServers:
-    """Dedicated PostgreSQL servers, one per `--private` instance, kept in `base_dir/<base>`."""
-
-    kind = "postgres"
-
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = Path(base_dir)
-
-    def server(self, names: ResourceNames, port: int) -> EmbeddedPostgres:
-        _check_names(names)
-        return EmbeddedPostgres(self.base_dir / names.base, port)
-
-    def version(self) -> str:
-        return EmbeddedPostgres.version()
-
-    def create(self, names: ResourceNames, port: int, password: str) -> str:
-        """Initialise (once) and start the instance's server; return its admin URL. The
-        password only takes effect at the first init: callers persist it before calling."""
-        server = self.server(names, port)
-        server.init(password)
-        server.start()
-        url = server.admin_url(password)
-        PostgresProvider().lock_down(ClusterSpec(id=0, kind=self.kind, region="", url=url,
-                                                 private=True))
-        return url
-
-    def start(self, names: ResourceNames, port: int) -> None:
-        self.server(names, port).start()
-
-    def stop(self, names: ResourceNames, port: int) -> None:
-        self.server(names, port).stop()
-
-    def destroy(self, names: ResourceNames, port: int) -> None:
-        self.server(names, port).destroy()
 
 
 PROVIDER = PostgresProvider

@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 from tether.errors import ClusterError
 from tether.net import bind_port, free_port
+from tether.providers.base import ClusterSpec, ResourceNames
+from tether.providers.common import check_names
 from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.pgserver")
@@ -458,3 +460,41 @@ def _is_zombie(pid: int) -> bool:
 def _tail(text: str, lines: int = 15) -> str:
     kept = [line for line in text.strip().splitlines() if not _PASSWORD_LINE.search(line)]
     return "\n".join(kept[-lines:]) or "(empty)"
+
+
+class PrivatePostgresServers:
+    """Dedicated PostgreSQL servers, one per `--private` instance, kept in `base_dir/<base>`."""
+
+    kind = "postgres"
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = Path(base_dir)
+
+    def server(self, names: ResourceNames, port: int) -> EmbeddedPostgres:
+        check_names(names)
+        return EmbeddedPostgres(self.base_dir / names.base, port)
+
+    def version(self) -> str:
+        return EmbeddedPostgres.version()
+
+    def create(self, names: ResourceNames, port: int, password: str) -> str:
+        """Initialise (once) and start the instance's server; return its admin URL. The
+        password only takes effect at the first init: callers persist it before calling."""
+        server = self.server(names, port)
+        server.init(password)
+        server.start()
+        url = server.admin_url(password)
+        from tether.providers.postgres import PostgresProvider  # it imports this module
+
+        PostgresProvider().lock_down(ClusterSpec(id=0, kind=self.kind, region="", url=url,
+                                                 private=True))
+        return url
+
+    def start(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).start()
+
+    def stop(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).stop()
+
+    def destroy(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).destroy()

@@ -265,3 +265,21 @@ def test_the_api_docs_load_nothing_from_elsewhere(tether: Tether) -> None:
         assert httpx.get(tether.url + ref).status_code == 200, ref
     csp = page.headers["content-security-policy"]
     assert "script-src 'self' 'sha256-" in csp and "http" not in csp
+
+
+def test_cluster_kinds_lists_what_each_kind_declares(tether: Tether) -> None:
+    """`tether cluster kinds` (issue 9): every kind with the service names, settings and
+    variables its provider module declares, read through the API."""
+    kinds = {k["kind"]: k for k in tether.ok("cluster", "kinds", "--json").json()}
+    assert set(kinds) >= {"postgres", "mysql", "rabbitmq", "s3", "azure-blob", "local-files",
+                          "elasticsearch"}
+    assert all(k["available"] for k in kinds.values())
+    pg = kinds["postgres"]
+    assert pg["service"] == "postgres" and pg["versioned"] and pg["private_servers"]
+    assert pg["variables"] == ["{P}_DATABASE_DSN"]
+    assert pg["default_aliases"] == {"DATABASE_URL": "{P}_DATABASE_DSN"}
+    assert "connection_limit" in pg["settings"]
+    assert kinds["s3"]["region_family"] == "s3" and not kinds["s3"]["versioned"]
+    assert kinds["elasticsearch"]["variables"] == ["{P}_ELASTICSEARCH_DSN", "{P}_HAYSTACK_URL"]
+    shown = tether.ok("cluster", "kinds").out
+    assert "local-media" in shown and "PREFIX_AMQP_BROKER_URL" in shown

@@ -120,6 +120,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/api/v1/clusters", {"kind": "local-files", "region": "local",
                                   "url": "file:///nonexistent/dir"}, "admin"),
     ("GET", "/api/v1/regions", None, "any"),
+    ("GET", "/api/v1/kinds", None, "any"),
     ("GET", "/api/v1/tokens", None, "admin"),
     ("POST", "/api/v1/tokens", {"name": "t{n}", "role": "viewer"}, "admin"),
     ("DELETE", "/api/v1/tokens/nobody", None, "admin"),

@@ -23,7 +23,7 @@ from tether.errors import ClusterError, Conflict, UserError
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
 from tether.providers.common import check_limit_settings
-from tether.providers.registry import get_provider, kinds, provider_class
+from tether.providers.registry import available, get_provider, kinds, provider_class
 from tether.store.models import Cluster, Instance, Region
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
@@ -106,6 +106,26 @@ def list_regions(ctx: Context) -> list[dict[str, object]]:
     with ctx.store.session() as s:
         return [{"name": r.name, "family": r.family}
                 for r in s.scalars(select(Region).order_by(Region.name))]
+
+
+def list_kinds(ctx: Context) -> list[dict[str, object]]:
+    """Every kind of cluster this installation knows, from its provider's declaration: what it
+    is, the service names it gives, its settings, whether Tether runs private servers of it,
+    and why it is disabled here when its client library is missing."""
+    ctx.require(Need.READ)
+    out: list[dict[str, object]] = []
+    for kind, disabled in available().items():
+        entry: dict[str, object] = {"kind": kind, "available": disabled is None,
+                                    "disabled_reason": disabled}
+        if disabled is None:
+            cls = provider_class(kind)
+            entry.update(title=cls.title, service=cls.service, versioned=cls.versioned,
+                         region_family=cls.family,
+                         variables=list(cls.variables), default_aliases=dict(cls.default_aliases),
+                         settings=sorted(cls.settings_model.model_fields), limits=dict(cls.limits),
+                         private_servers=cls.private_servers is not None)
+        out.append(entry)
+    return out
 
 
 def server_identity(kind: str, url: str, settings: dict[str, Any] | None) -> str | None:

@@ -259,6 +259,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                           body.private, body.name, body.settings,
                           region_family=body.region_family)
 
+    @api.get("/kinds", tags=["clusters"])
+    async def list_kinds(ctx: Ctx) -> list[dict[str, Any]]:
+        """The kinds of cluster Tether knows: service names, settings, variables, and why a
+        kind is disabled here (its client library missing)."""
+        return await call(clusters.list_kinds, ctx)
+
     @api.get("/regions", tags=["clusters"])
     async def list_regions(ctx: Ctx) -> list[dict[str, Any]]:
         return await call(clusters.list_regions, ctx)

@@ -39,8 +39,9 @@ def _settings(pairs: list[str], json_mode: bool) -> dict[str, Any]:
                            "postgres://admin:PASSWORD@db.example.com:5432/postgres")
 def add(
     kind: Annotated[str, typer.Argument(
-        metavar="KIND", help="postgres, mysql, s3, azure-blob, local-files, elasticsearch or "
-                             "rabbitmq.")],
+        metavar="KIND", help="postgres, mysql, rabbitmq, elasticsearch, s3, azure-blob or "
+                             "local-files (`tether cluster kinds` lists them with their "
+                             "settings).")],
     region: Annotated[str, typer.Option("--region", metavar="R",
                                         help="The region it serves, e.g. local.")],
     url: Annotated[str, typer.Option(
@@ -100,4 +101,28 @@ def list_(json_: JsonOpt = False) -> None:
                   cell(c["version"]), cell(c["region"]), cell(c["visibility"]),
                   cell(c["location"]), cell(c.get("managed")),
                   cell(f"instance {owner}" if owner else None))
+    out.print(t)
+
+
+@app.command("kinds", epilog="Example: tether cluster kinds --json")
+def kinds_(json_: JsonOpt = False) -> None:
+    """List the kinds of cluster Tether can administer, with their service names, settings and
+    variables; a kind whose client library is missing here is shown as disabled, with why."""
+    with Client.connect(json_) as client:
+        kinds = client.get("/kinds")
+    if json_:
+        emit_json(kinds)
+        return
+    t = table("KIND", "SERVICE", "WHAT", "SETTINGS", "VARIABLES", "PRIVATE")
+    for k in kinds:
+        if not k["available"]:
+            t.add_row(Text(k["kind"], style="bold"), cell(None),
+                      Text(f"disabled: {k['disabled_reason']}", style="red"), cell(None),
+                      cell(None), cell(None))
+            continue
+        service = f"{k['service']}-N" if k["versioned"] else k["service"]
+        t.add_row(Text(k["kind"], style="bold"), cell(service), cell(k["title"]),
+                  cell(", ".join(k["settings"]) or None),
+                  cell(", ".join(v.replace("{P}", "PREFIX") for v in k["variables"])),
+                  cell("run by Tether" if k["private_servers"] else "registered"))
     out.print(t)

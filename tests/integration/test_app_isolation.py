@@ -19,6 +19,7 @@ import grp
 import os
 import pwd
 import stat
+import subprocess
 import sys
 import textwrap
 import threading
@@ -576,3 +577,69 @@ def test_a_program_in_a_world_writable_directory_is_not_made_reachable(tmp_path:
     make_reachable(account, data, str(program), "/usr/bin:/bin")
     for gid in (apps, account.gid):
         assert acl.group_permissions(private, gid) is None, gid
+
+
+SWAPPER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    target, i = Path(sys.argv[1]), 0
+    while True:
+        i += 1
+        a, b = target.with_name(f"r{i}"), target.with_name(f"f{i}")
+        a.write_text("#!/bin/sh\\n")
+        os.rename(a, target)
+        os.mkfifo(b)
+        os.rename(b, target)
+    """
+)
+
+
+def test_a_command_naming_a_file_that_blocks_its_reader_returns_promptly(tmp_path: Path) -> None:
+    """Issue 8, third review, finding 3: to find a script's interpreter, root opened every
+    absolute path the app command names with a plain `open()`, holding the lock every deploy
+    takes: `/proc/kmsg` (a "regular file" whose read blocks) or a FIFO swapped in after the
+    `isfile()` check blocked it for good, and every later deploy on the node with it. Now only a
+    program `_trusted_chain` accepted is read, without blocking, following no link and only
+    from a regular file (never in /proc), before the lock. The old code blocks here; the test
+    then unblocks it (a kernel message, a writer on the FIFO) and fails."""
+    from tether.runtime import accounts
+    from tether.runtime.accounts import AppAccount, make_reachable
+
+    apps = grp.getgrnam(APPS_GROUP).gr_gid
+    account = AppAccount("tether-nobody", 65534, 65533, apps)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    race = tmp_path / "race"  # root's (as a trusted program's directory would be)
+    race.mkdir(mode=0o755)
+    target = race / "start.sh"
+    target.write_text("#!/bin/sh\n")
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(target)])
+    finished = threading.Event()
+
+    def deploys() -> None:
+        make_reachable(account, data, "true; /proc/kmsg --follow", "/usr/bin:/bin")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            make_reachable(account, data, f"{target} serve", "/usr/bin:/bin")
+        finished.set()
+
+    thread = threading.Thread(target=deploys, daemon=True)
+    try:
+        thread.start()
+        thread.join(30)
+        blocked = thread.is_alive()
+    finally:
+        swapper.kill()
+        swapper.wait()
+        for _ in range(20):  # the old code: let the blocked open() or read() return
+            if not thread.is_alive():
+                break
+            with contextlib.suppress(OSError):
+                Path("/dev/kmsg").write_text("tether test: unblocking a read of /proc/kmsg\n")
+            with contextlib.suppress(OSError):
+                os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(0.5)
+    assert not blocked, "make_reachable blocked on a file that blocks its reader"
+    assert finished.is_set()
+    assert not accounts._lock.locked()

@@ -25,11 +25,14 @@ enter; the shared group `tether-apps` (made once) is what the POSIX ACLs below n
 - a Python interpreter's installation (a venv and the base it was made from) that "other" may not
   read: the environment's own group gets read access to it, and to what is installed there later.
 
-A program is only acted on when nobody but root can change it (`_trusted`: every component of its
-real path, and of each symlink hop, root's and writable by nobody else, as sudo's secure path)
-and it neither is, holds nor sits in the data dir or the config dir of the user Tether runs as:
-the app's PATH, `#!` lines and a venv's pyvenv.cfg are the app's (or a developer's) word, and an
-app can write a fake venv whose `home` names the data dir.
+A program is only acted on, and only read (its `#!` line, a venv's pyvenv.cfg: a few KiB at
+most, from a regular file opened without following a link or blocking on a FIFO, never in
+/proc, /sys or /dev, and before the module's lock is taken), when nobody but root can change it
+(`_trusted`: every component of its real path, and of each symlink hop, root's and writable by
+nobody else, as sudo's secure path) and it neither is, holds nor sits in the data dir or the
+config dir of the user Tether runs as: the app's PATH, `#!` lines and a venv's pyvenv.cfg are
+the app's (or a developer's) word, and an app can write a fake venv whose `home` names the data
+dir.
 
 Nothing else is opened. Without root Tether cannot switch users: the apps run as Tether's own
 user, and it says so once in its log.
@@ -342,13 +345,13 @@ def _python_homes(chain: list[Path], forbidden: list[Path]) -> list[Path]:
             if _trusted(cfg) != cfg:
                 continue
             homes.append(prefix)
-            with contextlib.suppress(OSError):
-                for line in cfg.read_text().splitlines():
-                    key, _, value = line.partition("=")
-                    if key.strip() == "home" and os.path.isabs(value.strip()):
-                        home = _trusted(Path(value.strip()).parent)
-                        if home is not None:
-                            homes.append(home)
+            text = (_read_head(cfg, 64 * 1024) or b"").decode("utf-8", errors="replace")
+            for line in text.splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "home" and os.path.isabs(value.strip()):
+                    home = _trusted(Path(value.strip()).parent)
+                    if home is not None:
+                        homes.append(home)
         elif path.parent.name == "bin":
             homes.append(prefix)
     return [h for h in dict.fromkeys(homes)
@@ -390,13 +393,41 @@ def _find(word: str, path_env: str) -> Path | None:
     return None  # relative to the release's copy: reachable with it
 
 
-def _shebang(program: Path, path_env: str) -> Path | None:
-    """The interpreter a script names on its `#!` line (`/usr/bin/env NAME`: NAME on PATH)."""
+#: where a "regular file" may block its reader or change something by being read (/proc/kmsg)
+_PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_HEAD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _read_head(path: Path, limit: int) -> bytes | None:
+    """At most `limit` bytes from the start of `path`, when it is a regular file that is not a
+    link (opened without following one, without blocking on a FIFO, and checked on the
+    descriptor: the path may have been swapped since it was looked at) and not in /proc, /sys
+    or /dev (a read of /proc/kmsg blocks, and takes the kernel's messages); None otherwise."""
+    if any(path.is_relative_to(p) for p in _PSEUDO_FILE_SYSTEMS):
+        return None
     try:
-        with open(program, "rb") as f:
-            first = f.readline(256)
+        fd = os.open(path, _HEAD_FLAGS)
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _shebang(program: Path, path_env: str) -> Path | None:
+    """The interpreter a script names on its `#!` line (`/usr/bin/env NAME`: NAME on PATH).
+    `program` is a real path `_trusted_chain` accepted: only then is it read (see
+    `_read_head`)."""
+    head = _read_head(program, 256)
+    if head is None:
+        return None
+    first = head.split(b"\n", 1)[0]
     if not first.startswith(b"#!"):
         return None
     words = first[2:].decode("utf-8", errors="replace").split()
@@ -408,19 +439,27 @@ def _shebang(program: Path, path_env: str) -> Path | None:
     return _find(words[0], path_env)
 
 
-def resolve_programs(command: str, path_env: str) -> list[Path]:
+def resolve_programs(command: str, path_env: str,
+                     forbidden: list[Path] | None = None) -> list[tuple[Path, list[Path] | None]]:
     """The programs an app command names, found as the app would find them (its PATH), and the
-    interpreters of those that are scripts (`#!`)."""
-    found: list[Path] = []
+    interpreters of those that are scripts (`#!`), each with its trusted chain
+    (`_trusted_chain`) or None when it is not trusted. Only a trusted program is read (for its
+    `#!` line): a path an app may write is never opened by root, so it cannot hand root a FIFO
+    to block on."""
+    forbidden = forbidden if forbidden is not None else []
+    found: dict[Path, list[Path] | None] = {}
     for word in named_programs(command):
         program = _find(word, path_env)
-        if program is None:
+        if program is None or program in found:
             continue
-        found.append(program)
-        interpreter = _shebang(program, path_env)
-        if interpreter is not None:
-            found.append(interpreter)
-    return list(dict.fromkeys(found))
+        chain = _trusted_chain(program, forbidden)
+        found[program] = chain
+        if chain is None:
+            continue
+        interpreter = _shebang(chain[-1], path_env)
+        if interpreter is not None and interpreter not in found:
+            found[interpreter] = _trusted_chain(interpreter, forbidden)
+    return list(found.items())
 
 
 def make_reachable(account: AppAccount, data_dir: Path, command: str | None, path_env: str,
@@ -431,6 +470,19 @@ def make_reachable(account: AppAccount, data_dir: Path, command: str | None, pat
     data_dir = Path(data_dir).resolve()
     gid = account.apps_gid
     try:
+        # programs are looked at (and trusted ones read) before the lock, never under it
+        forbidden = _forbidden(data_dir)
+        programs = []
+        for program, chain in resolve_programs(command or "", path_env, forbidden):
+            if chain is None:
+                log.warning("the program %s is not opened for the application's user %s: "
+                            "it, or a directory above it, is not root's or writable by "
+                            "others, or it is in Tether's data or config dir", program,
+                            account.name)
+                continue
+            homes = (_python_homes(chain, forbidden) if chain[-1].name.startswith("python")
+                     else [])
+            programs.append((chain, homes))
         with _lock:
             _traverse_down_to(data_dir / "releases", gid)
             acl.set_group(data_dir, gid, acl.EXECUTE)  # traverse, never list
@@ -449,21 +501,12 @@ def make_reachable(account: AppAccount, data_dir: Path, command: str | None, pat
                 for parent in directory.parents:
                     if parent.parent == data_dir and parent.name not in REACHABLE_TOP:
                         acl.set_group(parent, gid, acl.EXECUTE)  # a media base elsewhere
-            forbidden = _forbidden(data_dir)
-            for program in resolve_programs(command or "", path_env):
-                chain = _trusted_chain(program, forbidden)
-                if chain is None:
-                    log.warning("the program %s is not opened for the application's user %s: "
-                                "it, or a directory above it, is not root's or writable by "
-                                "others, or it is in Tether's data or config dir", program,
-                                account.name)
-                    continue
+            for chain, homes in programs:
                 for hop in chain:
                     _traverse_down_to(hop, account.gid)
-                if chain[-1].name.startswith("python"):
-                    for home in _python_homes(chain, forbidden):
-                        _traverse_down_to(home, account.gid)
-                        _readable_tree(home, account.gid)
+                for home in homes:
+                    _traverse_down_to(home, account.gid)
+                    _readable_tree(home, account.gid)
     except acl.AclUnsupported as exc:
         raise AccountError(f"{exc.strerror}: the application's user {account.name} cannot be "
                            "given access to its release and interpreter; mount that file "

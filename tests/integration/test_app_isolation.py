@@ -643,3 +643,40 @@ def test_a_command_naming_a_file_that_blocks_its_reader_returns_promptly(tmp_pat
     assert not blocked, "make_reachable blocked on a file that blocks its reader"
     assert finished.is_set()
     assert not accounts._lock.locked()
+
+
+def test_a_private_python_home_opens_only_what_others_may_read(tmp_path: Path) -> None:
+    """Issue 8, third review, finding 5: for a Python installation "other" may not read (0700),
+    the environment's group was granted read on every file in it, 0600 ones included (a key or
+    token someone left there). Now it may list and enter the top, and read below it only what
+    "other" may: a 0600 file and a 0700 directory stay their owner's."""
+    from tether.runtime.accounts import AppAccount, make_reachable
+
+    apps = grp.getgrnam(APPS_GROUP).gr_gid
+    account = AppAccount("tether-nobody", 65534, 65533, apps)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    home = tmp_path / "pyhome"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib" / "private").mkdir(parents=True)
+    python = home / "bin" / "python3"
+    python.write_text("#!/bin/false\n")
+    python.chmod(0o755)
+    module, secret = home / "lib" / "os.py", home / "lib" / "token.json"
+    module.write_text("x = 1\n")
+    module.chmod(0o644)
+    secret.write_text("SECRET")
+    secret.chmod(0o600)
+    hidden = home / "lib" / "private" / "k.py"
+    hidden.write_text("x = 2\n")
+    hidden.chmod(0o644)
+    (home / "lib" / "private").chmod(0o700)
+    home.chmod(0o700)
+    make_reachable(account, data, f"{python} app.py", "/usr/bin:/bin")
+    gid = account.gid
+    assert acl.group_permissions(home, gid) == acl.READ | acl.EXECUTE
+    assert acl.group_permissions(python, gid) == acl.READ | acl.EXECUTE
+    assert acl.group_permissions(module, gid) == acl.READ
+    assert not acl.group_permissions(secret, gid)  # never granted
+    assert not acl.group_permissions(home / "lib" / "private", gid)
+    assert not acl.group_permissions(hidden, gid)

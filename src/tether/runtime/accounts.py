@@ -23,7 +23,8 @@ enter; the shared group `tether-apps` (made once) is what the POSIX ACLs below n
   `python` leads into the interpreter it was made from), where "other" may not traverse them:
   the environment's own group (`account.gid`) gets `--x` there;
 - a Python interpreter's installation (a venv and the base it was made from) that "other" may not
-  read: the environment's own group gets read access to it, and to what is installed there later.
+  read: the environment's own group may list and enter its top, and read in it what "other" may
+  (`_readable_tree`): never a file "other" may not read.
 
 A program is only acted on, and only read (its `#!` line, a venv's pyvenv.cfg: a few KiB at
 most, from a regular file opened without following a link or blocking on a FIFO, never in
@@ -359,20 +360,44 @@ def _python_homes(chain: list[Path], forbidden: list[Path]) -> list[Path]:
 
 
 def _readable_tree(top: Path, gid: int) -> None:
-    """Let group `gid` read a tree "other" may not read (and what is added to it later); never
-    into a directory somebody but root may change (its entries could be swapped for links)."""
+    """Let group `gid` into a tree "other" may not read (a Python installation): list and enter
+    its top, and below it exactly what "other" may use: files "other" may read (read, and
+    execute where "other" may) and directories "other" may enter (with "other"'s bits). A file
+    "other" may not read (a 0600 key or token left in the installation) or a directory "other"
+    may not enter stays its owner's: an entry an older Tether granted there is set to `---`.
+    Never into a directory somebody but root may change (its entries could be swapped for
+    links)."""
     if _others_may(top, stat.S_IROTH | stat.S_IXOTH):
         return
+    acl.set_group(top, gid, acl.READ | acl.EXECUTE)
     for root, dirs, files in os.walk(top):
-        acl.set_group(Path(root), gid, acl.READ | acl.EXECUTE, default=True)
         for name in files:
             path = Path(root, name)
             with contextlib.suppress(OSError):
                 st = path.lstat()
                 if stat.S_ISREG(st.st_mode):
-                    bits = acl.READ | (acl.EXECUTE if st.st_mode & 0o111 else 0)
-                    acl.set_group(path, gid, bits)
-        dirs[:] = [d for d in dirs if _root_only(Path(root, d))]
+                    _as_for_others(path, st, gid)
+        kept = []
+        for name in dirs:
+            path = Path(root, name)
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if stat.S_ISDIR(st.st_mode) and _as_for_others(path, st, gid) and \
+                        _root_only(path):
+                    kept.append(name)
+        dirs[:] = kept
+
+
+def _as_for_others(path: Path, st: os.stat_result, gid: int) -> bool:
+    """Give group `gid` on `path` what "other" may do there when "other" may read it (a file)
+    or enter it (a directory), and say so; otherwise take back an entry granted before."""
+    need = stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else stat.S_IROTH
+    if st.st_mode & need:
+        acl.set_group(path, gid, st.st_mode & (acl.READ | acl.EXECUTE))
+        return True
+    if acl.group_permissions(path, gid):
+        acl.set_group(path, gid, 0)
+    return False
 
 
 def _root_only(directory: Path) -> bool:

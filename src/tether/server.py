@@ -444,7 +444,8 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
     base = Context(store=store, box=box, data_dir=data_dir, actor="tether up",
                    public_url=f"http://{host}:{port}/")
     media_dir = data_dir / "media"
-    media_dir.mkdir(exist_ok=True)
+    media_dir.mkdir(mode=0o711, exist_ok=True)
+    media_dir.chmod(0o711)  # apps pass through it to their own directory, never list the others
     _register_embedded(base, node, pg_url, media_dir, public_media)
     clusters_file = clusters_file or data_dir / "clusters.toml"
     if clusters_file.exists():

@@ -262,7 +262,14 @@ def test_an_app_reads_neither_secrets_nor_the_store_nor_another_environment(
                          live_copy / "version.txt"]
     secrets_of_tether += [data / name for name in ("tether.db-wal", "tether.db-shm")
                           if (data / name).exists()]
-    seen = probe(test_url, read=[*secrets_of_tether, test_copy / "probe.py", test_copy],
+    # another environment's media (third review, finding 4): an upload there, its directory and
+    # the media directory holding every environment's are neither listed nor read
+    (media["live"] / "upload-name-of-a-customer.pdf").write_text("theirs")
+    (media["live"] / "upload-name-of-a-customer.pdf").chmod(0o644)
+    secrets_of_tether += [data / "media", media["live"],
+                          media["live"] / "upload-name-of-a-customer.pdf"]
+    seen = probe(test_url, read=[*secrets_of_tether, test_copy / "probe.py", test_copy,
+                                 media["test"]],
                  write=[test_copy, media["test"], media["live"]])
     denied = {path: result for path, result in seen["read"].items()
               if Path(path) in secrets_of_tether}
@@ -279,6 +286,9 @@ def test_an_app_reads_neither_secrets_nor_the_store_nor_another_environment(
     # its own release it reads, but cannot change; its own media it writes, another's not
     assert seen["read"][str(test_copy / "probe.py")] == "read"
     assert seen["read"][str(test_copy)] == "listed"
+    assert seen["read"][str(media["test"])] == "listed"
+    media_stat = media["test"].stat()  # the provider's mode, which its drift check expects
+    assert (media_stat.st_uid, stat.S_IMODE(media_stat.st_mode)) == (test_account.pw_uid, 0o700)
     assert seen["write"] == {str(test_copy): "EACCES", str(media["test"]): "written",
                              str(media["live"]): "EACCES"}
     # and the other way round

@@ -58,7 +58,7 @@ def test_provision_write_deprovision(cluster: ClusterSpec, unique_id: str) -> No
     dir_b = Path(creds_b.values["directory"])
     assert dir_a.is_absolute() and dir_a.is_dir() and dir_a != dir_b
     assert dir_a == Path(cluster.settings["base_dir"]) / a.base
-    assert stat.S_IMODE(dir_a.stat().st_mode) == 0o755
+    assert stat.S_IMODE(dir_a.stat().st_mode) == 0o700
     assert creds_a.values["url"] == f"{PUBLIC_URL}{a.base}/"
     assert PROVIDER.exists(cluster, a) and PROVIDER.exists(cluster, b)
 
@@ -118,9 +118,9 @@ def test_observe_finds_a_removed_dir_and_a_changed_mode(cluster: ClusterSpec,
     assert seen.exists and seen.in_sync
     try:
         (directory / "kept.txt").write_text("v")
-        directory.chmod(0o700)
+        directory.chmod(0o755)
         assert PROVIDER.observe(cluster, names).differences == (
-            f"directory {directory} has mode 0700, not 0755",)
+            f"directory {directory} has mode 0755, not 0700",)
         PROVIDER.provision(cluster, names, "unused")
         assert PROVIDER.observe(cluster, names).in_sync
         assert (directory / "kept.txt").read_text() == "v"

@@ -7,8 +7,16 @@ isolate (the application and Tether share the machine).
 cluster's files on their own port (tether.media: `nosniff`, a sandboxing CSP, active types as
 downloads) and keeps the cluster's `public_url` and its instances' URLs pointed at it.
 
+Who may read an instance's directory: only its owner (0700). Tether (root) makes it, and hands
+it to the system user of the environment that uses it at its deploy (runtime/isolation.py, which
+also sets 0700 again): that application lists and writes its own directory, no other
+application lists or reads it (upload names and files are theirs), and Tether's media origin
+(root, or Tether's own user without root) serves its files. A base dir this provider makes is
+0711: applications pass through it to their own directory, without listing the others.
+
 Drift (`observe`) and its repair (`provision` again): a missing directory is made again, its mode
-set back to 0755. What cannot be repaired: a directory deleted by hand comes back EMPTY (its
+set back to 0700 (its owner is left as it is: the application's user once handed over). What
+cannot be repaired: a directory deleted by hand comes back EMPTY (its
 files are lost); a symlink or a file in its place is left alone (never followed out of
 base_dir)."""
 
@@ -35,7 +43,10 @@ from tether.providers.base import (
 )
 from tether.providers.common import check_names
 
-MODE = 0o755
+#: an instance's directory: its owner's only (root's, then the application's user's)
+MODE = 0o700
+#: a base dir made here: traversed by applications, listed by nobody but its owner
+BASE_MODE = 0o711
 #: the file in a local-files cluster's base dir that names that directory tree for good
 MARKER = ".tether-server-id"
 
@@ -54,6 +65,15 @@ def _public_url(cluster: ClusterSpec) -> str:
         raise ClusterError("a local-files cluster needs a public_url setting, an origin of its "
                            "own (e.g. http://127.0.0.1:8071/ or https://media.example.com/)")
     return url if url.endswith("/") else url + "/"
+
+
+def _make_base(base: Path) -> None:
+    """The base dir, made 0711 when missing (an operator's existing directory is left as it
+    is)."""
+    if base.is_dir():
+        return
+    base.mkdir(parents=True, exist_ok=True, mode=BASE_MODE)
+    base.chmod(BASE_MODE)  # mkdir's mode is masked by the umask
 
 
 def _instance_dir(cluster: ClusterSpec, names: ResourceNames) -> Path:
@@ -119,7 +139,7 @@ class LocalFilesProvider(ProviderBase):
         base = _base_dir(cluster)
         _public_url(cluster)
         try:
-            base.mkdir(parents=True, exist_ok=True)
+            _make_base(base)
             with tempfile.TemporaryFile(dir=base):
                 pass
         except OSError as exc:
@@ -129,15 +149,16 @@ class LocalFilesProvider(ProviderBase):
         return "1"
 
     def provision(self, cluster: ClusterSpec, names: ResourceNames, secret: str) -> Credentials:
-        """Converge to: the instance's directory, mode 0755. A symlink or a file in its place
-        is refused, never followed."""
+        """Converge to: the instance's directory, mode 0700 (whoever owns it: the application's
+        user once handed over). A symlink or a file in its place is refused, never followed."""
         directory = _instance_dir(cluster, names)
         url = _public_url(cluster) + names.base + "/"
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
             raise ClusterError(f"{directory} is not a directory (a symlink or a file): remove "
                                "it, then retry")
         try:
-            directory.mkdir(mode=MODE, parents=True, exist_ok=True)
+            _make_base(directory.parent)
+            directory.mkdir(mode=MODE, exist_ok=True)
             directory.chmod(MODE)  # mkdir's mode is masked by the umask
         except OSError as exc:
             raise ClusterError(f"cannot create the media directory {directory} "
@@ -149,7 +170,7 @@ class LocalFilesProvider(ProviderBase):
         return directory.exists() or directory.is_symlink()
 
     def observe(self, cluster: ClusterSpec, names: ResourceNames) -> Observation:
-        """The directory: there, a directory (not a symlink), mode 0755."""
+        """The directory: there, a directory (not a symlink), mode 0700."""
         directory = _instance_dir(cluster, names)
         try:
             found = directory.lstat()

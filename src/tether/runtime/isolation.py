@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tether.errors import OperationError
+from tether.providers.local_files import MODE as MEDIA_MODE
 from tether.runtime import appcopy
 from tether.runtime.accounts import (
     AppAccount,
@@ -58,19 +59,21 @@ _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _hand_over(directory: Path, account: AppAccount, data_dir: Path) -> None:
-    """Make a media directory the account's: the app writes its files there. Done the first
-    time only, while the directory is not the account's yet (root's, as its provider made it):
-    once its owner is the account, it is never walked again, whatever its group (the app may
-    `chgrp` it, and fill it, to make root walk it). The walk is relative to the file
-    descriptors of the directories it opens (`O_NOFOLLOW`), never by path: a directory swapped
-    for a symlink while it runs is never followed (a walk by path chowned the link's target).
-    Never a link, never the data dir or above; a file with more than one name (a hard link to
-    something elsewhere) is left as it is."""
+    """Make a media directory the account's, and its owner's only (the provider's mode, 0700:
+    no other environment's app may list or read it): the app writes its files there. Handed
+    over the first time only, while the directory is not the account's yet (root's, as its
+    provider made it): once its owner is the account, it is never walked again, whatever its
+    group (the app may `chgrp` it, and fill it, to make root walk it); only its own mode is set
+    back (on the descriptor), should the app have opened it to others. The walk is relative to
+    the file descriptors of the directories it opens (`O_NOFOLLOW`), never by path: a
+    directory swapped for a symlink while it runs is never followed (a walk by path chowned the
+    link's target). Never a link, never the data dir or above; a file with more than one name
+    (a hard link to something elsewhere) is left as it is."""
     try:
         st = directory.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid == account.uid:
+    if not stat.S_ISDIR(st.st_mode):
         return
     data_dir = data_dir.resolve()
     if directory.resolve() in (data_dir, *data_dir.parents) or directory.resolve() == Path("/"):
@@ -82,10 +85,12 @@ def _hand_over(directory: Path, account: AppAccount, data_dir: Path) -> None:
             return  # swapped for a link or a file meanwhile: never followed
         raise
     try:
-        if os.fstat(fd).st_uid == account.uid:
-            return
-        _chown_entries(fd, account, depth=0)
-        os.fchown(fd, account.uid, account.gid)  # the top last: nobody else wrote meanwhile
+        opened = os.fstat(fd)
+        if opened.st_uid != account.uid:
+            _chown_entries(fd, account, depth=0)
+            os.fchown(fd, account.uid, account.gid)  # the top last: nobody else wrote meanwhile
+        if stat.S_IMODE(opened.st_mode) != MEDIA_MODE:
+            os.fchmod(fd, MEDIA_MODE)
     finally:
         os.close(fd)
 

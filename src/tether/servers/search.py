@@ -1,0 +1,1056 @@
+"""Search servers Tether runs itself: OpenSearch and Elasticsearch, one node per server.
+
+Distributions. Neither PyPI, npm nor Debian has a server; Maven Central serves the
+integration-test zips (no bundled JDK, a handful of modules), fetched with
+`mvn dependency:copy` into a cache (`TETHER_SEARCH_CACHE`, default /var/cache/tether/search as
+root, ~/.cache/tether/search otherwise; `python -m tether.servers.search fetch` fills it ahead of
+time). Each release is unpacked once into `CACHE/dist/<flavour>-<version>` (root's, read-only for
+the servers; OpenSearch gets its security plugin installed there), and every server only has a
+home of its own: `config/` (a copy of the distribution's, ~100 KB, passed as
+OPENSEARCH_PATH_CONF / ES_PATH_CONF), `data/`, `logs/`, `tmp/`, the pid file and the launcher's
+output. They run on a JDK 17 (Debian's openjdk-17; `TETHER_SEARCH_JAVA_HOME` chooses another).
+
+Tested releases (`RELEASES`): opensearch-2.19.4 (+ opensearch-security 2.19.4.0, versions must
+match exactly), elasticsearch-8.19.21 and elasticsearch-7.17.29.
+
+Security is always on:
+- HTTP is plain on 127.0.0.1 with basic auth; the admin (`tether_admin`, password given at
+  init) is the only user: OpenSearch's internal_users.yml holds it alone (no demo users, whose
+  passwords are public) and roles_mapping.yml maps `all_access` to it and to the backend role
+  `admin` only; on Elasticsearch it is a file-realm user (config/users, PBKDF2 hash) with the
+  built-in `superuser` role.
+- Transport (the node-to-node port, also on loopback) uses TLS with certificates made for each
+  server at init: a CA whose private key is thrown away once it signed the node's certificate,
+  so nobody can make another certificate the node trusts. Not the demo installer's certificates:
+  their keys ship with the plugin, and whoever presents a node certificate on the transport port
+  acts as a cluster node, past every permission. For the same reason Elasticsearch gets
+  transport TLS too (without it, a transport client claims any identity). Keys and hashes are
+  readable by the server's user only.
+
+Both refuse to run as root: as root, the servers run as the system user `tether-search`
+(created on demand). A server daemonises (`-d`), so it outlives the Python process; the pid file
+is trusted only when /proc says that pid is this server's JVM (its main class, and its
+`-Djava.io.tmpdir=` naming this home's tmp dir), so a recycled pid is never killed.
+
+Measured on this kind of machine (2 cores, others busy; 512 MB heap): OpenSearch 2.19.4 start
+~15-25 s, RSS ~750 MB; Elasticsearch 8.19.21 ~25-45 s (its launcher JVM, then the server) and
+7.17.29 ~20-50 s, RSS ~730 MB. A first fetch from Maven Central takes ~40 s for OpenSearch (the
+dependency plugin itself comes first), ~10 s for each Elasticsearch zip.
+
+Native-realm users on the Elasticsearch integ-test zips (checked on real servers): on both
+8.19.21 and 7.17.29, `PUT /_security/role/R` and `PUT /_security/user/U` fail with 400
+`Unknown filter type [pattern_capture] for [email]`: the `.security` index cannot be created,
+its mapping needs the analysis-common module the zips lack (8.19.21 logs the same error at
+start, syncing its built-in roles). So neither version can hold users or roles made through the
+security API; API keys live in the same index (and on 7.17 basic they are off: "api keys are not
+enabled"). Only the file realm (config/users, users_roles, roles.yml, read again within ~5 s)
+works there, which only whoever owns the server's files can use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import fcntl
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tether.errors import ClusterError
+from tether.providers.base import ResourceNames
+from tether.sysaccess import first_untraversable
+
+log = logging.getLogger("tether.servers.search")
+
+SERVICE_USER = "tether-search"
+ADMIN_USER = "tether_admin"
+CLUSTER_NAME = "tether-search"
+DEFAULT_HEAP_MB = 512
+DEFAULT_PRIVATE = "opensearch-2.19.4"
+FLAVOURS = ("opensearch", "elasticsearch")
+JDK_HINT = ("install a JDK 17: apt-get install openjdk-17-jre-headless, or run "
+            "scripts/servers/search.sh (TETHER_SEARCH_JAVA_HOME names another JDK)")
+MAVEN_HINT = "install Maven: apt-get install maven, or run scripts/servers/search.sh"
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_RELEASE_RE = re.compile(r"(?P<flavour>[a-z]+)-(?P<version>\d+\.\d+\.\d+)")
+_SECRET_LINE = re.compile(r"password|passwd|hash|secret|credential", re.IGNORECASE)
+_MAVEN_TIMEOUT = 900.0
+_HTTP_TIMEOUT = 5.0
+
+
+class PortTaken(ClusterError):
+    """The server could not start because another program listens on its port."""
+
+
+# -- releases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """One flavour and version of search server, e.g. opensearch 2.19.4."""
+
+    flavour: str
+    version: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.flavour}-{self.version}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def opensearch(self) -> bool:
+        return self.flavour == "opensearch"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        """Maven coordinates (group:artifact:version:zip) of what the release needs."""
+        if self.opensearch:
+            return (f"org.opensearch.distribution.integ-test-zip:opensearch:{self.version}:zip",
+                    f"org.opensearch.plugin:opensearch-security:{self.version}.0:zip")
+        return (f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{self.version}:zip",)
+
+    @property
+    def program(self) -> str:
+        return f"bin/{self.flavour}"
+
+    @property
+    def main_class(self) -> str:
+        return ("org.opensearch.bootstrap.OpenSearch" if self.opensearch
+                else "org.elasticsearch.bootstrap.Elasticsearch")
+
+    @property
+    def conf_property(self) -> str:
+        """The JVM property that names the config dir on the server's command line."""
+        return "-Dopensearch.path.conf=" if self.opensearch else "-Des.path.conf="
+
+    @property
+    def env_prefix(self) -> str:
+        return "OPENSEARCH" if self.opensearch else "ES"
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.flavour}.yml"
+
+
+RELEASES: tuple[Release, ...] = (
+    Release("opensearch", "2.19.4"),
+    Release("elasticsearch", "8.19.21"),
+    Release("elasticsearch", "7.17.29"),
+)
+
+
+def parse_release(text: str) -> Release:
+    """`opensearch-2.19.4`, `elasticsearch-8.19.21`... (`FLAVOUR-X.Y.Z`)."""
+    match = _RELEASE_RE.fullmatch(text.strip())
+    if match is None or match["flavour"] not in FLAVOURS:
+        known = ", ".join(r.name for r in RELEASES)
+        raise ClusterError(f"unknown search server release {text!r}: name one as FLAVOUR-X.Y.Z "
+                           f"with FLAVOUR opensearch or elasticsearch (tested: {known})")
+    return Release(match["flavour"], match["version"])
+
+
+def private_release() -> Release:
+    """The release private servers use: TETHER_SEARCH_PRIVATE, else OpenSearch 2.19.4."""
+    return parse_release(os.environ.get("TETHER_SEARCH_PRIVATE") or DEFAULT_PRIVATE)
+
+
+# -- the account, the JDK, the cache -----------------------------------------------------------
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@functools.cache
+def _service_account() -> pwd.struct_passwd:
+    """The system user that runs the servers when we are root (created once)."""
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        pass
+    log.info("creating the system user %s to run search servers (they refuse to run as root)",
+             SERVICE_USER)
+    proc = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home",
+         "--shell", "/usr/sbin/nologin", SERVICE_USER],
+        capture_output=True, text=True, check=False)
+    try:  # a concurrent process may have created it meanwhile: that is fine
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        raise ClusterError(
+            f"could not create the system user {SERVICE_USER!r} that runs search servers "
+            f"(useradd: {proc.stderr.strip() or proc.returncode}); create it yourself with "
+            f"`useradd --system --user-group --shell /usr/sbin/nologin {SERVICE_USER}`") from None
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The account the servers run as: `tether-search` when we are root, else ourselves."""
+    return _service_account() if _is_root() else None
+
+
+def _ids(account: pwd.struct_passwd | None) -> dict[str, object]:
+    if account is None:
+        return {}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _chown(path: Path, account: pwd.struct_passwd | None) -> None:
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def _chown_tree(path: Path, account: pwd.struct_passwd | None) -> None:
+    if account is None:
+        return
+    _chown(path, account)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            _chown(Path(root) / name, account)
+
+
+def java_home() -> Path:
+    """A JDK 17 home: TETHER_SEARCH_JAVA_HOME, else Debian's openjdk-17."""
+    configured = os.environ.get("TETHER_SEARCH_JAVA_HOME")
+    candidates = [Path(configured)] if configured else sorted(
+        Path("/usr/lib/jvm").glob("java-17-openjdk*"))
+    for home in candidates:
+        if (home / "bin" / "java").is_file() and os.access(home / "bin" / "java", os.X_OK):
+            return home.resolve()
+    if configured:
+        raise ClusterError(f"TETHER_SEARCH_JAVA_HOME={configured} has no bin/java: {JDK_HINT}")
+    raise ClusterError(f"no JDK 17 found in /usr/lib/jvm, so Tether cannot run search "
+                       f"servers: {JDK_HINT}")
+
+
+def cache_root() -> Path:
+    """Where distributions are fetched and unpacked (TETHER_SEARCH_CACHE)."""
+    configured = os.environ.get("TETHER_SEARCH_CACHE")
+    if configured:
+        return Path(os.path.abspath(configured))
+    if _is_root():
+        return Path("/var/cache/tether/search")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "tether" / "search"
+
+
+@contextlib.contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    """One process at a time fetches or unpacks a release (others wait, then find it done)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{name}", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _zip_path(root: Path, coordinates: str) -> Path:
+    _group, artifact, version, ext = coordinates.split(":")
+    return root / "zips" / f"{artifact}-{version}.{ext}"
+
+
+def _maven_env() -> dict[str, str]:
+    env = dict(os.environ)
+    with contextlib.suppress(ClusterError):
+        env["JAVA_HOME"] = str(java_home())
+    return env
+
+
+def fetch(release: Release, root: Path | None = None) -> list[Path]:
+    """Download the release's zips from Maven Central into `root/zips` (once)."""
+    root = root or cache_root()
+    paths = [_zip_path(root, coordinates) for coordinates in release.artifacts]
+    if all(path.is_file() for path in paths):
+        return paths
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ClusterError(f"Maven (`mvn`) is missing, so Tether cannot fetch {release}: "
+                           f"{MAVEN_HINT}")
+    with _locked(root, release.name):
+        for coordinates, path in zip(release.artifacts, paths, strict=True):
+            if path.is_file():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repo = root / "m2"
+            started = time.monotonic()
+            log.info("fetching %s from Maven Central into %s", coordinates, path.parent)
+            try:
+                proc = subprocess.run(
+                    [mvn, "-q", "-B", "dependency:copy", f"-Dmaven.repo.local={repo}",
+                     f"-Dartifact={coordinates}", f"-DoutputDirectory={path.parent}"],
+                    capture_output=True, text=True, check=False, timeout=_MAVEN_TIMEOUT,
+                    cwd=str(root), stdin=subprocess.DEVNULL, env=_maven_env())
+            except subprocess.TimeoutExpired:
+                raise ClusterError(f"fetching {coordinates} from Maven Central took more than "
+                                   f"{_MAVEN_TIMEOUT:.0f}s: check the network, then retry "
+                                   "(scripts/servers/search.sh)") from None
+            if proc.returncode != 0 or not path.is_file():
+                raise ClusterError(
+                    f"could not fetch {coordinates} from Maven Central (mvn exit "
+                    f"{proc.returncode}): {_tail(proc.stdout + proc.stderr, 5)}; check the "
+                    "network (or Maven's proxy settings), then retry")
+            # the copy in Maven's own repository is not needed again: keep the disk for one
+            group, artifact, version, _ext = coordinates.split(":")
+            shutil.rmtree(repo.joinpath(*group.split("."), artifact, version),
+                          ignore_errors=True)
+            log.info("fetched %s in %.1fs", coordinates, time.monotonic() - started)
+    return paths
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Unzip keeping the executable bits (zipfile alone drops them); everything readable by all
+    and owned by whoever unpacks (root): the servers only read it."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            mode = (info.external_attr >> 16) & 0o170777
+            dest = Path(zf.extract(info, target))
+            if stat.S_ISLNK(mode):
+                link_target = zf.read(info).decode()
+                dest.unlink()
+                os.symlink(link_target, dest)
+            elif info.is_dir():
+                dest.chmod(0o755)
+            else:
+                dest.chmod(0o755 if mode & 0o111 else 0o644)
+
+
+def distribution(release: Release, root: Path | None = None) -> Path:
+    """The release unpacked once (fetched first if needed), with OpenSearch's security plugin
+    installed: `root/dist/<release>`. Unpacked into a temporary dir renamed at the end, so an
+    interrupted unpack never leaves half a distribution behind."""
+    root = root or cache_root()
+    target = root / "dist" / release.name
+    if (target / release.program).is_file():
+        return target
+    zips = fetch(release, root)
+    with _locked(root, release.name):
+        if (target / release.program).is_file():
+            return target
+        started = time.monotonic()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for path in (root, root / "dist"):
+            path.chmod(0o755)  # the service user must reach the distribution
+        staging = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=target.parent))
+        try:
+            _extract(zips[0], staging)
+            unpacked = staging / f"{release.flavour}-{release.version}"
+            if not (unpacked / release.program).is_file():
+                raise ClusterError(f"{zips[0]} holds no {release.program}: delete it and fetch "
+                                   "it again")
+            if release.opensearch:
+                _install_security_plugin(unpacked, zips[1])
+            unpacked.chmod(0o755)
+            if target.exists():
+                shutil.rmtree(target)  # a dir without the program: left by a broken copy
+            unpacked.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for path in zips:  # unpacked for good: the disk is worth more than a second unpack
+            path.unlink(missing_ok=True)
+        log.info("unpacked %s into %s in %.1fs", release, target, time.monotonic() - started)
+    return target
+
+
+def _install_security_plugin(home: Path, plugin_zip: Path) -> None:
+    env = _base_env(home)
+    env.update(OPENSEARCH_PATH_CONF=str(home / "config"), OPENSEARCH_JAVA_HOME=str(java_home()))
+    proc = subprocess.run(
+        [str(home / "bin" / "opensearch-plugin"), "install", "--batch",
+         plugin_zip.resolve().as_uri()],
+        capture_output=True, text=True, check=False, timeout=300, env=env, cwd="/",
+        stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise ClusterError(f"installing the OpenSearch security plugin failed: "
+                           f"{_tail(proc.stdout + proc.stderr, 8)}")
+    for path in (home / "plugins", home / "config"):
+        for dirpath, _dirs, files in os.walk(path):
+            os.chmod(dirpath, 0o755)  # noqa: S103 - read-only program files for the servers
+            for name in files:
+                file = os.path.join(dirpath, name)
+                os.chmod(file, os.stat(file).st_mode | 0o444)
+
+
+def _base_env(home: Path) -> dict[str, str]:
+    """A predictable environment: none of the caller's ES_*, OPENSEARCH_* or JAVA_* settings."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "HOME": str(home)}
+
+
+# -- secrets at init ---------------------------------------------------------------------------
+
+
+def _es_password_hash(password: str) -> str:
+    """A hash Elasticsearch's file realm reads (its `{PBKDF2}` format: PBKDF2-HMAC-SHA512,
+    10,000 rounds, 32-byte salt and key, base64)."""
+    salt = secrets.token_bytes(32)
+    rounds = 10000
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, rounds, 32)
+    return (f"{{PBKDF2}}{rounds}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(key).decode()}")
+
+
+def _opensearch_password_hash(dist: Path, password: str) -> str:
+    """A bcrypt hash from the security plugin's own tool (the password passes through its
+    environment, never its command line)."""
+    env = _base_env(dist)
+    env.update(JAVA_HOME=str(java_home()), TETHER_SEARCH_ADMIN_PASSWORD=password)
+    proc = subprocess.run(
+        ["bash", str(dist / "plugins/opensearch-security/tools/hash.sh"), "-env",
+         "TETHER_SEARCH_ADMIN_PASSWORD"],
+        capture_output=True, text=True, check=False, timeout=120, env=env, cwd="/",
+        stdin=subprocess.DEVNULL)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("$2"):
+        raise ClusterError(f"hashing the admin password with OpenSearch's hash.sh failed "
+                           f"(exit {proc.returncode}): {_tail(proc.stderr, 5)}")
+    return lines[-1].strip()
+
+
+NODE_DN = "CN=tether-search-node,O=Tether"
+
+
+def _transport_certificates() -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, node certificate, node key) in PEM, for transport TLS. The CA's key is
+    never written: once it signed the node's certificate nobody can sign another."""
+    now = datetime.datetime.now(datetime.UTC)
+    not_after = now + datetime.timedelta(days=3650)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tether"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "tether-search-ca")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(
+                   digital_signature=False, content_commitment=False, key_encipherment=False,
+                   data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                   crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    node_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    node_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tether"),
+                           x509.NameAttribute(NameOID.COMMON_NAME, "tether-search-node")])
+    node_cert = (x509.CertificateBuilder().subject_name(node_name).issuer_name(ca_name)
+                 .public_key(node_key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(minutes=5))
+                 .not_valid_after(not_after)
+                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                 .add_extension(x509.KeyUsage(
+                     digital_signature=True, content_commitment=False, key_encipherment=True,
+                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                       ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                critical=False)
+                 .add_extension(x509.SubjectAlternativeName([
+                     x509.DNSName("localhost"),
+                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                 .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return (ca_cert.public_bytes(pem), node_cert.public_bytes(pem),
+            node_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+
+
+def _write_private(path: Path, data: str | bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def _yaml(value: object) -> str:
+    """A YAML scalar or flow list (JSON is valid YAML)."""
+    return json.dumps(value)
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class SearchServer:
+    """One OpenSearch or Elasticsearch node with its home dir: `config/` (its own copy of the
+    distribution's config, with the release's name in `config/tether-release`), `data/`,
+    `logs/`, `tmp/`, the pid file and the launcher's output. HTTP on `host:port`, transport on
+    `host:transport_port` (0: a free port the server picks at each start)."""
+
+    def __init__(self, release: Release | str, home: Path, port: int, *,
+                 transport_port: int = 0, host: str = "127.0.0.1",
+                 heap_mb: int = DEFAULT_HEAP_MB) -> None:
+        self.release = parse_release(release) if isinstance(release, str) else release
+        self.home = Path(os.path.abspath(home))
+        self.port = int(port)
+        self.transport_port = int(transport_port)
+        self.host = host
+        self.heap_mb = int(heap_mb)
+
+    def __repr__(self) -> str:
+        return f"SearchServer({self.release.name!r}, {str(self.home)!r}, port={self.port})"
+
+    # -- paths --
+
+    @property
+    def config_dir(self) -> Path:
+        return self.home / "config"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "server.pid"
+
+    @property
+    def launcher_log(self) -> Path:
+        """What the launcher printed (start-up errors before the server's own log exists)."""
+        return self.home / "server.out"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / f"{CLUSTER_NAME}.log"
+
+    @property
+    def _run_file(self) -> Path:
+        """The pid and port of the running server, written when it started (the command line
+        of Elasticsearch 8's server JVM does not carry its settings)."""
+        return self.home / "server.run"
+
+    @property
+    def _marker(self) -> Path:
+        return self.config_dir / "tether-release"
+
+    def admin_url(self, password: str) -> str:
+        return f"http://{ADMIN_USER}:{quote(password, safe='')}@{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The HTTP address without credentials."""
+        return f"http://{self.host}:{self.port}"
+
+    def initialized(self) -> bool:
+        return self._marker.is_file()
+
+    def initialized_release(self) -> Release | None:
+        """The release the home was initialised with (a home keeps its release)."""
+        try:
+            return parse_release(self._marker.read_text())
+        except (OSError, ClusterError):
+            return None
+
+    # -- init --
+
+    def _check_traversable(self, path: Path, account: pwd.struct_passwd | None) -> None:
+        if account is None:
+            return
+        parent = first_untraversable(path, account)
+        if parent is not None:
+            raise ClusterError(
+                f"search servers run as the user {account.pw_name!r}, which cannot reach "
+                f"{path} ({parent} is not traversable for it): choose a directory the "
+                f"{account.pw_name} user can reach (e.g. under /var/lib/tether)")
+
+    def init(self, password: str) -> None:
+        """Make the home with the admin `tether_admin` and `password` (the only user), transport
+        certificates of its own, the release's distribution fetched and unpacked if needed. The
+        config is written into a staging dir renamed at the end, so an interrupted init never
+        leaves a half-made home behind. No-op when already initialised."""
+        if self.initialized():
+            return
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ClusterError(f"{self.data_dir} is not empty and {self.home} is not an "
+                               "initialised search server: remove it or choose another dir")
+        release = self.release
+        dist = distribution(release)
+        java_home()
+        account = _run_as()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._check_traversable(self.home, account)
+        self._check_traversable(dist / release.program, account)
+        self.home.chmod(0o750)
+        _chown(self.home, account)
+        staging = self.home / "config.init"
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(dist / "config", staging, symlinks=True)
+        try:
+            self._write_config(staging, dist, password)
+            for name in ("data", "logs", "tmp"):
+                path = self.home / name
+                path.mkdir(mode=0o750, exist_ok=True)
+                _chown(path, account)
+            for path in (staging, *staging.rglob("*")):
+                if not path.is_symlink():
+                    path.chmod(0o700 if path.is_dir() else 0o600)
+            _chown_tree(staging, account)
+            if self.config_dir.exists():
+                shutil.rmtree(self.config_dir)  # no marker: a half copy
+            staging.rename(self.config_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("initialised %s search server in %s", release, self.home)
+
+    def _write_config(self, conf: Path, dist: Path, password: str) -> None:
+        release = self.release
+        ca, cert, key = _transport_certificates()
+        (conf / "certs").mkdir()
+        _write_private(conf / "certs" / "ca.pem", ca)
+        _write_private(conf / "certs" / "node.pem", cert)
+        _write_private(conf / "certs" / "node-key.pem", key)
+        settings: dict[str, object] = {
+            "cluster.name": CLUSTER_NAME,
+            "node.name": CLUSTER_NAME,
+            "path.data": str(self.data_dir),
+            "path.logs": str(self.logs_dir),
+            "network.host": self.host,
+            "discovery.type": "single-node",
+        }
+        if release.opensearch:
+            settings.update({
+                "plugins.security.ssl.transport.pemcert_filepath": "certs/node.pem",
+                "plugins.security.ssl.transport.pemkey_filepath": "certs/node-key.pem",
+                "plugins.security.ssl.transport.pemtrustedcas_filepath": "certs/ca.pem",
+                "plugins.security.ssl.transport.enforce_hostname_verification": False,
+                "plugins.security.ssl.http.enabled": False,
+                "plugins.security.allow_default_init_securityindex": True,
+                "plugins.security.nodes_dn": [NODE_DN],
+                "plugins.security.restapi.roles_enabled": ["all_access"],
+                "plugins.security.system_indices.enabled": True,
+            })
+            security = conf / "opensearch-security"
+            hashed = _opensearch_password_hash(dist, password)
+            _write_private(security / "internal_users.yml", (
+                "_meta:\n  type: \"internalusers\"\n  config_version: 2\n"
+                f"{ADMIN_USER}:\n  hash: {_yaml(hashed)}\n  reserved: true\n"
+                "  backend_roles:\n  - \"admin\"\n  description: \"Tether's admin\"\n"))
+            _write_private(security / "roles_mapping.yml", (
+                "_meta:\n  type: \"rolesmapping\"\n  config_version: 2\n"
+                "all_access:\n  reserved: true\n  backend_roles:\n  - \"admin\"\n"
+                f"  users:\n  - {_yaml(ADMIN_USER)}\n"
+                "  description: \"Maps Tether's admin to all_access\"\n"))
+        else:
+            settings.update({
+                "xpack.security.enabled": True,
+                "xpack.security.http.ssl.enabled": False,
+                "xpack.security.transport.ssl.enabled": True,
+                "xpack.security.transport.ssl.verification_mode": "certificate",
+                "xpack.security.transport.ssl.client_authentication": "required",
+                "xpack.security.transport.ssl.key": "certs/node-key.pem",
+                "xpack.security.transport.ssl.certificate": "certs/node.pem",
+                "xpack.security.transport.ssl.certificate_authorities": ["certs/ca.pem"],
+            })
+            _write_private(conf / "users", f"{ADMIN_USER}:{_es_password_hash(password)}\n")
+            _write_private(conf / "users_roles", f"superuser:{ADMIN_USER}\n")
+        (conf / release.config_name).write_text(
+            "# written by Tether (tether.servers.search)\n"
+            + "".join(f"{name}: {_yaml(value)}\n" for name, value in settings.items()))
+        self._write_jvm_options(conf / "jvm.options")
+        (conf / "tether-release").write_text(release.name + "\n")
+
+    def _write_jvm_options(self, path: Path) -> None:
+        """The distribution's JVM options with paths in this home (they are relative to the
+        distribution's dir, which the servers may not write), small GC logs, no heap dumps
+        (one is as large as the heap, per server)."""
+        lines = []
+        for line in path.read_text().splitlines():
+            if "HeapDumpOnOutOfMemoryError" in line or "HeapDumpPath" in line:
+                continue
+            line = line.replace("file=logs/", f"file={self.logs_dir}/")
+            line = line.replace("-Xloggc:logs/", f"-Xloggc:{self.logs_dir}/")
+            line = line.replace("ErrorFile=logs/", f"ErrorFile={self.logs_dir}/")
+            line = line.replace("filecount=32,filesize=64m", "filecount=2,filesize=8m")
+            lines.append(line)
+        path.write_text("\n".join(lines) + "\n")
+
+    # -- the process --
+
+    @property
+    def _tmpdir_property(self) -> str:
+        """The JVM property on the server's command line that names this home (the server JVM
+        of Elasticsearch 8 has no path.conf property there; every flavour has its tmpdir)."""
+        return f"-Djava.io.tmpdir={self.home / 'tmp'}"
+
+    def _is_ours(self, pid: int) -> bool:
+        cmdline = _cmdline(pid)
+        return (self._tmpdir_property in cmdline
+                and any(arg.endswith(self.release.main_class) for arg in cmdline)
+                and _pid_alive(pid))
+
+    def pid(self) -> int | None:
+        """The pid of the live server on this home, if any: from the pid file when /proc says
+        it is this server's JVM (never a recycled pid), else by its command line (a server
+        still starting, or one whose pid file is gone)."""
+        try:
+            pid: int | None = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        if pid is not None and self._is_ours(pid):
+            return pid
+        try:
+            entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+        except OSError:
+            return None
+        for name in entries:
+            if self._is_ours(int(name)):
+                return int(name)
+        return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def _running_port(self, pid: int) -> int | None:
+        try:
+            run = json.loads(self._run_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(run, dict) and run.get("pid") == pid and isinstance(run.get("port"), int):
+            return int(run["port"])
+        return None
+
+    def rss_bytes(self) -> int | None:
+        """The resident memory of the running server."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def _env(self) -> dict[str, str]:
+        prefix = self.release.env_prefix
+        jdk = str(java_home())
+        env = _base_env(self.home)
+        env.update({
+            "JAVA_HOME": jdk,
+            f"{prefix}_JAVA_HOME": jdk,
+            f"{prefix}_PATH_CONF": str(self.config_dir),
+            f"{prefix}_JAVA_OPTS": f"-Xms{self.heap_mb}m -Xmx{self.heap_mb}m",
+            f"{prefix}_TMPDIR": str(self.home / "tmp"),
+        })
+        return env
+
+    def start(self, timeout: float = 180.0, *, password: str | None = None) -> None:
+        """Start the server on its port (no-op when it runs there already) and wait until it
+        answers: HTTP up and its security in force (an anonymous request is refused with 401).
+        With `password`, also wait for the cluster health to be at least yellow."""
+        if not self.initialized():
+            raise ClusterError(f"{self.home} is not an initialised search server: "
+                               "initialise it first")
+        have = self.initialized_release()
+        if have is not None and have != self.release:
+            raise ClusterError(f"{self.home} holds a {have} server, not {self.release}")
+        deadline = time.monotonic() + timeout
+        pid = self.pid()
+        if pid is not None and self._running_port(pid) == self.port:
+            if self._wait_ready(pid, deadline, self.log_size()):
+                if password is not None:
+                    self.wait_healthy(password, max(1.0, deadline - time.monotonic()))
+                return
+            pid = self.pid()  # it died meanwhile: start it again
+        if pid is not None:
+            log.info("the search server in %s runs on another port than %s: restarting it",
+                     self.home, self.port)
+            self.stop()
+        dist = distribution(self.release)
+        account = _run_as()
+        self._check_traversable(self.home, account)
+        self.pid_file.unlink(missing_ok=True)  # stale, after a crash
+        self._run_file.unlink(missing_ok=True)
+        for path in (self.launcher_log, self.log_file):
+            if not path.exists():
+                path.touch(mode=0o640)
+            _chown(path, account)
+        offset = self.log_size()
+        args = [str(dist / self.release.program), "-d", "-p", str(self.pid_file),
+                f"-Ehttp.port={self.port}", f"-Etransport.port={self.transport_port}"]
+        # `sh` starts the launcher in the background and exits at once: the server is nobody's
+        # child, in a session of its own. `-d` keeps the launcher's stdout open until the node
+        # runs: it goes to a file, never to a pipe someone waits on.
+        with self.launcher_log.open("ab") as out:
+            out.write(f"--- starting {self.release} on {self.host}:{self.port} at "
+                      f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode())
+        launcher = subprocess.run(
+            ["/bin/sh", "-c", '"$@" </dev/null >>"$0" 2>&1 &', str(self.launcher_log), *args],
+            check=False, timeout=30, env=self._env(), cwd=str(self.home),
+            stdin=subprocess.DEVNULL, start_new_session=True, **_ids(account))  # type: ignore[arg-type]
+        if launcher.returncode != 0:
+            raise ClusterError(f"could not launch the search server in {self.home}")
+        started = time.monotonic()
+        if not self._wait_ready(None, deadline, offset):
+            tail = self.log_tail(since=offset)
+            self.stop()
+            if "BindException" in tail or "Address already in use" in tail:
+                raise PortTaken(f"the {self.release} server in {self.home} did not start: port "
+                                f"{self.port} (or its transport port) on {self.host} is taken "
+                                "by another program; free it or choose another port")
+            raise ClusterError(f"the {self.release} server in {self.home} did not start on "
+                               f"{self.host}:{self.port}; its log ends with:\n{tail}")
+        log.info("%s started on %s:%s in %.1fs (%s)", self.release, self.host, self.port,
+                 time.monotonic() - started, self.home)
+        if password is not None:
+            self.wait_healthy(password, max(1.0, deadline - time.monotonic()))
+
+    def _wait_ready(self, pid: int | None, deadline: float, offset: int) -> bool:
+        """Wait until the server (pid, or the one being started) refuses an anonymous request
+        with 401: True. False when it is gone (it failed, or was crashing); ClusterError at the
+        deadline."""
+        launched = time.monotonic()
+        while time.monotonic() < deadline:
+            current = self.pid() if pid is None else (pid if _pid_alive(pid) else None)
+            if current is None:
+                # the launcher (a shell script, then Elasticsearch 8's launcher JVM) may still
+                # be on its way to the server's JVM
+                if pid is not None or (time.monotonic() - launched > 2
+                                       and not self._launching()):
+                    return False
+            elif self._answers_401():
+                if pid is None:
+                    self._run_file.write_text(json.dumps({"pid": current, "port": self.port}))
+                return True
+            time.sleep(0.25)
+        raise ClusterError(f"the {self.release} server in {self.home} runs but does not answer "
+                           f"on {self.host}:{self.port} after the timeout; its log ends "
+                           f"with:\n{self.log_tail(since=offset)}")
+
+    def _launching(self) -> bool:
+        """Whether a launcher of this server is still running (its command line names the pid
+        file or the config dir)."""
+        marks = (str(self.pid_file), f"{self.release.conf_property}{self.config_dir}",
+                 self._tmpdir_property)
+        try:
+            entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+        except OSError:
+            return False
+        for name in entries:
+            cmdline = _cmdline(int(name))
+            if any(arg in marks for arg in cmdline) and _pid_alive(int(name)):
+                return True
+        return False
+
+    def _answers_401(self) -> bool:
+        try:
+            response = httpx.get(self.url + "/", timeout=_HTTP_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 401
+
+    def wait_healthy(self, password: str, timeout: float = 120.0) -> None:
+        """Wait until the admin sees the cluster health yellow or green."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(
+                    self.url + "/_cluster/health",
+                    params={"wait_for_status": "yellow", "timeout": "2s"},
+                    auth=(ADMIN_USER, password), timeout=_HTTP_TIMEOUT + 2)
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            else:
+                if response.status_code == 401:
+                    raise ClusterError(f"the {self.release} server in {self.home} refuses the "
+                                       "admin password (it was set at its first init)")
+                if response.status_code == 200 and response.json().get("status") in (
+                        "yellow", "green"):
+                    return
+                last = f"HTTP {response.status_code}"
+            time.sleep(0.5)
+        raise ClusterError(f"the {self.release} server in {self.home} is not healthy after "
+                           f"{timeout:.0f}s ({last}); its log ends with:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Clean shutdown (SIGTERM); SIGKILL after `timeout`. No-op when stopped."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_dead(pid, timeout):
+                log.warning("the search server in %s did not stop in %.0fs: killing it",
+                            self.home, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if not _wait_dead(pid, 10):
+                    raise ClusterError(f"the search server in {self.home} (pid {pid}) did not "
+                                       "stop")
+            log.info("%s stopped (%s)", self.release, self.home)
+        self.pid_file.unlink(missing_ok=True)
+        self._run_file.unlink(missing_ok=True)
+
+    def destroy(self) -> None:
+        """Stop the server and delete its home for good."""
+        self.stop()
+        if self.home.exists():
+            shutil.rmtree(self.home)
+
+    # -- logs --
+
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    @staticmethod
+    def _log_since(path: Path, offset: int) -> str:
+        try:
+            with path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(offset, f.tell() - 65536))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15, since: int = 0) -> str:
+        """The end of the server's log (or of the launcher's output when the server wrote
+        nothing since `since`), without lines that mention a password, hash or secret; Java
+        stack frames are left out."""
+        text = self._log_since(self.log_file, since)
+        if not text.strip():
+            text = self._log_since(self.launcher_log, 0)
+        kept = [line for line in text.splitlines() if not line.lstrip().startswith("at ")]
+        return _tail("\n".join(kept), lines)
+
+
+class PrivateSearchServers:
+    """Dedicated search servers, one per `--private` instance, in `base_dir/<names.base>`. The
+    release is TETHER_SEARCH_PRIVATE's (default OpenSearch 2.19.4) for new servers; a server
+    keeps the release it was made with. Transport ports are picked by the server at each start."""
+
+    kind = "elasticsearch"
+
+    def __init__(self, base_dir: Path, release: Release | str | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        if release is None:
+            self.release = private_release()
+        else:
+            self.release = parse_release(release) if isinstance(release, str) else release
+
+    def server(self, names: ResourceNames, port: int) -> SearchServer:
+        if not _NAME_RE.fullmatch(names.base):
+            raise ClusterError(f"refusing the resource name {names.base!r}: not a plain "
+                               "identifier")
+        server = SearchServer(self.release, self.base_dir / names.base, port)
+        made_with = server.initialized_release()
+        if made_with is not None and made_with != self.release:
+            server = SearchServer(made_with, server.home, port)
+        return server
+
+    def version(self) -> str:
+        """The release new servers run, flavour included (e.g. "opensearch-2.19.4")."""
+        return self.release.name
+
+    def create(self, names: ResourceNames, port: int, password: str) -> str:
+        """Initialise (once) and start the instance's server, wait until it is healthy; return
+        its admin URL. The password only takes effect at the first init: callers persist it
+        before calling."""
+        server = self.server(names, port)
+        server.init(password)
+        server.start(password=password)
+        return server.admin_url(password)
+
+    def start(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).start()
+
+    def stop(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).stop()
+
+    def destroy(self, names: ResourceNames, port: int) -> None:
+        self.server(names, port).destroy()
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live process (a zombie is dead: containers often have no init that reaps orphans)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = raw.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _pid_alive(pid)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    kept = [line for line in text.strip().splitlines() if not _SECRET_LINE.search(line)]
+    return "\n".join(kept[-lines:]) or "(empty)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tether.servers.search fetch [RELEASE...]`: fetch and unpack releases into the
+    cache (all tested ones by default), so that starting a server downloads nothing."""
+    parser = argparse.ArgumentParser(prog="python -m tether.servers.search")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch_cmd = commands.add_parser("fetch", help="fetch and unpack releases into the cache")
+    fetch_cmd.add_argument("releases", nargs="*", help="e.g. opensearch-2.19.4 (default: all "
+                           "tested releases)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="search: %(message)s")
+    releases = [parse_release(r) for r in args.releases] or list(RELEASES)
+    try:
+        for release in releases:
+            started = time.monotonic()
+            path = distribution(release)
+            print(f"{release}: {path} ({time.monotonic() - started:.1f}s)", file=sys.stderr)
+    except ClusterError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

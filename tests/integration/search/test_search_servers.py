@@ -1,0 +1,245 @@
+"""The search servers Tether runs (tether.servers.search), for real: security in force on every
+release (anonymous and wrong passwords refused, the admin alone), transport TLS with the server's
+own certificates, and the lifecycle of a private server through `PrivateSearchServers` (create,
+idempotent create, stop, a stale pid file naming another process left alone, start again with
+the data kept, destroy leaving nothing, no password in its logs). No mocks.
+
+The security tests share the session's servers (conftest.py); the lifecycle test runs one
+OpenSearch server of its own (two JVM starts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import world_traversable_tmpdir
+from tests.integration.search.conftest import SearchNode
+from tether.errors import ClusterError
+from tether.net import free_port, port_is_free
+from tether.providers.base import ResourceNames
+from tether.servers.search import (
+    ADMIN_USER,
+    PrivateSearchServers,
+    SearchServer,
+    java_home,
+    parse_release,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVERS = ("opensearch_server", "elasticsearch8_server", "elasticsearch7_server")
+
+
+@pytest.fixture(params=SERVERS)
+def search_node(request: pytest.FixtureRequest) -> SearchNode:
+    node: SearchNode = request.getfixturevalue(request.param)
+    return node
+
+
+def _is_opensearch(node: SearchNode) -> bool:
+    answer = node.request("GET", "/")
+    return answer.status_code == 200 and \
+        answer.json().get("version", {}).get("distribution") == "opensearch"
+
+
+def test_security_is_in_force(search_node: SearchNode) -> None:
+    """Anonymous, unknown and wrong-password requests are refused (401); the admin is served,
+    with every right, and the server is the release it says."""
+    assert httpx.get(search_node.url + "/_cluster/health", timeout=30).status_code == 401
+    assert httpx.get(search_node.url + "/", timeout=30).status_code == 401
+    wrong = search_node.request("GET", "/_cluster/health",
+                                auth=(search_node.user, search_node.password + "x"))
+    assert wrong.status_code == 401
+    assert search_node.request("GET", "/_cluster/health",
+                               auth=("admin", "admin")).status_code == 401  # the demo admin
+    health = search_node.request("GET", "/_cluster/health")
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] in ("green", "yellow")
+    if _is_opensearch(search_node):
+        who = search_node.request("GET", "/_plugins/_security/authinfo").json()
+        assert who["user_name"] == search_node.user
+        assert "all_access" in who["roles"]
+    else:
+        who = search_node.request("GET", "/_security/_authenticate").json()
+        assert who["username"] == search_node.user
+        assert who["roles"] == ["superuser"]
+        assert who["authentication_realm"]["type"] == "file"
+    if search_node.server is not None:
+        release = search_node.server.release
+        nodes = search_node.request("GET", "/_nodes/_local").json()["nodes"]
+        assert [n["version"] for n in nodes.values()] == [release.version]
+        assert _is_opensearch(search_node) == release.opensearch
+
+
+def test_opensearch_has_the_admin_alone(opensearch_server: SearchNode) -> None:
+    """No demo user (their passwords are public): the admin is the only internal user, and
+    all_access goes to it (and the backend role `admin`) only."""
+    users = opensearch_server.request("GET", "/_plugins/_security/api/internalusers")
+    assert users.status_code == 200, users.text
+    if opensearch_server.server is not None:
+        assert set(users.json()) == {ADMIN_USER}
+    mapping = opensearch_server.request(
+        "GET", "/_plugins/_security/api/rolesmapping/all_access").json()["all_access"]
+    assert mapping["backend_roles"] == ["admin"]
+    assert mapping["users"] == [opensearch_server.user]
+    assert mapping["hosts"] == []
+
+
+def _transport_port(node: SearchNode) -> int:
+    nodes = node.request("GET", "/_nodes/_local/transport").json()["nodes"]
+    (info,) = nodes.values()
+    return int(info["transport"]["publish_address"].rsplit(":", 1)[1])
+
+
+def test_transport_uses_the_servers_own_certificates(search_node: SearchNode) -> None:
+    """The transport port speaks TLS with a certificate from the server's own CA (not the
+    security plugin's demo CA, whose key is public), and no CA key is kept to sign another;
+    the node's key is readable by the server's user only."""
+    server = search_node.server
+    if server is None:
+        pytest.skip("a reused server: its certificates are not Tether's")
+    port = _transport_port(search_node)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    cert = x509.load_der_x509_certificate(der)
+    issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert issuer == "tether-search-ca"
+    ca = x509.load_pem_x509_certificate((server.config_dir / "certs" / "ca.pem").read_bytes())
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    keys = [p.name for p in server.home.rglob("*.pem") if b"PRIVATE KEY" in p.read_bytes()]
+    assert keys == ["node-key.pem"]
+    assert (server.config_dir / "certs" / "node-key.pem").stat().st_mode & 0o077 == 0
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """Another process, alive for the test: what a stale pid file may name."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def private_base() -> Iterator[Path]:
+    base = world_traversable_tmpdir("tether-test-search-private-")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _files_mention(home: Path, secret: str) -> list[str]:
+    found = []
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if secret.encode() in data or quote(secret, safe="").encode() in data:
+                found.append(str(path.relative_to(home)))
+    return found
+
+
+def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
+                                         sleeper: subprocess.Popen[bytes]) -> None:
+    """create → served with security on; create again changes nothing; stop; a pid file naming
+    another process is neither taken for the server nor killed; start keeps the data; the
+    password is in no file of the home; destroy leaves nothing, twice."""
+    servers = PrivateSearchServers(private_base, "opensearch-2.19.4")
+    assert servers.kind == "elasticsearch"
+    assert servers.version() == "opensearch-2.19.4"
+    names = ResourceNames(base=f"tether_s{unique_id}")
+    port = free_port()
+    password = "pw:" + unique_id + "/x y"
+    server = servers.server(names, port)
+    try:
+        url = servers.create(names, port, password)
+        assert url == f"http://{ADMIN_USER}:{quote(password, safe='')}@127.0.0.1:{port}"
+        node = SearchNode(release="opensearch-2.19.4", admin_url=url, url=server.url,
+                          user=ADMIN_USER, password=password, server=server)
+        assert httpx.get(server.url + "/", timeout=30).status_code == 401
+        assert node.request("GET", "/", auth=(ADMIN_USER, "wrong")).status_code == 401
+        stored = node.request("PUT", "/keep-1/_doc/1?refresh=true", json={"kept": unique_id})
+        assert stored.status_code == 201, stored.text
+        pid = server.pid()
+        assert pid is not None
+        rss = server.rss_bytes()
+        assert rss is not None and rss < 1536 * 2**20  # a 512 MB heap: ~750 MB measured
+
+        assert servers.create(names, port, password) == url  # idempotent: the same server
+        assert server.pid() == pid
+
+        servers.stop(names, port)
+        assert not server.is_running()
+        assert port_is_free(port)
+
+        server.pid_file.write_text(f"{sleeper.pid}\n")  # stale, naming another process
+        assert server.pid() is None
+        servers.stop(names, port)
+        assert sleeper.poll() is None, "stop killed a process that is not the server"
+
+        servers.start(names, port)
+        assert server.is_running() and server.pid() != sleeper.pid
+        kept = node.request("GET", "/keep-1/_doc/1")
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["_source"] == {"kept": unique_id}
+        servers.start(names, port)  # running: a no-op
+        assert server.is_running()
+
+        assert _files_mention(server.home, password) == []
+        assert password not in server.log_tail(500)
+    finally:
+        servers.destroy(names, port)
+    assert not server.home.exists()
+    assert not server.is_running()
+    assert port_is_free(port)
+    assert sleeper.poll() is None
+    servers.destroy(names, port)  # gone already: fine
+    assert list(private_base.iterdir()) == []
+
+
+def test_private_servers_release_setting(monkeypatch: pytest.MonkeyPatch,
+                                         private_base: Path) -> None:
+    """OpenSearch 2.19.4 by default, TETHER_SEARCH_PRIVATE chooses another release (flavour in
+    the version string); a server keeps the release it was made with."""
+    monkeypatch.delenv("TETHER_SEARCH_PRIVATE", raising=False)
+    assert PrivateSearchServers(private_base).version() == "opensearch-2.19.4"
+    monkeypatch.setenv("TETHER_SEARCH_PRIVATE", "elasticsearch-8.19.21")
+    servers = PrivateSearchServers(private_base)
+    assert servers.version() == "elasticsearch-8.19.21"
+    names = ResourceNames(base="tether_kept")
+    home = private_base / names.base / "config"
+    home.mkdir(parents=True)
+    (home / "tether-release").write_text("elasticsearch-7.17.29\n")
+    assert servers.server(names, free_port()).release == parse_release("elasticsearch-7.17.29")
+    monkeypatch.setenv("TETHER_SEARCH_PRIVATE", "solr-9.0.0")
+    with pytest.raises(ClusterError, match="opensearch or elasticsearch"):
+        PrivateSearchServers(private_base)
+    with pytest.raises(ClusterError, match="plain identifier"):
+        servers.server(ResourceNames(base="../etc"), free_port())
+
+
+def test_errors_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TETHER_SEARCH_JAVA_HOME", str(tmp_path))
+    with pytest.raises(ClusterError, match="apt-get install openjdk-17-jre-headless"):
+        java_home()
+    monkeypatch.delenv("TETHER_SEARCH_JAVA_HOME")
+    server = SearchServer("opensearch-2.19.4", tmp_path / "none", free_port())
+    with pytest.raises(ClusterError, match="initialise it first"):
+        server.start()
+    assert not server.is_running()
+    server.destroy()  # nothing there: fine

@@ -565,7 +565,7 @@ class ElasticsearchProvider(ProviderBase):
                         "rename it, then retry")
             fresh = not state.exists
             try:
-                self._converge(api, names, secret)
+                self._converge(api, names, secret, state)
             except ClusterError as exc:
                 failure = exc.message
                 if fresh and not isinstance(exc, TransientError):
@@ -579,43 +579,65 @@ class ElasticsearchProvider(ProviderBase):
                             "host": t.public_host, "port": t.public_port,
                             "prefix": names.base})
 
-    def _converge(self, api: _Api, names: ResourceNames, secret: str) -> None:
+    def _converge(self, api: _Api, names: ResourceNames, secret: str, state: _State) -> None:
+        """Write only what differs: each write to the security configuration reloads it on
+        every node (and hashes a password), seconds on a busy cluster."""
         base, mark = _p(names.base), _mark(names)
-        api.call("PUT", f"{_SECURITY}/roles/{base}", {
-            "description": mark,
-            "cluster_permissions": list(CLUSTER_ACTIONS),
-            "index_permissions": [{"index_patterns": _patterns(names), "dls": "", "fls": [],
-                                   "masked_fields": [],
-                                   "allowed_actions": list(INDEX_ACTIONS)}],
-            "tenant_permissions": []})
-        try:
-            api.call("PUT", f"{_SECURITY}/internalusers/{base}", {
-                "password": secret, "description": mark, "backend_roles": [],
-                "opendistro_security_roles": [], "attributes": {}})
-        except ClusterError as exc:
-            if "password" in exc.message.lower() and not isinstance(exc, TransientError):
-                raise ClusterError(
-                    f"{exc.message}: the cluster's password rules (plugins.security.restapi."
-                    "password_validation_regex, password_min_length) refuse the password Tether "
-                    "chose (32 random letters, digits, '-' and '_'); relax them") from None
-            raise
-        api.call("PUT", f"{_SECURITY}/rolesmapping/{base}", {
-            "description": mark, "users": [names.base], "backend_roles": [], "hosts": [],
-            "and_backend_roles": []})
+        if not state.own_role or _role_differences(state.role or {}, names):
+            api.call("PUT", f"{_SECURITY}/roles/{base}", {
+                "description": mark,
+                "cluster_permissions": list(CLUSTER_ACTIONS),
+                "index_permissions": [{"index_patterns": _patterns(names), "dls": "",
+                                       "fls": [], "masked_fields": [],
+                                       "allowed_actions": list(INDEX_ACTIONS)}],
+                "tenant_permissions": []})
+        user = state.user
+        if not (user is not None and state.own_user and not user.get("backend_roles")
+                and not user.get("opendistro_security_roles")
+                and self._logs_in(api, names.base, secret)):
+            try:
+                api.call("PUT", f"{_SECURITY}/internalusers/{base}", {
+                    "password": secret, "description": mark, "backend_roles": [],
+                    "opendistro_security_roles": [], "attributes": {}})
+            except ClusterError as exc:
+                if "password" in exc.message.lower() and not isinstance(exc, TransientError):
+                    raise ClusterError(
+                        f"{exc.message}: the cluster's password rules (plugins.security."
+                        "restapi.password_validation_regex, password_min_length) refuse the "
+                        "password Tether chose (32 random letters, digits, '-' and '_'); relax "
+                        "them") from None
+                raise
+        if _mapping_differences(state.mapping, names) or not state.own_mapping:
+            api.call("PUT", f"{_SECURITY}/rolesmapping/{base}", {
+                "description": mark, "users": [names.base], "backend_roles": [], "hosts": [],
+                "and_backend_roles": []})
         # the user's name given to other roles by hand
         for role in _State.other_roles(api, names):
-            mapping = api.get(f"{_SECURITY}/rolesmapping/{_p(role)}", ok_missing=True) or {}
-            found = mapping.get(role) if isinstance(mapping, dict) else None
+            answer = api.get(f"{_SECURITY}/rolesmapping/{_p(role)}", ok_missing=True) or {}
+            found = answer.get(role) if isinstance(answer, dict) else None
             if not isinstance(found, dict) or found.get("reserved") or found.get("hidden"):
                 continue
-            api.call("PATCH", f"{_SECURITY}/rolesmapping/{_p(role)}", [{
-                "op": "replace", "path": "/users",
-                "value": [u for u in found.get("users") or [] if u != names.base]}])
+            kept = {key: found.get(key) or [] for key in ("backend_roles", "hosts",
+                                                          "and_backend_roles")}
+            if found.get("description"):
+                kept["description"] = found["description"]
+            api.call("PUT", f"{_SECURITY}/rolesmapping/{_p(role)}", {
+                **kept, "users": [u for u in found.get("users") or [] if u != names.base]})
         # aliases that lead out of the prefix
         removals = [{"remove": {"index": index, "alias": alias}}
                     for index, alias in _State.stray_aliases(api, names)]
         if removals:
             api.call("POST", "/_aliases", {"actions": removals})
+
+    @staticmethod
+    def _logs_in(api: _Api, user: str, password: str) -> bool:
+        """Whether `user` logs in with `password` (cheaper than setting it again)."""
+        try:
+            response = api.client.get(f"{api.target.base}/_plugins/_security/authinfo",
+                                      auth=(user, password), timeout=TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
         _check(names)
@@ -651,19 +673,7 @@ class ElasticsearchProvider(ProviderBase):
                 differences.append(f"user {b} is given the roles "
                                    f"{', '.join(map(str, state.user['opendistro_security_roles']))}"
                                    " directly")
-        if state.mapping is None:
-            differences.append(f"the mapping of role {b} to user {b} is missing")
-        else:
-            m = state.mapping
-            if [str(u) for u in m.get("users") or []] != [b]:
-                differences.append(f"role {b} is mapped to the users "
-                                   f"{', '.join(map(str, m.get('users') or [])) or 'none'}, "
-                                   f"not to {b} alone")
-            for key, what in (("backend_roles", "backend roles"), ("hosts", "hosts"),
-                              ("and_backend_roles", "backend roles (and)")):
-                if m.get(key):
-                    differences.append(f"role {b} is also mapped to the {what} "
-                                       f"{', '.join(map(str, m[key]))}")
+        differences += _mapping_differences(state.mapping, names)
         differences += [f"user {b} is also mapped to role {role}" for role in others]
         differences += [f"{found} (not repaired: change that mapping)" for found in wide]
         differences += [f"alias {alias} of index {index} leads out of the prefix {b}"
@@ -816,6 +826,24 @@ def _role_differences(role: dict[str, Any], names: ResourceNames) -> list[str]:
             out.append(f"role {b} restricts the documents or fields of its indices")
     if role.get("tenant_permissions"):
         out.append(f"role {b} has tenant permissions")
+    return out
+
+
+def _mapping_differences(mapping: dict[str, Any] | None, names: ResourceNames) -> list[str]:
+    """How the mapping of the instance's role differs from its user alone."""
+    b = names.base
+    if mapping is None:
+        return [f"the mapping of role {b} to user {b} is missing"]
+    out = []
+    if [str(u) for u in mapping.get("users") or []] != [b]:
+        out.append(f"role {b} is mapped to the users "
+                   f"{', '.join(map(str, mapping.get('users') or [])) or 'none'}, not to {b} "
+                   "alone")
+    for key, what in (("backend_roles", "backend roles"), ("hosts", "hosts"),
+                      ("and_backend_roles", "backend roles (and)")):
+        if mapping.get(key):
+            out.append(f"role {b} is also mapped to the {what} "
+                       f"{', '.join(map(str, mapping[key]))}")
     return out
 
 

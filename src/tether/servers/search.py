@@ -5,9 +5,10 @@ integration-test zips (no bundled JDK, a handful of modules), fetched with
 `mvn dependency:copy` into a cache (`TETHER_SEARCH_CACHE`, default /var/cache/tether/search as
 root, ~/.cache/tether/search otherwise; `python -m tether.servers.search fetch` fills it ahead of
 time). Each release is unpacked once into `CACHE/dist/<flavour>-<version>` (root's, read-only for
-the servers; OpenSearch gets its security plugin installed there), and every server only has a
-home of its own: `config/` (a copy of the distribution's, ~100 KB, passed as
-OPENSEARCH_PATH_CONF / ES_PATH_CONF), `data/`, `logs/`, `tmp/`, the pid file and the launcher's
+the servers; OpenSearch gets its security plugin installed there; the zips are deleted once
+unpacked), and every server only has a home of its own: `config/` (a copy of the
+distribution's, ~100 KB, passed as OPENSEARCH_PATH_CONF / ES_PATH_CONF), `data/`, `logs/`,
+`tmp/`, the pid file and the launcher's
 output. They run on a JDK 17 (Debian's openjdk-17; `TETHER_SEARCH_JAVA_HOME` chooses another).
 
 Tested releases (`RELEASES`): opensearch-2.19.4 (+ opensearch-security 2.19.4.0, versions must
@@ -23,28 +24,34 @@ Security is always on:
   server at init: a CA whose private key is thrown away once it signed the node's certificate,
   so nobody can make another certificate the node trusts. Not the demo installer's certificates:
   their keys ship with the plugin, and whoever presents a node certificate on the transport port
-  acts as a cluster node, past every permission. For the same reason Elasticsearch gets
-  transport TLS too (without it, a transport client claims any identity). Keys and hashes are
-  readable by the server's user only.
+  acts as a cluster node, past every permission. Elasticsearch gets transport TLS the same way
+  (its bootstrap check asks for it whenever security is on: certificates are what authenticate
+  nodes on that port). Keys and hashes are readable by the server's user only.
 
 Both refuse to run as root: as root, the servers run as the system user `tether-search`
 (created on demand). A server daemonises (`-d`), so it outlives the Python process; the pid file
 is trusted only when /proc says that pid is this server's JVM (its main class, and its
 `-Djava.io.tmpdir=` naming this home's tmp dir), so a recycled pid is never killed.
 
-Measured on this kind of machine (2 cores, others busy; 512 MB heap): OpenSearch 2.19.4 start
-~15-25 s, RSS ~750 MB; Elasticsearch 8.19.21 ~25-45 s (its launcher JVM, then the server) and
-7.17.29 ~20-50 s, RSS ~730 MB. A first fetch from Maven Central takes ~40 s for OpenSearch (the
-dependency plugin itself comes first), ~10 s for each Elasticsearch zip.
+Measured on this kind of machine (2 cores shared with other test runs, load 4-7; 512 MB heap):
+from launch to an answering, healthy node, OpenSearch 2.19.4 26-45 s (restart ~26 s), RSS
+~720 MB; Elasticsearch 8.19.21 60-77 s (its launcher JVM first, then the server), RSS ~740 MB;
+7.17.29 20-47 s, RSS ~710 MB (an idle machine is about twice as fast). Init: OpenSearch ~6 s
+(the plugin's hash tool is a JVM), Elasticsearch < 1 s. A first fetch from Maven Central: ~80 s
+for OpenSearch (the dependency plugin itself first, then 56 + 45 MB of zips, the security
+plugin installed), ~20-30 s for each Elasticsearch zip; each unpacked release takes 60-120 MB
+once, each server's home ~1 MB before data.
 
-Native-realm users on the Elasticsearch integ-test zips (checked on real servers): on both
-8.19.21 and 7.17.29, `PUT /_security/role/R` and `PUT /_security/user/U` fail with 400
-`Unknown filter type [pattern_capture] for [email]`: the `.security` index cannot be created,
-its mapping needs the analysis-common module the zips lack (8.19.21 logs the same error at
-start, syncing its built-in roles). So neither version can hold users or roles made through the
-security API; API keys live in the same index (and on 7.17 basic they are off: "api keys are not
-enabled"). Only the file realm (config/users, users_roles, roles.yml, read again within ~5 s)
-works there, which only whoever owns the server's files can use.
+Native-realm users on the Elasticsearch integ-test zips (checked on real servers, and kept
+checked by tests/integration/search/test_search_servers.py): on both 8.19.21 and 7.17.29,
+`PUT /_security/role/R` and `PUT /_security/user/U` fail with 400 `Unknown filter type
+[pattern_capture] for [email]`: the `.security` index cannot be created, its mapping needs the
+analysis-common module the zips lack (8.19.21 logs the same error at start, syncing its built-in
+roles). So no role or user made through the security API exists on either version, and whether
+such users isolate cannot be tested here; API keys live in the same index (on 7.17 basic they
+are off as well: "api keys are not enabled"). Only the file realm (config/users, users_roles,
+roles.yml, read again within ~5 s) works there, which only whoever owns the server's files can
+use: the admin is such a user.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -220,7 +228,7 @@ def _run_as() -> pwd.struct_passwd | None:
     return _service_account() if _is_root() else None
 
 
-def _ids(account: pwd.struct_passwd | None) -> dict[str, object]:
+def _ids(account: pwd.struct_passwd | None) -> dict[str, Any]:
     if account is None:
         return {}
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
@@ -810,7 +818,7 @@ class SearchServer:
         launcher = subprocess.run(
             ["/bin/sh", "-c", '"$@" </dev/null >>"$0" 2>&1 &', str(self.launcher_log), *args],
             check=False, timeout=30, env=self._env(), cwd=str(self.home),
-            stdin=subprocess.DEVNULL, start_new_session=True, **_ids(account))  # type: ignore[arg-type]
+            stdin=subprocess.DEVNULL, start_new_session=True, **_ids(account))
         if launcher.returncode != 0:
             raise ClusterError(f"could not launch the search server in {self.home}")
         started = time.monotonic()

@@ -68,6 +68,12 @@ host and port of the cluster URL unless the settings `public_scheme`, `public_ho
 `public_port` say where applications reach the cluster (e.g. behind a proxy). There are no
 `DEFAULT` aliases.
 
+Known limit (measured on 2.19.4): scroll ids are not secret (the node's session id, the same in
+every tenant's scroll ids, and a counter), and although another user's attempt to continue a
+scroll is refused ("Wrong user in reader context"), that attempt, or clearing the scroll, ends
+it: a tenant can end (not read) another tenant's open scrolls. Point-in-time searches are checked
+against their indices and are not affected.
+
 No per-instance limits: neither Elasticsearch nor OpenSearch has a per-user limit of connections,
 requests, indices or storage that Tether could set, so `limits` is empty; one tenant can load a
 shared cluster (a private cluster avoids that).

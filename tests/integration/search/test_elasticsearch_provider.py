@@ -4,14 +4,12 @@ isolation of instances whose prefixes start alike, drift and its repair, removal
 and check()'s refusals. No mocks.
 
 One server for the whole session: the `opensearch_server` fixture of this directory's
-conftest.py, or a running server named by `TETHER_TEST_OPENSEARCH_URL` (its admin URL,
-`http://ADMIN:PASSWORD@HOST:PORT`).
+conftest.py (or the running server `TETHER_TEST_OPENSEARCH_URL` names).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +24,7 @@ from tests.integration.provider_contract import (
     check_observe_follows_provision,
     check_unreachable_is_transient,
 )
+from tests.integration.search.conftest import SearchNode
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
@@ -44,13 +43,9 @@ SECURITY = "/_plugins/_security/api"
 
 
 @pytest.fixture(scope="session")
-def search_admin_url(request: pytest.FixtureRequest) -> str:
+def search_admin_url(opensearch_server: SearchNode) -> str:
     """The admin URL of the session's OpenSearch 2 server."""
-    url = os.environ.get("TETHER_TEST_OPENSEARCH_URL")
-    if url:
-        return url
-    server = request.getfixturevalue("opensearch_server")
-    return str(getattr(server, "admin_url", server))
+    return opensearch_server.admin_url
 
 
 class Admin:

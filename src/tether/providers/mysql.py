@@ -4,8 +4,11 @@ MariaDB servers for `--private` instances.
 The cluster URL names an admin (`mysql://ADMIN:PASSWORD@HOST:PORT/`, user and password
 URL-encoded). The admin needs CREATE USER, and ALL PRIVILEGES WITH GRANT OPTION on the databases
 Tether creates (e.g. `GRANT ALL PRIVILEGES ON *.* TO ... WITH GRANT OPTION`, or on
-`` `tether\\_%`.* `` plus CREATE USER and SELECT on `mysql.*`); PROCESS and CONNECTION ADMIN
-(or SUPER) let removal cut the tenant's open connections.
+`` `tether\\_%`.* `` plus CREATE USER and SELECT on `mysql.*`), and PROCESS and CONNECTION ADMIN
+(MySQL 8: CONNECTION_ADMIN; or SUPER) to see and end other users' sessions: a revoked or removed
+login's open sessions keep their rights until they end. `check` refuses an admin without them,
+and a revoke or removal whose sessions cannot all be ended fails with the reason (and the
+GRANT that fixes it) instead of passing silently.
 
 Least privilege: the user `'NAME'@'%'` has `ALL` on its own database and nothing else. In GRANT,
 `_` is a wildcard, so the grant names the database with `_` escaped: `tether_i42` must not also
@@ -109,6 +112,9 @@ _UNREACHABLE = (2002, 2003, 2005, 2006, 2013)
 #: failures that may pass: the server unreachable, gone away or shutting down, the connection
 #: lost or killed, too many connections, a lock wait timeout or a deadlock
 _TRANSIENT = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1927})
+#: the global rights that let the admin end another user's session (KILL): MariaDB 10.5.2+
+#: and MySQL 8 name one of their own, SUPER still includes it
+_END_SESSIONS = frozenset({"CONNECTION ADMIN", "CONNECTION_ADMIN", "SUPER"})
 #: the rights an instance's user must hold on its database (ALL holds more, by version)
 _CORE_RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "INDEX")
 MARK = "managed by Tether"
@@ -255,6 +261,21 @@ def _failure(exc: Exception, secrets: tuple[str | None, ...]) -> tuple[str, bool
 def _version_number(version: str) -> str:
     match = re.match(r"\d+(?:\.\d+)*", version)
     return match.group(0) if match else "unknown"
+
+
+def _end_sessions_right(version: str) -> str:
+    """The name this server gives the right to end other users' sessions: CONNECTION ADMIN on
+    MariaDB 10.5.2+, CONNECTION_ADMIN on MySQL 8, SUPER before."""
+    number = tuple(int(part) for part in re.findall(r"\d+", _version_number(version))[:3])
+    if "mariadb" in version.lower():
+        return "CONNECTION ADMIN" if number >= (10, 5, 2) else "SUPER"
+    return "CONNECTION_ADMIN" if number >= (8,) else "SUPER"
+
+
+def _account_of(current_user: str, fallback: str) -> str:
+    """`'user'@'host'` of `CURRENT_USER()` (`user@host`)."""
+    user, _, host = current_user.rpartition("@")
+    return f"'{user or fallback}'@'{host or '%'}'"
 
 
 @dataclass
@@ -422,19 +443,47 @@ class MySQLProvider(ProviderBase):
         return cur.fetchone() is not None
 
     @staticmethod
-    def _kill_connections(cur: Cursor, user: str) -> None:
-        """Cut the user's open sessions (needs PROCESS and CONNECTION ADMIN or SUPER): a dropped
-        user's session would keep its rights, and its locks would block DROP DATABASE."""
+    def _session_rights_missing(cur: Cursor) -> tuple[list[str], str]:
+        """What the admin lacks to see (PROCESS) and end (CONNECTION ADMIN...) other users'
+        sessions, named as this server names them, and the GRANT that gives it."""
+        cur.execute("SELECT VERSION(), CURRENT_USER()")
+        row = cur.fetchone()
+        version, current = (str(row[0]), str(row[1])) if row else ("", "")
+        account = _account_of(current, "ADMIN")
+        cur.execute("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES "
+                    "WHERE GRANTEE = %s", (account,))
+        held = {str(privilege) for (privilege,) in cur.fetchall()}
+        missing = [] if "PROCESS" in held else ["PROCESS"]
+        if not held & _END_SESSIONS:
+            missing.append(_end_sessions_right(version))
+        return missing, f"GRANT {', '.join(missing)} ON *.* TO {account}" if missing else ""
+
+    def _kill_connections(self, cur: Cursor, user: str) -> str | None:
+        """Cut the user's open sessions (needs PROCESS and CONNECTION ADMIN or SUPER): a locked
+        or dropped user's session keeps its rights, and its locks would block DROP DATABASE.
+        None when every session is ended; else why not, with the GRANT that fixes it (without
+        PROCESS the admin sees its own sessions only: the user's cannot even be counted)."""
+        missing, fix = self._session_rights_missing(cur)
+        if "PROCESS" in missing:
+            return ("its open sessions cannot be listed (the admin lacks PROCESS and sees only "
+                    f"its own), and they keep their rights until they end: {fix} lets Tether "
+                    "end them")
         cur.execute("SELECT ID FROM information_schema.PROCESSLIST "
                     "WHERE USER = %s AND ID <> CONNECTION_ID()", (user,))
+        failed: list[str] = []
         for (thread_id,) in cur.fetchall():
             try:
                 cur.execute("KILL CONNECTION %s", (int(thread_id),))
             except pymysql.err.MySQLError as exc:
                 code, _ = _error_parts(exc)
                 if code != _ER_NO_SUCH_THREAD:  # gone already is fine
-                    log.warning("could not end a session of %s: %s", user,
-                                _sql_error(exc, ()))
+                    failed.append(_sql_error(exc, ()))
+                    log.warning("could not end a session of %s: %s", user, failed[-1])
+        if not failed:
+            return None
+        why = (f"{len(failed)} of its open session(s) could not be ended ({failed[0]}), and "
+               "they keep their rights until they end")
+        return f"{why}: {fix} lets Tether end them" if fix else why
 
     # -- Provider ---------------------------------------------------------------------------------
 
@@ -447,14 +496,22 @@ class MySQLProvider(ProviderBase):
             row = cur.fetchone()
             version, current = (str(row[0]), str(row[1])) if row else ("", "")
             missing = self._missing_privileges(cur, current)
+            sessions, sessions_fix = self._session_rights_missing(cur)
+        account = _account_of(current, target.user)
         if missing:
-            user, _, host = current.rpartition("@")
-            account = f"'{user or target.user}'@'{host or '%'}'"
             raise ClusterError(
                 f"the user {target.user!r} on MySQL at {target.where} lacks "
-                f"{', '.join(missing)}: Tether needs CREATE USER, and ALL PRIVILEGES WITH GRANT "
-                "OPTION on the databases it creates; e.g. "
-                f"{_GRANT_FIX.format(account=account)}")
+                f"{', '.join(missing + sessions)}: Tether needs CREATE USER, and ALL PRIVILEGES "
+                "WITH GRANT OPTION on the databases it creates, and PROCESS and "
+                f"{_end_sessions_right(version)} to end the sessions of a login it revokes; "
+                f"e.g. {_GRANT_FIX.format(account=account)}")
+        if sessions:
+            raise ClusterError(
+                f"the user {target.user!r} on MySQL at {target.where} lacks "
+                f"{' and '.join(sessions)}: without them Tether cannot see or end other users' "
+                "sessions, so the open sessions of a login it revokes (a rotation's old login, "
+                "a removed instance's user) would keep their rights; give them with "
+                f"{sessions_fix}")
         return _version_number(version)
 
     @staticmethod
@@ -688,12 +745,24 @@ class MySQLProvider(ProviderBase):
                 ours = self._ours(cur, names)
                 users = [u for u in (*self._logins(cur, names), names.role)
                          if self._user_exists(cur, u)]
+                unended: dict[str, list[str]] = {}  # why -> the users whose sessions stay
                 for user in users:
                     try:  # no new sessions while we remove it (MariaDB 10.4+, MySQL 5.7+)
                         cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (user,))
                     except pymysql.err.MySQLError as exc:
                         log.warning("could not lock %s: %s", user, _sql_error(exc, ()))
-                    self._kill_connections(cur, user)
+                    why = self._kill_connections(cur, user)
+                    if why is not None:
+                        unended.setdefault(why, []).append(user)
+                if unended:
+                    # a dropped user's open session keeps its rights (it could even create the
+                    # database again): drop nothing until they can be ended
+                    whys = "; ".join(f"user {', '.join(who)}: {why}"
+                                     for why, who in unended.items())
+                    raise ClusterError(
+                        f"removing {names.database} from MySQL at {target.where}: its users "
+                        f"are locked, but {whys}. Nothing was dropped: the removal can be "
+                        "retried once they can be ended")
                 if ours:
                     cur.execute(f"DROP DATABASE IF EXISTS {_ident(names.database)}")
                 elif self._db_exists(cur, names.database):
@@ -716,7 +785,9 @@ class MySQLProvider(ProviderBase):
                 if str(r[0]) != names.role and names.is_login(str(r[0]))]
 
     def _drop_user(self, cur: Cursor, user: str) -> None:
-        """Lock a user, kill its sessions, drop it; succeeds when it is gone."""
+        """Lock a user, kill its sessions, drop it; succeeds when it is gone. Only for a login
+        the failing call itself made (nobody holds its sessions yet): ending them is best
+        effort."""
         if not self._user_exists(cur, user):
             return
         cur.execute(f"ALTER USER {_ACCOUNT} ACCOUNT LOCK", (user,))
@@ -784,7 +855,11 @@ class MySQLProvider(ProviderBase):
                     else:
                         cur.execute(f"ALTER USER {_ACCOUNT} IDENTIFIED BY %s ACCOUNT LOCK",
                                     (login, unknown))
-                    self._kill_connections(cur, login)
+                    unended = self._kill_connections(cur, login)
+                    if unended is not None:
+                        raise ClusterError(
+                            f"the login {login} on MySQL at {target.where} is locked (no new "
+                            f"session), but {unended}")
             except pymysql.err.MySQLError as exc:
                 reason = _sql_error(exc, (target.password, cluster.url))
                 raise cluster_error(f"revoking the login {login} on MySQL at {target.where} "

@@ -517,12 +517,7 @@ class ElasticsearchProvider(ProviderBase):
                     "plugins.security.restapi.roles_enabled)")
             wide = self._wide_mappings(api)
             if wide:
-                raise ClusterError(
-                    f"OpenSearch at {t.where} maps roles to every user or every host: "
-                    + "; ".join(wide) + ". Each instance's user would get those roles too, "
-                    "beside its own (the demo configuration's own_index maps '*'): remove "
-                    "those patterns from the role mappings (users by exact name, or by backend "
-                    "role), then add the cluster again")
+                raise _wide_refusal(t, wide, "then add the cluster again")
         return _flavoured(server.flavour, server.version)
 
     @staticmethod
@@ -569,6 +564,9 @@ class ElasticsearchProvider(ProviderBase):
                         f"a {what} named {names.base} exists already on OpenSearch at {t.where} "
                         "and was not made by Tether: Tether never takes it over; delete or "
                         "rename it, then retry")
+            wide = self._wide_mappings(api, names.base)
+            if wide:  # its user would get more than its role: hand out no such credentials
+                raise _wide_refusal(t, wide, "then retry")
             fresh = not state.exists
             try:
                 self._converge(api, names, secret, state)
@@ -833,6 +831,14 @@ def _role_differences(role: dict[str, Any], names: ResourceNames) -> list[str]:
     if role.get("tenant_permissions"):
         out.append(f"role {b} has tenant permissions")
     return out
+
+
+def _wide_refusal(t: _Target, wide: list[str], then: str) -> ClusterError:
+    return ClusterError(
+        f"OpenSearch at {t.where} maps roles to users by pattern or by host: "
+        + "; ".join(wide) + ". Each instance's user would get those roles too, beside its own "
+        "(the demo configuration's own_index maps '*'): map users by exact name or by backend "
+        f"role instead, {then}")
 
 
 def _mapping_differences(mapping: dict[str, Any] | None, names: ResourceNames) -> list[str]:

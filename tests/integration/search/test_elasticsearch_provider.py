@@ -186,7 +186,8 @@ def test_a_mapping_of_every_user_is_refused_and_reported(
         cluster: ClusterSpec, admin: Admin, unique_id: str,
         make_names: Callable[[str], ResourceNames]) -> None:
     """The demo configuration maps every user ('*') to own_index: each instance's user would
-    get that role too. check() refuses such a cluster; observe() reports the mapping."""
+    get that role too. check() refuses such a cluster (and one mapping a role by host),
+    observe() reports the mapping, provision() hands out no credentials meanwhile."""
     names = make_names("w")
     PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
     role = f"tether_t{unique_id}wide"
@@ -199,6 +200,11 @@ def test_a_mapping_of_every_user_is_refused_and_reported(
         seen = PROVIDER.observe(cluster, names)
         assert any(f"role {role} is mapped to the users 'tether_*'" in d
                    for d in seen.differences), seen
+        # no credentials are handed out with more than their role
+        check_final(lambda: PROVIDER.provision(cluster, names, secrets.token_urlsafe(24)),
+                    "maps roles to users by pattern or by host")
+        admin.ok("PUT", f"{SECURITY}/rolesmapping/{role}", {"hosts": ["*"]})
+        check_final(lambda: PROVIDER.check(cluster), f"role {role} is mapped to the hosts '*'")
     finally:
         admin.request("DELETE", f"{SECURITY}/rolesmapping/{role}")
         admin.request("DELETE", f"{SECURITY}/roles/{role}")

@@ -529,3 +529,16 @@ def test_what_tether_did_not_make_is_neither_taken_over_nor_removed(
     finally:
         admin.request("DELETE", f"{SECURITY}/roles/{b}")
         admin.request("DELETE", f"/{b}-theirs")
+
+
+def test_a_failed_fresh_provision_leaves_nothing_behind(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    """Rule 5: the cluster's password rules refuse the password (a final error, after the role
+    was made): the role goes again, and the message says what to change."""
+    names = make_names("weak")
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.provision(cluster, names, "short")
+    assert "password rules" in err.value.message and "short" not in err.value.message
+    for kind in ("roles", "internalusers", "rolesmapping"):
+        assert admin.status(f"{SECURITY}/{kind}/{names.base}") == 404
+    assert not PROVIDER.exists(cluster, names)

@@ -170,7 +170,7 @@ def _start(kind: str) -> Iterator[tuple[str, dict[str, Any], str, str]]:
     elif kind == "mysql":
         from tests.conftest import world_traversable_tmpdir
 
-        from tether.providers.mysql import PrivateMariaDBServers
+        from tether.servers.mariadb import PrivateMariaDBServers
 
         home = world_traversable_tmpdir("tether-bench-mysql-")
         servers, names, port = PrivateMariaDBServers(home), ResourceNames("bench_srv"), free_port()

@@ -25,7 +25,8 @@ from tests.conftest import world_traversable_tmpdir
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers.base import ClusterSpec, ResourceNames
-from tether.providers.mysql import MySQLProvider, PrivateMariaDBServers
+from tether.providers.mysql import MySQLProvider
+from tether.servers.mariadb import PrivateMariaDBServers
 
 
 @dataclass(frozen=True)

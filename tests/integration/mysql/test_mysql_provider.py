@@ -31,7 +31,9 @@ from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers import mysql as mysql_module
 from tether.providers.base import ClusterSpec, Credentials, ResourceNames
-from tether.providers.mysql import MySQLProvider, PrivateMariaDBServers, native_password_hash
+from tether.providers.mysql import MySQLProvider, native_password_hash
+from tether.servers import mariadb as mariadb_module
+from tether.servers.mariadb import PrivateMariaDBServers
 
 pytestmark = pytest.mark.integration
 
@@ -499,7 +501,7 @@ _CREATE_IN_ANOTHER_PROCESS = """
 import os, sys
 from pathlib import Path
 from tether.providers.base import ResourceNames
-from tether.providers.mysql import PrivateMariaDBServers
+from tether.servers.mariadb import PrivateMariaDBServers
 servers = PrivateMariaDBServers(Path(sys.argv[1]))
 url = servers.create(ResourceNames(base=sys.argv[2]), int(sys.argv[3]), os.environ["ADMIN_PW"])
 sys.stdout.write(url)
@@ -595,7 +597,7 @@ def test_private_server_on_a_taken_port_fails_with_its_log(tmp_base: Path,
 def test_private_servers_need_mariadb_installed(tmp_base: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_base))
-    monkeypatch.setattr(mysql_module, "_SBIN_DIRS", ())
+    monkeypatch.setattr(mariadb_module, "_SBIN_DIRS", ())
     servers = PrivateMariaDBServers(tmp_base)
     with pytest.raises(ClusterError, match="install the Debian package mariadb-server"):
         servers.version()

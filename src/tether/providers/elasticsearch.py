@@ -8,8 +8,9 @@ The cluster URL is the HTTP API with the credentials of an administrator:
 
 `check` reads the flavour and version from the server ("opensearch-2.19.4",
 "elasticsearch-8.19.21"): the catalog offers `opensearch-2`, `elasticsearch-8`... side by side.
-The server must have security on (a request without credentials is refused) and the admin must
-be allowed to manage users, roles and role mappings.
+The server must have security on (a request without credentials is refused with 401: neither
+security off nor anonymous access) and the admin must be allowed to manage users, roles and role
+mappings.
 
 Which versions are offered (`OFFERED`): only those whose security could be exercised on servers
 available to the tests, because an isolation that was never tested is not called done:
@@ -54,8 +55,9 @@ mapping, and the user's name in other roles' mappings; aliases that lead out of 
 points at another index, both of which only an administrator could make) are removed. What
 cannot be repaired: a mapping of another role by a user-name pattern that matches the instance's
 user (the demo configuration's `own_index` maps `*`), or by host, would give the user that role
-too: `check` refuses such a cluster and `observe` reports it, but the mapping is the operator's
-to change. Indices deleted by hand are gone (an application makes its indices itself).
+too: `check` refuses such a cluster, `observe` reports it and `provision` refuses meanwhile (no
+credentials with more than their role are handed out), but the mapping is the operator's to
+change. Indices deleted by hand are gone (an application makes its indices itself).
 
 Removal (`deprovision`) deletes the instance's indices (`tether_i12` and `tether_i12-...`, by
 their exact names: wildcard deletes may be forbidden by `action.destructive_requires_name`), its
@@ -523,12 +525,13 @@ class ElasticsearchProvider(ProviderBase):
 
     @staticmethod
     def _wide_mappings(api: _Api, user: str = "tether_i1") -> list[str]:
-        """Role mappings that would map `user` (an instance's user; the default stands for any)
-        by a user-name pattern, or any user by host."""
+        """Role mappings of other roles that would map `user` (an instance's user; the default
+        stands for any) by a user-name pattern, or any user by host. (The mapping of the
+        instance's own role, named like its user, is compared whole and repaired.)"""
         mappings = api.get(f"{_SECURITY}/rolesmapping") or {}
         found = []
         for role, mapping in sorted(mappings.items()) if isinstance(mappings, dict) else []:
-            if not isinstance(mapping, dict):
+            if not isinstance(mapping, dict) or role == user:
                 continue
             for pattern in mapping.get("users") or []:
                 pattern = str(pattern)

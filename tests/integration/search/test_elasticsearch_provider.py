@@ -417,9 +417,11 @@ def test_observe_sees_drift_and_provision_repairs_it(
     role["tenant_permissions"] = [{"tenant_patterns": ["global_tenant"],
                                    "allowed_actions": ["kibana_all_write"]}]
     admin.ok("PUT", f"{SECURITY}/roles/{b}", role)
-    # another user in its mapping, its user mapped to another role, a backend role
+    # another user, a backend role and every host in its mapping, its user mapped to another
+    # role, a backend role given to its user
     admin.ok("PUT", f"{SECURITY}/rolesmapping/{b}", {
-        "description": f"{MARK}: {b}", "users": [b, other.base], "backend_roles": ["staff"]})
+        "description": f"{MARK}: {b}", "users": [b, other.base], "backend_roles": ["staff"],
+        "hosts": ["*"]})
     extra_role = f"tether_t{unique_id}extra"
     admin.ok("PUT", f"{SECURITY}/roles/{extra_role}", {"cluster_permissions": ["cluster_all"]})
     admin.ok("PUT", f"{SECURITY}/rolesmapping/{extra_role}", {"users": [b, "someone"]})
@@ -437,6 +439,7 @@ def test_observe_sees_drift_and_provision_repairs_it(
                          f"role {b} has tenant permissions",
                          f"role {b} is mapped to the users {b}, {other.base}, not to {b} alone",
                          f"role {b} is also mapped to the backend roles staff",
+                         f"role {b} is also mapped to the hosts *",
                          f"user {b} is also mapped to role {extra_role}",
                          f"user {b} has the backend roles admin",
                          f"alias {other.base}-planted of index {b}-x leads out",

@@ -279,13 +279,24 @@ def cache_root() -> Path:
 @contextlib.contextmanager
 def _locked(root: Path, name: str) -> Iterator[None]:
     """One process at a time fetches or unpacks a release (others wait, then find it done)."""
-    root.mkdir(parents=True, exist_ok=True)
+    _make_cache_dir(root)
     with open(root / f".lock-{name}", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _make_cache_dir(path: Path) -> None:
+    """Make a cache dir (and its missing parents) that the service user can traverse. A dir
+    that exists is left as it is (TETHER_SEARCH_CACHE may name /tmp): if the service user cannot
+    reach it, starting a server says so."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for made in missing:
+        with contextlib.suppress(OSError):
+            made.chmod(0o755)
 
 
 def _zip_path(root: Path, coordinates: str) -> Path:
@@ -314,7 +325,7 @@ def fetch(release: Release, root: Path | None = None) -> list[Path]:
         for coordinates, path in zip(release.artifacts, paths, strict=True):
             if path.is_file():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_cache_dir(path.parent)
             repo = root / "m2"
             started = time.monotonic()
             log.info("fetching %s from Maven Central into %s", coordinates, path.parent)
@@ -371,9 +382,7 @@ def distribution(release: Release, root: Path | None = None) -> Path:
         if (target / release.program).is_file():
             return target
         started = time.monotonic()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for path in (root, root / "dist"):
-            path.chmod(0o755)  # the service user must reach the distribution
+        _make_cache_dir(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=target.parent))
         try:
             _extract(zips[0], staging)

@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -32,6 +33,7 @@ from tether.servers.search import (
     ADMIN_USER,
     PrivateSearchServers,
     SearchServer,
+    distribution,
     java_home,
     parse_release,
 )
@@ -263,3 +265,31 @@ def test_errors_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         server.start()
     assert not server.is_running()
     server.destroy()  # nothing there: fine
+
+
+def test_cache_unpacks_once_and_leaves_existing_dirs_alone(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """A release is unpacked once, executable bits kept, its zip deleted after; a cache dir
+    that exists already keeps its mode (TETHER_SEARCH_CACHE may name a shared dir such as /tmp,
+    which must stay sticky and world-writable), while the dirs it makes are traversable."""
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(0o1777)
+    monkeypatch.setenv("TETHER_SEARCH_CACHE", str(cache))
+    zips = cache / "zips"
+    zips.mkdir()
+    archive = zips / "elasticsearch-7.17.29.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # a stand-in: no download in this test
+        program = zipfile.ZipInfo("elasticsearch-7.17.29/bin/elasticsearch")
+        program.external_attr = 0o100755 << 16
+        zf.writestr(program, "#!/bin/sh\n")
+        zf.writestr("elasticsearch-7.17.29/config/elasticsearch.yml", "")
+    release = parse_release("elasticsearch-7.17.29")
+    dist = distribution(release)
+    assert dist == cache / "dist" / "elasticsearch-7.17.29"
+    assert (dist / "bin" / "elasticsearch").stat().st_mode & 0o777 == 0o755
+    assert (dist / "config" / "elasticsearch.yml").stat().st_mode & 0o777 == 0o644
+    assert (cache / "dist").stat().st_mode & 0o777 == 0o755
+    assert cache.stat().st_mode & 0o7777 == 0o1777
+    assert not archive.exists()
+    assert distribution(release) == dist  # once: nothing to fetch again

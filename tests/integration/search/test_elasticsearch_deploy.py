@@ -1,17 +1,20 @@
 """Search through the engine (issue 9): an OpenSearch 2 cluster registered as kind elasticsearch
 is catalogued as opensearch-2 (`opensearch` alone picks it), a deploy provisions it, the
 application's variables work with opensearch-py, and remove deletes the indices, the role and the
-user. Against the session's real OpenSearch; no mocks."""
+user. A `--private` instance gets a dedicated OpenSearch run by Tether, gone with the instance.
+Against real OpenSearch servers; no mocks."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from opensearchpy import AuthorizationException, OpenSearch
+from opensearchpy import AuthenticationException, AuthorizationException, OpenSearch
+from opensearchpy.exceptions import ConnectionError as SearchConnectionError
 
+from tests.conftest import world_traversable_tmpdir
 from tests.integration.search.conftest import SearchNode
 from tests.plane import plane as make_plane
 from tests.plane import wait_op
@@ -25,10 +28,14 @@ SECURITY = "/_plugins/_security/api"
 
 
 @pytest.fixture
-def plane(tmp_path: Path, opensearch_server: SearchNode) -> Iterator[tuple[Context, Engine]]:
-    with make_plane(tmp_path, "elasticsearch", "local", opensearch_server.admin_url,
-                    "search") as made:
-        yield made
+def plane(opensearch_server: SearchNode) -> Iterator[tuple[Context, Engine]]:
+    data_dir = world_traversable_tmpdir("tether-test-engine-search-")  # private servers' user
+    try:
+        with make_plane(data_dir, "elasticsearch", "local", opensearch_server.admin_url,
+                        "search") as made:
+            yield made
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def client_from_dsn(dsn: str) -> tuple[OpenSearch, str]:
@@ -81,3 +88,37 @@ def test_search_through_deploy_and_remove(plane: tuple[Context, Engine],
     assert wait_op(ctx, removed["operation"]["id"], timeout=180)["status"] == "succeeded"
     found = opensearch_server.request("GET", f"/_resolve/index/{other_prefix}*").json()
     assert [i["name"] for i in found["indices"] if i["name"].startswith(other_prefix + "-")] == []
+
+
+def test_private_search_server_through_the_engine(plane: tuple[Context, Engine],
+                                                  opensearch_server: SearchNode,
+                                                  unique_id: str) -> None:
+    ctx, _ = plane
+    name = f"sp{unique_id}"
+    projects.create_project(ctx, name)
+    own = services.add(ctx, name, "test", "opensearch-2", "OWN", private=True, provision=True)
+    assert wait_op(ctx, own["operation"]["id"], timeout=300)["status"] == "succeeded", \
+        services.show(ctx, name, "test", "OWN")["last_error"]
+    dep = deployments.deploy(ctx, name, "test")
+    assert wait_op(ctx, dep["operation"]["id"], timeout=180)["status"] == "succeeded"
+    env = {v["name"]: v["value"] for v in variables.list_variables(ctx, name, "test", True)}
+    dsn = env["OWN_ELASTICSEARCH_DSN"]
+    assert urlsplit(dsn).port != urlsplit(opensearch_server.url).port  # its own server
+    client, prefix = client_from_dsn(dsn)
+    assert prefix == f"tether_i{own['id']}"
+    assert client.info()["version"]["distribution"] == "opensearch"
+    client.index(index=f"{prefix}-notes", body={"text": "mine"}, id="1", refresh=True)
+    assert client.count(index=f"{prefix}-notes")["count"] == 1
+    with pytest.raises(AuthorizationException):  # its user is not the server's admin
+        client.indices.create(index="not-my-prefix")
+    private_dir = ctx.data_dir / "private" / prefix
+    assert private_dir.exists()
+
+    services.detach(ctx, name, "test", "OWN")
+    dep = deployments.deploy(ctx, name, "test")
+    assert wait_op(ctx, dep["operation"]["id"], timeout=180)["status"] == "succeeded"
+    removed = services.remove(ctx, name, "test", "OWN", "OWN")
+    assert wait_op(ctx, removed["operation"]["id"], timeout=300)["status"] == "succeeded"
+    assert not private_dir.exists()
+    with pytest.raises((SearchConnectionError, AuthenticationException)):
+        client.info()

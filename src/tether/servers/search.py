@@ -566,8 +566,8 @@ class SearchServer:
 
     @property
     def _run_file(self) -> Path:
-        """The pid and port of the running server, written when it started (the command line
-        of Elasticsearch 8's server JVM does not carry its settings)."""
+        """The ports the running server was launched with (the command line of Elasticsearch
+        8's server JVM does not carry its settings)."""
         return self.home / "server.run"
 
     @property
@@ -752,12 +752,14 @@ class SearchServer:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def _running_port(self, pid: int) -> int | None:
+    def _running_port(self) -> int | None:
+        """The HTTP port the running server was launched with (from the run file, which every
+        launch writes and every stop removes)."""
         try:
             run = json.loads(self._run_file.read_text())
         except (OSError, ValueError):
             return None
-        if isinstance(run, dict) and run.get("pid") == pid and isinstance(run.get("port"), int):
+        if isinstance(run, dict) and isinstance(run.get("port"), int):
             return int(run["port"])
         return None
 
@@ -801,7 +803,7 @@ class SearchServer:
             raise ClusterError(f"{self.home} holds a {have} server, not {self.release}")
         deadline = time.monotonic() + timeout
         pid = self.pid()
-        if pid is not None and self._running_port(pid) == self.port:
+        if pid is not None and self._running_port() == self.port:
             if self._wait_ready(pid, deadline, self.log_size()):
                 if password is not None:
                     self.wait_healthy(password, max(1.0, deadline - time.monotonic()))
@@ -829,6 +831,10 @@ class SearchServer:
         with self.launcher_log.open("ab") as out:
             out.write(f"--- starting {self.release} on {self.host}:{self.port} at "
                       f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode())
+        # written before the launch: a server still starting when this call gives up is found
+        # running on its port by the next start, which waits for it instead of restarting it
+        self._run_file.write_text(json.dumps({"port": self.port,
+                                              "transport_port": self.transport_port}))
         launcher = subprocess.run(
             ["/bin/sh", "-c", '"$@" </dev/null >>"$0" 2>&1 &', str(self.launcher_log), *args],
             check=False, timeout=30, env=self._env(), cwd=str(self.home),
@@ -864,8 +870,6 @@ class SearchServer:
                                        and not self._launching()):
                     return False
             elif self._answers_401():
-                if pid is None:
-                    self._run_file.write_text(json.dumps({"pid": current, "port": self.port}))
                 return True
             time.sleep(0.25)
         raise ClusterError(f"the {self.release} server in {self.home} runs but does not answer "

@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,11 +177,22 @@ def _files_mention(home: Path, secret: str) -> list[str]:
     return found
 
 
+def _wait_for_pid(server: SearchServer, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = server.pid()
+        if pid is not None:
+            return pid
+        time.sleep(0.2)
+    raise AssertionError(f"no server JVM in {server.home} after {timeout}s")
+
+
 def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
                                          sleeper: subprocess.Popen[bytes]) -> None:
     """create → served with security on; create again changes nothing; stop; a pid file naming
-    another process is neither taken for the server nor killed; start keeps the data; the
-    password is in no file of the home; destroy leaves nothing, twice."""
+    another process is neither taken for the server nor killed; a start that times out leaves
+    the server starting and the next start waits for it; the data is kept; the password is in
+    no file of the home; destroy leaves nothing, twice."""
     servers = PrivateSearchServers(private_base, "opensearch-2.19.4")
     assert servers.kind == "elasticsearch"
     assert servers.version() == "opensearch-2.19.4"
@@ -214,8 +226,14 @@ def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
         servers.stop(names, port)
         assert sleeper.poll() is None, "stop killed a process that is not the server"
 
+        # a start that gives up before the server answers leaves it starting; the next start
+        # waits for that server instead of launching another
+        with pytest.raises(ClusterError, match="does not answer"):
+            server.start(timeout=8)
+        starting = _wait_for_pid(server)
+        assert starting != sleeper.pid
         servers.start(names, port)
-        assert server.is_running() and server.pid() != sleeper.pid
+        assert server.pid() == starting
         kept = node.request("GET", "/keep-1/_doc/1")
         assert kept.status_code == 200, kept.text
         assert kept.json()["_source"] == {"kept": unique_id}

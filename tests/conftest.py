@@ -112,3 +112,13 @@ def _remove_app_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 def unique_id() -> str:
     """A short hex id, unique per test, for names on shared servers."""
     return secrets.token_hex(4)
+
+
+# the search servers (one per release, started when a test first asks), for every directory
+from tests.search import (  # noqa: E402
+    elasticsearch7_server,
+    elasticsearch8_server,
+    opensearch_server,
+)
+
+__all__ = ["elasticsearch7_server", "elasticsearch8_server", "opensearch_server"]

@@ -7,6 +7,7 @@ Never prints a password: DSNs are shown with their password masked.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import json
@@ -14,6 +15,8 @@ import os
 import socket
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -105,19 +108,43 @@ def check_files(dsn: str) -> dict[str, Any]:
     return {"ok": True, "detail": f"writable directory {directory}, public url {public or '?'}"}
 
 
-def check(dsn: str) -> dict[str, Any]:
+def check_search(dsn: str) -> dict[str, Any]:
+    """Log in to Elasticsearch/OpenSearch with the DSN's user and count the documents of the
+    index its path names (the instance's index prefix); a missing index is fine."""
+    parts = urlsplit(dsn)
+    index = parts.path.strip("/")
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 9200}"
+    auth = base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+                            .encode()).decode()
+    request = urllib.request.Request(f"{base}/{index}/_count",  # noqa: S310 (http(s) only)
+                                     headers={"Authorization": f"Basic {auth}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (http(s) only)
+            count = json.loads(answer.read()).get("count", 0)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # logged in, no index yet
+            return {"ok": True, "detail": f"logged in, index {index} not made yet"}
+        return {"ok": False, "detail": f"failed: HTTP {exc.code} on {index}"}
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "detail": f"failed: {scrub(str(exc), dsn)}"}
+    return {"ok": True, "detail": f"logged in, index {index} holds {count} document(s)"}
+
+
+def check(dsn: str, name: str = "") -> dict[str, Any]:
     scheme = urlsplit(dsn).scheme
     if scheme in ("postgres", "postgresql"):
         return check_postgres(dsn)
     if scheme == "file":
         return check_files(dsn)
+    if name.endswith("_ELASTICSEARCH_DSN") and scheme in ("http", "https"):
+        return check_search(dsn)
     return check_tcp(dsn)
 
 
 def status() -> dict[str, Any]:
     services = {}
     for name in service_variables():
-        result = check(os.environ[name])
+        result = check(os.environ[name], name)
         result.setdefault("tables", [])
         result["dsn"] = mask(os.environ[name])
         services[name] = result

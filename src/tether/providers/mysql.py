@@ -72,7 +72,13 @@ from tether.providers.base import (
     ResourceNames,
     lost,
 )
-from tether.providers.common import CONNECTION_LIMIT, cluster_error, final_text, instance_limit
+from tether.providers.common import (
+    CONNECTION_LIMIT,
+    check_names,
+    cluster_error,
+    final_text,
+    instance_limit,
+)
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.mysql")
@@ -82,7 +88,6 @@ CONNECT_TIMEOUT = 5
 GREETING_TIMEOUT = 10
 STATEMENT_TIMEOUT = 180
 DEFAULT_PORT = 3306
-_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")  # MySQL user names: at most 32 characters
 _URL_HINT = "use mysql://USER:PASSWORD@HOST:PORT/"
 _SCHEMES = ("mysql", "mariadb")
 _ACCOUNT = "%s@'%%'"  # the user literal; PyMySQL substitutes `%` only with args: `'%%'`
@@ -115,13 +120,6 @@ def _connection_limit(cluster: ClusterSpec) -> int:
 
 def _limit_text(limit: int) -> str:
     return "any number of connections" if limit <= 0 else f"{limit} connection(s)"
-
-
-def _check_names(names: ResourceNames) -> None:
-    for name in (names.base, names.login):
-        if not _NAME_RE.fullmatch(name):
-            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier "
-                               "of at most 32 characters")
 
 
 def _ident(name: str) -> str:
@@ -533,7 +531,7 @@ class MySQLProvider(ProviderBase):
         grant on its database, the database; repairs any drift `observe` reports that can be
         repaired. On a final failure, what this call created is removed again (rule 5); what
         existed before (an instance being repaired) is never dropped here."""
-        _check_names(names)
+        check_names(names, max_length=32)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
         limit = _connection_limit(cluster)
@@ -652,7 +650,7 @@ class MySQLProvider(ProviderBase):
                 cur.execute(f"DROP USER IF EXISTS {_ACCOUNT}", (names.role,))
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
-        _check_names(names)
+        check_names(names, max_length=32)
         with self._admin(cluster) as cur:
             return self._user_exists(cur, names.role) or (
                 self._db_exists(cur, names.database) and self._ours(cur, names))
@@ -666,7 +664,7 @@ class MySQLProvider(ProviderBase):
         checked as the login is otherwise (its connection limit, rights on the database and
         nowhere else). That it is locked or gone is no difference: that is where a revoke takes
         it."""
-        _check_names(names)
+        check_names(names, max_length=32)
         limit = _connection_limit(cluster)
         db, user, login = names.database, names.role, names.login
         rotated = login != user
@@ -726,7 +724,7 @@ class MySQLProvider(ProviderBase):
         sessions, drop the database (if ours), drop the users. The instance's own user goes
         last: its grant is what marks the database as ours (on MySQL), so a crash half-way
         leaves a state the retry still recognises."""
-        _check_names(names)
+        check_names(names, max_length=32)
         target = _Target(cluster)
         with self._admin(cluster) as cur:
             try:
@@ -789,7 +787,7 @@ class MySQLProvider(ProviderBase):
         with `secret`, the instance's connection limit and all rights on its database (and
         none elsewhere). The instance's user and database must be there (a repair makes them
         again). On a final failure a user this call made is dropped again."""
-        _check_names(names)
+        check_names(names, max_length=32)
         if names.login == names.role:
             raise ClusterError(f"user {names.role} is the instance's own user: a rotation makes "
                                "a login of another name")
@@ -828,7 +826,7 @@ class MySQLProvider(ProviderBase):
         it as their DEFINER and stop working without it (MySQL 8.0.22+ even refuses the DROP
         USER); the instance's own user's grant also marks the database as Tether's. Every
         login goes with the instance (`deprovision`)."""
-        _check_names(names)
+        check_names(names, max_length=32)
         if login == names.login or not names.is_login(login):
             raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
                                f"{names.role} (its current login is {names.login})")

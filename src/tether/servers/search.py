@@ -279,12 +279,38 @@ def _chown(path: Path, account: pwd.struct_passwd | None) -> None:
 
 
 def _chown_tree(path: Path, account: pwd.struct_passwd | None) -> None:
+    """Give `path` and everything in it to `account`, children before their dir: a dir changes
+    hands only once everything below it is done (its new owner could otherwise swap an entry
+    for a symlink while we walk, and have us change what it leads to)."""
     if account is None:
         return
-    _chown(path, account)
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(path, topdown=False):
         for name in dirs + files:
             _chown(Path(root) / name, account)
+    _chown(path, account)
+
+
+def _read_safely(path: Path, *, limit: int = 65536, owners: tuple[int, ...] = ()) -> bytes:
+    """The last `limit` bytes of `path` when it is a regular file (never through a symlink,
+    never blocking on a FIFO), owned by one of `owners` if given; OSError otherwise. What root
+    reads in a server's home, which its service user owns and can fill with symlinks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if owners and st.st_uid not in owners:
+            raise OSError(f"{path} belongs to uid {st.st_uid}")
+        f.seek(max(0, st.st_size - limit))
+        return f.read(limit)
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever `path` is (a symlink itself, never what it leads to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def java_home() -> Path:
@@ -808,7 +834,7 @@ class SearchServer:
     def initialized_release(self) -> Release | None:
         """The release the home was initialised with (a home keeps its release)."""
         try:
-            return parse_release(self._marker.read_text())
+            return parse_release(_read_safely(self._marker, limit=256).decode("utf-8", "replace"))
         except (OSError, ClusterError):
             return None
 
@@ -839,29 +865,32 @@ class SearchServer:
         java_home()
         account = _run_as()
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.home.is_symlink():
+            raise ClusterError(f"{self.home} is a symlink: choose a directory for the server")
         self._check_traversable(self.home, account)
         self._check_traversable(dist / release.program, account)
+        # ours while we write in it (a home left by an earlier init may be the service user's,
+        # who could swap what we write for symlinks): the service user gets it at the end
+        os.chown(self.home, os.geteuid(), os.getegid(), follow_symlinks=False)
         self.home.chmod(0o750)
-        _chown(self.home, account)
         staging = self.home / "config.init"
-        if staging.exists():
-            shutil.rmtree(staging)
+        _remove(staging)
         shutil.copytree(dist / "config", staging, symlinks=True)
         try:
             self._write_config(staging, dist, password)
-            for name in ("data", "logs", "tmp"):
-                path = self.home / name
-                path.mkdir(mode=0o750, exist_ok=True)
-                _chown(path, account)
             for path in (staging, *staging.rglob("*")):
                 if not path.is_symlink():
                     path.chmod(0o700 if path.is_dir() else 0o600)
-            _chown_tree(staging, account)
-            if self.config_dir.exists():
-                shutil.rmtree(self.config_dir)  # no marker: a half copy
+            _remove(self.config_dir)  # no marker: a half copy
             staging.rename(self.config_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        _chown_tree(self.config_dir, account)  # once in place: nothing of it changes after
+        for name in ("data", "logs", "tmp"):
+            path = self.home / name
+            path.mkdir(mode=0o750, exist_ok=True)
+            _chown(path, account)
+        _chown(self.home, account)
         log.info("initialised %s search server in %s", release, self.home)
 
     def _write_config(self, conf: Path, dist: Path, password: str) -> None:
@@ -955,7 +984,7 @@ class SearchServer:
         it is this server's JVM (never a recycled pid), else by its command line (a server
         still starting, or one whose pid file is gone)."""
         try:
-            pid: int | None = int(self.pid_file.read_text().split()[0])
+            pid: int | None = int(_read_safely(self.pid_file, limit=64).split()[0])
         except (OSError, ValueError, IndexError):
             pid = None
         if pid is not None and self._is_ours(pid):
@@ -976,7 +1005,7 @@ class SearchServer:
         """The HTTP port the running server was launched with (from the run file, which every
         launch writes and every stop removes)."""
         try:
-            run = json.loads(self._run_file.read_text())
+            run = json.loads(_read_safely(self._run_file, limit=4096))
         except (OSError, ValueError):
             return None
         if isinstance(run, dict) and isinstance(run.get("port"), int):
@@ -1038,29 +1067,30 @@ class SearchServer:
         self._check_traversable(self.home, account)
         self.pid_file.unlink(missing_ok=True)  # stale, after a crash
         self._run_file.unlink(missing_ok=True)
-        for path in (self.launcher_log, self.log_file):
-            if not path.exists():
-                path.touch(mode=0o640)
-            _chown(path, account)
         offset = self.log_size()
         args = [str(dist / self.release.program), "-d", "-p", str(self.pid_file),
                 f"-Ehttp.port={self.port}", f"-Etransport.port={self.transport_port}"]
+        header = (f"--- starting {self.release} on {self.host}:{self.port} at "
+                  f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}")
+        # the run file is written before the launch: a server still starting when this call
+        # gives up is found running on its port by the next start, which waits for it instead
+        # of restarting it
+        run = json.dumps({"port": self.port, "transport_port": self.transport_port})
         # `sh` starts the launcher in the background and exits at once: the server is nobody's
         # child, in a session of its own. `-d` keeps the launcher's stdout open until the node
-        # runs: it goes to a file, never to a pipe someone waits on.
-        with self.launcher_log.open("ab") as out:
-            out.write(f"--- starting {self.release} on {self.host}:{self.port} at "
-                      f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode())
-        # written before the launch: a server still starting when this call gives up is found
-        # running on its port by the next start, which waits for it instead of restarting it
-        self._run_file.write_text(json.dumps({"port": self.port,
-                                              "transport_port": self.transport_port}))
+        # runs: it goes to a file, never to a pipe someone waits on. Everything written in the
+        # home is written by `sh`, as the service user who owns the home (root writing there
+        # would follow the symlinks that user can put in place of these files).
+        script = ('umask 027; printf "%s\\n" "$2" >>"$0" && printf "%s" "$3" >"$1" || exit 1; '
+                  'shift 3; "$@" </dev/null >>"$0" 2>&1 &')
         launcher = subprocess.run(
-            ["/bin/sh", "-c", '"$@" </dev/null >>"$0" 2>&1 &', str(self.launcher_log), *args],
-            check=False, timeout=30, env=self._env(), cwd=str(self.home),
-            stdin=subprocess.DEVNULL, start_new_session=True, **_ids(account))
+            ["/bin/sh", "-c", script, str(self.launcher_log), str(self._run_file), header, run,
+             *args],
+            check=False, timeout=30, env=self._env(), cwd=str(self.home), capture_output=True,
+            text=True, stdin=subprocess.DEVNULL, start_new_session=True, **_ids(account))
         if launcher.returncode != 0:
-            raise ClusterError(f"could not launch the search server in {self.home}")
+            raise ClusterError(f"could not launch the search server in {self.home}: "
+                               f"{_tail(launcher.stderr, 3)}")
         started = time.monotonic()
         if not self._wait_ready(None, deadline, offset):
             tail = self.log_tail(since=offset)
@@ -1170,19 +1200,22 @@ class SearchServer:
 
     def log_size(self) -> int:
         try:
-            return self.log_file.stat().st_size
+            return os.lstat(self.log_file).st_size
         except OSError:
             return 0
 
-    @staticmethod
-    def _log_since(path: Path, offset: int) -> str:
+    def _log_since(self, path: Path, offset: int) -> str:
+        """The log from `offset` (its last 64 KB at most): read only when it is a regular file of
+        the server's user, never through a symlink (the home is that user's: it could make the
+        log a link to a file only root may read)."""
+        account = _run_as()
+        owner = account.pw_uid if account is not None else os.geteuid()
         try:
-            with path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(offset, f.tell() - 65536))
-                return f.read().decode("utf-8", "replace")
+            size = os.lstat(path).st_size
+            data = _read_safely(path, limit=max(0, min(65536, size - offset)), owners=(owner,))
         except OSError:
             return ""
+        return data.decode("utf-8", "replace")
 
     def log_tail(self, lines: int = 15, since: int = 0) -> str:
         """The end of the server's log (or of the launcher's output when the server wrote

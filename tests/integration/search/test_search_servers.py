@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import ssl
@@ -34,6 +35,7 @@ from tether.net import free_port, port_is_free
 from tether.providers.base import ResourceNames
 from tether.servers.search import (
     ADMIN_USER,
+    SERVICE_USER,
     PrivateSearchServers,
     SearchServer,
     distribution,
@@ -402,3 +404,47 @@ def test_a_cache_others_can_write_is_refused(monkeypatch: pytest.MonkeyPatch,
         assert not (zipped / "dist" / release.name).exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def es7_home(unique_id: str) -> Iterator[tuple[SearchServer, Path]]:
+    """An initialised Elasticsearch 7.17 home (its init runs no JVM), never started; and a dir
+    of root's beside it for files only root may read."""
+    base = world_traversable_tmpdir("tether-test-search-home-")
+    server = SearchServer("elasticsearch-7.17.29", base / f"es_{unique_id}", free_port())
+    private = base / "root-only"
+    private.mkdir(mode=0o700)
+    try:
+        server.init("pw-" + unique_id)
+        yield server, private
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a home of the service user")
+def test_root_never_follows_the_service_users_symlinks(
+        es7_home: tuple[SearchServer, Path]) -> None:
+    """The home is the service user's, who can put symlinks where the launcher's output and the
+    server's log go: a start neither writes through them (as root) nor shows what they lead to
+    in its errors or the log tail. The config is the service user's only once in place."""
+    server, private = es7_home
+    account = pwd.getpwnam(SERVICE_USER)
+    assert server.home.stat().st_uid == account.pw_uid
+    assert {p.stat().st_uid for p in (server.config_dir, *server.config_dir.rglob("*"))} == \
+        {account.pw_uid}
+    secret = private / "secret"
+    token = secrets.token_hex(8)
+    content = f"root-only-{token}\nline two\n"
+    secret.write_text(content)
+    secret.chmod(0o600)
+    for link in (server.launcher_log, server.log_file):
+        link.unlink(missing_ok=True)
+        link.symlink_to(secret)
+        os.chown(link, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    with pytest.raises(ClusterError) as err:
+        server.start(timeout=20)
+    assert secret.read_text() == content, "root wrote through the service user's symlink"
+    assert token not in str(err.value)
+    assert token not in server.log_tail(500)
+    assert not server.is_running()

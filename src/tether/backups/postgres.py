@@ -50,7 +50,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -243,7 +243,7 @@ def _checked_dump(target: PgTarget) -> None:
     check_versions(client_major("pg_dump"), server_major(target))
 
 
-def dump_stream(target: PgTarget) -> Iterator[bytes]:
+def dump_stream(target: PgTarget) -> Generator[bytes, None, None]:
     """`pg_dump -Fc` of the target's database as a stream of byte strings. Raises `BackupError`
     at the end if pg_dump failed, so a consumer never takes a cut-short dump for a whole one.
     Close the iterator (or exhaust it) to stop pg_dump."""
@@ -313,8 +313,7 @@ def restore_sealed(target: PgTarget, path: Path, key_sealed: str, box: Any,
     try:
         restore_stream(target, chunks)
     finally:
-        if hasattr(chunks, "close"):
-            chunks.close()
+        chunks.close()  # closes the file at once, also when pg_restore failed
 
 
 def restore_plain(target: PgTarget, path: Path) -> None:

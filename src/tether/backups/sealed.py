@@ -47,7 +47,7 @@ import hmac
 import os
 import secrets
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -257,7 +257,7 @@ def _read_exactly(f: BinaryIO, size: int) -> bytes:
 
 
 def read_sealed(path: Path, key_sealed: str, box: _Box,
-                expected_sha256: str | None) -> Iterator[bytes]:
+                expected_sha256: str | None) -> Generator[bytes, None, None]:
     """The plaintext of the sealed file `path`, as an iterator of chunks.
 
     Checked before this returns (so nothing has been handed to a consumer yet): the file's
@@ -297,7 +297,8 @@ def read_sealed(path: Path, key_sealed: str, box: _Box,
     return _prepend(first, chunks, f)
 
 
-def _prepend(first: bytes | None, rest: Iterator[bytes], f: BinaryIO) -> Iterator[bytes]:
+def _prepend(first: bytes | None, rest: Iterator[bytes], f: BinaryIO
+             ) -> Generator[bytes, None, None]:
     try:
         if first is None:  # an empty plaintext
             return

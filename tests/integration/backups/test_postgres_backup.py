@@ -5,6 +5,7 @@ the real PostgresProvider: sealed round trips into the same and into another ins
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
@@ -223,7 +224,7 @@ def test_no_password_on_a_command_line_or_in_an_environment(
     """While pg_restore runs (it is waiting for the archive), no process on the machine shows
     the instance's password in its argv or its environment (a passfile is used)."""
     info = dump_sealed(filled, tmp_path / "a.sealed", box)
-    seen: list[str] = []
+    seen: list[str] = []  # /proc/PID/status of the pg_restore processes
 
     def scan() -> None:
         for proc in Path("/proc").iterdir():
@@ -235,7 +236,7 @@ def test_no_password_on_a_command_line_or_in_an_environment(
                 except OSError:
                     continue
                 if b"pg_restore" in data and what == "cmdline":
-                    seen.append(proc.name)
+                    seen.append((proc / "status").read_text())
                 assert filled.password.encode() not in data, f"{what} of process {proc.name}"
 
     def chunks() -> Iterator[bytes]:
@@ -247,6 +248,9 @@ def test_no_password_on_a_command_line_or_in_an_environment(
 
     restore_stream(filled, chunks())
     assert seen, "pg_restore was not running during the scan"
+    if os.geteuid() == 0:  # the programs run as the service user, like the servers
+        uid = pwd.getpwnam("tether").pw_uid
+        assert all(f"\nUid:\t{uid}\t" in status for status in seen), seen
 
 
 def test_a_plain_pg_dump_file_made_elsewhere_is_restored(

@@ -50,8 +50,12 @@ Security is always on:
 
 Both refuse to run as root: as root, the servers run as the system user `tether-search`
 (created on demand). A server daemonises (`-d`), so it outlives the Python process; the pid file
-is trusted only when /proc says that pid is this server's JVM (its main class, and its
-`-Djava.io.tmpdir=` naming this home's tmp dir), so a recycled pid is never killed.
+is trusted only when /proc says that pid is this server's JVM (its main class, its
+`-Djava.io.tmpdir=` naming this home's tmp dir, run by the server's user), so a recycled pid, or
+another user's process dressed up as the server, is never killed. What answers on the port is
+taken for the server only when the listening socket is that JVM's (/proc/net/tcp{,6} against
+/proc/<pid>/fd): someone else holding the port is never sent the admin's password, and a start
+finding its port held fails at once (`PortTaken`).
 
 Measured on this kind of machine (2 cores shared with other test runs, load 4-7; 512 MB heap):
 from launch to an answering, healthy node, OpenSearch 2.19.4 26-45 s (restart ~26 s), RSS
@@ -974,10 +978,29 @@ class SearchServer:
         return f"-Djava.io.tmpdir={self.home / 'tmp'}"
 
     def _is_ours(self, pid: int) -> bool:
+        """This server's JVM: its main class, this home's tmp dir, and run by the server's user
+        (anyone can start a process with such a command line)."""
         cmdline = _cmdline(pid)
-        return (self._tmpdir_property in cmdline
-                and any(arg.endswith(self.release.main_class) for arg in cmdline)
-                and _pid_alive(pid))
+        if not (self._tmpdir_property in cmdline
+                and any(arg.endswith(self.release.main_class) for arg in cmdline)):
+            return False
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return False
+        return owner == _server_uid() and _pid_alive(pid)
+
+    def _serves_port(self, pid: int) -> bool:
+        """Whether the sockets listening on the server's port (on its host or any address) are
+        all the JVM `pid`'s, and there is one: what answers there is the server, not someone
+        holding the port (who would be sent the admin's password)."""
+        listening = _listening_inodes(self.host, self.port)
+        return bool(listening) and listening <= _socket_inodes(pid)
+
+    def _port_taken(self) -> PortTaken:
+        return PortTaken(f"port {self.port} on {self.host} is taken by another program (not the "
+                         f"{self.release} server in {self.home}): free it or choose another "
+                         "port")
 
     def pid(self) -> int | None:
         """The pid of the live server on this home, if any: from the pid file when /proc says
@@ -1062,6 +1085,9 @@ class SearchServer:
             log.info("the search server in %s runs on another port than %s: restarting it",
                      self.home, self.port)
             self.stop()
+        if _listening_inodes(self.host, self.port) or (
+                self.transport_port and _listening_inodes(self.host, self.transport_port)):
+            raise self._port_taken()
         dist = distribution(self.release)
         account = _run_as()
         self._check_traversable(self.home, account)
@@ -1119,7 +1145,7 @@ class SearchServer:
                 if pid is not None or (time.monotonic() - launched > 2
                                        and not self._launching()):
                     return False
-            elif self._answers_401():
+            elif self._serves_port(current) and self._answers_401():
                 return True
             time.sleep(0.25)
         raise ClusterError(f"the {self.release} server in {self.home} runs but does not answer "
@@ -1149,10 +1175,21 @@ class SearchServer:
         return response.status_code == 401
 
     def wait_healthy(self, password: str, timeout: float = 120.0) -> None:
-        """Wait until the admin sees the cluster health yellow or green."""
+        """Wait until the admin sees the cluster health yellow or green. The password is only
+        sent to the server's own JVM: PortTaken when another program listens on its port."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
+            pid = self.pid()
+            if pid is None:
+                raise ClusterError(f"the {self.release} server in {self.home} is not running: "
+                                   "start it")
+            if not self._serves_port(pid):
+                if _listening_inodes(self.host, self.port):
+                    raise self._port_taken()
+                last = "not listening"
+                time.sleep(0.5)
+                continue
             try:
                 response = httpx.get(
                     self.url + "/_cluster/health",
@@ -1295,6 +1332,65 @@ def _wait_dead(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return not _pid_alive(pid)
+
+
+def _server_uid() -> int | None:
+    """The uid the servers run as: the service account's when we are root (None while it does
+    not exist: then no process is a server), else ours."""
+    if not _is_root():
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} prints it (32-bit words in host order, little-endian)."""
+    raw = bytes.fromhex(text)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _listening_inodes(host: str, port: int) -> set[int]:
+    """The inodes of the TCP sockets listening on `port` on `host` or on any address (0.0.0.0,
+    ::): every socket a connection to host:port may reach."""
+    wanted = ipaddress.ip_address(host)
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            address, _, port_hex = fields[1].partition(":")
+            if int(port_hex, 16) != port:
+                continue
+            local = _proc_address(address)
+            if local == wanted or local.is_unspecified:
+                found.add(int(fields[9]))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` has open."""
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    return found
 
 
 def _cmdline(pid: int) -> list[str]:

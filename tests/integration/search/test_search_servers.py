@@ -36,6 +36,7 @@ from tether.providers.base import ResourceNames
 from tether.servers.search import (
     ADMIN_USER,
     SERVICE_USER,
+    PortTaken,
     PrivateSearchServers,
     SearchServer,
     distribution,
@@ -448,3 +449,60 @@ def test_root_never_follows_the_service_users_symlinks(
     assert token not in str(err.value)
     assert token not in server.log_tail(500)
     assert not server.is_running()
+
+
+_SQUATTER = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("request", self.path, self.headers.get("Authorization"), flush=True)
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="x"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: processes of other users")
+def test_the_password_goes_to_the_servers_jvm_only(es7_home: tuple[SearchServer, Path],
+                                                   unique_id: str) -> None:
+    """Another user holding the server's port and answering 401 like a secured server is not
+    taken for the server: start fails at once saying the port is taken, waiting for health sends
+    the admin's password nowhere, and the listener never sees it. A process of another user
+    with the server's command line is not taken for the server either (nor killed)."""
+    server, _private = es7_home
+    password = "pw-" + unique_id
+    squatter = subprocess.Popen(["/usr/bin/python3", "-c", _SQUATTER, str(server.port)],
+                                user="nobody", stdout=subprocess.PIPE, text=True)
+    impostor = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import time; time.sleep(600)",
+         f"-Djava.io.tmpdir={server.home / 'tmp'}", server.release.main_class],
+        user="nobody")
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "listening"
+        assert httpx.get(server.url + "/", timeout=10).status_code == 401  # it looks secured
+
+        server.pid_file.write_text(f"{impostor.pid}\n")
+        assert server.pid() is None
+        server.stop()
+        assert impostor.poll() is None, "stop killed another user's process"
+
+        with pytest.raises(PortTaken, match=f"port {server.port} on 127.0.0.1 is taken"):
+            server.start(timeout=30, password=password)
+        with pytest.raises(ClusterError):
+            server.wait_healthy(password, timeout=3)
+    finally:
+        for proc in (squatter, impostor):
+            proc.kill()
+        seen = squatter.communicate(timeout=10)[0]
+        impostor.wait()
+    auth = [line for line in seen.splitlines() if line.startswith("request")
+            and not line.endswith(" None")]
+    assert auth == [], "the listener was sent credentials"
+    assert "Basic" not in seen

@@ -59,10 +59,23 @@ too: `check` refuses such a cluster, `observe` reports it and `provision` refuse
 credentials with more than their role are handed out), but the mapping is the operator's to
 change. Indices deleted by hand are gone (an application makes its indices itself).
 
-Removal (`deprovision`) deletes the instance's indices (`tether_i12` and `tether_i12-...`, by
-their exact names: wildcard deletes may be forbidden by `action.destructive_requires_name`), its
-role mapping, its user and, last, its role: a removal interrupted half-way leaves the role, and
-so Tether's mark, until a retry finishes it.
+Removal (`deprovision`) deletes the instance's role mapping and its user first (a running
+application makes no new index from then on), then lists and deletes its indices (`tether_i12`
+and `tether_i12-...`, by their exact names: wildcard deletes may be forbidden by
+`action.destructive_requires_name`), and, last, its role: a removal interrupted half-way leaves
+the role, and so Tether's mark, until a retry finishes it.
+
+Index blocks: the instance may update its indices' settings (`indices:admin/settings/update`:
+clients set `refresh_interval`, `number_of_replicas`, analysis settings of a closed index...;
+OpenSearch cannot allow some settings and not others), so it may also set `index.blocks.*` on
+its own indices. Under `read_only` or `metadata` an index cannot be deleted, and under
+`metadata` its aliases cannot be read by name. So removal first clears those two blocks, as
+the admin, one setting per request (a request with several block settings is refused under the
+block); aliases are read from `_resolve/index`, which answers under a metadata block (`GET
+/PATTERN/_alias` does not, and `GET /_alias/PATTERN` is refused under any index's metadata
+block, another instance's too); a refusal caused by a block says so (`cluster_block_exception`),
+not that the admin lacks a right. A block is the tenant's business on its own indices, not
+drift: `observe` does not report it, and it harms no other instance.
 
 Variables (shared/SPEC.md): `{P}_ELASTICSEARCH_DSN` and `{P}_HAYSTACK_URL`, both
 `SCHEME://USER:PASSWORD@HOST:PORT/tether_i12` (user and password URL-encoded), with the scheme,
@@ -341,6 +354,15 @@ class _Api:
             return None
         if response.status_code == 401:
             raise self._unauthorized()
+        if response.status_code == 403 and self.error_type(response) == \
+                "cluster_block_exception":
+            # an index block (`index.blocks.*`), which an instance may set on its own indices:
+            # not a missing right of the admin
+            raise ClusterError(
+                f"the search cluster at {t.where} refused {method} {path} because of an index "
+                f"block ({self.reason(response)}): clear it as an administrator, one setting per "
+                "request (PUT /INDEX/_settings?expand_wildcards=all {\"index.blocks.metadata\": "
+                "null}, then read_only, write, read), then retry")
         if response.status_code == 403:
             raise ClusterError(
                 f"the search cluster at {t.where} does not allow the user {t.user!r} to "
@@ -365,6 +387,16 @@ class _Api:
 
     def get(self, path: str, ok_missing: bool = False) -> Any:
         return self.json("GET", path, ok_missing=ok_missing)
+
+    @staticmethod
+    def error_type(response: httpx.Response) -> str | None:
+        """Elasticsearch's `error.type` ("cluster_block_exception"...), if any."""
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        error = data.get("error") if isinstance(data, dict) else None
+        return str(error.get("type")) if isinstance(error, dict) and error.get("type") else None
 
     def reason(self, response: httpx.Response) -> str:
         """The server's reason, one line, no secret: Elasticsearch's `error.reason`, the
@@ -701,21 +733,30 @@ class ElasticsearchProvider(ProviderBase):
                                   f"{api.target.where} failed: {exc.message}") from None
 
     def _delete(self, api: _Api, names: ResourceNames) -> None:
+        """The mapping and the user first, so that the application makes no new index (nor
+        block) while its indices are listed and deleted; the role last: its mark keeps a removal
+        interrupted half-way recognisable (`exists`), and a retry finishes it."""
         state = _State.read(api, names)
         base = _p(names.base)
-        if state.role is not None and not state.own_role:
-            log.warning("role %s on %s was not made by Tether: leaving it, its indices and its "
-                        "mapping alone", names.base, api.target.where)
-        else:
-            indices = state.indices
-            for start in range(0, len(indices), _DELETE_BATCH):
-                batch = ",".join(_p(i) for i in indices[start:start + _DELETE_BATCH])
-                api.call("DELETE", f"/{batch}?expand_wildcards=none", ok_missing=True,
-                         timeout=DELETE_TIMEOUT)
         if state.mapping is not None and (state.own_mapping or state.own_role):
             api.call("DELETE", f"{_SECURITY}/rolesmapping/{base}", ok_missing=True)
         if state.user is not None and (state.own_user or state.own_role):
             api.call("DELETE", f"{_SECURITY}/internalusers/{base}", ok_missing=True)
+        if state.role is not None and not state.own_role:
+            log.warning("role %s on %s was not made by Tether: leaving it, its indices and its "
+                        "mapping alone", names.base, api.target.where)
+            return
+        # listed again after the user is gone; a request it made just before may still create
+        # an index afterwards, so list until none is left (a few rounds at most)
+        for _ in range(3):
+            indices = _State.list_indices(api, names)
+            if not indices:
+                break
+            for start in range(0, len(indices), _DELETE_BATCH):
+                batch = ",".join(_p(i) for i in indices[start:start + _DELETE_BATCH])
+                _unblock(api, batch)
+                api.call("DELETE", f"/{batch}?expand_wildcards=none", ok_missing=True,
+                         timeout=DELETE_TIMEOUT)
         if state.own_role:
             api.call("DELETE", f"{_SECURITY}/roles/{base}", ok_missing=True)
 
@@ -785,18 +826,39 @@ class _State:
     def stray_aliases(api: _Api, names: ResourceNames) -> list[tuple[str, str]]:
         """(index, alias) of every alias that leads out of the prefix: an alias of the
         instance's indices named outside it, or an alias named inside it on another index."""
-        # `PREFIX*` (filtered here): a missing name in a list would make the answer a 404
-        pattern = f"{_p(names.base)}*"
+        # `_resolve/index` answers under a metadata block, which an instance may set on its own
+        # indices (`GET /PREFIX*/_alias` is refused then); `PREFIX*` is filtered here
+        answer = api.get(f"/_resolve/index/{_p(names.base)}*?expand_wildcards=all",
+                         ok_missing=True) or {}
         found: set[tuple[str, str]] = set()
-        for path in (f"/{pattern}/_alias?expand_wildcards=all",
-                     f"/_alias/{pattern}?expand_wildcards=all"):
-            answer = api.get(path, ok_missing=True) or {}
-            for index, entry in answer.items() if isinstance(answer, dict) else []:
-                aliases = (entry or {}).get("aliases") or {} if isinstance(entry, dict) else {}
-                for alias in aliases:
-                    if _in_prefix(index, names) != _in_prefix(str(alias), names):
-                        found.add((str(index), str(alias)))
+        if not isinstance(answer, dict):
+            return []
+        for index in answer.get("indices") or []:
+            if isinstance(index, dict) and _in_prefix(str(index.get("name")), names):
+                found.update((str(index["name"]), str(alias))
+                             for alias in index.get("aliases") or []
+                             if not _in_prefix(str(alias), names))
+        for alias in answer.get("aliases") or []:
+            if isinstance(alias, dict) and _in_prefix(str(alias.get("name")), names):
+                found.update((str(index), str(alias["name"]))
+                             for index in alias.get("indices") or []
+                             if not _in_prefix(str(index), names))
         return sorted(found)
+
+
+#: the index blocks that forbid deleting an index (`metadata_write`), in the order they can be
+#: cleared: a settings update is itself refused under `metadata` and `read_only` unless it
+#: changes one of those alone
+_DELETE_BLOCKS = ("index.blocks.metadata", "index.blocks.read_only")
+
+
+def _unblock(api: _Api, indices: str) -> None:
+    """Clear the blocks an instance may set on its own indices (it may update their settings)
+    that would make deleting them fail, one setting per request (a request with several is
+    refused under the block). `indices`: exact names, comma-separated and URL-encoded."""
+    for setting in _DELETE_BLOCKS:
+        api.call("PUT", f"/{indices}/_settings?expand_wildcards=all", {setting: None},
+                 ok_missing=True)
 
 
 def _role_differences(role: dict[str, Any], names: ResourceNames) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -474,14 +475,15 @@ def test_a_removed_user_is_seen_and_made_again(
     PROVIDER.provision(cluster, names, secret)
     assert PROVIDER.observe(cluster, names).in_sync
     assert app_for(admin, creds).request("PUT", f"/{b}-x").status_code == 200
-    # a removal that stopped before the role
-    admin.ok("DELETE", f"/{b}-x")
+    # a removal that stopped after the user (removal deletes the mapping and the user first,
+    # then the indices, the role last), and one that stopped before the role
     admin.ok("DELETE", f"{SECURITY}/rolesmapping/{b}")
     admin.ok("DELETE", f"{SECURITY}/internalusers/{b}")
     assert PROVIDER.exists(cluster, names)
     PROVIDER.deprovision(cluster, names)
     assert not PROVIDER.exists(cluster, names)
     assert admin.status(f"{SECURITY}/roles/{b}") == 404
+    assert admin.indices(f"{b}*") == []
 
 
 def test_remove_deletes_indices_role_and_user_and_nothing_else(
@@ -545,3 +547,90 @@ def test_a_failed_fresh_provision_leaves_nothing_behind(
     for kind in ("roles", "internalusers", "rolesmapping"):
         assert admin.status(f"{SECURITY}/{kind}/{names.base}") == 404
     assert not PROVIDER.exists(cluster, names)
+
+
+def test_blocks_set_by_the_instance_do_not_stop_its_removal(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    """The instance may update its indices' settings, so it may set `index.blocks.*` on them
+    (read_only and metadata forbid deleting an index, metadata forbids reading its aliases):
+    observe still works (for it and for other instances), a refusal caused by a block says so,
+    and removal clears the blocks, deletes the indices (normal, hidden, closed, the base index)
+    and the user, which can no longer log in."""
+    names = make_names("blk")
+    b = names.base
+    creds = PROVIDER.provision(cluster, names, secrets.token_urlsafe(24))
+    app = app_for(admin, creds)
+    indices = [b, f"{b}-one", f"{b}-hidden", f"{b}-closed"]
+    for index in indices:
+        body = {"settings": {"index.hidden": True}} if index.endswith("-hidden") else None
+        assert app.request("PUT", f"/{index}", body).status_code == 200
+    assert app.request("POST", f"/{b}-closed/_close").status_code == 200
+    # an alias leading out of the prefix (only an admin can make one), to be repaired later
+    admin.ok("PUT", f"/{b}-one/_alias/{b}x-out")
+    for index in indices:
+        for block in ("write", "read", "read_only", "metadata"):
+            response = app.request("PUT", f"/{index}/_settings?expand_wildcards=all",
+                                   {f"index.blocks.{block}": True})
+            assert response.status_code == 200, (index, block, response.text)
+    assert admin.request("DELETE", f"/{b}-one").status_code == 403  # blocked indeed
+    # another instance is not affected (`GET /_alias/PATTERN` is refused under any index's
+    # metadata block, whichever instance's)
+    other = make_names("blk2")
+    PROVIDER.provision(cluster, other, secrets.token_urlsafe(24))
+    assert PROVIDER.observe(cluster, other).in_sync
+
+    seen = PROVIDER.observe(cluster, names)
+    assert seen.exists and seen.differences == (
+        f"alias {b}x-out of index {b}-one leads out of the prefix {b}",), seen
+    # repairing it is refused by the block: the message says so (not "put an administrator")
+    with pytest.raises(ClusterError) as err:
+        PROVIDER.provision(cluster, names, str(creds.values["password"]))
+    assert "because of an index block" in err.value.message, err.value.message
+    assert "index.blocks.metadata" in err.value.message
+    assert "put an administrator" not in err.value.message
+
+    PROVIDER.deprovision(cluster, names)
+    assert admin.indices(f"{b}*") == []
+    for kind in ("roles", "internalusers", "rolesmapping"):
+        assert admin.status(f"{SECURITY}/{kind}/{b}") == 404
+    assert app.request("GET", "/_plugins/_security/authinfo").status_code == 401
+    assert not PROVIDER.exists(cluster, names)
+
+
+def test_indices_made_while_removing_are_removed_too(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    """A running application keeps creating indices while its instance is removed: removal
+    revokes its user before listing the indices, so none of them survives."""
+    names = make_names("run")
+    b = names.base
+    app = app_for(admin, PROVIDER.provision(cluster, names, secrets.token_urlsafe(24)))
+    stop, made = threading.Event(), threading.Event()
+    created: list[str] = []
+
+    def keep_creating() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                response = app.request("PUT", f"/{b}-t{i}")
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                created.append(f"{b}-t{i}")
+                if len(created) >= 3:
+                    made.set()
+
+    worker = threading.Thread(target=keep_creating, daemon=True)
+    worker.start()
+    try:
+        assert made.wait(60), "the application made no index"
+        PROVIDER.deprovision(cluster, names)
+        # the application's requests are refused from now on
+        assert app.request("PUT", f"/{b}-late").status_code == 401
+    finally:
+        stop.set()
+        worker.join(60)
+    assert len(created) >= 3
+    assert admin.indices(f"{b}*") == [], created
+    assert not PROVIDER.exists(cluster, names)
+

@@ -89,6 +89,12 @@ scroll is refused ("Wrong user in reader context"), that attempt, or clearing th
 it: a tenant can end (not read) another tenant's open scrolls. Point-in-time searches are checked
 against their indices and are not affected.
 
+Known limit: the instance's user may change its own password (`PUT
+/_plugins/_security/api/account`, open to every internal user). Its applications then hold a
+password that no longer works, and `observe` cannot see it: the API never shows password hashes
+(`"hash": ""`), and `observe` has no password to try. `provision` finds it (it tries the stored
+password) and sets it back.
+
 No per-instance limits: neither Elasticsearch nor OpenSearch has a per-user limit of connections,
 requests, indices or storage that Tether could set, so `limits` is empty; one tenant can load a
 shared cluster (a private cluster avoids that).

@@ -634,3 +634,20 @@ def test_indices_made_while_removing_are_removed_too(
     assert admin.indices(f"{b}*") == [], created
     assert not PROVIDER.exists(cluster, names)
 
+
+def test_a_password_changed_by_the_instance_is_set_back(
+        cluster: ClusterSpec, admin: Admin, make_names: Callable[[str], ResourceNames]) -> None:
+    """Known limit: the instance's user may change its own password (the `account` API);
+    observe cannot see it (no hash is shown, no password to try), provision sets it back."""
+    names = make_names("acct")
+    secret = secrets.token_urlsafe(24)
+    creds = PROVIDER.provision(cluster, names, secret)
+    app = app_for(admin, creds)
+    changed = secrets.token_urlsafe(24)
+    response = app.request("PUT", f"{SECURITY}/account",
+                           {"current_password": secret, "password": changed})
+    assert response.status_code == 200, response.text
+    assert app.request("GET", "/_plugins/_security/authinfo").status_code == 401
+    assert PROVIDER.observe(cluster, names).in_sync  # the documented limit
+    PROVIDER.provision(cluster, names, secret)
+    assert app.request("GET", "/_plugins/_security/authinfo").status_code == 200

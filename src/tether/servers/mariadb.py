@@ -26,6 +26,9 @@ from tether.net import wait_for_port
 from tether.providers.base import ResourceNames
 from tether.providers.common import check_names
 from tether.providers.mysql import native_password_hash
+from tether.servers.common import cmdline as _cmdline
+from tether.servers.common import is_root as _is_root
+from tether.servers.common import pid_alive as _pid_alive
 from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.mariadb")
@@ -59,10 +62,6 @@ def _server_version(mariadbd: str) -> str:
     return match.group(1)
 
 
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
 def _run_as() -> pwd.struct_passwd | None:
     """The account the servers run as: `mysql` when we are root, else ourselves (None)."""
     if not _is_root():
@@ -79,23 +78,6 @@ def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL", "MARIADB"))}
     env.update(LC_ALL="C", LANG="C")
     return env
-
-
-def _pid_alive(pid: int) -> bool:
-    """A live process (a zombie is dead: containers often have no init that reaps orphans)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = raw.rsplit(")", 1)[-1].split()
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-    except OSError:
-        return []
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -33,6 +33,8 @@ from tether.errors import ClusterError
 from tether.net import bind_port, free_port
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.common import check_names
+from tether.servers.common import is_root as _is_root
+from tether.servers.common import system_account
 from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.pgserver")
@@ -49,33 +51,12 @@ class PortTaken(ClusterError):
     """The server could not start because another program listens on its port."""
 
 
-# -- running the programs ----------------------------------------------------------------------
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-@functools.cache
 def _service_account() -> pwd.struct_passwd:
     """The `tether` system user that runs PostgreSQL when we are root (created once)."""
-    try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        pass
-    log.info("creating the system user %s to run PostgreSQL (it refuses to run as root)",
-             SERVICE_USER)
-    proc = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home",
-         "--shell", "/usr/sbin/nologin", SERVICE_USER],
-        capture_output=True, text=True, check=False)
-    try:  # a concurrent process may have created it in the meantime: that is fine
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        raise ClusterError(
-            f"could not create the system user {SERVICE_USER!r} that runs PostgreSQL "
-            f"(useradd: {proc.stderr.strip() or proc.returncode}); create it yourself with "
-            f"`useradd --system --user-group --shell /usr/sbin/nologin {SERVICE_USER}`") from None
+    return system_account(SERVICE_USER, "PostgreSQL")
+
+
+# -- running the programs ----------------------------------------------------------------------
 
 
 def _clean_env() -> dict[str, str]:

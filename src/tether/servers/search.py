@@ -85,7 +85,6 @@ import base64
 import contextlib
 import datetime
 import fcntl
-import functools
 import hashlib
 import ipaddress
 import json
@@ -116,6 +115,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.errors import ClusterError
 from tether.providers.base import ResourceNames
+from tether.servers.common import cmdline as _cmdline
+from tether.servers.common import is_root as _is_root
+from tether.servers.common import pid_alive as _pid_alive
+from tether.servers.common import system_account
 from tether.sysaccess import first_untraversable
 
 log = logging.getLogger("tether.servers.search")
@@ -240,30 +243,9 @@ def private_release() -> Release:
 # -- the account, the JDK, the cache -----------------------------------------------------------
 
 
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-@functools.cache
 def _service_account() -> pwd.struct_passwd:
     """The system user that runs the servers when we are root (created once)."""
-    try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        pass
-    log.info("creating the system user %s to run search servers (they refuse to run as root)",
-             SERVICE_USER)
-    proc = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home",
-         "--shell", "/usr/sbin/nologin", SERVICE_USER],
-        capture_output=True, text=True, check=False)
-    try:  # a concurrent process may have created it meanwhile: that is fine
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        raise ClusterError(
-            f"could not create the system user {SERVICE_USER!r} that runs search servers "
-            f"(useradd: {proc.stderr.strip() or proc.returncode}); create it yourself with "
-            f"`useradd --system --user-group --shell /usr/sbin/nologin {SERVICE_USER}`") from None
+    return system_account(SERVICE_USER, "search servers")
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -1315,16 +1297,6 @@ class PrivateSearchServers:
 # -- small helpers -----------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    """A live process (a zombie is dead: containers often have no init that reaps orphans)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = raw.rsplit(")", 1)[-1].split()
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
 def _wait_dead(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1391,13 +1363,6 @@ def _socket_inodes(pid: int) -> set[int]:
             if target.startswith("socket:["):
                 found.add(int(target[8:-1]))
     return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-    except OSError:
-        return []
 
 
 def _tail(text: str, lines: int = 15) -> str:

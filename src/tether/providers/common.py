@@ -6,7 +6,8 @@ a final `ClusterError` fails it at once with its reason. Each provider knows its
 exception types and error codes; what they share is here: the errno values and the words of an
 unreachable server, and keeping the kind of an error when a message is wrapped around it.
 
-Also shared: the checks of resource names (`check_names`), the one-line, secret-free reason of a
+Also shared: reading an HTTP admin URL without ever quoting it (`http_admin_url`), the checks of
+resource names (`check_names`), the one-line, secret-free reason of a
 client library's error (`first_line`), and the per-instance limits on shared clusters
 (`instance_limit`), so one tenant cannot take every connection slot of a server and lock the
 others out.
@@ -19,11 +20,68 @@ import re
 import socket
 import ssl
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from tether.errors import ClusterError, TransientError
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.redact import redact
+
+# -- admin URLs -----------------------------------------------------------------------------------
+
+
+def host_in_url(host: str) -> str:
+    """A host as it goes into a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class HttpAdminUrl:
+    """An HTTP(S) admin API URL taken apart; the password is kept out of every other field."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str
+    password: str | None
+    path: str  # without a trailing slash
+
+    @property
+    def where(self) -> str:
+        """host:port, safe to show."""
+        return f"{host_in_url(self.host)}:{self.port}"
+
+    @property
+    def base(self) -> str:
+        """scheme://host:port, without credentials or path."""
+        return f"{self.scheme}://{self.where}"
+
+
+def http_admin_url(url: str, *, what: str, hint: str, http_port: int,
+                   allow_path: bool = True) -> HttpAdminUrl:
+    """The parts of an `http(s)://USER:PASSWORD@HOST[:PORT][/PATH]` admin URL (user and password
+    URL-decoded; the port `http_port` for http, 443 for https when none is given). A
+    `ClusterError` with `hint` otherwise, never quoting the URL (it holds the password).
+    `what` names the API in messages (e.g. "RabbitMQ management API")."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # the parser's message may quote the URL, password included
+        raise ClusterError(f"the cluster URL is not a valid {what} URL: {hint}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClusterError(f"the cluster URL is not a {what} URL: {hint} (https:// for TLS)")
+    if not parts.username:
+        raise ClusterError(f"the cluster URL has no user: {hint}")
+    path = parts.path.rstrip("/")
+    if not allow_path and (path or parts.query or parts.fragment):
+        raise ClusterError(f"the cluster URL must not have a path or a query: {hint}")
+    return HttpAdminUrl(
+        scheme=parts.scheme, host=parts.hostname,
+        port=port or (http_port if parts.scheme == "http" else 443),
+        user=unquote(parts.username),
+        password=unquote(parts.password) if parts.password is not None else None, path=path)
+
 
 # -- names and messages ---------------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from pydantic import Field
@@ -133,6 +133,8 @@ from tether.providers.common import (
     check_names,
     cluster_error,
     first_line,
+    host_in_url,
+    http_admin_url,
     is_final,
     rewrap,
 )
@@ -207,10 +209,6 @@ _NOT_OFFERED = {
 }
 
 
-def _host_in_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _p(name: str) -> str:
     """One path segment of the API."""
     return quote(name, safe="")
@@ -262,23 +260,9 @@ class _Target:
 
     @classmethod
     def of(cls, cluster: ClusterSpec) -> _Target:
-        try:
-            parts = urlsplit(cluster.url)
-            port = parts.port
-        except ValueError:  # the parser's message may quote the URL, password included
-            raise ClusterError(f"the cluster URL is not a valid search cluster URL: "
-                               f"{_URL_HINT}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ClusterError(f"the cluster URL is not an Elasticsearch/OpenSearch HTTP API "
-                               f"URL: {_URL_HINT}")
-        if not parts.username:
-            raise ClusterError(f"the cluster URL has no user: {_URL_HINT}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ClusterError(f"the cluster URL must not have a path or a query (the "
-                               f"applications' URLs carry their index prefix as path): "
-                               f"{_URL_HINT}")
-        host = parts.hostname
-        port = port or (9200 if parts.scheme == "http" else 443)
+        admin = http_admin_url(cluster.url, what="Elasticsearch/OpenSearch HTTP API",
+                               hint=_URL_HINT, http_port=9200, allow_path=False)
+        host, port = admin.host, admin.port
         settings = cluster.settings or {}
         public_port = settings.get("public_port") or port
         try:
@@ -286,11 +270,8 @@ class _Target:
         except (TypeError, ValueError):
             raise ClusterError(f"the cluster setting public_port={public_port!r} is not a port "
                                "number: use e.g. public_port=9200") from None
-        return cls(base=f"{parts.scheme}://{_host_in_url(host)}:{port}",
-                   where=f"{_host_in_url(host)}:{port}",
-                   user=unquote(parts.username),
-                   password=unquote(parts.password) if parts.password is not None else None,
-                   public_scheme=str(settings.get("public_scheme") or parts.scheme),
+        return cls(base=admin.base, where=admin.where, user=admin.user, password=admin.password,
+                   public_scheme=str(settings.get("public_scheme") or admin.scheme),
                    public_host=str(settings.get("public_host") or host),
                    public_port=public_port)
 
@@ -949,7 +930,7 @@ def search_url(credentials: Credentials) -> str:
     """`SCHEME://USER:PASSWORD@HOST:PORT/PREFIX`, user and password URL-encoded."""
     c = credentials.values
     return (f"{c.get('scheme') or 'http'}://{quote(str(c['user']), safe='')}:"
-            f"{quote(str(c['password']), safe='')}@{_host_in_url(str(c['host']))}:"
+            f"{quote(str(c['password']), safe='')}@{host_in_url(str(c['host']))}:"
             f"{int(c['port'])}/{quote(str(c['prefix']), safe='')}")
 
 

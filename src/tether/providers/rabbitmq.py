@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -70,6 +70,8 @@ from tether.providers.common import (
     QUEUE_LIMIT,
     check_names,
     cluster_error,
+    host_in_url,
+    http_admin_url,
     instance_limit,
     is_final,
     rewrap,
@@ -107,10 +109,6 @@ def _p(name: str) -> str:
     return quote(name, safe="")
 
 
-def _host_in_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _description(names: ResourceNames) -> str:
     return f"{MARK}: {names.base}"
 
@@ -129,20 +127,9 @@ class _Target:
 
     @classmethod
     def of(cls, cluster: ClusterSpec) -> _Target:
-        try:
-            parts = urlsplit(cluster.url)
-            port = parts.port
-        except ValueError:  # the parser's message may quote the URL, password included
-            raise ClusterError(f"the cluster URL is not a valid RabbitMQ management URL: "
-                               f"{_URL_HINT}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ClusterError(f"the cluster URL is not a RabbitMQ management API URL: "
-                               f"{_URL_HINT} (https:// for TLS)")
-        if not parts.username:
-            raise ClusterError(f"the cluster URL has no user: {_URL_HINT}")
-        host = parts.hostname
-        port = port or (15672 if parts.scheme == "http" else 443)
-        path = parts.path.rstrip("/")
+        admin = http_admin_url(cluster.url, what="RabbitMQ management API", hint=_URL_HINT,
+                               http_port=15672)
+        host, path = admin.host, admin.path
         if path.endswith("/api"):
             path = path[: -len("/api")]
         settings = cluster.settings or {}
@@ -153,10 +140,8 @@ class _Target:
         except (TypeError, ValueError):
             raise ClusterError(f"the cluster setting amqp_port={raw_port!r} is not a port "
                                "number: use e.g. amqp_port=5672") from None
-        return cls(api=f"{parts.scheme}://{_host_in_url(host)}:{port}{path}/api",
-                   where=f"{_host_in_url(host)}:{port}", host=host,
-                   user=unquote(parts.username),
-                   password=unquote(parts.password) if parts.password is not None else None,
+        return cls(api=f"{admin.base}{path}/api", where=admin.where, host=host,
+                   user=admin.user, password=admin.password,
                    amqp_host=amqp_host, amqp_port=amqp_port)
 
 
@@ -595,7 +580,7 @@ def broker_url(credentials: Credentials) -> str:
     """`amqp://USER:PASSWORD@HOST:PORT/VHOST`, user, password and vhost URL-encoded."""
     c = credentials.values
     return (f"amqp://{quote(str(c['user']), safe='')}:{quote(str(c['password']), safe='')}"
-            f"@{_host_in_url(str(c['host']))}:{int(c['port'])}/{quote(str(c['vhost']), safe='')}")
+            f"@{host_in_url(str(c['host']))}:{int(c['port'])}/{quote(str(c['vhost']), safe='')}")
 
 
 PROVIDER = RabbitMQProvider

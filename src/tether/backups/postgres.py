@@ -50,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,20 +236,26 @@ def _stderr_text(stderr: IO[bytes], target: PgTarget) -> str:
 # -- backup ------------------------------------------------------------------------------------
 
 
-def _dump_args(target: PgTarget) -> list[str]:
-    return ["--format=custom", "--no-password", f"--dbname={target.conninfo(with_password=False)}"]
+def _dump_args(target: PgTarget, snapshot: str | None = None) -> list[str]:
+    args = ["--format=custom", "--no-password",
+            f"--dbname={target.conninfo(with_password=False)}"]
+    if snapshot is not None:
+        args.append(f"--snapshot={snapshot}")
+    return args
 
 
 def _checked_dump(target: PgTarget) -> None:
     check_versions(client_major("pg_dump"), server_major(target))
 
 
-def dump_stream(target: PgTarget) -> Generator[bytes, None, None]:
+def dump_stream(target: PgTarget, snapshot: str | None = None) -> Generator[bytes, None, None]:
     """`pg_dump -Fc` of the target's database as a stream of byte strings. Raises `BackupError`
     at the end if pg_dump failed, so a consumer never takes a cut-short dump for a whole one.
-    Close the iterator (or exhaust it) to stop pg_dump."""
+    Close the iterator (or exhaust it) to stop pg_dump. With `snapshot` (an exported snapshot
+    of a transaction that stays open meanwhile), the dump shows exactly what that transaction
+    sees."""
     _checked_dump(target)
-    with _spawn("pg_dump", _dump_args(target), target, stdin=subprocess.DEVNULL,
+    with _spawn("pg_dump", _dump_args(target, snapshot), target, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE) as (proc, stderr):
         assert proc.stdout is not None
         while data := proc.stdout.read(PIPE_CHUNK):
@@ -269,6 +276,49 @@ def dump_sealed(target: PgTarget, dest: Path, box: Any) -> SealedInfo:
         return write_sealed(dest, stream, box)
     finally:
         stream.close()  # stops pg_dump when writing failed
+
+
+def dump_sealed_with_summary(target: PgTarget, dest: Path,
+                             box: Any) -> tuple[SealedInfo, DatabaseSummary]:
+    """`dump_sealed`, and the `summary` of exactly the data in the dump: a repeatable-read
+    transaction exports its snapshot, pg_dump dumps that snapshot while a second connection
+    that imported it computes the summary, so the two run side by side (the summary reads every
+    row, about as long as the dump) and writes during the backup change neither."""
+    with _connect(target) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        snapshot = str(row[0])
+        found: dict[str, Any] = {}
+
+        def summarise() -> None:
+            try:
+                with _connect(target) as other:
+                    other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                        sql.Literal(snapshot)))
+                    found["summary"] = _summary_of(other)
+                    other.execute("ROLLBACK")
+            except BaseException as exc:  # handed to the caller's thread
+                found["error"] = exc
+
+        worker = threading.Thread(target=summarise, name="tether-backup-summary", daemon=True)
+        worker.start()
+        stream = dump_stream(target, snapshot)
+        try:
+            info = write_sealed(dest, stream, box)
+        finally:
+            stream.close()
+            worker.join()
+        conn.execute("ROLLBACK")
+    if "error" in found:
+        Path(dest).unlink(missing_ok=True)
+        exc = found["error"]
+        if isinstance(exc, psycopg.Error):
+            raise BackupError(f"summarising {target.where} failed: "
+                              f"{redact(str(exc), (target.password,))}") from None
+        raise exc
+    return info, found["summary"]
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -360,31 +410,36 @@ def summary(dsn: str) -> DatabaseSummary:
     streaming pass with constant memory (no sort, no 1 GB string limit), good for telling a
     faithful restore from a lossy one (not meant against a forger)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for name, value in _STABLE_OUTPUT.items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-        relations = conn.execute(
-            "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND {_USER_SCHEMAS} "
-            "ORDER BY 1, 2").fetchall()
-        tables: dict[str, TableSummary] = {}
-        for schema, name, kind in relations:
-            if kind != "r":
-                continue
-            row = conn.execute(sql.SQL(
-                "SELECT count(*), "
-                "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
-                "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
-                "FROM (SELECT md5(t::text) AS h FROM {} AS t) AS s").format(
-                    sql.Identifier(schema, name))).fetchone()
-            assert row is not None
-            digest = hashlib.sha256(f"{row[1]}:{row[2]}".encode()).hexdigest()[:32]
-            tables[f"{schema}.{name}"] = TableSummary(rows=int(row[0]), checksum=digest)
-        sequences = {f"{schema}.{name}": value for schema, name, value in conn.execute(
-            "SELECT schemaname, sequencename, last_value FROM pg_sequences "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchall()}
-        large = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
-        return DatabaseSummary(
-            tables=tables, sequences=sequences,
-            relations=[(f"{schema}.{name}", kind) for schema, name, kind in relations],
-            large_objects=int(large[0]) if large else 0)
+        return _summary_of(conn)
+
+
+def _summary_of(conn: psycopg.Connection[Any]) -> DatabaseSummary:
+    """`summary` on an open connection (in its current transaction, if any)."""
+    for name, value in _STABLE_OUTPUT.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    relations = conn.execute(
+        "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND {_USER_SCHEMAS} "
+        "ORDER BY 1, 2").fetchall()
+    tables: dict[str, TableSummary] = {}
+    for schema, name, kind in relations:
+        if kind != "r":
+            continue
+        row = conn.execute(sql.SQL(
+            "SELECT count(*), "
+            "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+            "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
+            "FROM (SELECT md5(t::text) AS h FROM {} AS t) AS s").format(
+                sql.Identifier(schema, name))).fetchone()
+        assert row is not None
+        digest = hashlib.sha256(f"{row[1]}:{row[2]}".encode()).hexdigest()[:32]
+        tables[f"{schema}.{name}"] = TableSummary(rows=int(row[0]), checksum=digest)
+    sequences = {f"{schema}.{name}": value for schema, name, value in conn.execute(
+        "SELECT schemaname, sequencename, last_value FROM pg_sequences "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchall()}
+    large = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    return DatabaseSummary(
+        tables=tables, sequences=sequences,
+        relations=[(f"{schema}.{name}", kind) for schema, name, kind in relations],
+        large_objects=int(large[0]) if large else 0)

@@ -274,9 +274,89 @@ class Operation(Base):
     #: a retry after an error that may pass waits until `not_before`, and gives up at `deadline`
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: the backup set a backup, restore or copy operation makes or reads
+    backup_id: Mapped[int | None] = mapped_column(ForeignKey("backups.id"), nullable=True,
+                                                  index=True)
+    #: what else the operation needs (e.g. a restore's source file, a copy's source instance)
+    params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    #: how far it got, in words, while it runs (e.g. "DEFAULT: 120 MB dumped")
+    progress: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Backup(Base):
+    """A backup set: one file per instance backed up together (`tether backup create ENV`).
+
+    Listed as restorable only when `status` is `completed`: every file of it is stored, and its
+    checksum and sealed key are recorded (`BackupFile`). A set whose operation failed or was
+    interrupted is `failed` (or still `running`) and its files are deleted from storage."""
+
+    __tablename__ = "backups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
+    #: manual, scheduled, copy (made by `service copy`) or upload (a dump made elsewhere)
+    origin: Mapped[str] = mapped_column(String(20), default="manual")
+    #: running, completed, failed, deleted
+    status: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    #: the storage cluster of the project's region that holds the files
+    storage_cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"),
+                                                           nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    #: the last verification: passed or failed, when, and what it found
+    verification: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    verification_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    files: Mapped[list[BackupFile]] = relationship(order_by="BackupFile.id")
+
+
+class BackupFile(Base):
+    """One instance's data in a backup set: a sealed file in the set's storage (`storage_key`),
+    its own key sealed by Tether's secret (`key_sealed`, never in the file), its checksums, and a
+    summary of its content (counts and checksums) that a verification compares with."""
+
+    __tablename__ = "backup_files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backup_id: Mapped[int] = mapped_column(ForeignKey("backups.id"), index=True)
+    #: the instance it was taken from (None for an uploaded dump)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
+    prefix: Mapped[str] = mapped_column(String(30))
+    kind: Mapped[str] = mapped_column(String(30))
+    service: Mapped[str] = mapped_column(String(60))
+    #: the engine's format (e.g. pg_dump-custom): a file restores only into a kind that reads it
+    format: Mapped[str] = mapped_column(String(40))
+    #: pending until the file is stored and recorded
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    storage_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    plain_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class BackupSchedule(Base):
+    """An environment's scheduled backups: every day at `at` (HH:MM, UTC), keeping the newest
+    `keep_daily` days, `keep_weekly` weeks and `keep_monthly` months of scheduled backups."""
+
+    __tablename__ = "backup_schedules"
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), primary_key=True)
+    at: Mapped[str] = mapped_column(String(5))
+    keep_daily: Mapped[int] = mapped_column(Integer, default=7)
+    keep_weekly: Mapped[int] = mapped_column(Integer, default=4)
+    keep_monthly: Mapped[int] = mapped_column(Integer, default=12)
+    #: verify a scheduled backup when the last verification is older than this many days
+    verify_every_days: Mapped[int] = mapped_column(Integer, default=7)
+    #: the last day a scheduled backup was queued for (so each day's runs once)
+    last_run_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    updated_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class AuditEntry(Base):

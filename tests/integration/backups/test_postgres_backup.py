@@ -8,6 +8,8 @@ import os
 import pwd
 import secrets
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from tether.backups.postgres import (
     check_versions,
     client_major,
     dump_sealed,
+    dump_sealed_with_summary,
     restore_plain,
     restore_sealed,
     restore_stream,
@@ -161,6 +164,43 @@ def test_backup_drop_restore_gives_the_same_database(filled: PgTarget, box: Secr
     restore_sealed(filled, dest, info.key_sealed, box, info.sha256)
     assert summary(dsn(filled)) == before
     assert relations_owned_by_others(pg_server, filled) == []
+
+
+def test_the_summary_is_of_exactly_the_dumped_data(filled: PgTarget, box: SecretBox,
+                                                   tmp_path: Path) -> None:
+    """Writes while a backup runs change neither the dump nor its summary: both read one
+    exported snapshot, so a verification can compare a restore with the summary exactly."""
+    before = summary(dsn(filled))
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        with connect(filled) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO events VALUES ('during', '2026-02-02')")
+                conn.execute("UPDATE items SET price = price + 1 WHERE id = %s",
+                             (written[0] % 20000 + 1,))
+                written[0] += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while written[0] < 5:  # the writer is under way before the snapshot is taken
+            time.sleep(0.01)
+        info, recorded = dump_sealed_with_summary(filled, tmp_path / "a.sealed", box)
+    finally:
+        stop.set()
+        writer.join()
+    assert written[0] > 5
+    after_writes = summary(dsn(filled))
+    assert after_writes.tables != recorded.tables  # the writes went on after the snapshot
+    assert recorded.tables["public.events"].rows >= before.tables["public.events"].rows
+
+    drop_everything(filled)
+    restore_sealed(filled, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
+    restored = summary(dsn(filled))
+    assert restored.tables == recorded.tables
+    assert restored.relations == recorded.relations
 
 
 def test_restore_over_changed_data_replaces_it(filled: PgTarget, box: SecretBox,

@@ -137,6 +137,8 @@ def operation_view(op: Operation) -> dict[str, object]:
         "environment_id": op.environment_id,
         "instance_id": op.instance_id,
         "deployment_id": op.deployment_id,
+        "backup_id": op.backup_id,
+        "progress": op.progress,
         "message": op.message,
         "error": op.error,
         "requested_by": op.requested_by,

@@ -3,9 +3,9 @@
 One module per kind of work (CloudNativePG keeps one file per phase): `provisioning` (provision
 and remove one instance), `deploy` (an environment's deployment), `releases` (the releases that
 run), `private` (dedicated servers Tether runs), `reconcile` (the slow pass that finds and repairs
-drift), `rotation` (new credentials without downtime), `worker` (leased operations). This module
-assembles them; it never imports `actions/`, and it never decides a state: `tether.lifecycle`
-does, through `store.records`."""
+drift), `rotation` (new credentials without downtime), `backups` (backup, restore, copy and
+verify), `worker` (leased operations). This module assembles them; it never imports
+`actions/`, and it never decides a state: `tether.lifecycle` does, through `store.records`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tether.crypto import SecretBox
+from tether.engine.backups import Backups
 from tether.engine.deploy import Deploying
 from tether.engine.parts import EngineParts
 from tether.engine.private import PrivateServers
@@ -37,16 +38,23 @@ class Engine:
         self.releases = Releases(self.parts)
         self.private_servers = PrivateServers(self.parts)
         self.rotation = Rotation(self.parts)
+        self.backups = Backups(self.parts)
         self.worker = Worker(store, {
             "provision": self._op_provision,
             "remove": self._op_remove,
             "deploy": self.deploying.run,
             "rotate": self.rotation.run,
+            "backup": self.backups.run_backup,
+            "restore": self.backups.run_restore,
+            "copy": self.backups.run_copy,
+            "verify": self.backups.run_verify,
+            "delete-backup": self.backups.run_delete,
         }, node_id=node_id)
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
 
     def start(self) -> None:
         self.private_servers.start()
+        self.backups.sweep_staging()
         self.releases.restore_in_background()
         self.worker.start()
         self.provisioning.recover_stranded()

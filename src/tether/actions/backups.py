@@ -1,0 +1,400 @@
+"""Backups: create, list, show, delete, restore, copy between environments, upload a dump made
+elsewhere, download, verify.
+
+Each action checks what can be checked at once (the instances exist and have data, their kind can
+be backed up, a restore's target reads the backup's format, the typed confirmation) and records
+the backup set with its operation in one transaction; the engine (`tether.engine.backups`) does
+the work. Only `completed` sets are listed as restorable."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.access import Need
+from tether.actions.common import (
+    Context,
+    audit,
+    get_environment,
+    get_project,
+    iso,
+    live_instance,
+    operation_view,
+    queue_operation,
+)
+from tether.backups import transfer
+from tether.backups.engines import HAS_DATA, BackupEngine, BackupsUnsupported, engine_for
+from tether.errors import Conflict, NotFound, UserError
+from tether.store.models import (
+    Backup,
+    BackupFile,
+    Cluster,
+    Environment,
+    Instance,
+    Operation,
+    Project,
+    utcnow,
+)
+from tether.store.records import UNFINISHED
+
+#: the kinds of cluster a backup can be kept on, the most durable first
+STORAGE_KINDS = ("s3", "azure-blob", "local-files")
+
+
+def _storage_cluster(s: Session, region: str) -> Cluster:
+    """Where the project's backups go: a shared storage cluster of its region (S3 or Azure Blob
+    before local files)."""
+    found = s.scalars(select(Cluster).where(
+        Cluster.region == region, Cluster.kind.in_(STORAGE_KINDS),
+        Cluster.private.is_(False), Cluster.owner_instance_id.is_(None))).all()
+    if not found:
+        raise UserError(f"region {region} has no storage cluster to keep backups on: register "
+                        f"one with `tether cluster add s3 --region {region} --url …` (or "
+                        "azure-blob, local-files)")
+    return min(found, key=lambda c: (STORAGE_KINDS.index(c.kind), c.id))
+
+
+def _env(s: Session, ctx: Context, project: str | None, env: str, need: Need) -> Environment:
+    return get_environment(s, get_project(s, project, ctx, need), env)
+
+
+def _has_data(inst: Instance, env: Environment) -> None:
+    if inst.state not in HAS_DATA or not inst.credentials_enc:
+        raise UserError(f"{inst.prefix} in {env.name} is {inst.state}: it has no data yet; "
+                        f"provision it first (`tether service provision {env.name} "
+                        f"{inst.prefix}`)")
+
+
+def _instance(s: Session, env: Environment, prefix: str) -> Instance:
+    inst = live_instance(s, env, prefix)
+    if inst is None:
+        raise NotFound(f"{env.name} has no service with prefix {prefix}: see "
+                       f"`tether service list {env.name}`")
+    return inst
+
+
+def _backup(s: Session, ctx: Context, backup_id: int, need: Need) -> tuple[Backup, Environment]:
+    backup = s.get(Backup, backup_id)
+    env = s.get(Environment, backup.environment_id) if backup is not None else None
+    if backup is None or env is None or backup.status == "deleted" or \
+            not ctx.principal.sees(env.project.name):
+        raise NotFound(f"no backup {backup_id}: see `tether backup list`")
+    ctx.require(need, env.project.name)
+    return backup, env
+
+
+def _new_set(s: Session, ctx: Context, env: Environment, instances: list[Instance],
+             origin: str) -> Backup:
+    project = s.get(Project, env.project_id)
+    assert project is not None
+    backup = Backup(environment_id=env.id, origin=origin, status="running",
+                    storage_cluster_id=_storage_cluster(s, project.region).id,
+                    requested_by=ctx.actor, size=0)
+    s.add(backup)
+    s.flush()
+    for inst in instances:
+        s.add(BackupFile(backup_id=backup.id, instance_id=inst.id, prefix=inst.prefix,
+                         kind=inst.kind, service=inst.service,
+                         format=engine_for(inst.kind).format, status="pending", size=0))
+    s.flush()
+    return backup
+
+
+def backup_view(s: Session, backup: Backup, operation: Operation | None = None
+                ) -> dict[str, object]:
+    env = s.get(Environment, backup.environment_id)
+    assert env is not None
+    if operation is None:
+        operation = s.scalar(select(Operation).where(
+            Operation.backup_id == backup.id, Operation.status.in_(UNFINISHED))
+            .order_by(Operation.id.desc()).limit(1))
+    return {
+        "id": backup.id,
+        "project": env.project.name,
+        "environment": env.name,
+        "origin": backup.origin,
+        "status": backup.status,
+        "restorable": backup.status == "completed",
+        "size": backup.size,
+        "requested_by": backup.requested_by,
+        "created_at": iso(backup.created_at),
+        "finished_at": iso(backup.finished_at),
+        "error": backup.error,
+        "verification": backup.verification,
+        "verified_at": iso(backup.verified_at),
+        "verification_detail": backup.verification_detail,
+        "files": [{"prefix": f.prefix, "service": f.service, "kind": f.kind,
+                   "format": f.format, "status": f.status, "size": f.size,
+                   "sha256": f.sha256} for f in backup.files],
+        "operation": operation_view(operation) if operation is not None else None,
+    }
+
+
+# -- create, list, show, delete ------------------------------------------------------------------
+
+
+def create(ctx: Context, project: str | None, env_name: str, prefixes: list[str] | None = None,
+           verify: bool = False) -> dict[str, object]:
+    """Back up the named instances of an environment (all that have data and can be backed up
+    when none is named) as one set."""
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name, Need.CHANGE)
+        if prefixes:
+            chosen = []
+            for prefix in dict.fromkeys(prefixes):
+                inst = _instance(s, env, prefix)
+                _has_data(inst, env)
+                engine_for(inst.kind)  # refuses a kind that cannot be backed up
+                chosen.append(inst)
+        else:
+            chosen = []
+            for inst in s.scalars(select(Instance).where(
+                    Instance.environment_id == env.id,
+                    Instance.state.in_(HAS_DATA)).order_by(Instance.prefix)):
+                try:
+                    engine_for(inst.kind)
+                except BackupsUnsupported:
+                    continue
+                chosen.append(inst)
+            if not chosen:
+                raise UserError(f"{env.name} has no provisioned service that can be backed "
+                                f"up: see `tether service list {env.name}`")
+        backup = _new_set(s, ctx, env, chosen, "manual")
+        op = queue_operation(s, ctx, "backup", env)
+        op.backup_id = backup.id
+        op.params = {"verify": True} if verify else None
+        audit(s, ctx.actor, "backup requested", environment_id=env.id,
+              detail=f"backup {backup.id} of {', '.join(i.prefix for i in chosen)}")
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+def list_backups(ctx: Context, project: str | None, env_name: str | None = None,
+                 include_all: bool = False) -> list[dict[str, object]]:
+    """The project's restorable backups, newest first; with `include_all`, also the running and
+    failed ones."""
+    with ctx.store.session() as s:
+        proj = get_project(s, project, ctx, Need.READ)
+        envs = ([get_environment(s, proj, env_name)] if env_name else proj.environments)
+        q = select(Backup).where(Backup.environment_id.in_([e.id for e in envs]))
+        q = q.where(Backup.status != "deleted") if include_all else \
+            q.where(Backup.status == "completed")
+        return [backup_view(s, b) for b in s.scalars(q.order_by(Backup.id.desc()))]
+
+
+def show(ctx: Context, backup_id: int) -> dict[str, object]:
+    with ctx.store.session() as s:
+        backup, _ = _backup(s, ctx, backup_id, Need.READ)
+        return backup_view(s, backup)
+
+
+def delete(ctx: Context, backup_id: int) -> dict[str, object]:
+    """Forget a backup at once (never listed or restored again) and delete its files."""
+    with ctx.store.session() as s:
+        backup, env = _backup(s, ctx, backup_id, Need.CHANGE)
+        busy = s.scalar(select(Operation).where(Operation.backup_id == backup.id,
+                                                Operation.status.in_(UNFINISHED)).limit(1))
+        if busy is not None:
+            raise Conflict(f"backup {backup_id} is used by {busy.kind} operation {busy.id} "
+                           f"({busy.status}): wait for it, then delete")
+        backup.status = "deleted"
+        backup.deleted_at = utcnow()
+        op = queue_operation(s, ctx, "delete-backup", env)
+        op.backup_id = backup.id
+        audit(s, ctx.actor, "backup deleted", environment_id=env.id,
+              detail=f"backup {backup_id}")
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+# -- restore, copy, upload -----------------------------------------------------------------------
+
+
+def _confirm(prefix: str, confirm: str | None, what: str) -> None:
+    if confirm != prefix:
+        raise UserError(f"{what} replaces the data of {prefix}: confirm with "
+                        f"`--confirm {prefix}`")
+
+
+def _restore_target(s: Session, env: Environment, prefix: str, fmt: str) -> Instance:
+    inst = _instance(s, env, prefix)
+    _has_data(inst, env)
+    engine = engine_for(inst.kind)
+    if engine.format != fmt:
+        raise UserError(f"this backup ({fmt}) cannot be restored into {prefix} in {env.name}, "
+                        f"a {inst.service} service: restore it into a service of the same kind")
+    return inst
+
+
+def _queue_restore(s: Session, ctx: Context, env: Environment, inst: Instance, backup: Backup,
+                   file_id: int, kind: str = "restore",
+                   upload: bool = False) -> Operation:
+    busy = s.scalar(select(Operation).where(Operation.instance_id == inst.id,
+                                            Operation.status.in_(UNFINISHED)).limit(1))
+    if busy is not None:
+        raise Conflict(f"{inst.prefix} in {env.name} has a {busy.kind} operation "
+                       f"{busy.status}: wait for it, then restore")
+    op = queue_operation(s, ctx, kind, env, inst)
+    op.backup_id = backup.id
+    op.params = {"file_id": file_id, **({"upload": True} if upload else {})}
+    return op
+
+
+def restore(ctx: Context, backup_id: int, to_env: str | None = None,
+            prefix: str | None = None, confirm: str | None = None) -> dict[str, object]:
+    """Restore a backup into the same environment (or `to_env` of the same project): the file
+    of `prefix` (required when the set holds several) into that environment's instance of the
+    same prefix."""
+    with ctx.store.session() as s:
+        backup, env = _backup(s, ctx, backup_id, Need.CHANGE)
+        if backup.status != "completed":
+            raise UserError(f"backup {backup_id} is {backup.status}: only a completed backup "
+                            "can be restored")
+        files = {f.prefix: f for f in backup.files}
+        if prefix is None:
+            if len(files) != 1:
+                raise UserError(f"backup {backup_id} holds {', '.join(sorted(files))}: name the "
+                                "one to restore with --prefix")
+            prefix = next(iter(files))
+        source = files.get(prefix)
+        if source is None:
+            raise UserError(f"backup {backup_id} holds no {prefix}: it holds "
+                            f"{', '.join(sorted(files))}")
+        target_env = get_environment(s, env.project, to_env) if to_env else env
+        ctx.require(Need.CHANGE, target_env.project.name)
+        inst = _restore_target(s, target_env, prefix, source.format)
+        _confirm(prefix, confirm, "restoring")
+        op = _queue_restore(s, ctx, target_env, inst, backup, source.id)
+        audit(s, ctx.actor, "restore requested", instance=inst,
+              detail=f"from backup {backup_id} ({env.name} {prefix})")
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+def copy(ctx: Context, project: str | None, prefix: str, from_env: str, to_env: str,
+         confirm: str | None = None) -> dict[str, object]:
+    """Copy an instance's data to the instance of the same prefix in another environment of the
+    project: a backup (kept, origin `copy`) restored at once, in one operation."""
+    if from_env == to_env:
+        raise UserError("copy needs two different environments (--from and --to)")
+    with ctx.store.session() as s:
+        proj = get_project(s, project, ctx, Need.CHANGE)
+        source_env = get_environment(s, proj, from_env)
+        target_env = get_environment(s, proj, to_env)
+        source = _instance(s, source_env, prefix)
+        _has_data(source, source_env)
+        fmt = engine_for(source.kind).format
+        target = _restore_target(s, target_env, prefix, fmt)
+        _confirm(prefix, confirm, "copying")
+        backup = _new_set(s, ctx, source_env, [source], "copy")
+        op = _queue_restore(s, ctx, target_env, target, backup, backup.files[0].id, "copy")
+        audit(s, ctx.actor, "copy requested", instance=target,
+              detail=f"from {from_env} (backup {backup.id})")
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+def upload_engine(ctx: Context, project: str | None, env_name: str, prefix: str,
+                  confirm: str | None) -> BackupEngine:
+    """The engine that will read an upload into `prefix`: everything about the target is
+    checked before the body is read."""
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name, Need.CHANGE)
+        inst = _instance(s, env, prefix)
+        _has_data(inst, env)
+        engine = engine_for(inst.kind)
+        _confirm(prefix, confirm, "restoring an uploaded dump")
+        _storage_cluster(s, env.project.region)
+        return engine
+
+
+def upload(ctx: Context, project: str | None, env_name: str, prefix: str,
+           chunks: Iterable[bytes], confirm: str | None = None) -> dict[str, object]:
+    """Restore a dump made elsewhere (e.g. a plain `pg_dump -Fc` file) into an instance. The
+    stream is sealed on the way into staging (no plaintext on disk), kept as a backup set of
+    origin `upload` in the backup storage, and restored by a `restore` operation. The caller
+    checked the first bytes with `upload_engine(...).check_plain`."""
+    engine = upload_engine(ctx, project, env_name, prefix, confirm)
+    staged, info = transfer.seal_into_staging(ctx.data_dir, ctx.box, chunks,
+                                              f"upload-{secrets.token_hex(8)}.tbk")
+    try:
+        with ctx.store.session() as s:
+            env = _env(s, ctx, project, env_name, Need.CHANGE)
+            inst = _instance(s, env, prefix)
+            _has_data(inst, env)
+            backup = _new_set(s, ctx, env, [inst], "upload")
+            f = backup.files[0]
+            f.instance_id = None
+            f.format = engine.format
+            backup_id, file_id = backup.id, f.id
+        key = transfer.storage_key(backup_id, file_id)
+        try:
+            transfer.storage_of(ctx.store, ctx.box, backup_id).put(key, staged)
+        except Exception as exc:
+            with ctx.store.session() as s:
+                backup = s.get(Backup, backup_id)
+                assert backup is not None
+                backup.status, backup.error = "failed", f"storing the upload failed: {exc}"
+            raise
+    finally:
+        transfer.clear(staged)
+    with ctx.store.session() as s:
+        backup = s.get(Backup, backup_id)
+        f = s.get(BackupFile, file_id)
+        assert backup is not None and f is not None
+        f.status, f.storage_key, f.size = "stored", key, info.size
+        f.sha256, f.plain_sha256, f.key_sealed = info.sha256, info.plain_sha256, info.key_sealed
+        backup.status, backup.size, backup.finished_at = "completed", info.size, utcnow()
+        env = s.get(Environment, backup.environment_id)
+        assert env is not None
+        inst = _instance(s, env, prefix)
+        op = _queue_restore(s, ctx, env, inst, backup, file_id)
+        audit(s, ctx.actor, "upload restore requested", instance=inst,
+              detail=f"a dump made elsewhere, kept as backup {backup_id} "
+                     f"({info.plain_size} bytes)")
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+def verify(ctx: Context, backup_id: int) -> dict[str, object]:
+    with ctx.store.session() as s:
+        backup, env = _backup(s, ctx, backup_id, Need.CHANGE)
+        if backup.status != "completed":
+            raise UserError(f"backup {backup_id} is {backup.status}: only a completed backup "
+                            "can be verified")
+        op = queue_operation(s, ctx, "verify", env)
+        op.backup_id = backup.id
+        view = backup_view(s, backup, op)
+    ctx.notify()
+    return view
+
+
+def download_file(ctx: Context, backup_id: int, prefix: str | None) -> tuple[int, str, str]:
+    """Which file of a backup to download: (file id, file name, format). Needs the right to
+    see secrets: the file holds the service's data."""
+    with ctx.store.session() as s:
+        backup, env = _backup(s, ctx, backup_id, Need.REVEAL)
+        if backup.status != "completed":
+            raise UserError(f"backup {backup_id} is {backup.status}: only a completed backup "
+                            "can be downloaded")
+        files = {f.prefix: f for f in backup.files}
+        if prefix is None:
+            if len(files) != 1:
+                raise UserError(f"backup {backup_id} holds {', '.join(sorted(files))}: name the "
+                                "one to download with --prefix")
+            prefix = next(iter(files))
+        f = files.get(prefix)
+        if f is None:
+            raise UserError(f"backup {backup_id} holds no {prefix}")
+        ext = {"pg_dump-custom": "dump"}.get(f.format, "bin")
+        audit(s, ctx.actor, "backup downloaded", environment_id=env.id,
+              detail=f"backup {backup_id} ({prefix})")
+        return f.id, f"{env.project.name}-{env.name}-{prefix}-{backup_id}.{ext}", f.format

@@ -4,6 +4,8 @@ stored encrypted with Fernet (AES-128-CBC + HMAC). The key comes from `TETHER_SE
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -17,6 +19,12 @@ from tether.errors import TetherError
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derive_id(self, label: str) -> str:
+        """A stable hex id for `label` derived from the key (HMAC-SHA256; it tells nothing
+        about the key): the same on every node of this installation, and on no other one."""
+        return hmac.new(self._key, b"tether id\0" + label.encode(), hashlib.sha256).hexdigest()
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> SecretBox:

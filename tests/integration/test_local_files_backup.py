@@ -37,7 +37,15 @@ from tether.backups.media import (
     restore_stream,
     summary,
 )
-from tether.backups.sealed import ChecksumMismatch, DamagedChunk, file_sha256, read_sealed
+from tether.backups.postgres import BackupError
+from tether.backups.sealed import (
+    ChecksumMismatch,
+    DamagedChunk,
+    file_sha256,
+    partial_path,
+    read_sealed,
+    write_sealed,
+)
 from tether.crypto import SecretBox
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.local_files import LocalFilesProvider
@@ -238,8 +246,6 @@ def test_a_corrupted_sealed_backup_is_refused_before_anything_changes(
 
 def test_an_archive_that_does_not_match_its_manifest_changes_nothing(
         instance: Callable[[str], LocalFilesTarget], box: SecretBox, tmp_path: Path) -> None:
-    from tether.backups.sealed import write_sealed
-
     target = instance("a")
     write_files(target, {"keep.txt": (b"kept", "text/plain")})
     archive = hand_made_archive([("new.txt", b"new"), ("b.txt", b"bbb")], bad_sha_for="b.txt")
@@ -264,8 +270,6 @@ def test_an_archive_that_does_not_match_its_manifest_changes_nothing(
 def test_a_member_that_would_escape_is_refused(instance: Callable[[str], LocalFilesTarget],
                                                box: SecretBox, tmp_path: Path,
                                                name: str) -> None:
-    from tether.backups.sealed import write_sealed
-
     target = instance("a")
     write_files(target, {"keep.txt": (b"kept", "text/plain")})
     archive = hand_made_archive([("fine.txt", b"fine"), (name, b"escaped")])
@@ -379,3 +383,53 @@ def test_repr_and_targets() -> None:
     with pytest.raises(Exception, match="absolute"):
         LocalFilesTarget.from_credentials({"directory": "relative"})
     assert secrets.compare_digest(FORMAT, "tether-media-tar-1")
+
+
+def test_memory_stays_bounded_for_a_large_file(instance: Callable[[str], LocalFilesTarget],
+                                               box: SecretBox, tmp_path: Path) -> None:
+    """A 128 MB file is streamed through backup and restore in pieces, never held whole."""
+    import tracemalloc
+
+    source, other = instance("a"), instance("b")
+    big = Path(source.directory, "big.bin")
+    with open(big, "wb") as f:
+        f.truncate(128 * MB)  # sparse: quick to make, read as zeros like any other bytes
+        f.seek(64 * MB)
+        f.write(b"not only zeros")
+    tracemalloc.start()
+    try:
+        info = dump_sealed(source, tmp_path / "big.sealed", box)
+        restore_sealed(other, tmp_path / "big.sealed", info.key_sealed, box, info.sha256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * MB, f"peak {peak / MB:.0f} MB"
+    assert summary(other) == summary(source)
+
+
+def test_a_file_cut_short_while_backed_up_fails_the_backup(
+        instance: Callable[[str], LocalFilesTarget], box: SecretBox, tmp_path: Path) -> None:
+    """Rewritten in place (shorter) after its size went into the tar header: the backup
+    fails, and leaves no file, rather than an archive that lies about the object."""
+    target = instance("a")
+    path = Path(target.directory, "a.bin")
+    path.write_bytes(os.urandom(3 * MB))
+    stream = dump_stream(target)
+    next(stream)  # the header, with the size: the file is open now
+    with open(path, "r+b") as f:
+        f.truncate(MB)
+    with pytest.raises(BackupError, match="became shorter"):
+        list(stream)
+
+    dest = tmp_path / "cut.sealed"
+
+    def shrinking() -> Iterator[bytes]:
+        for n, data in enumerate(dump_stream(target)):
+            if n == 0:
+                path.write_bytes(b"")
+            yield data
+
+    path.write_bytes(os.urandom(3 * MB))
+    with pytest.raises(BackupError, match="became shorter"):
+        write_sealed(dest, shrinking(), box)
+    assert not dest.exists() and not partial_path(dest).exists()

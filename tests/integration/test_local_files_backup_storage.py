@@ -267,14 +267,17 @@ def test_put_killed_midway_leaves_no_key_and_sweep_clears_it(media: Path,
     proc = start_put(spec(media), key, fifo)
     writer = feed_fifo(fifo, proc, 5 << 20)
     try:
-        partial = wait_for(lambda: [p for p in (storage.root / "live").glob("*.partial")
-                                    if p.stat().st_size >= 4 << 20] if (
-            storage.root / "live").is_dir() else None, "a partial file", proc)
+        # whatever it writes to (the key itself would be wrong: that is the assertion below)
+        wait_for(lambda: [p for p in (storage.root / "live").glob("*")
+                          if p.stat().st_size >= 4 << 20] if (
+            storage.root / "live").is_dir() else None, "4 MiB stored", proc)
         kill(proc)
     finally:
         writer.close()
     assert storage.size(key) is None
     assert list(storage.keys()) == []
+    partial = list((storage.root / "live").glob("*.partial"))
+    assert len(partial) == 1
     with pytest.raises(BackupFileMissing):
         storage.get(key, tmp_path / "out.tbk")
     assert partial[0].exists()

@@ -3,8 +3,13 @@ out, the dump's statements checked, rewritten where needed and run by Tether its
 
 Who connects. The instance's own login (its credentials, `MySQLTarget.from_credentials`) for
 both directions: it holds ALL on its database and nothing else, so a backup or a restore cannot
-reach beyond that database even if the dump is hostile (an uploaded file). No admin is needed,
-and none is ever used to run a dump's statements.
+reach beyond that database even if the dump is hostile (an uploaded file). An admin is never
+used to run a dump's statements. The one case where an admin is needed: after a credentials
+rotation, the stored routines the earlier login created show their body only to their definer
+or an administrator (MariaDB before 11.3, MySQL), so the current login cannot dump them; the
+caller then passes the cluster's admin as `routines_reader`, which only reads those routines
+(see `dump_stream`, `summary`). A restore makes the restoring login the definer of everything,
+so after one restore the instance needs no admin again.
 
 Backup (`dump_stream`). `mariadb-dump` (or `mysqldump`, whichever is on PATH; Debian's
 `mariadb-client`) with:
@@ -104,6 +109,8 @@ PIPE_CHUNK = 1 << 20
 #: the largest single statement a restore accepts (a larger one is a damaged or hostile file)
 MAX_STATEMENT = 256 << 20
 CONNECT_TIMEOUT = 10
+#: seconds a restore waits for a table lock another session holds
+LOCK_WAIT_TIMEOUT = 120
 SERVICE_USER = "tether"  # the account Tether's programs run as when it is root (as PostgreSQL's)
 _STDERR_MAX = 4000
 _PROGRAMS = ("mariadb-dump", "mysqldump")
@@ -216,23 +223,35 @@ def _events_readable(target: MySQLTarget) -> bool:
         return True
 
 
-def _dump_args(target: MySQLTarget, options: Path, events: bool, mysql: bool) -> list[str]:
-    args = [f"--defaults-file={options}", "--single-transaction", "--quick", "--routines",
-            "--triggers", "--hex-blob", "--no-tablespaces", "--skip-dump-date",
-            "--default-character-set=utf8mb4", "--max-allowed-packet=1G"]
-    args.append("--events" if events else "--skip-events")
+def _hidden_routines(target: MySQLTarget) -> list[str]:
+    """The routines of the database whose body the login may not read: on MariaDB before 11.3
+    (no SHOW CREATE ROUTINE right) and MySQL (SHOW_ROUTINE is global only) only a routine's
+    definer, or a user with rights on mysql.proc/every routine, may. After a credentials
+    rotation the routines the earlier login created are such routines."""
+    with _connect(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES "
+                    "WHERE ROUTINE_SCHEMA = %s AND ROUTINE_DEFINITION IS NULL "
+                    "ORDER BY 1, 2", (target.database,))
+        return [f"{kind.lower()} {name}" for kind, name in cur.fetchall()]
+
+
+def _dump_args(target: MySQLTarget, options: Path, what: list[str], mysql: bool) -> list[str]:
+    args = [f"--defaults-file={options}", "--single-transaction", "--quick", "--hex-blob",
+            "--no-tablespaces", "--skip-dump-date", "--default-character-set=utf8mb4",
+            "--max-allowed-packet=1G", *what]
     if mysql:  # MySQL's mysqldump: no GTID statements (SET @@GLOBAL.GTID_PURGED needs SUPER)
         args.append("--set-gtid-purged=OFF")
     return [*args, "--", target.database]
 
 
 @contextlib.contextmanager
-def _spawn_dump(target: MySQLTarget) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
-    """Start the dump program for `target` (password in a private option file, as the service
-    user when root); yields it and a file with its stderr. On leaving, a program still running
-    is killed and waited for, and the temp dir removed."""
+def _spawn_dump(target: MySQLTarget, what: list[str]
+                ) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    """Start the dump program for `target`'s database as `target`'s login (password in a
+    private option file, as the service user when root) dumping `what`; yields it and a file
+    with its stderr. On leaving, a program still running is killed and waited for, and the
+    temp dir removed."""
     program, mysql = _dump_program()
-    events = _events_readable(target)
     private = Path(tempfile.mkdtemp(prefix="tether-backup-"))
     kwargs: dict[str, Any] = {}
     try:
@@ -249,7 +268,7 @@ def _spawn_dump(target: MySQLTarget) -> Iterator[tuple[subprocess.Popen[bytes], 
                 os.chown(path, account.pw_uid, account.pw_gid)
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
         with tempfile.TemporaryFile(dir=private) as stderr:
-            proc = subprocess.Popen([program, *_dump_args(target, options, events, mysql)],
+            proc = subprocess.Popen([program, *_dump_args(target, options, what, mysql)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=stderr, env=_clean_env(), cwd="/", **kwargs)
             assert proc.stdout is not None
@@ -275,23 +294,52 @@ def _stderr_text(stderr: IO[bytes], target: MySQLTarget) -> str:
     return redact(text, (target.password,))
 
 
-def dump_stream(target: MySQLTarget) -> Generator[bytes, None, None]:
+def dump_stream(target: MySQLTarget, routines_reader: MySQLTarget | None = None
+                ) -> Generator[bytes, None, None]:
     """A single-transaction dump of the target's database as a stream of byte strings (see the
     module doc). Raises `BackupError` at the end if the program failed, so a consumer never
-    takes a cut-short dump for a whole one. Close the iterator (or exhaust it) to stop it."""
-    with _spawn_dump(target) as (proc, stderr):
-        assert proc.stdout is not None
-        while data := proc.stdout.read(PIPE_CHUNK):
-            yield data
-        if proc.wait() != 0:
-            raise BackupError(f"{Path(proc.args[0]).name} of {target.where} failed (exit "
-                              f"{proc.returncode}): {_stderr_text(stderr, target)}")
+    takes a cut-short dump for a whole one. Close the iterator (or exhaust it) to stop it.
+
+    Routines whose body the instance's login may not read (defined by an earlier login, see
+    `_hidden_routines`) need `routines_reader`: a login that may read every routine of the
+    database (the cluster's admin; same host, port and database, its own user and password).
+    It is used only then, and only to read the routines (`--routines --no-data
+    --no-create-info`), in a second dump appended to the first (the routines are then read a
+    moment after the snapshot of the rest). Without it such a database fails with a message
+    that says so: a dump without them would not be a whole backup."""
+    hidden = _hidden_routines(target)
+    if hidden and routines_reader is None:
+        raise BackupError(
+            f"the login {target.user} may not read the routines {', '.join(hidden)} of "
+            f"{target.where} (they were created by an earlier login of the instance, before a "
+            "credentials rotation; MariaDB before 11.3 and MySQL show a routine's body only to "
+            "its definer or an administrator): back up with the cluster's administrator "
+            "reading the routines, or re-create the routines with the current login")
+    what = ["--triggers", "--skip-routines" if hidden else "--routines",
+            "--events" if _events_readable(target) else "--skip-events"]
+    parts = [(target, what)]
+    if hidden and routines_reader is not None:
+        parts.append((MySQLTarget(host=target.host, port=target.port,
+                                  user=routines_reader.user, password=routines_reader.password,
+                                  database=target.database),
+                      ["--routines", "--no-data", "--no-create-info", "--skip-triggers",
+                       "--skip-events"]))
+    for login, part in parts:
+        with _spawn_dump(login, part) as (proc, stderr):
+            assert proc.stdout is not None
+            while data := proc.stdout.read(PIPE_CHUNK):
+                yield data
+            if proc.wait() != 0:
+                raise BackupError(f"{Path(proc.args[0]).name} of {target.where} failed (exit "
+                                  f"{proc.returncode}): {_stderr_text(stderr, login)}")
 
 
-def dump_sealed(target: MySQLTarget, dest: Path, box: Any) -> SealedInfo:
+def dump_sealed(target: MySQLTarget, dest: Path, box: Any,
+                routines_reader: MySQLTarget | None = None) -> SealedInfo:
     """Back up the target's database into the new sealed file `dest` (see `sealed`). Either
-    the whole dump is in `dest`, or `dest` does not exist and this raises."""
-    stream = dump_stream(target)
+    the whole dump is in `dest`, or `dest` does not exist and this raises. `routines_reader`:
+    see `dump_stream`."""
+    stream = dump_stream(target, routines_reader)
     try:
         return write_sealed(dest, stream, box)
     finally:
@@ -551,6 +599,9 @@ def _run(target: MySQLTarget, plan: Iterator[tuple[bytes, bytes]],
     first = next(plan, None)
     with _connect(target, max_allowed_packet=1 << 30) as conn:
         with conn.cursor() as cur:
+            # a session of the application holding a table (a long transaction) makes the
+            # restore fail after this long instead of waiting for ever (default: a year)
+            cur.execute("SET SESSION lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT,))
             _empty(cur, target)
         crash_point("mysql_restore.emptied")
         done = 0
@@ -649,8 +700,8 @@ class TableSummary:
 @dataclass(frozen=True)
 class DatabaseSummary:
     """What a restore must reproduce: every table's rows, the objects and their definitions
-    (bodies of triggers, routines and events; not their definers, which a restore sets to the
-    restoring login, nor view texts, which name the database)."""
+    (views, triggers, routines and events; not their definers, which a restore sets to the
+    restoring login; view texts without the database's name, which the server writes in)."""
 
     tables: dict[str, TableSummary]
     objects: list[tuple[str, str]]  # (name, kind): BASE TABLE, VIEW, SEQUENCE, PROCEDURE...
@@ -670,11 +721,14 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(str(value).encode()).hexdigest()[:32]
 
 
-def summary(target: MySQLTarget) -> DatabaseSummary:
+def summary(target: MySQLTarget, routines_reader: MySQLTarget | None = None
+            ) -> DatabaseSummary:
     """Row counts, order-independent content checksums and next AUTO_INCREMENT values of every
     table, and the list of tables, views, sequences, routines, triggers and events. Each row's
     columns (QUOTE of their bytes, so NULL and 'NULL' differ) are hashed (MD5) and the two
-    64-bit halves summed: one streaming pass, no sort."""
+    64-bit halves summed: one streaming pass, no sort. A routine whose body the login may not
+    read (see `dump_stream`) is read by `routines_reader` when given, else its definition is
+    "unreadable" (and the summary cannot equal that of a database where it is readable)."""
     db = target.database
     with _connect(target) as conn, conn.cursor() as cur:
         cur.execute("SELECT TABLE_NAME, TABLE_TYPE, AUTO_INCREMENT FROM information_schema.TABLES "
@@ -694,11 +748,25 @@ def summary(target: MySQLTarget) -> DatabaseSummary:
             tables[name] = TableSummary(rows=int(rows), checksum=_sha(f"{low}:{high}"),
                                         auto_increment=None if auto is None else int(auto))
         definitions: dict[str, str] = {}
-        cur.execute("SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION FROM "
-                    "information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", (db,))
-        for name, kind, body in cur.fetchall():
+        routines = "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION FROM " \
+            "information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s"
+        cur.execute(routines, (db,))
+        rows = list(cur.fetchall())
+        if routines_reader is not None and any(body is None for _, _, body in rows):
+            reader = MySQLTarget(host=target.host, port=target.port, user=routines_reader.user,
+                                 password=routines_reader.password, database=db)
+            with _connect(reader) as other, other.cursor() as reader_cur:
+                reader_cur.execute(routines, (db,))
+                rows = list(reader_cur.fetchall())
+        for name, kind, body in rows:
             objects.append((name, kind))
-            definitions[f"{kind} {name}"] = _sha(body)
+            definitions[f"{kind} {name}"] = "unreadable" if body is None else _sha(body)
+        cur.execute("SELECT TABLE_NAME, VIEW_DEFINITION, CHECK_OPTION, SECURITY_TYPE FROM "
+                    "information_schema.VIEWS WHERE TABLE_SCHEMA = %s", (db,))
+        for name, body, check, security in cur.fetchall():
+            # the server qualifies every column with the database's name: not part of the view
+            body = (body or "").replace(f"{_ident(db)}.", "")
+            definitions[f"VIEW {name}"] = _sha((body, check, security))
         cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, "
                     "EVENT_MANIPULATION, ACTION_STATEMENT FROM information_schema.TRIGGERS "
                     "WHERE TRIGGER_SCHEMA = %s", (db,))

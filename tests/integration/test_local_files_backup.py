@@ -300,18 +300,49 @@ def test_links_and_other_members_than_files_are_refused(
     assert not Path(target.directory, "passwd").exists()
 
 
-def test_a_key_that_is_no_path_is_refused_by_local_files(
-        instance: Callable[[str], LocalFilesTarget]) -> None:
-    """A backup of S3 may hold keys no file can have; restored into local files they are
-    refused (the escaped member name keeps the archive safe to extract anyway)."""
-    target = instance("a")
+def archive_with_keys(objects: list[tuple[str, bytes]]) -> bytes:
+    """An archive laid out as Tether writes one for an S3 bucket holding these keys: a key
+    that is no safe name goes under `_tether_escaped/`, its exact key in `TETHER.key`."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("_tether_escaped/" + sha(b"a//b"))
-        info.pax_headers = {"TETHER.key": "a//b"}
-        tar.addfile(info, io.BytesIO(b""))
+        for key, data in objects:
+            safe = not key.startswith("/") and "" not in key.split("/")
+            info = tarfile.TarInfo(key if safe else f"_tether_escaped/{sha(key.encode())}")
+            info.size = len(data)
+            info.pax_headers = {"TETHER.key": key, "TETHER.content_type": "text/plain"}
+            tar.addfile(info, io.BytesIO(data))
+        body = json.dumps({"format": FORMAT, "kind": "s3", "objects": [
+            {"key": key, "size": len(data), "sha256": sha(data), "content_type": "text/plain"}
+            for key, data in objects]}).encode()
+        info = tarfile.TarInfo("MANIFEST.json")
+        info.size = len(body)
+        info.pax_headers = {"TETHER.manifest": "1"}
+        tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("objects", [
+    [("fine.txt", b"f"), ("a//b", b"x")],
+    [("fine.txt", b"f"), ("/abs", b"x")],
+    [("a", b"file"), ("a/b", b"below a file")],
+])
+def test_keys_no_local_file_can_have_are_refused_before_anything_changes(
+        instance: Callable[[str], LocalFilesTarget], box: SecretBox, tmp_path: Path,
+        objects: list[tuple[str, bytes]]) -> None:
+    """A backup of S3 may hold keys no file can have (the escaped member names keep the
+    archive safe to extract anyway); restored into local files they are refused, by the first
+    pass of a sealed restore before a file is written."""
+    target = instance("a")
+    write_files(target, {"keep.txt": (b"kept", "text/plain")})
+    archive = archive_with_keys(objects)
+    assert check_archive([archive]).summary.objects == 2  # a valid archive, elsewhere
+    info = write_sealed(tmp_path / "k.sealed", [archive], box)
     with pytest.raises(UnrestorableKey, match="restore this backup into S3"):
-        restore_stream(target, [out.getvalue()])
+        restore_sealed(target, tmp_path / "k.sealed", info.key_sealed, box, info.sha256)
+    assert read_files(target) == {"keep.txt": b"kept"}
+    with pytest.raises(UnrestorableKey, match="restore this backup into S3"):
+        restore_stream(target, [archive])
+    assert read_files(target)["keep.txt"] == b"kept"
 
 
 def test_symlinks_hard_links_and_foreign_files_are_never_read_or_followed(

@@ -358,6 +358,7 @@ class _LocalAdapter:
     def __init__(self, target: LocalFilesTarget) -> None:
         self.target = target
         self.skipped: list[dict[str, str]] = []
+        self.written: set[str] = set()  # keys restored so far
 
     @contextlib.contextmanager
     def _root(self) -> Iterator[tuple[int, os.stat_result]]:
@@ -482,36 +483,13 @@ class _LocalAdapter:
             os.close(fd)
             raise
 
-    def put_all(self) -> _LocalWriter:
-        return _LocalWriter(self)
-
-    def delete_except(self, keep: set[str]) -> int:
-        """Unlink every entry but directories whose key is not in `keep` (never following a
-        link: unlink removes the link itself). Directories are left, empty or not."""
-        deleted = 0
-        with self._root() as (root, _):
-            for parent, name, key, st in self._walk(root, ""):
-                if stat.S_ISDIR(st.st_mode) or key in keep:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=parent)
-                    deleted += 1
-        return deleted
-
-
-class _LocalWriter:
-    """Writes restored files into a local-files instance (see the module doc)."""
-
-    def __init__(self, adapter: _LocalAdapter) -> None:
-        self.adapter = adapter
-        self.written: set[str] = set()
-
     def put(self, info: ObjectInfo, stream: _Readable) -> None:
+        """Write one file whole (a temp file renamed over the old one), its directories made
+        as needed; a key that cannot be a path is refused before anything is written."""
         parts = _key_parts(info.key)
-        adapter = self.adapter
-        with adapter._root() as (root, root_st):
+        with self._root() as (root, root_st):
             owner = (root_st.st_uid, root_st.st_gid) if os.geteuid() == 0 else None
-            parent = adapter._open_dirs(root, parts[:-1], owner, self.written)
+            parent = self._open_dirs(root, parts[:-1], owner, self.written)
             try:
                 self._write(parent, parts[-1], info, stream, owner)
             finally:
@@ -561,6 +539,19 @@ class _LocalWriter:
             raise
 
 
+    def delete_except(self, keep: set[str]) -> int:
+        """Unlink every entry but directories whose key is not in `keep` (never following a
+        link: unlink removes the link itself). Directories are left, empty or not."""
+        deleted = 0
+        with self._root() as (root, _):
+            for parent, name, key, st in self._walk(root, ""):
+                if stat.S_ISDIR(st.st_mode) or key in keep:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
+                    deleted += 1
+        return deleted
+
 # -- S3 ----------------------------------------------------------------------------------------
 
 
@@ -603,13 +594,15 @@ def _s3_code(exc: BaseException) -> str:
 
 
 class _S3Adapter:
-    def __init__(self, target: S3Target) -> None:
+    def __init__(self, target: S3Target, acls: bool = True) -> None:
+        """`acls`: read each object's ACL too (one more request per object; a summary does
+        not need it)."""
         import boto3.session
         from botocore.config import Config
 
         self.target = target
         self.skipped: list[dict[str, str]] = []
-        self._acl_supported = True
+        self._acl_supported = acls
         session = boto3.session.Session(aws_access_key_id=target.access_key_id,
                                         aws_secret_access_key=target.secret_access_key,
                                         region_name=target.region)
@@ -880,11 +873,11 @@ class _AzureAdapter:
         return len(doomed)
 
 
-def _adapter(target: MediaTarget) -> Any:
+def _adapter(target: MediaTarget, *, acls: bool = True) -> _Adapter:
     if isinstance(target, LocalFilesTarget):
         return _LocalAdapter(target)
     if isinstance(target, S3Target):
-        return _S3Adapter(target)
+        return _S3Adapter(target, acls=acls)
     if isinstance(target, AzureBlobTarget):
         return _AzureAdapter(target)
     raise TypeError(f"not a media target: {type(target).__name__}")
@@ -940,7 +933,7 @@ def _content_type(target_kind: str, info: ObjectInfo) -> str:
 
 def summary(target: MediaTarget) -> MediaSummary:
     """The summary of the instance's objects as they are now (reads every object once)."""
-    adapter = _adapter(target)
+    adapter = _adapter(target, acls=False)
     kind = kind_of(target)
     entries = []
     for info, stream in adapter.objects():
@@ -1229,16 +1222,32 @@ def _process(chunks: Iterable[bytes], put: Callable[[ObjectInfo, _Readable], Non
                     skipped=tuple(dict(s) for s in skipped if isinstance(s, dict)))
 
 
-def check_archive(chunks: Iterable[bytes]) -> Manifest:
+def check_archive(chunks: Iterable[bytes], into: MediaTarget | None = None) -> Manifest:
     """Read a whole archive without writing anything: every member is hashed and compared
-    with the manifest, names and member types are checked. Raises `BadMediaArchive` otherwise
-    (and passes on what `chunks` raises, e.g. a damaged sealed chunk)."""
+    with the manifest, names and member types are checked, and with `into` whether every key
+    can exist there (local files: relative paths, no file that is also a directory). Raises
+    `BadMediaArchive` (or `UnrestorableKey`) otherwise, and passes on what `chunks` raises
+    (e.g. a damaged sealed chunk)."""
+    local = isinstance(into, LocalFilesTarget)
 
     def discard(info: ObjectInfo, stream: _Readable) -> None:
+        if local:
+            _key_parts(info.key)
         while stream.read(CHUNK):
             pass
 
-    return _process(chunks, discard)
+    manifest = _process(chunks, discard)
+    if local:
+        keys = {entry.key for entry in manifest.objects}
+        for key in sorted(keys):
+            parts = key.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in keys:
+                    raise UnrestorableKey(
+                        f"the backup holds both {'/'.join(parts[:i])!r} and {key!r}: a local "
+                        "file cannot be a directory too; restore this backup into S3 or "
+                        "Azure Blob")
+    return manifest
 
 
 def restore_stream(target: MediaTarget, chunks: Iterable[bytes]) -> None:
@@ -1247,19 +1256,7 @@ def restore_stream(target: MediaTarget, chunks: Iterable[bytes]) -> None:
     the backup deleted; not atomic across objects, a retry converges). If `chunks` raises or the
     archive does not match its manifest, nothing is deleted and the error passes on."""
     adapter = _adapter(target)
-    kind = kind_of(target)
-    if isinstance(adapter, _LocalAdapter):
-        writer = adapter.put_all()
-        put: Callable[[ObjectInfo, _Readable], None] = writer.put
-    else:
-        put = adapter.put
-
-    def checked_put(info: ObjectInfo, stream: _Readable) -> None:
-        if kind == "local-files":
-            _key_parts(info.key)  # refused before a byte is written
-        put(info, stream)
-
-    manifest = _process(chunks, checked_put)
+    manifest = _process(chunks, adapter.put)
     keep = {entry.key for entry in manifest.objects}
     adapter.delete_except(keep)
 
@@ -1272,7 +1269,7 @@ def restore_sealed(target: MediaTarget, path: Path, key_sealed: str, box: Any,
     restored (`restore_stream`, checked again as it goes)."""
     chunks = read_sealed(path, key_sealed, box, expected_sha256)
     try:
-        check_archive(chunks)
+        check_archive(chunks, into=target)
     finally:
         chunks.close()
     chunks = read_sealed(path, key_sealed, box, expected_sha256)

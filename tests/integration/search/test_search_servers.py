@@ -1,8 +1,9 @@
 """The search servers Tether runs (tether.servers.search), for real: security in force on every
 release (anonymous and wrong passwords refused, the admin alone), transport TLS with the server's
 own certificates, and the lifecycle of a private server through `PrivateSearchServers` (create,
-idempotent create, stop, a stale pid file naming another process left alone, start again with
-the data kept, destroy leaving nothing, no password in its logs). No mocks.
+idempotent create, a crash by SIGKILL, a stale pid file naming another process left alone,
+start again with the data kept and the instance's DSN working, destroy leaving nothing, no
+password in its logs). No mocks.
 
 The security tests share the session's servers (conftest.py); the lifecycle test runs one
 OpenSearch server of its own (two JVM starts).
@@ -14,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -21,7 +23,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pytest
@@ -32,7 +34,9 @@ from tests.conftest import world_traversable_tmpdir
 from tests.integration.search.conftest import SearchNode
 from tether.errors import ClusterError
 from tether.net import free_port, port_is_free
-from tether.providers.base import ResourceNames
+from tether.providers.base import ClusterSpec, ResourceNames
+from tether.providers.elasticsearch import ElasticsearchProvider, search_url
+from tether.providers.registry import private_servers
 from tether.servers.search import (
     ADMIN_USER,
     SERVICE_USER,
@@ -192,12 +196,23 @@ def _wait_for_pid(server: SearchServer, timeout: float = 120) -> int:
     raise AssertionError(f"no server JVM in {server.home} after {timeout}s")
 
 
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
                                          sleeper: subprocess.Popen[bytes]) -> None:
-    """create → served with security on; create again changes nothing; stop; a pid file naming
-    another process is neither taken for the server nor killed; a start that times out leaves
-    the server starting and the next start waits for it; the data is kept; the password is in
-    no file of the home; destroy leaves nothing, twice."""
+    """create → served with security on; create again changes nothing; a crash of the server
+    (its JVM killed with SIGKILL, its pid file left behind) is undone by the start `tether up`
+    makes of its private servers (tether.engine.private): the instance's DSN works again, with
+    its data; a pid file naming another process is neither taken for the server nor killed; a
+    start that times out leaves the server starting and the next start waits for it; the
+    password is in no file of the home; destroy stops it in order and leaves nothing, twice.
+    (The crash takes the place of an orderly stop: two JVM starts, not three.)"""
     servers = PrivateSearchServers(private_base, "opensearch-2.19.4")
     assert servers.kind == "elasticsearch"
     assert servers.version() == "opensearch-2.19.4"
@@ -222,9 +237,24 @@ def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
         assert servers.create(names, port, password) == url  # idempotent: the same server
         assert server.pid() == pid
 
-        servers.stop(names, port)
+        # an instance on it, as the engine provisions a private one: its DSN works
+        spec = ClusterSpec(id=2, kind="elasticsearch", region="local", url=url, private=True)
+        dsn = urlsplit(search_url(ElasticsearchProvider().provision(
+            spec, names, "inst:" + secrets.token_urlsafe(18))))
+        instance = (unquote(dsn.username or ""), unquote(dsn.password or ""))
+        notes = f"{server.url}/{names.base}-notes"
+        made = httpx.put(notes + "/_doc/1?refresh=true", json={"note": unique_id},
+                         auth=instance, timeout=30)
+        assert made.status_code == 201, made.text
+
+        # a crash: the JVM killed with SIGKILL; its pid file stays behind
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (server.is_running() or _listens(port)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not server.is_running()
-        assert port_is_free(port)
+        assert not _listens(port)  # (bound in TIME_WAIT for a while: no port_is_free here)
+        assert server.pid_file.read_text().strip() == str(pid)  # stale
 
         server.pid_file.write_text(f"{sleeper.pid}\n")  # stale, naming another process
         assert server.pid() is None
@@ -237,11 +267,16 @@ def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
             server.start(timeout=8)
         starting = _wait_for_pid(server)
         assert starting != sleeper.pid
-        servers.start(names, port)
+        # what `tether up` does for each of its private servers when it starts
+        private_servers("elasticsearch", private_base).start(names, port)
         assert server.pid() == starting
+        server.wait_healthy(password)  # its shards recovered after the crash
         kept = node.request("GET", "/keep-1/_doc/1")
         assert kept.status_code == 200, kept.text
         assert kept.json()["_source"] == {"kept": unique_id}
+        note = httpx.get(notes + "/_doc/1", auth=instance, timeout=30)  # the DSN works again
+        assert note.status_code == 200, note.text
+        assert note.json()["_source"] == {"note": unique_id}
         servers.start(names, port)  # running: a no-op
         assert server.is_running()
 

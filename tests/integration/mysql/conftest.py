@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 import pytest
@@ -100,3 +100,29 @@ def make_mysql_names(mysql_cluster: ClusterSpec,
     yield make
     for names in made:
         MySQLProvider().deprovision(mysql_cluster, names)
+
+
+@pytest.fixture
+def admin_user(mysql_server: MySQLServer, unique_id: str) -> Iterator[Callable[..., str]]:
+    """Make an admin login with the given GRANT statements (`{u}` is the account), e.g.
+    `admin_user("GRANT CREATE USER ON *.* TO {u}")`; returns its cluster URL. Dropped at the
+    end."""
+    made: list[str] = []
+
+    def make(*grants: str) -> str:
+        name = f"tether_t{unique_id}adm{len(made)}"
+        password = secrets.token_urlsafe(12)
+        account = f"'{name}'@'%'"
+        with mysql_server.connect() as conn, conn.cursor() as cur:
+            # with args PyMySQL substitutes `%`: the host is written `'%%'`
+            cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
+            made.append(account)
+            for grant in grants:
+                cur.execute(grant.format(u=account))
+        return (f"mysql://{name}:{quote(password, safe='')}@{mysql_server.host}:"
+                f"{mysql_server.port}/")
+
+    yield make
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        for account in made:
+            cur.execute(f"DROP USER IF EXISTS {account}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pymysql
 import pytest
@@ -37,30 +37,6 @@ PROVIDER = MySQLProvider()
 #: all Tether needs but the rights over other users' sessions
 BASIC = ("GRANT CREATE USER ON *.* TO {u}", "GRANT SELECT ON mysql.* TO {u}",
          "GRANT ALL PRIVILEGES ON `tether\\_%`.* TO {u} WITH GRANT OPTION")
-
-
-@pytest.fixture
-def admin_user(mysql_server: MySQLServer, unique_id: str) -> Iterator[Callable[..., str]]:
-    """Make an admin login with the given GRANT statements (`{u}` is the account); returns its
-    cluster URL. Dropped at the end."""
-    made: list[str] = []
-
-    def make(*grants: str) -> str:
-        name = f"tether_t{unique_id}ses{len(made)}"
-        password = secrets.token_urlsafe(12)
-        account = f"'{name}'@'%'"
-        with mysql_server.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
-            made.append(account)
-            for grant in grants:
-                cur.execute(grant.format(u=account))
-        return (f"mysql://{name}:{quote(password, safe='')}@{mysql_server.host}:"
-                f"{mysql_server.port}/")
-
-    yield make
-    with mysql_server.connect() as conn, conn.cursor() as cur:
-        for account in made:
-            cur.execute(f"DROP USER IF EXISTS {account}")
 
 
 def spec(url: str) -> ClusterSpec:

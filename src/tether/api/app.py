@@ -4,41 +4,58 @@ no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {c
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import queue
 import re
+import secrets
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from tether import __version__
 from tether.access import Forbidden
-from tether.actions import clusters, deployments, projects, services, tokens, variables
+from tether.actions import (
+    backups,
+    clusters,
+    deployments,
+    projects,
+    services,
+    tokens,
+    variables,
+)
 from tether.actions.common import Context
 from tether.api import limits
 from tether.api.auth import SignInThrottle, caller_for, create_session
 from tether.api.models import (
     ERRORS,
+    BackupIn,
     ClusterIn,
     ConfirmQuery,
+    CopyIn,
     Cursor,
     EnvPath,
+    EnvQuery,
     IdPath,
     LogsAfter,
     NamePath,
     PageSize,
     PrefixPath,
+    PrefixQuery,
     ProjectIn,
     ProjectPatch,
     ProjectPath,
     ProjectQuery,
     RegionQuery,
+    RestoreIn,
     ServiceIn,
     SessionIn,
     TokenIn,
@@ -48,6 +65,7 @@ from tether.api.models import (
 from tether.api.models import (
     error_doc as _error_doc,
 )
+from tether.backups import transfer
 from tether.engine.worker import Worker
 from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.web.routes import STATIC_DIR, web_router
@@ -194,6 +212,110 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def remove(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
                      confirm: ConfirmQuery = None) -> dict[str, Any]:
         return await call(services.remove, ctx, project, env, prefix, confirm)
+
+    @api.post(env_path + "/backups", status_code=201, tags=["backups"])
+    async def create_backup(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                            body: BackupIn) -> dict[str, Any]:
+        """Back up the named services (none: every service with data) as one set, by an
+        operation of the worker; with `verify`, then restore it into a scratch copy and compare.
+        The set is listed (`restorable`) once every file is stored."""
+        return await call(backups.create, ctx, project, env, body.prefixes, body.verify)
+
+    @api.get("/projects/{project}/backups", tags=["backups"])
+    async def list_backups(ctx: Ctx, project: ProjectPath, env: EnvQuery = None,
+                           all: bool = False) -> list[dict[str, Any]]:
+        """Restorable backups, newest first; with `all`, the running and failed ones too."""
+        return await call(backups.list_backups, ctx, project, env, all)
+
+    @api.get("/backups/{backup_id}", tags=["backups"])
+    async def show_backup(ctx: Ctx, backup_id: IdPath) -> dict[str, Any]:
+        return await call(backups.show, ctx, backup_id)
+
+    @api.delete("/backups/{backup_id}", tags=["backups"])
+    async def delete_backup(ctx: Ctx, backup_id: IdPath) -> dict[str, Any]:
+        """Forget a backup at once; its files are deleted by an operation."""
+        return await call(backups.delete, ctx, backup_id)
+
+    @api.post("/backups/{backup_id}/restore", tags=["backups"])
+    async def restore_backup(ctx: Ctx, backup_id: IdPath, body: RestoreIn) -> dict[str, Any]:
+        """Replace a service's data with the backup's: into the service of the same prefix in
+        the backup's environment, or in `to`. `confirm` must repeat the prefix."""
+        return await call(backups.restore, ctx, backup_id, body.to, body.prefix, body.confirm)
+
+    @api.post("/backups/{backup_id}/verify", tags=["backups"])
+    async def verify_backup(ctx: Ctx, backup_id: IdPath) -> dict[str, Any]:
+        """Restore the backup into a scratch copy, compare with what was backed up, record the
+        result, remove the scratch."""
+        return await call(backups.verify, ctx, backup_id)
+
+    @api.get("/backups/{backup_id}/download", tags=["backups"],
+             response_class=StreamingResponse)
+    async def download_backup(ctx: Ctx, backup_id: IdPath,
+                              prefix: PrefixQuery = None) -> StreamingResponse:
+        """The file of one service as it was dumped (e.g. a `pg_dump -Fc` archive), checked
+        against its checksum before the first byte is sent. Needs the right to see secrets."""
+        file_id, name, _ = await call(backups.download_file, ctx, backup_id, prefix)
+        chunks = await call(lambda: transfer.plain_chunks(
+            ctx.store, ctx.box, ctx.data_dir, file_id, f"download-{secrets.token_hex(8)}.tbk"))
+        first = await call(next, chunks, b"")  # fetch and check before answering 200
+
+        async def body() -> Any:
+            if first:
+                yield first
+            async for chunk in iterate_in_threadpool(chunks):
+                yield chunk
+
+        return StreamingResponse(body(), media_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{name}"'})
+
+    @api.post(env_path + "/services/{prefix}/copy", tags=["backups"])
+    async def copy_service(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
+                           body: CopyIn) -> dict[str, Any]:
+        """Copy the data of the service of this prefix in `source` into this environment's
+        (a backup of the source, restored here, in one operation). `confirm`: the prefix."""
+        return await call(backups.copy, ctx, project, prefix, body.source, env, body.confirm)
+
+    @api.put(env_path + "/services/{prefix}/upload", tags=["backups"])
+    async def upload_dump(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
+                          prefix: PrefixPath, confirm: ConfirmQuery = None) -> dict[str, Any]:
+        """Restore a dump made elsewhere (the request body: e.g. a plain `pg_dump -Fc` file)
+        into the service: checked and sealed as it streams in, kept as a backup (origin
+        `upload`), restored by an operation. `confirm`: the prefix again."""
+        engine = await call(backups.upload_engine, ctx, project, env, prefix, confirm)
+        feed: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+
+        def chunks() -> Iterator[bytes]:
+            while (chunk := feed.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk  # the upload was cut short: nothing of it is kept
+                yield chunk
+
+        work = asyncio.get_running_loop().run_in_executor(
+            None, lambda: backups.upload(ctx, project, env, prefix, chunks(), confirm))
+        head, size, checked = b"", 0, False
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.MAX_UPLOAD:
+                    raise UserError(f"the upload is larger than "
+                                    f"{limits.human_size(limits.MAX_UPLOAD)}")
+                if not checked:
+                    head += chunk
+                    if len(head) < 16 and chunk:
+                        continue
+                    engine.check_plain(head)
+                    checked, chunk = True, head
+                if chunk:
+                    await run_in_threadpool(_put, feed, chunk, work)
+            if not checked:
+                engine.check_plain(head)
+                await run_in_threadpool(_put, feed, head, work)
+        except BaseException:
+            await run_in_threadpool(_put, feed, UserError(
+                "the upload was cut short: send the whole file again"), work)
+            raise
+        await run_in_threadpool(_put, feed, None, work)
+        return await work
 
     @api.post(env_path + "/deployments", status_code=201, tags=["deployments"])
     async def deploy(ctx: Ctx, project: ProjectPath, env: EnvPath) -> dict[str, Any]:
@@ -344,6 +466,17 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     app.include_router(web_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _put(feed: queue.Queue[bytes | BaseException | None], item: bytes | BaseException | None,
+         work: asyncio.Future[Any]) -> None:
+    """Hand an upload's next piece to its sealing thread, unless that thread has ended (it
+    failed: its error is the answer). An exception fails the thread, which then removes its
+    partial file: a stream cut short is never taken for a whole dump."""
+    while not work.done():
+        with contextlib.suppress(queue.Full):
+            feed.put(item, timeout=0.5)
+            return
 
 
 #: where the API docs page's Swagger UI files are served from (the `swagger-ui-bundle` wheel)

@@ -81,6 +81,10 @@ LogsAfter = Annotated[int, Query(ge=0, le=MAX_ID,
 Cursor = Annotated[str | None, Query(max_length=CURSOR, pattern=PLAIN)]
 RegionQuery = Annotated[str | None, Query(max_length=REGION_NAME, pattern=PLAIN)]
 ProjectQuery = Annotated[str | None, Query(max_length=PROJECT_NAME, pattern=PLAIN)]
+EnvQuery = Annotated[str | None, Query(max_length=ENVIRONMENT_NAME, pattern=PLAIN,
+                                       description="only this environment")]
+PrefixQuery = Annotated[str | None, Query(max_length=PREFIX, pattern=PLAIN,
+                                          description="the service instance's prefix")]
 ConfirmQuery = Annotated[str | None, Query(max_length=PREFIX, pattern=PLAIN,
                                            description="the prefix, typed again")]
 
@@ -108,6 +112,31 @@ class ServiceIn(BaseModel):
     prefix: Annotated[str, _text(PREFIX, min_length=1)] = "DEFAULT"
     private: bool = False
     provision: bool = False
+
+
+class BackupIn(BaseModel):
+    """The services to back up (none: every service of the environment that has data)."""
+
+    prefixes: list[Annotated[str, _text(PREFIX, min_length=1)]] = Field(
+        default_factory=list, max_length=100)
+    verify: bool = False
+
+
+class RestoreIn(BaseModel):
+    """Where to restore: `to` another environment of the project (default: the backup's own),
+    the file of `prefix` (needed when the backup holds several), `confirm`: the prefix again."""
+
+    to: Annotated[str | None, _text(ENVIRONMENT_NAME, min_length=1)] = None
+    prefix: Annotated[str | None, _text(PREFIX, min_length=1)] = None
+    confirm: Annotated[str | None, _text(PREFIX)] = None
+
+
+class CopyIn(BaseModel):
+    """Copy the service of the same prefix `source` environment -> this one."""
+
+    source: Annotated[str, _text(ENVIRONMENT_NAME, min_length=1)] = Field(
+        examples=["live"])
+    confirm: Annotated[str | None, _text(PREFIX)] = None
 
 
 class VariableIn(BaseModel):

@@ -20,15 +20,19 @@ runs as root the programs run as the `tether` service user, like the servers in
 `tether.servers.postgres` (they need no root rights, and parse what a server sends them), and the
 temp dir is theirs.
 
-Restore options, and why:
+Restore options, and why. A restore *replaces* the database's content: `pg_restore` writes the
+archive as an SQL script (`--file=-`), and `psql` runs it after a prelude that drops every
+object the instance's role owns (its schemas but `public`, and in `public` its tables, views,
+sequences, functions, types and extensions; its large objects), all in ONE transaction:
 
-- `--single-transaction`: all or nothing. A failed or interrupted restore (a damaged chunk in the
-  middle, pg_restore killed, a statement refused) rolls back and leaves the database as it was. It
-  implies `--exit-on-error`. Cost: no parallel restore (`-j`), and every restored table and
-  index holds a lock until the commit (very many tables may need a larger
-  `max_locks_per_transaction`).
+- all or nothing: the prelude opens the transaction (`BEGIN`), the script's own `BEGIN` (from
+  `--single-transaction`) only warns, and its final `COMMIT`, the last thing pg_restore writes,
+  commits it all. A failed or interrupted restore (a damaged chunk in the middle, pg_restore or
+  psql killed, a statement refused: `ON_ERROR_STOP`) never reaches that COMMIT, so the database
+  is left as it was. Cost: no parallel restore (`-j`), and every restored table and index holds a
+  lock until the commit (very many tables may need a larger `max_locks_per_transaction`).
 - `--clean --if-exists`: drop each object of the archive before creating it, without errors for
-  those that do not exist; objects of the database that are not in the archive are kept.
+  those that do not exist (after the prelude, a safety net for objects of other owners).
 - `--no-owner --role=<instance role>`: the archive's `ALTER ... OWNER TO` name the roles of the
   database it was made from (another instance's, or of a cluster elsewhere); they are skipped and
   the session acts as the instance's role (also when the login is a rotation login `<role>_<n>`,
@@ -325,33 +329,104 @@ def dump_sealed_with_summary(target: PgTarget, dest: Path,
 
 
 def _restore_args(target: PgTarget) -> list[str]:
+    """pg_restore writing the archive as one SQL script on stdout (see the module doc)."""
     return ["--clean", "--if-exists", "--no-owner", "--no-privileges", f"--role={target.role}",
             "--single-transaction", "--no-tablespaces", "--no-publications",
-            "--no-subscriptions", "--no-security-labels", "--no-password",
-            f"--dbname={target.conninfo(with_password=False)}"]
+            "--no-subscriptions", "--no-security-labels", "--file=-"]
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+#: drops everything the current role owns in the database (run after SET ROLE instance role):
+#: extensions first (their functions go with them), then its schemas but public, then in public
+#: its relations, routines and types, then its large objects
+_PRELUDE = r"""
+DO $tether$
+DECLARE
+  me oid := (SELECT oid FROM pg_roles WHERE rolname = current_user);
+  r record;
+BEGIN
+  FOR r IN SELECT extname FROM pg_extension WHERE extowner = me LOOP
+    EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', r.extname);
+  END LOOP;
+  FOR r IN SELECT nspname FROM pg_namespace WHERE nspowner = me AND nspname <> 'public'
+           AND nspname NOT LIKE 'pg\_%' AND nspname <> 'information_schema' LOOP
+    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', r.nspname);
+  END LOOP;
+  FOR r IN SELECT c.relname, c.relkind FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relowner = me
+             AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                             AND d.objid = c.oid AND d.deptype IN ('a', 'i')) LOOP
+    EXECUTE format('DROP %s IF EXISTS public.%I CASCADE',
+                   CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                  WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                  ELSE 'TABLE' END, r.relname);
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS sig, p.prokind FROM pg_proc p
+           JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE n.nspname = 'public' AND p.proowner = me LOOP
+    EXECUTE format('DROP %s IF EXISTS %s CASCADE',
+                   CASE r.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
+                                  ELSE 'FUNCTION' END, r.sig);
+  END LOOP;
+  FOR r IN SELECT t.oid::regtype AS name, t.typtype FROM pg_type t
+           JOIN pg_namespace n ON n.oid = t.typnamespace
+           WHERE n.nspname = 'public' AND t.typowner = me AND t.typtype IN ('e', 'd', 'r', 'm')
+              OR (n.nspname = 'public' AND t.typowner = me AND t.typtype = 'c'
+                  AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') LOOP
+    EXECUTE format('DROP %s IF EXISTS %s CASCADE',
+                   CASE r.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, r.name);
+  END LOOP;
+  PERFORM lo_unlink(oid) FROM pg_largeobject_metadata WHERE lomowner = me;
+END
+$tether$;
+"""
+
+
+def _psql_args(target: PgTarget) -> list[str]:
+    """psql running the prelude in an open transaction, then the script from stdin; the
+    script's COMMIT is the only one (see the module doc)."""
+    return ["--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+            f"--dbname={target.conninfo(with_password=False)}",
+            f"--command=BEGIN; SET ROLE {_quoted(target.role)}; {_PRELUDE}", "--file=-"]
 
 
 def restore_stream(target: PgTarget, chunks: Iterable[bytes]) -> None:
-    """Restore a custom-format archive, given as byte strings, into the target's database (see
-    the module doc for the options). If `chunks` raises (a damaged backup), pg_restore is killed
-    before it could commit, so the database is left as it was, and the error passes on."""
+    """Restore a custom-format archive, given as byte strings, into the target's database,
+    replacing its content (see the module doc). If `chunks` raises (a damaged backup), both
+    programs are killed before the script's COMMIT could arrive, so the database is left as
+    it was, and the error passes on."""
     with _spawn("pg_restore", _restore_args(target), target, stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL) as (proc, stderr):
-        assert proc.stdin is not None
-        try:
-            for data in chunks:
-                proc.stdin.write(data)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # pg_restore stopped reading: it failed, its exit status and stderr say why
-        except BaseException:
-            # Kill before closing stdin: an end of input could look like the end of the archive
-            # to pg_restore, and it must never get to COMMIT a part of it.
-            proc.send_signal(signal.SIGKILL)
-            raise
-        if proc.wait() != 0:
-            raise BackupError(f"pg_restore into {target.where} failed (exit {proc.returncode}), "
-                              f"nothing was changed: {_stderr_text(stderr, target)}")
+                stdout=subprocess.PIPE) as (restore, restore_err):
+        assert restore.stdin is not None and restore.stdout is not None
+        with _spawn("psql", _psql_args(target), target, stdin=restore.stdout,
+                    stdout=subprocess.DEVNULL) as (psql, psql_err):
+            restore.stdout.close()  # psql holds it now: EOF reaches it when pg_restore ends
+            try:
+                for data in chunks:
+                    restore.stdin.write(data)
+                restore.stdin.close()
+            except BrokenPipeError:
+                pass  # pg_restore stopped reading: it failed, its exit status and stderr say why
+            except BaseException:
+                # Kill psql first: it must never see an end of input that could pass for the
+                # end of the script (no COMMIT would come, but nothing is left to chance).
+                psql.send_signal(signal.SIGKILL)
+                restore.send_signal(signal.SIGKILL)
+                raise
+            restored = restore.wait()
+            ran = psql.wait()
+            if ran != 0:  # first: when psql stops, pg_restore fails on the closed pipe
+                raise BackupError(f"restoring into {target.where} failed (psql exit {ran}), "
+                                  f"nothing was changed: {_stderr_text(psql_err, target)}")
+            if restored != 0:
+                raise BackupError(f"pg_restore of the archive for {target.where} failed (exit "
+                                  f"{restored}), nothing was changed: "
+                                  f"{_stderr_text(restore_err, target)}")
 
 
 def restore_sealed(target: PgTarget, path: Path, key_sealed: str, box: Any,

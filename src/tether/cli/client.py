@@ -7,6 +7,9 @@ unreachable or failing server exits 1, and no configuration exits 2 with how to 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -156,3 +159,52 @@ class Client:
 
     def delete(self, path: str, *, params: dict[str, Any] | None = None) -> Any:
         return self.request("DELETE", path, params=params)
+
+    def _transfer_failed(self, exc: httpx.HTTPError) -> None:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            fail(f"cannot reach Tether at {self.url}: is `tether up` running?", 1,
+                 json_mode=self.json_mode, code="unreachable")
+        fail(f"the transfer from {self.url} was cut short: {type(exc).__name__}: {exc}; "
+             "try again", 1, json_mode=self.json_mode, code="unreachable")
+
+    def download(self, path: str, dest: Path, *, params: dict[str, Any] | None = None) -> int:
+        """Stream a file answer into `dest` (via `dest.partial`, renamed when complete, so a
+        cut-short download never looks whole); returns its size."""
+        partial = dest.with_name(dest.name + ".partial")
+        size = 0
+        try:
+            with self._http.stream("GET", path, params=params,
+                                   timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._answer(r)
+                with open(partial, "wb") as out:
+                    for chunk in r.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            partial.replace(dest)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            self._transfer_failed(exc)
+        finally:
+            partial.unlink(missing_ok=True)
+        return size
+
+    def upload(self, path: str, source: Path, *, params: dict[str, Any] | None = None) -> Any:
+        """PUT a file as the request body, streamed; returns the decoded JSON answer."""
+        def chunks() -> Iterator[bytes]:
+            with open(source, "rb") as f:
+                while data := f.read(1 << 20):
+                    yield data
+
+        try:
+            response = self._http.put(
+                path, params=params, content=chunks(),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(source.stat().st_size)},
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT))
+        except httpx.HTTPError as exc:
+            self._transfer_failed(exc)
+        return self._answer(response)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import cluster, context, deploy, logs, project, service, token
+from tether.cli import backup, cluster, context, deploy, logs, project, service, token
 from tether.cli.client import Client
 from tether.cli.common import CONTEXT_SETTINGS, JsonOpt
 from tether.cli.output import emit_json, say
@@ -38,6 +38,7 @@ else:
 
 app.add_typer(project.app, name="project")
 app.add_typer(service.app, name="service")
+app.add_typer(backup.app, name="backup")
 deploy.register(app)
 logs.register(app)
 app.add_typer(cluster.app, name="cluster")

@@ -360,6 +360,51 @@ def rotate(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
             f"{shown.get('login')} now, and the old credentials are revoked")
 
 
+@app.command("copy", epilog="Example: tether service copy DEFAULT --from live --to test "
+                            "--confirm DEFAULT")
+def copy(
+    prefix: PrefixArg,
+    from_: Annotated[str, typer.Option("--from", metavar="ENV",
+                                       help="The environment to copy the data from.")],
+    to: Annotated[str, typer.Option("--to", metavar="ENV",
+                                    help="The environment whose data is replaced.")],
+    confirm: Annotated[str | None, typer.Option(
+        "--confirm", metavar="PREFIX", help="Type the prefix again: the data of the service "
+                                            "in --to is replaced.")] = None,
+    no_wait: NoWaitOpt = False,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Copy a service's data to the service of the same prefix in another environment (a
+    backup of --from, kept, restored into --to)."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        view = client.post(_path(name, to, prefix) + "/copy",
+                           {"source": from_, "confirm": confirm})
+        op = view["operation"]
+        if no_wait:
+            if json_:
+                emit_json(view)
+            else:
+                say(f"operation {op['id']} (copy) is {op['status']}: follow it with "
+                    f"`tether backup show {view['id']}`")
+            return
+        final = wait_operation(client, op, f"copying {prefix} from {from_} to {to}",
+                               f"tether backup show {view['id']}")
+    view["operation"] = final
+    if json_:
+        emit_json(view)
+    if final["status"] == "failed":
+        if not json_:
+            err.print(Text.assemble(("error: ", "bold red"), f"copying {prefix} from {from_} "
+                                    f"to {to} failed: {final.get('error') or 'no reason'}"))
+            hint(f"the data of {prefix} in {to} is as it was; retrying is safe")
+        raise typer.Exit(1)
+    if not json_:
+        say(("Copied", "green"), f" {prefix} from {from_} to {to} (backup {view['id']} "
+            "kept)")
+
+
 @app.command("wait", epilog="Example: tether service add test postgres --provision --no-wait && "
                             "tether service wait test DEFAULT")
 def wait(env: EnvArg, prefix: PrefixArg, project: ProjectOpt = None,

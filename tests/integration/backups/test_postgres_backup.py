@@ -217,6 +217,28 @@ def test_restore_over_changed_data_replaces_it(filled: PgTarget, box: SecretBox,
     assert summary(dsn(filled)) == before
 
 
+def test_restore_removes_what_the_backup_does_not_have(filled: PgTarget, box: SecretBox,
+                                                      tmp_path: Path) -> None:
+    """A restore replaces the content: tables, views, routines, types, schemas and large
+    objects made after the backup are gone, in the same transaction as the restore."""
+    before = summary(dsn(filled))
+    info = dump_sealed(filled, tmp_path / "a.sealed", box)
+    with connect(filled) as conn:
+        conn.execute("""
+            CREATE TABLE later (x int); CREATE VIEW later_view AS SELECT 1 AS one;
+            CREATE TYPE mood AS ENUM ('ok'); CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+            CREATE FUNCTION later_fn() RETURNS int LANGUAGE sql AS 'SELECT 1';
+            CREATE SCHEMA side; CREATE TABLE side.t (x int);
+            SELECT lo_from_bytea(0, 'large');
+        """)
+    restore_sealed(filled, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
+    assert summary(dsn(filled)) == before
+    with connect(filled) as conn:
+        assert conn.execute("SELECT to_regclass('public.later'), to_regtype('public.mood'), "
+                            "to_regtype('public.positive'), to_regproc('public.later_fn'), "
+                            "to_regnamespace('side')").fetchone() == (None,) * 5
+
+
 def test_restore_into_another_instance_belongs_to_its_role(
         filled: PgTarget, instance: Callable[[str], PgTarget], box: SecretBox, tmp_path: Path,
         pg_server: PgServer) -> None:

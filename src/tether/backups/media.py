@@ -4,7 +4,8 @@
 Format `tether-media-tar-1`: a POSIX (PAX) tar stream, as Python's `tarfile` writes it in stream
 mode (`w|`; the headers are `TarInfo.tobuf(PAX_FORMAT)`, the framing that of `TarFile.addfile`,
 written here piece by piece so that an object of many GB is streamed through in 1 MiB pieces,
-never held whole in memory). Any tar reader lists and extracts it.
+never held whole in memory). Any tar reader lists and extracts it (GNU tar warns that it
+ignores the `TETHER.*` keywords).
 
 - One regular-file member per object, in listing order. Its name is the object's key when that
   is a safe relative path; a key that would escape on extract (absolute, a `.`/`..`/empty
@@ -235,19 +236,18 @@ class AzureBlobTarget:
 
 MediaTarget = LocalFilesTarget | S3Target | AzureBlobTarget
 
-_KINDS: dict[str, Callable[[Mapping[str, Any]], MediaTarget]] = {
-    "local-files": LocalFilesTarget.from_credentials,
-    "s3": S3Target.from_credentials,
-    "azure-blob": AzureBlobTarget.from_credentials,
-}
-
-
-def target_from_credentials(kind: str, values: Mapping[str, Any]) -> MediaTarget:
-    """The target of an instance of a media kind (`local-files`, `s3`, `azure-blob`)."""
-    try:
-        return _KINDS[kind](values)
-    except KeyError:
-        raise BackupError(f"{kind} is not a media storage kind") from None
+def target_from_credentials(kind: str, values: Mapping[str, Any],
+                            endpoint: str | None = None) -> MediaTarget:
+    """The target of an instance of a media kind (`local-files`, `s3`, `azure-blob`);
+    `endpoint`: where Tether reaches an S3 or Azure server, when not at the applications'
+    address in the credentials (see `S3Target` and `AzureBlobTarget.from_credentials`)."""
+    if kind == "s3":
+        return S3Target.from_credentials(values, endpoint_url=endpoint)
+    if kind == "azure-blob":
+        return AzureBlobTarget.from_credentials(values, endpoint=endpoint)
+    if kind == "local-files":
+        return LocalFilesTarget.from_credentials(values)
+    raise BackupError(f"{kind} is not a media storage kind")
 
 
 def kind_of(target: MediaTarget) -> str:
@@ -400,11 +400,21 @@ class _LocalAdapter:
                 finally:
                     os.close(child)
 
+    @contextlib.contextmanager
+    def _os_errors(self, doing: str) -> Iterator[None]:
+        """A filesystem error as a `BackupError` that names the directory."""
+        try:
+            yield
+        except OSError as exc:
+            raise BackupError(f"{doing} in the media directory {self.target.directory} failed "
+                              f"({exc.strerror or exc}): Tether needs to read and write it "
+                              "(it runs as root, or as the directory's owner)") from None
+
     def _skip(self, key: str, reason: str) -> None:
         self.skipped.append({"key": key, "reason": reason})
 
     def objects(self) -> Iterator[tuple[ObjectInfo, _Readable]]:
-        with self._root() as (root, root_st):
+        with self._os_errors("reading the files"), self._root() as (root, root_st):
             for parent, name, key, st in self._walk(root, ""):
                 if stat.S_ISDIR(st.st_mode):
                     continue
@@ -487,7 +497,7 @@ class _LocalAdapter:
         """Write one file whole (a temp file renamed over the old one), its directories made
         as needed; a key that cannot be a path is refused before anything is written."""
         parts = _key_parts(info.key)
-        with self._root() as (root, root_st):
+        with self._os_errors(f"writing {info.key!r}"), self._root() as (root, root_st):
             owner = (root_st.st_uid, root_st.st_gid) if os.geteuid() == 0 else None
             parent = self._open_dirs(root, parts[:-1], owner, self.written)
             try:
@@ -543,7 +553,8 @@ class _LocalAdapter:
         """Unlink every entry but directories whose key is not in `keep` (never following a
         link: unlink removes the link itself). Directories are left, empty or not."""
         deleted = 0
-        with self._root() as (root, _):
+        with self._os_errors("deleting the files not in the backup"), \
+                self._root() as (root, _):
             for parent, name, key, st in self._walk(root, ""):
                 if stat.S_ISDIR(st.st_mode) or key in keep:
                     continue

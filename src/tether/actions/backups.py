@@ -25,36 +25,18 @@ from tether.actions.common import (
     operation_view,
     queue_operation,
 )
-from tether.backups import transfer
-from tether.backups.engines import HAS_DATA, BackupEngine, BackupsUnsupported, engine_for
+from tether.backups import sets, transfer
+from tether.backups.engines import HAS_DATA, BackupEngine, engine_for
 from tether.errors import Conflict, NotFound, UserError
 from tether.store.models import (
     Backup,
     BackupFile,
-    Cluster,
     Environment,
     Instance,
     Operation,
-    Project,
     utcnow,
 )
 from tether.store.records import UNFINISHED
-
-#: the kinds of cluster a backup can be kept on, the most durable first
-STORAGE_KINDS = ("s3", "azure-blob", "local-files")
-
-
-def _storage_cluster(s: Session, region: str) -> Cluster:
-    """Where the project's backups go: a shared storage cluster of its region (S3 or Azure Blob
-    before local files)."""
-    found = s.scalars(select(Cluster).where(
-        Cluster.region == region, Cluster.kind.in_(STORAGE_KINDS),
-        Cluster.private.is_(False), Cluster.owner_instance_id.is_(None))).all()
-    if not found:
-        raise UserError(f"region {region} has no storage cluster to keep backups on: register "
-                        f"one with `tether cluster add s3 --region {region} --url …` (or "
-                        "azure-blob, local-files)")
-    return min(found, key=lambda c: (STORAGE_KINDS.index(c.kind), c.id))
 
 
 def _env(s: Session, ctx: Context, project: str | None, env: str, need: Need) -> Environment:
@@ -88,19 +70,7 @@ def _backup(s: Session, ctx: Context, backup_id: int, need: Need) -> tuple[Backu
 
 def _new_set(s: Session, ctx: Context, env: Environment, instances: list[Instance],
              origin: str) -> Backup:
-    project = s.get(Project, env.project_id)
-    assert project is not None
-    backup = Backup(environment_id=env.id, origin=origin, status="running",
-                    storage_cluster_id=_storage_cluster(s, project.region).id,
-                    requested_by=ctx.actor, size=0)
-    s.add(backup)
-    s.flush()
-    for inst in instances:
-        s.add(BackupFile(backup_id=backup.id, instance_id=inst.id, prefix=inst.prefix,
-                         kind=inst.kind, service=inst.service,
-                         format=engine_for(inst.kind).format, status="pending", size=0))
-    s.flush()
-    return backup
+    return sets.new_set(s, env, instances, origin, ctx.actor)
 
 
 def backup_view(s: Session, backup: Backup, operation: Operation | None = None
@@ -150,22 +120,12 @@ def create(ctx: Context, project: str | None, env_name: str, prefixes: list[str]
                 engine_for(inst.kind)  # refuses a kind that cannot be backed up
                 chosen.append(inst)
         else:
-            chosen = []
-            for inst in s.scalars(select(Instance).where(
-                    Instance.environment_id == env.id,
-                    Instance.state.in_(HAS_DATA)).order_by(Instance.prefix)):
-                try:
-                    engine_for(inst.kind)
-                except BackupsUnsupported:
-                    continue
-                chosen.append(inst)
+            chosen = sets.backed_up_by_default(s, env)
             if not chosen:
                 raise UserError(f"{env.name} has no provisioned service that can be backed "
                                 f"up: see `tether service list {env.name}`")
         backup = _new_set(s, ctx, env, chosen, "manual")
-        op = queue_operation(s, ctx, "backup", env)
-        op.backup_id = backup.id
-        op.params = {"verify": True} if verify else None
+        op = sets.queue_backup(s, env, backup, ctx.actor, verify)
         audit(s, ctx.actor, "backup requested", environment_id=env.id,
               detail=f"backup {backup.id} of {', '.join(i.prefix for i in chosen)}")
         view = backup_view(s, backup, op)
@@ -311,7 +271,7 @@ def upload_engine(ctx: Context, project: str | None, env_name: str, prefix: str,
         _has_data(inst, env)
         engine = engine_for(inst.kind)
         _confirm(prefix, confirm, "restoring an uploaded dump")
-        _storage_cluster(s, env.project.region)
+        sets.storage_cluster(s, env.project.region)
         return engine
 
 

@@ -301,7 +301,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                                     f"{limits.human_size(limits.MAX_UPLOAD)}")
                 if not checked:
                     head += chunk
-                    if len(head) < 16 and chunk:
+                    if len(head) < 512 and chunk:
                         continue
                     engine.check_plain(head)
                     checked, chunk = True, head

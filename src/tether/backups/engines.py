@@ -46,8 +46,8 @@ class BackupEngine(Protocol):
                 sha256: str) -> None: ...
 
     def check_plain(self, head: bytes) -> None:
-        """Refuse (UserError) a file made elsewhere, by its first bytes, that this engine
-        cannot restore."""
+        """Refuse (UserError) a file made elsewhere, by its first bytes (at least 512, unless
+        the file is shorter), that this engine cannot restore."""
         ...
 
     def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
@@ -125,7 +125,255 @@ class PostgresEngine:
         return out
 
 
-_ENGINES: dict[str, BackupEngine] = {"postgres": PostgresEngine()}
+#: the summary recorded for a backup of a service written to while it was backed up, by an
+#: engine without a snapshot shared with its summary: a verification then checks that the file
+#: restores, not its content
+CHANGED_DURING_BACKUP = {"changed_during_backup": True}
+
+
+class _SummedAround:
+    """An engine whose summary cannot read the dump's snapshot: the instance is summarised
+    before and after the dump; when the two agree, nothing changed meanwhile and that is the
+    summary of the backup, else the backup records `CHANGED_DURING_BACKUP`."""
+
+    format: str
+    upload_accepts: str
+
+    def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                 cluster: ClusterSpec) -> Any:
+        raise NotImplementedError
+
+    def _dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+              dest: Path, box: Any) -> SealedInfo:
+        raise NotImplementedError
+
+    def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec) -> dict[str, Any]:
+        return _plain(self._summary(credentials, names, cluster))
+
+    def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+             dest: Path, box: Any) -> tuple[SealedInfo, dict[str, Any]]:
+        before = self.summary(credentials, names, cluster)
+        info = self._dump(credentials, names, cluster, dest, box)
+        after = self.summary(credentials, names, cluster)
+        return info, (before if before == after else dict(CHANGED_DURING_BACKUP))
+
+    def differences(self, recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
+        if recorded.get("changed_during_backup"):
+            return []
+        return [f"{key}: the restore differs from the backup" for key in
+                sorted(set(recorded) | set(found)) if recorded.get(key) != found.get(key)]
+
+
+def _plain(summary: Any) -> dict[str, Any]:
+    """A summary dataclass as JSON-able data (tuples as lists, as the store gives them back)."""
+    import json
+
+    data = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary
+    return dict(json.loads(json.dumps(data, sort_keys=True, default=str)))
+
+
+class MySQLEngine(_SummedAround):
+    """`mariadb-dump --single-transaction` in, the dump's statements checked and run by Tether
+    out (tether.backups.mysql), with the instance's own login."""
+
+    format = "mysql-sql-v1"
+    upload_accepts = "a plain SQL dump (`mysqldump` or `mariadb-dump`, uncompressed)"
+
+    @staticmethod
+    def _target(credentials: Mapping[str, Any]) -> Any:
+        from tether.backups.mysql import MySQLTarget
+
+        return MySQLTarget.from_credentials(credentials)
+
+    @staticmethod
+    def _reader(names: ResourceNames, cluster: ClusterSpec) -> Any:
+        """The admin, to read the routines an earlier login made (after a rotation only)."""
+        if not names.rotation:
+            return None
+        from urllib.parse import unquote, urlsplit
+
+        from tether.backups.mysql import MySQLTarget
+
+        url = urlsplit(cluster.url)
+        return MySQLTarget(host=url.hostname or "127.0.0.1", port=url.port or 3306,
+                           user=unquote(url.username or ""),
+                           password=unquote(url.password or ""), database=names.database)
+
+    def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                 cluster: ClusterSpec) -> Any:
+        from tether.backups.mysql import summary
+
+        return summary(self._target(credentials), self._reader(names, cluster))
+
+    def _dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+              dest: Path, box: Any) -> SealedInfo:
+        from tether.backups.mysql import dump_sealed
+
+        return dump_sealed(self._target(credentials), dest, box, self._reader(names, cluster))
+
+    def restore(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec, path: Path, key_sealed: str, box: Any,
+                sha256: str) -> None:
+        from tether.backups.mysql import restore_sealed
+
+        restore_sealed(self._target(credentials), path, key_sealed, box, sha256)
+
+    def check_plain(self, head: bytes) -> None:
+        from tether.backups.mysql import NotAMySQLDump
+
+        if head.startswith((b"TETHERBK", b"PGDMP", b"\x1f\x8b", b"PK\x03\x04")) or \
+                b"\0" in head:
+            raise NotAMySQLDump("the file is not a SQL dump: upload the plain SQL file that "
+                                "`mysqldump`/`mariadb-dump` writes (uncompressed)")
+
+
+class RabbitEngine(_SummedAround):
+    """A vhost's definitions (exchanges, queues, bindings, policies; not messages), read and
+    imported with the cluster's admin (tether.backups.rabbitmq)."""
+
+    format = "rabbitmq-definitions-1"
+    upload_accepts = "a Tether RabbitMQ definitions backup"
+
+    @staticmethod
+    def _parts(credentials: Mapping[str, Any], cluster: ClusterSpec) -> tuple[Any, Any]:
+        from tether.backups.rabbitmq import RabbitAdmin, RabbitTarget
+
+        return RabbitTarget.from_credentials(credentials), RabbitAdmin.from_cluster(cluster)
+
+    def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                 cluster: ClusterSpec) -> Any:
+        from tether.backups.rabbitmq import summary
+
+        return summary(*self._parts(credentials, cluster))
+
+    def _dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+              dest: Path, box: Any) -> SealedInfo:
+        from tether.backups.rabbitmq import dump_sealed
+
+        target, admin = self._parts(credentials, cluster)
+        return dump_sealed(target, dest, box, admin)
+
+    def restore(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec, path: Path, key_sealed: str, box: Any,
+                sha256: str) -> None:
+        from tether.backups.rabbitmq import restore_sealed
+
+        target, admin = self._parts(credentials, cluster)
+        restore_sealed(target, path, key_sealed, box, sha256, admin)
+
+    def check_plain(self, head: bytes) -> None:
+        if not head.lstrip().startswith(b"{"):
+            raise UserError("the file is not a RabbitMQ definitions backup (JSON): upload a "
+                            "file made by `tether backup download`")
+
+
+class SearchEngine(_SummedAround):
+    """An instance's indices as NDJSON (settings, mappings, documents) with its own
+    credentials (tether.backups.search)."""
+
+    format = "search-ndjson-1"
+    upload_accepts = "a Tether search backup (NDJSON)"
+
+    @staticmethod
+    def _target(credentials: Mapping[str, Any]) -> Any:
+        from tether.backups.search import SearchTarget
+
+        return SearchTarget.from_credentials(credentials)
+
+    def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                 cluster: ClusterSpec) -> Any:
+        from tether.backups.search import summary
+
+        return summary(self._target(credentials))
+
+    def _dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+              dest: Path, box: Any) -> SealedInfo:
+        from tether.backups.search import dump_sealed
+
+        return dump_sealed(self._target(credentials), dest, box)
+
+    def restore(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec, path: Path, key_sealed: str, box: Any,
+                sha256: str) -> None:
+        from tether.backups.search import restore_sealed
+
+        restore_sealed(self._target(credentials), path, key_sealed, box, sha256)
+
+    def check_plain(self, head: bytes) -> None:
+        if not head.lstrip().startswith(b"{"):
+            raise UserError("the file is not a search backup (NDJSON): upload a file made by "
+                            "`tether backup download`")
+
+
+class MediaEngine:
+    """Every object with its content type, as one tar with a manifest (tether.backups.media),
+    with the instance's own credentials; the summary is the manifest's, of exactly what was
+    backed up."""
+
+    format = "tether-media-tar-1"
+    upload_accepts = "a Tether media archive (tar)"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def _target(self, credentials: Mapping[str, Any], cluster: ClusterSpec) -> Any:
+        from tether.backups.media import target_from_credentials
+
+        endpoint = None
+        if self.kind == "s3":
+            from tether.providers import s3
+
+            endpoint = s3._Target.parse(cluster).endpoint
+        elif self.kind == "azure-blob":
+            from tether.providers import azure_blob
+
+            endpoint = azure_blob._Target.parse(cluster).endpoint
+        return target_from_credentials(self.kind, credentials, endpoint)
+
+    def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
+             dest: Path, box: Any) -> tuple[SealedInfo, dict[str, Any]]:
+        from tether.backups.media import dump_sealed_with_summary
+
+        info, found = dump_sealed_with_summary(self._target(credentials, cluster), dest, box)
+        return info, _plain(found)
+
+    def restore(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec, path: Path, key_sealed: str, box: Any,
+                sha256: str) -> None:
+        from tether.backups.media import restore_sealed
+
+        restore_sealed(self._target(credentials, cluster), path, key_sealed, box, sha256)
+
+    def check_plain(self, head: bytes) -> None:
+        if head[257:262] != b"ustar":  # every tar member header holds its magic there
+            raise UserError("the file is not a media archive (tar): upload a file made by "
+                            "`tether backup download`")
+
+    def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
+                cluster: ClusterSpec) -> dict[str, Any]:
+        from tether.backups.media import summary
+
+        return _plain(summary(self._target(credentials, cluster)))
+
+    def differences(self, recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
+        out = []
+        if recorded.get("objects") != found.get("objects"):
+            out.append(f"{found.get('objects')} objects, the backup {recorded.get('objects')}")
+        if recorded.get("checksum") != found.get("checksum"):
+            out.append("the objects' contents or content types differ from the backup's")
+        return out
+
+
+_ENGINES: dict[str, BackupEngine] = {
+    "postgres": PostgresEngine(),
+    "mysql": MySQLEngine(),
+    "rabbitmq": RabbitEngine(),
+    "elasticsearch": SearchEngine(),
+    "local-files": MediaEngine("local-files"),
+    "s3": MediaEngine("s3"),
+    "azure-blob": MediaEngine("azure-blob"),
+}
 
 
 def supported_kinds() -> list[str]:

@@ -206,3 +206,43 @@ def test_upload_of_a_plain_dump_and_refusals(env: tuple[Context, Engine], tmp_pa
         backups.restore(ctx, int(made["id"]), prefix="OTHER", confirm="OTHER")
     with pytest.raises(UserError, match="different environments"):
         backups.copy(ctx, "shop", "DEFAULT", "live", "live", confirm="DEFAULT")
+
+
+def test_media_and_database_backed_up_together_and_verified(env: tuple[Context, Engine]) -> None:
+    """An environment's whole backup takes each service with data through its own engine
+    (PostgreSQL and local media files here), verifies both, and restores one of them."""
+    ctx, _ = env
+    view = services.add(ctx, "shop", "live", "local-media", "MEDIA", provision=True)
+    assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
+    with ctx.store.session() as s:
+        inst = s.scalars(select(Instance).where(Instance.prefix == "MEDIA",
+                                                Instance.state != "removed")).one()
+        media = Path(ctx.box.open(inst.credentials_enc)["directory"])
+    (media / "img").mkdir()
+    (media / "img" / "logo.png").write_bytes(os.urandom(50_000))
+    (media / "notes.txt").write_text("kept")
+    fill(dsn_of(ctx, "live"), 20, "m")
+    made = backups.create(ctx, "shop", "live", verify=True)
+    op = finished(ctx, made)
+    assert op["status"] == "succeeded", op
+    shown = backups.show(ctx, int(made["id"]))
+    assert {f["prefix"]: f["format"] for f in shown["files"]} == {
+        "DEFAULT": "pg_dump-custom", "MEDIA": "tether-media-tar-1"}
+    assert shown["verification"] == "passed", shown["verification_detail"]
+
+    (media / "notes.txt").unlink()
+    (media / "img" / "logo.png").write_bytes(b"changed")
+    (media / "later.txt").write_text("not in the backup")
+    with pytest.raises(UserError, match="--prefix"):
+        backups.restore(ctx, int(made["id"]), confirm="MEDIA")
+    op = finished(ctx, backups.restore(ctx, int(made["id"]), prefix="MEDIA", confirm="MEDIA"))
+    assert op["status"] == "succeeded", op
+    assert (media / "notes.txt").read_text() == "kept"
+    assert len((media / "img" / "logo.png").read_bytes()) == 50_000
+    assert not (media / "later.txt").exists()
+    # a media backup is refused for a database of the same prefix
+    view = services.add(ctx, "shop", "test", "postgres", "MEDIA", provision=True)
+    assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
+    with pytest.raises(UserError, match="same kind"):
+        backups.restore(ctx, int(made["id"]), prefix="MEDIA", to_env="test",
+                        confirm="MEDIA")

@@ -213,26 +213,25 @@ def _option_value(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _events_readable(target: MySQLTarget) -> bool:
-    """Whether the login may read the database's events (the EVENT right; ALL includes it)."""
-    with _connect(target) as conn, conn.cursor() as cur:
-        try:
-            cur.execute("SHOW EVENTS")
-        except pymysql.err.MySQLError:
-            return False
-        return True
+def _dump_checks(target: MySQLTarget) -> tuple[list[str], bool]:
+    """One connection (a PyMySQL connect costs ~0.1 s of TLS set-up here) for what the dump
+    needs to know first, which also makes a wrong password fail before any program runs:
 
-
-def _hidden_routines(target: MySQLTarget) -> list[str]:
-    """The routines of the database whose body the login may not read: on MariaDB before 11.3
-    (no SHOW CREATE ROUTINE right) and MySQL (SHOW_ROUTINE is global only) only a routine's
-    definer, or a user with rights on mysql.proc/every routine, may. After a credentials
-    rotation the routines the earlier login created are such routines."""
+    - the routines of the database whose body the login may not read: on MariaDB before 11.3
+      (no SHOW CREATE ROUTINE right) and MySQL (SHOW_ROUTINE is global only) only a routine's
+      definer, or a user with rights on mysql.proc/every routine, may. After a credentials
+      rotation the routines the earlier login created are such routines;
+    - whether the login may read the database's events (the EVENT right; ALL includes it)."""
     with _connect(target) as conn, conn.cursor() as cur:
         cur.execute("SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES "
                     "WHERE ROUTINE_SCHEMA = %s AND ROUTINE_DEFINITION IS NULL "
                     "ORDER BY 1, 2", (target.database,))
-        return [f"{kind.lower()} {name}" for kind, name in cur.fetchall()]
+        hidden = [f"{kind.lower()} {name}" for kind, name in cur.fetchall()]
+        try:
+            cur.execute("SHOW EVENTS")
+        except pymysql.err.MySQLError:
+            return hidden, False
+        return hidden, True
 
 
 def _dump_args(target: MySQLTarget, options: Path, what: list[str], mysql: bool) -> list[str]:
@@ -301,13 +300,13 @@ def dump_stream(target: MySQLTarget, routines_reader: MySQLTarget | None = None
     takes a cut-short dump for a whole one. Close the iterator (or exhaust it) to stop it.
 
     Routines whose body the instance's login may not read (defined by an earlier login, see
-    `_hidden_routines`) need `routines_reader`: a login that may read every routine of the
+    `_dump_checks`) need `routines_reader`: a login that may read every routine of the
     database (the cluster's admin; same host, port and database, its own user and password).
     It is used only then, and only to read the routines (`--routines --no-data
     --no-create-info`), in a second dump appended to the first (the routines are then read a
     moment after the snapshot of the rest). Without it such a database fails with a message
     that says so: a dump without them would not be a whole backup."""
-    hidden = _hidden_routines(target)
+    hidden, events = _dump_checks(target)
     if hidden and routines_reader is None:
         raise BackupError(
             f"the login {target.user} may not read the routines {', '.join(hidden)} of "
@@ -316,7 +315,7 @@ def dump_stream(target: MySQLTarget, routines_reader: MySQLTarget | None = None
             "its definer or an administrator): back up with the cluster's administrator "
             "reading the routines, or re-create the routines with the current login")
     what = ["--triggers", "--skip-routines" if hidden else "--routines",
-            "--events" if _events_readable(target) else "--skip-events"]
+            "--events" if events else "--skip-events"]
     parts = [(target, what)]
     if hidden and routines_reader is not None:
         parts.append((MySQLTarget(host=target.host, port=target.port,

@@ -6,9 +6,10 @@ a final `ClusterError` fails it at once with its reason. Each provider knows its
 exception types and error codes; what they share is here: the errno values and the words of an
 unreachable server, and keeping the kind of an error when a message is wrapped around it.
 
-Also shared: reading an HTTP admin URL without ever quoting it (`http_admin_url`), the checks of
-resource names (`check_names`), the one-line, secret-free reason of a
-client library's error (`first_line`), and the per-instance limits on shared clusters
+Also shared: reading an HTTP admin URL without ever quoting it (`http_admin_url`), the client
+that talks to it (`http_admin_client`) and what a failed request means (`http_failure`), the
+checks of resource names (`check_names`), the one-line, secret-free reason of a client library's
+error (`first_line`), and the per-instance limits on shared clusters
 (`instance_limit`), so one tenant cannot take every connection slot of a server and lock the
 others out.
 """
@@ -23,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import httpx
 
 from tether.errors import ClusterError, TransientError
 from tether.providers.base import ClusterSpec, ResourceNames
@@ -227,6 +230,60 @@ def is_transient(exc: BaseException) -> bool:
 def cluster_error(message: str, transient: bool) -> ClusterError:
     """A `TransientError` when the failure may pass, else a final `ClusterError`."""
     return TransientError(message) if transient else ClusterError(message)
+
+
+# -- HTTP admin APIs ------------------------------------------------------------------------------
+
+
+def http_admin_client(user: str, password: str | None, timeout: httpx.Timeout) -> httpx.Client:
+    """An HTTP client as an API's admin: basic auth (an empty password when the URL has none:
+    the server's 401 then says to add it), JSON bodies, `timeout` by default, and redirects not
+    followed (a redirect would not be the API the URL names)."""
+    return httpx.Client(auth=(user, password or ""), timeout=timeout, follow_redirects=False,
+                        headers={"content-type": "application/json"})
+
+
+def waited_for(exc: httpx.TimeoutException, timeout: httpx.Timeout) -> float | None:
+    """The seconds of `timeout` that ran out in `exc`: connecting, writing the request, waiting
+    for a connection of the pool, or (any other timeout) reading the answer."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return timeout.connect
+    if isinstance(exc, httpx.WriteTimeout):
+        return timeout.write
+    if isinstance(exc, httpx.PoolTimeout):
+        return timeout.pool
+    return timeout.read
+
+
+def http_failure(exc: httpx.HTTPError, *, api: str, where: str, request: str,
+                 timeout: httpx.Timeout, endpoint: str, fix: str,
+                 secrets: Iterable[str | None]) -> ClusterError:
+    """What a request to an HTTP admin API that got no answer means, as the error to raise
+    (`raise http_failure(...) from None`: httpx's own message may quote the URL).
+
+    - A timeout is a `TransientError` that names the seconds waited and `request` ("GET /x"),
+      and says to check that `where` is `endpoint` (e.g. "the management API (port 15672 by
+      default, not AMQP's 5672)"): an address that accepts but never answers is often another
+      port of the same server.
+    - Any other failure says it cannot reach `api` at `where`, then `fix`, then httpx's reason
+      (its first line, without any of `secrets`). It is transient when the connection was
+      refused, cut or reset (`httpx.NetworkError`, `httpx.RemoteProtocolError`) and the cause
+      is not final (a certificate that does not verify, a host name that does not resolve:
+      `is_final`); anything else (an invalid URL, too many redirects...) is final.
+
+    `api` names the API as a message begins ("the RabbitMQ management API"); `where` is
+    host:port, safe to show."""
+    if isinstance(exc, httpx.TimeoutException):
+        waited = waited_for(exc, timeout)
+        within = f"within {waited:g} s" if waited is not None else "in time"
+        return TransientError(
+            f"{api} at {where} timed out: no answer {within} to {request}. Check that {where} "
+            f"is {endpoint}, that the server runs and is not overloaded, and that no firewall "
+            "drops the traffic")
+    detail = first_line(str(exc) or type(exc).__name__, secrets)
+    transient = (isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
+                 and not is_final(exc))
+    return cluster_error(f"cannot reach {api} at {where}: {fix} ({detail})", transient)
 
 
 def rewrap(exc: ClusterError, message: str) -> ClusterError:

@@ -134,8 +134,9 @@ from tether.providers.common import (
     cluster_error,
     first_line,
     host_in_url,
+    http_admin_client,
     http_admin_url,
-    is_final,
+    http_failure,
     rewrap,
 )
 
@@ -315,26 +316,17 @@ class _Api:
         t = self.target
         url = f"{t.base}{path}"
         try:
-            if auth:
-                response = self.client.request(method, url, json=body, timeout=timeout)
-            else:
-                response = self.client.request(method, url, json=body, timeout=timeout,
-                                               auth=None)
-        except httpx.TimeoutException as exc:
-            waited = timeout.connect if isinstance(exc, httpx.ConnectTimeout) else timeout.read
-            raise cluster_error(
-                f"the search cluster at {t.where} timed out: no answer within {waited:g} s to "
-                f"{method} {path}. Check that {t.where} is its HTTP API (port 9200 by default, "
-                "not the transport port 9300), that the server runs and is not overloaded, and "
-                "that no firewall drops the traffic", transient=True) from None
+            response = self.client.request(
+                method, url, json=body, timeout=timeout,
+                auth=httpx.USE_CLIENT_DEFAULT if auth else None)
         except httpx.HTTPError as exc:
-            detail = first_line(str(exc) or type(exc).__name__, self.secrets)
-            transient = (isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
-                         and not is_final(exc))
-            raise cluster_error(
-                f"cannot reach the search cluster at {t.where}: check that the server runs and "
-                f"that the scheme, host and port in the cluster URL are right ({detail})",
-                transient) from None
+            raise http_failure(
+                exc, api="the search cluster", where=t.where, request=f"{method} {path}",
+                timeout=timeout,
+                endpoint="its HTTP API (port 9200 by default, not the transport port 9300)",
+                fix="check that the server runs and that the scheme, host and port in the "
+                    "cluster URL are right",
+                secrets=self.secrets) from None
         if not auth or response.status_code in as_is:
             return response
         if response.status_code == 404 and ok_missing:
@@ -446,9 +438,7 @@ class ElasticsearchProvider(ProviderBase):
     @contextmanager
     def _api(self, cluster: ClusterSpec, *extra_secrets: str) -> Iterator[_Api]:
         target = _Target.of(cluster)
-        auth = (target.user, target.password or "")
-        with httpx.Client(auth=auth, timeout=TIMEOUT, follow_redirects=False,
-                          headers={"content-type": "application/json"}) as client:
+        with http_admin_client(target.user, target.password, TIMEOUT) as client:
             yield _Api(target, client, (target.password, cluster.url, *extra_secrets))
 
     @staticmethod

@@ -71,9 +71,10 @@ from tether.providers.common import (
     check_names,
     cluster_error,
     host_in_url,
+    http_admin_client,
     http_admin_url,
+    http_failure,
     instance_limit,
-    is_final,
     rewrap,
 )
 from tether.redact import redact
@@ -162,22 +163,15 @@ class _Api:
         t = self.target
         try:
             response = self.client.request(method, f"{t.api}{path}", json=body, timeout=timeout)
-        except httpx.TimeoutException as exc:
-            waited = timeout.connect if isinstance(exc, httpx.ConnectTimeout) else timeout.read
-            raise cluster_error(
-                f"the RabbitMQ management API at {t.where} timed out: no answer within "
-                f"{waited:g} s to {method} {path}. Check that {t.where} is the management API "
-                "(port 15672 by default, not AMQP's 5672), that the server runs and is not "
-                "overloaded, and that no firewall drops the traffic", transient=True) from None
         except httpx.HTTPError as exc:
-            detail = redact(str(exc) or type(exc).__name__, self.secrets)
-            transient = (isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
-                         and not is_final(exc))
-            raise cluster_error(
-                f"cannot reach the RabbitMQ management API at {t.where}: check that the server "
-                "runs, that the management plugin is enabled (rabbitmq-plugins enable "
-                "rabbitmq_management) and that the host and port in the cluster URL are right "
-                f"({detail})", transient) from None
+            raise http_failure(
+                exc, api="the RabbitMQ management API", where=t.where,
+                request=f"{method} {path}", timeout=timeout,
+                endpoint="the management API (port 15672 by default, not AMQP's 5672)",
+                fix="check that the server runs, that the management plugin is enabled "
+                    "(rabbitmq-plugins enable rabbitmq_management) and that the host and port "
+                    "in the cluster URL are right",
+                secrets=self.secrets) from None
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code == 401:
@@ -250,9 +244,7 @@ class RabbitMQProvider(ProviderBase):
     @contextmanager
     def _api(self, cluster: ClusterSpec, *extra_secrets: str) -> Iterator[_Api]:
         target = _Target.of(cluster)
-        auth = (target.user, target.password or "")
-        with httpx.Client(auth=auth, timeout=TIMEOUT, follow_redirects=False,
-                          headers={"content-type": "application/json"}) as client:
+        with http_admin_client(target.user, target.password, TIMEOUT) as client:
             yield _Api(target, client, (target.password, cluster.url, *extra_secrets))
 
     @staticmethod

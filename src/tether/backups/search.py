@@ -30,7 +30,9 @@ provider: another tenant can end a scroll; the backup then fails, it is never cu
 
 "Replace" (`restore_stream`): every index of the instance (`PREFIX` and `PREFIX-…`, hidden and
 closed ones too) is deleted, then each index of the backup is created with its settings and
-mappings and its documents bulk-indexed, and the indices are refreshed. Restoring into another
+mappings and its documents bulk-indexed, and the indices are refreshed. Blocks the instance set on
+its own indices (`index.blocks.metadata`, `read_only`) are cleared before the deletion, as the
+instance. Restoring into another
 instance renames the backup's prefix to the target's (`live_i1-notes` → `test_i7-notes`).
 Not atomic: the server has no transaction over indices. A restore that fails half-way leaves
 the instance with some of the backup's indices, possibly one of them partly filled; running it
@@ -368,7 +370,18 @@ def _renamed(name: str, old: str, new: str) -> str:
     return new + name[len(old):]
 
 
+#: index blocks the instance may set on its own indices that stop their deletion, in the order
+#: they can be cleared (one per request: a request with several is refused under the block)
+_DELETE_BLOCKS = ("index.blocks.metadata", "index.blocks.read_only")
+
+
 def _delete_all(api: _Api) -> None:
+    """Delete every index of the instance, clearing first (as the instance, which may update
+    its indices' settings) the blocks that would make the deletion fail."""
+    p = quote(api.target.prefix, safe="")
+    for setting in _DELETE_BLOCKS:  # by pattern: under a metadata block, listing is refused
+        api.call("PUT", f"/{p},{p}-*/_settings?expand_wildcards=all&ignore_unavailable=true"
+                        "&allow_no_indices=true", {setting: None}, ok_missing=True)
     names = sorted(api.indices())
     for i in range(0, len(names), _DELETE_BATCH):
         batch = ",".join(quote(n, safe="") for n in names[i:i + _DELETE_BATCH])

@@ -269,3 +269,19 @@ def test_a_closed_index_fails_the_backup(instance: Callable[[str], Instance], bo
         dump_sealed(live.target, tmp_path / "b.sealed", box)
     assert list(tmp_path.iterdir()) == []
     assert live.target.password not in repr(live.target)
+
+
+def test_restore_over_blocked_indices(instance: Callable[[str], Instance], box: SecretBox,
+                                      tmp_path: Path) -> None:
+    """Blocks the instance may set on its own indices would stop their deletion: the restore
+    clears them (as the instance) and replaces the indices."""
+    live = instance("a")
+    live.ok("PUT", f"/{live.prefix}/_doc/1?refresh=true", {"a": 1})
+    before = summary(live.target)
+    info = dump_sealed(live.target, tmp_path / "b.sealed", box)
+    live.ok("PUT", f"/{live.prefix}-ro/_doc/1?refresh=true", {"a": 2})
+    live.ok("PUT", f"/{live.prefix}-ro/_settings", {"index.blocks.read_only": True})
+    live.ok("PUT", f"/{live.prefix}/_settings", {"index.blocks.metadata": True})
+    restore_sealed(live.target, tmp_path / "b.sealed", info.key_sealed, box, info.sha256)
+    assert summary(live.target) == before
+    assert live.indices() == [live.prefix]

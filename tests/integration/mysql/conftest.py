@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 from tests.conftest import world_traversable_tmpdir
+from tests.integration.names import unique_names
 from tether.errors import ClusterError
 from tether.net import free_port
 from tether.providers.base import ClusterSpec, ResourceNames
@@ -89,17 +90,12 @@ def mysql_cluster(mysql_server: MySQLServer) -> ClusterSpec:
 @pytest.fixture
 def make_mysql_names(mysql_cluster: ClusterSpec,
                      unique_id: str) -> Iterator[Callable[[str], ResourceNames]]:
-    """Resource names unique to this run; whatever they name is deprovisioned at the end."""
-    made: list[ResourceNames] = []
-
-    def make(suffix: str) -> ResourceNames:
-        names = ResourceNames(base=f"tether_t{unique_id}{suffix}")
-        made.append(names)
-        return names
-
-    yield make
-    for names in made:
+    """Resource names unique to this test; whatever they name is deprovisioned at the end."""
+    def remove(names: ResourceNames) -> None:
         MySQLProvider().deprovision(mysql_cluster, names)
+
+    with unique_names(unique_id, remove) as make:
+        yield make
 
 
 @pytest.fixture

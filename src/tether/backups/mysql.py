@@ -31,7 +31,8 @@ when Tether runs as root the program runs as the `tether` service user. No dump 
 `BackupError` that names the package to install.
 
 Restore (`restore_stream`, `restore_sealed`, `restore_plain`) runs each statement of the dump
-over its own connection (PyMySQL, one statement per query, LOCAL INFILE off), never through the
+over its own connection (PyMySQL, one statement per query and no multi-statement queries,
+LOCAL INFILE off), never through the
 `mysql` client (whose `system`, `source`, `connect` commands an uploaded file could use). Every
 statement is classified first (`_classify`):
 
@@ -162,6 +163,10 @@ def _ident(name: str) -> str:
 
 
 def _connect(target: MySQLTarget, **kwargs: Any) -> pymysql.Connection:
+    """The login's connection to its database. Never with CLIENT.MULTI_STATEMENTS (PyMySQL's
+    default): each query is one statement, so where Tether's splitter and the server's parser
+    disagree (e.g. a dump that sets NO_BACKSLASH_ESCAPES), a statement Tether did not classify
+    cannot ride along behind one it did: the server refuses the query instead."""
     try:
         return pymysql.connect(host=target.host, port=target.port, user=target.user,
                                password=target.password, database=target.database,

@@ -320,6 +320,27 @@ def test_plain_dump_with_a_forbidden_statement_is_refused_before_anything_change
     assert run(target, "SELECT 1") == [(1,)]
 
 
+def test_a_second_statement_the_splitter_did_not_see_never_runs(
+        instance: Callable[[str], MySQLTarget], tmp_path: Path) -> None:
+    """Where Tether's splitter and the server's parser disagree, a second statement hidden in an
+    allowed one must not run. Here the dump turns backslash escapes off: the splitter (which
+    reads backslash escapes, as in every mysqldump file) sees one INSERT, the server an INSERT
+    and a SET PASSWORD. Restores send one statement per query without MULTI_STATEMENTS, so the
+    server refuses the pair (the restore fails; the password is unchanged)."""
+    target = instance("c")
+    path = tmp_path / "hidden.sql"
+    path.write_text("SET sql_mode = 'NO_BACKSLASH_ESCAPES';\nCREATE TABLE t (x TEXT);\n"
+                    "INSERT INTO t VALUES ('a\\'); SET PASSWORD = PASSWORD(0x6f776e6564); "
+                    "-- ');\n")
+    assert len(list(split_statements([path.read_bytes()]))) == 3
+    with pytest.raises(BackupError, match="syntax"):
+        restore_plain(target, path)
+    assert run(target, "SELECT 1") == [(1,)]  # the instance's password still works
+    with pytest.raises(pymysql.err.OperationalError):
+        connect(MySQLTarget(host=target.host, port=target.port, user=target.user,
+                            password="owned", database=target.database))
+
+
 def fill_small(target: MySQLTarget) -> None:
     run(target, "CREATE TABLE keep (id INT PRIMARY KEY, v TEXT)",
         "INSERT INTO keep VALUES (1, 'one'), (2, 'two')")

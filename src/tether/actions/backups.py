@@ -8,6 +8,7 @@ the work. Only `completed` sets are listed as restorable."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterable
 
@@ -31,6 +32,7 @@ from tether.errors import Conflict, NotFound, UserError
 from tether.store.models import (
     Backup,
     BackupFile,
+    BackupSchedule,
     Environment,
     Instance,
     Operation,
@@ -358,3 +360,71 @@ def download_file(ctx: Context, backup_id: int, prefix: str | None) -> tuple[int
         audit(s, ctx.actor, "backup downloaded", environment_id=env.id,
               detail=f"backup {backup_id} ({prefix})")
         return f.id, f"{env.project.name}-{env.name}-{prefix}-{backup_id}.{ext}", f.format
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def schedule_view(schedule: BackupSchedule | None, env: Environment) -> dict[str, object]:
+    if schedule is None:
+        return {"environment": env.name, "enabled": False}
+    return {"environment": env.name, "enabled": True, "at": schedule.at, "timezone": "UTC",
+            "keep_daily": schedule.keep_daily, "keep_weekly": schedule.keep_weekly,
+            "keep_monthly": schedule.keep_monthly,
+            "verify_every_days": schedule.verify_every_days,
+            "last_run_on": schedule.last_run_on, "updated_by": schedule.updated_by,
+            "updated_at": iso(schedule.updated_at)}
+
+
+def show_schedule(ctx: Context, project: str | None, env_name: str) -> dict[str, object]:
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name, Need.READ)
+        return schedule_view(s.get(BackupSchedule, env.id), env)
+
+
+def set_schedule(ctx: Context, project: str | None, env_name: str, at: str,
+                 keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 12,
+                 verify_every_days: int = 7) -> dict[str, object]:
+    """Back the environment up every day at `at` (HH:MM, UTC), keeping that many daily, weekly
+    and monthly backups, and verify one when the last verification is older than
+    `verify_every_days`."""
+    if not _HHMM.fullmatch(at or ""):
+        raise UserError(f"--at {at!r} is not a time of day: give HH:MM in UTC, e.g. 03:30")
+    for name, value, top in (("keep-daily", keep_daily, 366), ("keep-weekly", keep_weekly, 520),
+                             ("keep-monthly", keep_monthly, 1200),
+                             ("verify-every", verify_every_days, 366)):
+        if not 0 <= value <= top:
+            raise UserError(f"--{name} must be between 0 and {top}, not {value}")
+    if keep_daily + keep_weekly + keep_monthly == 0:
+        raise UserError("a schedule that keeps no backup deletes each one it makes: keep at "
+                        "least one (e.g. --keep-daily 7)")
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name, Need.CHANGE)
+        sets.storage_cluster(s, env.project.region)  # refused now, not at 3 am
+        schedule = s.get(BackupSchedule, env.id)
+        if schedule is None:
+            schedule = BackupSchedule(environment_id=env.id, at=at, updated_by=ctx.actor)
+            s.add(schedule)
+        if schedule.at != at:
+            schedule.last_run_on = None  # a new time today runs today
+        schedule.at, schedule.keep_daily, schedule.keep_weekly = at, keep_daily, keep_weekly
+        schedule.keep_monthly, schedule.verify_every_days = keep_monthly, verify_every_days
+        schedule.updated_by, schedule.updated_at = ctx.actor, utcnow()
+        audit(s, ctx.actor, "backup schedule set", environment_id=env.id,
+              detail=f"daily at {at} UTC, keeping {keep_daily} daily, {keep_weekly} weekly, "
+                     f"{keep_monthly} monthly")
+        s.flush()
+        return schedule_view(schedule, env)
+
+
+def remove_schedule(ctx: Context, project: str | None, env_name: str) -> dict[str, object]:
+    """No more scheduled backups (the ones made are kept until deleted)."""
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name, Need.CHANGE)
+        schedule = s.get(BackupSchedule, env.id)
+        if schedule is not None:
+            s.delete(schedule)
+            audit(s, ctx.actor, "backup schedule removed", environment_id=env.id)
+        return schedule_view(None, env)

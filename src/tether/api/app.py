@@ -56,6 +56,7 @@ from tether.api.models import (
     ProjectQuery,
     RegionQuery,
     RestoreIn,
+    ScheduleIn,
     ServiceIn,
     SessionIn,
     TokenIn,
@@ -220,6 +221,21 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         operation of the worker; with `verify`, then restore it into a scratch copy and compare.
         The set is listed (`restorable`) once every file is stored."""
         return await call(backups.create, ctx, project, env, body.prefixes, body.verify)
+
+    @api.get(env_path + "/backup-schedule", tags=["backups"])
+    async def show_schedule(ctx: Ctx, project: ProjectPath, env: EnvPath) -> dict[str, Any]:
+        return await call(backups.show_schedule, ctx, project, env)
+
+    @api.put(env_path + "/backup-schedule", tags=["backups"])
+    async def set_schedule(ctx: Ctx, project: ProjectPath, env: EnvPath,
+                           body: ScheduleIn) -> dict[str, Any]:
+        """Back up every service with data every day at `at` (UTC), with retention."""
+        return await call(backups.set_schedule, ctx, project, env, body.at, body.keep_daily,
+                          body.keep_weekly, body.keep_monthly, body.verify_every_days)
+
+    @api.delete(env_path + "/backup-schedule", tags=["backups"])
+    async def remove_schedule(ctx: Ctx, project: ProjectPath, env: EnvPath) -> dict[str, Any]:
+        return await call(backups.remove_schedule, ctx, project, env)
 
     @api.get("/projects/{project}/backups", tags=["backups"])
     async def list_backups(ctx: Ctx, project: ProjectPath, env: EnvQuery = None,

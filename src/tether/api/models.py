@@ -131,6 +131,17 @@ class RestoreIn(BaseModel):
     confirm: Annotated[str | None, _text(PREFIX)] = None
 
 
+class ScheduleIn(BaseModel):
+    """Back up every day at `at` (HH:MM, UTC); keep so many daily, weekly and monthly backups;
+    verify one when the last verification is older than `verify_every_days`."""
+
+    at: Annotated[str, _text(5, min_length=4)] = Field(examples=["03:30"])
+    keep_daily: int = Field(7, ge=0, le=366)
+    keep_weekly: int = Field(4, ge=0, le=520)
+    keep_monthly: int = Field(12, ge=0, le=1200)
+    verify_every_days: int = Field(7, ge=0, le=366)
+
+
 class CopyIn(BaseModel):
     """Copy the service of the same prefix `source` environment -> this one."""
 

@@ -5,7 +5,7 @@ which scheduled backups retention keeps."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,13 +55,16 @@ def backed_up_by_default(s: Session, env: Environment) -> list[Instance]:
 
 
 def new_set(s: Session, env: Environment, instances: Iterable[Instance], origin: str,
-            actor: str) -> Backup:
-    """A `running` set with one pending file per instance (flushed: it has its ids)."""
+            actor: str, created_at: datetime | None = None) -> Backup:
+    """A `running` set with one pending file per instance (flushed: it has its ids).
+    `created_at`: the moment it is of (a scheduled backup: its scheduler's clock, which
+    retention reads); default now."""
     project = s.get(Project, env.project_id)
     assert project is not None
     backup = Backup(environment_id=env.id, origin=origin, status="running",
                     storage_cluster_id=storage_cluster(s, project.region).id,
-                    requested_by=actor, size=0)
+                    requested_by=actor, size=0,
+                    **({"created_at": created_at} if created_at is not None else {}))
     s.add(backup)
     s.flush()
     for inst in instances:
@@ -105,7 +108,3 @@ def kept(backups: Iterable[tuple[int, datetime]], daily: int, weekly: int,
     newest_per(lambda d: d.isocalendar()[:2], weekly)
     newest_per(lambda d: (d.year, d.month), monthly)
     return keep
-
-
-def day_of(moment: datetime) -> date:
-    return moment.date()

@@ -223,3 +223,44 @@ def delete(backup_id: IdArg, no_wait: NoWaitOpt = False, json_: JsonOpt = False)
         view = client.delete(f"/backups/{seg(backup_id)}")
         _finish(client, view, f"deleting backup {backup_id}", no_wait,
                 f"backup {backup_id} is deleted")
+
+
+@app.command("schedule", epilog="Example: tether backup schedule live --at 03:30 --keep-daily 7 "
+                                "--keep-weekly 4 --keep-monthly 12")
+def schedule(env: EnvArg,
+             at: Annotated[str | None, typer.Option(
+                 "--at", metavar="HH:MM", help="Back up every day at this time (UTC).")] = None,
+             keep_daily: Annotated[int, typer.Option(
+                 "--keep-daily", min=0, help="Keep the newest backup of this many days.")] = 7,
+             keep_weekly: Annotated[int, typer.Option(
+                 "--keep-weekly", min=0, help="… of this many weeks.")] = 4,
+             keep_monthly: Annotated[int, typer.Option(
+                 "--keep-monthly", min=0, help="… of this many months.")] = 12,
+             verify_every: Annotated[int, typer.Option(
+                 "--verify-every", metavar="DAYS", min=0,
+                 help="Verify a scheduled backup when the last verification is older.")] = 7,
+             off: Annotated[bool, typer.Option("--off", help="Stop scheduled backups (those "
+                                                             "made are kept).")] = False,
+             project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Show, set (--at) or stop (--off) an environment's daily backups and their retention."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        path = env_path(name, env) + "/backup-schedule"
+        if off:
+            view = client.delete(path)
+        elif at is not None:
+            view = client.put(path, {"at": at, "keep_daily": keep_daily,
+                                     "keep_weekly": keep_weekly, "keep_monthly": keep_monthly,
+                                     "verify_every_days": verify_every})
+        else:
+            view = client.get(path)
+    if json_:
+        emit_json(view)
+    elif not view.get("enabled"):
+        say(f"{name}/{env} has no scheduled backups: set them with "
+            f"`tether backup schedule {env} --at 03:30`")
+    else:
+        say(f"{name}/{env} is backed up every day at {view['at']} UTC, keeping "
+            f"{view['keep_daily']} daily, {view['keep_weekly']} weekly and "
+            f"{view['keep_monthly']} monthly backups; verified every "
+            f"{view['verify_every_days']} days")

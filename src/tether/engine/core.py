@@ -4,8 +4,9 @@ One module per kind of work (CloudNativePG keeps one file per phase): `provision
 and remove one instance), `deploy` (an environment's deployment), `releases` (the releases that
 run), `private` (dedicated servers Tether runs), `reconcile` (the slow pass that finds and repairs
 drift), `rotation` (new credentials without downtime), `backups` (backup, restore, copy and
-verify), `worker` (leased operations). This module assembles them; it never imports
-`actions/`, and it never decides a state: `tether.lifecycle` does, through `store.records`."""
+verify), `schedules` (scheduled backups and retention), `worker` (leased operations). This
+module assembles them; it never imports `actions/`, and it never decides a state:
+`tether.lifecycle` does, through `store.records`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from tether.engine.provisioning import Provisioning
 from tether.engine.reconcile import Reconciler, configured_interval
 from tether.engine.releases import Releases
 from tether.engine.rotation import Rotation
+from tether.engine.schedules import Scheduler
+from tether.engine.schedules import configured_interval as schedule_interval
 from tether.engine.worker import Worker
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
@@ -51,6 +54,7 @@ class Engine:
             "delete-backup": self.backups.run_delete,
         }, node_id=node_id)
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
+        self.scheduler = Scheduler(self.parts)
 
     def start(self) -> None:
         self.private_servers.start()
@@ -61,6 +65,9 @@ class Engine:
         interval = configured_interval()
         if interval > 0:
             self.reconciler.start(interval)
+        every = schedule_interval()
+        if every > 0:
+            self.scheduler.start(every, self.worker.notify)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop in order: the drift pass, the worker (operations under way get what is left of
@@ -68,6 +75,7 @@ class Engine:
         servers."""
         until = time.monotonic() + timeout
         self.reconciler.stop(min(5.0, timeout / 3))
+        self.scheduler.stop(min(5.0, timeout / 3))
         self.worker.stop(max(0.0, until - time.monotonic()))
         if self.runtime:
             self.runtime.shutdown()

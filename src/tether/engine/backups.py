@@ -194,7 +194,12 @@ class Backups:
             backup.finished_at = utcnow()
             audit(s, actor, "backup failed", environment_id=backup.environment_id,
                   detail=f"backup {backup_id}: {reason}")
-        self.delete_files(backup_id)
+        try:
+            self.delete_files(backup_id)
+        except Exception:  # the storage is unreachable: the files stay, unreadable for good
+            with self.parts.store.session() as s:
+                for f in s.scalars(select(BackupFile).where(BackupFile.backup_id == backup_id)):
+                    f.key_sealed = None
 
     def delete_files(self, backup_id: int) -> int:
         """Delete a set's files from storage (idempotent); the records lose their keys."""

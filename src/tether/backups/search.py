@@ -19,7 +19,9 @@ Format (`FORMAT`), NDJSON, one JSON object a line:
 The settings kept (`KEPT_SETTINGS`) are those a user chooses: shards, replicas, analysis,
 similarity, refresh interval, result window, mapping limits, hidden; not the server's own
 (uuid, creation date, version). Aliases are not kept (an instance may not make aliases). The last
-line makes a cut-short stream recognisable.
+line makes a cut-short stream recognisable. What a document is restored from is its `_source`:
+fields a mapping leaves out of `_source` (`_source.excludes`) are not in the backup, and
+documents come back at version 1 (versions and sequence numbers are not kept).
 
 Reading: each index is read with a scroll sorted by `_doc` (the cheapest order), a page at a time,
 so memory stays at one page whatever the index's size; the number of documents read must equal
@@ -283,15 +285,24 @@ class _Index:
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    rest = b""
+    """The lines of a stream of chunks; a line longer than a chunk is gathered in one buffer
+    (each byte copied once), at most `MAX_LINE` bytes."""
+    rest = bytearray()
     for data in chunks:
-        rest += data
-        *lines, rest = rest.split(b"\n")
-        yield from lines
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if rest:
+                rest += data[start:end]
+                yield bytes(rest)
+                rest.clear()
+            else:
+                yield data[start:end]
+            start = end + 1
+        rest += data[start:]
         if len(rest) > MAX_LINE:
             raise _bad(f"a line is longer than {MAX_LINE >> 20} MiB")
     if rest:
-        yield rest
+        yield bytes(rest)
 
 
 def _json(line: bytes) -> dict[str, Any]:

@@ -240,6 +240,20 @@ def test_a_malformed_backup_deletes_nothing(instance: Callable[[str], Instance],
         check_stream([data[:7], data[7:]])
 
 
+def test_lines_split_anywhere_across_chunks() -> None:
+    """A backup is read the same whatever its chunks' sizes (a line across many chunks, a
+    chunk of many lines, empty chunks)."""
+    lines = [{"format": FORMAT, "prefix": "tether_src"},
+             {"index": {"name": "tether_src", "settings": {}, "mappings": {}}},
+             *({"doc": {"_id": str(i), "_source": {"v": "é" * (i * 37)}}} for i in range(50)),
+             {"end": {"indices": 1, "documents": 50}}]
+    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+    for size in (1, 7, 4096, len(data)):
+        check_stream([b"", *(data[i:i + size] for i in range(0, len(data), size)), b""])
+    with pytest.raises(NotASearchBackup):
+        check_stream([data[:-1], b"x\n"])  # the end line damaged
+
+
 def test_a_backup_naming_another_instance_stays_in_its_own_prefix(
         instance: Callable[[str], Instance]) -> None:
     """A hostile upload claiming the victim's prefix is renamed into the restoring instance's;

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -411,6 +412,8 @@ def test_a_stream_failing_midway_stops_the_restore_and_a_retry_converges(
 
     with pytest.raises(Damaged):
         restore_stream(filled, chunks())
+    # the statements are split by a thread (overlapping the server's work): it is gone
+    assert not [t for t in threading.enumerate() if t.name.startswith("tether-mysql-restore")]
     assert summary(filled) != before
     restore_sealed(filled, tmp_path / "a.sealed", info.key_sealed, box, info.sha256)
     assert summary(filled) == before

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -95,26 +95,6 @@ class App:
 @pytest.fixture(scope="session")
 def admin(search_admin_url: str) -> Admin:
     return Admin(search_admin_url)
-
-
-@pytest.fixture
-def cluster(search_admin_url: str) -> ClusterSpec:
-    return ClusterSpec(id=1, kind="elasticsearch", region="local", url=search_admin_url)
-
-
-@pytest.fixture
-def make_names(cluster: ClusterSpec, unique_id: str) -> Iterator[Callable[[str], ResourceNames]]:
-    """Resource names unique to this run; whatever they name is deprovisioned at the end."""
-    made: list[ResourceNames] = []
-
-    def make(suffix: str) -> ResourceNames:
-        names = ResourceNames(base=f"tether_t{unique_id}{suffix}")
-        made.append(names)
-        return names
-
-    yield make
-    for names in reversed(made):
-        PROVIDER.deprovision(cluster, names)
 
 
 def app_for(admin: Admin, creds: Credentials, password: str | None = None) -> App:

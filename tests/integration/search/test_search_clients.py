@@ -33,7 +33,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -57,27 +57,6 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning")]
 
 PROVIDER = ElasticsearchProvider()
-
-
-@pytest.fixture
-def cluster(opensearch_server: SearchNode) -> ClusterSpec:
-    return ClusterSpec(id=1, kind="elasticsearch", region="local",
-                       url=opensearch_server.admin_url)
-
-
-@pytest.fixture
-def make_names(cluster: ClusterSpec, unique_id: str) -> Iterator[Callable[[str], ResourceNames]]:
-    """Resource names unique to this run; whatever they name is deprovisioned at the end."""
-    made: list[ResourceNames] = []
-
-    def make(suffix: str) -> ResourceNames:
-        names = ResourceNames(base=f"tether_t{unique_id}{suffix}")
-        made.append(names)
-        return names
-
-    yield make
-    for names in reversed(made):
-        PROVIDER.deprovision(cluster, names)
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 // (values hidden until revealed), what can be done with it now and why not, and its history.
 
 import { api, envPath, seg } from './api.js';
+import { InstanceBackups } from './backups.js';
 import { byId, h, replace } from './dom.js';
 import {
   actionButtons,
@@ -27,6 +28,7 @@ const MASK = '••••••••';
 let revealed = null; // the variables' values, once the user asked to see them
 let lastSignature = null;
 let wake = null;
+const backups = new InstanceBackups(project, env, prefix);
 
 function row(label, ...content) {
   return [h('dt', {}, label), h('dd', {}, content)];
@@ -138,7 +140,11 @@ function render(inst, force = false) {
   byId('instance-title').replaceChildren(inst.prefix, ' ', stateBadge(inst));
   byId('instance-meta').textContent = `${inst.service} in ${project} / ${env}`;
   const box = byId('instance');
-  replace(box, summary(inst), actions(inst), variables(inst), history(inst));
+  // the backups section stays in place (never detached), so focus and what is typed there stay
+  for (const child of [...box.childNodes]) if (child !== backups.el) child.remove();
+  box.prepend(summary(inst), actions(inst));
+  if (!backups.el.isConnected) box.append(backups.el);
+  box.append(variables(inst), history(inst));
   box.removeAttribute('aria-busy');
   restoreFocus(key, box, 'reveal');
 }
@@ -146,6 +152,7 @@ function render(inst, force = false) {
 async function refresh() {
   try {
     render(await api('GET', path));
+    await backups.refresh();
   } catch (err) {
     if (err.status === 404) {
       replace(byId('instance'), h('p', { class: 'error-text' }, err.message),
@@ -159,7 +166,7 @@ async function refresh() {
 
 async function poll() {
   for (;;) {
-    const ms = lastInstance && isBusy(lastInstance) ? 1000 : 5000;
+    const ms = (lastInstance && isBusy(lastInstance)) || backups.busy() ? 1000 : 5000;
     await new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
       wake = () => { clearTimeout(timer); resolve(); };
@@ -171,4 +178,4 @@ async function poll() {
 
 initChrome([['Projects', '/'], [project, `/projects/${seg(project)}`], [env, projectHref],
   [prefix, null]]);
-refresh().then(poll);
+backups.loadEnvironments().then(refresh).then(poll);

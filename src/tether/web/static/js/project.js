@@ -3,6 +3,7 @@
 // API every second, so states and progress update without a reload; otherwise every 5 seconds.
 
 import { api, envPath, seg } from './api.js';
+import { EnvironmentBackups } from './backups.js';
 import { append, byId, h, replace, sleep } from './dom.js';
 import {
   actionButtons,
@@ -70,8 +71,10 @@ class EnvironmentPanel {
       id: `panel-${env.name}`, role: 'tabpanel', 'aria-labelledby': tab.id, class: 'panel',
       hidden: true, dataset: { env: env.name },
     });
+    this.backups = new EnvironmentBackups(project.name, env.name,
+      project.environments.map((e) => e.name));
     append(this.el, this.header(), this.servicesSection(), this.deploySection(),
-      this.variablesSection());
+      this.backups.el, this.variablesSection());
   }
 
   id(part) {
@@ -494,6 +497,7 @@ class EnvironmentPanel {
       this.renderDeployments(deployments);
       const running = deployments.find((d) => !FINISHED.has(d.status));
       if (running && this.following === null) this.follow(running.id);
+      await this.backups.refresh();
       const signature = JSON.stringify(instances.map((i) => [i.prefix, i.state]));
       if (signature !== this.varSignature) {
         this.varSignature = signature;
@@ -506,7 +510,7 @@ class EnvironmentPanel {
   }
 
   busy() {
-    return this.following !== null || this.instances.some(isBusy);
+    return this.following !== null || this.instances.some(isBusy) || this.backups.busy();
   }
 
   /** Cut the current wait short, e.g. when something was just asked. */

@@ -164,6 +164,9 @@ export function confirmRemove(inst) {
       autocapitalize: 'characters', required: true });
     const confirm = h('button', { type: 'submit', value: 'remove', class: 'danger',
       disabled: true }, 'Remove for good');
+    // Cancel is a plain button: the confirm button is the form's only (so default) submit
+    // button, and Enter in the field confirms once the prefix is typed, never cancels
+    const cancel = h('button', { type: 'button' }, 'Cancel');
     const form = h('form', { method: 'dialog' },
       h('h2', { id: titleId }, `Remove ${inst.prefix}?`),
       h('p', { class: 'warning' },
@@ -173,10 +176,10 @@ export function confirmRemove(inst) {
         h('label', { for: inputId }, 'Type ', h('strong', {}, inst.prefix), ' to confirm'),
         input),
       h('div', { class: 'buttons' },
-        h('button', { type: 'submit', value: 'cancel', formnovalidate: true }, 'Cancel'),
-        confirm));
+        cancel, confirm));
     const dialog = h('dialog', { class: 'dialog', 'aria-labelledby': titleId }, form);
     input.addEventListener('input', () => { confirm.disabled = input.value !== inst.prefix; });
+    cancel.addEventListener('click', () => dialog.close('cancel'));
     dialog.addEventListener('close', () => {
       const ok = dialog.returnValue === 'remove' && input.value === inst.prefix;
       dialog.remove();

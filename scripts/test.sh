@@ -20,10 +20,13 @@ done
 echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 
-# Two groups run side by side (most of the time is spent waiting on servers and processes, not
-# on the two cores): the `tether up` end-to-end tests, crash matrices and search tests (which
-# share one OpenSearch JVM with the end-to-end story), and everything else.
-# Each group gets its own range of environment ports, so their applications never collide.
+# Three groups run side by side (most of the time is spent waiting on servers and processes,
+# not on the two cores), each with its own range of environment ports so their applications never
+# collide, and each starting the servers it needs once:
+#   main     unit, web, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
+#   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ and S3
+#   servers  the MySQL, RabbitMQ, S3 and search integration tests (one OpenSearch JVM, shared
+#            with the end-to-end search story)
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 serial="${TETHER_TEST_SERIAL:-}"
@@ -45,33 +48,47 @@ if [ -n "$serial" ]; then
 fi
 
 mkdir -p build
-e2e_log=build/test-e2e.log
-echo "== pytest: unit, integration and web here; end-to-end and crash matrices beside it" \
-     "(output in $e2e_log, shown when done)" >&2
+CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
+       tests/integration/s3/test_s3_crash.py)
+KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3
+       tests/integration/search)
+# Each group's temp files under a base of its own: a pytest session resets the mode of the shared
+# /tmp/pytest-of-USER when it starts, which would cut the path (an ACL) by which another group's
+# deployed applications reach their files.
+temp_base=$(mktemp -d /tmp/tether-tests.XXXXXX)
+chmod 711 "$temp_base"
+trap 'rm -rf "$temp_base"' EXIT
+echo "== pytest: three groups side by side (main here; e2e and servers in build/test-*.log," \
+     "shown when done)" >&2
 set +e
-# (the Azure crash matrix, ~1 min, runs in the other group: it keeps the two about even)
-TETHER_ENV_PORTS=8550-8999 "${PYTEST[@]}" tests/e2e tests/integration/mysql/test_mysql_crash.py \
-  tests/integration/rabbitmq/test_rabbitmq_crash.py tests/integration/s3/test_s3_crash.py \
-  tests/integration/search "$@" \
-  >"$e2e_log" 2>&1 &
+ignore_crash=()
+for path in "${CRASH[@]}"; do ignore_crash+=(--ignore="$path"); done
+TETHER_ENV_PORTS=8400-8699 "${PYTEST[@]}" --basetemp="$temp_base/e2e" tests/e2e --ignore=tests/e2e/test_search_story.py \
+  "${CRASH[@]}" "$@" >build/test-e2e.log 2>&1 &
 e2e_pid=$!
-TETHER_ENV_PORTS=8100-8549 "${PYTEST[@]}" tests --ignore=tests/e2e \
-  --ignore=tests/integration/search --ignore=tests/integration/mysql/test_mysql_crash.py \
-  --ignore=tests/integration/rabbitmq/test_rabbitmq_crash.py \
-  --ignore=tests/integration/s3/test_s3_crash.py "$@"
+TETHER_ENV_PORTS=8700-8999 "${PYTEST[@]}" --basetemp="$temp_base/servers" "${KINDS[@]}" tests/e2e/test_search_story.py \
+  "${ignore_crash[@]}" "$@" >build/test-servers.log 2>&1 &
+servers_pid=$!
+ignore_kinds=()
+for path in "${KINDS[@]}"; do ignore_kinds+=(--ignore="$path"); done
+TETHER_ENV_PORTS=8100-8399 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e "${ignore_kinds[@]}" "$@"
 main_status=$?
 wait "$e2e_pid"
 e2e_status=$?
+wait "$servers_pid"
+servers_status=$?
 set -e
-echo "== pytest: end-to-end and crash matrices" >&2
-cat "$e2e_log"
-echo "== pytest exit codes: unit/integration/web $main_status, end-to-end $e2e_status" >&2
-if [ "$main_status" = 5 ] && [ "$e2e_status" = 5 ]; then
+echo "== pytest: end to end and crash matrices" >&2
+cat build/test-e2e.log
+echo "== pytest: MySQL, RabbitMQ, S3 and search servers" >&2
+cat build/test-servers.log
+echo "== pytest exit codes: main $main_status, e2e $e2e_status, servers $servers_status" >&2
+if [ "$main_status" = 5 ] && [ "$e2e_status" = 5 ] && [ "$servers_status" = 5 ]; then
   echo "error: pytest collected no tests: that is a failure, not a pass" >&2
   exit 1
 fi
 # a group that selected nothing (e.g. -k naming only unit tests) is not a failure of its own
-for status in "$main_status" "$e2e_status"; do
+for status in "$main_status" "$e2e_status" "$servers_status"; do
   if [ "$status" != 0 ] && [ "$status" != 5 ]; then
     exit "$status"
   fi

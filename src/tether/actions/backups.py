@@ -193,17 +193,21 @@ def _restore_target(s: Session, env: Environment, prefix: str, fmt: str) -> Inst
     return inst
 
 
-def _queue_restore(s: Session, ctx: Context, env: Environment, inst: Instance, backup: Backup,
-                   file_id: int, kind: str = "restore",
-                   upload: bool = False) -> Operation:
+def _not_busy(s: Session, env: Environment, inst: Instance) -> None:
     busy = s.scalar(select(Operation).where(Operation.instance_id == inst.id,
                                             Operation.status.in_(UNFINISHED)).limit(1))
     if busy is not None:
         raise Conflict(f"{inst.prefix} in {env.name} has a {busy.kind} operation "
-                       f"{busy.status}: wait for it, then restore")
+                       f"{busy.status}: wait for it (`tether service wait {env.name} "
+                       f"{inst.prefix}`), then restore")
+
+
+def _queue_restore(s: Session, ctx: Context, env: Environment, inst: Instance, backup: Backup,
+                   file_id: int, kind: str = "restore") -> Operation:
+    _not_busy(s, env, inst)
     op = queue_operation(s, ctx, kind, env, inst)
     op.backup_id = backup.id
-    op.params = {"file_id": file_id, **({"upload": True} if upload else {})}
+    op.params = {"file_id": file_id}
     return op
 
 
@@ -274,6 +278,7 @@ def upload_engine(ctx: Context, project: str | None, env_name: str, prefix: str,
         engine = engine_for(inst.kind)
         _confirm(prefix, confirm, "restoring an uploaded dump")
         sets.storage_cluster(s, env.project.region)
+        _not_busy(s, env, inst)
         return engine
 
 

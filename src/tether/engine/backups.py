@@ -288,18 +288,13 @@ class Backups:
     def run_restore(self, op: Operation) -> str:
         """The `restore` operation: `params.file_id` into the operation's instance."""
         assert op.instance_id is not None
-        params = op.params or {}
         try:
-            if params.get("upload") and op.backup_id is not None:
-                self.make_set(op.id, op.backup_id, op.requested_by)
-            return self.restore_file(op.id, int(params["file_id"]), op.instance_id,
+            return self.restore_file(op.id, int((op.params or {})["file_id"]), op.instance_id,
                                      op.requested_by)
         except Exception as exc:
             reason = reason_of(exc)
             if isinstance(exc, TransientError) and before(op.deadline):
                 raise TransientError(f"restoring: {reason}") from None
-            if params.get("upload") and op.backup_id is not None:
-                self.fail_set(op.backup_id, op.requested_by, reason)
             raise OperationError(f"restoring failed: {reason}") from None
 
     def run_copy(self, op: Operation) -> str:
@@ -390,12 +385,16 @@ class Backups:
     # -- leftovers ------------------------------------------------------------------------------
 
     def sweep_staging(self) -> None:
-        """Remove staging files no running operation owns (a crash left them)."""
+        """Remove staging files no running operation owns (a crash left them). Called before
+        the worker starts: an operation still `running` under this node's own id is a leftover
+        of its previous life (the crash itself), which owns nothing any more; it is run again
+        and writes its staging file anew."""
         root = self.parts.data_dir / "backups" / "staging"
         if root.is_dir():
             with self.parts.store.session() as s:
                 running = s.scalar(select(Operation.id).where(
                     Operation.kind.in_(("backup", "restore", "copy", "verify")),
-                    Operation.status == "running").limit(1))
+                    Operation.status == "running",
+                    Operation.claimed_by.is_distinct_from(self.parts.node_id)).limit(1))
             if running is None:
                 shutil.rmtree(root, ignore_errors=True)

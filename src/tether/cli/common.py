@@ -62,13 +62,18 @@ def wait_operation(client: Client, op: dict[str, Any], label: str, follow: str) 
     """
     if op["status"] in FINISHED:
         return op
-    spinner = (contextlib.nullcontext() if client.json_mode
-               else err.status(Text(f"{label} (operation {op['id']})")))
+    def text(op: dict[str, Any]) -> Text:
+        progress = op.get("progress")
+        return Text(f"{label} (operation {op['id']})" + (f": {progress}" if progress else ""))
+
+    spinner = contextlib.nullcontext() if client.json_mode else err.status(text(op))
     try:
-        with spinner:
+        with spinner as status:
             while op["status"] not in FINISHED:
                 op = client.get(f"/operations/{seg(op['id'])}", params={"wait": LONG_POLL},
                                 timeout=LONG_POLL + DEFAULT_GRACE)
+                if status is not None:
+                    status.update(text(op))
     except KeyboardInterrupt:
         hint(f"stopped waiting: operation {op['id']} goes on; follow it with `{follow}`")
         raise typer.Exit(130) from None

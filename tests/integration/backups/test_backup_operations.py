@@ -96,6 +96,7 @@ def test_backup_restore_copy_and_delete(env: tuple[Context, Engine], tmp_path: P
     assert backups.list_backups(ctx, "shop") == []  # not listed until complete
     op = finished(ctx, made)
     assert op["status"] == "succeeded", op
+    assert str(op["progress"]).startswith("DEFAULT: storing")  # the last step it reported
     shown = backups.show(ctx, int(made["id"]))
     assert shown["status"] == "completed" and shown["restorable"]
     assert [f["prefix"] for f in shown["files"]] == ["DEFAULT"]

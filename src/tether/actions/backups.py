@@ -177,6 +177,24 @@ def delete(ctx: Context, backup_id: int) -> dict[str, object]:
 # -- restore, copy, upload -----------------------------------------------------------------------
 
 
+def _file_of(backup: Backup, prefix: str | None, what: str) -> BackupFile:
+    """The file of `prefix` in a completed backup (the only file when no prefix is named)."""
+    if backup.status != "completed":
+        raise UserError(f"backup {backup.id} is {backup.status}: only a completed backup can "
+                        f"be {what} from")
+    files = {f.prefix: f for f in backup.files}
+    if prefix is None:
+        if len(files) != 1:
+            raise UserError(f"backup {backup.id} holds {', '.join(sorted(files))}: name the one "
+                            f"to {what} with --prefix")
+        prefix = next(iter(files))
+    found = files.get(prefix)
+    if found is None:
+        raise UserError(f"backup {backup.id} holds no {prefix}: it holds "
+                        f"{', '.join(sorted(files))}")
+    return found
+
+
 def _confirm(prefix: str, confirm: str | None, what: str) -> None:
     if confirm != prefix:
         raise UserError(f"{what} replaces the data of {prefix}: confirm with "
@@ -218,19 +236,8 @@ def restore(ctx: Context, backup_id: int, to_env: str | None = None,
     same prefix."""
     with ctx.store.session() as s:
         backup, env = _backup(s, ctx, backup_id, Need.CHANGE)
-        if backup.status != "completed":
-            raise UserError(f"backup {backup_id} is {backup.status}: only a completed backup "
-                            "can be restored")
-        files = {f.prefix: f for f in backup.files}
-        if prefix is None:
-            if len(files) != 1:
-                raise UserError(f"backup {backup_id} holds {', '.join(sorted(files))}: name the "
-                                "one to restore with --prefix")
-            prefix = next(iter(files))
-        source = files.get(prefix)
-        if source is None:
-            raise UserError(f"backup {backup_id} holds no {prefix}: it holds "
-                            f"{', '.join(sorted(files))}")
+        source = _file_of(backup, prefix, "restore")
+        prefix = source.prefix
         target_env = get_environment(s, env.project, to_env) if to_env else env
         ctx.require(Need.CHANGE, target_env.project.name)
         inst = _restore_target(s, target_env, prefix, source.format)
@@ -349,18 +356,8 @@ def download_file(ctx: Context, backup_id: int, prefix: str | None) -> tuple[int
     see secrets: the file holds the service's data."""
     with ctx.store.session() as s:
         backup, env = _backup(s, ctx, backup_id, Need.REVEAL)
-        if backup.status != "completed":
-            raise UserError(f"backup {backup_id} is {backup.status}: only a completed backup "
-                            "can be downloaded")
-        files = {f.prefix: f for f in backup.files}
-        if prefix is None:
-            if len(files) != 1:
-                raise UserError(f"backup {backup_id} holds {', '.join(sorted(files))}: name the "
-                                "one to download with --prefix")
-            prefix = next(iter(files))
-        f = files.get(prefix)
-        if f is None:
-            raise UserError(f"backup {backup_id} holds no {prefix}")
+        f = _file_of(backup, prefix, "download")
+        prefix = f.prefix
         ext = {"pg_dump-custom": "dump"}.get(f.format, "bin")
         audit(s, ctx.actor, "backup downloaded", environment_id=env.id,
               detail=f"backup {backup_id} ({prefix})")

@@ -7,6 +7,7 @@ from typing import overload
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -305,7 +306,8 @@ class Backup(Base):
                                                            nullable=True)
     requested_by: Mapped[str] = mapped_column(String(100))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    size: Mapped[int] = mapped_column(Integer, default=0)
+    #: bytes (64-bit: backups pass 2 GiB)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
     #: the last verification: passed or failed, when, and what it found
     verification: Mapped[str | None] = mapped_column(String(20), nullable=True)
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -334,7 +336,8 @@ class BackupFile(Base):
     #: pending until the file is stored and recorded
     status: Mapped[str] = mapped_column(String(20), default="pending")
     storage_key: Mapped[str | None] = mapped_column(Text, nullable=True)
-    size: Mapped[int] = mapped_column(Integer, default=0)
+    #: bytes (64-bit: backups pass 2 GiB)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     plain_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)

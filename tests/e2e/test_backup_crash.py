@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.conftest import world_traversable_tmpdir
 from tests.crash import CrashRun, Provider
@@ -85,12 +85,18 @@ class BackupCrashRun(CrashRun):
             conn.execute("DELETE FROM items WHERE label = 'written after restore'")
 
     def backup_id(self, answer: Any) -> int:
-        """The id of the backup a `trigger`ed create made (the newest, if its answer was lost
-        to the crash)."""
+        """The id of the backup a `trigger`ed create made: from its answer, or (when the crash
+        came before the answer) the newest in the store, read while `tether up` is down."""
         if answer is not None:
             return int(answer["id"])
-        listed = self.ok("backup", "list", "--all")
-        return int(max(b["id"] for b in listed))
+        store, _ = self._store()
+        try:
+            with store.session() as s:
+                newest = s.scalar(select(func.max(Backup.id)))
+        finally:
+            store.dispose()
+        assert newest is not None, "the crash came before the backup was recorded"
+        return int(newest)
 
     def restore_answer(self, backup_id: int, *extra: str) -> Any:
         """`backup restore` into live (the CLI's restore takes no --project: ids are global);

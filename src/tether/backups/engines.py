@@ -276,29 +276,34 @@ class SearchEngine(_SummedAround):
     upload_accepts = "a Tether search backup (NDJSON)"
 
     @staticmethod
-    def _target(credentials: Mapping[str, Any]) -> Any:
+    def _target(credentials: Mapping[str, Any], cluster: ClusterSpec) -> Any:
+        """The instance's login and prefix at the address of the cluster URL: the credentials
+        hold where applications reach the cluster (`public_host`… settings, e.g. a proxy),
+        which Tether may not reach."""
         from tether.backups.search import SearchTarget
+        from tether.providers.elasticsearch import _Target
 
-        return SearchTarget.from_credentials(credentials)
+        return dataclasses.replace(SearchTarget.from_credentials(credentials),
+                                   base=_Target.of(cluster).base)
 
     def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
                  cluster: ClusterSpec) -> Any:
         from tether.backups.search import summary
 
-        return summary(self._target(credentials))
+        return summary(self._target(credentials, cluster))
 
     def _dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
               dest: Path, box: Any) -> SealedInfo:
         from tether.backups.search import dump_sealed
 
-        return dump_sealed(self._target(credentials), dest, box)
+        return dump_sealed(self._target(credentials, cluster), dest, box)
 
     def restore(self, credentials: Mapping[str, Any], names: ResourceNames,
                 cluster: ClusterSpec, path: Path, key_sealed: str, box: Any,
                 sha256: str) -> None:
         from tether.backups.search import restore_sealed
 
-        restore_sealed(self._target(credentials), path, key_sealed, box, sha256)
+        restore_sealed(self._target(credentials, cluster), path, key_sealed, box, sha256)
 
     def check_plain(self, head: bytes) -> None:
         if not head.lstrip().startswith(b"{"):

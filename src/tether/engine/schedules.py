@@ -24,13 +24,23 @@ from sqlalchemy import or_, select, update
 
 from tether.backups import sets
 from tether.engine.parts import EngineParts, reason_of
-from tether.store.models import Backup, BackupSchedule, Environment, Operation, aware, utcnow
-from tether.store.records import UNFINISHED, audit
+from tether.store.models import (
+    Backup,
+    BackupSchedule,
+    Cluster,
+    Environment,
+    Operation,
+    aware,
+    utcnow,
+)
+from tether.store.records import UNFINISHED, audit, cluster_spec
 
 log = logging.getLogger("tether.engine")
 
 #: who the audit trail says asked for a scheduled backup
 ACTOR = "schedule"
+#: how often a node removes what interrupted uploads left in the backup storages
+SWEEP_EVERY = timedelta(hours=1)
 
 
 def configured_interval() -> float:
@@ -48,6 +58,7 @@ class Scheduler:
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._swept_at: datetime | None = None
 
     def start(self, interval: float, notify: Callable[[], None] | None = None) -> None:
         def loop() -> None:
@@ -68,11 +79,34 @@ class Scheduler:
             self._thread.join(timeout)
 
     def tick(self, now: datetime | None = None) -> list[int]:
-        """Queue the backups that are due, then prune; the ids of the backups queued."""
+        """Queue the backups that are due, then prune, and at most hourly remove what
+        interrupted uploads left in the backup storages; the ids of the backups queued."""
         now = aware(now or self.clock())
         queued = self._queue_due(now)
         self.prune(now)
+        if self._swept_at is None or now - self._swept_at >= SWEEP_EVERY:
+            self._swept_at = now
+            self.sweep_storages()
         return queued
+
+    def sweep_storages(self) -> int:
+        """`sweep_incomplete` on the backup storage of every storage cluster: the partial
+        files, multipart uploads and uncommitted blobs a crash inside a put left (only those
+        unchanged for a day, so no upload another node runs is cut off). Best effort."""
+        from tether.backups.transfer import default_storage
+
+        with self.parts.store.session() as s:
+            specs = [cluster_spec(self.parts.box, c) for c in s.scalars(
+                select(Cluster).where(Cluster.kind.in_(sets.STORAGE_KINDS),
+                                      Cluster.private.is_(False)))]
+        removed = 0
+        for spec in specs:
+            try:
+                removed += int(default_storage(spec, self.parts.box).sweep_incomplete())
+            except Exception as exc:
+                log.warning("sweeping the backup storage of cluster %s: %s", spec.id,
+                            reason_of(exc))
+        return removed
 
     def _queue_due(self, now: datetime) -> list[int]:
         today = now.date().isoformat()

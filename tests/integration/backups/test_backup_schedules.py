@@ -5,6 +5,8 @@ ticking at once queue one backup; refusals of bad schedules."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,3 +142,24 @@ def test_two_nodes_queue_one_backup_and_bad_schedules_are_refused(
             backups.set_schedule(ctx, "shop", "live", bad)
     with pytest.raises(UserError, match="keeps no backup"):
         backups.set_schedule(ctx, "shop", "live", "03:00", 0, 0, 0)
+
+
+def test_the_hourly_pass_sweeps_what_interrupted_uploads_left(
+        env: tuple[Context, Engine], tmp_path: Path) -> None:
+    """A put killed midway leaves a partial file in the backup storage; a node's schedule pass
+    removes it once a day old (an upload of another node may still be writing a newer one)."""
+    ctx, engine = env
+    made = backups.create(ctx, "shop", "live")
+    ops_done(ctx)
+    root = tmp_path / "media-backups"  # the embedded local files keep backups beside the media
+    assert any(root.rglob("*.tbk")), list(root.rglob("*"))
+    old, fresh = root / "sets" / "old.tbk.partial", root / "sets" / "fresh.tbk.partial"
+    for path in (old, fresh):
+        path.write_bytes(b"cut short")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    scheduler = Scheduler(engine.parts)
+    scheduler.tick(at(12, 0))
+    assert not old.exists() and fresh.exists()
+    assert backups.show(ctx, int(made["id"]))["restorable"]
+    fresh.unlink()

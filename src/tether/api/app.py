@@ -35,6 +35,7 @@ from tether.actions import (
 from tether.actions.common import Context
 from tether.api import limits
 from tether.api.auth import SignInThrottle, caller_for, create_session
+from tether.api.divio import divio_router
 from tether.api.models import (
     ERRORS,
     BackupIn,
@@ -465,6 +466,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(tokens.revoke_session, ctx, session_id)
 
     app.include_router(api)
+    app.include_router(divio_router(base))  # the Divio CLI's subset of Divio's API
 
     docs_page = _docs_page()
 

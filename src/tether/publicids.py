@@ -1,0 +1,68 @@
+"""Stable public ids (UUIDs) for Tether's objects, as the Divio API shows them.
+
+A public id is `uuid5(NAMESPACE, "<kind>:<key>")`, where NAMESPACE is derived from the
+installation's secret key (`SecretBox.derive_id`) and `<key>` is the row's primary key (the
+name for regions and catalog services, whose names are their keys). Nothing is stored, so no
+migration is needed, and the id is the same on every node and after every restart: the key, the
+kind and the row's key never change (rows are never renumbered, and projects, environments and
+instances are never deleted, only marked removed). Another installation (another key) gives other
+ids, so an id tells nothing about the row numbers of this one.
+
+The reverse is a look-up among the rows of that kind (uuid5 is one-way): `find` computes the ids
+of the candidate keys and returns the one that matches.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import TypeVar
+
+from tether.crypto import SecretBox
+
+K = TypeVar("K", int, str)
+
+
+class Kind(StrEnum):
+    PROJECT = "project"
+    ENVIRONMENT = "environment"
+    INSTANCE = "instance"
+    REGION = "region"
+    SERVICE = "service"
+    DEPLOYMENT = "deployment"
+    TOKEN = "token"  # noqa: S105 - a kind of object, not a secret
+    VARIABLE = "variable"
+
+
+def namespace(box: SecretBox) -> uuid.UUID:
+    """This installation's namespace for public ids."""
+    return uuid.UUID(box.derive_id("public ids")[:32])
+
+
+def public_id(box: SecretBox, kind: Kind, key: int | str) -> str:
+    """The public id of the object of `kind` whose key is `key`."""
+    return str(uuid.uuid5(namespace(box), f"{kind.value}:{key}"))
+
+
+def parse(value: str | None) -> str | None:
+    """`value` as a canonical UUID string, or None when it is not a UUID."""
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        return None
+
+
+def find(box: SecretBox, kind: Kind, value: str | None,
+         keys: Iterable[K]) -> K | None:
+    """The key among `keys` whose public id of `kind` is `value` (None: no such object)."""
+    wanted = parse(value)
+    if wanted is None:
+        return None
+    ns = namespace(box)
+    for key in keys:
+        if str(uuid.uuid5(ns, f"{kind.value}:{key}")) == wanted:
+            return key
+    return None

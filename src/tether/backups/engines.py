@@ -325,7 +325,7 @@ class MediaEngine:
     def _target(self, credentials: Mapping[str, Any], cluster: ClusterSpec) -> Any:
         from tether.backups.media import target_from_credentials
 
-        endpoint = None
+        endpoint = api_version = None
         if self.kind == "s3":
             from tether.providers import s3
 
@@ -333,8 +333,9 @@ class MediaEngine:
         elif self.kind == "azure-blob":
             from tether.providers import azure_blob
 
-            endpoint = azure_blob._Target.parse(cluster).endpoint
-        return target_from_credentials(self.kind, credentials, endpoint)
+            parsed = azure_blob._Target.parse(cluster)
+            endpoint, api_version = parsed.endpoint, parsed.api_version
+        return target_from_credentials(self.kind, credentials, endpoint, api_version)
 
     def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
              dest: Path, box: Any) -> tuple[SealedInfo, dict[str, Any]]:

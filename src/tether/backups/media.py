@@ -214,16 +214,20 @@ class AzureBlobTarget:
     container: str
     sas_token: str = field(repr=False)
     endpoint: str
+    #: the storage API version to speak (the cluster's `api_version` setting), else the SDK's
+    api_version: str | None = None
 
     @classmethod
-    def from_credentials(cls, values: Mapping[str, Any],
-                         endpoint: str | None = None) -> AzureBlobTarget:
+    def from_credentials(cls, values: Mapping[str, Any], endpoint: str | None = None,
+                         api_version: str | None = None) -> AzureBlobTarget:
         """From an azure-blob instance's credentials; `endpoint` (the cluster's blob endpoint,
         e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite) when Tether reaches the
-        account elsewhere than the applications' `endpoint` in the credentials."""
+        account elsewhere than the applications' `endpoint` in the credentials; `api_version`:
+        the cluster's setting (an Azurite or Azure Stack that rejects the SDK's newest)."""
         return cls(account=str(values["account"]), container=str(values["container"]),
                    sas_token=str(values["sas_token"]),
-                   endpoint=str(endpoint or values["endpoint"]).rstrip("/"))
+                   endpoint=str(endpoint or values["endpoint"]).rstrip("/"),
+                   api_version=api_version)
 
     @property
     def where(self) -> str:
@@ -237,14 +241,16 @@ class AzureBlobTarget:
 MediaTarget = LocalFilesTarget | S3Target | AzureBlobTarget
 
 def target_from_credentials(kind: str, values: Mapping[str, Any],
-                            endpoint: str | None = None) -> MediaTarget:
+                            endpoint: str | None = None,
+                            api_version: str | None = None) -> MediaTarget:
     """The target of an instance of a media kind (`local-files`, `s3`, `azure-blob`);
     `endpoint`: where Tether reaches an S3 or Azure server, when not at the applications'
     address in the credentials (see `S3Target` and `AzureBlobTarget.from_credentials`)."""
     if kind == "s3":
         return S3Target.from_credentials(values, endpoint_url=endpoint)
     if kind == "azure-blob":
-        return AzureBlobTarget.from_credentials(values, endpoint=endpoint)
+        return AzureBlobTarget.from_credentials(values, endpoint=endpoint,
+                                                api_version=api_version)
     if kind == "local-files":
         return LocalFilesTarget.from_credentials(values)
     raise BackupError(f"{kind} is not a media storage kind")
@@ -805,7 +811,8 @@ class _AzureAdapter:
             retry_policy=LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0.2),
             connection_timeout=5, read_timeout=60, max_single_get_size=_AZURE_PIECE,
             max_chunk_get_size=_AZURE_PIECE, max_single_put_size=PART_SIZE,
-            max_block_size=PART_SIZE)
+            max_block_size=PART_SIZE,
+            **({"api_version": target.api_version} if target.api_version else {}))
 
     def _names(self) -> Iterator[str]:
         try:

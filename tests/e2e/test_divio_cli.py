@@ -24,6 +24,8 @@ import pytest
 
 from tests.conftest import clean_env
 from tests.e2e.conftest import ROOT, Result, Tether
+from tether.crypto import SecretBox
+from tether.publicids import Kind, find, public_id
 
 DIVIO_CLI = "divio-cli==4.0.5"
 
@@ -95,6 +97,8 @@ class Divio:
 
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+#: custom variables put in `live`, so that its variables fill more than one page
+PAGED = 101
 
 
 @dataclass
@@ -130,6 +134,12 @@ def app(tether: Tether, divio_bin: Path, tmp_path_factory: pytest.TempPathFactor
     made = t.ok("project", "create", name, "--json").json()
     t.ok("project", "env-vars", "-p", name, "-e", "test", "--set", "FOO", "bar")
     t.ok("project", "env-vars", "-p", name, "-e", "live", "--set", "LIVEONLY", "1")
+    # more variables than one page holds (100 when the client names no page_size): the CLI
+    # must follow `next` to see them all
+    with httpx.Client(base_url=f"{t.url}/api/v1/projects/{name}/environments/live",
+                      headers={"Authorization": f"Bearer {t.token()}"}) as api:
+        for n in range(PAGED):
+            api.put(f"/variables/PAGED_{n:03d}", json={"value": str(n)}).raise_for_status()
     t.ok("service", "add", "test", "local-media", "--prefix", "MEDIA", "--provision", "-p", name)
     other = f"dv{secrets.token_hex(3)}"
     t.ok("project", "create", other)
@@ -228,6 +238,7 @@ def test_env_vars_list_and_get(app: App, tether: Tether) -> None:
     assert "Environment: test" in txt and "Environment: live" in txt
     assert "FOO=bar" in txt and "LIVEONLY=1" in txt and "STAGE=live" in txt
     assert "SECRET_KEY" not in txt and "MEDIA_STORAGE_DSN" not in txt
+    assert all(f"PAGED_{n:03d}={n}\n" in txt for n in range(PAGED))  # every page was read
 
     # --limit: the first page only (a table), and the CLI's note that there were more
     limited = app.result("limit").out
@@ -262,3 +273,17 @@ def test_token_scope_and_role_decide_as_in_tethers_own_api(app: App) -> None:
     assert refused.code != 0
     assert "Resource not found" in refused.out + refused.err
     assert "no application with the id" in refused.out + refused.err
+
+
+def test_public_ids_are_derived_from_the_installation_key(app: App, tether: Tether) -> None:
+    """The UUIDs the CLI was given are uuid5("<kind>:<key>") in the namespace derived from the
+    data dir's secret key (docs/divio-api.md): a pure function of what never changes."""
+    box = SecretBox.from_data_dir(tether.data_dir)
+    assert app.uuid == public_id(box, Kind.PROJECT, app.number)
+    assert app.region == public_id(box, Kind.REGION, "local")
+    assert find(box, Kind.PROJECT, app.uuid, [app.number + 1, app.number]) == app.number
+    [group] = app.result("json").json()
+    environments = next(p for p in tether.ok("project", "list", "--json").json()
+                        if p["name"] == app.name)["environments"]
+    test_env = next(e for e in environments if e["name"] == "test")
+    assert group["environment_uuid"] == public_id(box, Kind.ENVIRONMENT, test_env["id"])

@@ -106,7 +106,10 @@ def test_schemathesis_finds_no_server_error_and_no_answer_unlike_the_document(
     assert result["failures"] == [] and result["errors"] == [], run.stdout[-12000:]
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert ops["tested"] == ops["total"] > 20, ops
-    assert result["warnings"].get("missing_auth") == [], result["warnings"]
+    # sign-in answers 401 to every wrong token by design (it is how it says no): when the run's
+    # time budget gives it only well-formed bodies, schemathesis calls that "missing auth"
+    missing = set(result["warnings"].get("missing_auth") or []) - {"POST /api/v1/sessions"}
+    assert missing == set(), result["warnings"]
     # the run authenticated throughout: its token and the admin's still work
     for secret in (token, plane.token()):
         status = httpx.get(plane.url + "/api/v1/status", timeout=30,

@@ -100,14 +100,18 @@ def test_an_unknown_kind_names_the_supported_ones() -> None:
 
 def test_no_module_keeps_a_table_of_kinds() -> None:
     """Outside a kind's own provider module, no code names a kind to decide something about
-    it: the catalog, the variables, the registry and the actions read the declarations."""
+    it: the catalog, the variables, the registry, the actions, the backups (which engine, which
+    clusters keep backup files) and the Divio API (a kind's service type) read the
+    declarations. A module that implements kinds may name them: the providers, the servers,
+    and the media backup engine (one archive format for the three media kinds)."""
     names = "|".join(map(re.escape, KINDS))
     pattern = re.compile(r"""(==|!=|\bin\b)\s*\(?\s*["'](""" + names + r""")["']""")
     table = re.compile(r"""^\s*["'](""" + names + r""")["']\s*:""", re.M)
     offenders = []
     for path in SRC.rglob("*.py"):
         rel = path.relative_to(SRC).as_posix()
-        if rel.startswith(("providers/", "servers/", "store/migrations/")):
+        if rel.startswith(("providers/", "servers/", "store/migrations/")) or \
+                rel == "backups/media.py":
             continue
         text = path.read_text()
         offenders += [f"{rel}: {m.group(0).strip()}" for m in pattern.finditer(text)]
@@ -146,3 +150,17 @@ def test_base_has_no_kind_names() -> None:
     """The protocol module stays generic."""
     text = Path(base.__file__).read_text()
     assert 'kind = "' not in text
+
+
+def test_backups_read_the_declarations() -> None:
+    """Which engine backs a kind's instances up, and which clusters keep backup files (in which
+    order), come from the provider classes."""
+    from tether.backups.engines import engine_for, supported_kinds
+    from tether.providers.registry import backup_storage_kinds
+
+    assert backup_storage_kinds() == ["s3", "azure-blob", "local-files"]
+    assert set(supported_kinds()) == set(KINDS)
+    for kind in KINDS:
+        declared = provider_class(kind).backup_engine
+        assert declared is not None
+        assert type(engine_for(kind)).__name__ == declared.rsplit(":", 1)[1]

@@ -25,37 +25,28 @@ from tether.actions.common import Context
 from tether.actions.variables import SECRET_SOURCES
 from tether.api.auth import caller_for
 from tether.errors import NotFound, TetherError, Unauthorized, UserError
+from tether.providers.registry import provider_class
 from tether.publicids import Kind, find, public_id
 
 #: results per page when the client names no `page_size`, and the most it may ask for
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-#: the Divio service type of each kind of cluster (`divio services list` shows it; the CLI's
-#: backup commands look for DATABASE and STORAGE instances)
-SERVICE_TYPES = {
-    "postgres": "DATABASE",
-    "mysql": "DATABASE",
-    "s3": "STORAGE",
-    "azure-blob": "STORAGE",
-    "local-files": "STORAGE",
-    "elasticsearch": "SEARCH",
-    "rabbitmq": "MESSAGE_BROKER",
-}
-
-TITLES = {
-    "postgres": "PostgreSQL",
-    "mysql": "MySQL (MariaDB)",
-    "s3": "S3 media storage",
-    "azure-blob": "Azure Blob media storage",
-    "local-files": "Local media storage",
-    "elasticsearch": "Elasticsearch / OpenSearch",
-    "rabbitmq": "RabbitMQ",
-}
-
-
 def service_type(kind: str) -> str:
-    return SERVICE_TYPES.get(kind, kind.upper().replace("-", "_"))
+    """The Divio service type of a kind (`divio services list` shows it; the CLI's backup
+    commands look for DATABASE and STORAGE instances): its provider's `category`."""
+    try:
+        return provider_class(kind).category or kind.upper().replace("-", "_")
+    except UserError:
+        return kind.upper().replace("-", "_")
+
+
+def service_title(kind: str) -> str:
+    """What a kind is, in a few words: its provider's `title` up to the colon."""
+    try:
+        return provider_class(kind).title.split(":", 1)[0] or kind
+    except UserError:
+        return kind
 
 
 def service_status(state: str) -> str:
@@ -239,7 +230,7 @@ def list_services(ctx: Context, request: Request) -> dict[str, Any]:
                 "type": service_type(str(offer["kind"])),
                 "kind": offer["kind"],
                 "version": offer["version"],
-                "description": f"{TITLES.get(str(offer['kind']), offer['kind'])} "
+                "description": f"{service_title(str(offer['kind']))} "
                                f"{offer['version']}".strip(),
                 "regions": [],
                 "shared": False,

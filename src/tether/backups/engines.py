@@ -64,6 +64,9 @@ class PostgresEngine:
     format = "pg_dump-custom"
     upload_accepts = "a PostgreSQL custom-format dump (`pg_dump -Fc`)"
 
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
     @staticmethod
     def _target(credentials: Mapping[str, Any], names: ResourceNames) -> Any:
         from tether.backups.postgres import PgTarget
@@ -138,6 +141,9 @@ class _SummedAround:
 
     format: str
     upload_accepts: str
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
 
     def _summary(self, credentials: Mapping[str, Any], names: ResourceNames,
                  cluster: ClusterSpec) -> Any:
@@ -324,17 +330,11 @@ class MediaEngine:
 
     def _target(self, credentials: Mapping[str, Any], cluster: ClusterSpec) -> Any:
         from tether.backups.media import target_from_credentials
+        from tether.providers.registry import get_provider
 
-        endpoint = api_version = None
-        if self.kind == "s3":
-            from tether.providers import s3
-
-            endpoint = s3._Target.parse(cluster).endpoint
-        elif self.kind == "azure-blob":
-            from tether.providers import azure_blob
-
-            parsed = azure_blob._Target.parse(cluster)
-            endpoint, api_version = parsed.endpoint, parsed.api_version
+        provider: Any = get_provider(self.kind)
+        where = getattr(provider, "admin_endpoint", None)
+        endpoint, api_version = where(cluster) if where is not None else (None, None)
         return target_from_credentials(self.kind, credentials, endpoint, api_version)
 
     def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
@@ -371,25 +371,34 @@ class MediaEngine:
         return out
 
 
-_ENGINES: dict[str, BackupEngine] = {
-    "postgres": PostgresEngine(),
-    "mysql": MySQLEngine(),
-    "rabbitmq": RabbitEngine(),
-    "elasticsearch": SearchEngine(),
-    "local-files": MediaEngine("local-files"),
-    "s3": MediaEngine("s3"),
-    "azure-blob": MediaEngine("azure-blob"),
-}
+_ENGINES: dict[str, BackupEngine] = {}
 
 
 def supported_kinds() -> list[str]:
-    return sorted(_ENGINES)
+    """The kinds whose provider declares a backup engine."""
+    from tether.providers.registry import kinds, provider_class
+
+    found = []
+    for kind in kinds():
+        try:
+            if provider_class(kind).backup_engine is not None:
+                found.append(kind)
+        except UserError:  # a kind disabled here (its client library missing)
+            continue
+    return sorted(found)
 
 
 def engine_for(kind: str) -> BackupEngine:
+    """The backup engine of a kind's instances, as its provider declares it
+    (`ProviderBase.backup_engine`)."""
     engine = _ENGINES.get(kind)
     if engine is None:
-        raise BackupsUnsupported(
-            f"Tether cannot back up {kind} services yet: backups are supported for "
-            f"{', '.join(supported_kinds())}")
+        from tether.providers.registry import load, provider_class
+
+        where = provider_class(kind).backup_engine
+        if where is None:
+            raise BackupsUnsupported(
+                f"Tether cannot back up {kind} services yet: backups are supported for "
+                f"{', '.join(supported_kinds())}")
+        engine = _ENGINES[kind] = load(where)(kind)
     return engine

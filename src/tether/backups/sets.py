@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from tether.backups.engines import HAS_DATA, BackupsUnsupported, engine_for
 from tether.errors import UserError
+from tether.providers.registry import backup_storage_kinds
 from tether.store.models import (
     Backup,
     BackupFile,
@@ -22,21 +23,20 @@ from tether.store.models import (
     Project,
 )
 
-#: the kinds of cluster a backup can be kept on, the most durable first
-STORAGE_KINDS = ("s3", "azure-blob", "local-files")
-
 
 def storage_cluster(s: Session, region: str) -> Cluster:
-    """Where a project's backups go: a shared storage cluster of its region (S3 or Azure Blob
-    before local files, the oldest first)."""
+    """Where a project's backups go: a shared storage cluster of its region (the kinds whose
+    provider declares `backup_storage`, by its rank: S3 or Azure Blob before local files; the
+    oldest first)."""
+    kinds = backup_storage_kinds()
     found = s.scalars(select(Cluster).where(
-        Cluster.region == region, Cluster.kind.in_(STORAGE_KINDS),
+        Cluster.region == region, Cluster.kind.in_(kinds),
         Cluster.private.is_(False), Cluster.owner_instance_id.is_(None))).all()
     if not found:
         raise UserError(f"region {region} has no storage cluster to keep backups on: register "
                         f"one with `tether cluster add s3 --region {region} --url …` (or "
                         "azure-blob, local-files)")
-    return min(found, key=lambda c: (STORAGE_KINDS.index(c.kind), c.id))
+    return min(found, key=lambda c: (kinds.index(c.kind), c.id))
 
 
 def backed_up_by_default(s: Session, env: Environment) -> list[Instance]:

@@ -181,14 +181,15 @@ def backup_storage(cluster: ClusterSpec, install: str) -> BackupStorage:
     installation's id (`install_id`). Parses the cluster's URL and settings, contacts
     nothing."""
     _check_install_id(install)
-    if cluster.kind == "local-files":
-        return LocalBackupStorage(cluster)
-    if cluster.kind == "s3":
-        return S3BackupStorage(cluster, install)
-    if cluster.kind == "azure-blob":
-        return AzureBackupStorage(cluster, install)
-    raise ClusterError(f"a {cluster.kind} cluster cannot hold backup files: backups are kept on "
-                       "a local-files, s3 or azure-blob cluster of the project's region")
+    from tether.providers.registry import backup_storage_kinds, load, provider_class
+
+    where = provider_class(cluster.kind).backup_storage
+    if where is None:
+        raise ClusterError(f"a {cluster.kind} cluster cannot hold backup files: backups are "
+                           f"kept on a {', '.join(backup_storage_kinds())} cluster of the "
+                           "project's region")
+    store: BackupStorage = load(where)(cluster, install)
+    return store
 
 
 def _fsync_dir(path: Path) -> None:
@@ -248,7 +249,9 @@ def _local_error(exc: OSError, doing: str, where: str) -> ClusterError:
 class LocalBackupStorage:
     """Files under `<base_dir>-backups`, beside the local-files cluster's base dir."""
 
-    def __init__(self, cluster: ClusterSpec) -> None:
+    def __init__(self, cluster: ClusterSpec, install: str = "") -> None:
+        """`install`: unused here (the directory is the cluster's own), taken for the same
+        signature as the other stores."""
         base = local_files._base_dir(cluster)
         base = Path(os.path.normpath(base))
         if base.parent == base:

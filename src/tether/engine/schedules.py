@@ -24,6 +24,7 @@ from sqlalchemy import or_, select, update
 
 from tether.backups import sets
 from tether.engine.parts import EngineParts, reason_of
+from tether.providers.registry import backup_storage_kinds
 from tether.store.models import (
     Backup,
     BackupSchedule,
@@ -97,7 +98,7 @@ class Scheduler:
 
         with self.parts.store.session() as s:
             specs = [cluster_spec(self.parts.box, c) for c in s.scalars(
-                select(Cluster).where(Cluster.kind.in_(sets.STORAGE_KINDS),
+                select(Cluster).where(Cluster.kind.in_(backup_storage_kinds()),
                                       Cluster.private.is_(False)))]
         removed = 0
         for spec in specs:

@@ -296,6 +296,10 @@ class AzureBlobProvider(ProviderBase):
 
     kind = "azure-blob"
     title = "Azure Blob Storage: a container and a SAS token per instance"
+    category = "STORAGE"
+    backup_engine = "tether.backups.engines:MediaEngine"
+    backup_storage = "tether.backups.storage:AzureBackupStorage"
+    backup_storage_rank = 1
     service = "azure-blob-media"
     versioned = False
     family = "azure"
@@ -307,6 +311,13 @@ class AzureBlobProvider(ProviderBase):
         self.clock = clock
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def admin_endpoint(cluster: ClusterSpec) -> tuple[str, str | None]:
+        """Where Tether itself reaches the blob service (not the applications' address), and
+        the API version to speak (the cluster's `api_version`): for backups of containers."""
+        target = _Target.parse(cluster)
+        return target.endpoint, target.api_version
 
     @staticmethod
     def _service(target: _Target, checking: bool = False) -> BlobServiceClient:

@@ -176,6 +176,17 @@ class ProviderBase:
     #: "module:attribute" of the `PrivateServers` Tether runs for `--private` instances when no
     #: free private cluster is registered; None: only registered private clusters
     private_servers: ClassVar[str | None] = None
+    #: what kind of service it is, in Divio's words: DATABASE, STORAGE, SEARCH, MESSAGE_BROKER
+    category: ClassVar[str] = ""
+    #: "module:attribute" of the backup engine class of its instances (`tether.backups.engines`),
+    #: made with the kind; None: its instances cannot be backed up
+    backup_engine: ClassVar[str | None] = None
+    #: "module:attribute" of the class that keeps backup files on its clusters
+    #: (`tether.backups.storage`), made with the cluster and the installation's id; None: its
+    #: clusters hold no backups
+    backup_storage: ClassVar[str | None] = None
+    #: which of the region's storage clusters backups go to first (lowest first)
+    backup_storage_rank: ClassVar[int] = 100
 
     def service_name(self, version: str) -> str:
         """The catalog's name for a cluster of `version` (e.g. "postgres-18", "s3-media")."""

@@ -419,6 +419,8 @@ class ElasticsearchProvider(ProviderBase):
     kind = "elasticsearch"
     title = ("Elasticsearch/OpenSearch clusters: an index prefix, a user and a role per "
              "instance")
+    category = "SEARCH"
+    backup_engine = "tether.backups.engines:SearchEngine"
     service = "elasticsearch"
     variables = ("{P}_ELASTICSEARCH_DSN", "{P}_HAYSTACK_URL")
     settings_model = SearchSettings

@@ -120,6 +120,10 @@ class LocalFilesProvider(ProviderBase):
 
     kind = "local-files"
     title = "Local media files: a directory per instance, served by Tether's media origin"
+    category = "STORAGE"
+    backup_engine = "tether.backups.engines:MediaEngine"
+    backup_storage = "tether.backups.storage:LocalBackupStorage"
+    backup_storage_rank = 2
     service = "local-media"
     versioned = False
     family = "local"

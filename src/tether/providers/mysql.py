@@ -300,6 +300,8 @@ class MySQLProvider(ProviderBase):
 
     kind = "mysql"
     title = "MySQL/MariaDB databases: a user and a database per instance"
+    category = "DATABASE"
+    backup_engine = "tether.backups.engines:MySQLEngine"
     service = "mysql"
     variables = ("{P}_DATABASE_DSN",)
     default_aliases = {"DATABASE_URL": "{P}_DATABASE_DSN"}

@@ -266,6 +266,8 @@ class PostgresProvider(ProviderBase):
 
     kind = "postgres"
     title = "PostgreSQL databases: a role and a database per instance"
+    category = "DATABASE"
+    backup_engine = "tether.backups.engines:PostgresEngine"
     service = "postgres"
     variables = ("{P}_DATABASE_DSN",)
     default_aliases = {"DATABASE_URL": "{P}_DATABASE_DSN"}

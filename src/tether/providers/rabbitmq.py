@@ -235,6 +235,8 @@ class RabbitMQProvider(ProviderBase):
 
     kind = "rabbitmq"
     title = "RabbitMQ brokers: a vhost and a user per instance"
+    category = "MESSAGE_BROKER"
+    backup_engine = "tether.backups.engines:RabbitEngine"
     service = "rabbitmq"
     variables = ("{P}_AMQP_BROKER_URL",)
     default_aliases = {"BROKER_URL": "{P}_AMQP_BROKER_URL"}

@@ -90,6 +90,25 @@ def spawnable(kind: str) -> bool:
         return False
 
 
+def load(where: str) -> Any:
+    """The object a declaration names as "module:attribute", imported on first use."""
+    module_name, _, attribute = where.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def backup_storage_kinds() -> list[str]:
+    """The kinds whose clusters can keep backup files, the preferred first."""
+    found = []
+    for kind in kinds():
+        try:
+            cls = provider_class(kind)
+        except UserError:
+            continue
+        if cls.backup_storage is not None:
+            found.append((cls.backup_storage_rank, kind))
+    return [kind for _, kind in sorted(found)]
+
+
 def private_servers(kind: str, base_dir: Path) -> PrivateServers:
     """The manager of the dedicated servers of a kind, kept under `base_dir`."""
     where = provider_class(kind).private_servers

@@ -480,6 +480,10 @@ class S3Provider(ProviderBase):
 
     kind = "s3"
     title = "S3-compatible object storage: a bucket and a key per instance"
+    category = "STORAGE"
+    backup_engine = "tether.backups.engines:MediaEngine"
+    backup_storage = "tether.backups.storage:S3BackupStorage"
+    backup_storage_rank = 0
     service = "s3-media"
     versioned = False
     family = "s3"
@@ -487,6 +491,12 @@ class S3Provider(ProviderBase):
     settings_model = S3Settings
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def admin_endpoint(cluster: ClusterSpec) -> tuple[str, str | None]:
+        """Where Tether itself reaches the server (not the applications' address), and the
+        API version to speak (None: the client's own): for backups of instances' buckets."""
+        return _Target.parse(cluster).endpoint, None
 
     @staticmethod
     def _client(target: _Target, service: str, key: str | None = None,

@@ -4,8 +4,8 @@ which scheduled backups retention keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Callable, Hashable, Iterable
+from datetime import date, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -93,10 +93,10 @@ def kept(backups: Iterable[tuple[int, datetime]], daily: int, weekly: int,
     ordered = sorted(backups, key=lambda b: (b[1], b[0]), reverse=True)
     keep: set[int] = set()
 
-    def newest_per(bucket: object, count: int) -> None:
-        seen: list[object] = []
+    def newest_per(bucket: Callable[[date], Hashable], count: int) -> None:
+        seen: list[Hashable] = []
         for backup_id, at in ordered:
-            key = bucket(at.date())  # type: ignore[operator]
+            key = bucket(at.date())
             if key in seen:
                 continue
             if len(seen) >= count:

@@ -24,7 +24,7 @@ echo "== ruff" >&2
 # not on the two cores), each with its own range of environment ports so their applications never
 # collide, and each starting the servers it needs once:
 #   main     unit, web, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
-#   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ and S3
+#   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ, S3 and Azure
 #   servers  the MySQL, RabbitMQ, S3 and search integration tests (one OpenSearch JVM, shared
 #            with the end-to-end search story)
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
@@ -49,7 +49,7 @@ fi
 
 mkdir -p build
 CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
-       tests/integration/s3/test_s3_crash.py)
+       tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py)
 KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3
        tests/integration/search)
 # Each group's temp files under a base of its own: a pytest session resets the mode of the shared
@@ -71,7 +71,8 @@ TETHER_ENV_PORTS=8700-8999 "${PYTEST[@]}" --basetemp="$temp_base/servers" "${KIN
 servers_pid=$!
 ignore_kinds=()
 for path in "${KINDS[@]}"; do ignore_kinds+=(--ignore="$path"); done
-TETHER_ENV_PORTS=8100-8399 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e "${ignore_kinds[@]}" "$@"
+TETHER_ENV_PORTS=8100-8399 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e \
+  "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py "$@"
 main_status=$?
 wait "$e2e_pid"
 e2e_status=$?

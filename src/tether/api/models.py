@@ -16,7 +16,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints, field_validator
 
 from tether.actions.projects import MAX_COMMAND, MAX_HEALTH_PATH, MAX_PATH
 from tether.actions.variables import MAX_VALUE
@@ -119,7 +119,7 @@ class BackupIn(BaseModel):
 
     prefixes: list[Annotated[str, _text(PREFIX, min_length=1)]] = Field(
         default_factory=list, max_length=100)
-    verify: bool = False
+    verify: StrictBool = False
 
 
 class RestoreIn(BaseModel):
@@ -136,10 +136,10 @@ class ScheduleIn(BaseModel):
     verify one when the last verification is older than `verify_every_days`."""
 
     at: Annotated[str, _text(5, min_length=4)] = Field(examples=["03:30"])
-    keep_daily: int = Field(7, ge=0, le=366)
-    keep_weekly: int = Field(4, ge=0, le=520)
-    keep_monthly: int = Field(12, ge=0, le=1200)
-    verify_every_days: int = Field(7, ge=0, le=366)
+    keep_daily: StrictInt = Field(7, ge=0, le=366)
+    keep_weekly: StrictInt = Field(4, ge=0, le=520)
+    keep_monthly: StrictInt = Field(12, ge=0, le=1200)
+    verify_every_days: StrictInt = Field(7, ge=0, le=366)
 
 
 class CopyIn(BaseModel):

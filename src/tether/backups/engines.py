@@ -51,7 +51,10 @@ class BackupEngine(Protocol):
         ...
 
     def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
-                cluster: ClusterSpec) -> dict[str, Any]: ...
+                cluster: ClusterSpec, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What `differences` compares. `like` is the recorded summary it will be compared
+        with, for an engine with more than one way of summarising (PostgreSQL's checksums)."""
+        ...
 
     def differences(self, recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
         """How a restore's summary differs from the recorded one, in words (empty: none)."""
@@ -96,11 +99,11 @@ class PostgresEngine:
                 "(plain SQL, directory and tar formats are not accepted)")
 
     def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
-                cluster: ClusterSpec) -> dict[str, Any]:
+                cluster: ClusterSpec, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from tether.backups.postgres import summary
 
         target = self._target(credentials, names)
-        return dataclasses.asdict(summary(target.conninfo(with_password=True)))
+        return dataclasses.asdict(summary(target.conninfo(with_password=True), like))
 
     def differences(self, recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -113,6 +116,9 @@ class PostgresEngine:
             elif want[name]["rows"] != got[name]["rows"]:
                 out.append(f"table {name} has {got[name]['rows']} rows, the backup "
                            f"{want[name]['rows']}")
+            elif want[name].get("method", "md5") != got[name].get("method", "md5"):
+                out.append(f"the rows of table {name} could not be summarised as the "
+                           f"backup's were ({want[name].get('method', 'md5')})")
             elif want[name]["checksum"] != got[name]["checksum"]:
                 out.append(f"the rows of table {name} differ from the backup's")
         if [list(r) for r in recorded.get("relations", [])] != \
@@ -154,7 +160,7 @@ class _SummedAround:
         raise NotImplementedError
 
     def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
-                cluster: ClusterSpec) -> dict[str, Any]:
+                cluster: ClusterSpec, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return _plain(self._summary(credentials, names, cluster))
 
     def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,
@@ -357,7 +363,7 @@ class MediaEngine:
                             "`tether backup download`")
 
     def summary(self, credentials: Mapping[str, Any], names: ResourceNames,
-                cluster: ClusterSpec) -> dict[str, Any]:
+                cluster: ClusterSpec, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from tether.backups.media import summary
 
         return _plain(summary(self._target(credentials, cluster)))

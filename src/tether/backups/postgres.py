@@ -459,6 +459,9 @@ def restore_plain(target: PgTarget, path: Path) -> None:
 class TableSummary:
     rows: int
     checksum: str  # order-independent: equal for the same multiset of rows
+    #: how `checksum` was computed (`CHECKSUM_METHODS`); summaries recorded before there was a
+    #: choice have none, which means "md5"
+    method: str = "md5"
 
 
 @dataclass(frozen=True)
@@ -477,18 +480,51 @@ _STABLE_OUTPUT = {"bytea_output": "hex", "DateStyle": "ISO, YMD", "IntervalStyle
 _USER_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') "
                  "AND n.nspname NOT LIKE 'pg\\_%'")
 
+#: A table's checksum: the sums of two 64-bit hashes of each row, which is order-independent
+#: and computed in one streaming pass with constant memory (no sort, no 1 GB string limit).
+#: "hash" uses the server's own row hash (`hash_record_extended`, PostgreSQL 14+, with two
+#: seeds): the hash functions behind hash partitioning, stable across versions and upgrades,
+#: and 4-7 times cheaper than printing each row. It needs an extended hash function for every
+#: column's type (json, xml and geometric types have none); such a table, or a server before
+#: 14, falls back to "md5": the md5 of each row's text, its two halves summed. The row hash
+#: follows each type's equality, so it does not tell values apart that the type calls equal
+#: (numeric 1.0 and 1.00, citext 'A' and 'a'); a restore reproduces values exactly, and what a
+#: verification looks for is a restore that lost or changed rows.
+CHECKSUM_METHODS: dict[str, str] = {
+    "hash": "coalesce(sum(hash_record_extended(t, 0)), 0), "
+            "coalesce(sum(hash_record_extended(t, 1)), 0) FROM {} AS t",
+    "md5": "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+           "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
+           "FROM (SELECT md5(t::text) AS h FROM {} AS t) AS s",
+}
 
-def summary(dsn: str) -> DatabaseSummary:
-    """Row counts and content checksums of every table in the database's own schemas, the
-    sequences' last values, and the list of relations. Each row's text is hashed (md5) and the
-    two 64-bit halves of the hashes summed: an order-independent checksum computed in one
-    streaming pass with constant memory (no sort, no 1 GB string limit), good for telling a
-    faithful restore from a lossy one (not meant against a forger)."""
+
+def summary(dsn: str, like: Mapping[str, Any] | None = None) -> DatabaseSummary:
+    """Row counts and content checksums (`CHECKSUM_METHODS`) of every table in the database's
+    own schemas, the sequences' last values, and the list of relations: good for telling a
+    faithful restore from a lossy one (not meant against a forger). `like` is a recorded
+    summary (as JSON) whose tables' methods are used, so that the two compare."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return _summary_of(conn)
+        return _summary_of(conn, like)
 
 
-def _summary_of(conn: psycopg.Connection[Any]) -> DatabaseSummary:
+def _table_checksum(conn: psycopg.Connection[Any], table: sql.Composable,
+                    method: str) -> tuple[int, str, str] | None:
+    """(rows, checksum, method) of one table by `method`, or None when the server cannot use
+    that method on this table (then nothing of the transaction is lost: a savepoint)."""
+    query = sql.SQL("SELECT count(*), " + CHECKSUM_METHODS[method]).format(table)
+    try:
+        with conn.transaction():  # a savepoint inside the snapshot's transaction
+            row = conn.execute(query).fetchone()
+    except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+        # no hash_record_extended (before 14) / no extended hash function for a column's type
+        return None
+    assert row is not None
+    return int(row[0]), hashlib.sha256(f"{row[1]}:{row[2]}".encode()).hexdigest()[:32], method
+
+
+def _summary_of(conn: psycopg.Connection[Any],
+                like: Mapping[str, Any] | None = None) -> DatabaseSummary:
     """`summary` on an open connection (in its current transaction, if any)."""
     for name, value in _STABLE_OUTPUT.items():
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -497,19 +533,22 @@ def _summary_of(conn: psycopg.Connection[Any]) -> DatabaseSummary:
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND {_USER_SCHEMAS} "
         "ORDER BY 1, 2").fetchall()
+    recorded = (like or {}).get("tables", {})
     tables: dict[str, TableSummary] = {}
     for schema, name, kind in relations:
         if kind != "r":
             continue
-        row = conn.execute(sql.SQL(
-            "SELECT count(*), "
-            "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
-            "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
-            "FROM (SELECT md5(t::text) AS h FROM {} AS t) AS s").format(
-                sql.Identifier(schema, name))).fetchone()
-        assert row is not None
-        digest = hashlib.sha256(f"{row[1]}:{row[2]}".encode()).hexdigest()[:32]
-        tables[f"{schema}.{name}"] = TableSummary(rows=int(row[0]), checksum=digest)
+        qualified = f"{schema}.{name}"
+        # a recorded table is summarised as it was recorded, so that the two compare
+        wanted = recorded[qualified].get("method", "md5") if qualified in recorded else "hash"
+        for method in dict.fromkeys((wanted, "md5")):
+            found = _table_checksum(conn, sql.Identifier(schema, name), method)
+            if found is not None:
+                rows, checksum, used = found
+                tables[qualified] = TableSummary(rows=rows, checksum=checksum, method=used)
+                break
+        else:
+            raise BackupError(f"cannot summarise table {qualified} by {wanted}")
     sequences = {f"{schema}.{name}": value for schema, name, value in conn.execute(
         "SELECT schemaname, sequencename, last_value FROM pg_sequences "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchall()}

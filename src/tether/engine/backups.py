@@ -373,7 +373,7 @@ class Backups:
             try:
                 engine.restore(creds, names, spec, staged, record.key_sealed, self.parts.box,
                                record.sha256)
-                found = engine.summary(creds, names, spec)
+                found = engine.summary(creds, names, spec, like=recorded)
             except TetherError as exc:
                 return [f"{prefix}: {redact(exc.message, [spec.url])}"]
             return [f"{prefix}: {d}" for d in engine.differences(recorded, found)]

@@ -4,6 +4,7 @@ the real PostgresProvider: sealed round trips into the same and into another ins
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import secrets
@@ -20,6 +21,7 @@ from cryptography.fernet import Fernet
 from psycopg import sql
 
 from tests.conftest import PgServer
+from tether.backups.engines import PostgresEngine
 from tether.backups.postgres import (
     BackupError,
     NotACustomDump,
@@ -448,3 +450,49 @@ def test_summary_sees_a_changed_value(filled: PgTarget) -> None:
     with connect(filled) as conn:
         conn.execute(sql.SQL("SELECT nextval({})").format(sql.Literal("invoice_no")))
     assert summary(dsn(filled)).sequences["public.invoice_no"] == 1007
+
+
+def test_the_summary_hashes_rows_on_the_server_and_falls_back_per_table(
+        filled: PgTarget, box: SecretBox, tmp_path: Path) -> None:
+    """Tables are checksummed with the server's row hash; a table with a column type that has
+    no extended hash function (json, point) falls back to md5 of the row's text, inside
+    the backup's snapshot transaction without ending it, and a change there is still seen."""
+    with connect(filled) as conn:
+        conn.execute("""
+            CREATE TABLE documents (id int PRIMARY KEY, body json, at point);
+            INSERT INTO documents SELECT i, json_build_object('i', i), point(i, i)
+                FROM generate_series(1, 50) AS i;
+        """)
+    found = summary(dsn(filled))
+    assert found.tables["public.items"].method == "hash"
+    assert found.tables["public.blobs"].method == "hash"
+    assert found.tables["public.documents"].method == "md5"
+    assert found.tables["public.documents"].rows == 50
+    _, recorded = dump_sealed_with_summary(filled, tmp_path / "a.sealed", box)
+    assert recorded == found  # the fallback's savepoint did not end the snapshot
+    with connect(filled) as conn:
+        conn.execute("""UPDATE documents SET body = '{"i": 7, "changed": true}' WHERE id = 7""")
+    changed = summary(dsn(filled))
+    assert changed.tables["public.documents"].checksum != found.tables["public.documents"].checksum
+    assert changed.tables["public.items"] == found.tables["public.items"]
+
+
+def test_a_summary_recorded_by_md5_is_compared_by_md5(filled: PgTarget) -> None:
+    """A summary recorded before the row hash (no method: md5) is compared with one made the
+    same way, so older backups still verify; and a changed row is still found."""
+    engine = PostgresEngine("postgres")
+    current = dataclasses.asdict(summary(dsn(filled)))
+    older = dataclasses.asdict(summary(dsn(filled), like={
+        "tables": {name: {} for name in current["tables"]}}))
+    for table in older["tables"].values():
+        assert table.pop("method") == "md5"
+    assert older["tables"]["public.items"]["checksum"] != \
+        current["tables"]["public.items"]["checksum"]
+    assert engine.differences(older, dataclasses.asdict(summary(dsn(filled), like=older))) == []
+    assert engine.differences(older, current) == [
+        f"the rows of table public.{name} could not be summarised as the backup's were (md5)"
+        for name in ("blobs", "events", "items")]
+    with connect(filled) as conn:
+        conn.execute("UPDATE events SET kind = 'other' WHERE ctid = (SELECT min(ctid) FROM events)")
+    assert engine.differences(older, dataclasses.asdict(summary(dsn(filled), like=older))) == [
+        "the rows of table public.events differ from the backup's"]

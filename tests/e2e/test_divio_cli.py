@@ -287,3 +287,107 @@ def test_public_ids_are_derived_from_the_installation_key(app: App, tether: Teth
                         if p["name"] == app.name)["environments"]
     test_env = next(e for e in environments if e["name"] == "test")
     assert group["environment_uuid"] == public_id(box, Kind.ENVIRONMENT, test_env["id"])
+
+
+def test_tethers_own_json_shows_the_same_public_ids(app: App, tether: Tether) -> None:
+    """`tether … --json` (and so /api/v1 and the Services view) shows the ids the Divio API
+    uses, so a script can go from one to the other (`--remote-id`)."""
+    t = tether
+    shown = next(p for p in t.ok("project", "list", "--json").json() if p["name"] == app.name)
+    assert shown["uuid"] == app.uuid
+    [group] = app.result("json").json()
+    assert next(e for e in shown["environments"] if e["name"] == "test")["uuid"] == \
+        group["environment_uuid"]
+    media = next(i for i in app.result("instances").json() if i["prefix"] == "MEDIA")
+    mine = next(i for i in t.ok("service", "list", "test", "-p", app.name, "--json").json()
+                if i["prefix"] == "MEDIA")
+    assert mine["uuid"] == media["uuid"]
+    catalog = {c["service"]: c["uuid"]
+               for c in t.ok("service", "catalog", "--region", "local", "--json").json()}
+    assert catalog == {s["name"]: s["uuid"] for s in app.result("services").json()}
+    regions = httpx.get(f"{t.url}/api/v1/regions",
+                        headers={"Authorization": f"Bearer {t.token()}"}).json()
+    assert {r["name"]: r["uuid"] for r in regions}["local"] == app.region
+
+
+APP = f"{sys.executable} examples/hello/app.py"
+
+
+def _instances(t: Tether, name: str, env: str = "test") -> dict[str, str]:
+    return {i["prefix"]: i["state"]
+            for i in t.ok("service", "list", env, "-p", name, "--json").json()}
+
+
+def test_add_a_service_and_deploy_with_the_divio_cli(tether: Tether, divio_bin: Path,
+                                                   tmp_path: Path) -> None:
+    """`divio app service-instances add` adds an instance Tether lists as `new`; `divio app
+    deploy` provisions and attaches it and exits 0 once the app serves with its variables; a
+    failed deploy exits non-zero and changes nothing (rule 4); `deploy-log`, `deployments
+    list|get|get-var` show what happened."""
+    t = tether
+    name = f"dd{secrets.token_hex(3)}"
+    t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
+         "--app-dir", str(ROOT))
+    uuid = _api(t, "/apps/v3/applications/", slug=name)["results"][0]["uuid"]
+    region = next(r["uuid"] for r in _api(t, "/apps/v3/regions/")["results"]
+                  if r["name"] == "local")
+    postgres = next(s["uuid"] for s in _api(t, "/apps/v3/services/", region=region)["results"]
+                    if s["kind"] == "postgres")
+    divio = Divio(divio_bin, t, tmp_path / "unused").as_user(t.token())
+    by_uuid = ("--remote-id", uuid)
+
+    add = ("app", "service-instances", "add", "test", "--region", region, *by_uuid)
+    divio.ok(*add, "--prefix", "SHOP", "--service", postgres)
+    assert _instances(t, name) == {"SHOP": "new"}
+    taken = divio.run(*add, "--prefix", "SHOP", "--service", postgres)
+    assert taken.code != 0
+    assert "Request could not be processed" in taken.out + taken.err
+    assert "SHOP already exists in test" in taken.out + taken.err
+    unknown = divio.run(*add, "--prefix", "OTHER", "--service", ZERO_UUID)
+    assert unknown.code != 0 and "no service with the id" in unknown.out + unknown.err
+    viewer = divio.as_user(t.ok("token", "create", f"view-{name}", "--role", "viewer",
+                                "--project", name, "--json").json()["token"])
+    refused = viewer.run(*add, "--prefix", "OTHER", "--service", postgres)
+    assert refused.code != 0 and "viewer" in refused.out + refused.err
+    assert _instances(t, name) == {"SHOP": "new"}
+
+    deployed = divio.ok("app", "deploy", "test", *by_uuid)
+    assert "Deploying test environment" in deployed.out
+    assert _instances(t, name) == {"SHOP": "attached"}
+    url = t.ok("project", "show", "-p", name, "--json").json()["environments"][0]["url"]
+    status = httpx.get(url + "/status.json", timeout=10).json()
+    assert status["services"]["SHOP_DATABASE_DSN"]["ok"] is True, status
+
+    # a deploy that fails: the app's command exits at once. The new instance is provisioned
+    # but stays pending attachment, SHOP stays attached, the previous release keeps serving
+    t.ok("project", "update", "--app-command", f"{sys.executable} -c 'raise SystemExit(3)'",
+         "-p", name)
+    divio.ok(*add, "--prefix", "MORE", "--service", postgres)
+    failed = divio.run("app", "deploy", "test", *by_uuid)
+    assert failed.code != 0, (failed.out, failed.err)
+    assert "Deployment failed" in failed.out + failed.err
+    assert _instances(t, name) == {"SHOP": "attached", "MORE": "pending attachment"}
+    assert httpx.get(url + "/status.json", timeout=10).json()["services"][
+        "SHOP_DATABASE_DSN"]["ok"] is True
+
+    log = divio.ok("app", "deploy-log", "test", *by_uuid).out
+    [last] = [d for d in t.ok("deployments", "test", "-p", name, "--json").json()
+              if d["status"] == "failed"]
+    assert last["error"] and last["error"][:40] in log
+
+    [group] = divio.ok("app", "deployments", "--json", "list", *by_uuid).json()
+    assert group["environment"] == "test"
+    runs = group["deployments"]
+    assert [(d["status"], d["success"]) for d in runs] == [("failed", False),
+                                                          ("succeeded", True)]
+    good = runs[1]["uuid"]
+    [shown] = divio.ok("app", "deployments", "--json", "get", good, *by_uuid).json()
+    assert "SHOP_DATABASE_DSN" in shown["deployment"]["environment_variables"]
+    assert "MORE_DATABASE_DSN" not in shown["deployment"]["environment_variables"]
+    [var] = divio.ok("app", "deployments", "--json", "get-var", good, "SHOP_DATABASE_DSN",
+                     *by_uuid).json()
+    running = t.ok("project", "env-vars", "-e", "test", "--all", "--get", "SHOP_DATABASE_DSN",
+                   "-p", name).out.strip()
+    assert var["value"] == running
+    missing = divio.run("app", "deployments", "get", ZERO_UUID, *by_uuid)
+    assert missing.code != 0 and "Resource not found" in missing.out + missing.err

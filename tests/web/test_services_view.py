@@ -125,6 +125,7 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     values = page.locator("table.variables .value")
     expect(values.first).to_have_text("••••••••")
     expect(page.locator(".facts")).to_contain_text("local-postgres")
+    expect(page.locator("#instance-uuid")).to_have_text(shown["uuid"])  # the public id
     expect(page.locator("table.history")).to_contain_text("provisioned")
     expect(page.locator(".action-list")).to_contain_text("DEFAULT is pending attachment")
     page.screenshot(path=str(screenshots / "05-instance-details.png"), full_page=True)
@@ -341,6 +342,10 @@ def test_a_project_is_created_in_the_browser(tether: Tether, page: Page) -> None
     page.wait_for_url("**/projects/made-in-browser")
     expect(page.get_by_role("tab", name="test")).to_have_attribute("aria-selected", "true")
     expect(page.get_by_role("tab", name="live")).to_be_visible()
+    # its public id, the one the Divio CLI's --remote-id takes
+    made = tether.ok("project", "show", "-p", "made-in-browser", "--json").json()
+    assert made["uuid"] == api(tether, "GET", "/projects/made-in-browser").json()["uuid"]
+    expect(page.locator("#project-meta")).to_contain_text(f"id {made['uuid']}")
     page.get_by_role("link", name="Projects").click()
     expect(page.get_by_role("link", name="made-in-browser")).to_be_visible()
 

@@ -24,6 +24,7 @@ from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
 from tether.providers.common import check_limit_settings
 from tether.providers.registry import available, get_provider, kinds, provider_class
+from tether.publicids import Kind, public_id
 from tether.store.models import Cluster, Instance, Region
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
@@ -104,7 +105,8 @@ def _region(s: Session, region: str, family: str | None, kind: str,
 
 def list_regions(ctx: Context) -> list[dict[str, object]]:
     with ctx.store.session() as s:
-        return [{"name": r.name, "family": r.family}
+        return [{"name": r.name, "uuid": public_id(ctx.box, Kind.REGION, r.name),
+                 "family": r.family}
                 for r in s.scalars(select(Region).order_by(Region.name))]
 
 

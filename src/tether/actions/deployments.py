@@ -18,19 +18,30 @@ from tether.actions.common import (
     operation_view,
     queue_operation,
 )
+from tether.crypto import SecretBox
 from tether.errors import NotFound, UserError
+from tether.publicids import Kind, public_id
+from tether.redact import mask_value
 from tether.runtime import logs
-from tether.store.models import Deployment, DeploymentLog, Environment, Operation, Release
+from tether.store.models import (
+    Deployment,
+    DeploymentLog,
+    Environment,
+    Operation,
+    Project,
+    Release,
+)
 
 #: most lines one call returns
 MAX_LOG_LINES = 10000
 
 
-def deployment_view(s: Session, d: Deployment, logs_after: int | None = None
+def deployment_view(s: Session, box: SecretBox, d: Deployment, logs_after: int | None = None
                     ) -> dict[str, object]:
     env = s.get(Environment, d.environment_id)
     view: dict[str, object] = {
         "id": d.id,
+        "uuid": public_id(box, Kind.DEPLOYMENT, d.id),
         "project": env.project.name if env else None,
         "environment": env.name if env else None,
         "status": d.status,
@@ -60,19 +71,59 @@ def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object
         op = queue_operation(s, ctx, "deploy", env, deployment_id=dep.id)
         audit(s, ctx.actor, "deploy requested", environment_id=env.id,
               detail=f"deployment {dep.id}")
-        view = deployment_view(s, dep)
+        view = deployment_view(s, ctx.box, dep)
         view["operation"] = operation_view(op)
     ctx.notify()
     return view
 
 
 def list_deployments(ctx: Context, project: str | None, env_name: str,
-                     limit: int = 20) -> list[dict[str, object]]:
+                     limit: int | None = 20) -> list[dict[str, object]]:
+    """The environment's deployments, newest first (`limit` of them; None: all)."""
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project, ctx), env_name)
-        rows = s.scalars(select(Deployment).where(Deployment.environment_id == env.id)
-                         .order_by(Deployment.id.desc()).limit(limit))
-        return [deployment_view(s, d) for d in rows]
+        query = select(Deployment).where(Deployment.environment_id == env.id) \
+            .order_by(Deployment.id.desc())
+        rows = s.scalars(query if limit is None else query.limit(limit))
+        return [deployment_view(s, ctx.box, d) for d in rows]
+
+
+def visible_deployment_ids(ctx: Context) -> list[int]:
+    """The ids of every deployment of the projects the token may read (the candidates when a
+    deployment is named by its public id, which is one-way)."""
+    with ctx.store.session() as s:
+        rows = s.execute(select(Deployment.id, Environment.project_id)
+                         .join(Environment, Environment.id == Deployment.environment_id))
+        readable: dict[int, bool] = {}
+        out = []
+        for dep_id, project_id in rows:
+            if project_id not in readable:
+                project = s.get(Project, project_id)
+                readable[project_id] = project is not None and \
+                    ctx.principal.may(Need.READ, project.name)
+            if readable[project_id]:
+                out.append(dep_id)
+        return out
+
+
+def deployment_variables(ctx: Context, deployment_id: int) -> dict[str, str]:
+    """The variables the release of a deployment was started with (none when it made no
+    release: it failed before starting one). Values in clear for a token that may see the
+    project's secrets, masked for one that may not (as `list_variables` without reveal)."""
+    with ctx.store.session() as s:
+        d = s.get(Deployment, deployment_id)
+        if d is None or not _may_read(s, ctx, d.environment_id):
+            raise NotFound(f"no deployment {deployment_id}")
+        env = s.get(Environment, d.environment_id)
+        assert env is not None
+        release = s.scalar(select(Release).where(Release.deployment_id == d.id)
+                           .order_by(Release.id.desc()).limit(1))
+        if release is None:
+            return {}
+        values = {str(k): str(v) for k, v in (ctx.box.open(release.env_enc) or {}).items()}
+        if ctx.principal.may(Need.REVEAL, env.project.name):
+            return values
+        return {name: mask_value(value) for name, value in values.items()}
 
 
 def _may_read(s: Session, ctx: Context, environment_id: int) -> bool:
@@ -83,12 +134,13 @@ def _may_read(s: Session, ctx: Context, environment_id: int) -> bool:
     return env is not None and ctx.principal.may(Need.READ, env.project.name)
 
 
-def get_deployment(ctx: Context, deployment_id: int, logs_after: int = 0) -> dict[str, object]:
+def get_deployment(ctx: Context, deployment_id: int,
+                   logs_after: int | None = 0) -> dict[str, object]:
     with ctx.store.session() as s:
         d = s.get(Deployment, deployment_id)
         if d is None or not _may_read(s, ctx, d.environment_id):
             raise NotFound(f"no deployment {deployment_id}")
-        return deployment_view(s, d, logs_after=logs_after)
+        return deployment_view(s, ctx.box, d, logs_after=logs_after)
 
 
 def get_operation(ctx: Context, operation_id: int) -> dict[str, object]:

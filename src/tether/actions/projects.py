@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 from tether import naming
 from tether.access import Need
 from tether.actions.common import Context, audit, get_project, iso
+from tether.crypto import SecretBox
 from tether.errors import Conflict, UserError
 from tether.net import port_is_free
+from tether.publicids import Kind, public_id
 from tether.runtime import appcopy
 from tether.store.models import Environment, Project, Region
 
@@ -48,9 +50,10 @@ def _free_env_port(s: Session) -> int:
                     f"{ports.stop - 1}): remove unused projects, or widen {ENV_PORTS_VAR}")
 
 
-def environment_view(env: Environment) -> dict[str, object]:
+def environment_view(env: Environment, box: SecretBox) -> dict[str, object]:
     return {
         "id": env.id,
+        "uuid": public_id(box, Kind.ENVIRONMENT, env.id),
         "name": env.name,
         "port": env.port,
         "url": f"http://127.0.0.1:{env.port}",
@@ -58,9 +61,10 @@ def environment_view(env: Environment) -> dict[str, object]:
     }
 
 
-def project_view(project: Project) -> dict[str, object]:
+def project_view(project: Project, box: SecretBox) -> dict[str, object]:
     return {
         "id": project.id,
+        "uuid": public_id(box, Kind.PROJECT, project.id),
         "name": project.name,
         "region": project.region,
         "app_command": project.app_command,
@@ -68,7 +72,7 @@ def project_view(project: Project) -> dict[str, object]:
         "health_path": project.health_path,
         "health_timeout": project.health_timeout,
         "created_at": iso(project.created_at),
-        "environments": [environment_view(e) for e in project.environments],
+        "environments": [environment_view(e, box) for e in project.environments],
     }
 
 
@@ -183,18 +187,18 @@ def create_project(
         except IntegrityError as exc:
             raise Conflict(f"a project named {name} exists already: pick another name") from exc
         s.refresh(project)
-        return project_view(project)
+        return project_view(project, ctx.box)
 
 
 def list_projects(ctx: Context) -> list[dict[str, object]]:
     with ctx.store.session() as s:
-        return [project_view(p) for p in s.scalars(select(Project).order_by(Project.name))
+        return [project_view(p, ctx.box) for p in s.scalars(select(Project).order_by(Project.name))
                 if ctx.principal.sees(p.name)]
 
 
 def show_project(ctx: Context, name: str | None) -> dict[str, object]:
     with ctx.store.session() as s:
-        return project_view(get_project(s, name, ctx))
+        return project_view(get_project(s, name, ctx), ctx.box)
 
 
 def update_project(ctx: Context, name: str | None, app_command: str | None = None,
@@ -208,4 +212,4 @@ def update_project(ctx: Context, name: str | None, app_command: str | None = Non
             _check_health_path(health_path)
             project.health_path = health_path
         audit(s, ctx.actor, "project updated", detail=project.name)
-        return project_view(project)
+        return project_view(project, ctx.box)

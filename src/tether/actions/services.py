@@ -30,6 +30,7 @@ from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Action, State
 from tether.providers.base import Rotatable, rotation_unsupported
 from tether.providers.registry import get_provider
+from tether.publicids import Kind, public_id
 from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Variable
 from tether.store.records import (
     apply_decision,
@@ -44,7 +45,8 @@ def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[
         if region is None:
             region = get_project(s, project, ctx).region
         return [
-            {"service": o.service, "kind": o.kind, "version": o.version, "region": o.region,
+            {"service": o.service, "uuid": public_id(ctx.box, Kind.SERVICE, o.service),
+             "kind": o.kind, "version": o.version, "region": o.region,
              "shared": o.shared, "private": o.private}
             for o in catalog.offers(cluster_infos(s), region)
         ]
@@ -85,6 +87,7 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
     pending = operation or unfinished(s, inst)
     return {
         "id": inst.id,
+        "uuid": public_id(ctx.box, Kind.INSTANCE, inst.id),
         "prefix": inst.prefix,
         "service": inst.service,
         "kind": inst.kind,

@@ -12,6 +12,7 @@ Tokens are Tether's own, sent the Divio way (`Authorization: Token TOKEN`, read 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from tether.publicids import Kind, find, public_id
 #: results per page when the client names no `page_size`, and the most it may ask for
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: what `divio app deploy --build-mode` may say (Tether builds nothing: checked, then ignored)
+BUILD_MODES = ("AUTO", "ADOPT", "FORCE")
 
 def service_type(kind: str) -> str:
     """The Divio service type of a kind (`divio services list` shows it; the CLI's backup
@@ -62,11 +65,39 @@ def _token_header(authorization: str | None) -> str | None:
     return authorization
 
 
+class FieldError(UserError):
+    """A field of a request body that is missing or wrong (400, with the field's messages)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
 def _error(exc: TetherError) -> JSONResponse:
     status = exc.status if isinstance(exc, UserError) else 500
+    if status == 409:
+        # a conflict with the current state (the prefix is taken, a deploy is running) is a
+        # request that could not be processed: the CLI then prints "Request could not be
+        # processed" and Tether's reason, instead of blaming the connection
+        status = 400
     message = exc.message if isinstance(exc, UserError) else "internal error: see the server log"
-    return JSONResponse({"detail": message, "non_field_errors": [message],
-                         "code": exc.code}, status)
+    body: dict[str, Any] = {"detail": message, "non_field_errors": [message], "code": exc.code}
+    if isinstance(exc, FieldError):
+        body[exc.field] = [exc.reason]
+    return JSONResponse(body, status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object (divio-cli sends its data as JSON)."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise UserError("the body is not JSON: send the fields as a JSON object") from None
+    if not isinstance(data, dict):
+        raise UserError("the body must be a JSON object of fields")
+    return data
 
 
 class Directory:
@@ -116,6 +147,10 @@ class Directory:
             "repository": None,
             "environments": [self.pid(Kind.ENVIRONMENT, e["id"]) for e in p["environments"]],
             "created_at": p["created_at"],
+            # `divio app service-instances add ENV` reads the environment's uuid from here
+            **{f"{e['name']}_status": {"uuid": self.pid(Kind.ENVIRONMENT, e["id"]),
+                                        "slug": e["name"], "url": e["url"]}
+               for e in p["environments"]},
         }
 
     def environment_view(self, p: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +170,52 @@ class Directory:
                 "ended_at": last["finished_at"],
             },
         }
+
+
+    def instance_view(self, p: dict[str, Any], e: dict[str, Any],
+                      inst: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "uuid": self.pid(Kind.INSTANCE, inst["id"]),
+            "prefix": inst["prefix"],
+            "type": service_type(str(inst["kind"])),
+            "service": self.pid(Kind.SERVICE, inst["service"]),
+            "service_name": inst["service"],
+            "service_status": service_status(str(inst["state"])),
+            "state": inst["state"],
+            "region": self.region_id(p["region"]),
+            "environment": self.pid(Kind.ENVIRONMENT, e["id"]),
+            "created_at": inst["created_at"],
+        }
+
+    def deployment_view(self, dep: dict[str, Any]) -> dict[str, Any]:
+        """A deployment as `divio app deploy` polls it: it waits for `ended_at`, shows
+        `percent` and `status`, and fails when `success` is false."""
+        p = next(p for p in self.projects if p["name"] == dep["project"])
+        e = next(e for e in p["environments"] if e["name"] == dep["environment"])
+        return {
+            "uuid": self.pid(Kind.DEPLOYMENT, dep["id"]),
+            "id": dep["id"],
+            "environment": self.pid(Kind.ENVIRONMENT, e["id"]),
+            "environment_slug": e["name"],
+            "application": self.pid(Kind.PROJECT, p["id"]),
+            "status": dep["status"],
+            "percent": dep["percent"] or 0,
+            "success": dep["success"],
+            "error": dep["error"],
+            "author": dep["requested_by"],
+            "created_at": dep["created_at"],
+            "started_at": dep["started_at"],
+            "ended_at": dep["finished_at"],
+        }
+
+    def deployment(self, value: str | None) -> dict[str, Any]:
+        """The deployment of a public id (404 also for one of a project the token may not
+        read, as for applications)."""
+        found = find(self.ctx.box, Kind.DEPLOYMENT, value,
+                     deployments.visible_deployment_ids(self.ctx))
+        if found is None:
+            raise NotFound(f"no deployment with the id {value!r}")
+        return deployments.get_deployment(self.ctx, found, logs_after=None)
 
 
 class Page:
@@ -327,22 +408,109 @@ def list_service_instances(ctx: Context, request: Request) -> dict[str, Any]:
     elif not targets:
         raise UserError("name an environment (environment=UUID) or an application "
                         "(application=UUID)")
-    results = []
-    for p, e in targets:
-        for inst in services.list_instances(ctx, p["name"], e["name"]):
-            results.append({
-                "uuid": d.pid(Kind.INSTANCE, inst["id"]),
-                "prefix": inst["prefix"],
-                "type": service_type(str(inst["kind"])),
-                "service": d.pid(Kind.SERVICE, inst["service"]),
-                "service_name": inst["service"],
-                "service_status": service_status(str(inst["state"])),
-                "state": inst["state"],
-                "region": d.region_id(p["region"]),
-                "environment": d.pid(Kind.ENVIRONMENT, e["id"]),
-                "created_at": inst["created_at"],
-            })
-    return page.answer(results)
+    return page.answer([d.instance_view(p, e, inst) for p, e in targets
+                        for inst in services.list_instances(ctx, p["name"], e["name"])])
+
+
+def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None:
+    """A string field of a request body; a missing or malformed one is a 400 naming it, in
+    the shape Django REST framework gives (the field's own list of messages)."""
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise FieldError(name, "This field is required.")
+        return None
+    if not isinstance(value, str):
+        raise FieldError(name, "Not a valid string.")
+    return value
+
+
+def add_service_instance(ctx: Context, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """`divio app service-instances add ENV --prefix P --region R --service S`: the instance
+    is added (state `new`) as `tether service add` adds it; the next deploy provisions and
+    attaches it."""
+    d = Directory(ctx)
+    p, e = d.environment(_field(body, "environment"))
+    prefix = str(_field(body, "prefix"))
+    region = _field(body, "region", required=False)
+    if region is not None:
+        try:
+            name = _region_name(ctx, region)
+        except NotFound:
+            raise FieldError("region", f"no region with the id {region!r}: `divio regions "
+                             "list` shows them") from None
+        if name != p["region"]:
+            raise FieldError("region", f"the application is in region {p['region']}, not "
+                             f"{name}: give its region ({d.region_id(p['region'])})")
+    wanted = str(_field(body, "service"))
+    names = [str(o["service"]) for o in services.catalog_view(ctx, p["region"], None)]
+    service = wanted if wanted in names else find(ctx.box, Kind.SERVICE, wanted, names)
+    if service is None:
+        raise FieldError("service", f"no service with the id {wanted!r} in region "
+                         f"{p['region']}: `divio services list --region "
+                         f"{d.region_id(p['region'])}` shows them")
+    inst = services.add(ctx, p["name"], e["name"], service, prefix)
+    return d.instance_view(p, e, inst)
+
+
+def create_deployment(ctx: Context, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """`divio app deploy ENV`: a deployment as `tether deploy ENV` asks for one. Tether builds
+    nothing, so `build_mode` (AUTO, ADOPT, FORCE) is checked and has no effect."""
+    d = Directory(ctx)
+    p, e = d.environment(_field(body, "environment"))
+    mode = _field(body, "build_mode", required=False)
+    if mode is not None and mode.upper() not in BUILD_MODES:
+        raise FieldError("build_mode", f"{mode!r} is not one of {', '.join(BUILD_MODES)}")
+    return d.deployment_view(deployments.deploy(ctx, p["name"], e["name"]))
+
+
+def list_deployments(ctx: Context, request: Request) -> dict[str, Any]:
+    """`divio app deployments list` and the look-up of `divio app deploy` (the newest first:
+    it reads `results[0]` to attach to a deployment still running)."""
+    page = Page(request)
+    d = Directory(ctx)
+    targets = [d.environment(value) for value in _ids(request, "environment")]
+    applications = _ids(request, "application")
+    if applications:
+        wanted = {d.project(value)["id"] for value in applications}
+        targets = ([(p, e) for p, e in targets if p["id"] in wanted] if targets else
+                   [(p, e) for p, e in d.environments() if p["id"] in wanted])
+    elif not targets:
+        targets = d.environments()
+    found = [dep for p, e in targets
+             for dep in deployments.list_deployments(ctx, p["name"], e["name"], limit=None)]
+    found.sort(key=lambda dep: int(dep["id"]), reverse=True)
+    return page.answer([d.deployment_view(dep) for dep in found])
+
+
+def show_deployment(ctx: Context, request: Request, deployment: str) -> dict[str, Any]:
+    """One deployment, with the names of the variables its release was started with
+    (`divio app deployments get` shows them)."""
+    d = Directory(ctx)
+    view = d.deployment_view(d.deployment(deployment))
+    view["environment_variables"] = sorted(
+        deployments.deployment_variables(ctx, int(view["id"])))
+    return view
+
+
+def deployment_logs(ctx: Context, request: Request, deployment: str) -> dict[str, Any]:
+    """`divio app deploy-log ENV` (the environment's last finished deployment): the log as
+    text, one line per entry."""
+    d = Directory(ctx)
+    dep = d.deployment(deployment)
+    lines = deployments.get_deployment(ctx, int(dep["id"]), logs_after=0)["logs"]
+    assert isinstance(lines, list)
+    return {"uuid": d.pid(Kind.DEPLOYMENT, dep["id"]),
+            "logs": "".join(f"{entry['at']} {entry['line']}\n" for entry in lines)}
+
+
+def deployment_variables(ctx: Context, request: Request, deployment: str) -> dict[str, Any]:
+    """`divio app deployments get-var UUID NAME`: the variables the deployment's release was
+    started with (masked for a token that may not see the project's secrets)."""
+    d = Directory(ctx)
+    view = d.deployment_view(d.deployment(deployment))
+    view["environment_variables"] = deployments.deployment_variables(ctx, int(view["id"]))
+    return view
 
 
 def divio_router(base: Context) -> APIRouter:
@@ -351,12 +519,14 @@ def divio_router(base: Context) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     async def answer(request: Request, fn: Callable[..., dict[str, Any]],
-                     *args: str) -> JSONResponse:
+                     *args: str, body: bool = False, status: int = 200) -> JSONResponse:
         try:
             caller = await run_in_threadpool(
                 caller_for, base.store, _token_header(request.headers.get("authorization")))
             ctx = base.as_principal(caller.principal)
-            return JSONResponse(await run_in_threadpool(fn, ctx, request, *args))
+            data = [await _json_body(request)] if body else []
+            return JSONResponse(await run_in_threadpool(fn, ctx, request, *args, *data),
+                                status)
         except Unauthorized as exc:
             if request.headers.get("authorization"):
                 return _error(exc)
@@ -405,6 +575,31 @@ def divio_router(base: Context) -> APIRouter:
     @router.get("/apps/v3/service-instances/")
     async def get_service_instances(request: Request) -> JSONResponse:
         return await answer(request, list_service_instances)
+
+    @router.post("/apps/v3/service-instances/")
+    async def post_service_instance(request: Request) -> JSONResponse:
+        return await answer(request, add_service_instance, body=True, status=201)
+
+    @router.get("/apps/v3/deployments/")
+    async def get_deployments(request: Request) -> JSONResponse:
+        return await answer(request, list_deployments)
+
+    @router.post("/apps/v3/deployments/")
+    async def post_deployment(request: Request) -> JSONResponse:
+        return await answer(request, create_deployment, body=True, status=201)
+
+    @router.get("/apps/v3/deployments/{deployment}/")
+    async def get_deployment(request: Request, deployment: str) -> JSONResponse:
+        return await answer(request, show_deployment, deployment)
+
+    # divio-cli asks for these two without the trailing slash
+    @router.get("/apps/v3/deployments/{deployment}/logs")
+    async def get_deployment_logs(request: Request, deployment: str) -> JSONResponse:
+        return await answer(request, deployment_logs, deployment)
+
+    @router.get("/apps/v3/deployments/{deployment}/environment-variables")
+    async def get_deployment_variables(request: Request, deployment: str) -> JSONResponse:
+        return await answer(request, deployment_variables, deployment)
 
     return router
 

@@ -52,6 +52,7 @@ function summary(inst) {
         h('span', { class: 'spinner', 'aria-hidden': 'true' }), op)) : null,
       inst.last_error ? row('Last error', h('span', { class: 'error-text' }, inst.last_error))
         : null,
+      row('ID', h('code', { id: 'instance-uuid' }, inst.uuid)),
       row('Added', when(inst.created_at)),
       row('Changed', when(inst.updated_at))));
 }

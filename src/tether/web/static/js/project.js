@@ -606,7 +606,8 @@ async function main() {
   document.title = `${project.name} · Tether`;
   byId('project-title').textContent = project.name;
   byId('project-meta').textContent = `Region ${project.region}` +
-    (project.app_command ? ` · application: ${project.app_command}` : ' · no application command');
+    (project.app_command ? ` · application: ${project.app_command}` : ' · no application command') +
+    ` · id ${project.uuid} (the Divio CLI's --remote-id)`;
   setUpTabs(project);
 }
 

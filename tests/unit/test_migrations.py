@@ -23,3 +23,27 @@ def test_migrated_store_matches_the_models(tmp_path: Path) -> None:
         assert {"backups", "backup_files", "backup_schedules"} <= tables
     finally:
         store.dispose()
+
+
+#: the look-ups lists and the engine make by these columns (issue 12: "missing indexes")
+LOOKUP_INDEXES = {
+    "operations": {("instance_id",), ("deployment_id",), ("environment_id",)},
+    "deployments": {("environment_id",)},
+    "releases": {("environment_id", "status")},
+    "instances": {("cluster_id",)},
+    "audit": {("environment_id",), ("instance_id",)},
+    "clusters": {("owner_instance_id",)},
+}
+
+
+def test_the_columns_lists_filter_by_are_indexed(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        store.migrate()
+        with store.engine.connect() as conn:
+            found = {table: {tuple(ix["column_names"]) for ix in inspect(conn).get_indexes(table)}
+                     for table in LOOKUP_INDEXES}
+        for table, wanted in LOOKUP_INDEXES.items():
+            assert wanted <= found[table], (table, wanted - found[table])
+    finally:
+        store.dispose()

@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -73,6 +73,8 @@ from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.web.routes import STATIC_DIR, web_router
 
 FINISHED = ("succeeded", "failed")
+#: what a deployment's status may be
+DeploymentStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
 def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
@@ -364,9 +366,31 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                 checked = time.monotonic()
 
     @api.get("/deployments/{deployment_id}", tags=["deployments"])
-    async def get_deployment(ctx: Ctx, deployment_id: IdPath,
-                             logs_after: LogsAfter = 0) -> dict[str, Any]:
-        return await call(deployments.get_deployment, ctx, deployment_id, logs_after)
+    async def get_deployment(ctx: Ctx, request: Request, deployment_id: IdPath,
+                             logs_after: LogsAfter = 0,
+                             wait: Annotated[float, Query(ge=0, le=60)] = 0,
+                             status: Annotated[DeploymentStatus | None, Query()] = None,
+                             percent: Annotated[int | None, Query(ge=0, le=100)] = None
+                             ) -> dict[str, Any]:
+        """The deployment and its log lines after `logs_after`. With `wait`, answer as soon as
+        something is new (at most `wait` s): a log line, the end, or a status or percent other
+        than `status`/`percent` (what the caller saw last; by default what the first look
+        finds). `tether deploy` follows a deployment this way, one request per change."""
+        deadline = time.monotonic() + wait
+        checked = time.monotonic()
+        while True:
+            dep = await call(deployments.get_deployment, ctx, deployment_id, logs_after)
+            status = status or dep["status"]
+            percent = dep["percent"] if percent is None else percent
+            left = deadline - time.monotonic()
+            if dep["logs"] or dep["status"] in FINISHED or dep["status"] != status or \
+                    dep["percent"] != percent or left <= 0:
+                return dep
+            # the deploy runs on whichever node claimed it: its progress is in the store
+            await asyncio.sleep(min(left, 0.2))
+            if time.monotonic() - checked >= 1.0:
+                await still_allowed(request)
+                checked = time.monotonic()
 
     @api.get("/operations/{operation_id}", tags=["operations"])
     async def get_operation(ctx: Ctx, request: Request, operation_id: IdPath,

@@ -10,9 +10,10 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.text import Text
 
-from tether.cli.client import Client, env_path, seg
+from tether.cli.client import LONG_POLL, Client, env_path, seg
 from tether.cli.common import (
     CONTEXT_SETTINGS,
+    DEFAULT_GRACE,
     FINISHED,
     EnvArg,
     JsonOpt,
@@ -33,10 +34,9 @@ from tether.cli.output import (
     when,
 )
 
-#: seconds between two polls of a running deployment
+#: seconds between two looks at a deployment when the server answers at once (one that does
+#: not long-poll); a server that does answers each look as soon as something is new
 POLL_INTERVAL = 0.3
-#: polls between two checks of the deployment's operation (a safety net if the worker died)
-OPERATION_CHECK_EVERY = 20
 
 deployment_app = typer.Typer(help="Past deployments of an environment.", no_args_is_help=True,
                              epilog="Example: tether deployment show 12",
@@ -50,7 +50,10 @@ def _log_line(entry: dict[str, Any]) -> Text:
 
 
 def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
-    """Poll a deployment until it has finished, printing new log lines (people only).
+    """Follow a deployment until it has finished, printing new log lines (people only): each
+    request long-polls (`wait`), answered when a line, the percent, the status or the end is
+    new. When one brings nothing new (the wait ran out), the deployment's operation is looked
+    at too: a safety net should its worker have given up without finishing it.
 
     Returns the final deployment with all its log lines under `logs`."""
     logs: list[dict[str, Any]] = []
@@ -59,7 +62,6 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
         TaskProgressColumn(), console=out, transient=True) if show and out.is_terminal else None
-    polls = 0
     follow = f"tether deployment show {dep['id']}"
     try:
         if progress is not None:
@@ -69,7 +71,12 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
         op_failed = False
         while True:
             after = logs[-1]["id"] if logs else 0
-            dep = client.get(f"/deployments/{seg(dep['id'])}", params={"logs_after": after})
+            seen = (dep["status"], dep.get("percent"))
+            asked = time.monotonic()
+            params = {"logs_after": after, "wait": LONG_POLL, "status": seen[0],
+                      "percent": seen[1] or 0}
+            dep = client.get(f"/deployments/{seg(dep['id'])}", params=params,
+                             timeout=LONG_POLL + DEFAULT_GRACE)
             new = dep.get("logs") or []
             logs.extend(new)
             if show:
@@ -85,13 +92,15 @@ def _follow(client: Client, dep: dict[str, Any], key: str) -> dict[str, Any]:
                 dep["error"] = (dep.get("error") or (op or {}).get("error")
                                 or "the deployment's operation failed")
                 break
-            polls += 1
-            if op and polls % OPERATION_CHECK_EVERY == 0:
+            if new or (dep["status"], dep.get("percent")) != seen:
+                continue
+            if op:  # nothing new for a whole wait: is the deployment's operation still on?
                 op = client.get(f"/operations/{seg(op['id'])}")
                 op_failed = op["status"] == "failed"
                 if op_failed:
                     continue  # one last look at the deployment and its log
-            time.sleep(POLL_INTERVAL)
+            if time.monotonic() - asked < 1.0:  # a server that does not long-poll
+                time.sleep(POLL_INTERVAL)
     except KeyboardInterrupt:
         if progress is not None:
             progress.stop()  # before the hint; stopping again below is a no-op

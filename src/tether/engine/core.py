@@ -32,7 +32,8 @@ from tether.store.models import Operation
 
 class Engine:
     def __init__(self, store: Store, box: SecretBox, data_dir: Path,
-                 runtime: ProcessRuntime | None = None, node_id: str | None = None) -> None:
+                 runtime: ProcessRuntime | None = None, node_id: str | None = None,
+                 max_parallel: int = 4) -> None:
         self.parts = EngineParts(store, box, data_dir, runtime, node_id)
         self.store, self.box, self.data_dir, self.runtime = store, box, data_dir, runtime
         self.node_id = node_id
@@ -52,7 +53,8 @@ class Engine:
             "copy": self.backups.run_copy,
             "verify": self.backups.run_verify,
             "delete-backup": self.backups.run_delete,
-        }, node_id=node_id)
+        }, max_parallel=max_parallel, node_id=node_id)
+        self.parts.waiting = self.worker.waiting
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
         self.scheduler = Scheduler(self.parts)
 

@@ -194,14 +194,17 @@ class Deploying:
                                      variables, media)
             self._progress(dep_id, 60, f"starting release {release_id}: {command}")
             try:
-                running = runtime.start(ReleaseSpec(
-                    release_id=release_id, environment_key=key, command=command,
-                    env=variables, health_path=health_path, cwd=str(prepared.cwd),
-                    health_timeout=float(timeout), log_path=log_path,
-                    secrets=secret_values, account=prepared.account,
-                    log=lambda lines: self._log_lines(
-                        dep_id, ["app: " + redact(line, secret_values) for line in lines]),
-                    on_start=lambda started: self._record_process(release_id, started)))
+                # starting is mostly waiting for the release to become healthy (up to the
+                # project's health timeout): no worker slot is held meanwhile
+                with self.parts.waiting():
+                    running = runtime.start(ReleaseSpec(
+                        release_id=release_id, environment_key=key, command=command,
+                        env=variables, health_path=health_path, cwd=str(prepared.cwd),
+                        health_timeout=float(timeout), log_path=log_path,
+                        secrets=secret_values, account=prepared.account,
+                        log=lambda lines: self._log_lines(
+                            dep_id, ["app: " + redact(line, secret_values) for line in lines]),
+                        on_start=lambda started: self._record_process(release_id, started)))
             except ReleaseFailed as exc:
                 self._set_release(release_id, "failed")
                 raise OperationError(redact(exc.message, secret_values)) from None

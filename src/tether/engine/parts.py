@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +26,9 @@ class EngineParts:
     data_dir: Path
     runtime: ProcessRuntime | None = None
     node_id: str | None = None
+    #: wraps a handler's long wait so that it holds no worker slot (`Worker.waiting`; set by
+    #: the Engine once its worker exists)
+    waiting: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
     def private(self, kind: str) -> PrivateServers:
         """The dedicated servers Tether runs for `--private` instances of `kind`."""

@@ -17,6 +17,11 @@
   The busy set is only entered after the claim committed, and always left.
 - **Errors that may pass** (`TransientError`) re-queue the operation with exponential backoff
   (`not_before`) until its `deadline` (set at its first claim), then fail it with the reason.
+- **Waits hold no slot.** At most `max_parallel` handlers *work* at once; a handler that only
+  waits (a deploy waiting for its release to become healthy, up to the project's health timeout)
+  says so with `waiting()`, and its slot goes to the next operation meanwhile, so slow deploys
+  delay only their own environments. Waiting handlers are bounded too (`max_waiting`); one that
+  comes back from its wait works on, even when that briefly makes more than `max_parallel`.
 - **Wake-ups cross processes** on PostgreSQL (`tether.engine.wakeup`); SQLite polls briefly.
 
 Execution is exactly-once while nodes live, at-least-once across a crash (an operation a dead
@@ -25,12 +30,13 @@ clock on PostgreSQL, so nodes' clocks need not agree."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +92,8 @@ class _Outcome:
 
 class Worker:
     def __init__(self, store: Store, handlers: dict[str, Handler], max_parallel: int = 4,
-                 node_id: str | None = None, *, lease: float = 15.0, heartbeat: float = 3.0,
+                 node_id: str | None = None, *, max_waiting: int = 64,
+                 lease: float = 15.0, heartbeat: float = 3.0,
                  poll_interval: float = 0.5, retry_window: float = 120.0,
                  backoff: float = 0.5, backoff_cap: float = 10.0,
                  deadline_grace: float = DEADLINE_GRACE_S) -> None:
@@ -97,6 +104,7 @@ class Worker:
         self.node_id = node_id or NodeIdentity.ephemeral("worker").id
         self.handlers = handlers
         self.max_parallel = max_parallel
+        self.max_waiting = max_waiting
         self.lease = lease
         self.heartbeat = heartbeat
         self.poll_interval = poll_interval
@@ -115,6 +123,8 @@ class Worker:
         self._busy: set[int] = set()
         #: operations whose handler runs here
         self._active: set[int] = set()
+        #: how many of them only wait (`waiting()`), holding no slot
+        self._waiting = 0
         #: operations this node holds a claim on (handler running, or final write pending):
         #: the heartbeat renews their leases
         self._held: set[int] = set()
@@ -135,6 +145,19 @@ class Worker:
         """Wake the loop at once, and the other nodes' (called after an action queued an
         operation; on the request path, so it only sets an event)."""
         self.wakeups.signal_work()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a handler's long wait (a health check): the handler holds no slot meanwhile,
+        so another operation is claimed in its place."""
+        with self._lock:
+            self._waiting += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def start(self) -> None:
         """Record this node, take back what its previous life left running, and start claiming."""
@@ -283,7 +306,9 @@ class Worker:
 
     def _dispatch(self) -> None:
         with self._lock:
-            free = self.max_parallel - len(self._active)
+            working = len(self._active) - self._waiting
+            free = min(self.max_parallel - working,
+                       self.max_parallel + self.max_waiting - len(self._active))
         if free <= 0 or not self.handlers:
             return
         for op in self._claim(free):

@@ -41,8 +41,10 @@ server that vanished while Tether waits for an answer.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,6 +96,71 @@ _TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01",
 _FORBIDDEN = (("rolsuper", "SUPERUSER"), ("rolcreatedb", "CREATEDB"),
               ("rolcreaterole", "CREATEROLE"), ("rolreplication", "REPLICATION"),
               ("rolbypassrls", "BYPASSRLS"))
+
+
+class AdminConnections:
+    """Kept admin connections, a few per cluster, so that provisioning does not pay for a new
+    connection (TCP, TLS, the SCRAM login: most of a small provision's time) every time: the
+    reason provisioning through Tether beats a script that connects afresh for each instance.
+
+    Keyed by the cluster's id and URL: a cluster whose URL (address or admin credentials)
+    changed has its old connections closed. A kept connection is checked before use (one round
+    trip); one that fails the check, or that was in use when an error happened, is closed, never
+    kept. Hand-written rather than psycopg_pool: a new connection is made in the caller's
+    thread, so a failure to connect is reported with the server's own reason (a pool connects
+    in the background and reports only that it timed out)."""
+
+    def __init__(self, max_idle: int = 4) -> None:
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: dict[int, tuple[str, list[psycopg.Connection[Any]]]] = {}
+
+    def take(self, cluster: ClusterSpec) -> psycopg.Connection[Any] | None:
+        """A kept connection that answers, or None (the caller connects)."""
+        stale: list[psycopg.Connection[Any]] = []
+        while True:
+            with self._lock:
+                url, idle = self._idle.get(cluster.id, (cluster.url, []))
+                if url != cluster.url:  # the cluster changed: its old connections go
+                    stale, idle = idle, []
+                    self._idle[cluster.id] = (cluster.url, idle)
+                conn = idle.pop() if idle else None
+            for old in stale:
+                old.close()
+            stale = []
+            if conn is None:
+                return None
+            try:
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:  # the server restarted, or ended the session: the next one
+                conn.close()
+
+    def give(self, cluster: ClusterSpec, conn: psycopg.Connection[Any]) -> None:
+        """Keep a connection that ended its use cleanly (else close it)."""
+        if conn.closed or conn.broken or \
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+            return
+        with self._lock:
+            url, idle = self._idle.setdefault(cluster.id, (cluster.url, []))
+            if url == cluster.url and len(idle) < self.max_idle:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every kept connection (a stopping node)."""
+        with self._lock:
+            idle = [conn for _, conns in self._idle.values() for conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+
+#: the kept admin connections of this process (closed when it exits)
+ADMIN_CONNECTIONS = AdminConnections()
+atexit.register(ADMIN_CONNECTIONS.close)
 
 
 def _connection_limit(cluster: ClusterSpec) -> int:
@@ -289,23 +356,34 @@ class PostgresProvider(ProviderBase):
 
     @contextmanager
     def _admin(self, cluster: ClusterSpec) -> Iterator[psycopg.Connection[Any]]:
-        """An admin connection; a failure to connect, or a query failing on it, becomes a
+        """An admin connection, kept for the next call when this one ends cleanly
+        (`ADMIN_CONNECTIONS`); a failure to connect, or a query failing on it, becomes a
         `ClusterError` (a `TransientError` when it may pass) that holds no secret."""
         target = _Target(cluster)
+        conn = ADMIN_CONNECTIONS.take(cluster)
+        fresh = conn is None
+        if conn is None:
+            try:
+                conn = psycopg.connect(cluster.url, connect_timeout=CONNECT_TIMEOUT,
+                                       autocommit=True, application_name="tether",
+                                       **_KEEPALIVES)
+            except psycopg.Error as exc:
+                raise _connect_error(target, cluster, exc) from None
+        clean = False
         try:
-            conn = psycopg.connect(cluster.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
-                                   application_name="tether", **_KEEPALIVES)
-        except psycopg.Error as exc:
-            raise _connect_error(target, cluster, exc) from None
-        try:
-            conn.execute("SET statement_timeout = '120s'")
+            if fresh:
+                conn.execute("SET statement_timeout = '120s'")  # kept with the connection
             yield conn
+            clean = True
         except psycopg.Error as exc:
             reason = _sql_error(exc, (target.password, cluster.url))
             raise cluster_error(f"PostgreSQL at {target.where} failed: {reason}",
                                 _transient(exc)) from None
         finally:
-            conn.close()
+            if clean:
+                ADMIN_CONNECTIONS.give(cluster, conn)
+            else:
+                conn.close()
 
     @staticmethod
     def _role(conn: psycopg.Connection[Any], role: str) -> _Role | None:

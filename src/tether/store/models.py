@@ -121,7 +121,7 @@ class Cluster(Base):
     managed: Mapped[bool] = mapped_column(Boolean, default=False)
     #: the node that runs this server (embedded servers belong to the `tether up` that runs them)
     node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    owner_instance_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner_instance_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -183,7 +183,8 @@ class Instance(Base):
     prefix: Mapped[str] = mapped_column(String(30))
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(30))
-    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"), nullable=True)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"), nullable=True,
+                                                   index=True)
     #: the password/key chosen before provisioning, so a retry converges to the same credentials
     secret_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     credentials_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -207,7 +208,7 @@ class Instance(Base):
 class Deployment(Base):
     __tablename__ = "deployments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     percent: Mapped[int] = mapped_column(Integer, default=0)
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -232,6 +233,7 @@ class Release(Base):
     so `env-vars --json` can say which variables the running release has."""
 
     __tablename__ = "releases"
+    __table_args__ = (Index("ix_releases_environment_id_status", "environment_id", "status"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
@@ -260,9 +262,10 @@ class Operation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
-    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True,
+                                                    index=True)
     deployment_id: Mapped[int | None] = mapped_column(
-        ForeignKey("deployments.id"), nullable=True
+        ForeignKey("deployments.id"), nullable=True, index=True
     )
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -370,7 +373,7 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(40))
-    environment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    environment_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     instance_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     from_state: Mapped[str | None] = mapped_column(String(30), nullable=True)
     to_state: Mapped[str | None] = mapped_column(String(30), nullable=True)

@@ -31,8 +31,9 @@ from tether.lifecycle import Action, State
 from tether.providers.base import Rotatable, rotation_unsupported
 from tether.providers.registry import get_provider
 from tether.publicids import Kind, public_id
-from tether.store.models import AuditEntry, Cluster, Environment, Instance, Operation, Variable
+from tether.store.models import AuditEntry, Environment, Instance, Operation, Variable
 from tether.store.records import (
+    InstanceFacts,
     apply_decision,
     pending_operation,
     running_release_has,
@@ -53,15 +54,18 @@ def catalog_view(ctx: Context, region: str | None, project: str | None) -> list[
 
 
 def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False,
-                  operation: Operation | None = None) -> dict[str, object]:
+                  operation: Operation | None = None,
+                  facts: InstanceFacts | None = None) -> dict[str, object]:
     """An instance as the API shows it; `operation` is the one just queued, if the caller knows
-    it (else the instance's unfinished operation is looked up)."""
+    it (else the instance's unfinished operation is looked up). A list passes the `facts` of all
+    its instances, loaded at once (a fixed number of queries for any number of instances)."""
+    facts = facts or InstanceFacts.load(s, [inst])
     state = State(inst.state)
-    env = s.get(Environment, inst.environment_id)
+    env = facts.environments.get(inst.environment_id)
     env_name = env.name if env is not None else "ENV"
 
-    in_release = running_release_has(s, inst)
-    waiting = pending_operation(s, inst)
+    in_release = facts.in_release(inst)
+    waiting = facts.pending(inst)
 
     def action_view(action: Action) -> dict[str, object]:
         """Whether `action` is allowed now, whether it would change anything (a new state or
@@ -82,9 +86,9 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         return {"allowed": decision.allowed, "changes": decision.allowed,
                 "message": decision.message}
 
-    cluster = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None
+    cluster = facts.cluster(inst)
     variables = service_vars(ctx.box, inst)
-    pending = operation or unfinished(s, inst)
+    pending = operation or facts.unfinished(inst)
     return {
         "id": inst.id,
         "uuid": public_id(ctx.box, Kind.INSTANCE, inst.id),
@@ -295,7 +299,9 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
         q = select(Instance).where(Instance.environment_id == env.id).order_by(Instance.id)
         if not include_removed:
             q = q.where(Instance.state != State.REMOVED.value)
-        return [instance_view(s, ctx, i) for i in s.scalars(q)]
+        rows = list(s.scalars(q))
+        facts = InstanceFacts.load(s, rows)
+        return [instance_view(s, ctx, i, facts=facts) for i in rows]
 
 
 def show(ctx: Context, project: str | None, env_name: str, prefix: str,

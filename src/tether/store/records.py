@@ -8,6 +8,8 @@ lifecycle `Decision` or an `Event`, never a state of their own."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -105,13 +107,76 @@ def running_release_has(s: Session, instance: Instance) -> bool:
 
 def pending_operation(s: Session, instance: Instance) -> Pending | None:
     """The instance's own operation that waits or runs, in lifecycle terms."""
-    kinds = set(s.scalars(select(Operation.kind).where(Operation.instance_id == instance.id,
-                                                      Operation.status.in_(UNFINISHED))))
+    return _pending_of(set(s.scalars(select(Operation.kind).where(
+        Operation.instance_id == instance.id, Operation.status.in_(UNFINISHED)))))
+
+
+def _pending_of(kinds: set[str]) -> Pending | None:
     if "remove" in kinds:
         return Pending.REMOVE
     if "provision" in kinds:
         return Pending.PROVISION
     return None
+
+
+@dataclass
+class InstanceFacts:
+    """What the views of many instances need besides their rows — their environments, what
+    each environment's running release has, their unfinished operations, their clusters —
+    loaded in a fixed number of queries however many instances there are (a list costs the
+    same for 3 instances and for 3,000), instead of a few queries per instance."""
+
+    environments: dict[int, Environment] = field(default_factory=dict)
+    in_releases: dict[int, set[int] | None] = field(default_factory=dict)
+    operations: dict[int, list[Operation]] = field(default_factory=dict)  # oldest first
+    clusters: dict[int, Cluster] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, s: Session, instances: Sequence[Instance]) -> InstanceFacts:
+        facts = cls()
+        if not instances:
+            return facts
+        env_ids = {i.environment_id for i in instances}
+        facts.environments = {e.id: e for e in s.scalars(
+            select(Environment).where(Environment.id.in_(env_ids)))}
+        release_ids = {e.current_release_id for e in facts.environments.values()
+                       if e.current_release_id is not None}
+        releases = {r.id: r for r in s.scalars(
+            select(Release).where(Release.id.in_(release_ids)))} if release_ids else {}
+        for env in facts.environments.values():
+            release = releases.get(env.current_release_id) if env.current_release_id else None
+            if release is not None and release.instance_ids is not None:
+                facts.in_releases[env.id] = {int(i) for i in release.instance_ids}
+            else:  # nothing runs, or a release made before the store recorded its instances
+                facts.in_releases[env.id] = release_instance_ids(s, env)
+        ids = [i.id for i in instances]
+        for op in s.scalars(select(Operation).where(Operation.instance_id.in_(ids),
+                                                    Operation.status.in_(UNFINISHED))
+                            .order_by(Operation.id)):
+            facts.operations.setdefault(int(op.instance_id or 0), []).append(op)
+        cluster_ids = {i.cluster_id for i in instances if i.cluster_id is not None}
+        if cluster_ids:
+            facts.clusters = {c.id: c for c in s.scalars(
+                select(Cluster).where(Cluster.id.in_(cluster_ids)))}
+        return facts
+
+    def in_release(self, instance: Instance) -> bool:
+        """`running_release_has`."""
+        ids = self.in_releases.get(instance.environment_id)
+        return bool(ids) and instance.id in ids  # type: ignore[operator]
+
+    def pending(self, instance: Instance) -> Pending | None:
+        """`pending_operation`."""
+        return _pending_of({op.kind for op in self.operations.get(instance.id, [])})
+
+    def unfinished(self, instance: Instance, kind: str | None = None) -> Operation | None:
+        """`unfinished`."""
+        ops = [op for op in self.operations.get(instance.id, [])
+               if kind is None or op.kind == kind]
+        return ops[-1] if ops else None
+
+    def cluster(self, instance: Instance) -> Cluster | None:
+        return self.clusters.get(instance.cluster_id) if instance.cluster_id else None
 
 
 def pending_removals(s: Session, environment_id: int) -> set[int]:

@@ -12,7 +12,6 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -20,12 +19,12 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from sqlalchemy import select
 
-from tests.plane import plane, wait_op
-from tether.actions import backups, projects, services
+from tests.plane import backup_plane, instance_credentials, succeeded
+from tether.actions import backups
 from tether.actions.common import Context
 from tether.backups.storage import install_id
 from tether.engine.core import Engine
-from tether.store.models import BackupFile, Environment, Instance
+from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
@@ -53,52 +52,28 @@ def env(tmp_path: Path, azurite_url: str,
     """A plane with the suite's Azurite in an Azure region (media and backup storage); a
     project with MEDIA provisioned in test and live; every instance and the backup container
     removed at the end."""
-    with plane(tmp_path, "azure-blob", "eu-azure", azurite_url, f"azurite{unique_id}") as made:
-        ctx, _ = made
-        projects.create_project(ctx, "shop", region="eu-azure")
-        try:
-            for e in ("test", "live"):
-                view = services.add(ctx, "shop", e, "azure-blob-media", "MEDIA", provision=True)
-                assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-            yield made
-        finally:
-            try:
-                for e in ("test", "live"):
-                    for inst in services.list_instances(ctx, "shop", e):
-                        view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                               str(inst["prefix"]))
-                        if view.get("operation"):
-                            wait_op(ctx, view["operation"]["id"])
-            finally:
-                with contextlib.suppress(ResourceNotFoundError):
-                    admin(azurite_url).delete_container(f"tether-backups-{install_id(ctx.box)}")
+    def remove_container(ctx: Context) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            admin(azurite_url).delete_container(f"tether-backups-{install_id(ctx.box)}")
+
+    with backup_plane(tmp_path, "azure-blob", azurite_url, f"azurite{unique_id}",
+                      "azure-blob-media", region="eu-azure", prefix="MEDIA",
+                      clean_up=remove_container) as made:
+        yield made.ctx, made.engine
 
 
 def container(ctx: Context, url: str, env_name: str) -> ContainerClient:
     """The instance's container with its own SAS token, at the server's address (the
     credentials name the applications' endpoint)."""
-    with ctx.store.session() as s:
-        for inst in s.scalars(select(Instance).where(Instance.prefix == "MEDIA",
-                                                     Instance.state != "removed")):
-            e = s.get(Environment, inst.environment_id)
-            if e is not None and e.name == env_name:
-                c = ctx.box.open(inst.credentials_enc)
-                assert c["endpoint"].rstrip("/") != endpoint(url)
-                return ContainerClient(endpoint(url), c["container"], credential=c["sas_token"])
-    raise AssertionError(f"no MEDIA in {env_name}")
+    c = instance_credentials(ctx, env_name, "MEDIA")
+    assert c["endpoint"].rstrip("/") != endpoint(url)
+    return ContainerClient(endpoint(url), c["container"], credential=c["sas_token"])
 
 
 def blobs(c: ContainerClient) -> dict[str, tuple[str, str]]:
     """name -> (sha256 of the content, content type)."""
     return {b.name: (hashlib.sha256(c.download_blob(b.name).readall()).hexdigest(),
                      b.content_settings.content_type) for b in c.list_blobs()}
-
-
-def succeeded(ctx: Context, view: dict[str, Any]) -> None:
-    """Wait for the view's operation; it succeeded (else its error is the failure's message)."""
-    assert view["operation"] is not None
-    op = wait_op(ctx, view["operation"]["id"], timeout=120)
-    assert op["status"] == "succeeded", op["error"]
 
 
 def test_backup_verify_restore_and_copy_through_the_worker(

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import PgServer
-from tests.plane import plane, wait_op
+from tests.plane import backup_plane, instance_credentials, wait_op
 from tether.actions import backups, services
 from tether.actions.common import Context
 from tether.backups.postgres import summary
@@ -24,7 +24,7 @@ from tether.backups.storage import backup_storage, install_id
 from tether.engine.core import Engine
 from tether.errors import NotFound, UserError
 from tether.servers.postgres import EmbeddedPostgres
-from tether.store.models import Backup, BackupFile, Cluster, Instance
+from tether.store.models import Backup, BackupFile, Cluster
 from tether.store.records import cluster_spec
 
 pytestmark = pytest.mark.integration
@@ -34,42 +34,15 @@ pytestmark = pytest.mark.integration
 def env(tmp_path: Path, pg_server: PgServer, unique_id: str) -> Iterator[tuple[Context, Engine]]:
     """A plane with the suite's PostgreSQL and a local-files cluster to keep backups on, a
     project with DEFAULT provisioned in test and live; every instance removed at the end."""
-    with plane(tmp_path, "postgres", "local", pg_server.admin_url, f"pg{unique_id}") as (ctx, eng):
-        media = tmp_path / "media"
-        media.mkdir()
-        from tether.actions import clusters, projects
-
-        clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                             settings={"base_dir": str(media),
-                                       "public_url": "http://127.0.0.1:1/media/"})
-        projects.create_project(ctx, "shop", app_command="python -m http.server")
-        for e in ("test", "live"):
-            view = services.add(ctx, "shop", e, "postgres", "DEFAULT", provision=True)
-            assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-        try:
-            yield ctx, eng
-        finally:
-            for e in ("test", "live"):
-                for inst in services.list_instances(ctx, "shop", e):
-                    view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                           str(inst["prefix"]))
-                    if view.get("operation"):
-                        wait_op(ctx, view["operation"]["id"])
+    with backup_plane(tmp_path, "postgres", pg_server.admin_url, f"pg{unique_id}", "postgres",
+                      app_command="python -m http.server") as made:
+        yield made.ctx, made.engine
 
 
 def dsn_of(ctx: Context, env_name: str, prefix: str = "DEFAULT") -> str:
-    with ctx.store.session() as s:
-        inst = s.scalars(select(Instance).where(Instance.prefix == prefix,
-                                                Instance.state != "removed")).all()
-        for i in inst:
-            from tether.store.models import Environment
-
-            e = s.get(Environment, i.environment_id)
-            if e is not None and e.name == env_name:
-                c = ctx.box.open(i.credentials_enc)
-                return (f"host={c['host']} port={c['port']} user={c['user']} "
-                        f"password={c['password']} dbname={c['database']}")
-    raise AssertionError(f"no {prefix} in {env_name}")
+    c = instance_credentials(ctx, env_name, prefix)
+    return (f"host={c['host']} port={c['port']} user={c['user']} "
+            f"password={c['password']} dbname={c['database']}")
 
 
 def fill(dsn: str, rows: int, label: str) -> None:
@@ -215,10 +188,7 @@ def test_media_and_database_backed_up_together_and_verified(env: tuple[Context, 
     ctx, _ = env
     view = services.add(ctx, "shop", "live", "local-media", "MEDIA", provision=True)
     assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-    with ctx.store.session() as s:
-        inst = s.scalars(select(Instance).where(Instance.prefix == "MEDIA",
-                                                Instance.state != "removed")).one()
-        media = Path(ctx.box.open(inst.credentials_enc)["directory"])
+    media = Path(instance_credentials(ctx, "live", "MEDIA")["directory"])
     (media / "img").mkdir()
     (media / "img" / "logo.png").write_bytes(os.urandom(50_000))
     (media / "notes.txt").write_text("kept")

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import PgServer
-from tests.plane import plane, wait_op
-from tether.actions import backups, clusters, projects, services
+from tests.plane import backup_plane, wait_op
+from tether.actions import backups
 from tether.actions.common import Context
 from tether.engine.core import Engine
 from tether.engine.schedules import Scheduler
@@ -32,20 +32,9 @@ DAY = datetime(2026, 12, 3, tzinfo=UTC)
 def env(tmp_path: Path, pg_server: PgServer, unique_id: str,
         monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Context, Engine]]:
     monkeypatch.setenv("TETHER_BACKUP_TICK", "0")  # only the test's ticks
-    with plane(tmp_path, "postgres", "local", pg_server.admin_url, f"pg{unique_id}") as (ctx, eng):
-        media = tmp_path / "media"
-        media.mkdir()
-        clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                             settings={"base_dir": str(media),
-                                       "public_url": "http://127.0.0.1:1/media/"})
-        projects.create_project(ctx, "shop", app_command="python -m http.server")
-        view = services.add(ctx, "shop", "live", "postgres", "DEFAULT", provision=True)
-        assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-        try:
-            yield ctx, eng
-        finally:
-            view = services.remove(ctx, "shop", "live", "DEFAULT", "DEFAULT")
-            wait_op(ctx, view["operation"]["id"])
+    with backup_plane(tmp_path, "postgres", pg_server.admin_url, f"pg{unique_id}", "postgres",
+                      envs=("live",), app_command="python -m http.server") as made:
+        yield made.ctx, made.engine
 
 
 def at(hours: int, minutes: int = 0, days: int = 0) -> datetime:

@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.mysql.conftest import MySQLServer
-from tests.plane import plane, wait_op
-from tether.actions import backups, clusters, projects, services
+from tests.plane import backup_plane, instance_credentials, succeeded, wait_op
+from tether.actions import backups, services
 from tether.actions.common import Context
 from tether.backups.mysql import MySQLTarget, summary
 from tether.engine.core import Engine
-from tether.store.models import BackupFile, Environment, Instance
+from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
@@ -31,37 +31,14 @@ def env(tmp_path: Path, mysql_server: MySQLServer,
         unique_id: str) -> Iterator[tuple[Context, Engine]]:
     """A plane with the suite's MariaDB and a local-files cluster for the backups; a project with
     DEFAULT provisioned in test and live; every instance removed at the end."""
-    with plane(tmp_path, "mysql", "local", mysql_server.admin_url, f"maria{unique_id}") as made:
-        ctx, _ = made
-        media = tmp_path / "media"
-        media.mkdir()
-        clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                             settings={"base_dir": str(media),
-                                       "public_url": "http://127.0.0.1:1/media/"})
-        projects.create_project(ctx, "shop")
-        try:
-            for e in ("test", "live"):
-                view = services.add(ctx, "shop", e, "mysql", "DEFAULT", provision=True)
-                assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-            yield made
-        finally:
-            for e in ("test", "live"):
-                for inst in services.list_instances(ctx, "shop", e):
-                    view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                           str(inst["prefix"]))
-                    if view.get("operation"):
-                        wait_op(ctx, view["operation"]["id"])
+    with backup_plane(tmp_path, "mysql", mysql_server.admin_url, f"maria{unique_id}",
+                      "mysql") as made:
+        yield made.ctx, made.engine
 
 
 def target(ctx: Context, env_name: str) -> MySQLTarget:
     """The DEFAULT instance's database as its application reaches it (current credentials)."""
-    with ctx.store.session() as s:
-        for inst in s.scalars(select(Instance).where(Instance.prefix == "DEFAULT",
-                                                     Instance.state != "removed")):
-            e = s.get(Environment, inst.environment_id)
-            if e is not None and e.name == env_name:
-                return MySQLTarget.from_credentials(ctx.box.open(inst.credentials_enc))
-    raise AssertionError(f"no DEFAULT in {env_name}")
+    return MySQLTarget.from_credentials(instance_credentials(ctx, env_name, "DEFAULT"))
 
 
 def run(t: MySQLTarget, *statements: str, many: list[Any] | None = None
@@ -79,13 +56,6 @@ def run(t: MySQLTarget, *statements: str, many: list[Any] | None = None
                 cur.executemany(sql, many)
             rows = list(cur.fetchall())
         return rows
-
-
-def succeeded(ctx: Context, view: dict[str, Any]) -> None:
-    """Wait for the view's operation; it succeeded (else its error is the failure's message)."""
-    assert view["operation"] is not None
-    op = wait_op(ctx, view["operation"]["id"], timeout=120)
-    assert op["status"] == "succeeded", op["error"]
 
 
 def test_backup_verify_restore_and_copy_through_the_worker(

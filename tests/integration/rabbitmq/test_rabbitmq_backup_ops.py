@@ -16,13 +16,13 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
 from tests.integration.rabbitmq.conftest import RabbitServer
-from tests.plane import plane, wait_op
-from tether.actions import backups, clusters, projects, services
+from tests.plane import backup_plane, instance_credentials, succeeded
+from tether.actions import backups
 from tether.actions.common import Context
 from tether.engine.core import Engine
 from tether.providers.base import Credentials
 from tether.providers.rabbitmq import broker_url
-from tether.store.models import BackupFile, Environment, Instance
+from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
@@ -32,37 +32,13 @@ def env(tmp_path: Path, rabbit: RabbitServer,
         unique_id: str) -> Iterator[tuple[Context, Engine]]:
     """A plane with the suite's RabbitMQ and a local-files cluster for the backups; a project
     with DEFAULT provisioned in test and live; every instance removed at the end."""
-    with plane(tmp_path, "rabbitmq", "local", rabbit.admin_url, f"rabbit{unique_id}",
-               settings=rabbit.settings) as made:
-        ctx, _ = made
-        media = tmp_path / "media"
-        media.mkdir()
-        clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                             settings={"base_dir": str(media),
-                                       "public_url": "http://127.0.0.1:1/media/"})
-        projects.create_project(ctx, "shop")
-        try:
-            for e in ("test", "live"):
-                view = services.add(ctx, "shop", e, "rabbitmq", "DEFAULT", provision=True)
-                assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-            yield made
-        finally:
-            for e in ("test", "live"):
-                for inst in services.list_instances(ctx, "shop", e):
-                    view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                           str(inst["prefix"]))
-                    if view.get("operation"):
-                        wait_op(ctx, view["operation"]["id"])
+    with backup_plane(tmp_path, "rabbitmq", rabbit.admin_url, f"rabbit{unique_id}", "rabbitmq",
+                      settings=rabbit.settings) as made:
+        yield made.ctx, made.engine
 
 
 def creds(ctx: Context, env_name: str) -> Credentials:
-    with ctx.store.session() as s:
-        for inst in s.scalars(select(Instance).where(Instance.prefix == "DEFAULT",
-                                                     Instance.state != "removed")):
-            e = s.get(Environment, inst.environment_id)
-            if e is not None and e.name == env_name:
-                return Credentials(ctx.box.open(inst.credentials_enc))
-    raise AssertionError(f"no DEFAULT in {env_name}")
+    return Credentials(instance_credentials(ctx, env_name, "DEFAULT"))
 
 
 def definitions(rabbit: RabbitServer, vhost: str) -> dict[str, Any]:
@@ -107,13 +83,6 @@ def fill(c: Credentials, rabbit: RabbitServer) -> None:
                                "apply-to": "queues"}, timeout=30,
                          auth=(rabbit.admin_user, rabbit.admin_password))
     assert response.status_code in (201, 204), response.text
-
-
-def succeeded(ctx: Context, view: dict[str, Any]) -> None:
-    """Wait for the view's operation; it succeeded (else its error is the failure's message)."""
-    assert view["operation"] is not None
-    op = wait_op(ctx, view["operation"]["id"], timeout=120)
-    assert op["status"] == "succeeded", op["error"]
 
 
 def test_backup_verify_restore_and_copy_through_the_worker(

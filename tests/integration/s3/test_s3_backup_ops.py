@@ -17,12 +17,12 @@ from sqlalchemy import select
 
 from tests.integration.s3.conftest import S3Server
 from tests.integration.s3.test_s3_backup_storage import remove_bucket
-from tests.plane import plane, wait_op
-from tether.actions import backups, projects, services
+from tests.plane import backup_plane, instance_credentials, succeeded
+from tether.actions import backups
 from tether.actions.common import Context
 from tether.backups.storage import install_id
 from tether.engine.core import Engine
-from tether.store.models import BackupFile, Environment, Instance
+from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
@@ -40,40 +40,20 @@ def env(tmp_path: Path, s3_server: S3Server,
     """A plane with the suite's SeaweedFS in an S3 region (media and backup storage); a project
     with MEDIA provisioned in test and live; every instance and the backup bucket removed at
     the end."""
-    with plane(tmp_path, "s3", "eu-aws", s3_server.url, f"seaweed{unique_id}",
-               settings={"endpoint_scheme": "http", "app_endpoint": APP_ENDPOINT}) as made:
-        ctx, _ = made
-        projects.create_project(ctx, "shop", region="eu-aws")
-        try:
-            for e in ("test", "live"):
-                view = services.add(ctx, "shop", e, "s3-media", "MEDIA", provision=True)
-                assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-            yield made
-        finally:
-            try:
-                for e in ("test", "live"):
-                    for inst in services.list_instances(ctx, "shop", e):
-                        view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                               str(inst["prefix"]))
-                        if view.get("operation"):
-                            wait_op(ctx, view["operation"]["id"])
-            finally:
-                remove_bucket(s3_server, f"tether-backups-{install_id(ctx.box)}")
+    with backup_plane(tmp_path, "s3", s3_server.url, f"seaweed{unique_id}", "s3-media",
+                      settings={"endpoint_scheme": "http", "app_endpoint": APP_ENDPOINT},
+                      region="eu-aws", prefix="MEDIA",
+                      clean_up=lambda ctx: remove_bucket(
+                          s3_server, f"tether-backups-{install_id(ctx.box)}")) as made:
+        yield made.ctx, made.engine
 
 
 def client(ctx: Context, server: S3Server, env_name: str) -> tuple[Any, str]:
     """The instance's own key on a client of the server (its credentials name the applications'
     endpoint), and its bucket."""
-    with ctx.store.session() as s:
-        for inst in s.scalars(select(Instance).where(Instance.prefix == "MEDIA",
-                                                     Instance.state != "removed")):
-            e = s.get(Environment, inst.environment_id)
-            if e is not None and e.name == env_name:
-                c = ctx.box.open(inst.credentials_enc)
-                assert c["endpoint_url"] == APP_ENDPOINT
-                return (server.client("s3", c["access_key_id"], c["secret_access_key"]),
-                        str(c["bucket"]))
-    raise AssertionError(f"no MEDIA in {env_name}")
+    c = instance_credentials(ctx, env_name, "MEDIA")
+    assert c["endpoint_url"] == APP_ENDPOINT
+    return server.client("s3", c["access_key_id"], c["secret_access_key"]), str(c["bucket"])
 
 
 def objects(s3: Any, bucket: str) -> dict[str, tuple[str, str]]:
@@ -85,13 +65,6 @@ def objects(s3: Any, bucket: str) -> dict[str, tuple[str, str]]:
             found[item["Key"]] = (hashlib.sha256(got["Body"].read()).hexdigest(),
                                   got["ContentType"])
     return found
-
-
-def succeeded(ctx: Context, view: dict[str, Any]) -> None:
-    """Wait for the view's operation; it succeeded (else its error is the failure's message)."""
-    assert view["operation"] is not None
-    op = wait_op(ctx, view["operation"]["id"], timeout=120)
-    assert op["status"] == "succeeded", op["error"]
 
 
 def test_backup_verify_restore_and_copy_through_the_worker(

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.search.conftest import SearchNode
-from tests.plane import plane, wait_op
-from tether.actions import backups, clusters, projects, services
+from tests.plane import backup_plane, instance_credentials, succeeded
+from tether.actions import backups
 from tether.actions.common import Context
 from tether.backups.search import SearchTarget
 from tether.engine.core import Engine
-from tether.store.models import BackupFile, Environment, Instance
+from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
@@ -36,41 +36,18 @@ def env(tmp_path: Path, opensearch_server: SearchNode,
         unique_id: str) -> Iterator[tuple[Context, Engine]]:
     """A plane with the session's OpenSearch and a local-files cluster for the backups; a
     project with SEARCH provisioned in test and live; every instance removed at the end."""
-    with plane(tmp_path, "elasticsearch", "local", opensearch_server.admin_url,
-               f"search{unique_id}", settings=PUBLIC) as made:
-        ctx, _ = made
-        media = tmp_path / "media"
-        media.mkdir()
-        clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                             settings={"base_dir": str(media),
-                                       "public_url": "http://127.0.0.1:1/media/"})
-        projects.create_project(ctx, "shop")
-        try:
-            for e in ("test", "live"):
-                view = services.add(ctx, "shop", e, "opensearch", "SEARCH", provision=True)
-                assert wait_op(ctx, view["operation"]["id"])["status"] == "succeeded"
-            yield made
-        finally:
-            for e in ("test", "live"):
-                for inst in services.list_instances(ctx, "shop", e):
-                    view = services.remove(ctx, "shop", e, str(inst["prefix"]),
-                                           str(inst["prefix"]))
-                    if view.get("operation"):
-                        wait_op(ctx, view["operation"]["id"])
+    with backup_plane(tmp_path, "elasticsearch", opensearch_server.admin_url,
+                      f"search{unique_id}", "opensearch", settings=PUBLIC,
+                      prefix="SEARCH") as made:
+        yield made.ctx, made.engine
 
 
 def target(ctx: Context, server: SearchNode, env_name: str) -> SearchTarget:
     """The instance's login and prefix, at the server's address (its credentials name the
     applications' one)."""
-    with ctx.store.session() as s:
-        for inst in s.scalars(select(Instance).where(Instance.prefix == "SEARCH",
-                                                     Instance.state != "removed")):
-            e = s.get(Environment, inst.environment_id)
-            if e is not None and e.name == env_name:
-                creds = ctx.box.open(inst.credentials_enc)
-                assert (creds["host"], creds["port"]) == ("localhost", 9)
-                return replace(SearchTarget.from_credentials(creds), base=server.url)
-    raise AssertionError(f"no SEARCH in {env_name}")
+    creds = instance_credentials(ctx, env_name, "SEARCH")
+    assert (creds["host"], creds["port"]) == ("localhost", 9)
+    return replace(SearchTarget.from_credentials(creds), base=server.url)
 
 
 def call(t: SearchTarget, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
@@ -115,13 +92,6 @@ def content(t: SearchTarget) -> dict[str, Any]:
             (h["_id"], h.get("_routing"), json.dumps(h["_source"], sort_keys=True))
             for h in hits["hits"]["hits"]))
     return found
-
-
-def succeeded(ctx: Context, view: dict[str, Any]) -> None:
-    """Wait for the view's operation; it succeeded (else its error is the failure's message)."""
-    assert view["operation"] is not None
-    op = wait_op(ctx, view["operation"]["id"], timeout=120)
-    assert op["status"] == "succeeded", op["error"]
 
 
 def test_backup_verify_restore_and_copy_through_the_worker(

@@ -9,9 +9,10 @@ server, is started again, and the instance converges:
 - removed: `removed`, and nothing of it is left on the server: no user, role, role mapping, nor
   any index of its prefix (the document indexed after provision included).
 
-One data dir and one chain of five starts (each restart armed at the next point, as in
-tests/crash.py), with no application and no deploy (the deploy points are the engine's, the same
-for every kind, and tests/crash.py covers them): about half a minute. Real servers, no mocks.
+One data dir and one chain of five starts (tests/crash.py's `run_provider_points`: each restart
+armed at the next point), with no application and no deploy (the deploy points are the engine's,
+the same for every kind, and tests/crash.py covers them): about half a minute. Real servers, no
+mocks.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import world_traversable_tmpdir
-from tests.crash import CrashRun, Provider
+from tests.crash import PROVIDER_POINTS, CrashRun, Provider
 from tests.search import SearchNode
 from tether import lifecycle, naming
+from tether.faults import ENV as CRASH_ENV
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.registry import get_provider
@@ -37,18 +39,17 @@ from tether.store.models import Instance
 pytestmark = pytest.mark.e2e
 
 SECURITY = "/_plugins/_security/api"
-POINTS = ("provision.before_provider", "provision.after_provider", "remove.before_provider",
-          "remove.after_provider")
 
 
 class SearchCrashRun(CrashRun):
-    """tests/crash.py's run, with the search instance's own convergence checks and a chain of
-    the provision and removal points only."""
+    """tests/crash.py's run of the provider's points, with the search instance's own checks:
+    after each restart (`check_resources`) and while `tether up` is down (`crashed`)."""
 
     def __init__(self, base: Path, node: SearchNode) -> None:
         super().__init__(base, Provider("elasticsearch", "opensearch-2",
                                         cluster_args=["--url", node.admin_url]))
         self.node = node
+        self.two: str | None = None  # TWO's resource base, once it is made
 
     def instances(self) -> list[tuple[str, str, State]]:
         """(prefix, resource base, state) of every instance in the store."""
@@ -99,49 +100,19 @@ class SearchCrashRun(CrashRun):
             elif state is State.REMOVED:
                 assert self.leftovers(base) == [], (prefix, state)
 
-    def run(self) -> dict[str, str]:
-        self.start("provision.before_provider")
-        self.tether.ok("cluster", "add", "elasticsearch", "--region", "local",
-                       *self.provider.cluster_args)
-        self.tether.ok("project", "create", self.project, "--region", "local")
-        self.trigger("service", "add", "test", "opensearch-2", "--prefix", "ONE", "--provision",
-                     "--no-wait")
-        self.crashed()
-
-        # each restart is armed at a point of the other kind of operation than the one it
-        # resumes (a resumed provision passes both provision points again)
-        self.start("remove.before_provider")
-        self.wait_instance("ONE", "pending attachment")
-        self.check_resources()
-        self.cell("provision.before_provider", "converged: pending attachment")
-        self.trigger("service", "remove", "test", "ONE", "--confirm", "ONE", "--no-wait")
-        self.crashed()
-        assert f"{self.base_of('ONE')}-crash" in self.leftovers(self.base_of("ONE"))  # not yet
-
-        self.start("provision.after_provider")
-        self.wait_instance("ONE", "removed")
-        self.check_resources()
-        self.cell("remove.before_provider", "converged: removed, nothing left")
-        self.trigger("service", "add", "test", "opensearch-2", "--prefix", "TWO", "--provision",
-                     "--no-wait")
-        self.crashed()
-        two = self.base_of("TWO")  # made, its credentials not recorded
-        assert f"internalusers/{two}" in self.leftovers(two)
-
-        self.start("remove.after_provider")
-        self.wait_instance("TWO", "pending attachment")
-        self.check_resources()
-        self.cell("provision.after_provider", "converged: pending attachment")
-        self.trigger("service", "remove", "test", "TWO", "--confirm", "TWO", "--no-wait")
-        self.crashed()
-        assert self.leftovers(two) == []  # deleted, the removal not recorded
-
-        self.start(None)
-        self.wait_instance("TWO", "removed")
-        self.check_resources()
-        self.cell("remove.after_provider", "converged: removed, nothing left")
-        self.stop()
-        return self.cells
+    def crashed(self, timeout: float = 120) -> None:
+        """Besides waiting for the crash: what it left on the server while `tether up` is
+        down, before the restart converges it."""
+        point = self.tether.env[CRASH_ENV]
+        super().crashed(timeout)
+        if point == "remove.before_provider":  # the removal has not begun
+            one = self.base_of("ONE")
+            assert f"{one}-crash" in self.leftovers(one)
+        elif point == "provision.after_provider":  # made, its credentials not recorded
+            self.two = self.base_of("TWO")
+            assert f"internalusers/{self.two}" in self.leftovers(self.two)
+        elif point == "remove.after_provider":  # deleted, the removal not recorded
+            assert self.two is not None and self.leftovers(self.two) == []
 
     def clean_up(self) -> None:
         """Besides tests/crash.py's clean-up: whatever a failed run left on the shared server."""
@@ -160,11 +131,11 @@ def test_search_instances_converge_after_crashes(opensearch_server: SearchNode) 
     base = world_traversable_tmpdir("tether-crash-search-")
     run = SearchCrashRun(base, opensearch_server)
     try:
-        cells = run.run()
+        cells = run.run_provider_points()
     finally:
         run.clean_up()
         shutil.rmtree(base, ignore_errors=True)
-    assert {p: cells.get(p, "not reached") for p in POINTS} == {
+    assert {p: cells.get(p, "not reached") for p in PROVIDER_POINTS} == {
         "provision.before_provider": "converged: pending attachment",
         "provision.after_provider": "converged: pending attachment",
         "remove.before_provider": "converged: removed, nothing left",

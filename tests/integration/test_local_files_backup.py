@@ -1,14 +1,11 @@
 """Media backups (tether.backups.media) of local-files instances made by the real
 LocalFilesProvider: sealed round trips of binary files (random bytes, an empty file, nested and
 unicode names) into the same and another instance, damaged and hostile archives refused with the
-instance untouched, and root never following the application's symlinks or hard links.
-
-The helpers at the top (`FILES`, `hand_made_archive`, `flip_byte`, ...) are shared with the S3
-and Azure Blob backup tests."""
+instance untouched, and root never following the application's symlinks or hard links. The
+content is tests/media_content.py's, shared with the S3 and Azure Blob backup tests."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,18 +18,25 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.media_content import (
+    MB,
+    Files,
+    expected_summary,
+    flip_byte,
+    hand_made_archive,
+    media_files,
+    sha,
+    with_guessed_types,
+)
 from tether.backups.media import (
     FORMAT,
     BadMediaArchive,
     LocalFilesTarget,
-    MediaSummary,
-    ObjectEntry,
     UnrestorableKey,
     check_archive,
     dump_sealed,
     dump_sealed_with_summary,
     dump_stream,
-    guessed_type,
     restore_sealed,
     restore_stream,
     summary,
@@ -53,62 +57,6 @@ from tether.providers.local_files import LocalFilesProvider
 pytestmark = pytest.mark.integration
 
 PROVIDER = LocalFilesProvider()
-MB = 1 << 20
-
-
-def media_files(big: int = 3 * MB) -> dict[str, tuple[bytes, str]]:
-    """key -> (content, content type): random binary files of a few MB (one larger than an
-    upload part, so S3 and Azure take the multipart / block path), an empty one, nested keys,
-    unicode names."""
-    return {
-        "photos/2026/header.png": (os.urandom(big), "image/png"),
-        "uploads/big-video.mp4": (os.urandom(9 * MB + 12345), "video/mp4"),
-        "empty.txt": (b"", "text/plain"),
-        "docs/a/b/c/report.pdf": (os.urandom(200_000), "application/pdf"),
-        "photos/été/café ☕ 日本.jpg": (os.urandom(150_000), "image/jpeg"),
-        "data.bin": (os.urandom(70_000), "application/octet-stream"),
-        "MANIFEST.json": (b'{"not": "the manifest"}', "application/json"),
-    }
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def expected_summary(files: dict[str, tuple[bytes, str]]) -> MediaSummary:
-    return MediaSummary.of(ObjectEntry(k, len(v), sha(v), t) for k, (v, t) in files.items())
-
-
-def flip_byte(path: Path, at: int | None = None) -> None:
-    """Damage a file in the middle (or at `at`)."""
-    data = bytearray(path.read_bytes())
-    i = len(data) // 2 if at is None else at
-    data[i] ^= 0x55
-    path.write_bytes(bytes(data))
-
-
-def hand_made_archive(members: list[tuple[str, bytes]], *, manifest: bool = True,
-                      bad_sha_for: str | None = None) -> bytes:
-    """A tar made with `tarfile` directly (not by Tether): the given members as regular files,
-    then a manifest of them unless `manifest` is False (`bad_sha_for`: list that member with a
-    wrong checksum)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        if manifest:
-            objects = [{"key": name, "size": len(data),
-                        "sha256": ("0" * 64 if name == bad_sha_for else sha(data)),
-                        "content_type": guessed_type(name)} for name, data in members]
-            body = json.dumps({"format": FORMAT, "kind": "local-files",
-                               "objects": objects}).encode()
-            info = tarfile.TarInfo("MANIFEST.json")
-            info.size = len(body)
-            info.pax_headers = {"TETHER.manifest": "1"}
-            tar.addfile(info, io.BytesIO(body))
-    return out.getvalue()
 
 
 def pieces(data: bytes, size: int = 65_536) -> Iterator[bytes]:
@@ -147,7 +95,7 @@ def instance(cluster: ClusterSpec, unique_id: str) -> Iterator[Callable[[str], L
         PROVIDER.deprovision(cluster, names)
 
 
-def write_files(target: LocalFilesTarget, files: dict[str, tuple[bytes, str]]) -> None:
+def write_files(target: LocalFilesTarget, files: Files) -> None:
     for key, (data, _) in files.items():
         path = Path(target.directory, key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,15 +108,10 @@ def read_files(target: LocalFilesTarget) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink()}
 
 
-def local_files() -> dict[str, tuple[bytes, str]]:
-    """The shared files with the types a local file has: guessed from its name."""
-    return {k: (v, guessed_type(k)) for k, (v, _) in media_files().items()}
-
-
 def test_round_trip_back_up_delete_restore(instance: Callable[[str], LocalFilesTarget],
                                            box: SecretBox, tmp_path: Path) -> None:
     target = instance("a")
-    files = local_files()
+    files = with_guessed_types(media_files())
     write_files(target, files)
     os.chmod(Path(target.directory, "data.bin"), 0o640)
     before = summary(target)
@@ -207,7 +150,7 @@ def test_round_trip_back_up_delete_restore(instance: Callable[[str], LocalFilesT
 def test_restore_into_a_second_instance(instance: Callable[[str], LocalFilesTarget],
                                         box: SecretBox, tmp_path: Path) -> None:
     source, other = instance("a"), instance("b")
-    files = local_files()
+    files = with_guessed_types(media_files())
     write_files(source, files)
     write_files(other, {"old/leftover.txt": (b"old", "text/plain"),
                         "empty.txt": (b"was not empty", "text/plain")})
@@ -220,7 +163,7 @@ def test_restore_into_a_second_instance(instance: Callable[[str], LocalFilesTarg
 def test_a_corrupted_sealed_backup_is_refused_before_anything_changes(
         instance: Callable[[str], LocalFilesTarget], box: SecretBox, tmp_path: Path) -> None:
     target = instance("a")
-    files = local_files()
+    files = with_guessed_types(media_files())
     write_files(target, files)
     dest = tmp_path / "c.sealed"
     info = dump_sealed(target, dest, box)

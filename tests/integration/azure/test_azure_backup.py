@@ -15,11 +15,13 @@ import pytest
 from azure.storage.blob import ContainerClient, ContentSettings
 from cryptography.fernet import Fernet
 
-from tests.integration.test_local_files_backup import (
+from tests.media_content import (
     MB,
+    Files,
     expected_summary,
     flip_byte,
     hand_made_archive,
+    headers_of,
     media_files,
 )
 from tether.backups.media import (
@@ -87,18 +89,13 @@ def client(target: AzureBlobTarget) -> ContainerClient:
     return ContainerClient(target.endpoint, target.container, credential=target.sas_token)
 
 
-def put_files(container: ContainerClient, files: dict[str, tuple[bytes, str]]) -> None:
+def put_files(container: ContainerClient, files: Files) -> None:
     for key, (data, kind) in files.items():
-        settings = ContentSettings(content_type=kind)
-        metadata = None
-        if key.endswith(".png"):
-            settings = ContentSettings(content_type=kind, cache_control="max-age=86400")
-            metadata = {"origin": "upload"}
-        if key.endswith(".pdf"):
-            settings = ContentSettings(content_type=kind,
-                                       content_disposition='attachment; filename="r.pdf"')
+        h = headers_of(key)
+        settings = ContentSettings(content_type=kind, cache_control=h.cache_control,
+                                   content_disposition=h.content_disposition)
         container.upload_blob(key, data, overwrite=True, content_settings=settings,
-                              metadata=metadata)
+                              metadata=h.metadata)
 
 
 def props(container: ContainerClient) -> dict[str, tuple[Any, ...]]:

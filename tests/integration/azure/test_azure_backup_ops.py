@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -19,6 +18,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from sqlalchemy import select
 
+from tests.media_content import few_files
 from tests.plane import backup_plane, instance_credentials, succeeded
 from tether.actions import backups
 from tether.actions.common import Context
@@ -27,10 +27,6 @@ from tether.engine.core import Engine
 from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
-
-FILES = {"img/logo.png": (os.urandom(70_000), "image/png"),
-         "docs/report.pdf": (os.urandom(3000), "application/pdf"),
-         "notes.txt": (b"kept", "text/plain; charset=utf-8")}
 
 
 def endpoint(url: str) -> str:
@@ -80,10 +76,11 @@ def test_backup_verify_restore_and_copy_through_the_worker(
         env: tuple[Context, Engine], azurite_url: str) -> None:
     ctx, _ = env
     live, test = container(ctx, azurite_url, "live"), container(ctx, azurite_url, "test")
-    for name, (data, kind) in FILES.items():
+    files = few_files()
+    for name, (data, kind) in files.items():
         live.upload_blob(name, data, content_settings=ContentSettings(content_type=kind))
     wanted = blobs(live)
-    assert set(wanted) == set(FILES)
+    assert set(wanted) == set(files)
 
     made = backups.create(ctx, "shop", "live", verify=True)
     succeeded(ctx, made)

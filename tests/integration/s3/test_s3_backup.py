@@ -16,12 +16,15 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration.s3.conftest import S3Server
-from tests.integration.test_local_files_backup import (
+from tests.media_content import (
     MB,
+    Files,
     expected_summary,
     flip_byte,
     hand_made_archive,
+    headers_of,
     media_files,
+    with_guessed_types,
 )
 from tether.backups.media import (
     BadMediaArchive,
@@ -31,7 +34,6 @@ from tether.backups.media import (
     dump_sealed,
     dump_sealed_with_summary,
     dump_stream,
-    guessed_type,
     restore_sealed,
     restore_stream,
     summary,
@@ -86,13 +88,12 @@ def client(server: S3Server, target: S3Target) -> Any:
     return server.client("s3", target.access_key_id, target.secret_access_key)
 
 
-def put_files(s3: Any, target: S3Target, files: dict[str, tuple[bytes, str]]) -> None:
+def put_files(s3: Any, target: S3Target, files: Files) -> None:
     for key, (data, kind) in files.items():
-        extra: dict[str, Any] = {}
-        if key.endswith(".png"):
-            extra = {"CacheControl": "max-age=86400", "Metadata": {"origin": "upload"}}
-        if key.endswith(".pdf"):
-            extra = {"ContentDisposition": 'attachment; filename="report.pdf"'}
+        h = headers_of(key)
+        extra = {name: value for name, value in (("CacheControl", h.cache_control),
+                                                 ("ContentDisposition", h.content_disposition),
+                                                 ("Metadata", h.metadata)) if value}
         s3.put_object(Bucket=target.bucket, Key=key, Body=data, ContentType=kind, **extra)
 
 
@@ -161,8 +162,7 @@ def test_restore_into_a_second_instance_and_into_local_files(
     directory.mkdir(mode=0o700)
     local = LocalFilesTarget(str(directory))
     restore_sealed(local, tmp_path / "b.sealed", info.key_sealed, box, info.sha256)
-    assert summary(local) == expected_summary(
-        {k: (v, guessed_type(k)) for k, (v, _) in files.items()})
+    assert summary(local) == expected_summary(with_guessed_types(files))
 
 
 def test_public_objects_stay_public(s3_server: S3Server, instance: Callable[[str], S3Target],

@@ -7,7 +7,6 @@ bucket, restored after a change, copied live -> test."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy import select
 
 from tests.integration.s3.conftest import S3Server
 from tests.integration.s3.test_s3_backup_storage import remove_bucket
+from tests.media_content import few_files
 from tests.plane import backup_plane, instance_credentials, succeeded
 from tether.actions import backups
 from tether.actions.common import Context
@@ -26,9 +26,7 @@ from tether.store.models import BackupFile
 
 pytestmark = pytest.mark.integration
 
-FILES = {"img/logo.png": (os.urandom(70_000), "image/png"),
-         "docs/report.pdf": (os.urandom(3000), "application/pdf"),
-         "notes.txt": (b"kept", "text/plain; charset=utf-8")}
+
 #: where applications reach the server (nothing listens there): Tether must use the cluster's
 #: endpoint, not the one in the instance's credentials
 APP_ENDPOINT = "https://localhost:9"
@@ -72,10 +70,11 @@ def test_backup_verify_restore_and_copy_through_the_worker(
     ctx, _ = env
     (live, live_bucket), (test, test_bucket) = (client(ctx, s3_server, "live"),
                                                 client(ctx, s3_server, "test"))
-    for key, (data, kind) in FILES.items():
+    files = few_files()
+    for key, (data, kind) in files.items():
         live.put_object(Bucket=live_bucket, Key=key, Body=data, ContentType=kind)
     wanted = objects(live, live_bucket)
-    assert set(wanted) == set(FILES)
+    assert set(wanted) == set(files)
 
     made = backups.create(ctx, "shop", "live", verify=True)
     succeeded(ctx, made)

@@ -336,11 +336,10 @@ class MediaEngine:
 
     def _target(self, credentials: Mapping[str, Any], cluster: ClusterSpec) -> Any:
         from tether.backups.media import target_from_credentials
-        from tether.providers.registry import get_provider
+        from tether.providers.registry import provider_class
 
-        provider: Any = get_provider(self.kind)
-        where = getattr(provider, "admin_endpoint", None)
-        endpoint, api_version = where(cluster) if where is not None else (None, None)
+        where = provider_class(self.kind).admin_endpoint(cluster)
+        endpoint, api_version = where if where is not None else (None, None)
         return target_from_credentials(self.kind, credentials, endpoint, api_version)
 
     def dump(self, credentials: Mapping[str, Any], names: ResourceNames, cluster: ClusterSpec,

@@ -244,6 +244,15 @@ class ProviderBase:
         `actions.clusters`); None when the kind cannot know it."""
         return None
 
+    @staticmethod
+    def admin_endpoint(cluster: ClusterSpec) -> tuple[str, str | None] | None:
+        """Where Tether itself reaches the cluster's server to back up and restore its
+        instances, and the API version to speak there (None: the client's own), when that is
+        not the address the instances' credentials give applications (which may be a proxy
+        Tether cannot reach). None, the default: nothing to override, Tether reaches the
+        server at the cluster's URL, where the credentials point."""
+        return None
+
 
 def major(version: str) -> str:
     """The major version of a version string: "18" of "18.6"."""

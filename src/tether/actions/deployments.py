@@ -20,6 +20,7 @@ from tether.actions.common import (
 )
 from tether.crypto import SecretBox
 from tether.errors import NotFound, UserError
+from tether.paging import ALL, Page, PageArgs, keyset
 from tether.publicids import Kind, public_id
 from tether.redact import mask_value
 from tether.runtime import logs
@@ -78,14 +79,13 @@ def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object
 
 
 def list_deployments(ctx: Context, project: str | None, env_name: str,
-                     limit: int | None = 20) -> list[dict[str, object]]:
-    """The environment's deployments, newest first (`limit` of them; None: all)."""
+                     page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The environment's deployments, newest first (a page of them)."""
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project, ctx), env_name)
-        query = select(Deployment).where(Deployment.environment_id == env.id) \
-            .order_by(Deployment.id.desc())
-        rows = s.scalars(query if limit is None else query.limit(limit))
-        return [deployment_view(s, ctx.box, d) for d in rows]
+        rows, after = keyset(s, select(Deployment).where(Deployment.environment_id == env.id),
+                             Deployment.id, page, descending=True)
+        return Page([deployment_view(s, ctx.box, d) for d in rows], after)
 
 
 def visible_deployment_ids(ctx: Context) -> list[int]:

@@ -28,6 +28,7 @@ from tether.actions.common import (
 from tether.envvars import instance_var_names, service_vars
 from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Action, State
+from tether.paging import ALL, Page, PageArgs, keyset
 from tether.providers.base import Rotatable, rotation_unsupported
 from tether.providers.registry import get_provider
 from tether.publicids import Kind, public_id
@@ -293,15 +294,17 @@ def rotate(ctx: Context, project: str | None, env_name: str, prefix: str) -> dic
 
 
 def list_instances(ctx: Context, project: str | None, env_name: str,
-                   include_removed: bool = False) -> list[dict[str, object]]:
+                   include_removed: bool = False,
+                   page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The environment's instances in the order they were added (a page of them)."""
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name, Need.READ)
-        q = select(Instance).where(Instance.environment_id == env.id).order_by(Instance.id)
+        q = select(Instance).where(Instance.environment_id == env.id)
         if not include_removed:
             q = q.where(Instance.state != State.REMOVED.value)
-        rows = list(s.scalars(q))
+        rows, after = keyset(s, q, Instance.id, page)
         facts = InstanceFacts.load(s, rows)
-        return [instance_view(s, ctx, i, facts=facts) for i in rows]
+        return Page([instance_view(s, ctx, i, facts=facts) for i in rows], after)
 
 
 def show(ctx: Context, project: str | None, env_name: str, prefix: str,

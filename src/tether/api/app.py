@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import swagger_ui_bundle
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -48,6 +48,7 @@ from tether.api.models import (
     IdPath,
     LogsAfter,
     NamePath,
+    PageLimit,
     PageSize,
     PrefixPath,
     PrefixQuery,
@@ -70,11 +71,21 @@ from tether.api.models import (
 from tether.backups import transfer
 from tether.engine.worker import Worker
 from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
+from tether.paging import Page, PageArgs
 from tether.web.routes import STATIC_DIR, web_router
 
 FINISHED = ("succeeded", "failed")
 #: what a deployment's status may be
 DeploymentStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+def paged(request: Request, response: Response, page: Page[Any]) -> list[Any]:
+    """A page as the JSON array it always was, with the next page's URL in a `Link` header
+    (RFC 8288) when there is one."""
+    if page.after is not None:
+        url = request.url.include_query_params(after=page.after)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return list(page)
 
 
 def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
@@ -134,8 +145,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                 "projects": sorted(p.projects) if p.projects is not None else None}
 
     @api.get("/projects", tags=["projects"])
-    async def list_projects(ctx: Ctx) -> list[dict[str, Any]]:
-        return await call(projects.list_projects, ctx)
+    async def list_projects(ctx: Ctx, request: Request, response: Response,
+                            limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """The projects the token may see, by name: a page of `limit`; the next page's URL is
+        in the `Link` header (rel="next")."""
+        return paged(request, response, await call(projects.list_projects, ctx,
+                                                   PageArgs(limit, after)))
 
     @api.post("/projects", status_code=201, tags=["projects"])
     async def create_project(ctx: Ctx, body: ProjectIn) -> dict[str, Any]:
@@ -174,9 +189,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(services.catalog_view, ctx, region, project)
 
     @api.get(env_path + "/services", tags=["services"])
-    async def list_services(ctx: Ctx, project: ProjectPath, env: EnvPath,
-                            removed: bool = False) -> list[dict[str, Any]]:
-        return await call(services.list_instances, ctx, project, env, removed)
+    async def list_services(ctx: Ctx, request: Request, response: Response,
+                            project: ProjectPath, env: EnvPath, removed: bool = False,
+                            limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """The environment's services in the order they were added: a page of `limit`; the
+        next page's URL is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(services.list_instances, ctx, project, env,
+                                                   removed, PageArgs(limit, after)))
 
     @api.post(env_path + "/services", status_code=201, tags=["services"])
     async def add_service(ctx: Ctx, project: ProjectPath, env: EnvPath,
@@ -341,9 +360,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(deployments.deploy, ctx, project, env)
 
     @api.get(env_path + "/deployments", tags=["deployments"])
-    async def list_deployments(ctx: Ctx, project: ProjectPath, env: EnvPath,
-                               limit: PageSize = 20) -> list[dict[str, Any]]:
-        return await call(deployments.list_deployments, ctx, project, env, limit)
+    async def list_deployments(ctx: Ctx, request: Request, response: Response,
+                               project: ProjectPath, env: EnvPath, limit: PageSize = 20,
+                               after: Cursor = None) -> list[dict[str, Any]]:
+        """The environment's deployments, newest first: a page of `limit`; the next page's URL
+        is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(deployments.list_deployments, ctx, project,
+                                                   env, PageArgs(limit, after)))
 
     @api.get(env_path + "/logs", tags=["deployments"])
     async def app_logs(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,

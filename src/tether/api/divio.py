@@ -26,6 +26,7 @@ from tether.actions.common import Context
 from tether.actions.variables import SECRET_SOURCES
 from tether.api.auth import caller_for
 from tether.errors import NotFound, TetherError, Unauthorized, UserError
+from tether.paging import PageArgs
 from tether.providers.registry import provider_class
 from tether.publicids import Kind, find, public_id
 
@@ -154,7 +155,8 @@ class Directory:
         }
 
     def environment_view(self, p: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]:
-        finished = [d for d in deployments.list_deployments(self.ctx, p["name"], e["name"])
+        finished = [d for d in deployments.list_deployments(self.ctx, p["name"], e["name"],
+                                                               PageArgs(limit=20))
                     if d["finished_at"]]
         last = finished[0] if finished else None
         return {
@@ -478,7 +480,7 @@ def list_deployments(ctx: Context, request: Request) -> dict[str, Any]:
     elif not targets:
         targets = d.environments()
     found = [dep for p, e in targets
-             for dep in deployments.list_deployments(ctx, p["name"], e["name"], limit=None)]
+             for dep in deployments.list_deployments(ctx, p["name"], e["name"])]
     found.sort(key=lambda dep: int(dep["id"]), reverse=True)
     return page.answer([d.deployment_view(dep) for dep in found])
 

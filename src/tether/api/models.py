@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints,
 from tether.actions.projects import MAX_COMMAND, MAX_HEALTH_PATH, MAX_PATH
 from tether.actions.variables import MAX_VALUE
 from tether.api.limits import MAX_BODY, human_size
+from tether.paging import MAX_LIMIT
 
 #: no control characters at all (names, URLs, paths)
 PLAIN = r"^[^\x00-\x1f\x7f]*$"
@@ -76,6 +77,7 @@ TokenNamePath = Annotated[str, Path(min_length=1, max_length=TOKEN_NAME, pattern
                                     description="the token's name", examples=["ci-deploy"])]
 
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="at most this many, newest first")]
+PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many in one page")]
 LogsAfter = Annotated[int, Query(ge=0, le=MAX_ID,
                                  description="only the log lines after this line id")]
 Cursor = Annotated[str | None, Query(max_length=CURSOR, pattern=PLAIN)]

@@ -25,11 +25,24 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 #: seconds the server may hold a long-poll (`GET /operations/{id}?wait=`)
 LONG_POLL = 10
+#: rows asked for per page when following a paged list (every list route takes this many)
+SERVER_PAGE = 200
+#: rows a list command shows unless told otherwise (`--limit N`, `--all`)
+DEFAULT_LIST = 100
 
 NO_CONFIG = (
     "no Tether control plane configured: run `tether up` (it adds a context to "
     "~/.config/tether/config.json) or set TETHER_URL and TETHER_TOKEN"
 )
+
+
+def next_cursor(response: httpx.Response) -> str | None:
+    """The `after` cursor of the next page, from the answer's `Link: <URL>; rel="next"`."""
+    link = response.links.get("next")
+    if not link or not link.get("url"):
+        return None
+    found = httpx.URL(link["url"]).params.get("after")
+    return str(found) if found else None
 
 
 def seg(value: object) -> str:
@@ -100,6 +113,31 @@ class Client:
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """Call the API; `path` is below `/api/v1`. Returns the decoded JSON answer."""
+        return self._answer(self._send(method, path, params=params, body=body,
+                                       timeout=timeout))
+
+    def get_list(self, path: str, *, params: dict[str, Any] | None = None,
+                 limit: int | None = None) -> tuple[list[Any], bool]:
+        """A paged list (`--limit N`, `--all`): its pages, followed through each answer's
+        `Link: <…?after=CURSOR>; rel="next"`, until `limit` rows (None: every row). Answers
+        the rows and whether the list holds more than were read."""
+        rows: list[Any] = []
+        query = dict(params or {})
+        while True:
+            want = SERVER_PAGE if limit is None else min(SERVER_PAGE, limit - len(rows))
+            response = self._send("GET", path, params={**query, "limit": want})
+            page = self._answer(response)
+            rows.extend(page)
+            after = next_cursor(response)
+            if after is None:
+                return rows, False
+            if limit is not None and len(rows) >= limit:
+                return rows, True
+            query["after"] = after
+
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              body: dict[str, Any] | None = None, timeout: float | None = None
+              ) -> httpx.Response:
         try:
             response = self._http.request(
                 method, path, params=params, json=body,
@@ -117,7 +155,7 @@ class Client:
         except httpx.HTTPError as exc:
             fail(f"cannot talk to Tether at {self.url}: {type(exc).__name__}: {exc}", 1,
                  json_mode=self.json_mode, code="unreachable")
-        return self._answer(response)
+        return response
 
     def _answer(self, response: httpx.Response) -> Any:
         status = response.status_code

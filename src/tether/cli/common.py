@@ -9,13 +9,15 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import LONG_POLL, Client, seg
+from tether.cli.client import DEFAULT_LIST, LONG_POLL, Client, seg
 from tether.cli.output import err, fail, hint
 
 #: statuses of a finished operation or deployment
 FINISHED = ("succeeded", "failed")
 #: seconds added to a long-poll's own wait for the answer to arrive
 DEFAULT_GRACE = 30.0
+#: project names an error about several projects names (then "…")
+SHOWN_NAMES = 10
 
 #: `help_option_names` etc. for every Typer app of the CLI
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
@@ -29,6 +31,22 @@ ProjectOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document (for scripts) instead of text."),
 ]
+LimitOpt = Annotated[
+    int, typer.Option("--limit", metavar="N", min=1,
+                      help=f"Show at most N (default {DEFAULT_LIST}).")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Show every one, however many.")]
+
+
+def read_list(client: Client, path: str, limit: int, every: bool, what: str,
+              params: dict[str, Any] | None = None) -> list[Any]:
+    """A list command's rows, page after page (`--limit`, `--all`), with a note on stderr
+    when more exist than were shown."""
+    rows, more = client.get_list(path, params=params, limit=None if every else limit)
+    if more:
+        hint(f"showing the first {len(rows)} {what}: there are more (--limit N or --all)")
+    return rows
+
+
 NoWaitOpt = Annotated[
     bool, typer.Option("--no-wait",
                        help="Return at once with the operation id instead of waiting for it."),
@@ -43,13 +61,13 @@ def resolve_project(client: Client, name: str | None) -> str:
     """The project a command acts on: `-p/--project` (or `TETHER_PROJECT`), else the only one."""
     if name:
         return name
-    projects = client.get("/projects")
+    projects, more = client.get_list("/projects", limit=SHOWN_NAMES)
     if len(projects) == 1:
         return str(projects[0]["name"])
     if not projects:
         fail("no project yet: create one with `tether project create NAME`", 2,
              json_mode=client.json_mode, code="no_project")
-    names = ", ".join(str(p["name"]) for p in projects)
+    names = ", ".join(str(p["name"]) for p in projects) + (", …" if more else "")
     fail(f"several projects exist ({names}): pick one with -p/--project NAME or set "
          "TETHER_PROJECT", 2, json_mode=client.json_mode, code="several_projects")
 

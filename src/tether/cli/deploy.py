@@ -15,10 +15,12 @@ from tether.cli.common import (
     CONTEXT_SETTINGS,
     DEFAULT_GRACE,
     FINISHED,
+    AllOpt,
     EnvArg,
     JsonOpt,
     NoWaitOpt,
     ProjectOpt,
+    read_list,
     resolve_project,
 )
 from tether.cli.output import (
@@ -156,15 +158,17 @@ def deploy(env: EnvArg, no_wait: NoWaitOpt = False, project: ProjectOpt = None,
 
 def deployments(
     env: EnvArg,
-    limit: Annotated[int, typer.Option("--limit", metavar="N",
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1,
                                        help="How many, newest first.")] = 20,
+    every: AllOpt = False,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List the past deployments of an environment, newest first."""
     with Client.connect(json_) as client:
         name = resolve_project(client, project)
-        rows = client.get(env_path(name, env) + "/deployments", params={"limit": limit})
+        rows = read_list(client, env_path(name, env) + "/deployments", limit, every,
+                         "deployments")
     if json_:
         emit_json(rows)
         return

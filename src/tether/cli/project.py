@@ -8,8 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import Client, env_path, seg
-from tether.cli.common import CONTEXT_SETTINGS, JsonOpt, ProjectOpt, resolve_project
+from tether.cli.client import DEFAULT_LIST, Client, env_path, seg
+from tether.cli.common import (
+    CONTEXT_SETTINGS,
+    AllOpt,
+    JsonOpt,
+    LimitOpt,
+    ProjectOpt,
+    read_list,
+    resolve_project,
+)
 from tether.cli.output import (
     cell,
     emit_json,
@@ -71,11 +79,12 @@ def create(
          f"`tether service add {first} postgres`; then `tether deploy {first}`.")
 
 
-@app.command("list", epilog="Example: tether project list --json")
-def list_(json_: JsonOpt = False) -> None:
-    """List the projects."""
+@app.command("list", epilog="Example: tether project list --json; tether project list --all")
+def list_(limit: LimitOpt = DEFAULT_LIST, every: AllOpt = False,
+          json_: JsonOpt = False) -> None:
+    """List the projects, by name."""
     with Client.connect(json_) as client:
-        projects = client.get("/projects")
+        projects = read_list(client, "/projects", limit, every, "projects")
     if json_:
         emit_json(projects)
         return

@@ -10,14 +10,17 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import Client, env_path, seg
+from tether.cli.client import DEFAULT_LIST, Client, env_path, seg
 from tether.cli.common import (
     CONTEXT_SETTINGS,
+    AllOpt,
     EnvArg,
     JsonOpt,
+    LimitOpt,
     NoWaitOpt,
     PrefixArg,
     ProjectOpt,
+    read_list,
     resolve_project,
     wait_operation,
 )
@@ -167,19 +170,22 @@ def provision(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
                 f"tether service provision {env} {prefix} -p {name}")
 
 
-@app.command("list", epilog="Example: tether service list test --removed")
+@app.command("list", epilog="Example: tether service list test --removed; "
+                             "tether service list test --all")
 def list_(
     env: EnvArg,
     removed: Annotated[bool, typer.Option("--removed",
                                           help="Include removed services.")] = False,
+    limit: LimitOpt = DEFAULT_LIST,
+    every: AllOpt = False,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List the services of an environment with their states."""
     with Client.connect(json_) as client:
         name = resolve_project(client, project)
-        instances = client.get(_path(name, env), params={"removed": "true" if removed else
-                                                          "false"})
+        instances = read_list(client, _path(name, env), limit, every, "services",
+                              params={"removed": "true" if removed else "false"})
     if json_:
         emit_json(instances)
         return

@@ -71,6 +71,33 @@ export async function signOut() {
 
 /** Call the API; answers the decoded JSON, or throws ApiError with the API's own message. */
 export async function api(method, path, body) {
+  return (await call(method, path, body)).data;
+}
+
+/**
+ * Every row of a paged list: its pages, followed through each answer's
+ * `Link: <…?after=CURSOR>; rel="next"` (the API answers a page of at most `limit` rows).
+ */
+export async function apiAll(path, limit = 1000) {
+  const rows = [];
+  let after = null;
+  for (;;) {
+    const sep = path.includes('?') ? '&' : '?';
+    const page = await call('GET', `${path}${sep}limit=${limit}` +
+      (after === null ? '' : `&after=${encodeURIComponent(after)}`));
+    rows.push(...page.data);
+    after = nextCursor(page.response.headers.get('Link'));
+    if (after === null) return rows;
+  }
+}
+
+/** The `after` of a `Link` header's rel="next" URL, or null. */
+function nextCursor(link) {
+  const found = /<([^>]*)>\s*;\s*rel="next"/.exec(link || '');
+  return found ? new URL(found[1], location.href).searchParams.get('after') : null;
+}
+
+async function call(method, path, body) {
   const current = session();
   if (current === null) {
     signInAgain();
@@ -99,7 +126,7 @@ export async function api(method, path, body) {
     const message = data?.error?.message || `Tether answered HTTP ${response.status}`;
     throw new ApiError(message, response.status, data?.error?.code);
   }
-  return data;
+  return { data, response };
 }
 
 /** One URL path segment, quoted: a name can never reach another route. */

@@ -2,7 +2,7 @@
 // While anything is under way (a provision, a removal, a deployment) the active tab polls the
 // API every second, so states and progress update without a reload; otherwise every 5 seconds.
 
-import { api, envPath, seg } from './api.js';
+import { api, apiAll, envPath, seg } from './api.js';
 import { EnvironmentBackups } from './backups.js';
 import { append, byId, h, replace, sleep } from './dom.js';
 import {
@@ -488,7 +488,7 @@ class EnvironmentPanel {
   async load() {
     try {
       const [instances, deployments] = await Promise.all([
-        api('GET', `${this.path}/services`),
+        apiAll(`${this.path}/services`),
         api('GET', `${this.path}/deployments?limit=10`),
       ]);
       this.lastError = '';

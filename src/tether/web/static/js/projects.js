@@ -1,6 +1,6 @@
 // The projects list: every project with its region and environments, and a form for a new one.
 
-import { api, seg } from './api.js';
+import { api, apiAll, seg } from './api.js';
 import { byId, h, replace } from './dom.js';
 import { initChrome, notify } from './ui.js';
 
@@ -17,7 +17,7 @@ function projectCard(p) {
 async function loadProjects() {
   const box = byId('projects');
   try {
-    const projects = await api('GET', '/projects');
+    const projects = await apiAll('/projects');
     replace(box, projects.length
       ? projects.map(projectCard)
       : h('p', { class: 'empty' }, 'No project yet: create one below, or with ',

@@ -1,0 +1,115 @@
+"""A request makes a bounded number of store queries whatever the number of rows it lists (issue
+12: "N+1 queries (each instance in a list looks up its cluster and operation and decrypts its
+credentials)"): the same list with ten times the instances, projects or deployments costs the same
+number of statements.
+
+Real rows: local media storages provisioned by the engine's own handler (directories and
+credentials), on a SQLite store; the statements are counted on the store's engine during the
+request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+from tether.actions import clusters, deployments, projects, services
+from tether.actions.common import Context
+from tether.api.app import create_app
+from tether.api.auth import create_token
+from tether.crypto import SecretBox
+from tether.engine.core import Engine
+from tether.store.db import Store
+from tether.store.models import Instance
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class World:
+    ctx: Context
+    engine: Engine
+    client: TestClient
+    store: Store
+
+    def count(self, request: Callable[[], Any]) -> int:
+        """How many statements the store ran while `request` ran."""
+        seen = 0
+
+        def counted(*_: Any) -> None:
+            nonlocal seen
+            seen += 1
+
+        event.listen(self.store.engine, "before_cursor_execute", counted)
+        try:
+            answer = request()
+            assert answer.status_code == 200, answer.text
+        finally:
+            event.remove(self.store.engine, "before_cursor_execute", counted)
+        return seen
+
+    def fill(self, project: str, env: str, count: int, start: int = 0) -> None:
+        """`count` more provisioned local media storages in the environment."""
+        for n in range(start, start + count):
+            services.add(self.ctx, project, env, "local-media", f"M{n}")
+        with self.store.session() as s:
+            ids = list(s.scalars(select(Instance.id).where(Instance.state == "new")))
+        for inst_id in ids:
+            self.engine.provision_instance(inst_id, "tests")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
+    store.migrate()
+    box = SecretBox.from_data_dir(tmp_path)
+    ctx = Context(store=store, box=box, data_dir=tmp_path)
+    media = tmp_path / "media"
+    media.mkdir()
+    clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
+                         settings={"base_dir": str(media),
+                                   "public_url": "http://127.0.0.1:1/media/"})
+    engine = Engine(store, box, tmp_path)  # its handlers only: no worker runs
+    token = create_token(store, "admin")
+    with TestClient(create_app(ctx), headers={"Authorization": f"Bearer {token}"}) as client:
+        yield World(ctx, engine, client, store)
+    store.dispose()
+
+
+ENV = "/api/v1/projects/shop/environments/test"
+
+
+def test_listing_instances_costs_the_same_for_3_and_30(world: World) -> None:
+    projects.create_project(world.ctx, "shop")
+    world.fill("shop", "test", 3)
+    few = {path: world.count(lambda p=path: world.client.get(p)) for path in (
+        f"{ENV}/services", f"{ENV}/variables?all=true", f"{ENV}/services?removed=true")}
+    world.fill("shop", "test", 27, start=3)
+    assert len(world.client.get(f"{ENV}/services").json()) == 30
+    many = {path: world.count(lambda p=path: world.client.get(p)) for path in few}
+    assert many == few
+
+
+def test_listing_projects_costs_the_same_for_2_and_20(world: World) -> None:
+    for n in range(2):
+        projects.create_project(world.ctx, f"p{n}")
+    few = world.count(lambda: world.client.get("/api/v1/projects"))
+    for n in range(2, 20):
+        projects.create_project(world.ctx, f"p{n}")
+    assert len(world.client.get("/api/v1/projects").json()) == 20
+    assert world.count(lambda: world.client.get("/api/v1/projects")) == few
+
+
+def test_listing_deployments_costs_the_same_for_2_and_20(world: World) -> None:
+    projects.create_project(world.ctx, "shop")
+    for _ in range(2):
+        deployments.deploy(world.ctx, "shop", "test")
+    few = world.count(lambda: world.client.get(f"{ENV}/deployments"))
+    for _ in range(18):
+        deployments.deploy(world.ctx, "shop", "test")
+    assert world.count(lambda: world.client.get(f"{ENV}/deployments")) == few

@@ -262,6 +262,15 @@ def test_service_instances_list(app: App) -> None:
     assert "MEDIA" not in app.result("instances live").out
 
 
+def test_a_new_project_has_its_default_database(app: App) -> None:
+    """The project was made by `tether project create` without --no-database: each
+    environment lists its DEFAULT PostgreSQL, a DATABASE, NEW until the first deploy."""
+    default = next(i for i in app.result("instances").json() if i["prefix"] == "DEFAULT")
+    assert (default["type"], default["service_status"]) == ("DATABASE", "NEW")
+    assert default["service_name"].startswith("postgres-")
+    assert "DEFAULT" in app.result("instances live").out
+
+
 def test_token_scope_and_role_decide_as_in_tethers_own_api(app: App) -> None:
     """A viewer of the project reads its variables with every value masked (as /api/v1 shows
     them to it); a token of another project does not find the application at all."""
@@ -327,7 +336,7 @@ def test_add_a_service_and_deploy_with_the_divio_cli(tether: Tether, divio_bin: 
     t = tether
     name = f"dd{secrets.token_hex(3)}"
     t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
-         "--app-dir", str(ROOT))
+         "--app-dir", str(ROOT), "--no-database")
     uuid = _api(t, "/apps/v3/applications/", slug=name)["results"][0]["uuid"]
     region = next(r["uuid"] for r in _api(t, "/apps/v3/regions/")["results"]
                   if r["name"] == "local")

@@ -1,6 +1,7 @@
-"""The whole story through the real CLI against a real `tether up`: projects, PostgreSQL and
-media services under prefixes, provisioning in advance, deploys of a real app, a failing deploy
-that changes nothing, detach, remove, restart — and no failed request at the stable address."""
+"""The whole story through the real CLI against a real `tether up`: projects (with their DEFAULT
+PostgreSQL database by default), PostgreSQL and media services under prefixes, provisioning in
+advance, deploys of a real app, a failing deploy that changes nothing, detach, remove, restart —
+and no failed request at the stable address."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def test_the_whole_story(tether: Tether) -> None:
     t = tether
     t.ok("project", "create", "shop", "--app-command", APP, "--health-path", "/health",
          "--app-dir", str(Path.cwd()))
+    assert states(t, "test") == {"DEFAULT": "new"}  # the project's database, made by default
     catalog = {o["service"] for o in t.ok("service", "catalog", "--json").json()}
     assert {"local-media"} <= catalog and any(s.startswith("postgres-") for s in catalog)
 
@@ -89,8 +91,8 @@ def test_the_whole_story(tether: Tether) -> None:
     assert bad.code == 2 and "not offered" in (bad.out + bad.err)
 
     # DEFAULT provisioned in advance and filled before the app sees it
-    added = t.ok("service", "add", "test", "postgres", "--provision", "--json").json()
-    assert added["state"] == "pending attachment"
+    provisioned = t.ok("service", "provision", "test", "DEFAULT", "--json").json()
+    assert provisioned["state"] == "pending attachment"
     t.ok("service", "add", "test", "postgres", "--prefix", "ANALYTICS")
     t.ok("service", "add", "test", "local-media", "--prefix", "MEDIA")
     dsn = t.ok("project", "env-vars", "-e", "test", "--all", "--get",
@@ -223,7 +225,7 @@ def test_private_postgres_gets_its_own_server(tether: Tether) -> None:
 
 def test_no_wait_returns_the_operation(tether: Tether) -> None:
     t = tether
-    t.ok("project", "create", "nowait")
+    t.ok("project", "create", "nowait", "--no-database")
     out = t.ok("service", "add", "test", "postgres", "--provision", "--no-wait", "--json",
                "-p", "nowait").json()
     assert out["operation"]["id"] > 0
@@ -283,3 +285,97 @@ def test_cluster_kinds_lists_what_each_kind_declares(tether: Tether) -> None:
     assert kinds["elasticsearch"]["variables"] == ["{P}_ELASTICSEARCH_DSN", "{P}_HAYSTACK_URL"]
     shown = tether.ok("cluster", "kinds").out
     assert "local-media" in shown and "PREFIX_AMQP_BROKER_URL" in shown
+
+
+def _instances(t: Tether, project: str, env: str) -> dict[str, dict[str, Any]]:
+    return {i["prefix"]: i for i in t.ok("service", "list", env, "-p", project, "--json").json()}
+
+
+def test_a_new_project_has_a_default_database_that_its_first_deploy_attaches(
+        tether: Tether) -> None:
+    """`tether project create` adds DEFAULT (the region's newest PostgreSQL, state new) to test
+    and live, like `tether service add ENV postgres`; the first deploy provisions and attaches
+    it, and the app logs in with DEFAULT_DATABASE_DSN. `--json` says what was added."""
+    t = tether
+    made = t.ok("project", "create", "dbfirst", "--app-command", APP, "--health-path",
+                "/health", "--app-dir", str(Path.cwd()), "--json").json()
+    database = made["database"]
+    assert database["service"].startswith("postgres-"), made
+    assert database == {"service": database["service"], "prefix": "DEFAULT",
+                        "environments": ["test", "live"], "reason": None}
+    for env in ("test", "live"):
+        [default] = _instances(t, "dbfirst", env).values()
+        assert (default["prefix"], default["state"], default["service"], default["visibility"]) \
+            == ("DEFAULT", "new", database["service"], "shared")
+        history = t.ok("service", "show", env, "DEFAULT", "-p", "dbfirst", "--json").json()[
+            "history"]
+        assert [(h["action"], h["to"]) for h in history] == [("add", "new")]
+        assert history[0]["actor"]
+
+    deployed = t.cli("deploy", "test", "-p", "dbfirst")
+    assert deployed.code == 0, deployed.out + deployed.err
+    assert _instances(t, "dbfirst", "test")["DEFAULT"]["state"] == "attached"
+    assert _instances(t, "dbfirst", "live")["DEFAULT"]["state"] == "new"  # its own first deploy
+    status = app_status(env_url(t, "dbfirst", "test"))
+    assert status["services"]["DEFAULT_DATABASE_DSN"]["ok"] is True, status
+    assert status["services"]["DATABASE_URL"]["ok"] is True, status
+
+
+def test_project_create_says_what_it_added_and_no_database_opts_out(tether: Tether) -> None:
+    t = tether
+    said = t.ok("project", "create", "dbsaid")
+    assert re.search(r"DEFAULT: postgres-\d+ in test and live, provisioned and attached by the "
+                     r"first deploy; --no-database to create a project without", " ".join(
+                         (said.out + said.err).split())), said
+    assert set(_instances(t, "dbsaid", "live")) == {"DEFAULT"}
+
+    without = t.ok("project", "create", "dbnone", "--no-database", "--json").json()
+    assert without["database"] is None
+    assert _instances(t, "dbnone", "test") == {} and _instances(t, "dbnone", "live") == {}
+    said = t.ok("project", "create", "dbnone2", "--no-database")
+    assert "DEFAULT" not in said.out + said.err
+    assert "tether service add test postgres" in " ".join((said.out + said.err).split())
+    assert "--no-database" in t.ok("project", "create", "--help").out
+
+
+def test_the_api_adds_the_database_unless_told_not_to(tether: Tether) -> None:
+    """`POST /api/v1/projects`: `database` defaults to true; false makes none; it is a strict
+    boolean (no 0, no "false")."""
+    auth = {"Authorization": f"Bearer {tether.token()}"}
+    with httpx.Client(base_url=tether.url + "/api/v1", headers=auth, timeout=30) as http:
+        made = http.post("/projects", json={"name": "apidb"})
+        assert made.status_code == 201, made.text
+        assert made.json()["database"]["environments"] == ["test", "live"]
+        listed = http.get("/projects/apidb/environments/live/services").json()
+        assert [(i["prefix"], i["state"]) for i in listed] == [("DEFAULT", "new")]
+
+        made = http.post("/projects", json={"name": "apinodb", "database": False})
+        assert made.status_code == 201, made.text
+        assert made.json()["database"] is None
+        for env in ("test", "live"):
+            assert http.get(f"/projects/apinodb/environments/{env}/services").json() == []
+
+        for loose in (0, "false"):
+            refused = http.post("/projects", json={"name": "apiloose", "database": loose})
+            assert refused.status_code == 422, refused.text
+        assert "apiloose" not in [p["name"] for p in http.get("/projects").json()]
+
+
+def test_a_region_without_postgres_makes_the_project_without(tether: Tether,
+                                                            tmp_path: Path) -> None:
+    """A region whose clusters offer no PostgreSQL (here only local files): the project is
+    created all the same, without a database, and the answer says why and what to do."""
+    t = tether
+    t.ok("cluster", "add", "local-files", "--region", "files-only", "--region-family", "local",
+         "--url", f"file://{tmp_path}", "--name", "files-only-media",
+         "--setting", f"base_dir={tmp_path / 'media'}",
+         "--setting", "public_url=http://127.0.0.1:1/media/")
+    made = t.ok("project", "create", "filesonly", "--region", "files-only", "--json").json()
+    assert made["region"] == "files-only"
+    assert made["database"]["service"] is None and made["database"]["environments"] == []
+    assert "region files-only offers no shared PostgreSQL" in made["database"]["reason"]
+    assert _instances(t, "filesonly", "test") == {} and _instances(t, "filesonly", "live") == {}
+    said = t.ok("project", "create", "filesonly2", "--region", "files-only")
+    text = " ".join((said.out + said.err).split())
+    assert "No database added: region files-only offers no shared PostgreSQL" in text, text
+    assert "tether cluster add postgres --region files-only" in text, text

@@ -1,7 +1,8 @@
-"""The Services view in a real browser against a real `tether up`: the whole story of a
-PostgreSQL service (add with provision, deploy, detach, a failing deploy, deploy, remove with the
-typed confirmation — and the database really gone), what a signed-out browser sees, forged
-requests refused, and user-supplied markup shown as text."""
+"""The Services view in a real browser against a real `tether up`: the whole story of the
+PostgreSQL database a new project has by default (provision, deploy, detach, a failing deploy,
+deploy, remove with the typed confirmation — and the database really gone), a project created in
+the browser with or without it (and a service added with provision), what a signed-out browser
+sees, forged requests refused, and user-supplied markup shown as text."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture(scope="module")
 def project(tether: Tether) -> str:
-    """The only thing made outside the browser: a project with the example app (via the CLI)."""
+    """The only thing made outside the browser: a project with the example app (via the CLI),
+    with its DEFAULT database in test and live (the default)."""
     tether.ok("project", "create", PROJECT, "--app-command", APP, "--health-path", "/health",
               "--app-dir", str(ROOT))
     return PROJECT
@@ -70,9 +72,13 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     page.get_by_role("link", name=project).click()
     expect(page.get_by_role("tab", name="test")).to_have_attribute("aria-selected", "true")
     expect(page.get_by_role("tab", name="live")).to_be_visible()
-    expect(page.locator("#panel-test .empty").first).to_contain_text("No service in test")
+    # the project came with its DEFAULT database, new: nothing made yet
+    row = service_row(page, "DEFAULT")
+    badge = row.locator(".badge")
+    expect(badge).to_have_text("new")
+    expect(row).to_contain_text("postgres-")
 
-    # Add service: the region's catalog, the prefix checked as typed, provision at once
+    # Add service: the region's catalog, the prefix checked as typed (DEFAULT is taken)
     page.locator("#add-test summary").click()
     select = page.locator("#add-service-test")
     options = select.locator("option").all_inner_texts()
@@ -87,15 +93,14 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     expect(prefix).to_have_attribute("aria-invalid", "true")
     expect(submit).to_be_disabled()
     prefix.fill("DEFAULT")
-    expect(page.locator("#add-prefix-help-test")).to_contain_text("DEFAULT is free in test")
-    expect(submit).to_be_enabled()
-    page.locator("#add-provision-test").check()
+    expect(page.locator("#add-prefix-help-test")).to_contain_text("DEFAULT already exists")
+    expect(submit).to_be_disabled()
     page.screenshot(path=str(screenshots / "03-add-service.png"))
-    submit.click()
+    page.locator("#add-test summary").click()
 
-    # provisioned in advance: pending attachment, live (no reload), its meaning in the badge
-    row = service_row(page, "DEFAULT")
-    badge = row.locator(".badge")
+    # provisioned in advance (its row's Provision): pending attachment, live (no reload), its
+    # meaning in the badge
+    action(row, "provision").click()
     expect(badge).to_have_text("pending attachment", timeout=60_000)
     expect(badge).to_have_attribute("title", re.compile(r"Functional: yes.*Usable by the "
                                                         r"application: no"))
@@ -103,12 +108,6 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     expect(action(row, "attach")).to_have_attribute("title", re.compile("pending attachment"))
     expect(action(row, "detach")).to_be_enabled()
     expect(action(row, "remove")).to_be_enabled()
-    # the same prefix again is refused as it is typed
-    page.locator("#add-test summary").click()
-    prefix.fill("DEFAULT")
-    expect(page.locator("#add-prefix-help-test")).to_contain_text("DEFAULT already exists")
-    expect(submit).to_be_disabled()
-    page.locator("#add-test summary").click()
     page.screenshot(path=str(screenshots / "04-pending-attachment.png"), full_page=True)
 
     # the database works already (filled before the app sees it)
@@ -333,21 +332,63 @@ def test_user_markup_is_shown_as_text(tether: Tether, project: str, page: Page,
     assert page.locator("script:not([src])").count() == 0
 
 
+DATABASE_BOX = "Add a PostgreSQL database (DEFAULT) to each environment"
+
+
+def _states(t: Tether, project: str) -> dict[str, dict[str, str]]:
+    return {env: {i["prefix"]: i["state"] for i in api(
+        t, "GET", f"/projects/{project}/environments/{env}/services").json()}
+        for env in ("test", "live")}
+
+
 def test_a_project_is_created_in_the_browser(tether: Tether, page: Page) -> None:
     sign_in(page, tether)
     page.get_by_text("New project").click()
     page.get_by_label("Name").fill("made-in-browser")
     expect(page.get_by_label("Region")).to_have_value("local")
+    expect(page.get_by_label(DATABASE_BOX)).to_be_checked()  # the default
     page.get_by_role("button", name="Create project").click()
     page.wait_for_url("**/projects/made-in-browser")
     expect(page.get_by_role("tab", name="test")).to_have_attribute("aria-selected", "true")
     expect(page.get_by_role("tab", name="live")).to_be_visible()
+    # with its DEFAULT database in each environment, new until the first deploy
+    expect(service_row(page, "DEFAULT").locator(".badge")).to_have_text("new")
+    assert _states(tether, "made-in-browser") == {"test": {"DEFAULT": "new"},
+                                                  "live": {"DEFAULT": "new"}}
     # its public id, the one the Divio CLI's --remote-id takes
     made = tether.ok("project", "show", "-p", "made-in-browser", "--json").json()
     assert made["uuid"] == api(tether, "GET", "/projects/made-in-browser").json()["uuid"]
     expect(page.locator("#project-meta")).to_contain_text(f"id {made['uuid']}")
     page.get_by_role("link", name="Projects").click()
     expect(page.get_by_role("link", name="made-in-browser")).to_be_visible()
+
+
+def test_a_project_without_a_database_then_a_service_added_with_provision(
+        tether: Tether, page: Page) -> None:
+    """The box unchecked: no service at all; the Add service form then offers DEFAULT as free
+    and adds it provisioned at once."""
+    name = "browser-no-db"
+    sign_in(page, tether)
+    page.get_by_text("New project").click()
+    page.get_by_label("Name").fill(name)
+    page.get_by_label(DATABASE_BOX).uncheck()
+    page.get_by_role("button", name="Create project").click()
+    page.wait_for_url(f"**/projects/{name}")
+    expect(page.locator("#panel-test .empty").first).to_contain_text("No service in test")
+    assert _states(tether, name) == {"test": {}, "live": {}}
+
+    page.locator("#add-test summary").click()
+    select = page.locator("#add-service-test")
+    options = select.locator("option").all_inner_texts()
+    select.select_option(next(o for o in options if o.startswith("postgres-")).split(" ")[0])
+    page.locator("#add-prefix-test").fill("DEFAULT")
+    expect(page.locator("#add-prefix-help-test")).to_contain_text("DEFAULT is free in test")
+    page.locator("#add-provision-test").check()
+    page.locator("#add-test button[type=submit]").click()
+    expect(service_row(page, "DEFAULT").locator(".badge")).to_have_text("pending attachment",
+                                                                       timeout=60_000)
+    assert _states(tether, name) == {"test": {"DEFAULT": "pending attachment"}, "live": {}}
+    tether.ok("service", "remove", "test", "DEFAULT", "--confirm", "DEFAULT", "-p", name)
 
 
 def test_sessions_are_listed_and_one_can_end_another(tether: Tether, browser: Browser,

@@ -10,9 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from tether import naming
+from tether import catalog, naming
 from tether.access import Need
+from tether.actions.clusters import cluster_infos
 from tether.actions.common import Context, audit, get_project, iso
+from tether.actions.services import add_instance
 from tether.crypto import SecretBox
 from tether.errors import Conflict, UserError
 from tether.net import port_is_free
@@ -22,6 +24,10 @@ from tether.runtime import appcopy
 from tether.store.models import Environment, Project, Region
 
 DEFAULT_ENVIRONMENTS = ("test", "live")
+#: the database a new project gets in each environment (Divio: "configured by default with all
+#: projects"), resolved as `tether service add ENV postgres` resolves it: the newest version
+DEFAULT_DATABASE_SERVICE = "postgres"
+DEFAULT_DATABASE_PREFIX = "DEFAULT"
 ENV_PORTS = range(8100, 9000)
 ENV_PORTS_VAR = "TETHER_ENV_PORTS"
 
@@ -150,6 +156,27 @@ def _check_app_dir(data_dir: Path, value: str | None) -> None:
                         "application's own directory, e.g. /srv/shop")
 
 
+def _add_default_database(s: Session, ctx: Context, project: Project,
+                          environments: list[Environment]) -> dict[str, object]:
+    """A `DEFAULT` PostgreSQL instance (state `new`) in each of `environments`, added by the
+    same rules as `tether service add ENV postgres`; the first deploy of each environment
+    provisions and attaches it. A region that offers no shared PostgreSQL is no error: the
+    project is made without, and the answer says why."""
+    try:
+        offer = catalog.resolve(cluster_infos(s), project.region, DEFAULT_DATABASE_SERVICE,
+                                private=False)
+    except UserError:
+        return {"service": None, "prefix": DEFAULT_DATABASE_PREFIX, "environments": [],
+                "reason": f"region {project.region} offers no shared PostgreSQL, so the project "
+                          f"has no {DEFAULT_DATABASE_PREFIX} database: register a cluster "
+                          f"(`tether cluster add postgres --region {project.region} --url "
+                          "URL`), then `tether service add ENV postgres`"}
+    for env in environments:
+        add_instance(s, ctx, env, offer.service, DEFAULT_DATABASE_PREFIX)
+    return {"service": offer.service, "prefix": DEFAULT_DATABASE_PREFIX,
+            "environments": [e.name for e in environments], "reason": None}
+
+
 def create_project(
     ctx: Context,
     name: str,
@@ -158,7 +185,13 @@ def create_project(
     app_dir: str | None = None,
     health_path: str = "/",
     health_timeout: int = 30,
+    *,
+    database: bool = False,
 ) -> dict[str, object]:
+    """A project with the environments test and live; with `database`, a `DEFAULT`
+    PostgreSQL instance in each, in the same transaction (the product's default: the API and
+    the CLI ask for it unless told not to). The answer's `database` says what was added: null
+    when not asked for; `service` null, with the `reason`, when the region offers none."""
     ctx.require(Need.CREATE_PROJECT)
     naming.check_project_name(name)
     _check_health_path(health_path)
@@ -181,14 +214,17 @@ def create_project(
                           health_timeout=health_timeout)
         s.add(project)
         s.flush()
-        for env_name in DEFAULT_ENVIRONMENTS:
-            _add_environment(s, ctx, project, env_name)
+        environments = [_add_environment(s, ctx, project, env_name)
+                        for env_name in DEFAULT_ENVIRONMENTS]
         try:
             s.flush()
         except IntegrityError as exc:
             raise Conflict(f"a project named {name} exists already: pick another name") from exc
+        added = _add_default_database(s, ctx, project, environments) if database else None
         s.refresh(project)
-        return project_view(project, ctx.box)
+        view = project_view(project, ctx.box)
+        view["database"] = added
+        return view
 
 
 def list_projects(ctx: Context, page: PageArgs = ALL) -> Page[dict[str, object]]:

@@ -158,32 +158,41 @@ def _decide(s: Session, env: Environment, inst: Instance, action: Action) -> lif
                             pending=pending_operation(s, inst))
 
 
+def add_instance(s: Session, ctx: Context, env: Environment, service: str,
+                 prefix: str = "DEFAULT", private: bool = False) -> Instance:
+    """Add SERVICE to `env` under `prefix` (state `new`), with its audit entry, in the caller's
+    session: the rules of an add, shared by `add` and by `tether project create`'s default
+    database (the environment is the caller's to find, and its right to change it). SERVICE is
+    resolved as the user wrote it (`postgres` is the newest `postgres-N`)."""
+    naming.check_prefix(prefix)
+    offer = catalog.resolve(cluster_infos(s), env.project.region, service, private)
+    custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
+    shadowed = custom & set(instance_var_names(Instance(kind=offer.kind, prefix=prefix)))
+    if shadowed:
+        raise Conflict(f"the custom variable {', '.join(sorted(shadowed))} would shadow a "
+                       f"variable of {prefix}: unset it first or pick another prefix")
+    current = live_instance(s, env, prefix)
+    decision = lifecycle.decide(State(current.state) if current else None, Action.ADD,
+                                prefix, env.name)
+    _refuse_unless(decision)
+    inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
+                    prefix=prefix, private=private, state=State.NEW.value)
+    s.add(inst)
+    try:
+        s.flush()
+    except IntegrityError as exc:  # a concurrent add of the same prefix
+        raise Conflict(f"{prefix} already exists in {env.name}: pick another prefix") from exc
+    audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
+          detail=f"{offer.service} ({'private' if private else 'shared'})")
+    return inst
+
+
 def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: str = "DEFAULT",
         private: bool = False, provision: bool = False) -> dict[str, object]:
     naming.check_prefix(prefix)
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name)
-        region = env.project.region
-        offer = catalog.resolve(cluster_infos(s), region, service, private)
-        custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
-        shadowed = custom & set(instance_var_names(
-            Instance(kind=offer.kind, prefix=prefix)))
-        if shadowed:
-            raise Conflict(f"the custom variable {', '.join(sorted(shadowed))} would shadow a "
-                           f"variable of {prefix}: unset it first or pick another prefix")
-        current = live_instance(s, env, prefix)
-        decision = lifecycle.decide(State(current.state) if current else None, Action.ADD,
-                                    prefix, env.name)
-        _refuse_unless(decision)
-        inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
-                        prefix=prefix, private=private, state=State.NEW.value)
-        s.add(inst)
-        try:
-            s.flush()
-        except IntegrityError as exc:  # a concurrent add of the same prefix
-            raise Conflict(f"{prefix} already exists in {env.name}: pick another prefix") from exc
-        audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
-              detail=f"{offer.service} ({'private' if private else 'shared'})")
+        inst = add_instance(s, ctx, env, service, prefix, private)
         op = _provision(s, ctx, env, inst) if provision else None
         view = instance_view(s, ctx, inst, operation=op)
         view["operation"] = operation_view(op) if op else None

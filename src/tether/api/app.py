@@ -155,7 +155,8 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     @api.post("/projects", status_code=201, tags=["projects"])
     async def create_project(ctx: Ctx, body: ProjectIn) -> dict[str, Any]:
         return await call(projects.create_project, ctx, body.name, body.region,
-                          body.app_command, body.app_dir, body.health_path, body.health_timeout)
+                          body.app_command, body.app_dir, body.health_path, body.health_timeout,
+                          database=body.database)
 
     @api.get("/projects/{project}", tags=["projects"])
     async def show_project(ctx: Ctx, project: ProjectPath) -> dict[str, Any]:

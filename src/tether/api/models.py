@@ -101,6 +101,10 @@ class ProjectIn(BaseModel):
     app_dir: Annotated[str, _text(MAX_PATH)] | None = None
     health_path: Annotated[str, _text(MAX_HEALTH_PATH, min_length=1)] = "/"
     health_timeout: Annotated[int, Field(ge=1, le=600, description="seconds")] = 30
+    database: StrictBool = Field(
+        default=True, description="Add a DEFAULT PostgreSQL instance (state new) to each "
+        "environment when the region offers PostgreSQL; the first deploy provisions and "
+        "attaches it. The answer's `database` says what was added, or why nothing was.")
 
 
 class ProjectPatch(BaseModel):

@@ -37,8 +37,10 @@ app = typer.Typer(help="Projects (applications) and their environments and varia
                   no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
 
 
-@app.command("create", epilog="Example: tether project create shop --app-command "
-                              "'python app.py' --health-path /health")
+@app.command("create", epilog="Examples: tether project create shop --app-command "
+                              "'python app.py' --health-path /health  (a DEFAULT PostgreSQL "
+                              "in test and live)  |  tether project create tools "
+                              "--no-database  (no database)")
 def create(
     name: Annotated[str, typer.Argument(help="The project name, e.g. shop.")],
     region: Annotated[str | None, typer.Option(
@@ -55,11 +57,18 @@ def create(
     app_dir: Annotated[Path | None, typer.Option(
         "--app-dir", metavar="DIR",
         help="The directory the app command runs in (default: the current directory).")] = None,
+    no_database: Annotated[bool, typer.Option(
+        "--no-database",
+        help="Do not add the DEFAULT PostgreSQL database to test and live.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a project, with the environments test and live."""
+    """Create a project, with the environments test and live, and a DEFAULT PostgreSQL
+    database in each when the region offers PostgreSQL (`new`: the first deploy provisions
+    and attaches it)."""
     body: dict[str, Any] = {"name": name,
                             "app_dir": str((app_dir or Path.cwd()).expanduser().resolve())}
+    if no_database:
+        body["database"] = False
     for key, value in (("region", region), ("app_command", app_command),
                        ("health_path", health_path), ("health_timeout", health_timeout)):
         if value is not None:
@@ -75,6 +84,17 @@ def create(
     for env in project["environments"]:
         say(f"  {env['name']}: {env['url']}")
     first = project["environments"][0]["name"] if project["environments"] else "test"
+    database = project.get("database")
+    if database and database.get("service"):
+        say(f"{database['prefix']}: {database['service']} in "
+            + " and ".join(database["environments"])
+            + ", provisioned and attached by the first deploy; --no-database to create a "
+              "project without.")
+        hint(f"Next: `tether deploy {first}`; `tether service catalog` lists the other services "
+             "you can add.")
+        return
+    if database and database.get("reason"):
+        say(f"No database added: {database['reason']}.")
     hint(f"Next: `tether service catalog` lists the services you can add, e.g. "
          f"`tether service add {first} postgres`; then `tether deploy {first}`.")
 

@@ -49,6 +49,7 @@ function setUpForm() {
     try {
       const created = await api('POST', '/projects', {
         name: form.elements.name.value.trim(), region: form.elements.region.value,
+        database: form.elements.database.checked,
       });
       location.assign(`/projects/${seg(created.name)}`);
     } catch (err) {

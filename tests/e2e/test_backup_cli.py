@@ -30,7 +30,7 @@ def tables_seen_by_app(url: str) -> list[str]:
 def test_backup_copy_download_upload(tether: Tether, tmp_path: Path) -> None:
     t, name = tether, "bkcli"
     t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
-         "--app-dir", str(ROOT))
+         "--app-dir", str(ROOT), "--no-database")
     for env in ("test", "live"):
         t.ok("service", "add", env, "postgres", "-p", name)
         t.ok("deploy", env, "-p", name)

@@ -111,7 +111,7 @@ def app(tether: Tether, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     marker = "logs-marker-" + secrets.token_hex(4)
     # the app's own directory, copied for each release (its user cannot read the test's tmp dir)
     tether.ok("project", "create", "logs", "--app-command", f"{sys.executable} app.py {marker}",
-              "--app-dir", str(path.parent), "--health-path", "/health")
+              "--app-dir", str(path.parent), "--health-path", "/health", "--no-database")
     tether.ok("project", "env-vars", "-p", "logs", "-e", "test", "--set", "API_TOKEN", TOKEN)
     # An ephemeral port for the stable address rather than the first free one of 8100-8999,
     # which other test runs on this machine may take while this Tether restarts.

@@ -63,7 +63,7 @@ def logs_in(dsn: str) -> bool:
 def test_rotate_from_the_command_line(tether: Tether) -> None:
     t, name = tether, "rotcli"
     t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
-         "--app-dir", str(ROOT))
+         "--app-dir", str(ROOT), "--no-database")
     t.ok("service", "add", "test", "postgres", "-p", name)
     refused = t.cli("service", "rotate", "test", "DEFAULT", "-p", name)
     assert refused.code == 2, (refused.out, refused.err)

@@ -36,7 +36,7 @@ def test_a_search_service_from_registration_to_removal(tether: Tether,
     assert added["version"].startswith("opensearch-2.")
     assert opensearch_server.password not in str(added)
     t.ok("project", "create", "finder", "--app-command", APP, "--health-path", "/health",
-         "--app-dir", str(Path.cwd()))
+         "--app-dir", str(Path.cwd()), "--no-database")
     catalog = {o["service"] for o in t.ok("service", "catalog", "-p", "finder",
                                           "--json").json()}
     assert "opensearch-2" in catalog

@@ -73,7 +73,7 @@ def confirm_typed(page: Page, button: str) -> Locator:
 def test_back_up_verify_download_restore_schedule_copy(tether: Tether, page: Page,
                                                        tmp_path: Path,
                                                        screenshots: Path) -> None:
-    tether.ok("project", "create", PROJECT)
+    tether.ok("project", "create", PROJECT, "--no-database")
     test_dsn, live_dsn = provisioned_dsn(tether, "test"), provisioned_dsn(tether, "live")
     with psycopg.connect(test_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE fruit (name text)")

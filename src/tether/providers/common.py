@@ -16,13 +16,16 @@ others out.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -358,3 +361,72 @@ def instance_limit(cluster: ClusterSpec, name: str) -> int | None:
     except ValueError as exc:
         raise ClusterError(str(exc)) from None
     return value or None
+
+
+C = TypeVar("C")
+
+
+class KeptConnections(Generic[C]):
+    """Kept admin connections, a few per cluster, so that provisioning does not pay for a new
+    connection (TCP, TLS, the login: most of a small provision's time) every time — the reason
+    provisioning through Tether beats a script that connects afresh for each instance.
+
+    Keyed by the cluster's id and URL: a cluster whose URL (address or admin credentials)
+    changed has its old connections closed. A kept connection is checked before use (`check`:
+    one round trip; it raises when the connection is dead); one that fails the check, that is
+    not `reusable` when handed back, or that was in use when an error happened (the provider
+    closes it instead of handing it back), is closed, never kept. Hand-written rather than a
+    pool library (psycopg_pool): a new connection is made in the caller's thread by the
+    provider, so a failure to connect is reported with the server's own reason (a pool connects
+    in the background and reports only that it timed out). Every instance is closed when the
+    process exits."""
+
+    def __init__(self, check: Callable[[C], object], reusable: Callable[[C], bool],
+                 close: Callable[[C], object], max_idle: int = 4) -> None:
+        self.check, self.reusable, self._close = check, reusable, close
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: dict[int, tuple[str, list[C]]] = {}
+        atexit.register(self.close)
+
+    def take(self, cluster: ClusterSpec) -> C | None:
+        """A kept connection that answers, or None (the caller connects)."""
+        while True:
+            stale: list[C] = []
+            with self._lock:
+                url, idle = self._idle.get(cluster.id, (cluster.url, []))
+                if url != cluster.url:  # the cluster changed: its old connections go
+                    stale, idle = idle, []
+                    self._idle[cluster.id] = (cluster.url, idle)
+                conn = idle.pop() if idle else None
+            for old in stale:
+                self._quietly_close(old)
+            if conn is None:
+                return None
+            try:
+                self.check(conn)
+                return conn
+            except Exception:  # the server restarted, or ended the session: the next one
+                self._quietly_close(conn)
+
+    def give(self, cluster: ClusterSpec, conn: C) -> None:
+        """Keep a connection that ended its use cleanly (else close it)."""
+        if self.reusable(conn):
+            with self._lock:
+                url, idle = self._idle.setdefault(cluster.id, (cluster.url, []))
+                if url == cluster.url and len(idle) < self.max_idle:
+                    idle.append(conn)
+                    return
+        self._quietly_close(conn)
+
+    def close(self) -> None:
+        """Close every kept connection (a stopping process)."""
+        with self._lock:
+            idle = [conn for _, conns in self._idle.values() for conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            self._quietly_close(conn)
+
+    def _quietly_close(self, conn: C) -> None:
+        with contextlib.suppress(Exception):  # one that cannot even close is gone anyway
+            self._close(conn)

@@ -74,6 +74,7 @@ from tether.providers.base import (
 )
 from tether.providers.common import (
     CONNECTION_LIMIT,
+    KeptConnections,
     check_names,
     cluster_error,
     final_text,
@@ -87,11 +88,24 @@ CONNECT_TIMEOUT = 5
 #: seconds for the server's greeting and the login, then for any one statement
 GREETING_TIMEOUT = 10
 STATEMENT_TIMEOUT = 180
+
 DEFAULT_PORT = 3306
 _URL_HINT = "use mysql://USER:PASSWORD@HOST:PORT/"
 _SCHEMES = ("mysql", "mariadb")
 _ACCOUNT = "%s@'%%'"  # the user literal; PyMySQL substitutes `%` only with args: `'%%'`
 _GRANT_FIX = "GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"
+
+
+def _reusable(conn: pymysql.connections.Connection) -> bool:
+    """Open, and not inside a transaction (autocommit: none is ever left open)."""
+    in_transaction = pymysql.constants.SERVER_STATUS.SERVER_STATUS_IN_TRANS
+    return bool(conn.open) and not conn.server_status & in_transaction
+
+
+#: the kept admin connections of this process (`KeptConnections`)
+ADMIN_CONNECTIONS: KeptConnections[pymysql.connections.Connection] = KeptConnections(
+    check=lambda conn: conn.ping(reconnect=False), reusable=_reusable,
+    close=lambda conn: conn.close())
 
 # MySQL error codes used here
 _ER_DB_CREATE_EXISTS = 1007
@@ -316,29 +330,41 @@ class MySQLProvider(ProviderBase):
         """An admin cursor; a failure to connect, or a statement failing on it, becomes a
         `ClusterError` (a `TransientError` when it may pass) that holds no secret."""
         target = _Target(cluster)
-        try:
-            # the read timeout covers the server's greeting and the login too: a port that
-            # accepts but never greets (not a MySQL server, or a hung one) fails in seconds
-            conn = pymysql.connect(host=target.host, port=target.port, user=target.user,
-                                   password=target.password, connect_timeout=CONNECT_TIMEOUT,
-                                   read_timeout=GREETING_TIMEOUT, write_timeout=STATEMENT_TIMEOUT,
-                                   autocommit=True, charset="utf8mb4")
-        except (pymysql.err.MySQLError, OSError) as exc:
-            raise _connect_error(target, cluster, exc) from None
-        # then statements may take longer (DROP DATABASE of a big database); PyMySQL reads its
-        # read timeout from this attribute before every read
-        conn._read_timeout = STATEMENT_TIMEOUT
+        conn = ADMIN_CONNECTIONS.take(cluster)
+        fresh = conn is None
+        if conn is None:
+            try:
+                # the read timeout covers the server's greeting and the login too: a port that
+                # accepts but never greets (not a MySQL server, or a hung one) fails in seconds
+                conn = pymysql.connect(host=target.host, port=target.port, user=target.user,
+                                       password=target.password,
+                                       connect_timeout=CONNECT_TIMEOUT,
+                                       read_timeout=GREETING_TIMEOUT,
+                                       write_timeout=STATEMENT_TIMEOUT, autocommit=True,
+                                       charset="utf8mb4")
+            except (pymysql.err.MySQLError, OSError) as exc:
+                raise _connect_error(target, cluster, exc) from None
+            # then statements may take longer (DROP DATABASE of a big database); PyMySQL reads
+            # its read timeout from this attribute before every read
+            conn._read_timeout = STATEMENT_TIMEOUT
+        clean = False
         try:
             with conn.cursor() as cur:
-                # DROP DATABASE waits for the metadata locks of open transactions: not forever
-                cur.execute("SET SESSION lock_wait_timeout = 60")
+                if fresh:
+                    # DROP DATABASE waits for the metadata locks of open transactions: not
+                    # forever (kept with the connection)
+                    cur.execute("SET SESSION lock_wait_timeout = 60")
                 yield cur
+            clean = True
         except pymysql.err.MySQLError as exc:
             reason = _sql_error(exc, (target.password, cluster.url))
             raise cluster_error(f"MySQL at {target.where} failed: {reason}",
                                 _transient(exc)) from None
         finally:
-            conn.close()
+            if clean:
+                ADMIN_CONNECTIONS.give(cluster, conn)
+            else:
+                conn.close()
 
     @staticmethod
     def _is_mariadb(cur: Cursor) -> bool:

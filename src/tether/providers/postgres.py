@@ -41,10 +41,8 @@ server that vanished while Tether waits for an answer.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +65,7 @@ from tether.providers.base import (
 )
 from tether.providers.common import (
     CONNECTION_LIMIT,
+    KeptConnections,
     check_names,
     cluster_error,
     instance_limit,
@@ -98,69 +97,15 @@ _FORBIDDEN = (("rolsuper", "SUPERUSER"), ("rolcreatedb", "CREATEDB"),
               ("rolbypassrls", "BYPASSRLS"))
 
 
-class AdminConnections:
-    """Kept admin connections, a few per cluster, so that provisioning does not pay for a new
-    connection (TCP, TLS, the SCRAM login: most of a small provision's time) every time: the
-    reason provisioning through Tether beats a script that connects afresh for each instance.
-
-    Keyed by the cluster's id and URL: a cluster whose URL (address or admin credentials)
-    changed has its old connections closed. A kept connection is checked before use (one round
-    trip); one that fails the check, or that was in use when an error happened, is closed, never
-    kept. Hand-written rather than psycopg_pool: a new connection is made in the caller's
-    thread, so a failure to connect is reported with the server's own reason (a pool connects
-    in the background and reports only that it timed out)."""
-
-    def __init__(self, max_idle: int = 4) -> None:
-        self.max_idle = max_idle
-        self._lock = threading.Lock()
-        self._idle: dict[int, tuple[str, list[psycopg.Connection[Any]]]] = {}
-
-    def take(self, cluster: ClusterSpec) -> psycopg.Connection[Any] | None:
-        """A kept connection that answers, or None (the caller connects)."""
-        stale: list[psycopg.Connection[Any]] = []
-        while True:
-            with self._lock:
-                url, idle = self._idle.get(cluster.id, (cluster.url, []))
-                if url != cluster.url:  # the cluster changed: its old connections go
-                    stale, idle = idle, []
-                    self._idle[cluster.id] = (cluster.url, idle)
-                conn = idle.pop() if idle else None
-            for old in stale:
-                old.close()
-            stale = []
-            if conn is None:
-                return None
-            try:
-                conn.execute("SELECT 1")
-                return conn
-            except psycopg.Error:  # the server restarted, or ended the session: the next one
-                conn.close()
-
-    def give(self, cluster: ClusterSpec, conn: psycopg.Connection[Any]) -> None:
-        """Keep a connection that ended its use cleanly (else close it)."""
-        if conn.closed or conn.broken or \
-                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.close()
-            return
-        with self._lock:
-            url, idle = self._idle.setdefault(cluster.id, (cluster.url, []))
-            if url == cluster.url and len(idle) < self.max_idle:
-                idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        """Close every kept connection (a stopping node)."""
-        with self._lock:
-            idle = [conn for _, conns in self._idle.values() for conn in conns]
-            self._idle.clear()
-        for conn in idle:
-            conn.close()
+def _reusable(conn: psycopg.Connection[Any]) -> bool:
+    return not conn.closed and not conn.broken and \
+        conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-#: the kept admin connections of this process (closed when it exits)
-ADMIN_CONNECTIONS = AdminConnections()
-atexit.register(ADMIN_CONNECTIONS.close)
+#: the kept admin connections of this process (`KeptConnections`)
+ADMIN_CONNECTIONS: KeptConnections[psycopg.Connection[Any]] = KeptConnections(
+    check=lambda conn: conn.execute("SELECT 1"), reusable=_reusable,
+    close=lambda conn: conn.close())
 
 
 def _connection_limit(cluster: ClusterSpec) -> int:

@@ -131,6 +131,21 @@ class Directory:
             raise NotFound(f"no environment with the id {value!r}")
         return next((p, e) for p, e in pairs if e["id"] == found)
 
+    def targets(self, request: Request, required: bool = True
+                ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The environments a list asks for: `environment` (given once, several times, or
+        comma-separated), restricted to or else all those of `application`; with neither, a
+        400 when `required`, else every environment the token may see."""
+        targets = [self.environment(value) for value in _ids(request, "environment")]
+        applications = _ids(request, "application")
+        if applications:
+            wanted = {self.project(value)["id"] for value in applications}
+            return [(p, e) for p, e in (targets or self.environments()) if p["id"] in wanted]
+        if targets or not required:
+            return targets or self.environments()
+        raise UserError("name an environment (environment=UUID) or an application "
+                        "(application=UUID)")
+
     def region_id(self, name: str) -> str:
         return self.pid(Kind.REGION, name)
 
@@ -366,17 +381,7 @@ def list_variables(ctx: Context, request: Request) -> dict[str, Any]:
     for a token that may see them (`is_sensitive` marks them), masked for one that may not."""
     page = Page(request)
     d = Directory(ctx)
-    targets = [d.environment(value) for value in _ids(request, "environment")]
-    applications = _ids(request, "application")
-    if applications:
-        wanted = {d.project(value)["id"] for value in applications}
-        if targets:
-            targets = [(p, e) for p, e in targets if p["id"] in wanted]
-        else:
-            targets = [(p, e) for p, e in d.environments() if p["id"] in wanted]
-    elif not targets:
-        raise UserError("name an environment (environment=UUID) or an application "
-                        "(application=UUID)")
+    targets = d.targets(request)
     name = request.query_params.get("name")
     results = []
     for p, e in targets:
@@ -401,15 +406,7 @@ def list_variables(ctx: Context, request: Request) -> dict[str, Any]:
 def list_service_instances(ctx: Context, request: Request) -> dict[str, Any]:
     page = Page(request)
     d = Directory(ctx)
-    targets = [d.environment(value) for value in _ids(request, "environment")]
-    applications = _ids(request, "application")
-    if applications:
-        wanted = {d.project(value)["id"] for value in applications}
-        targets = ([(p, e) for p, e in targets if p["id"] in wanted] if targets else
-                   [(p, e) for p, e in d.environments() if p["id"] in wanted])
-    elif not targets:
-        raise UserError("name an environment (environment=UUID) or an application "
-                        "(application=UUID)")
+    targets = d.targets(request)
     return page.answer([d.instance_view(p, e, inst) for p, e in targets
                         for inst in services.list_instances(ctx, p["name"], e["name"])])
 
@@ -471,14 +468,7 @@ def list_deployments(ctx: Context, request: Request) -> dict[str, Any]:
     it reads `results[0]` to attach to a deployment still running)."""
     page = Page(request)
     d = Directory(ctx)
-    targets = [d.environment(value) for value in _ids(request, "environment")]
-    applications = _ids(request, "application")
-    if applications:
-        wanted = {d.project(value)["id"] for value in applications}
-        targets = ([(p, e) for p, e in targets if p["id"] in wanted] if targets else
-                   [(p, e) for p, e in d.environments() if p["id"] in wanted])
-    elif not targets:
-        targets = d.environments()
+    targets = d.targets(request, required=False)
     found = [dep for p, e in targets
              for dep in deployments.list_deployments(ctx, p["name"], e["name"])]
     found.sort(key=lambda dep: int(dep["id"]), reverse=True)

@@ -248,17 +248,22 @@ class EnvironmentPanel {
       private: this.privateBox.checked, provision: this.provisionBox.checked,
     };
     this.addButton.disabled = true;
+    let added = null;
     try {
-      const inst = await api('POST', `${this.path}/services`, body);
+      added = await api('POST', `${this.path}/services`, body);
       notify(body.provision
-        ? `${inst.prefix} added and being provisioned; deploy ${this.name} to attach it.`
-        : `${inst.prefix} added: deploy ${this.name} to provision and attach it.`, 'success');
+        ? `${added.prefix} added and being provisioned; deploy ${this.name} to attach it.`
+        : `${added.prefix} added: deploy ${this.name} to provision and attach it.`, 'success');
       this.prefixInput.value = '';
       this.addDetails.open = false;
     } catch (err) {
       notify(err.message, 'error');
     }
     await this.refresh();
+    // focus went to the body with the disabled button: to the new row, or back to the prefix
+    const link = added && this.rows.get(added.prefix)?.row.querySelector('a.prefix');
+    if (link) link.focus();
+    else if (!added) this.prefixInput.focus();
   }
 
   // --- deployments --------------------------------------------------------------------------
@@ -300,19 +305,22 @@ class EnvironmentPanel {
   }
 
   async deploy() {
+    // the button is disabled while the deployment runs: focus goes to its log meanwhile
+    const focused = document.activeElement === this.deployButton;
     this.deployButton.disabled = true;
     this.live.dataset.status = 'starting';
     try {
       const dep = await api('POST', `${this.path}/deployments`);
-      this.follow(dep.id);
+      this.follow(dep.id, focused);
     } catch (err) {
       notify(err.message, 'error');
       this.deployButton.disabled = false;
+      if (focused) this.deployButton.focus();
     }
   }
 
   /** Show a deployment's progress and log lines as they come, then its result. */
-  async follow(id) {
+  async follow(id, focusLog = false) {
     if (this.following === id) return;
     this.following = id;
     let after = 0;
@@ -324,6 +332,7 @@ class EnvironmentPanel {
     this.progressTitle.textContent = `Deploying ${this.name} (#${id})`;
     this.deployButton.disabled = true;
     this.deployButton.textContent = `Deploying ${this.name}…`;
+    if (focusLog) this.log.focus();
     this.poke();
     try {
       for (;;) {
@@ -352,6 +361,7 @@ class EnvironmentPanel {
     } finally {
       this.following = null;
       this.deployButton.disabled = false;
+      if (document.activeElement === document.body) this.deployButton.focus();
       this.deployButton.textContent = `Deploy ${this.name}`;
       await this.refresh();
     }

@@ -138,9 +138,12 @@ async function runAction(project, env, inst, action, button, after) {
     let answer;
     if (action === 'remove') {
       if (!(await confirmRemove(inst))) return;
+      button.focus();
+      keepFocus(button);
       button.disabled = true;
       answer = await api('DELETE', `${base}?confirm=${seg(inst.prefix)}`);
     } else {
+      keepFocus(button);
       button.disabled = true;
       answer = await api('POST', `${base}/${action}`);
     }
@@ -205,9 +208,21 @@ export async function copyText(text) {
   area.remove();
 }
 
+// The key of a control that had focus when it was disabled for a request (Chromium then moves
+// focus to the body): the re-render after the request gives focus back to it (or its row).
+let lostKey = null;
+document.addEventListener('focusin', () => { lostKey = null; });
+
+/** Call before disabling the focused `el`: its focus is given back after the re-render. */
+export function keepFocus(el) {
+  if (el && el === document.activeElement && el.dataset?.focusKey) lostKey = el.dataset.focusKey;
+}
+
 /** Remember which keyed control has focus, to give it back after a part was re-rendered. */
 export function focusKey() {
-  return document.activeElement?.dataset?.focusKey || null;
+  const el = document.activeElement;
+  if (el && el !== document.body) return el.dataset?.focusKey || null;
+  return lostKey;
 }
 
 /**
@@ -219,6 +234,13 @@ export function restoreFocus(key, root = document, fallback = null) {
   const find = (k) => [...root.querySelectorAll('[data-focus-key]')]
     .find((e) => e.dataset.focusKey === k);
   const el = find(key);
-  if (el && !el.disabled) el.focus();
-  else if (fallback) find(fallback)?.focus();
+  const other = fallback && find(fallback);
+  // a control that went with its row (a removal): the first keyed control left, if any
+  const target = el && !el.disabled ? el
+    : other || (fallback
+      ? [...root.querySelectorAll('[data-focus-key]')].find((e) => !e.disabled) : null);
+  if (target) {
+    target.focus();
+    lostKey = null;
+  }
 }

@@ -1,0 +1,88 @@
+"""The Services view's findings of issue 13, each in a real browser against the shared
+`tether up`: focus kept after every action (keyboard only), the add-service form's defaults, no
+CLI wording in the page, and the pending changes the next deploy will make."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import ROOT, Tether
+from tests.web.conftest import sign_in
+from tests.web.test_services_view import APP, service_row
+
+pytestmark = pytest.mark.web
+
+IN_SERVICES_TABLE = """() => {
+  const el = document.activeElement;
+  return Boolean(el && el !== document.body && el.closest('#panel-test table.services'));
+}"""
+
+
+def make_project(t: Tether, name: str) -> None:
+    """A project with the example app and (the default) a DEFAULT PostgreSQL, new, in each
+    environment."""
+    t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
+         "--app-dir", str(ROOT))
+
+
+def open_project(page: Page, t: Tether, name: str) -> None:
+    sign_in(page, t)
+    page.goto(f"/projects/{name}")
+    expect(page.get_by_role("tab", name="test")).to_have_attribute("aria-selected", "true")
+    expect(service_row(page, "DEFAULT").locator(".badge")).to_be_visible()
+
+
+def tab_to(page: Page, selector: str, limit: int = 120) -> None:
+    """Press Tab (only) until the focused element matches `selector`."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def assert_focus_in_table(page: Page, after: str) -> None:
+    try:
+        page.wait_for_function(IN_SERVICES_TABLE, timeout=5_000)
+    except Exception as exc:  # the message says where focus went
+        where = page.evaluate("document.activeElement?.outerHTML.slice(0, 120)")
+        raise AssertionError(f"after {after}, focus is on {where}, not in the services table"
+                             ) from exc
+
+
+def test_focus_stays_in_the_table_after_each_action(tether: Tether, page: Page) -> None:
+    """Finding 2: keyboard only, focus lands in the services table after adding a service and
+    after each row action (the pressed button is disabled during the request)."""
+    name = "focus-kept"
+    make_project(tether, name)
+    open_project(page, tether, name)
+
+    # add a service (no provision): Tab to the form, type a prefix, Enter on Add service
+    tab_to(page, "#add-test summary")
+    page.keyboard.press("Enter")
+    tab_to(page, "#add-prefix-test")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("EXTRA")
+    tab_to(page, "#add-test button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(service_row(page, "EXTRA").locator(".badge")).to_have_text("new")
+    assert_focus_in_table(page, "adding a service")
+
+    row = service_row(page, "DEFAULT")
+    badge = row.locator(".badge")
+    # Provision (Space), Detach (Enter), Attach (Enter): each row action keeps focus in the table
+    for name_, key, state in (("provision", "Space", "pending attachment"),
+                              ("detach", "Enter", "detached"),
+                              ("attach", "Enter", "pending attachment")):
+        tab_to(page, f"#panel-test tr[data-prefix='DEFAULT'] button[data-action='{name_}']")
+        page.keyboard.press(key)
+        expect(badge).to_have_text(state, timeout=60_000)
+        assert_focus_in_table(page, f"pressing {name_}")
+    # and a removal (Enter in the dialog): focus on a row left in the table
+    tab_to(page, "#panel-test tr[data-prefix='EXTRA'] button[data-action='remove']")
+    page.keyboard.press("Enter")
+    page.keyboard.type("EXTRA")
+    page.keyboard.press("Enter")
+    expect(service_row(page, "EXTRA")).to_have_count(0, timeout=60_000)
+    assert_focus_in_table(page, "removing a service")

@@ -229,7 +229,7 @@ class CrashRun:
             self.tether.ok("cluster", "add", p.kind, "--region", p.region, *p.cluster_args)
         self.tether.ok("project", "create", self.project, "--region", p.region,
                        "--app-command", f"{sys.executable} examples/hello/app.py",
-                       "--health-path", "/health")
+                       "--health-path", "/health", "--no-database")
         self.ok("project", "env-vars", "-e", "test", "--set", "CRASH_MARKER", self.marker)
         self.trigger("service", "add", "test", p.service, "--prefix", "ONE", "--provision",
                 "--no-wait")
@@ -318,7 +318,8 @@ class CrashRun:
         self.start("provision.before_provider")
         if not p.embedded:
             self.tether.ok("cluster", "add", p.kind, "--region", p.region, *p.cluster_args)
-        self.tether.ok("project", "create", self.project, "--region", p.region)
+        self.tether.ok("project", "create", self.project, "--region", p.region,
+                       "--no-database")
         self.trigger("service", "add", "test", p.service, "--prefix", "ONE", "--provision",
                      "--no-wait")
         self.crashed()

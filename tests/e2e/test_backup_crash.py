@@ -213,7 +213,8 @@ def test_backup_and_restore_survive_sigkill_at_each_crash_point() -> None:
         run.start("backup.dumped")
         run.step("first start")
         run.tether.ok("project", "create", run.project, "--app-command",
-                      f"{sys.executable} examples/hello/app.py", "--health-path", "/health")
+                      f"{sys.executable} examples/hello/app.py", "--health-path", "/health",
+                      "--no-database")
         for env in ("test", "live"):  # the two environments' operations run side by side
             run.ok("service", "add", env, "postgres", "--prefix", "DEFAULT", "--provision",
                    "--no-wait")

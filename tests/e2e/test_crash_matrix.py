@@ -30,7 +30,7 @@ def test_kill_9_mid_provision_and_mid_deploy() -> None:
         run.start(None)
         run.tether.ok("project", "create", run.project, "--app-command",
                       f"{sys.executable} examples/hello/app.py",
-                      "--health-path", "/health")
+                      "--health-path", "/health", "--no-database")
         run.ok("project", "env-vars", "-e", "test", "--set", "CRASH_MARKER", run.marker)
         for n in range(3):
             run.ok("service", "add", "test", "postgres", "--prefix", f"P{n}", "--provision",

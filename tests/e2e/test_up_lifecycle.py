@@ -91,7 +91,7 @@ def test_sigterm_and_sigint_stop_everything_and_a_restart_finds_the_data(
     t.start()
     command, app_dir = _app(t)
     project = t.ok("project", "create", "shop", "--app-command", command, "--health-path",
-                   "/health", "--app-dir", str(app_dir), "--json").json()
+                   "/health", "--app-dir", str(app_dir), "--no-database", "--json").json()
     url = str(next(e["url"] for e in project["environments"] if e["name"] == "test"))
     t.ok("service", "add", "test", "postgres", "--provision")
     dsn = t.ok("project", "env-vars", "-e", "test", "--all", "--get",
@@ -122,7 +122,7 @@ def test_a_taken_embedded_postgres_port_moves_the_server(tethers: list[Tether]) 
     t = new_tether("tether-up-port-")
     tethers.append(t)
     t.start()
-    t.ok("project", "create", "shop")
+    t.ok("project", "create", "shop", "--no-database")
     added = t.ok("service", "add", "test", "postgres", "--provision", "--json").json()
     assert added["state"] == "pending attachment"
     dsn = _dsns(t)["DEFAULT_DATABASE_DSN"]
@@ -213,7 +213,7 @@ def test_two_nodes_on_one_store_keep_their_embedded_servers(
         b = new_tether("tether-node-b-", shared)
         tethers.extend([a, b])
         a.start()
-        a.ok("project", "create", "shop")
+        a.ok("project", "create", "shop", "--no-database")
         a.ok("service", "add", "test", "postgres", "--provision")
         dsn = a.ok("project", "env-vars", "-e", "test", "--all", "--get",
                    "DEFAULT_DATABASE_DSN").out.strip()
@@ -254,7 +254,7 @@ def test_tether_up_finds_and_repairs_drift_on_its_own(tethers: list[Tether]) -> 
     t = new_tether("tether-up-drift-", {"TETHER_RECONCILE_INTERVAL": "1"})
     tethers.append(t)
     t.start()
-    t.ok("project", "create", "shop")
+    t.ok("project", "create", "shop", "--no-database")
     t.ok("service", "add", "test", "postgres", "--provision")
     dsn = t.ok("project", "env-vars", "-e", "test", "--all", "--get",
                "DEFAULT_DATABASE_DSN").out.strip()

@@ -88,7 +88,7 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     select.select_option(postgres)
     prefix = page.locator("#add-prefix-test")
     submit = page.locator("#add-test button[type=submit]")
-    prefix.fill("lower")
+    prefix.fill("9lives")  # upper-cased as typed, still not a prefix
     expect(page.locator("#add-prefix-help-test")).to_contain_text("upper-case")
     expect(prefix).to_have_attribute("aria-invalid", "true")
     expect(submit).to_be_disabled()

@@ -4,12 +4,14 @@ CLI wording in the page, and the pending changes the next deploy will make."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import ROOT, Tether
 from tests.web.conftest import sign_in
-from tests.web.test_services_view import APP, service_row
+from tests.web.test_services_view import APP, api, service_row
 
 pytestmark = pytest.mark.web
 
@@ -86,3 +88,53 @@ def test_focus_stays_in_the_table_after_each_action(tether: Tether, page: Page) 
     page.keyboard.press("Enter")
     expect(service_row(page, "EXTRA")).to_have_count(0, timeout=60_000)
     assert_focus_in_table(page, "removing a service")
+
+
+def test_the_add_form_opens_with_postgres_and_a_free_prefix(tether: Tether, page: Page) -> None:
+    """Finding 6: the service list defaults to the region's newest postgres-N; the prefix is a
+    free one (DEFAULT is taken by the project's default database), so the form never opens in
+    red; lower case is upper-cased as typed; after an add the next free prefix is offered, with
+    no error shown."""
+    name = "add-form-defaults"
+    make_project(tether, name)
+    catalog = api(tether, "GET", f"/catalog?project={name}").json()
+    newest = max((o["service"] for o in catalog if re.fullmatch(r"postgres-\d+", o["service"])),
+                 key=lambda s: int(s.split("-")[1]))
+    assert sorted(o["service"] for o in catalog)[0] != newest  # not merely the first one
+    open_project(page, tether, name)
+
+    page.locator("#add-test summary").click()
+    select = page.locator("#add-service-test")
+    prefix = page.locator("#add-prefix-test")
+    help_ = page.locator("#add-prefix-help-test")
+    submit = page.locator("#add-test button[type=submit]")
+    expect(select).to_have_value(newest)
+    expect(prefix).to_have_value("DATABASE")
+    expect(prefix).to_have_attribute("aria-invalid", "false")
+    expect(help_).to_have_class(re.compile(r"\bgood\b"))
+    expect(help_).to_have_text("DATABASE is free in test.")
+    expect(submit).to_be_enabled()
+
+    # typed in lower case: upper-cased as typed (the caret stays where it was)
+    prefix.fill("")
+    prefix.press_sequentially("cache")
+    expect(prefix).to_have_value("CACHE")
+    prefix.press("ArrowLeft")
+    prefix.press("ArrowLeft")
+    prefix.press_sequentially("x")
+    expect(prefix).to_have_value("CACXHE")
+    expect(prefix).to_have_attribute("aria-invalid", "false")
+    submit.click()
+    expect(service_row(page, "CACXHE").locator(".badge")).to_have_text("new")
+
+    # the form again: the next free prefix, no error shown
+    page.locator("#add-test summary").click()
+    expect(prefix).to_have_value("DATABASE")
+    expect(help_).to_have_class(re.compile(r"\bgood\b"))
+    expect(prefix).to_have_attribute("aria-invalid", "false")
+    submit.click()
+    expect(service_row(page, "DATABASE").locator(".badge")).to_have_text("new")
+    page.locator("#add-test summary").click()
+    expect(prefix).to_have_value("DB2")
+    expect(help_).to_have_text("DB2 is free in test.")
+    expect(submit).to_be_enabled()

@@ -47,6 +47,14 @@ function table(caption, headings, body, cls = '') {
 const cell = (label, ...content) => h('td', { 'data-label': label },
   h('div', { class: 'cell' }, content));
 
+/** Upper-case what is typed into `input` as it is typed, keeping the caret where it was. */
+function upperCase(input) {
+  const { selectionStart, selectionEnd, value } = input;
+  if (value === value.toUpperCase()) return;
+  input.value = value.toUpperCase();
+  input.setSelectionRange(selectionStart, selectionEnd);
+}
+
 function timeOnly(iso) {
   return iso ? parseTime(iso).toLocaleTimeString(undefined, { hour12: false }) : '';
 }
@@ -148,6 +156,7 @@ class EnvironmentPanel {
     this.servicesEmpty.hidden = this.instances.length > 0;
     this.servicesTable.hidden = this.instances.length === 0;
     restoreFocus(key, this.servicesBody, key ? `${key.split(':')[0]}:link` : null);
+    this.suggestPrefix();
     this.checkPrefix();
   }
 
@@ -157,7 +166,7 @@ class EnvironmentPanel {
     this.serviceHelp = h('p', { id: this.id('add-service-help'), class: 'help' },
       `Services offered in region ${this.project.region}.`);
     this.prefixInput = h('input', {
-      id: this.id('add-prefix'), name: 'prefix', value: 'DEFAULT', autocomplete: 'off',
+      id: this.id('add-prefix'), name: 'prefix', value: '', autocomplete: 'off',
       spellcheck: 'false', autocapitalize: 'characters', maxlength: '30', required: true,
       'aria-describedby': this.id('add-prefix-help'),
     });
@@ -179,8 +188,15 @@ class EnvironmentPanel {
         'Create it at once, to fill it with data before a deployment gives the application ' +
         'its variables.')),
     h('div', { class: 'buttons' }, this.addButton));
-    this.prefixInput.addEventListener('input', () => this.checkPrefix());
-    this.serviceSelect.addEventListener('change', () => this.showPrivate());
+    this.prefixInput.addEventListener('input', () => {
+      this.prefixTouched = true;
+      upperCase(this.prefixInput);
+      this.checkPrefix();
+    });
+    this.serviceSelect.addEventListener('change', () => {
+      this.showPrivate();
+      this.suggestPrefix();
+    });
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       this.add();
@@ -188,6 +204,34 @@ class EnvironmentPanel {
     this.addDetails = h('details', { class: 'add', id: this.id('add') },
       h('summary', {}, 'Add service'), form);
     return this.addDetails;
+  }
+
+  /**
+   * A prefix no service of this environment has, for the selected service: DEFAULT if free,
+   * else DATABASE, DB2, DB3… for a database (MEDIA, MEDIA2… for media, and so on).
+   */
+  freePrefix() {
+    const taken = new Set(this.instances.map((i) => i.prefix));
+    const service = this.serviceSelect.value || '';
+    const database = /^(postgres|mysql|mariadb)/.test(service);
+    const word = database ? 'DATABASE'
+      : /media$/.test(service) ? 'MEDIA'
+        : service.replace(/-\d+$/, '').toUpperCase().replace(/[^A-Z0-9]+/g, '_') || 'SERVICE';
+    const short = database ? 'DB' : word;
+    if (!taken.has('DEFAULT')) return 'DEFAULT';
+    if (!taken.has(word)) return word;
+    for (let n = 2; ; n += 1) {
+      if (!taken.has(`${short}${n}`)) return `${short}${n}`;
+    }
+  }
+
+  /** Prefill the prefix with a free one, unless the user typed one of their own. */
+  suggestPrefix() {
+    if (this.prefixTouched && this.prefixInput.value !== this.suggested) return;
+    this.prefixTouched = false;
+    this.suggested = this.freePrefix();
+    this.prefixInput.value = this.suggested;
+    this.checkPrefix();
   }
 
   /** The prefix as typed: its format and that no service of this environment has it. */
@@ -230,12 +274,16 @@ class EnvironmentPanel {
     }
     replace(this.serviceSelect, this.catalog.map((o) => h('option', { value: o.service },
       `${o.service} — ${o.kind} ${o.version}`)));
+    // PostgreSQL first: the region's newest postgres-N, as `postgres` alone resolves
+    const postgres = this.catalog.filter((o) => /^postgres-\d+$/.test(o.service))
+      .sort((a, b) => Number(a.service.split('-')[1]) - Number(b.service.split('-')[1])).pop();
+    if (postgres) this.serviceSelect.value = postgres.service;
     if (!this.catalog.length) {
       this.serviceHelp.textContent = `No service is offered in region ${this.project.region}: ` +
         'register a cluster first (`tether cluster add`).';
     }
     this.showPrivate();
-    this.checkPrefix();
+    this.suggestPrefix();
   }
 
   async add() {
@@ -254,7 +302,7 @@ class EnvironmentPanel {
       notify(body.provision
         ? `${added.prefix} added and being provisioned; deploy ${this.name} to attach it.`
         : `${added.prefix} added: deploy ${this.name} to provision and attach it.`, 'success');
-      this.prefixInput.value = '';
+      this.prefixTouched = false;  // the next free prefix is suggested by the re-render
       this.addDetails.open = false;
     } catch (err) {
       notify(err.message, 'error');

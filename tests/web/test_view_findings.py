@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import ROOT, Tether
 from tests.web.conftest import sign_in
-from tests.web.test_services_view import APP, api, service_row
+from tests.web.test_services_view import APP, action, api, deploy_and_wait, service_row
 
 pytestmark = pytest.mark.web
 
@@ -138,3 +138,49 @@ def test_the_add_form_opens_with_postgres_and_a_free_prefix(tether: Tether, page
     expect(prefix).to_have_value("DB2")
     expect(help_).to_have_text("DB2 is free in test.")
     expect(submit).to_be_enabled()
+
+
+SHOWN_TEXT = """() => [document.body.innerText,
+  ...[...document.querySelectorAll('[title], [aria-label]')].map(
+    (e) => `${e.getAttribute('title') || ''} ${e.getAttribute('aria-label') || ''}`),
+  ...[...document.querySelectorAll('.visually-hidden')].map((e) => e.textContent)].join('\\n')"""
+
+
+def assert_no_cli_wording(page: Page, state: str) -> str:
+    text = page.evaluate(SHOWN_TEXT)
+    for cli in ("`tether ", "tether deploy", "tether service", "--confirm", "--prefix"):
+        assert cli not in text, f"{state}: the page says {cli!r}: " + next(
+            line for line in text.splitlines() if cli in line)
+    return text
+
+
+def test_the_project_page_names_buttons_not_cli_commands(tether: Tether, page: Page) -> None:
+    """Finding 7: reasons and hints name the button to press, never a CLI command, whatever
+    the state of the service (the API's messages, shared with the CLI, name commands)."""
+    name = "no-cli-words"
+    make_project(tether, name)
+    open_project(page, tether, name)
+    row = service_row(page, "DEFAULT")
+    badge = row.locator(".badge")
+    # new: Detach is refused ("remove it with `tether service remove …`")
+    expect(action(row, "detach")).to_be_disabled()
+    text = assert_no_cli_wording(page, "new")
+    assert "press Remove" in text
+
+    action(row, "provision").click()
+    expect(badge).to_have_text("pending attachment", timeout=60_000)
+    assert_no_cli_wording(page, "pending attachment")
+
+    deploy_and_wait(page, "succeeded")
+    expect(badge).to_have_text("attached")
+    expect(action(row, "remove")).to_have_attribute(
+        "title", re.compile(r"press Detach, then Deploy test"))
+    assert_no_cli_wording(page, "attached")
+
+    action(row, "detach").click()
+    expect(badge).to_have_text("pending detachment")
+    expect(action(row, "remove")).to_have_attribute("title", re.compile(r"press Deploy test"))
+    assert_no_cli_wording(page, "pending detachment")
+    deploy_and_wait(page, "succeeded")
+    expect(badge).to_have_text("detached")
+    assert_no_cli_wording(page, "detached")

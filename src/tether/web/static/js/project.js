@@ -7,6 +7,7 @@ import { EnvironmentBackups } from './backups.js';
 import { append, byId, h, replace, sleep } from './dom.js';
 import {
   actionButtons,
+  browserText,
   focusKey,
   initChrome,
   isBusy,
@@ -129,7 +130,8 @@ class EnvironmentPanel {
       cell('State', h('div', { class: 'state-cell' }, stateBadge(inst),
         op ? h('span', { class: 'op' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }),
           op) : null,
-        inst.last_error && !op ? h('span', { class: 'error-text small' }, inst.last_error)
+        inst.last_error && !op
+          ? h('span', { class: 'error-text small' }, browserText(inst.last_error))
           : null)),
       cell('Actions', actionButtons(this.project.name, this.name, inst, () => this.refresh())));
   }
@@ -280,7 +282,7 @@ class EnvironmentPanel {
     if (postgres) this.serviceSelect.value = postgres.service;
     if (!this.catalog.length) {
       this.serviceHelp.textContent = `No service is offered in region ${this.project.region}: ` +
-        'register a cluster first (`tether cluster add`).';
+        'an operator has to register a cluster first.';
     }
     this.showPrivate();
     this.suggestPrefix();
@@ -346,7 +348,7 @@ class EnvironmentPanel {
       cell('Asked by', d.requested_by || '–'),
       cell('Started', when(d.started_at || d.created_at)),
       cell('Finished', when(d.finished_at)),
-      cell('Result', d.error ? h('span', { class: 'error-text' }, d.error)
+      cell('Result', d.error ? h('span', { class: 'error-text' }, browserText(d.error))
         : d.success ? `release ${d.release_id ?? ''}`.trim() : '–'))));
     this.deploymentsEmpty.hidden = deployments.length > 0;
     this.deploymentsTable.hidden = deployments.length === 0;
@@ -387,7 +389,7 @@ class EnvironmentPanel {
         const d = await api('GET', `/deployments/${id}?logs_after=${after}`);
         for (const line of d.logs || []) {
           this.log.append(h('li', {}, h('time', { datetime: line.at }, timeOnly(line.at)),
-            ' ', line.line));
+            ' ', browserText(line.line)));
           after = line.id;
         }
         if (d.logs?.length) this.log.scrollTop = this.log.scrollHeight;
@@ -399,7 +401,7 @@ class EnvironmentPanel {
           this.result.className = `result ${d.success ? 'ok' : 'failed'}`;
           this.result.textContent = d.success
             ? `Deployment #${id} succeeded: ${this.name} runs the new release.`
-            : `Deployment #${id} failed: ${d.error || 'no reason recorded'}`;
+            : `Deployment #${id} failed: ${browserText(d.error) || 'no reason recorded'}`;
           break;
         }
         await sleep(700);
@@ -658,7 +660,7 @@ async function main() {
   try {
     project = await api('GET', `/projects/${seg(projectName)}`);
   } catch (err) {
-    replace(byId('env-panels'), h('p', { class: 'error-text' }, err.message));
+    replace(byId('env-panels'), h('p', { class: 'error-text' }, browserText(err.message)));
     return;
   }
   document.title = `${project.name} · Tether`;

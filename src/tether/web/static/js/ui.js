@@ -38,6 +38,38 @@ export function initChrome(crumbs = []) {
   }
 }
 
+// The API's messages are shared with the CLI and end in the command to run ("(`tether deploy
+// test`)"); in the browser they name the button to press instead.
+const CLI_HINTS = [
+  [/^tether deploy (\S+)/, (m) => `press Deploy ${m[1]}`],
+  [/^tether service (provision|detach|attach) /, (m) => `press ${ACTION_LABELS[m[1]]}`],
+  [/^tether service remove /, () => `press ${ACTION_LABELS.remove}`],
+  [/^tether service add /, () => 'press Add service'],
+  [/^tether service wait /, () => 'this page shows when it is done'],
+  [/^tether service (list|show)/, () => 'see the Services table'],
+  [/^tether service catalog/, () => 'see the Service list under Add service'],
+  [/^tether cluster add/, () => 'an operator registers one'],
+  [/^tether up/, () => 'Tether'],
+];
+
+/** A message of the API (or the CLI) in the browser's words: buttons, not commands. */
+export function browserText(message) {
+  if (!message) return message;
+  let text = message.replace(/ with --prefix\b/g, '').replace(/`([^`]*)`/g, (whole, code) => {
+    for (const [re, say] of CLI_HINTS) {
+      const m = code.match(re);
+      if (m) return say(m);
+    }
+    return code.startsWith('tether ') ? '\u0000' : whole;  // any other command: dropped
+  });
+  text = text.replace(/, then press /g, ', then ')
+    .replace(/ with press /g, ': press ')
+    .replace(/\bsee see /g, 'see ')
+    .replace(/ ?\((?:[^()]*\u0000[^()]*)\)/g, '')  // a hint that was only commands
+    .replace(/ ?(?:with |see |: )?\u0000/g, '');
+  return text;
+}
+
 /** Show a message at the top of the page; errors are announced at once (role=alert). */
 export function notify(message, kind = 'info') {
   const box = byId('notices');
@@ -45,7 +77,7 @@ export function notify(message, kind = 'info') {
   const close = h('button', { type: 'button', class: 'quiet close', 'aria-label': 'Dismiss',
     text: '×' });
   const note = h('div', { class: `notice ${kind}`, role: kind === 'error' ? 'alert' : 'status' },
-    h('p', { text: message }), close);
+    h('p', { text: browserText(message) }), close);
   close.addEventListener('click', () => note.remove());
   box.replaceChildren(note);
   if (kind !== 'error') setTimeout(() => note.remove(), 8000);
@@ -114,7 +146,7 @@ export function actionButtons(project, env, inst, after, { explain = false } = {
     const info = inst.actions?.[action] || { allowed: false, changes: false, message: '' };
     const usable = info.allowed && info.changes && !busy;
     const reason = busy && info.allowed && info.changes
-      ? `wait: ${operationText(inst) || 'an operation is running'}` : info.message;
+      ? `wait: ${operationText(inst) || 'an operation is running'}` : browserText(info.message);
     const reasonId = nextId(`reason-${action}`);
     const button = h('button', {
       type: 'button',

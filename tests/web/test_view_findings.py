@@ -5,6 +5,7 @@ CLI wording in the page, and the pending changes the next deploy will make."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -184,3 +185,53 @@ def test_the_project_page_names_buttons_not_cli_commands(tether: Tether, page: P
     deploy_and_wait(page, "succeeded")
     expect(badge).to_have_text("detached")
     assert_no_cli_wording(page, "detached")
+
+
+def test_pending_changes_are_shown_until_deployed(tether: Tether, page: Page,
+                                                  screenshots: Path) -> None:
+    """Finding 4: beside Deploy, what the next deploy will change (instances to attach and
+    detach, variables added, changed, removed); gone once deployed."""
+    name = "pending-changes"
+    make_project(tether, name)
+    open_project(page, tether, name)
+    note = page.locator("#pending-test")
+    row = service_row(page, "DEFAULT")
+    badge = row.locator(".badge")
+    # the first deploy provisions and attaches the default database, and adds Tether's variables
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Pending changes")
+    expect(note).to_contain_text("provision and attach DEFAULT")
+    deploy_and_wait(page, "succeeded")
+    expect(badge).to_have_text("attached")
+    expect(note).to_be_hidden()
+
+    # detach: the note names it
+    action(row, "detach").click()
+    expect(badge).to_have_text("pending detachment")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("detach DEFAULT")
+    # a variable set: added
+    page.locator("#var-name-test").fill("GREETING")
+    page.locator("#var-value-test").fill("hello")
+    page.get_by_role("button", name="Save variable").first.click()
+    expect(note).to_contain_text(re.compile(r"add variables\s+GREETING"))
+    page.locator("#panel-test .panel-head").screenshot(
+        path=str(screenshots / "10-pending-changes.png"))
+    deploy_and_wait(page, "succeeded")
+    expect(badge).to_have_text("detached")
+    expect(note).to_be_hidden()
+
+    # the variable changed, then unset: changed, then removed; attach: attach
+    page.locator("#var-name-test").fill("GREETING")
+    page.locator("#var-value-test").fill("bonjour")
+    page.get_by_role("button", name="Save variable").first.click()
+    expect(note).to_contain_text(re.compile(r"change variables\s+GREETING"))
+    page.get_by_role("button", name="Unset GREETING").click()
+    expect(note).to_contain_text(re.compile(r"remove variables\s+GREETING"))
+    expect(note).not_to_contain_text("change variables")
+    action(row, "attach").click()
+    expect(badge).to_have_text("pending attachment")
+    expect(note).to_contain_text("attach DEFAULT")
+    deploy_and_wait(page, "succeeded")
+    expect(badge).to_have_text("attached")
+    expect(note).to_be_hidden()

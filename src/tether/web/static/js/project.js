@@ -75,6 +75,11 @@ class EnvironmentPanel {
     this.started = false;
     this.lastError = '';
     this.varSignature = null;
+    this.variables = [];
+    // custom variables changed or unset in this page since the last successful deploy, that the
+    // running release has: the API says which variables each release has, not their values
+    this.changedVars = new Set();
+    this.unsetVars = new Set();
     this.wake = null;
     this.el = h('section', {
       id: `panel-${env.name}`, role: 'tabpanel', 'aria-labelledby': tab.id, class: 'panel',
@@ -95,12 +100,58 @@ class EnvironmentPanel {
       type: 'button', class: 'primary', id: this.id('deploy'),
       onclick: () => this.deploy(),
     }, `Deploy ${this.name}`);
+    this.pendingList = h('ul');
+    this.pending = h('div', { class: 'pending-changes', id: this.id('pending'), hidden: true,
+      role: 'status', 'aria-labelledby': this.id('pending-title') },
+    h('h3', { id: this.id('pending-title') }, 'Pending changes'),
+    h('p', {}, `The next deploy of ${this.name} will:`), this.pendingList);
+    this.deployButton.setAttribute('aria-describedby', this.pending.id);
     return h('div', { class: 'panel-head' },
       h('div', {},
         h('h2', {}, `Environment ${this.name}`),
         h('p', { class: 'muted' }, 'Stable address: ',
           h('a', { href: this.env.url, rel: 'noopener noreferrer' }, this.env.url))),
-      this.deployButton);
+      h('div', { class: 'deploy-box' }, this.deployButton, this.pending));
+  }
+
+  /**
+   * What the next deploy will change, beside the Deploy button: instances it attaches or
+   * detaches (from their states), variables it adds or removes (`next_release` against
+   * `in_running_release`), and custom variables changed or unset in this page since.
+   */
+  renderPending() {
+    const items = [];
+    const names = (list) => list.map((n) => h('code', {}, n)).reduce(
+      (acc, el, i) => (i ? [...acc, ', ', el] : [el]), []);
+    const say = (...parts) => items.push(h('li', {}, parts));
+    const listed = new Set();  // their variables go with them: not listed one by one
+    for (const inst of this.instances) {
+      const what = { new: 'provision and attach', 'pending attachment': 'attach',
+        'pending detachment': 'detach' }[inst.state];
+      if (!what) continue;
+      listed.add(inst.prefix);
+      say(`${what} `, h('strong', { class: 'prefix' }, inst.prefix));
+    }
+    const added = new Map();
+    const removed = new Map();
+    for (const v of this.variables) {
+      const next = v.next_release ?? true;
+      const target = next && !v.in_running_release ? added
+        : !next && v.in_running_release ? removed : null;
+      if (!target || (v.source === 'service' && listed.has(v.prefix))) continue;
+      const group = v.source === 'service' ? `${v.prefix}'s variables` : 'variables';
+      if (!target.has(group)) target.set(group, []);
+      target.get(group).push(v.name);
+    }
+    const changed = [...this.changedVars].filter((n) => this.variables.some(
+      (v) => v.name === n && v.in_running_release));
+    for (const [verb, groups] of [['add', added], ['remove', removed]]) {
+      for (const [group, list] of groups) say(`${verb} ${group} `, names(list));
+    }
+    if (changed.length) say('change variables ', names(changed));
+    if (this.unsetVars.size) say('remove variables ', names([...this.unsetVars]));
+    replace(this.pendingList, items);
+    this.pending.hidden = items.length === 0;
   }
 
   // --- services -----------------------------------------------------------------------------
@@ -399,6 +450,10 @@ class EnvironmentPanel {
           this.live.dataset.status = d.status;
           this.progressTitle.textContent = `Deployment #${id} of ${this.name}`;
           this.result.className = `result ${d.success ? 'ok' : 'failed'}`;
+          if (d.success) {
+            this.changedVars.clear();
+            this.unsetVars.clear();
+          }
           this.result.textContent = d.success
             ? `Deployment #${id} succeeded: ${this.name} runs the new release.`
             : `Deployment #${id} failed: ${browserText(d.error) || 'no reason recorded'}`;
@@ -458,6 +513,11 @@ class EnvironmentPanel {
       notify(err.message, 'error');
       return;
     }
+    this.variables = all;
+    for (const name of this.unsetVars) {
+      if (all.some((v) => v.name === name)) this.unsetVars.delete(name);  // set again
+    }
+    this.renderPending();
     const custom = all.filter((v) => v.source === 'custom');
     replace(this.customBody, custom.map((v) => h('tr', { dataset: { name: v.name } },
       h('th', { scope: 'row', 'data-label': 'Name' }, h('code', {}, v.name)),
@@ -507,8 +567,12 @@ class EnvironmentPanel {
       return;
     }
     try {
+      const before = this.variables.find((v) => v.name === name);
       const answer = await api('PUT', `${this.path}/variables/${seg(name)}`,
         { value: this.varValue.value });
+      if (before?.in_running_release && before.value !== this.varValue.value) {
+        this.changedVars.add(name);
+      }
       notify(answer.message, 'success');
       this.varName.value = '';
       this.varValue.value = '';
@@ -520,7 +584,10 @@ class EnvironmentPanel {
 
   async unsetVariable(name) {
     try {
+      const before = this.variables.find((v) => v.name === name);
       const answer = await api('DELETE', `${this.path}/variables/${seg(name)}`);
+      this.changedVars.delete(name);
+      if (before?.in_running_release) this.unsetVars.add(name);
       notify(answer.message, 'success');
     } catch (err) {
       notify(err.message, 'error');
@@ -555,10 +622,13 @@ class EnvironmentPanel {
       this.instances = instances;
       this.renderServices();
       this.renderDeployments(deployments);
+      this.renderPending();
       const running = deployments.find((d) => !FINISHED.has(d.status));
       if (running && this.following === null) this.follow(running.id);
       await this.backups.refresh();
-      const signature = JSON.stringify(instances.map((i) => [i.prefix, i.state]));
+      // variables again when a state changed or a deployment ended (the running release's)
+      const signature = JSON.stringify([instances.map((i) => [i.prefix, i.state]),
+        deployments.map((d) => [d.id, d.status])]);
       if (signature !== this.varSignature) {
         this.varSignature = signature;
         await this.loadVariables();

@@ -358,6 +358,10 @@ def test_shutdown_leaves_no_process_behind(tmp_path: Path, tiny: str) -> None:
     assert not alive(child)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, trust_env=False)
+    # nor the log files of its releases: the temp dir it made for them (no log_dir given)
+    assert current.log_path is not None and not current.log_path.exists()
+    made = current.log_path.parents[3]
+    assert made.name.startswith("tether-app-logs-") and not made.exists()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:

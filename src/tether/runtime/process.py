@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -238,6 +239,8 @@ class ProcessRuntime:
     def __init__(self, host: str = "127.0.0.1", log_dir: Path | None = None) -> None:
         self.host = host
         self._log_dir = log_dir
+        #: a log dir this runtime made itself (no `log_dir` given): removed by `shutdown`
+        self._own_log_dir: Path | None = None
         self._proxies = ProxyHost()
         self._admin = threading.RLock()  # addresses: start/stop proxies (slow, blocking)
         self._routes = threading.Condition()  # routes and in-flight counters (fast, hot path)
@@ -332,7 +335,8 @@ class ProcessRuntime:
     def _default_log_path(self, spec: ReleaseSpec) -> Path:
         with self._admin:
             if self._log_dir is None:
-                self._log_dir = Path(tempfile.mkdtemp(prefix="tether-app-logs-"))
+                self._log_dir = self._own_log_dir = Path(
+                    tempfile.mkdtemp(prefix="tether-app-logs-"))
             log_dir = self._log_dir
         return logs.release_log_path(log_dir, spec.environment_key, spec.release_id)
 
@@ -627,6 +631,8 @@ class ProcessRuntime:
         for listener in self._shutdown_listeners:
             with contextlib.suppress(Exception):
                 listener([r.release_id for r in releases])
+        if self._own_log_dir is not None:  # a temp dir of its own: nothing outlives it
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
 
     def kill_all(self) -> list[int]:
         """The forced stop (`tether up` when its ordered stop takes too long): SIGKILL every

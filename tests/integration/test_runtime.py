@@ -305,7 +305,12 @@ def test_stop_drains_a_request_in_flight(runtime: ProcessRuntime, tiny: str) -> 
         target=lambda: result.update(r=httpx.get(url + "/slow", timeout=10, trust_env=False))
     )
     slow.start()
-    time.sleep(0.3)  # the slow request is now in flight at the old release
+    # wait until the proxy has the slow request in flight at the old release (a fixed sleep was
+    # too short on a loaded machine: the request had not arrived when the stop began)
+    deadline = time.monotonic() + 5
+    while old._in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert old._in_flight == 1
 
     runtime.switch("shop/test", new)
     started = time.monotonic()

@@ -117,6 +117,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/api/v1/deployments/{deployment}", None, "read 404"),
     ("GET", "/api/v1/operations/{operation}", None, "read 404"),
     ("GET", "/api/v1/clusters", None, "any"),
+    ("GET", "/api/v1/clusters/1/health", None, "admin"),
     ("POST", "/api/v1/clusters", {"kind": "local-files", "region": "local",
                                   "url": "file:///nonexistent/dir"}, "admin"),
     ("GET", "/api/v1/regions", None, "any"),

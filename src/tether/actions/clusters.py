@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,13 +20,14 @@ from tether.catalog import (
     kind_allowed,
     kind_family,
 )
-from tether.errors import ClusterError, Conflict, UserError
+from tether.errors import ClusterError, Conflict, NotFound, UserError
 from tether.lifecycle import State
 from tether.providers.base import ClusterSpec
 from tether.providers.common import check_limit_settings
 from tether.providers.registry import available, get_provider, kinds, provider_class
 from tether.publicids import Kind, public_id
 from tether.store.models import Cluster, Instance, Region
+from tether.store.records import cluster_spec
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 #: the cluster setting that remembers which server a cluster points at (see `server_identity`)
@@ -262,5 +264,34 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
 
 
 def list_clusters(ctx: Context) -> list[dict[str, object]]:
+    """Every cluster, with `instances`: how many instances it holds (any state but removed),
+    counted in one query for the whole list."""
     with ctx.store.session() as s:
-        return [cluster_view(ctx.box, c) for c in s.scalars(select(Cluster).order_by(Cluster.id))]
+        held: dict[int, int] = {
+            cluster_id: count for cluster_id, count in s.execute(
+                select(Instance.cluster_id, func.count()).where(
+                    Instance.cluster_id.is_not(None), Instance.state != State.REMOVED.value)
+                .group_by(Instance.cluster_id))}
+        return [{**cluster_view(ctx.box, c), "instances": held.get(c.id, 0)}
+                for c in s.scalars(select(Cluster).order_by(Cluster.id))]
+
+
+def check_cluster(ctx: Context, cluster_id: int) -> dict[str, object]:
+    """Whether Tether can administer the cluster right now: the same check `tether cluster add`
+    makes (connect with the admin URL, the rights it needs), answered as `reachable` with the
+    server's version, or the reason it is not, and how long the check took (admins only: it
+    logs in to the server). A down server answers within the providers' connect timeouts."""
+    ctx.require(Need.ADMIN)
+    with ctx.store.session() as s:
+        cluster = s.get(Cluster, cluster_id)
+        if cluster is None:
+            raise NotFound(f"no cluster with id {cluster_id}: see `tether cluster list`")
+        spec = cluster_spec(ctx.box, cluster)
+    started = time.monotonic()
+    try:
+        version: str | None = get_provider(spec.kind).check(spec)
+        reason = None
+    except ClusterError as exc:
+        version, reason = None, exc.message
+    return {"id": cluster_id, "reachable": reason is None, "version": version,
+            "message": reason, "seconds": round(time.monotonic() - started, 3)}

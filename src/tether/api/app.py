@@ -438,7 +438,15 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
 
     @api.get("/clusters", tags=["clusters"])
     async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:
+        """The clusters (never their credentials), each with `instances`: how many instances
+        it holds."""
         return await call(clusters.list_clusters, ctx)
+
+    @api.get("/clusters/{cluster_id}/health", tags=["clusters"])
+    async def cluster_health(ctx: Ctx, cluster_id: IdPath) -> dict[str, Any]:
+        """Whether Tether can administer the cluster now (admin only): `reachable`, the
+        server's `version`, else the reason in `message`."""
+        return await call(clusters.check_cluster, ctx, cluster_id)
 
     @api.post("/clusters", status_code=201, tags=["clusters"])
     async def add_cluster(ctx: Ctx, body: ClusterIn) -> dict[str, Any]:

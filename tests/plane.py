@@ -1,6 +1,8 @@
 """A control plane without HTTP for the engine-level tests: a store, the secret box, the engine's
-worker, and one registered cluster; plus waiting on an operation. For the backup operation
-tests: `backup_plane` (a project with one instance per environment) and `instance_credentials`."""
+worker, and one registered cluster; plus waiting on an operation. For the API tests:
+`local_plane` (SQLite and a local-files cluster, no worker) and `api_client`. For the backup
+operation tests: `backup_plane` (a project with one instance per environment) and
+`instance_credentials`."""
 
 from __future__ import annotations
 
@@ -11,15 +13,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tether.actions import clusters, deployments, projects, services
 from tether.actions.common import Context
+from tether.api.app import create_app
+from tether.api.auth import create_token
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.runtime.process import ProcessRuntime
 from tether.store.db import Store
 from tether.store.models import Environment, Instance
+
+#: the app command of a project deployed where no runtime runs applications (the worker settles
+#: the services' states, nothing is started): a deploy is refused without a command
+APP_COMMAND = "python app.py"
+
+
+@contextlib.contextmanager
+def local_plane(data_dir: Path) -> Iterator[Context]:
+    """The actions of a control plane without a worker or HTTP server: a migrated SQLite store
+    in `data_dir`, its secret box, and one local-files cluster `media` in the region `local`
+    (files under `data_dir/media`), so local media storages can be added and provisioned;
+    the store is disposed at the end. The API tests' world (`api_client` serves it)."""
+    store = Store(f"sqlite:///{data_dir / 'tether.db'}")
+    store.migrate()
+    ctx = Context(store=store, box=SecretBox.from_data_dir(data_dir), data_dir=data_dir)
+    media = data_dir / "media"
+    media.mkdir()
+    clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
+                         settings={"base_dir": str(media),
+                                   "public_url": "http://127.0.0.1:1/media/"})
+    try:
+        yield ctx
+    finally:
+        store.dispose()
+
+
+@contextlib.contextmanager
+def api_client(ctx: Context, token: str | None = None) -> Iterator[TestClient]:
+    """The REST API of `ctx` in a test client that sends `token` (default: a new admin
+    token) as its bearer."""
+    if token is None:
+        token = create_token(ctx.store, "admin")
+    with TestClient(create_app(ctx), headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
 
 
 @contextlib.contextmanager

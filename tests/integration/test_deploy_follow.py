@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.plane import APP_COMMAND
 from tether.actions import deployments, projects
 from tether.actions.common import Context
 from tether.api.app import create_app
@@ -36,7 +37,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient
     ctx = Context(store=store, box=SecretBox.from_data_dir(data_dir), data_dir=data_dir)
     with store.session() as s:
         s.add(Region(name="local", family="local"))
-    projects.create_project(ctx, "shop")
+    projects.create_project(ctx, "shop", app_command=APP_COMMAND)
     dep = deployments.deploy(ctx, "shop", "test")
     token = create_token(store, "admin")
     with TestClient(create_app(ctx), headers={"Authorization": f"Bearer {token}"}) as client:

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -71,7 +71,7 @@ def test_provision_deploy_detach_remove(plane: tuple[Context, Engine], pg_server
                                         unique_id: str) -> None:
     ctx, _engine = plane
     name = f"p{unique_id}"
-    projects.create_project(ctx, name)
+    projects.create_project(ctx, name, app_command=APP_COMMAND)
     added = services.add(ctx, name, "test", "postgres", "DEFAULT", provision=True)
     assert added["state"] == "provisioning"
     assert wait_op(ctx, added["operation"]["id"])["status"] == "succeeded"

@@ -13,30 +13,18 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tether.actions import clusters, deployments, projects, services
+from tests.plane import APP_COMMAND, api_client, local_plane
+from tether.actions import deployments, projects, services
 from tether.actions.common import Context
-from tether.api.app import create_app
 from tether.api.auth import create_token
-from tether.crypto import SecretBox
-from tether.store.db import Store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[TestClient, Context]]:
-    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
-    store.migrate()
-    ctx = Context(store=store, box=SecretBox.from_data_dir(tmp_path), data_dir=tmp_path)
-    media = tmp_path / "media"
-    media.mkdir()
-    clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                         settings={"base_dir": str(media),
-                                   "public_url": "http://127.0.0.1:1/media/"})
-    token = create_token(ctx.store, "admin")
-    with TestClient(create_app(ctx), headers={"Authorization": f"Bearer {token}"}) as client:
+    with local_plane(tmp_path) as ctx, api_client(ctx) as client:
         yield client, ctx
-    store.dispose()
 
 
 def pages(client: TestClient, path: str, **params: Any) -> list[list[dict[str, Any]]]:
@@ -75,7 +63,7 @@ def test_projects_come_in_pages_by_name(api: tuple[TestClient, Context]) -> None
 
 def test_services_and_deployments_come_in_pages(api: tuple[TestClient, Context]) -> None:
     client, ctx = api
-    projects.create_project(ctx, "shop")
+    projects.create_project(ctx, "shop", app_command=APP_COMMAND)
     for n in range(12):
         services.add(ctx, "shop", "test", "local-media", f"M{n:02d}")
     env = "/api/v1/projects/shop/environments/test"

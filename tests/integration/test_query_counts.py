@@ -18,11 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from tether.actions import clusters, deployments, projects, services
+from tests.plane import APP_COMMAND, api_client, local_plane
+from tether.actions import deployments, projects, services
 from tether.actions.common import Context
-from tether.api.app import create_app
-from tether.api.auth import create_token
-from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.store.db import Store
 from tether.store.models import Instance
@@ -65,20 +63,9 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    store = Store(f"sqlite:///{tmp_path / 'tether.db'}")
-    store.migrate()
-    box = SecretBox.from_data_dir(tmp_path)
-    ctx = Context(store=store, box=box, data_dir=tmp_path)
-    media = tmp_path / "media"
-    media.mkdir()
-    clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                         settings={"base_dir": str(media),
-                                   "public_url": "http://127.0.0.1:1/media/"})
-    engine = Engine(store, box, tmp_path)  # its handlers only: no worker runs
-    token = create_token(store, "admin")
-    with TestClient(create_app(ctx), headers={"Authorization": f"Bearer {token}"}) as client:
-        yield World(ctx, engine, client, store)
-    store.dispose()
+    with local_plane(tmp_path) as ctx, api_client(ctx) as client:
+        engine = Engine(ctx.store, ctx.box, tmp_path)  # its handlers only: no worker runs
+        yield World(ctx, engine, client, ctx.store)
 
 
 ENV = "/api/v1/projects/shop/environments/test"
@@ -106,7 +93,7 @@ def test_listing_projects_costs_the_same_for_2_and_20(world: World) -> None:
 
 
 def test_listing_deployments_costs_the_same_for_2_and_20(world: World) -> None:
-    projects.create_project(world.ctx, "shop")
+    projects.create_project(world.ctx, "shop", app_command=APP_COMMAND)
     for _ in range(2):
         deployments.deploy(world.ctx, "shop", "test")
     few = world.count(lambda: world.client.get(f"{ENV}/deployments"))

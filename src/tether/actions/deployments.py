@@ -19,7 +19,7 @@ from tether.actions.common import (
     queue_operation,
 )
 from tether.crypto import SecretBox
-from tether.errors import NotFound, UserError
+from tether.errors import Conflict, NotFound, UserError
 from tether.paging import ALL, Page, PageArgs, keyset
 from tether.publicids import Kind, public_id
 from tether.redact import mask_value
@@ -64,8 +64,17 @@ def deployment_view(s: Session, box: SecretBox, d: Deployment, logs_after: int |
 
 
 def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object]:
+    """Ask for a deployment of the environment; refused while the project has no application
+    command (a deploy would start nothing and leave the stable address refusing connections,
+    yet say it succeeded)."""
     with ctx.store.session() as s:
         env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
+        if not env.project.app_command:
+            name = env.project.name
+            raise Conflict(f"{name} has no application command, so a deploy of {env_name} would "
+                           "start nothing: set the command that serves the application on $PORT "
+                           f"(`tether project update --project {name} --app-command CMD`), "
+                           "then deploy")
         dep = Deployment(environment_id=env.id, requested_by=ctx.actor)
         s.add(dep)
         s.flush()

@@ -244,14 +244,28 @@ def show_project(ctx: Context, name: str | None) -> dict[str, object]:
 
 
 def update_project(ctx: Context, name: str | None, app_command: str | None = None,
-                   health_path: str | None = None) -> dict[str, object]:
+                   health_path: str | None = None, app_dir: str | None = None,
+                   health_timeout: int | None = None) -> dict[str, object]:
+    """Change the application settings (None: unchanged; an empty command or directory removes
+    it), checked by the same rules and messages as `create_project`; they take effect with the
+    next deploy of each environment."""
+    if app_command is not None:
+        _check_app_text("app command", app_command, MAX_COMMAND)
+    if health_path is not None:
+        _check_health_path(health_path)
+    if app_dir is not None:
+        _check_app_dir(ctx.data_dir, app_dir)
+    if health_timeout is not None and not 1 <= health_timeout <= 600:
+        raise UserError("invalid health timeout: use 1 to 600 seconds")
     with ctx.store.session() as s:
         project = get_project(s, name, ctx, Need.CHANGE)
         if app_command is not None:
-            _check_app_text("app command", app_command, MAX_COMMAND)
-            project.app_command = app_command or None
+            project.app_command = app_command if app_command.strip() else None
         if health_path is not None:
-            _check_health_path(health_path)
             project.health_path = health_path
+        if app_dir is not None:
+            project.app_dir = app_dir or None
+        if health_timeout is not None:
+            project.health_timeout = health_timeout
         audit(s, ctx.actor, "project updated", detail=project.name)
         return project_view(project, ctx.box)

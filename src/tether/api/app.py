@@ -165,7 +165,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     @api.patch("/projects/{project}", tags=["projects"])
     async def update_project(ctx: Ctx, project: ProjectPath, body: ProjectPatch) -> dict[str, Any]:
         return await call(projects.update_project, ctx, project, body.app_command,
-                          body.health_path)
+                          body.health_path, body.app_dir, body.health_timeout)
 
     @api.get(env_path + "/variables", tags=["variables"])
     async def list_variables(ctx: Ctx, project: ProjectPath, env: EnvPath, all: bool = False,

@@ -108,8 +108,13 @@ class ProjectIn(BaseModel):
 
 
 class ProjectPatch(BaseModel):
+    """The application settings to change (a field left out stays as it is; an empty
+    `app_command` or `app_dir` removes it)."""
+
     app_command: Annotated[str, _text(MAX_COMMAND, NO_NUL)] | None = None
     health_path: Annotated[str, _text(MAX_HEALTH_PATH, min_length=1)] | None = None
+    app_dir: Annotated[str, _text(MAX_PATH)] | None = None
+    health_timeout: Annotated[int, Field(ge=1, le=600, description="seconds")] | None = None
 
 
 class ServiceIn(BaseModel):

@@ -146,19 +146,28 @@ def show(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
 def update(
     app_command: Annotated[str | None, typer.Option(
         "--app-command", metavar="CMD",
-        help="The new application command ('' removes it).")] = None,
+        help="The new application command ('' removes it: deploys are then refused).")] = None,
     health_path: Annotated[str | None, typer.Option(
         "--health-path", metavar="PATH", help="The new health check path.")] = None,
+    health_timeout: Annotated[int | None, typer.Option(
+        "--health-timeout", metavar="S",
+        help="Seconds a new release may take to become healthy.")] = None,
+    app_dir: Annotated[Path | None, typer.Option(
+        "--app-dir", metavar="DIR", help="The directory the app command runs in.")] = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Change a project's application command or health check (used from the next deploy)."""
-    body = {k: v for k, v in (("app_command", app_command), ("health_path", health_path))
-            if v is not None}
+    """Change a project's application settings: command, health check, directory (used from
+    the next deploy)."""
+    body: dict[str, Any] = {
+        k: v for k, v in (("app_command", app_command), ("health_path", health_path),
+                          ("health_timeout", health_timeout),
+                          ("app_dir", str(app_dir.expanduser().resolve()) if app_dir else None))
+        if v is not None}
     with Client.connect(json_) as client:
         if not body:
-            fail("nothing to change: pass --app-command and/or --health-path", 2,
-                 json_mode=json_, code="bad_request")
+            fail("nothing to change: pass --app-command, --health-path, --health-timeout "
+                 "and/or --app-dir", 2, json_mode=json_, code="bad_request")
         name = resolve_project(client, project)
         shown = client.patch(f"/projects/{seg(name)}", body)
     if json_:

@@ -12,8 +12,8 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -44,7 +44,7 @@ def test_deploy_renews_a_sas_near_expiry_and_remove_deletes(plane: tuple[Context
                                                             azurite_url: str) -> None:
     ctx, _ = plane
     name = f"az{unique_id}"
-    projects.create_project(ctx, name, region="eu-azure")
+    projects.create_project(ctx, name, region="eu-azure", app_command=APP_COMMAND)
     added = services.add(ctx, name, "test", "azure-blob-media", "MEDIA", provision=True)
     assert wait_op(ctx, added["operation"]["id"])["status"] == "succeeded"
     with ctx.store.session() as s:  # make the token look a week from expiry

@@ -12,8 +12,8 @@ import pymysql
 import pytest
 
 from tests.conftest import world_traversable_tmpdir
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -41,7 +41,7 @@ def connect(dsn: str) -> pymysql.Connection:
 def test_shared_and_private_mysql(plane: tuple[Context, Engine], unique_id: str) -> None:
     ctx, _ = plane
     name = f"my{unique_id}"
-    projects.create_project(ctx, name)
+    projects.create_project(ctx, name, app_command=APP_COMMAND)
     services.add(ctx, name, "test", "mysql", "DEFAULT")
     own = services.add(ctx, name, "test", "mysql", "OWN", private=True, provision=True)
     assert wait_op(ctx, own["operation"]["id"])["status"] == "succeeded", \

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from kombu import Connection
 
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -31,7 +31,7 @@ def test_broker_through_deploy_and_remove(plane: tuple[Context, Engine], rabbit:
                                           unique_id: str) -> None:
     ctx, _ = plane
     name = f"mq{unique_id}"
-    projects.create_project(ctx, name)
+    projects.create_project(ctx, name, app_command=APP_COMMAND)
     offered = [o["service"] for o in services.catalog_view(ctx, "local", None)]
     assert any(o.startswith("rabbitmq-") for o in offered), offered
     added = services.add(ctx, name, "test", "rabbitmq", "DEFAULT")

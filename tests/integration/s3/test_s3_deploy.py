@@ -12,8 +12,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -41,7 +41,7 @@ def test_s3_media_lifecycle(plane: tuple[Context, Engine], s3_server: Any,
                             unique_id: str) -> None:
     ctx, _ = plane
     name = f"s3{unique_id}"
-    projects.create_project(ctx, name, region="eu-aws")
+    projects.create_project(ctx, name, region="eu-aws", app_command=APP_COMMAND)
     added = services.add(ctx, name, "test", "s3-media", "MEDIA", provision=True)
     assert wait_op(ctx, added["operation"]["id"])["status"] == "succeeded"
     with ctx.store.session() as s:

@@ -16,8 +16,8 @@ from opensearchpy.exceptions import ConnectionError as SearchConnectionError
 
 from tests.conftest import world_traversable_tmpdir
 from tests.integration.search.conftest import SearchNode
+from tests.plane import APP_COMMAND, wait_op
 from tests.plane import plane as make_plane
-from tests.plane import wait_op
 from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -50,7 +50,7 @@ def test_search_through_deploy_and_remove(plane: tuple[Context, Engine],
                                           opensearch_server: SearchNode, unique_id: str) -> None:
     ctx, _ = plane
     name = f"se{unique_id}"
-    projects.create_project(ctx, name)
+    projects.create_project(ctx, name, app_command=APP_COMMAND)
     offered = {o["service"]: o for o in services.catalog_view(ctx, "local", None)}
     assert "opensearch-2" in offered, offered
     added = services.add(ctx, name, "test", "opensearch", "SEARCH")
@@ -95,7 +95,7 @@ def test_private_search_server_through_the_engine(plane: tuple[Context, Engine],
                                                   unique_id: str) -> None:
     ctx, _ = plane
     name = f"sp{unique_id}"
-    projects.create_project(ctx, name)
+    projects.create_project(ctx, name, app_command=APP_COMMAND)
     own = services.add(ctx, name, "test", "opensearch-2", "OWN", private=True, provision=True)
     assert wait_op(ctx, own["operation"]["id"], timeout=300)["status"] == "succeeded", \
         services.show(ctx, name, "test", "OWN")["last_error"]

@@ -724,6 +724,135 @@ function setUpTabs(project) {
   if (first) select(first.name);
 }
 
+/** The project's line under its title: region, application command, public id. */
+function showMeta(project) {
+  byId('project-meta').textContent = `Region ${project.region}` +
+    (project.app_command ? ` · application: ${project.app_command}`
+      : ' · no application command: set one under Application settings to deploy') +
+    ` · id ${project.uuid} (the Divio CLI's --remote-id)`;
+}
+
+/**
+ * The application settings of the project (command, health check, directory), changed with
+ * the API's PATCH of the project: its rules and messages, each shown at its field. They take
+ * effect with the next deploy of each environment; without a command, deploys are refused.
+ */
+class AppSettings {
+  constructor(project, changed) {
+    this.project = project;
+    this.changed = changed;
+    const input = (id, props = {}) => h('input', { id, autocomplete: 'off', spellcheck: 'false',
+      'aria-describedby': `${id}-help`, ...props });
+    this.inputs = {
+      app_command: input('app-command', { placeholder: 'python app.py' }),
+      health_path: input('app-health-path', { placeholder: '/health' }),
+      health_timeout: input('app-health-timeout', { type: 'number', min: '1', max: '600',
+        inputmode: 'numeric' }),
+      app_dir: input('app-dir', { placeholder: '/srv/shop' }),
+    };
+    const help = {
+      app_command: 'The command that serves the application on $PORT, e.g. python app.py. ' +
+        'Without one, deploys are refused.',
+      health_path: 'Answers 2xx once the application is ready, e.g. /health.',
+      health_timeout: 'Seconds a new release may take to become healthy (1–600).',
+      app_dir: 'An absolute path on the machine Tether runs on; each release runs from its own ' +
+        'copy of it.',
+    };
+    this.helps = {};
+    const fields = Object.entries({ app_command: 'Command', health_path: 'Health check path',
+      health_timeout: 'Health timeout (s)', app_dir: 'Directory' }).map(([key, label]) => {
+      this.helps[key] = h('p', { id: `${this.inputs[key].id}-help`, class: 'help' }, help[key]);
+      this.inputs[key].addEventListener('input', () => this.mark(key, ''));
+      return field(label, this.inputs[key], this.helps[key]);
+    });
+    this.saveButton = h('button', { type: 'submit', class: 'primary' }, 'Save settings');
+    this.form = h('form', { class: 'form-grid', novalidate: true,
+      'aria-label': `Application settings of ${project.name}` },
+    fields, h('div', { class: 'buttons' }, this.saveButton));
+    this.form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.save();
+    });
+    this.el = h('details', { class: 'card settings', id: 'app-settings',
+      open: !project.app_command },
+    h('summary', {}, 'Application settings'),
+    h('p', { class: 'muted' }, 'They take effect with the next deploy of each environment.'),
+    this.form);
+    this.fill();
+  }
+
+  fill() {
+    const p = this.project;
+    this.inputs.app_command.value = p.app_command || '';
+    this.inputs.health_path.value = p.health_path || '/';
+    this.inputs.health_timeout.value = String(p.health_timeout ?? 30);
+    this.inputs.app_dir.value = p.app_dir || '';
+  }
+
+  /** Show `problem` at the field of `key` (or its help again when there is none). */
+  mark(key, problem) {
+    const help = this.helps[key];
+    if (!help.dataset.text) help.dataset.text = help.textContent;
+    this.inputs[key].setAttribute('aria-invalid', problem ? 'true' : 'false');
+    help.textContent = problem || help.dataset.text;
+    help.className = problem ? 'help bad' : 'help';
+  }
+
+  /** The field an API message is about (the API names it: "invalid health path …"). */
+  static fieldOf(message) {
+    const text = message.toLowerCase();
+    if (text.includes('health path') || text.includes('health_path')) return 'health_path';
+    if (text.includes('health timeout') || text.includes('health_timeout')) {
+      return 'health_timeout';
+    }
+    if (text.includes('app directory') || text.includes('app_dir')) return 'app_dir';
+    if (text.includes('app command') || text.includes('app_command')) return 'app_command';
+    return null;
+  }
+
+  async save() {
+    const p = this.project;
+    const body = {};
+    const command = this.inputs.app_command.value;
+    if (command !== (p.app_command || '')) body.app_command = command;
+    const path = this.inputs.health_path.value;
+    if (path !== p.health_path) body.health_path = path;
+    const timeout = this.inputs.health_timeout.value.trim();
+    // the API's own rule and message (tether.actions.projects), before a request is sent
+    if (!/^\d+$/.test(timeout) || Number(timeout) < 1 || Number(timeout) > 600) {
+      this.mark('health_timeout', 'invalid health timeout: use 1 to 600 seconds');
+      this.inputs.health_timeout.focus();
+      return;
+    }
+    if (Number(timeout) !== p.health_timeout) body.health_timeout = Number(timeout);
+    const dir = this.inputs.app_dir.value.trim();
+    if (dir !== (p.app_dir || '')) body.app_dir = dir;
+    if (Object.keys(body).length === 0) {
+      notify('Nothing to save: the settings are unchanged.', 'info');
+      return;
+    }
+    for (const key of Object.keys(this.inputs)) this.mark(key, '');
+    this.saveButton.disabled = true;
+    try {
+      this.project = await api('PATCH', `/projects/${seg(p.name)}`, body);
+      this.fill();
+      this.changed(this.project);
+      notify(`Saved the application settings of ${p.name}: they take effect with the next ` +
+        'deploy of each environment.', 'success');
+    } catch (err) {
+      const key = AppSettings.fieldOf(err.message);
+      if (key) {
+        this.mark(key, browserText(err.message));
+        this.inputs[key].focus();
+      } else {
+        notify(err.message, 'error');
+      }
+    } finally {
+      this.saveButton.disabled = false;
+    }
+  }
+}
+
 async function main() {
   initChrome([['Projects', '/'], [projectName, null]]);
   let project;
@@ -735,9 +864,8 @@ async function main() {
   }
   document.title = `${project.name} · Tether`;
   byId('project-title').textContent = project.name;
-  byId('project-meta').textContent = `Region ${project.region}` +
-    (project.app_command ? ` · application: ${project.app_command}` : ' · no application command') +
-    ` · id ${project.uuid} (the Divio CLI's --remote-id)`;
+  showMeta(project);
+  replace(byId('project-settings'), new AppSettings(project, showMeta).el);
   setUpTabs(project);
 }
 

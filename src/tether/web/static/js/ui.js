@@ -2,7 +2,7 @@
 // an instance and the typed confirmation of a removal. What an action may do comes from the API
 // (`instance.actions`, decided by Tether's lifecycle rules); nothing here decides it.
 
-import { api, envPath, requireSession, seg, signOut } from './api.js';
+import { api, envPath, requireSession, seg, session, signOut } from './api.js';
 import { byId, h, replace } from './dom.js';
 
 export const ACTIONS = ['provision', 'detach', 'attach', 'remove'];
@@ -29,12 +29,25 @@ export function initChrome(crumbs = []) {
       signOut();
     });
   }
+  showOperatorsLink();
   const nav = byId('crumbs');
   if (nav) {
     replace(nav, h('ol', {}, crumbs.map(([label, href], i) => h('li', {},
       href && i < crumbs.length - 1
         ? h('a', { href }, label)
         : h('span', { 'aria-current': 'page' }, label)))));
+  }
+}
+
+/** The top bar's link to the operators' pages, shown to admin tokens only. */
+async function showOperatorsLink() {
+  const link = document.querySelector('.operators-link');
+  if (!link || !session()) return;
+  try {
+    const status = await api('GET', '/status');
+    link.hidden = status.role !== 'admin';
+  } catch (err) {
+    // the page's own requests say what went wrong
   }
 }
 
@@ -49,6 +62,7 @@ const CLI_HINTS = [
   [/^tether service (list|show)/, () => 'see the Services table'],
   [/^tether service catalog/, () => 'see the Service list under Add service'],
   [/^tether cluster add/, () => 'an operator registers one'],
+  [/^tether project update .*--app-command/, () => 'enter it under Application settings'],
   [/^tether up/, () => 'Tether'],
 ];
 

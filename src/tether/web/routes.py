@@ -76,6 +76,16 @@ def web_router() -> APIRouter:
     async def sessions_page() -> Response:
         return _page("sessions.html")
 
+    @router.get("/clusters")
+    async def clusters_page() -> Response:
+        """Operators' page (its script shows it to admin tokens only)."""
+        return _page("clusters.html")
+
+    @router.get("/regions")
+    async def regions_page() -> Response:
+        """Operators' page (its script shows it to admin tokens only)."""
+        return _page("regions.html")
+
     @router.get("/sign-in")
     async def sign_in_page(next: str | None = None) -> Response:
         return _page("sign-in.html", fill={"next": _safe_next(next)})

@@ -1,0 +1,120 @@
+"""The operators' pages (issue 13, finding 9), in a real browser against a real `tether up`:
+an admin sees the clusters with their kind, region, version, visibility, reachability and how
+many instances each holds, registers one through the same API call as `tether cluster add`
+(a bad URL refused with the CLI's own message), and sees what each region offers; a developer
+token gets no link to them, and is refused on them with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.e2e.conftest import Tether
+from tests.web.conftest import SIGN_IN_URL, sign_in
+
+pytestmark = pytest.mark.web
+
+PROJECT = "opsshop"
+BAD_URL = "postgres://admin:secret@127.0.0.1:9/postgres"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def sign_in_with(page: Page, t: Tether, token: str) -> None:
+    page.goto("/")
+    page.wait_for_url(SIGN_IN_URL)
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(t.url + "/")
+
+
+def test_an_admin_sees_clusters_registers_one_and_reads_the_regions(
+        tether: Tether, page: Page, tmp_path: Path) -> None:
+    t = tether
+    t.ok("project", "create", PROJECT)
+    t.ok("service", "provision", "test", "DEFAULT", "-p", PROJECT)  # on the embedded PostgreSQL
+    embedded = next(c for c in t.ok("cluster", "list", "--json").json() if c["kind"] == "postgres")
+
+    sign_in(page, t)
+    operators = page.locator("header").get_by_role("link", name="Operators")
+    expect(operators).to_be_visible()
+    operators.click()
+    page.wait_for_url(t.url + "/clusters")
+    row = page.locator(f"tr[data-cluster='{embedded['name']}']")
+    expect(row).to_contain_text("postgres")
+    expect(row).to_contain_text(embedded["version"])
+    expect(row).to_contain_text("shared")
+    expect(row.locator("td.count")).to_have_text("1")
+    expect(row.locator("td.health")).to_contain_text("reachable")
+    expect(row.locator("td.health")).not_to_contain_text("unreachable")
+
+    # a bad URL: refused with exactly what `tether cluster add` says
+    cli = t.cli("cluster", "add", "postgres", "--region", "local", "--url", BAD_URL)
+    assert cli.code == 2, (cli.out, cli.err)
+    page.get_by_text("Register a cluster").click()
+    page.get_by_label("Kind").select_option("postgres")
+    page.get_by_label("Region", exact=True).fill("local")
+    page.get_by_label("Admin URL").fill(BAD_URL)
+    page.get_by_role("button", name="Register cluster").click()
+    error = page.locator("#cluster-error")
+    expect(error).to_contain_text("cannot use this postgres cluster")
+    said = one_line(error.inner_text())
+    assert said in one_line(cli.err), (said, cli.err)
+    assert "secret" not in said
+    expect(page.locator("tr[data-cluster]")).to_have_count(
+        len(t.ok("cluster", "list", "--json").json()))
+
+    # a real one: a local-files storage in a directory of this test
+    media = tmp_path / "ops-media"
+    page.get_by_label("Kind").select_option("local-files")
+    expect(page.locator("#cluster-settings-help")).to_contain_text("base_dir")
+    page.get_by_label("Admin URL").fill(f"file://{media}")
+    page.get_by_label("Name (optional)").fill("ops-files")
+    page.get_by_label("Settings (optional)").fill(
+        f"base_dir={media}\npublic_url=http://127.0.0.1:1/media/")
+    page.get_by_role("button", name="Register cluster").click()
+    expect(page.locator(".notice.success")).to_contain_text("Added cluster ops-files")
+    added = page.locator("tr[data-cluster='ops-files']")
+    expect(added).to_contain_text("local-files")
+    expect(added.locator("td.count")).to_have_text("0")
+    expect(added.locator("td.health")).to_contain_text("reachable")
+    expect(added.locator("th")).to_be_focused()
+    expect(page.locator("#cluster-error")).to_have_text("")
+    listed = {c["name"]: c for c in t.ok("cluster", "list", "--json").json()}
+    assert listed["ops-files"]["kind"] == "local-files" and listed["ops-files"]["region"] == "local"
+    assert listed[embedded["name"]]["instances"] == 1
+
+    # the regions and what each offers
+    page.get_by_role("navigation", name="Operators' pages").get_by_role(
+        "link", name="Regions").click()
+    page.wait_for_url(t.url + "/regions")
+    local = page.locator("section[data-region='local']")
+    expect(local).to_contain_text("local family")
+    expect(local).to_contain_text("ops-files")
+    offers = [o["service"] for o in t.ok("service", "catalog", "--region", "local",
+                                         "--json").json()]
+    assert any(o.startswith("postgres-") for o in offers) and "local-media" in offers
+    for service in offers:
+        expect(local.locator(f"tr[data-service='{service}']")).to_be_visible()
+
+
+def test_a_developer_token_is_refused_on_the_operators_pages(
+        tether: Tether, context: BrowserContext, page: Page) -> None:
+    t = tether
+    secret = t.ok("token", "create", "dev-ops", "--role", "developer", "--json").json()["token"]
+    sign_in_with(page, t, secret)
+    expect(page.locator("#projects")).not_to_have_attribute("aria-busy", "true")
+    page.wait_for_timeout(300)  # the link would have been shown by now
+    expect(page.locator("header .operators-link")).to_be_hidden()
+    for path in ("/clusters", "/regions"):
+        page.goto(path)
+        refused = page.get_by_role("alert")
+        expect(refused).to_contain_text("Operators only")
+        expect(refused).to_contain_text("needs an admin token")
+        expect(refused).to_contain_text("dev-ops (developer)")
+        expect(page.locator("table")).to_have_count(0)
+        expect(page.locator("#cluster-form")).to_have_count(0)

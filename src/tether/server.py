@@ -59,6 +59,7 @@ from tether.config import ClientSettings, edit_cli_config
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, TetherError, UserError
+from tether.frontdoor import DEFAULT_DOMAIN, check_domain
 from tether.lifecycle import State
 from tether.media import create_media_app, media_port_for, media_public_url
 from tether.net import bind_port, free_port, port_is_free
@@ -75,6 +76,8 @@ log = logging.getLogger("tether.server")
 
 EMBEDDED_PG_PORT = 5433
 #: seconds from the first stop signal until the stop is forced
+#: the front door's default port: the API's + 2 (the media files have + 1)
+APPS_PORT_OFFSET = 2
 STOP_TIMEOUT = 30.0
 #: seconds each forced step may take before the process exits anyway
 FORCE_STEP_TIMEOUT = 5.0
@@ -403,16 +406,20 @@ def _media_follows(base: Context, cluster_id: int, public_url: str) -> int:
 
 def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
           clusters_file: Path | None = None, stops: Stops | None = None,
-          media_port: int | None = None, media_url: str | None = None) -> ControlPlane:
+          media_port: int | None = None, media_url: str | None = None,
+          apps_port: int | None = None, apps_domain: str = DEFAULT_DOMAIN) -> ControlPlane:
     """Start everything but the HTTP servers: node identity, the API's and the media files'
     ports, store, embedded servers, clusters, engine. Each thing started is pushed on `stops`
     first, so whatever happens next (an error, a signal) stops it. Without `stops` given, an
     error stops what was started before it is raised. `media_port`: default `port` + 1;
-    `media_url`: the media files' public base URL, default http://HOST:MEDIA_PORT/."""
+    `media_url`: the media files' public base URL, default http://HOST:MEDIA_PORT/;
+    `apps_port`: the front door's (every environment by host name `ENV.PROJECT.APPS_DOMAIN`),
+    default `port` + 2."""
     own = stops is None
     stops = stops if stops is not None else Stops(say)
     try:
-        return _build(data_dir, host, port, say, clusters_file, stops, media_port, media_url)
+        return _build(data_dir, host, port, say, clusters_file, stops, media_port, media_url,
+                      apps_port, apps_domain)
     except BaseException:
         if own:
             stops.unwind()
@@ -420,8 +427,15 @@ def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
 
 
 def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path | None,
-           stops: Stops, media_port: int | None, media_url: str | None) -> ControlPlane:
+           stops: Stops, media_port: int | None, media_url: str | None,
+           apps_port: int | None, apps_domain: str) -> ControlPlane:
     env_ports()  # a bad TETHER_ENV_PORTS stops the start, not a later project create
+    apps_domain = check_domain(apps_domain)
+    apps_port = port + APPS_PORT_OFFSET if apps_port is None else apps_port
+    if apps_port in (port, media_port_for(port, media_port)) or not 0 < apps_port < 65536:
+        raise UserError(f"the front door's port {apps_port} must be a TCP port of its own, not "
+                        "the API's or the media files': pick one with --apps-port (or "
+                        "TETHER_APPS_PORT)")
     media_port = media_port_for(port, media_port)
     public_media = media_public_url(f"http://{host}:{port}/", host, media_port, media_url)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -460,6 +474,8 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
     stops.push("the engine (operations, applications, private servers)",
                lambda: engine.stop(timeout=STOP_TIMEOUT / 2),
                force=lambda: _force_engine(engine))
+    assert engine.runtime is not None
+    base.front_door = engine.runtime.open_front_door(apps_port, apps_domain, host=host)
     engine.start()
     return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops,
                         media_app=create_media_app(media_dir), media_sock=media_sock,
@@ -489,22 +505,26 @@ async def _serve_all(servers: list[tuple[_Server, socket.socket]]) -> None:
 
 def serve(data_dir: Path, host: str, port: int, say: Say,
           clusters_file: Path | None = None, stop_timeout: float = STOP_TIMEOUT,
-          media_port: int | None = None, media_url: str | None = None) -> None:
+          media_port: int | None = None, media_url: str | None = None,
+          apps_port: int | None = None, apps_domain: str = DEFAULT_DOMAIN) -> None:
     """Run the control plane in the foreground until SIGTERM or SIGINT, then stop it all (see
     the module docstring). Must be called from the main thread: it owns the process's signals."""
     stops = Stops(say)
     supervisor = Supervisor(stops, stop_timeout)
     supervisor.install()
     try:
-        plane = build(data_dir, host, port, say, clusters_file, stops, media_port, media_url)
+        plane = build(data_dir, host, port, say, clusters_file, stops, media_port, media_url,
+                      apps_port, apps_domain)
         written = _ensure_cli_settings(plane.store, plane.url)
         if written:
             say(f"CLI settings written to {written}")
         server = _http_server(plane.app)
         media = _http_server(plane.media_app)
         supervisor.serving(server, media)
+        door = plane.engine.runtime.front_door if plane.engine.runtime else None
+        apps = f"; applications at {door.url_for('PROJECT', 'ENV')}" if door else ""
         say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); media files at "
-            f"{plane.media_url}; data in {data_dir}. Ctrl-C stops it.")
+            f"{plane.media_url}{apps}; data in {data_dir}. Ctrl-C stops it.")
         try:
             asyncio.run(_serve_all([(server, plane.sock), (media, plane.media_sock)]))
         except SystemExit as exc:  # uvicorn's way to say it could not start

@@ -44,10 +44,14 @@ class Tether:
     #: the media files' own port, free like the API's (not the default API port + 1, which may
     #: be taken): passed as TETHER_MEDIA_PORT in `env`, so every start of this `tether up` uses it
     media_port: int = field(default_factory=free_port)
+    #: the front door's port (TETHER_APPS_PORT), free likewise
+    apps_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.env.setdefault("TETHER_MEDIA_PORT", str(self.media_port))
         self.media_port = int(self.env["TETHER_MEDIA_PORT"])
+        self.env.setdefault("TETHER_APPS_PORT", str(self.apps_port))
+        self.apps_port = int(self.env["TETHER_APPS_PORT"])
 
     @property
     def url(self) -> str:

@@ -140,8 +140,10 @@ def gone(pgid: int) -> bool:
 class Poller:
     """Polls the stable address continuously from a thread, recording every answer."""
 
-    def __init__(self, url: str, path: str = "/") -> None:
+    def __init__(self, url: str, path: str = "/", host: str | None = None) -> None:
         self.url, self.path = url, path
+        #: a Host header to send (the front door routes by it)
+        self.headers = {"Host": host} if host else {}
         self.answers: list[tuple[int, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -149,7 +151,8 @@ class Poller:
 
     def _run(self) -> None:
         deadline = time.monotonic() + 20
-        with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as client:
+        with httpx.Client(base_url=self.url, timeout=5, trust_env=False,
+                          headers=self.headers) as client:
             while not self._stop.is_set() and len(self.answers) < 3000:
                 if time.monotonic() > deadline:
                     break

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from tether.access import SYSTEM, Need, Principal
 from tether.crypto import SecretBox
 from tether.errors import NotFound, UserError
+from tether.frontdoor import FrontDoor
 from tether.lifecycle import State
 from tether.store.db import Store
 from tether.store.models import Environment, Instance, Operation, Project
@@ -39,11 +40,13 @@ class Context:
     #: where Tether serves local media files, e.g. http://127.0.0.1:8070/media/
     public_url: str = "http://127.0.0.1:8070/"
     principal: Principal = SYSTEM
+    #: the front door that reaches environments by host name, when one is open
+    front_door: FrontDoor | None = None
 
     def as_principal(self, principal: Principal) -> Context:
         """This context, asked by `principal` (one per API call)."""
         return Context(self.store, self.box, self.data_dir, principal.actor, self.notify,
-                       self.public_url, principal)
+                       self.public_url, principal, self.front_door)
 
     def require(self, need: Need, project: str | None = None) -> None:
         """Refuse (403) unless the token that asked may do `need` (in `project`)."""

@@ -17,6 +17,7 @@ from tether.actions.common import Context, audit, get_project, iso
 from tether.actions.services import add_instance
 from tether.crypto import SecretBox
 from tether.errors import Conflict, UserError
+from tether.frontdoor import FrontDoor
 from tether.net import port_is_free
 from tether.paging import ALL, Page, PageArgs, keyset
 from tether.publicids import Kind, public_id
@@ -34,41 +35,58 @@ ENV_PORTS_VAR = "TETHER_ENV_PORTS"
 
 def env_ports() -> range:
     """The ports environments' stable addresses are taken from: `TETHER_ENV_PORTS` (`FIRST-LAST`,
-    e.g. `8100-8999`), else `ENV_PORTS`. Two control planes on one machine need ranges apart."""
+    e.g. `8100-8999`), else `ENV_PORTS`; `none` for no port of their own (the front door reaches
+    them by host name). Two control planes on one machine need ranges apart."""
     raw = os.environ.get(ENV_PORTS_VAR, "").strip()
     if not raw:
         return ENV_PORTS
+    if raw.lower() == "none":
+        return range(0)
     first, sep, last = raw.partition("-")
     if sep and first.strip().isdigit() and last.strip().isdigit():
         ports = range(int(first), int(last) + 1)
         if ports.start >= 1024 and ports.stop <= 65536 and len(ports) > 0:
             return ports
     raise UserError(f"{ENV_PORTS_VAR}={raw!r} is not a port range: write FIRST-LAST, e.g. "
-                    "8100-8999 (ports 1024-65535)")
+                    "8100-8999 (ports 1024-65535), or none")
 
 
-def _free_env_port(s: Session) -> int:
-    used = set(s.scalars(select(Environment.port)))
+def _free_env_port(s: Session, ctx: Context) -> int | None:
+    """A port of its own for a new environment; None (the front door only) when the range is
+    `none` or used up and a front door is open, so the range is no cap on environments."""
     ports = env_ports()
-    for port in ports:
-        if port not in used and port_is_free(port):
-            return port
+    if ports:
+        used = set(s.scalars(select(Environment.port).where(Environment.port.is_not(None))))
+        for port in ports:
+            if port not in used and port_is_free(port):
+                return port
+    if ctx.front_door is not None:
+        return None
+    if not ports:
+        raise UserError(f"{ENV_PORTS_VAR}=none, but no front door is open to reach environments "
+                        "by host name: give a port range, e.g. 8100-8999")
     raise UserError(f"no free port left for a new environment address ({ports.start}-"
                     f"{ports.stop - 1}): remove unused projects, or widen {ENV_PORTS_VAR}")
 
 
-def environment_view(env: Environment, box: SecretBox) -> dict[str, object]:
+def environment_view(env: Environment, box: SecretBox, project: str,
+                     door: FrontDoor | None = None) -> dict[str, object]:
+    """An environment; `url` is its own port's address if it has one, else the front door's
+    (`front_door_url` is always the latter when a front door is open)."""
+    by_host = door.url_for(project, env.name) if door is not None else None
     return {
         "id": env.id,
         "uuid": public_id(box, Kind.ENVIRONMENT, env.id),
         "name": env.name,
         "port": env.port,
-        "url": f"http://127.0.0.1:{env.port}",
+        "url": f"http://127.0.0.1:{env.port}" if env.port is not None else by_host,
+        "front_door_url": by_host,
         "current_release_id": env.current_release_id,
     }
 
 
-def project_view(project: Project, box: SecretBox) -> dict[str, object]:
+def project_view(project: Project, box: SecretBox,
+                 door: FrontDoor | None = None) -> dict[str, object]:
     return {
         "id": project.id,
         "uuid": public_id(box, Kind.PROJECT, project.id),
@@ -79,7 +97,8 @@ def project_view(project: Project, box: SecretBox) -> dict[str, object]:
         "health_path": project.health_path,
         "health_timeout": project.health_timeout,
         "created_at": iso(project.created_at),
-        "environments": [environment_view(e, box) for e in project.environments],
+        "environments": [environment_view(e, box, project.name, door)
+                         for e in project.environments],
     }
 
 
@@ -87,7 +106,7 @@ def _add_environment(s: Session, ctx: Context, project: Project, name: str) -> E
     env = Environment(
         project_id=project.id,
         name=naming.check_environment_name(name),
-        port=_free_env_port(s),
+        port=_free_env_port(s, ctx),
         secret_key_enc=ctx.box.seal(secrets.token_urlsafe(48)),
     )
     s.add(env)
@@ -222,7 +241,7 @@ def create_project(
             raise Conflict(f"a project named {name} exists already: pick another name") from exc
         added = _add_default_database(s, ctx, project, environments) if database else None
         s.refresh(project)
-        view = project_view(project, ctx.box)
+        view = project_view(project, ctx.box, ctx.front_door)
         view["database"] = added
         return view
 
@@ -235,12 +254,12 @@ def list_projects(ctx: Context, page: PageArgs = ALL) -> Page[dict[str, object]]
         if ctx.principal.projects is not None:
             query = query.where(Project.name.in_(sorted(ctx.principal.projects)))
         rows, after = keyset(s, query, Project.name, page)
-        return Page([project_view(p, ctx.box) for p in rows], after)
+        return Page([project_view(p, ctx.box, ctx.front_door) for p in rows], after)
 
 
 def show_project(ctx: Context, name: str | None) -> dict[str, object]:
     with ctx.store.session() as s:
-        return project_view(get_project(s, name, ctx), ctx.box)
+        return project_view(get_project(s, name, ctx), ctx.box, ctx.front_door)
 
 
 def update_project(ctx: Context, name: str | None, app_command: str | None = None,
@@ -268,4 +287,4 @@ def update_project(ctx: Context, name: str | None, app_command: str | None = Non
         if health_timeout is not None:
             project.health_timeout = health_timeout
         audit(s, ctx.actor, "project updated", detail=project.name)
-        return project_view(project, ctx.box)
+        return project_view(project, ctx.box, ctx.front_door)

@@ -31,6 +31,15 @@ def up(
         help="Public base URL of the media files when a proxy or CDN serves the media port "
              "under a host name of its own, e.g. https://media.example.com/ (default: "
              "http://HOST:MEDIA_PORT/).")] = None,
+    apps_port: Annotated[int | None, typer.Option(
+        "--apps-port", envvar="TETHER_APPS_PORT",
+        help="Port of the front door, which reaches every environment's application by host "
+             "name, ENV.PROJECT.APPS_DOMAIN (default: --port + 2).")] = None,
+    apps_domain: Annotated[str, typer.Option(
+        "--apps-domain", envvar="TETHER_APPS_DOMAIN",
+        help="Domain of the environments' host names: `localhost` (browsers and curl resolve "
+             "test.shop.localhost to this machine) or a wildcard DNS name pointing here, e.g. "
+             "apps.example.com for *.apps.example.com.")] = "localhost",
     clusters: Annotated[Path | None, typer.Option(
         "--clusters", envvar="TETHER_CLUSTERS_FILE",
         help="A TOML file of clusters to register at start (default: DATA_DIR/clusters.toml "
@@ -47,7 +56,14 @@ def up(
     another origin than the API, so a file uploaded by an application's user can never act as
     a signed-in admin.
 
+    Each environment's application is reached through the front door by its host name,
+    http://ENV.PROJECT.localhost:8072/ (--apps-port, --apps-domain), and on a port of its own
+    taken from TETHER_ENV_PORTS (default 8100-8999; `none` for the front door only; when the
+    range is used up, new environments get the front door only).
+
     Example: tether up --data-dir ~/tether-data --port 8070
+
+    Example: tether up --apps-domain apps.example.com --apps-port 8080
     """
     from tether.server import serve
 
@@ -58,7 +74,8 @@ def up(
     try:
         serve((data_dir or default_data_dir()).expanduser().resolve(), host, port,
               lambda m: console.print(f"[bold]tether[/] {escape(m)}", highlight=False),
-              clusters, media_port=media_port, media_url=media_url)
+              clusters, media_port=media_port, media_url=media_url, apps_port=apps_port,
+              apps_domain=apps_domain)
     except UserError as exc:
         console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None

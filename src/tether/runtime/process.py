@@ -42,6 +42,7 @@ import httpx
 
 import tether
 from tether.errors import OperationError, UserError
+from tether.frontdoor import DEFAULT_DOMAIN, FrontDoor
 from tether.net import free_port
 from tether.runtime import logs
 from tether.runtime.accounts import AppAccount
@@ -136,8 +137,11 @@ class RunningRelease:
 
 @dataclass
 class _Address:
-    port: int
-    proxy: ProxyServer
+    """An environment this runtime serves: on a port of its own, or (port None) only through the
+    front door."""
+
+    port: int | None
+    proxy: ProxyServer | None
 
 
 def _describe_exit(code: int) -> str:
@@ -245,6 +249,9 @@ class ProcessRuntime:
         self._admin = threading.RLock()  # addresses: start/stop proxies (slow, blocking)
         self._routes = threading.Condition()  # routes and in-flight counters (fast, hot path)
         self._addresses: dict[str, _Address] = {}
+        self._front: ProxyServer | None = None
+        #: where the front door listens and how it names environments (None until opened)
+        self.front_door: FrontDoor | None = None
         self._current: dict[str, RunningRelease] = {}
         self._releases: set[RunningRelease] = set()
         self._closed = False
@@ -259,11 +266,53 @@ class ProcessRuntime:
 
     # -- stable addresses ------------------------------------------------------------------
 
-    def ensure_address(self, environment_key: str, port: int) -> str:
-        """Start (once) the stable proxy of the environment on host:port; returns its URL."""
-        url = f"http://{_display_host(self.host)}:{port}"
+    def _listen(self, port: int, what: str, host: str | None = None) -> socket.socket:
+        """A listening socket on host:port, or a UserError that says how to get one."""
+        host = host or self.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # proto says TCP; without it every response waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise UserError(f"port {port} on {host} is taken by another program "
+                            f"({exc.strerror}): free it or pick another port for {what}") from exc
+        return sock
+
+    def open_front_door(self, port: int, domain: str = DEFAULT_DOMAIN,
+                        host: str | None = None) -> FrontDoor:
+        """Start the front door on host:port (default: the runtime's host): one listener that
+        reaches every environment known to this runtime by its host name
+        (`ENV.PROJECT.DOMAIN`). Port 0 takes a free one. Call once."""
+        door = FrontDoor(domain=domain, port=port or 80)
+        with self._admin:
+            if self._front is not None:
+                raise OperationError("the front door is open already")
+            sock = self._listen(port, "the front door (--apps-port)", host)
+            try:
+                self._front = self._proxies.serve(sock, ProxyApp(None, self, door))
+            except BaseException:
+                sock.close()
+                raise
+            self.front_door = FrontDoor(domain=door.domain, port=self._front.port)
+        return self.front_door
+
+    def ensure_address(self, environment_key: str, port: int | None) -> str | None:
+        """Make the environment reachable: through the front door (if open) and, given a port, on
+        a stable proxy of its own on host:port (started once). Returns the port's URL, else the
+        front door's URL for the environment (None without either)."""
         with self._admin:
             existing = self._addresses.get(environment_key)
+            if port is None:
+                self._addresses[environment_key] = _Address(None, None)
+                if existing is not None and existing.proxy is not None:
+                    self._proxies.close_server(existing.proxy)
+                return self._door_url(environment_key)
+            url = f"http://{_display_host(self.host)}:{port}"
             if existing is not None and existing.port == port:
                 return url
             for key, address in self._addresses.items():
@@ -272,19 +321,7 @@ class ProcessRuntime:
                         f"port {port} is already the address of {key}: pick another port "
                         f"for {environment_key}"
                     )
-            # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
-            # proto says TCP; without it every response waits ~40 ms for a delayed ACK.
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.host, port))
-                sock.listen(128)
-            except OSError as exc:
-                sock.close()
-                raise UserError(
-                    f"port {port} on {self.host} is taken by another program ({exc.strerror}): "
-                    f"free it or pick another port for {environment_key}"
-                ) from exc
+            sock = self._listen(port, environment_key)
             app = ProxyApp(environment_key, self)
             try:
                 proxy = self._proxies.serve(sock, app)
@@ -292,9 +329,15 @@ class ProcessRuntime:
                 sock.close()
                 raise
             self._addresses[environment_key] = _Address(port, proxy)
-            if existing is not None:  # the environment moved to another port
+            if existing is not None and existing.proxy is not None:  # it moved to another port
                 self._proxies.close_server(existing.proxy)
         return url
+
+    def _door_url(self, environment_key: str) -> str | None:
+        if self.front_door is None:
+            return None
+        project, _, environment = environment_key.partition("/")
+        return self.front_door.url_for(project, environment)
 
     def remove_address(self, environment_key: str) -> None:
         """Stop the environment's current release and its stable address."""
@@ -302,10 +345,21 @@ class ProcessRuntime:
             release = self._current.pop(environment_key, None)
         with self._admin:
             address = self._addresses.pop(environment_key, None)
-        if address is not None:
+        if address is not None and address.proxy is not None:
             self._proxies.close_server(address.proxy)
         if release is not None:
             self.stop(release)
+
+    def _close_addresses(self) -> None:
+        """Stop every stable address and the front door."""
+        with self._admin:
+            proxies = [a.proxy for a in self._addresses.values() if a.proxy is not None]
+            self._addresses.clear()
+            if self._front is not None:
+                proxies.append(self._front)
+                self._front = None
+        for proxy in proxies:
+            self._proxies.close_server(proxy)
 
     # -- restoring after a start -------------------------------------------------------------
 
@@ -611,11 +665,7 @@ class ProcessRuntime:
             holds = list(self._restoring)
         for key in holds:
             self.restored(key)  # nobody waits for a restore that will not happen
-        with self._admin:
-            addresses = list(self._addresses.values())
-            self._addresses.clear()
-        for address in addresses:
-            self._proxies.close_server(address.proxy)
+        self._close_addresses()
         with self._routes:
             self._current.clear()
             releases = list(self._releases)
@@ -677,11 +727,7 @@ class ProcessRuntime:
             self._current.clear()
         for key in holds:
             self.restored(key)
-        with self._admin:
-            addresses = list(self._addresses.values())
-            self._addresses.clear()
-        for address in addresses:
-            self._proxies.close_server(address.proxy)
+        self._close_addresses()
         self._proxies.close()
         return releases
 
@@ -693,6 +739,11 @@ class ProcessRuntime:
             if release is not None:
                 release._in_flight += 1
             return release
+
+    def knows(self, environment_key: str) -> bool:
+        # a read of a dict the admin lock writes: atomic, and a request racing the creation or
+        # removal of its environment may be answered either way
+        return environment_key in self._addresses
 
     def done(self, upstream: object) -> None:
         assert isinstance(upstream, RunningRelease)

@@ -24,6 +24,7 @@ import h11
 import uvicorn
 
 from tether.errors import OperationError
+from tether.frontdoor import FrontDoor
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -69,6 +70,10 @@ class Router(Protocol):
     def acquire(self, environment_key: str) -> Upstream | None: ...
 
     def done(self, upstream: Upstream) -> None: ...
+
+    def knows(self, environment_key: str) -> bool:
+        """Whether the environment exists here (the front door answers 404 for others)."""
+        ...
 
 
 def _plain(status: int, message: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -190,11 +195,32 @@ class Exchange:
 
 
 class ProxyApp:
-    """ASGI app of one environment's stable address."""
+    """ASGI app of one environment's stable address (`environment_key`), or of the front door
+    (`door`), which finds the environment by the request's host name."""
 
-    def __init__(self, environment_key: str, router: Router) -> None:
+    def __init__(self, environment_key: str | None, router: Router,
+                 door: FrontDoor | None = None) -> None:
+        assert (environment_key is None) != (door is None)
         self.environment_key = environment_key
         self.router = router
+        self.door = door
+
+    def _key(self, scope: Scope) -> tuple[str | None, str]:
+        """The environment a request is for, or None and why not."""
+        if self.environment_key is not None:
+            return self.environment_key, ""
+        assert self.door is not None
+        host = next((v.decode("latin-1") for n, v in scope["headers"] if n.lower() == b"host"), "")
+        key = self.door.key_for_host(host)
+        example = self.door.host_for("PROJECT", "ENV")
+        if key is None:
+            return None, (f"this is Tether's front door: ask for an environment by its host name, "
+                          f"{example} (not {host or 'no Host header'})")
+        if not self.router.knows(key):
+            project, _, env = key.partition("/")
+            return None, (f"no release of {key} has been deployed here (is there an environment "
+                          f"{env} in a project {project}? deploy it)")
+        return key, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not proxied
@@ -210,6 +236,10 @@ class ProxyApp:
         await self._forward(scope, bytes(body), send)
 
     async def _forward(self, scope: Scope, body: bytes, send: Send) -> None:
+        key, why_not = self._key(scope)
+        if key is None:
+            await self._reply(send, 404, why_not)
+            return
         method: str = scope["method"]
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
@@ -217,12 +247,11 @@ class ProxyApp:
         headers = _forward_headers(scope)
         failure = ""
         for attempt in range(ATTEMPTS):
-            upstream = self.router.acquire(self.environment_key)
+            upstream = self.router.acquire(key)
             if upstream is None:
-                msg = f"no release of {self.environment_key} is running yet: deploy it"
-                await self._reply(send, 503, msg)
+                await self._reply(send, 503, f"no release of {key} is running yet: deploy it")
                 return
-            name = f"release {upstream.release_id} of {self.environment_key}"
+            name = f"release {upstream.release_id} of {key}"
             reason = upstream.exit_reason()
             if reason is not None:  # the current release died: say so rather than retry
                 self.router.done(upstream)

@@ -146,7 +146,8 @@ class Environment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
     name: Mapped[str] = mapped_column(String(20))
-    port: Mapped[int] = mapped_column(Integer, unique=True)
+    #: a port of its own (stable address), or None: reached through the front door only
+    port: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
     secret_key_enc: Mapped[str] = mapped_column(Text)
     current_release_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

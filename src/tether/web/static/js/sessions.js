@@ -37,7 +37,8 @@ async function load() {
     const sessions = await api('GET', '/sessions');
     replace(box, h('table', { class: 'sessions' },
       h('thead', {}, h('tr', {}, ['Session', 'Owner', 'Token', 'Signed in from', 'Since',
-        'Ends', ''].map((title) => h('th', { scope: 'col' }, title)))),
+        'Ends'].map((title) => h('th', { scope: 'col' }, title)),
+      h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Action')))),
       h('tbody', {}, sessions.map(row))));
   } catch (err) {
     replace(box, h('p', { class: 'error-text' }, err.message));

@@ -10,8 +10,8 @@ import queue
 import re
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any, Literal, TypeVar
 
 import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -74,6 +74,8 @@ from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.paging import Page, PageArgs
 from tether.web.routes import STATIC_DIR, web_router
 
+T = TypeVar("T")
+
 FINISHED = ("succeeded", "failed")
 #: what a deployment's status may be
 DeploymentStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -86,6 +88,31 @@ def paged(request: Request, response: Response, page: Page[Any]) -> list[Any]:
         url = request.url.include_query_params(after=page.after)
         response.headers["Link"] = f'<{url}>; rel="next"'
     return list(page)
+
+
+async def long_poll(wait: float, fetch: Callable[[], Awaitable[T]], ready: Callable[[T], bool],
+                    *, recheck: Callable[[], Awaitable[None]],
+                    pause: Callable[[float], Awaitable[None]] | None = None,
+                    recheck_every: float = 1.0) -> T:
+    """The one loop of every long poll (`?wait=`): `fetch` an answer and return it once it is
+    `ready` or `wait` seconds have passed (one fetch when `wait` is 0); between fetches,
+    `pause(seconds_left)` (by default a sleep of at most 0.2 s) and, at most every
+    `recheck_every` s, `recheck` who is asking, so a token revoked while it waits is refused by
+    its next pass (`recheck` raises), not only by its next call."""
+    deadline = time.monotonic() + wait
+    checked = time.monotonic()
+    while True:
+        answer = await fetch()
+        left = deadline - time.monotonic()
+        if ready(answer) or left <= 0:
+            return answer
+        if pause is None:
+            await asyncio.sleep(min(left, 0.2))
+        else:
+            await pause(left)
+        if time.monotonic() - checked >= recheck_every:
+            await recheck()
+            checked = time.monotonic()
 
 
 def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
@@ -377,17 +404,10 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         """The running release's output: the last `lines` lines, or with `after` (the `cursor`
         of a previous answer) the lines since; with `wait`, answer as soon as there are new
         lines (at most `wait` s): `tether logs --follow` long-polls this way."""
-        deadline = time.monotonic() + wait
-        checked = time.monotonic()
-        while True:
-            answer = await call(deployments.app_logs, ctx, project, env, lines, after)
-            left = deadline - time.monotonic()
-            if after is None or answer["lines"] or answer["cursor"] != after or left <= 0:
-                return answer
-            await asyncio.sleep(min(left, 0.2))
-            if time.monotonic() - checked >= 1.0:
-                await still_allowed(request)
-                checked = time.monotonic()
+        return await long_poll(
+            wait, lambda: call(deployments.app_logs, ctx, project, env, lines, after),
+            lambda answer: after is None or bool(answer["lines"]) or answer["cursor"] != after,
+            recheck=lambda: still_allowed(request))
 
     @api.get("/deployments/{deployment_id}", tags=["deployments"])
     async def get_deployment(ctx: Ctx, request: Request, deployment_id: IdPath,
@@ -400,41 +420,39 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         something is new (at most `wait` s): a log line, the end, or a status or percent other
         than `status`/`percent` (what the caller saw last; by default what the first look
         finds). `tether deploy` follows a deployment this way, one request per change."""
-        deadline = time.monotonic() + wait
-        checked = time.monotonic()
-        while True:
-            dep = await call(deployments.get_deployment, ctx, deployment_id, logs_after)
+        def news(dep: dict[str, Any]) -> bool:
+            nonlocal status, percent
             status = status or dep["status"]
             percent = dep["percent"] if percent is None else percent
-            left = deadline - time.monotonic()
-            if dep["logs"] or dep["status"] in FINISHED or dep["status"] != status or \
-                    dep["percent"] != percent or left <= 0:
-                return dep
-            # the deploy runs on whichever node claimed it: its progress is in the store
-            await asyncio.sleep(min(left, 0.2))
-            if time.monotonic() - checked >= 1.0:
-                await still_allowed(request)
-                checked = time.monotonic()
+            return bool(dep["logs"]) or dep["status"] in FINISHED or \
+                dep["status"] != status or dep["percent"] != percent
+
+        # the deploy runs on whichever node claimed it: its progress is in the store
+        return await long_poll(
+            wait, lambda: call(deployments.get_deployment, ctx, deployment_id, logs_after),
+            news, recheck=lambda: still_allowed(request))
 
     @api.get("/operations/{operation_id}", tags=["operations"])
     async def get_operation(ctx: Ctx, request: Request, operation_id: IdPath,
                             wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
         """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
-        deadline = time.monotonic() + wait
-        checked = time.monotonic()
-        while True:
+        seen = 0
+
+        async def fetch() -> dict[str, Any]:
+            nonlocal seen
             seen = worker.generation if worker is not None else 0
-            op = await call(deployments.get_operation, ctx, operation_id)
-            left = deadline - time.monotonic()
-            if op["status"] in FINISHED or left <= 0:
-                return op
+            return await call(deployments.get_operation, ctx, operation_id)
+
+        async def pause(left: float) -> None:
+            """Until this process's worker changes something (it may finish the operation),
+            else a short sleep: another node runs it, and its end is in the store."""
             if worker is not None:
                 await run_in_threadpool(worker.wait_for_change, seen, min(left, 1.0))
             else:
                 await asyncio.sleep(min(left, 0.05))
-            if time.monotonic() - checked >= 1.0:
-                await still_allowed(request)
-                checked = time.monotonic()
+
+        return await long_poll(wait, fetch, lambda op: op["status"] in FINISHED,
+                               pause=pause, recheck=lambda: still_allowed(request))
 
     @api.get("/clusters", tags=["clusters"])
     async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:

@@ -4,9 +4,10 @@ Each environment keeps one port for its whole life, while every release of its a
 on a fresh port. The proxy forwards each request to whatever release is current *when the request
 arrives*, so switching releases is one assignment and no request is ever refused or cut.
 
-All proxies share one background thread running an asyncio loop with one `uvicorn.Server` per
-environment. Each proxied request opens its own loopback connection to the release and speaks
-HTTP/1.1 to it with h11 (the parser uvicorn itself uses).
+All proxies (each environment's own port, and the front door, which finds the environment by
+the request's host name) share one background thread running an asyncio loop with one
+`uvicorn.Server` each. Each proxied request goes to the release through httpx, on a loopback
+connection of its own.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-import h11
+import httpx
 import uvicorn
 
 from tether.errors import OperationError
@@ -127,71 +128,35 @@ class UpstreamUnreachable(Exception):
         self.sent = sent
 
 
-class Exchange:
-    """One request to a release over a fresh loopback connection (no pool: nothing goes stale,
-    and a connection never outlives the release it was opened to)."""
+def upstream_client() -> httpx.AsyncClient:
+    """The proxies' HTTP client to releases. No kept connections: a connection never outlives
+    the request it was opened for, so none goes stale when a release is replaced or stopped,
+    and none is reused just as the app closes it (which would fail a POST that cannot be
+    retried). No read timeout: a request may legitimately take long."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,  # never an HTTP(S)_PROXY from Tether's environment
+    )
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = h11.Connection(h11.CLIENT)
 
-    @classmethod
-    async def open(cls, port: int) -> Exchange:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamUnreachable(type(exc).__name__, sent=False) from exc
-        return cls(reader, writer)
-
-    async def _event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(await self.reader.read(READ_SIZE))
-
-    async def request(
-        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> h11.Response:
-        """Send the whole request and read the response head."""
-        if body or method in ("POST", "PUT", "PATCH"):
-            headers = [*headers, (b"content-length", str(len(body)).encode())]
-        if not any(name == b"host" for name, _ in headers):
-            headers = [*headers, (b"host", b"127.0.0.1")]
-        headers = [*headers, (b"connection", b"close")]
-        try:
-            data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
-            if body:
-                data += self.conn.send(h11.Data(data=body)) or b""
-            data += self.conn.send(h11.EndOfMessage()) or b""
-            self.writer.write(data or b"")
-            await self.writer.drain()
-        except (OSError, h11.ProtocolError) as exc:
-            raise UpstreamUnreachable(type(exc).__name__, sent=True) from exc
-        try:
-            while True:
-                event = await self._event()
-                if isinstance(event, h11.Response):
-                    return event
-                if not isinstance(event, h11.InformationalResponse):
-                    raise UpstreamUnreachable("it closed the connection", sent=True)
-        except (OSError, h11.ProtocolError) as exc:
-            raise UpstreamUnreachable(type(exc).__name__, sent=True) from exc
-
-    async def body(self) -> AsyncIterator[bytes]:
-        while True:
-            event = await self._event()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise UpstreamUnreachable("the response was cut short", sent=True)
-
-    def close(self) -> None:
-        self.writer.close()
+async def open_upstream(client: httpx.AsyncClient, port: int, method: str, target: bytes,
+                        headers: list[tuple[bytes, bytes]], body: bytes) -> httpx.Response:
+    """Send the whole request to the release on `port` and return its response with the body
+    still to read (`aiter_raw`, then `aclose`). The request is built without the client's
+    default headers (User-Agent, Accept-Encoding…): the app sees the browser's."""
+    url = httpx.URL(f"http://127.0.0.1:{port}{target.decode('latin-1')}")
+    if not any(name == b"host" for name, _ in headers):
+        headers = [*headers, (b"host", b"127.0.0.1")]
+    request = httpx.Request(method, url, headers=headers,
+                            content=body if body or method in ("POST", "PUT", "PATCH") else None)
+    try:
+        return await client.send(request, stream=True)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise UpstreamUnreachable(type(exc).__name__, sent=False) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__, sent=True) from exc
 
 
 class ProxyApp:
@@ -204,6 +169,8 @@ class ProxyApp:
         self.environment_key = environment_key
         self.router = router
         self.door = door
+        #: the client to releases, shared by every proxy on the loop (`ProxyHost.serve`)
+        self.client: httpx.AsyncClient | None = None
 
     def _key(self, scope: Scope) -> tuple[str | None, str]:
         """The environment a request is for, or None and why not."""
@@ -257,13 +224,11 @@ class ProxyApp:
                 self.router.done(upstream)
                 failure = f"{name} is not running ({reason}): deploy it again"
                 break
-            exchange: Exchange | None = None
+            assert self.client is not None, "served by ProxyHost.serve"
             try:
-                exchange = await Exchange.open(upstream.port)
-                head = await exchange.request(method, target, headers, body)
+                response = await open_upstream(self.client, upstream.port, method, target,
+                                               headers, body)
             except UpstreamUnreachable as exc:
-                if exchange is not None:
-                    exchange.close()
                 self.router.done(upstream)
                 failure = f"{name} could not be reached: {exc.reason}"
                 # Retry what cannot have reached the app, and idempotent requests: the next
@@ -273,20 +238,21 @@ class ProxyApp:
                 await asyncio.sleep(0.05 * attempt)
                 continue
             try:
-                raw = [(n.lower(), v) for n, v in head.headers]
+                raw = [(n.lower(), v) for n, v in response.headers.raw]
                 drop = HOP_BY_HOP | _connection_tokens(raw)
                 await send(
                     {
                         "type": "http.response.start",
-                        "status": head.status_code,
+                        "status": response.status_code,
                         "headers": [(n, v) for n, v in raw if n not in drop],
                     }
                 )
-                async for chunk in exchange.body():
+                # raw: the body exactly as the app sent it (still compressed, if it was)
+                async for chunk in response.aiter_raw(READ_SIZE):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             finally:
-                exchange.close()
+                await response.aclose()
                 self.router.done(upstream)
             return
         await self._reply(send, 502, failure)
@@ -314,6 +280,7 @@ class ProxyHost:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -322,11 +289,13 @@ class ProxyHost:
                 thread = threading.Thread(target=loop.run_forever, name="tether-proxy", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
+                self._client = upstream_client()
             return self._loop
 
     def serve(self, sock: socket.socket, app: ProxyApp) -> ProxyServer:
         """Serve `app` on an already bound and listening socket; returns once it accepts."""
         loop = self._ensure_loop()
+        app.client = self._client
         config = uvicorn.Config(
             app,
             interface="asgi3",
@@ -369,10 +338,14 @@ class ProxyHost:
     def close(self) -> None:
         """Stop the loop thread (servers must be closed first)."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
+            loop, thread, client = self._loop, self._thread, self._client
+            self._loop = self._thread = self._client = None
         if loop is None:
             return
+        if client is not None and loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+            with contextlib.suppress(Exception):
+                closing.result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=5)

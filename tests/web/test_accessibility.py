@@ -80,6 +80,7 @@ def visit_every_page(page: Page, t: Tether, project: str, width: str) -> None:
 
     page.goto("/clusters")
     loaded(page)
+    expect(page.locator("td.health")).not_to_have_count(0)
     expect(page.locator("td.health[data-health='checking']")).to_have_count(0)
     page.get_by_text("Register a cluster").click()
     page.get_by_role("button", name="Register cluster").click()  # empty: the form's own error

@@ -6,19 +6,14 @@
 import { api } from './api.js';
 import { byId, h, replace } from './dom.js';
 
-const PAGES = [
-  ['Clusters', '/clusters', 'the servers Tether provisions on: health, load, register one'],
-  ['Regions', '/regions', 'what each region offers'],
-  ['Sessions', '/sessions', 'signed-in browsers, ended at once'],
-];
+const PAGES = [['Clusters', '/clusters'], ['Regions', '/regions'], ['Sessions', '/sessions']];
 
 /** The links between the operators' pages, the current one marked. */
 function operatorNav() {
   const nav = byId('operator-nav');
   if (!nav) return;
-  replace(nav, h('ul', {}, PAGES.map(([label, href, what]) => h('li', {},
-    h('a', { href, 'aria-current': location.pathname === href ? 'page' : null }, label),
-    h('span', { class: 'muted' }, ` – ${what}`)))),
+  replace(nav, h('ul', {}, PAGES.map(([label, href]) => h('li', {},
+    h('a', { href, 'aria-current': location.pathname === href ? 'page' : null }, label)))),
   h('p', { class: 'help' }, 'Backups are kept per environment: open a project, then its ',
     'Backups section. Tokens are made and revoked with the CLI (', h('code', {}, 'tether token'),
     '): a browser session never mints one.'));

@@ -102,8 +102,8 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     # meaning in the badge
     action(row, "provision").click()
     expect(badge).to_have_text("pending attachment", timeout=60_000)
-    expect(badge).to_have_attribute("title", re.compile(r"Functional: yes.*Usable by the "
-                                                        r"application: no"))
+    expect(row.get_by_role("tooltip", include_hidden=True)).to_have_text(
+        re.compile(r"Functional: yes.*Usable by the application: no"))
     expect(action(row, "attach")).to_be_disabled()
     expect(action(row, "attach")).to_have_attribute("title", re.compile("pending attachment"))
     expect(action(row, "detach")).to_be_enabled()
@@ -142,7 +142,8 @@ def test_the_whole_story_in_the_browser(tether: Tether, project: str, page: Page
     expect(live.locator(".log li").first).to_be_visible()
     expect(live.locator("progress")).to_have_js_property("value", 100)
     expect(badge).to_have_text("attached")
-    expect(badge).to_have_attribute("title", re.compile("Usable by the application: yes"))
+    expect(row.get_by_role("tooltip", include_hidden=True)).to_have_text(
+        re.compile("Usable by the application: yes"))
     expect(action(row, "remove")).to_be_disabled()
     expect(action(row, "remove")).to_have_attribute("title", re.compile("detach it and deploy"))
     page.screenshot(path=str(screenshots / "06-deployed-attached.png"), full_page=True)

@@ -100,3 +100,163 @@ def test_app_settings_in_the_page_and_no_deploy_without_a_command(tether: Tether
     expect(service_row(page, "DEFAULT")).to_have_count(0)
     expect(page.locator("#panel-test .deploy-live .log")).to_contain_text(
         re.compile(r"starting release \d+"))
+
+
+def make_project(t: Tether, name: str, *extra: str) -> None:
+    """A project with the example app; `extra` options for `tether project create`."""
+    t.ok("project", "create", name, "--app-command", APP, "--health-path", "/health",
+         "--app-dir", str(ROOT), *extra)
+
+
+# Records every text a row of the services table showed in its State cell, and its tooltip.
+WATCH_STATES = """(prefix) => {
+  window.seenStates = [];
+  const body = document.querySelector('#panel-test table.services tbody');
+  const look = () => {
+    const row = body.querySelector(`tr[data-prefix='${prefix}']`);
+    const badge = row?.querySelector('.badge');
+    if (badge) {
+      window.seenStates.push([badge.textContent,
+        row.querySelector('[role=tooltip]')?.textContent || '', row.innerText]);
+    }
+  };
+  new MutationObserver(look).observe(body, { childList: true, subtree: true,
+    characterData: true });
+}"""
+
+
+def test_a_removal_shows_removing(tether: Tether, page: Page) -> None:
+    """Finding 8: while a removal runs, the row says `removing` (its badge and tooltip), shown
+    from the API's answer at once, so even a removal that ends before the next poll shows it."""
+    name = "removing-shown"
+    make_project(tether, name, "--no-database")
+    tether.ok("service", "add", "test", "postgres", "--prefix", "EXTRA", "--provision",
+              "-p", name)
+    open_project(page, tether, name)
+    row = service_row(page, "EXTRA")
+    expect(row.locator(".badge")).to_have_text("pending attachment")
+    page.evaluate(WATCH_STATES, "EXTRA")
+    row.locator("button[data-action='remove']").click()
+    page.keyboard.type("EXTRA")
+    page.keyboard.press("Enter")
+    expect(row).to_have_count(0, timeout=60_000)
+    seen = page.evaluate("window.seenStates")
+    removing = [s for s in seen if s[0] == "removing"]
+    assert removing, f"the row never said removing: {seen}"
+    assert "being deleted for good" in removing[0][1]
+    assert "remove" in removing[0][2]  # the operation under way, beside the badge
+
+
+def test_attach_and_detach_wait_for_a_running_deploy(tether: Tether, page: Page) -> None:
+    """Finding 8: while a deployment runs, Detach and Attach are disabled, the reason in their
+    tooltip and description; enabled again once it has ended."""
+    name = "held-during-deploy"
+    make_project(tether, name)
+    open_project(page, tether, name)
+    row = service_row(page, "DEFAULT")
+    detach = row.locator("button[data-action='detach']")
+    row.locator("button[data-action='provision']").click()
+    expect(row.locator(".badge")).to_have_text("pending attachment", timeout=60_000)
+    expect(detach).to_be_enabled()
+
+    page.locator("#deploy-test").click()
+    expect(detach).to_be_disabled()
+    reason = re.compile(r"wait: deployment #\d+ of test is running; detach DEFAULT once it "
+                        r"has ended")
+    expect(detach).to_have_attribute("title", reason)
+    expect(row.locator(f"#{detach.get_attribute('aria-describedby')}")).to_have_text(
+        re.compile("Not available: " + reason.pattern))
+    expect(page.locator("#panel-test .deploy-live")).to_have_attribute(
+        "data-status", "succeeded", timeout=90_000)
+    expect(row.locator(".badge")).to_have_text("attached")
+    expect(detach).to_be_enabled()
+    # detached: Attach is held the same way during the next deploy
+    detach.click()
+    expect(row.locator(".badge")).to_have_text("pending detachment")
+    page.locator("#deploy-test").click()
+    expect(row.locator("button[data-action='attach']")).to_have_attribute(
+        "title", re.compile(r"wait: deployment #\d+ of test is running"))
+    expect(page.locator("#panel-test .deploy-live")).to_have_attribute(
+        "data-status", "succeeded", timeout=90_000)
+    expect(row.locator(".badge")).to_have_text("detached")
+    expect(row.locator("button[data-action='attach']")).to_be_enabled()
+
+
+def test_a_success_notice_never_covers_the_table_headers(tether: Tether, page: Page) -> None:
+    """Finding 8: with the services table's headers at the top of the window, an action's
+    success notice does not cover them (it sits at the bottom right)."""
+    name = "notice-placed"
+    make_project(tether, name)
+    open_project(page, tether, name)
+    row = service_row(page, "DEFAULT")
+    thead = page.locator("#panel-test table.services thead")
+    thead.evaluate("(el) => el.scrollIntoView({ block: 'start' })")
+    row.locator("button[data-action='provision']").click()
+    notice = page.locator("#notices .notice.success")
+    expect(notice).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("pending attachment", timeout=60_000)
+    expect(notice).to_be_visible()
+    box, head = notice.bounding_box(), thead.bounding_box()
+    assert box and head
+    overlap = (box["x"] < head["x"] + head["width"] and head["x"] < box["x"] + box["width"]
+               and box["y"] < head["y"] + head["height"] and head["y"] < box["y"] + box["height"])
+    assert not overlap, f"the notice {box} covers the table headers {head}"
+    # and it covers no other table's headers either
+    for other in page.locator("#panel-test table:visible thead").all():
+        rect = other.bounding_box()
+        assert rect is not None
+        assert not (box["x"] < rect["x"] + rect["width"] and rect["x"] < box["x"] + box["width"]
+                    and box["y"] < rect["y"] + rect["height"]
+                    and rect["y"] < box["y"] + box["height"]), f"the notice covers {rect}"
+
+
+def test_state_tooltips_on_hover_and_focus_at_once(tether: Tether, page: Page) -> None:
+    """Finding 8: a state's meaning (as the seed page says it: functional, usable by the
+    application) is a tooltip shown at once on hover and on focus, not the browser's delayed
+    `title`; Escape hides it."""
+    name = "state-tooltips"
+    make_project(tether, name)
+    open_project(page, tether, name)
+    row = service_row(page, "DEFAULT")
+    badge = row.locator(".badge")
+    tip = row.get_by_role("tooltip", include_hidden=True)
+    expect(badge).to_have_text("new")
+    assert badge.get_attribute("title") is None
+    expect(tip).to_be_hidden()
+    tip_id = tip.get_attribute("id")
+    expect(badge).to_have_attribute("aria-describedby", tip_id or "?")
+    badge.hover()
+    expect(tip).to_be_visible(timeout=300)  # no delay
+    expect(tip).to_have_text("new: not functional; the application has no variables. "
+                             "Functional: no. Usable by the application: no.")
+    page.mouse.move(0, 0)
+    expect(tip).to_be_hidden(timeout=300)
+    badge.focus()
+    expect(tip).to_be_visible(timeout=300)
+    page.keyboard.press("Escape")
+    expect(tip).to_be_hidden(timeout=300)
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    expect(badge).to_be_focused()
+    expect(tip).to_be_visible(timeout=300)
+
+
+def test_running_release_column_after_a_deploy_that_changes_no_state(tether: Tether,
+                                                                     page: Page) -> None:
+    """Finding 8: after a deploy that changes no service's state, the variables' "Running
+    release" column says what the new release has, without a reload."""
+    name = "running-release"
+    make_project(tether, name, "--no-database")
+    open_project(page, tether, name)
+    running = page.locator("#panel-test table.given tr[data-name='STAGE'] "
+                           "td[data-label='Running release']")
+    expect(running).to_have_text("no")
+    page.locator("#var-name-test").fill("GREETING")
+    page.locator("#var-value-test").fill("hello")
+    page.get_by_role("button", name="Save variable").first.click()
+    expect(page.locator("#panel-test tr[data-name='GREETING']")).to_be_visible()
+    deploy_and_wait(page, "succeeded")
+    expect(running).to_have_text("yes")
+    # a second deploy: nothing changes state, the column stays right
+    deploy_and_wait(page, "succeeded")
+    expect(running).to_have_text("yes")

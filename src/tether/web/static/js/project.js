@@ -184,7 +184,24 @@ class EnvironmentPanel {
         inst.last_error && !op
           ? h('span', { class: 'error-text small' }, browserText(inst.last_error))
           : null)),
-      cell('Actions', actionButtons(this.project.name, this.name, inst, () => this.refresh())));
+      cell('Actions', actionButtons(this.project.name, this.name, inst,
+        (answer) => this.applied(answer), { deploying: this.following })));
+  }
+
+  /**
+   * After a row action: the instance as the API answered it is shown at once (a removal says
+   * `removing` even when it ends before the next poll), then everything is loaded again.
+   */
+  applied(answer) {
+    if (answer?.prefix && answer.state) {
+      const index = this.instances.findIndex((i) => i.prefix === answer.prefix);
+      if (index >= 0) {
+        const { message, ...inst } = answer;
+        this.instances[index] = { ...this.instances[index], ...inst };
+        this.renderServices();
+      }
+    }
+    return this.refresh();
   }
 
   renderServices() {
@@ -192,7 +209,8 @@ class EnvironmentPanel {
     const seen = new Set();
     for (const inst of this.instances) {
       seen.add(inst.prefix);
-      const signature = JSON.stringify(inst);
+      // a deployment starting or ending changes what Attach and Detach may do
+      const signature = JSON.stringify([inst, this.following]);
       const old = this.rows.get(inst.prefix);
       if (old && old.signature === signature) continue;
       const row = this.serviceRow(inst);
@@ -433,6 +451,7 @@ class EnvironmentPanel {
     this.progressTitle.textContent = `Deploying ${this.name} (#${id})`;
     this.deployButton.disabled = true;
     this.deployButton.textContent = `Deploying ${this.name}…`;
+    this.renderServices();  // Attach and Detach wait for the deployment
     if (focusLog) this.log.focus();
     this.poke();
     try {

@@ -105,13 +105,38 @@ export function stateTitle(inst) {
     `Usable by the application: ${yesNo(inst.usable)}.`;
 }
 
-/** A coloured badge for an instance's state; its title and label say what the state means. */
+/** Whether the instance is being removed (its removal queued or running). */
+export const isRemoving = (inst) => inst.operation?.kind === 'remove' &&
+  BUSY.has(inst.operation.status);
+
+/**
+ * A coloured badge for an instance's state (`removing` while its removal runs), with a
+ * tooltip saying what the state means: a real element (role=tooltip, the badge's
+ * description), shown by CSS at once on hover and on focus, not the browser's delayed `title`;
+ * Escape hides it (WCAG 1.4.13).
+ */
 export function stateBadge(inst) {
-  const title = stateTitle(inst);
-  return h('span', {
-    class: `badge state-${inst.state.replace(/\s+/g, '-')}`, title, tabindex: '0',
-    'aria-label': title, 'data-tip': title, dataset: { state: inst.state },
-  }, inst.state);
+  const removing = isRemoving(inst);
+  const label = removing ? 'removing' : inst.state;
+  const text = removing
+    ? `removing: being deleted for good, with all of its data (${inst.state} until it is ` +
+      `gone). Functional: ${yesNo(inst.functional)}. Usable by the application: ` +
+      `${yesNo(inst.usable)}.`
+    : stateTitle(inst);
+  const tipId = nextId('state-tip');
+  const badge = h('span', {
+    class: `badge state-${label.replace(/\s+/g, '-')}`, tabindex: '0',
+    'aria-describedby': tipId, dataset: { state: inst.state },
+  }, label);
+  const wrap = h('span', { class: 'tipped' }, badge,
+    h('span', { role: 'tooltip', id: tipId, class: 'tip' }, text));
+  badge.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') wrap.classList.add('tip-off');
+  });
+  for (const type of ['blur', 'mouseleave']) {
+    (type === 'blur' ? badge : wrap).addEventListener(type, () => wrap.classList.remove('tip-off'));
+  }
+  return wrap;
 }
 
 /** A small badge for an operation or a deployment status. */
@@ -152,15 +177,24 @@ export const nextId = (base) => `${base}-${++uid}`;
 /**
  * The four action buttons of an instance, as the API says: an action that is refused or would
  * change nothing is disabled, its reason in the button's title and description (and, with
- * `explain`, as visible text beside it). `after(message)` runs once an action was accepted.
+ * `explain`, as visible text beside it). While `deploying` (a deployment's id) runs, Attach
+ * and Detach wait for it. `after(answer)` runs once an action was asked (with the API's answer,
+ * the instance as it now is, when it was accepted).
  */
-export function actionButtons(project, env, inst, after, { explain = false } = {}) {
+export function actionButtons(project, env, inst, after,
+  { explain = false, deploying = null } = {}) {
   const busy = isBusy(inst);
   const items = ACTIONS.map((action) => {
     const info = inst.actions?.[action] || { allowed: false, changes: false, message: '' };
-    const usable = info.allowed && info.changes && !busy;
+    // attaching or detaching while a deployment runs would not be in its release: wait for it
+    const held = deploying !== null && (action === 'attach' || action === 'detach') &&
+      info.allowed && info.changes;
+    const usable = info.allowed && info.changes && !busy && !held;
     const reason = busy && info.allowed && info.changes
-      ? `wait: ${operationText(inst) || 'an operation is running'}` : browserText(info.message);
+      ? `wait: ${operationText(inst) || 'an operation is running'}`
+      : held ? `wait: deployment #${deploying} of ${env} is running; ` +
+        `${ACTION_LABELS[action].toLowerCase()} ${inst.prefix} once it has ended`
+        : browserText(info.message);
     const reasonId = nextId(`reason-${action}`);
     const button = h('button', {
       type: 'button',
@@ -180,8 +214,8 @@ export function actionButtons(project, env, inst, after, { explain = false } = {
 
 async function runAction(project, env, inst, action, button, after) {
   const base = `${envPath(project, env)}/services/${seg(inst.prefix)}`;
+  let answer;
   try {
-    let answer;
     if (action === 'remove') {
       if (!(await confirmRemove(inst))) return;
       button.focus();
@@ -197,7 +231,7 @@ async function runAction(project, env, inst, action, button, after) {
   } catch (err) {
     notify(err.message, 'error');
   } finally {
-    await after?.();
+    await after?.(answer);
   }
 }
 

@@ -22,12 +22,11 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from tether.actions import clusters, deployments, projects, services
+from tests.plane import local_plane
+from tether.actions import deployments, projects, services
 from tether.actions.common import Context
 from tether.api.app import create_app
 from tether.api.auth import create_token
-from tether.crypto import SecretBox
-from tether.store.db import Store
 from tether.store.models import Token
 
 PRINCIPALS = ("admin", "dev_shop", "dev_other", "viewer", "revoked", "expired")
@@ -45,15 +44,12 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    data_dir = tmp_path_factory.mktemp("access")
-    store = Store(f"sqlite:///{data_dir / 'tether.db'}")
-    store.migrate()
-    ctx = Context(store=store, box=SecretBox.from_data_dir(data_dir), data_dir=data_dir)
-    media = data_dir / "media"
-    media.mkdir()
-    clusters.add_cluster(ctx, "local-files", "local", f"file://{media}", name="media",
-                         settings={"base_dir": str(media),
-                                   "public_url": "http://127.0.0.1:1/media/"})
+    with local_plane(tmp_path_factory.mktemp("access")) as ctx:
+        yield from _world(ctx)
+
+
+def _world(ctx: Context) -> Iterator[World]:
+    store = ctx.store
     for name in ("shop", "other"):
         projects.create_project(ctx, name, app_command="python -m http.server")
     services.add(ctx, "shop", "test", "local-media", "MEDIA")
@@ -78,7 +74,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert client.delete("/api/v1/tokens/gone", headers=_auth(tokens["admin"])
                              ).status_code == 200
         yield World(client, tokens, ctx, int(str(dep["id"])), int(str(operation["id"])))
-    store.dispose()
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -113,6 +108,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("DELETE", ENV + "/services/MEDIA?confirm=MEDIA", None, "change"),
     ("POST", ENV + "/deployments", None, "change"),
     ("GET", ENV + "/deployments", None, "read"),
+    ("GET", ENV + "/history", None, "read"),
     ("GET", ENV + "/logs", None, "read"),
     ("GET", "/api/v1/deployments/{deployment}", None, "read 404"),
     ("GET", "/api/v1/operations/{operation}", None, "read 404"),

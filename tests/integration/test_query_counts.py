@@ -19,11 +19,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from tests.plane import APP_COMMAND, api_client, local_plane
-from tether.actions import deployments, projects, services
+from tether.actions import clusters, deployments, projects, services, variables
 from tether.actions.common import Context
+from tether.api.auth import create_session, create_token
 from tether.engine.core import Engine
 from tether.store.db import Store
-from tether.store.models import Instance
+from tether.store.models import Backup, BackupFile, Environment, Instance
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +101,68 @@ def test_listing_deployments_costs_the_same_for_2_and_20(world: World) -> None:
     for _ in range(18):
         deployments.deploy(world.ctx, "shop", "test")
     assert world.count(lambda: world.client.get(f"{ENV}/deployments")) == few
+
+
+def _fill_rest(world: World, start: int, count: int) -> None:
+    """`count` more of each row the other lists show: clusters (each holding an instance),
+    tokens and their browser sessions, completed backups with a file each, custom variables
+    and, through all of them, history entries."""
+    ctx = world.ctx
+    world.fill("shop", "test", count, start=start)
+    with world.store.session() as s:
+        env_id = s.scalar(select(Environment.id).where(Environment.name == "test"))
+        for n in range(start, start + count):
+            backup = Backup(environment_id=env_id, status="completed", requested_by="tests")
+            s.add(backup)
+            s.flush()
+            s.add(BackupFile(backup_id=backup.id, prefix=f"M{n}", kind="local-files",
+                             service="local-media", format="tar", status="stored"))
+    for n in range(start, start + count):
+        media = ctx.data_dir / f"media{n}"
+        media.mkdir()
+        made = clusters.add_cluster(ctx, "local-files", "local", f"file://{media}",
+                                    name=f"m{n}", settings={
+                                        "base_dir": str(media),
+                                        "public_url": "http://127.0.0.1:1/media/"})
+        with world.store.session() as s:
+            inst = s.scalar(select(Instance).where(Instance.prefix == f"M{n}"))
+            assert inst is not None
+            inst.cluster_id = int(str(made["id"]))  # every cluster holds one
+        secret = create_token(world.store, f"t{n}")
+        create_session(world.store, secret, f"browser {n}")
+        variables.set_variable(ctx, "shop", "test", f"V{n}", "x")
+
+
+REST = ("/api/v1/clusters", "/api/v1/tokens", "/api/v1/sessions", "/api/v1/projects/shop/backups",
+        "/api/v1/projects/shop/backups?all=true&env=test", f"{ENV}/variables",
+        f"{ENV}/history", f"{ENV}/history?prefix=M1")
+
+
+def test_the_other_lists_cost_the_same_for_2_and_20(world: World) -> None:
+    """Clusters (with their instance counts), tokens, sessions (with their tokens), backups
+    (with their files and operations), variables and history (with the services' prefixes)."""
+    projects.create_project(world.ctx, "shop")
+    _fill_rest(world, 0, 2)
+    few = {path: world.count(lambda p=path: world.client.get(p)) for path in REST}
+    _fill_rest(world, 2, 18)
+    assert len(world.client.get("/api/v1/projects/shop/backups").json()) == 20
+    assert len(world.client.get(f"{ENV}/variables").json()) == 20
+    many = {path: world.count(lambda p=path: world.client.get(p)) for path in REST}
+    assert many == few
+
+
+def test_a_page_costs_the_same_deep_in_a_long_list(world: World) -> None:
+    """A page of 5 costs the same at the start and deep in a list of 40, with every service's
+    variables and the custom ones (`all`)."""
+    projects.create_project(world.ctx, "shop")
+    _fill_rest(world, 0, 20)
+    for path in (*REST[:-1], f"{ENV}/variables?all=true", f"{ENV}/services"):
+        sep = "&" if "?" in path else "?"
+        first = world.client.get(f"{path}{sep}limit=5")
+        assert first.status_code == 200 and "next" in first.links, path
+        start = world.count(lambda p=path, s=sep: world.client.get(f"{p}{s}limit=5"))
+        deep = first
+        for _ in range(2):
+            deep = world.client.get(deep.links["next"]["url"])
+        url = deep.links["next"]["url"]
+        assert world.count(lambda u=url: world.client.get(u)) == start, path

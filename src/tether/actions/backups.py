@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from tether.access import Need
 from tether.actions.common import (
@@ -29,6 +29,7 @@ from tether.actions.common import (
 from tether.backups import sets, transfer
 from tether.backups.engines import HAS_DATA, BackupEngine, engine_for
 from tether.errors import Conflict, NotFound, UserError
+from tether.paging import ALL, Page, PageArgs, keyset
 from tether.store.models import (
     Backup,
     BackupFile,
@@ -75,11 +76,13 @@ def _new_set(s: Session, ctx: Context, env: Environment, instances: list[Instanc
     return sets.new_set(s, env, instances, origin, ctx.actor)
 
 
-def backup_view(s: Session, backup: Backup, operation: Operation | None = None
-                ) -> dict[str, object]:
+def backup_view(s: Session, backup: Backup, operation: Operation | None = None,
+                looked_up: bool = False) -> dict[str, object]:
+    """A backup with its files and its unfinished operation (`operation`; looked up unless
+    `looked_up` says the caller did, as a list does for all its backups at once)."""
     env = s.get(Environment, backup.environment_id)
     assert env is not None
-    if operation is None:
+    if operation is None and not looked_up:
         operation = s.scalar(select(Operation).where(
             Operation.backup_id == backup.id, Operation.status.in_(UNFINISHED))
             .order_by(Operation.id.desc()).limit(1))
@@ -136,16 +139,26 @@ def create(ctx: Context, project: str | None, env_name: str, prefixes: list[str]
 
 
 def list_backups(ctx: Context, project: str | None, env_name: str | None = None,
-                 include_all: bool = False) -> list[dict[str, object]]:
-    """The project's restorable backups, newest first; with `include_all`, also the running and
-    failed ones."""
+                 include_all: bool = False, page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The project's restorable backups, newest first (a page of them); with `include_all`,
+    also the running and failed ones. A page costs the same few queries however long: the
+    files and unfinished operations of its backups are read at once."""
     with ctx.store.session() as s:
         proj = get_project(s, project, ctx, Need.READ)
         envs = ([get_environment(s, proj, env_name)] if env_name else proj.environments)
-        q = select(Backup).where(Backup.environment_id.in_([e.id for e in envs]))
+        q = (select(Backup).where(Backup.environment_id.in_([e.id for e in envs]))
+             .options(selectinload(Backup.files)))
         q = q.where(Backup.status != "deleted") if include_all else \
             q.where(Backup.status == "completed")
-        return [backup_view(s, b) for b in s.scalars(q.order_by(Backup.id.desc()))]
+        rows, after = keyset(s, q, Backup.id, page, descending=True)
+        running: dict[int, Operation] = {}
+        if rows:
+            for op in s.scalars(select(Operation).where(
+                    Operation.backup_id.in_([b.id for b in rows]),
+                    Operation.status.in_(UNFINISHED)).order_by(Operation.id)):
+                if op.backup_id is not None:  # the newest wins, as backup_view's own look-up
+                    running[op.backup_id] = op
+        return Page([backup_view(s, b, running.get(b.id), looked_up=True) for b in rows], after)
 
 
 def show(ctx: Context, backup_id: int) -> dict[str, object]:

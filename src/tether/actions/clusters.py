@@ -22,6 +22,7 @@ from tether.catalog import (
 )
 from tether.errors import ClusterError, Conflict, NotFound, UserError
 from tether.lifecycle import State
+from tether.paging import ALL, Page, PageArgs, keyset
 from tether.providers.base import ClusterSpec
 from tether.providers.common import check_limit_settings
 from tether.providers.registry import available, get_provider, kinds, provider_class
@@ -263,17 +264,20 @@ def add_cluster(ctx: Context, kind: str, region: str, url: str, private: bool = 
         return cluster_view(ctx.box, cluster)
 
 
-def list_clusters(ctx: Context) -> list[dict[str, object]]:
-    """Every cluster, with `instances`: how many instances it holds (any state but removed),
-    counted in one query for the whole list."""
+def list_clusters(ctx: Context, page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The clusters in the order they were registered (a page of them), each with
+    `instances`: how many instances it holds (any state but removed), counted in one query
+    for the whole page."""
     with ctx.store.session() as s:
+        rows, after = keyset(s, select(Cluster), Cluster.id, page)
         held: dict[int, int] = {
             cluster_id: count for cluster_id, count in s.execute(
                 select(Instance.cluster_id, func.count()).where(
-                    Instance.cluster_id.is_not(None), Instance.state != State.REMOVED.value)
-                .group_by(Instance.cluster_id))}
-        return [{**cluster_view(ctx.box, c), "instances": held.get(c.id, 0)}
-                for c in s.scalars(select(Cluster).order_by(Cluster.id))]
+                    Instance.cluster_id.in_([c.id for c in rows]),
+                    Instance.state != State.REMOVED.value)
+                .group_by(Instance.cluster_id))} if rows else {}
+        return Page([{**cluster_view(ctx.box, c), "instances": held.get(c.id, 0)}
+                     for c in rows], after)
 
 
 def check_cluster(ctx: Context, cluster_id: int) -> dict[str, object]:

@@ -13,6 +13,7 @@ from tether.access import Need, Role
 from tether.actions.common import Context, audit, iso
 from tether.api.auth import create_token as _create_token
 from tether.errors import Conflict, NotFound, UserError
+from tether.paging import ALL, Page, PageArgs, keyset
 from tether.store.models import Project, Token, WebSession, aware
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,39}")
@@ -86,13 +87,16 @@ def create(ctx: Context, name: str, role: str, projects: list[str] | None = None
     return view
 
 
-def list_tokens(ctx: Context, include_revoked: bool = False) -> list[dict[str, object]]:
+def list_tokens(ctx: Context, include_revoked: bool = False,
+                page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The tokens in the order they were made (a page of them)."""
     ctx.require(Need.ADMIN)
     with ctx.store.session() as s:
-        q = select(Token).order_by(Token.id)
+        q = select(Token)
         if not include_revoked:
             q = q.where(Token.revoked_at.is_(None))
-        return [token_view(t) for t in s.scalars(q)]
+        rows, after = keyset(s, q, Token.id, page)
+        return Page([token_view(t) for t in rows], after)
 
 
 def revoke(ctx: Context, name: str) -> dict[str, object]:
@@ -122,15 +126,19 @@ def _session_view(session: WebSession, token: Token, current: int | None) -> dic
             "active": session.revoked_at is None and expires > datetime.now(UTC)}
 
 
-def list_sessions(ctx: Context, current: int | None = None) -> list[dict[str, object]]:
-    """The live browser sessions of the asking token (an admin sees everyone's)."""
+def list_sessions(ctx: Context, current: int | None = None,
+                  page: PageArgs = ALL) -> Page[dict[str, object]]:
+    """The live browser sessions of the asking token (an admin sees everyone's), in the order
+    they began (a page of them; their tokens read in one query)."""
     with ctx.store.session() as s:
-        q = (select(WebSession, Token).join(Token, WebSession.token_id == Token.id)
-             .where(WebSession.revoked_at.is_(None), WebSession.expires_at > datetime.now(UTC))
-             .order_by(WebSession.id))
+        q = select(WebSession).where(WebSession.revoked_at.is_(None),
+                                     WebSession.expires_at > datetime.now(UTC))
         if not ctx.principal.may(Need.ADMIN):
             q = q.where(WebSession.token_id == ctx.principal.token_id)
-        return [_session_view(w, t, current) for w, t in s.execute(q).all()]
+        rows, after = keyset(s, q, WebSession.id, page)
+        owners = {t.id: t for t in s.scalars(
+            select(Token).where(Token.id.in_({w.token_id for w in rows})))} if rows else {}
+        return Page([_session_view(w, owners[w.token_id], current) for w in rows], after)
 
 
 def revoke_session(ctx: Context, session_id: int) -> dict[str, object]:

@@ -27,6 +27,7 @@ from tether.actions import (
     backups,
     clusters,
     deployments,
+    history,
     projects,
     services,
     tokens,
@@ -195,11 +196,26 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                           body.health_path, body.app_dir, body.health_timeout)
 
     @api.get(env_path + "/variables", tags=["variables"])
-    async def list_variables(ctx: Ctx, project: ProjectPath, env: EnvPath, all: bool = False,
-                             reveal: bool = False) -> list[dict[str, Any]]:
-        """Custom variables; with `all`, every variable of the next deploy. Secret values
-        (service credentials, SECRET_KEY) are masked unless `reveal`."""
-        return await call(variables.list_variables, ctx, project, env, all, reveal)
+    async def list_variables(ctx: Ctx, request: Request, response: Response,
+                             project: ProjectPath, env: EnvPath, all: bool = False,
+                             reveal: bool = False, limit: PageLimit = 100,
+                             after: Cursor = None) -> list[dict[str, Any]]:
+        """Custom variables (by name); with `all`, every variable of the next deploy (STAGE,
+        SECRET_KEY, the services' by service, then the custom ones). Secret values (service
+        credentials, SECRET_KEY) are masked unless `reveal`. A page of `limit`; the next
+        page's URL is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(variables.list_variables, ctx, project, env,
+                                                   all, reveal, PageArgs(limit, after)))
+
+    @api.get(env_path + "/history", tags=["projects"])
+    async def list_history(ctx: Ctx, request: Request, response: Response,
+                           project: ProjectPath, env: EnvPath, prefix: PrefixQuery = None,
+                           limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """The environment's audit trail, newest first (its services' state changes, its
+        variables, its deploys; with `prefix`, one service's): a page of `limit`; the next
+        page's URL is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(history.list_history, ctx, project, env,
+                                                   prefix, PageArgs(limit, after)))
 
     @api.put(env_path + "/variables/{name}", tags=["variables"])
     async def set_variable(ctx: Ctx, project: ProjectPath, env: EnvPath, name: NamePath,
@@ -288,10 +304,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(backups.remove_schedule, ctx, project, env)
 
     @api.get("/projects/{project}/backups", tags=["backups"])
-    async def list_backups(ctx: Ctx, project: ProjectPath, env: EnvQuery = None,
-                           all: bool = False) -> list[dict[str, Any]]:
-        """Restorable backups, newest first; with `all`, the running and failed ones too."""
-        return await call(backups.list_backups, ctx, project, env, all)
+    async def list_backups(ctx: Ctx, request: Request, response: Response,
+                           project: ProjectPath, env: EnvQuery = None, all: bool = False,
+                           limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """Restorable backups, newest first; with `all`, the running and failed ones too. A
+        page of `limit`; the next page's URL is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(backups.list_backups, ctx, project, env,
+                                                   all, PageArgs(limit, after)))
 
     @api.get("/backups/{backup_id}", tags=["backups"])
     async def show_backup(ctx: Ctx, backup_id: IdPath) -> dict[str, Any]:
@@ -455,10 +474,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                                pause=pause, recheck=lambda: still_allowed(request))
 
     @api.get("/clusters", tags=["clusters"])
-    async def list_clusters(ctx: Ctx) -> list[dict[str, Any]]:
+    async def list_clusters(ctx: Ctx, request: Request, response: Response,
+                            limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
         """The clusters (never their credentials), each with `instances`: how many instances
-        it holds."""
-        return await call(clusters.list_clusters, ctx)
+        it holds; oldest first, a page of `limit`; the next page's URL is in the `Link`
+        header (rel="next")."""
+        return paged(request, response, await call(clusters.list_clusters, ctx,
+                                                   PageArgs(limit, after)))
 
     @api.get("/clusters/{cluster_id}/health", tags=["clusters"])
     async def cluster_health(ctx: Ctx, cluster_id: IdPath) -> dict[str, Any]:
@@ -483,9 +505,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(clusters.list_regions, ctx)
 
     @api.get("/tokens", tags=["tokens"])
-    async def list_tokens(ctx: Ctx, revoked: bool = False) -> list[dict[str, Any]]:
-        """Tokens (admin only); with `revoked`, the revoked ones too. Never their secrets."""
-        return await call(tokens.list_tokens, ctx, revoked)
+    async def list_tokens(ctx: Ctx, request: Request, response: Response, revoked: bool = False,
+                          limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """Tokens (admin only), oldest first; with `revoked`, the revoked ones too. Never their
+        secrets. A page of `limit`; the next page's URL is in the `Link` header."""
+        return paged(request, response, await call(tokens.list_tokens, ctx, revoked,
+                                                   PageArgs(limit, after)))
 
     @api.post("/tokens", status_code=201, tags=["tokens"])
     async def create_token(ctx: Ctx, request: Request, body: TokenIn) -> dict[str, Any]:
@@ -528,11 +553,14 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return {"id": made.id, "session": made.secret, "expires_at": made.expires_at.isoformat()}
 
     @api.get("/sessions", tags=["tokens"])
-    async def list_sessions(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
-        """Live browser sessions of your token (an admin sees everyone's); `current` marks
-        the one asking."""
-        return await call(tokens.list_sessions, ctx,
-                          getattr(request.state, "session_id", None))
+    async def list_sessions(ctx: Ctx, request: Request, response: Response,
+                            limit: PageLimit = 100, after: Cursor = None) -> list[dict[str, Any]]:
+        """Live browser sessions of your token (an admin sees everyone's), oldest first;
+        `current` marks the one asking. A page of `limit`; the next page's URL is in the
+        `Link` header (rel="next")."""
+        return paged(request, response, await call(
+            tokens.list_sessions, ctx, getattr(request.state, "session_id", None),
+            PageArgs(limit, after)))
 
     @api.delete("/sessions/{session_id}", tags=["tokens"])
     async def revoke_session(ctx: Ctx, session_id: IdPath) -> dict[str, Any]:

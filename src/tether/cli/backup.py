@@ -11,14 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import Client, env_path, seg
+from tether.cli.client import DEFAULT_LIST, Client, env_path, seg
 from tether.cli.common import (
     CONTEXT_SETTINGS,
     EnvArg,
     JsonOpt,
+    LimitOpt,
     NoWaitOpt,
     PrefixArg,
     ProjectOpt,
+    read_list,
     resolve_project,
     wait_operation,
 )
@@ -103,14 +105,16 @@ def list_(env: Annotated[str | None, typer.Argument(
               metavar="[ENV]", help="Only this environment's backups.")] = None,
           all_: Annotated[bool, typer.Option(
               "--all", help="Also backups still running, and failed ones.")] = False,
+          limit: LimitOpt = DEFAULT_LIST,
           project: ProjectOpt = None, json_: JsonOpt = False) -> None:
-    """The project's restorable backups, newest first."""
+    """The project's restorable backups, newest first (the newest N with --limit N)."""
     with Client.connect(json_) as client:
         name = resolve_project(client, project)
         params: dict[str, Any] = {"all": all_}
         if env:
             params["env"] = env
-        rows = client.get(f"/projects/{seg(name)}/backups", params=params)
+        rows = read_list(client, f"/projects/{seg(name)}/backups", limit, False, "backups",
+                         params=params, more_hint="--limit N")
     if json_:
         emit_json(rows)
         return

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import Client
-from tether.cli.common import CONTEXT_SETTINGS, JsonOpt
+from tether.cli.client import DEFAULT_LIST, Client
+from tether.cli.common import CONTEXT_SETTINGS, AllOpt, JsonOpt, LimitOpt, read_list
 from tether.cli.output import cell, emit_json, err, fail, hint, out, say, table
 
 #: seconds to let the server check a new cluster (it connects to it with the admin URL)
@@ -82,11 +82,12 @@ def add(
     hint(f"`tether service catalog --region {cluster['region']}` lists what it offers.")
 
 
-@app.command("list", epilog="Example: tether cluster list --json")
-def list_(json_: JsonOpt = False) -> None:
-    """List the clusters (never their credentials)."""
+@app.command("list", epilog="Example: tether cluster list --json; tether cluster list --all")
+def list_(limit: LimitOpt = DEFAULT_LIST, every: AllOpt = False,
+          json_: JsonOpt = False) -> None:
+    """List the clusters (never their credentials), oldest first."""
     with Client.connect(json_) as client:
-        clusters = client.get("/clusters")
+        clusters = read_list(client, "/clusters", limit, every, "clusters")
     if json_:
         emit_json(clusters)
         return

@@ -38,12 +38,14 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Show every one, however man
 
 
 def read_list(client: Client, path: str, limit: int, every: bool, what: str,
-              params: dict[str, Any] | None = None) -> list[Any]:
+              params: dict[str, Any] | None = None, more_hint: str = "--limit N or --all"
+              ) -> list[Any]:
     """A list command's rows, page after page (`--limit`, `--all`), with a note on stderr
-    when more exist than were shown."""
+    when more exist than were shown (`more_hint`: the options that show more; a command
+    whose `--all` means something else says only `--limit N`)."""
     rows, more = client.get_list(path, params=params, limit=None if every else limit)
     if more:
-        hint(f"showing the first {len(rows)} {what}: there are more (--limit N or --all)")
+        hint(f"showing the first {len(rows)} {what}: there are more ({more_hint})")
     return rows
 
 

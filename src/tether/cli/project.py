@@ -214,6 +214,7 @@ def env_vars(
     unset: Annotated[str | None, typer.Option(
         "--unset", metavar="NAME", help="Remove a custom variable (from the next deploy).")
     ] = None,
+    limit: LimitOpt = DEFAULT_LIST,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -231,9 +232,11 @@ def env_vars(
         if unset is not None:
             _print_change(client.delete(f"{base}/{seg(unset)}"), json_)
             return
-        variables = client.get(base, params={
-            "all": "true" if all_ or get else "false",
-            "reveal": "true" if reveal or get is not None else "false"})
+        params = {"all": "true" if all_ or get else "false",
+                  "reveal": "true" if reveal or get is not None else "false"}
+        # --get looks through every page; a listing shows the first --limit N
+        variables = read_list(client, base, limit, get is not None, "variables",
+                              params=params, more_hint="--limit N")
     if get is not None:
         var = _find(variables, get)
         if var is None:
@@ -275,3 +278,37 @@ def _print_change(answer: dict[str, Any], json_mode: bool) -> None:
         emit_json(answer)
     else:
         say(str(answer.get("message") or f"{answer.get('name')} changed"))
+
+
+@app.command("history", epilog="Examples: tether project history -e live  |  "
+                               "tether project history -e test --service DEFAULT --all")
+def history(
+    env: Annotated[str, typer.Option("--env", "-e", metavar="ENV",
+                                     help="The environment.")] = "test",
+    service: Annotated[str | None, typer.Option(
+        "--service", metavar="PREFIX",
+        help="Only this service's entries (also of a removed one with the same prefix).")
+    ] = None,
+    limit: LimitOpt = DEFAULT_LIST,
+    every: AllOpt = False,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show an environment's history, newest first: who changed its services, variables and
+    deploys, and when."""
+    with Client.connect(json_) as client:
+        name = resolve_project(client, project)
+        rows = read_list(client, env_path(name, env) + "/history", limit, every, "entries",
+                         params={"prefix": service} if service else None)
+    if json_:
+        emit_json(rows)
+        return
+    if not rows:
+        hint(f"no history in {env} yet")
+        return
+    t = table("WHEN", "WHO", "ACTION", "SERVICE", "STATE", "DETAIL")
+    for e in rows:
+        moved = f"{e['from'] or '-'} -> {e['to']}" if e.get("to") else None
+        t.add_row(cell(when(e["at"])), cell(e["actor"]), Text(e["action"], style="bold"),
+                  cell(e.get("prefix")), cell(moved), cell(e.get("detail")))
+    out.print(t)

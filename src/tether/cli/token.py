@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from tether.cli.client import Client, seg
-from tether.cli.common import CONTEXT_SETTINGS, JsonOpt
+from tether.cli.client import DEFAULT_LIST, Client, seg
+from tether.cli.common import CONTEXT_SETTINGS, AllOpt, JsonOpt, LimitOpt, read_list
 from tether.cli.output import cell, emit_json, hint, out, plain, say, table, when
 
 app = typer.Typer(
@@ -56,15 +56,18 @@ def create(
     plain(made["token"])
 
 
-@app.command("list", epilog="Example: tether token list --revoked")
+@app.command("list", epilog="Example: tether token list --revoked; tether token list --all")
 def list_(
     revoked: Annotated[bool, typer.Option("--revoked",
                                           help="Show revoked tokens too.")] = False,
+    limit: LimitOpt = DEFAULT_LIST,
+    every: AllOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List the tokens (never their secrets)."""
+    """List the tokens (never their secrets), oldest first."""
     with Client.connect(json_) as client:
-        tokens = client.get("/tokens", params={"revoked": revoked})
+        tokens = read_list(client, "/tokens", limit, every, "tokens",
+                           params={"revoked": revoked})
     if json_:
         emit_json(tokens)
         return

@@ -69,9 +69,25 @@ export async function signOut() {
   location.assign('/sign-in');
 }
 
-/** Call the API; answers the decoded JSON, or throws ApiError with the API's own message. */
+/**
+ * Call the API; answers the decoded JSON, or throws ApiError with the API's own message.
+ * A GET of a paged list that names no `limit` answers every row: the pages read lists whole
+ * (backups, variables, sessions…), and a list answers one page unless its next is followed.
+ */
 export async function api(method, path, body) {
-  return (await call(method, path, body)).data;
+  const first = await call(method, path, body);
+  if (method !== 'GET' || !Array.isArray(first.data) || /[?&]limit=/.test(path)) {
+    return first.data;
+  }
+  const rows = [...first.data];
+  let after = nextCursor(first.response.headers.get('Link'));
+  while (after !== null) {
+    const sep = path.includes('?') ? '&' : '?';
+    const page = await call('GET', `${path}${sep}after=${encodeURIComponent(after)}`);
+    rows.push(...page.data);
+    after = nextCursor(page.response.headers.get('Link'));
+  }
+  return rows;
 }
 
 /**

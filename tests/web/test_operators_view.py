@@ -84,6 +84,19 @@ def test_an_admin_sees_clusters_registers_one_and_reads_the_regions(
     expect(added.locator("td.health")).to_contain_text("reachable")
     expect(added.locator("th")).to_be_focused()
     expect(page.locator("#cluster-error")).to_have_text("")
+    # the same name again: the CLI's refusal, its option named as this form's field
+    page.get_by_label("Admin URL").fill(f"file://{media}")
+    page.get_by_label("Name (optional)").fill("ops-files")
+    page.get_by_label("Settings (optional)").fill(
+        f"base_dir={media}\npublic_url=http://127.0.0.1:1/media/")
+    page.get_by_role("button", name="Register cluster").click()
+    expect(page.locator("#cluster-error")).to_have_text(
+        "a cluster named ops-files exists already: pick another Name")
+    page.get_by_label("Settings (optional)").fill("base_dir")
+    page.get_by_role("button", name="Register cluster").click()
+    expect(page.locator("#cluster-error")).to_contain_text(
+        "invalid setting \"base_dir\": use KEY=VALUE")
+    expect(page.get_by_label("Settings (optional)")).to_be_focused()
     listed = {c["name"]: c for c in t.ok("cluster", "list", "--json").json()}
     assert listed["ops-files"]["kind"] == "local-files" and listed["ops-files"]["region"] == "local"
     assert listed[embedded["name"]]["instances"] == 1

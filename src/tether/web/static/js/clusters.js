@@ -32,14 +32,41 @@ export function parseSettings(text) {
   return settings;
 }
 
+// The CLI's options named in the API's messages ("pick another --name"), as this form's fields.
+const FIELDS = [[/--region-family\b/g, 'Region family'], [/--region\b/g, 'Region'],
+  [/--name\b/g, 'Name'], [/--url\b/g, 'Admin URL'], [/--setting\b/g, 'Settings'],
+  [/--private\b/g, 'Private']];
+
+/** A message of `tether cluster add` in this form's words (the same message otherwise). */
+export function formText(message) {
+  return FIELDS.reduce((text, [re, label]) => text.replace(re, label), browserText(message));
+}
+
+// Health checks log in to each server: a few at a time, whatever the number of clusters.
+const CHECKS_AT_ONCE = 4;
+let checking = 0;
+const waiting = [];
+
+async function limited(task) {
+  if (checking >= CHECKS_AT_ONCE) await new Promise((resolve) => waiting.push(resolve));
+  else checking += 1;
+  try {
+    return await task();
+  } finally {
+    const next = waiting.shift();
+    if (next) next();  // its slot handed on
+    else checking -= 1;
+  }
+}
+
 function healthCell() {
-  return h('td', { class: 'health', dataset: { health: 'checking' } },
+  return h('td', { class: 'health', 'data-label': 'Reachability', dataset: { health: 'checking' } },
     h('span', { class: 'op' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'checking…'));
 }
 
 async function checkHealth(cluster, cell) {
   try {
-    const health = await api('GET', `/clusters/${cluster.id}/health`);
+    const health = await limited(() => api('GET', `/clusters/${cluster.id}/health`));
     cell.dataset.health = health.reachable ? 'reachable' : 'unreachable';
     replace(cell, health.reachable
       ? [h('span', { class: 'badge status-succeeded' }, 'reachable'),
@@ -56,13 +83,14 @@ function clusterRow(c) {
   const health = healthCell();
   const visibility = c.visibility === 'private' && c.owner_instance_id
     ? `private (instance ${c.owner_instance_id})` : c.visibility;
+  const cell = (label, text, props = {}) => h('td', { ...props, 'data-label': label }, text);
   const row = h('tr', { dataset: { cluster: c.name } },
-    h('th', { scope: 'row', tabindex: '-1', class: 'prefix' }, c.name),
-    h('td', {}, c.kind), h('td', {}, c.region), h('td', {}, c.version || '–'),
-    h('td', {}, visibility), health,
-    h('td', { class: 'count', dataset: { instances: String(c.instances) } }, String(c.instances)),
-    h('td', { class: 'value' }, c.location),
-    h('td', {}, c.managed ? 'Tether' : 'registered'));
+    h('th', { scope: 'row', tabindex: '-1', class: 'prefix', 'data-label': 'Name' }, c.name),
+    cell('Kind', c.kind), cell('Region', c.region), cell('Version', c.version || '–'),
+    cell('Visibility', visibility), health,
+    cell('Instances', String(c.instances), { class: 'count' }),
+    cell('Location', c.location, { class: 'value' }),
+    cell('Run by', c.managed ? 'Tether' : 'registered'));
   checkHealth(c, health);
   return row;
 }
@@ -72,7 +100,7 @@ async function loadClusters(focusName = null) {
   try {
     const clusters = await api('GET', '/clusters');
     replace(box, clusters.length
-      ? h('div', { class: 'table-scroll' }, h('table', { class: 'clusters' },
+      ? h('div', { class: 'table-scroll' }, h('table', { class: 'clusters responsive' },
         h('caption', { class: 'visually-hidden' }, 'Clusters, with their health and load'),
         h('thead', {}, h('tr', {}, ['Name', 'Kind', 'Region', 'Version', 'Visibility',
           'Reachability', 'Instances', 'Location', 'Run by'].map((title) =>
@@ -177,7 +205,7 @@ function registerForm(regions) {
       settings.value = '';
       await loadClusters(c.name);
     } catch (err) {
-      error.textContent = browserText(err.message);
+      error.textContent = formText(err.message);
       submit.disabled = false;
       submit.focus();
     } finally {

@@ -17,13 +17,16 @@ function regionCard(region, offers, clusters) {
   h('p', { class: 'muted' }, `${region.family} family · ${here.length} cluster` +
     `${here.length === 1 ? '' : 's'}: ${here.map((c) => c.name).join(', ') || 'none'}`),
   offers.length
-    ? h('div', { class: 'table-scroll' }, h('table', { class: 'offers' },
+    ? h('div', { class: 'table-scroll' }, h('table', { class: 'offers responsive' },
       h('caption', { class: 'visually-hidden' }, `What ${region.name} offers`),
       h('thead', {}, h('tr', {}, ['Service', 'Kind', 'Version', 'Shared', 'Private'].map(
         (title) => h('th', { scope: 'col' }, title)))),
       h('tbody', {}, offers.map((o) => h('tr', { dataset: { service: o.service } },
-        h('th', { scope: 'row', class: 'prefix' }, o.service), h('td', {}, o.kind),
-        h('td', {}, o.version || '–'), h('td', {}, yes(o.shared)), h('td', {}, yes(o.private)))))))
+        h('th', { scope: 'row', class: 'prefix', 'data-label': 'Service' }, o.service),
+        h('td', { 'data-label': 'Kind' }, o.kind),
+        h('td', { 'data-label': 'Version' }, o.version || '–'),
+        h('td', { 'data-label': 'Shared' }, yes(o.shared)),
+        h('td', { 'data-label': 'Private' }, yes(o.private)))))))
     : h('p', { class: 'empty' }, 'It offers nothing yet: ',
       h('a', { href: '/clusters' }, 'register a cluster'), ' in it.'));
 }

@@ -25,7 +25,7 @@ echo "== ruff" >&2
 # collide, and each starting the servers it needs once:
 #   main     unit, web, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
 #   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ, S3 and Azure
-#   servers  the MySQL, RabbitMQ, S3 and search integration tests (one OpenSearch JVM, shared
+#   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM, shared
 #            with the end-to-end search story)
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
@@ -50,7 +50,7 @@ fi
 mkdir -p build
 CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
        tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py)
-KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3
+KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3 tests/integration/caddy
        tests/integration/search)
 # Each group's temp files under a base of its own: a pytest session resets the mode of the shared
 # /tmp/pytest-of-USER when it starts, which would cut the path (an ACL) by which another group's

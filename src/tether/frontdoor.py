@@ -66,3 +66,23 @@ class FrontDoor:
             return None
         environment, project = match.groups()
         return f"{project}/{environment}"
+
+
+@dataclass(frozen=True)
+class AppsSettings:
+    """How `tether up` makes applications reachable: its own front door on `port` (default the
+    API's + 2) for host names under `domain`, and optionally a Caddy in front of it, driven
+    through its admin API at `caddy_admin`, listening on `caddy_port` with TLS `caddy_tls`
+    (`acme`, `internal` or `off`)."""
+
+    port: int | None = None
+    domain: str = DEFAULT_DOMAIN
+    caddy_admin: str | None = None
+    caddy_port: int | None = None
+    caddy_tls: str = "acme"
+
+    def caddy_door(self) -> FrontDoor:
+        """The public side when Caddy is in front: https on 443 unless told otherwise."""
+        scheme = "http" if self.caddy_tls == "off" else "https"
+        return FrontDoor(self.domain, self.caddy_port or (80 if scheme == "http" else 443),
+                         scheme)

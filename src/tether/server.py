@@ -59,13 +59,14 @@ from tether.config import ClientSettings, edit_cli_config
 from tether.crypto import SecretBox
 from tether.engine.core import Engine
 from tether.errors import Conflict, TetherError, UserError
-from tether.frontdoor import DEFAULT_DOMAIN, check_domain
+from tether.frontdoor import AppsSettings, check_domain
 from tether.lifecycle import State
 from tether.media import create_media_app, media_port_for, media_public_url
 from tether.net import bind_port, free_port, port_is_free
 from tether.node import NodeIdentity
 from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PostgresProvider
+from tether.runtime.caddy import CaddyRoutes
 from tether.runtime.process import ProcessRuntime
 from tether.servers.postgres import EmbeddedPostgres
 from tether.store.db import Store, store_url
@@ -407,19 +408,19 @@ def _media_follows(base: Context, cluster_id: int, public_url: str) -> int:
 def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
           clusters_file: Path | None = None, stops: Stops | None = None,
           media_port: int | None = None, media_url: str | None = None,
-          apps_port: int | None = None, apps_domain: str = DEFAULT_DOMAIN) -> ControlPlane:
+          apps: AppsSettings | None = None) -> ControlPlane:
     """Start everything but the HTTP servers: node identity, the API's and the media files'
     ports, store, embedded servers, clusters, engine. Each thing started is pushed on `stops`
     first, so whatever happens next (an error, a signal) stops it. Without `stops` given, an
     error stops what was started before it is raised. `media_port`: default `port` + 1;
     `media_url`: the media files' public base URL, default http://HOST:MEDIA_PORT/;
-    `apps_port`: the front door's (every environment by host name `ENV.PROJECT.APPS_DOMAIN`),
-    default `port` + 2."""
+    `apps`: the front door (every environment by host name `ENV.PROJECT.DOMAIN`; its port
+    default `port` + 2) and a Caddy driven in front of it, if any."""
     own = stops is None
     stops = stops if stops is not None else Stops(say)
     try:
         return _build(data_dir, host, port, say, clusters_file, stops, media_port, media_url,
-                      apps_port, apps_domain)
+                      apps or AppsSettings())
     except BaseException:
         if own:
             stops.unwind()
@@ -428,10 +429,15 @@ def build(data_dir: Path, host: str, port: int, say: Say = lambda _m: None,
 
 def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path | None,
            stops: Stops, media_port: int | None, media_url: str | None,
-           apps_port: int | None, apps_domain: str) -> ControlPlane:
+           apps: AppsSettings) -> ControlPlane:
     env_ports()  # a bad TETHER_ENV_PORTS stops the start, not a later project create
-    apps_domain = check_domain(apps_domain)
-    apps_port = port + APPS_PORT_OFFSET if apps_port is None else apps_port
+    apps_domain = check_domain(apps.domain)
+    caddy = None
+    if apps.caddy_admin:  # bad Caddy settings, or no Caddy, stop the start before it is long
+        caddy = CaddyRoutes(apps.caddy_admin, apps.caddy_door(), apps.caddy_tls)
+        stops.push("the Caddy admin client", caddy.close)
+        caddy.check()
+    apps_port = port + APPS_PORT_OFFSET if apps.port is None else apps.port
     if apps_port in (port, media_port_for(port, media_port)) or not 0 < apps_port < 65536:
         raise UserError(f"the front door's port {apps_port} must be a TCP port of its own, not "
                         "the API's or the media files': pick one with --apps-port (or "
@@ -476,6 +482,9 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
                force=lambda: _force_engine(engine))
     assert engine.runtime is not None
     base.front_door = engine.runtime.open_front_door(apps_port, apps_domain, host=host)
+    if caddy is not None:
+        say(f"putting the Caddy at {caddy.admin_url} in front of the applications ...")
+        base.front_door = engine.runtime.drive_caddy(caddy)
     engine.start()
     return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops,
                         media_app=create_media_app(media_dir), media_sock=media_sock,
@@ -506,7 +515,7 @@ async def _serve_all(servers: list[tuple[_Server, socket.socket]]) -> None:
 def serve(data_dir: Path, host: str, port: int, say: Say,
           clusters_file: Path | None = None, stop_timeout: float = STOP_TIMEOUT,
           media_port: int | None = None, media_url: str | None = None,
-          apps_port: int | None = None, apps_domain: str = DEFAULT_DOMAIN) -> None:
+          apps: AppsSettings | None = None) -> None:
     """Run the control plane in the foreground until SIGTERM or SIGINT, then stop it all (see
     the module docstring). Must be called from the main thread: it owns the process's signals."""
     stops = Stops(say)
@@ -514,7 +523,7 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
     supervisor.install()
     try:
         plane = build(data_dir, host, port, say, clusters_file, stops, media_port, media_url,
-                      apps_port, apps_domain)
+                      apps)
         written = _ensure_cli_settings(plane.store, plane.url)
         if written:
             say(f"CLI settings written to {written}")

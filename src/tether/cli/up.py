@@ -40,6 +40,19 @@ def up(
         help="Domain of the environments' host names: `localhost` (browsers and curl resolve "
              "test.shop.localhost to this machine) or a wildcard DNS name pointing here, e.g. "
              "apps.example.com for *.apps.example.com.")] = "localhost",
+    caddy_admin: Annotated[str | None, typer.Option(
+        "--caddy-admin", envvar="TETHER_CADDY_ADMIN",
+        help="Admin API of a Caddy to put in front of the applications, e.g. "
+             "http://127.0.0.1:2019: Tether adds a route per environment (HTTPS by Caddy) to "
+             "its front door, and environments' URLs become Caddy's.")] = None,
+    caddy_port: Annotated[int | None, typer.Option(
+        "--caddy-port", envvar="TETHER_CADDY_PORT",
+        help="Port Caddy serves the applications on (default 443; 80 with --caddy-tls off).")
+    ] = None,
+    caddy_tls: Annotated[str, typer.Option(
+        "--caddy-tls", envvar="TETHER_CADDY_TLS",
+        help="Caddy's certificates: acme (public CAs, for real domains), internal (Caddy's own "
+             "CA) or off (plain HTTP).")] = "acme",
     clusters: Annotated[Path | None, typer.Option(
         "--clusters", envvar="TETHER_CLUSTERS_FILE",
         help="A TOML file of clusters to register at start (default: DATA_DIR/clusters.toml "
@@ -63,8 +76,9 @@ def up(
 
     Example: tether up --data-dir ~/tether-data --port 8070
 
-    Example: tether up --apps-domain apps.example.com --apps-port 8080
+    Example: tether up --apps-domain apps.example.com --caddy-admin http://127.0.0.1:2019
     """
+    from tether.frontdoor import AppsSettings
     from tether.server import serve
 
     console = Console(stderr=True)
@@ -74,8 +88,8 @@ def up(
     try:
         serve((data_dir or default_data_dir()).expanduser().resolve(), host, port,
               lambda m: console.print(f"[bold]tether[/] {escape(m)}", highlight=False),
-              clusters, media_port=media_port, media_url=media_url, apps_port=apps_port,
-              apps_domain=apps_domain)
+              clusters, media_port=media_port, media_url=media_url,
+              apps=AppsSettings(apps_port, apps_domain, caddy_admin, caddy_port, caddy_tls))
     except UserError as exc:
         console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(2) from None

@@ -46,6 +46,7 @@ from tether.frontdoor import DEFAULT_DOMAIN, FrontDoor
 from tether.net import free_port
 from tether.runtime import logs
 from tether.runtime.accounts import AppAccount
+from tether.runtime.caddy import CaddyRoutes
 from tether.runtime.command import command_argv
 from tether.runtime.proxy import ProxyApp, ProxyHost, ProxyServer
 
@@ -250,6 +251,9 @@ class ProcessRuntime:
         self._routes = threading.Condition()  # routes and in-flight counters (fast, hot path)
         self._addresses: dict[str, _Address] = {}
         self._front: ProxyServer | None = None
+        #: a Caddy driven as the front door instead of the built-in one (`drive_caddy`)
+        self._caddy: CaddyRoutes | None = None
+        self._front_host = host
         #: where the front door listens and how it names environments (None until opened)
         self.front_door: FrontDoor | None = None
         self._current: dict[str, RunningRelease] = {}
@@ -293,6 +297,7 @@ class ProcessRuntime:
             if self._front is not None:
                 raise OperationError("the front door is open already")
             sock = self._listen(port, "the front door (--apps-port)", host)
+            self._front_host = host or self.host
             try:
                 self._front = self._proxies.serve(sock, ProxyApp(None, self, door))
             except BaseException:
@@ -301,10 +306,33 @@ class ProcessRuntime:
             self.front_door = FrontDoor(domain=door.domain, port=self._front.port)
         return self.front_door
 
+    def drive_caddy(self, routes: CaddyRoutes) -> FrontDoor:
+        """Put a Caddy in front of the front door (see `caddy.py`): from now on each
+        environment gets a route there (HTTPS by Caddy) to the front door, which must be open
+        (`open_front_door`, same domain); environments' URLs become Caddy's. Switches stay in
+        the front door. Returns Caddy's door."""
+        with self._admin:
+            if self._front is None or self.front_door is None:
+                raise OperationError("open the front door before putting Caddy in front of it")
+            if self._caddy is not None:
+                raise OperationError("Caddy is driven already")
+            if routes.door.domain != self.front_door.domain:
+                raise UserError(f"Caddy's domain {routes.door.domain} is not the front door's "
+                                f"({self.front_door.domain}): give both the same")
+            routes.upstream = f"{_display_host(self._front_host)}:{self.front_door.port}"
+            routes.install()
+            for key in self._addresses:
+                routes.ensure_route(key)
+            self._caddy = routes
+            self.front_door = routes.door
+        return routes.door
+
     def ensure_address(self, environment_key: str, port: int | None) -> str | None:
         """Make the environment reachable: through the front door (if open) and, given a port, on
         a stable proxy of its own on host:port (started once). Returns the port's URL, else the
         front door's URL for the environment (None without either)."""
+        if self._caddy is not None:
+            self._caddy.ensure_route(environment_key)
         with self._admin:
             existing = self._addresses.get(environment_key)
             if port is None:
@@ -347,6 +375,8 @@ class ProcessRuntime:
             address = self._addresses.pop(environment_key, None)
         if address is not None and address.proxy is not None:
             self._proxies.close_server(address.proxy)
+        if self._caddy is not None:
+            self._caddy.remove_route(environment_key)
         if release is not None:
             self.stop(release)
 
@@ -599,12 +629,12 @@ class ProcessRuntime:
                 f"release {release.release_id} belongs to {release.environment_key}, "
                 f"not {environment_key}"
             )
+        reason = release.exit_reason()
+        if reason is not None:
+            raise OperationError(
+                f"release {release.release_id} of {environment_key} is not running: {reason}"
+            )
         with self._routes:
-            reason = release.exit_reason()
-            if reason is not None:
-                raise OperationError(
-                    f"release {release.release_id} of {environment_key} is not running: {reason}"
-                )
             previous = self._current.get(environment_key)
             self._current[environment_key] = release
         return previous if previous is not release else None
@@ -678,6 +708,8 @@ class ProcessRuntime:
         for t in threads:
             t.join()
         self._proxies.close()
+        if self._caddy is not None:  # its routes stay: Caddy answers 502 until a restart
+            self._caddy.close()
         for listener in self._shutdown_listeners:
             with contextlib.suppress(Exception):
                 listener([r.release_id for r in releases])

@@ -184,6 +184,8 @@ def test_variables_come_in_pages(api: tuple[TestClient, Context]) -> None:
     # a cursor of another list, of a place no list has, or not a place at all
     refuses_bad_cursors(client, f"{ENV}/variables", "WzFd", "WyI3LjAuMCJd",
                         "WyIxLngueSJd", all="true")  # [1], ["7.0.0"], ["1.x.y"]
+    of_all = client.get(f"{ENV}/variables", params={"all": "true", "limit": 3})
+    refuses_bad_cursors(client, f"{ENV}/variables", of_all.links["next"]["url"].split("=")[-1])
 
 
 def test_history_comes_in_pages_newest_first(api: tuple[TestClient, Context]) -> None:

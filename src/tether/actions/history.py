@@ -30,8 +30,10 @@ def list_history(ctx: Context, project: str | None, env_name: str, prefix: str |
             q = q.where(AuditEntry.instance_id.in_(ids))
         rows, after = keyset(s, q, AuditEntry.id, page, descending=True)
         wanted = {a.instance_id for a in rows if a.instance_id is not None}
-        prefixes = dict(s.execute(select(Instance.id, Instance.prefix)
-                                  .where(Instance.id.in_(wanted))).tuples().all()) if wanted else {}
+        prefixes: dict[int, str] = {
+            inst_id: inst_prefix for inst_id, inst_prefix in s.execute(
+                select(Instance.id, Instance.prefix).where(Instance.id.in_(wanted)))
+        } if wanted else {}
         return Page([{"id": a.id, "at": iso(a.at), "actor": a.actor, "action": a.action,
                       "prefix": prefixes.get(a.instance_id) if a.instance_id else None,
                       "from": a.from_state, "to": a.to_state, "detail": a.detail}

@@ -89,6 +89,9 @@ def _vars_page(s: Session, ctx: Context, env: Environment, include_all: bool,
     only about `limit` rows: the instances after the cursor's, a batch at a time (an instance
     not yet provisioned gives none), then the custom variables after its name."""
     start: Place = _cursor_place(page.after) if page.after is not None else (-1, 0, 0)
+    if not include_all and start[0] in (0, 1):
+        raise UserError(f"invalid cursor {str(page.after)[:80]!r}: it is one of the list of "
+                        "every variable (all=true), not of the custom ones")
     want = None if page.limit is None else page.limit + 1
     found: list[tuple[Place, EnvVar]] = []
 

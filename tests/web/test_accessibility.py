@@ -1,8 +1,9 @@
 """Accessibility checked by a machine (issue 13): axe-core runs on every page of the Services
 view with data on it — sign-in (also with its error), projects (with the new-project form open),
 a project's environments after a deployment (the remove dialog open too), a service's page,
-sessions, the operators' clusters (register form open) and regions pages, and the page a
-developer is refused on — at a laptop's and a phone's width: no serious or critical violation."""
+sessions, the operators' clusters (register form open), regions and tokens (revoke dialog
+open) pages, and the page a developer is refused on — at a laptop's and a phone's width: no
+serious or critical violation."""
 
 from __future__ import annotations
 
@@ -91,6 +92,16 @@ def visit_every_page(page: Page, t: Tether, project: str, width: str) -> None:
     loaded(page)
     expect(page.locator("section[data-region='local']")).to_be_visible()
     assert_accessible(page, f"the regions page ({width})")
+
+    page.goto("/tokens")
+    loaded(page)
+    page.get_by_label("Show revoked tokens too").check()
+    expect(page.locator("tr[data-token]")).not_to_have_count(0)
+    assert_accessible(page, f"the tokens page ({width})")
+    page.locator("tr[data-token] button[data-revoke]").first.click()
+    expect(page.locator("dialog")).to_be_visible()
+    assert_accessible(page, f"the revoke dialog ({width})")
+    page.locator("dialog").get_by_role("button", name="Cancel").click()
 
 
 def test_every_page_has_no_serious_violation(tether: Tether, project: str, page: Page) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -115,6 +116,40 @@ def test_an_admin_sees_clusters_registers_one_and_reads_the_regions(
         expect(local.locator(f"tr[data-service='{service}']")).to_be_visible()
 
 
+def test_an_admin_sees_the_tokens_and_revokes_one(tether: Tether, page: Page) -> None:
+    t = tether
+    secret = t.ok("token", "create", "leaver", "--role", "viewer", "--owner", "lee",
+                  "--json").json()["token"]
+    sign_in(page, t)
+    page.goto("/tokens")
+    mine = page.locator("tr[data-token]:has(.chip)")  # the token this browser signed in with
+    expect(mine).to_have_count(1)
+    expect(mine).to_contain_text("admin")
+    row = page.locator("tr[data-token='leaver']")
+    expect(row).to_contain_text("lee")
+    expect(row).to_contain_text("viewer")
+    expect(row).to_contain_text("active")
+
+    row.get_by_role("button", name="Revoke leaver").click()
+    dialog = page.locator("dialog")
+    expect(dialog).to_contain_text("Revoke the token leaver?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(row).to_contain_text("active")  # nothing done
+    expect(row.get_by_role("button", name="Revoke leaver")).to_be_focused()
+
+    row.get_by_role("button", name="Revoke leaver").click()
+    page.keyboard.press("Enter")  # the dialog's default button revokes
+    expect(page.locator(".notice.success")).to_contain_text("Token leaver revoked")
+    expect(row).to_have_count(0)
+    expect(page.locator("tr[data-token] button[data-revoke]").first).to_be_focused()
+    status = httpx.get(t.url + "/api/v1/status", headers={"Authorization": f"Bearer {secret}"})
+    assert status.status_code == 401, status.text
+
+    page.get_by_label("Show revoked tokens too").check()
+    expect(page.locator("tr[data-token='leaver']")).to_contain_text("revoked")
+    expect(page.locator("tr[data-token='leaver'] button")).to_have_count(0)
+
+
 def test_a_developer_token_is_refused_on_the_operators_pages(
         tether: Tether, context: BrowserContext, page: Page) -> None:
     t = tether
@@ -123,7 +158,7 @@ def test_a_developer_token_is_refused_on_the_operators_pages(
     expect(page.locator("#projects")).not_to_have_attribute("aria-busy", "true")
     page.wait_for_timeout(300)  # the link would have been shown by now
     expect(page.locator("header .operators-link")).to_be_hidden()
-    for path in ("/clusters", "/regions"):
+    for path in ("/clusters", "/regions", "/tokens"):
         page.goto(path)
         refused = page.get_by_role("alert")
         expect(refused).to_contain_text("Operators only")

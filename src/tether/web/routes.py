@@ -72,6 +72,10 @@ def web_router() -> APIRouter:
     async def instance_page(project: str, env: str, prefix: str) -> Response:
         return _page("instance.html")
 
+    @router.get("/projects/{project}/{env}/deployments/{deployment}")
+    async def deployment_page(project: str, env: str, deployment: str) -> Response:
+        return _page("deployment.html")
+
     @router.get("/sessions")
     async def sessions_page() -> Response:
         return _page("sessions.html")
@@ -85,6 +89,11 @@ def web_router() -> APIRouter:
     async def regions_page() -> Response:
         """Operators' page (its script shows it to admin tokens only)."""
         return _page("regions.html")
+
+    @router.get("/tokens")
+    async def tokens_page() -> Response:
+        """Operators' page (its script shows it to admin tokens only)."""
+        return _page("tokens.html")
 
     @router.get("/sign-in")
     async def sign_in_page(next: str | None = None) -> Response:

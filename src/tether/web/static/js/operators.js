@@ -6,7 +6,8 @@
 import { api } from './api.js';
 import { byId, h, replace } from './dom.js';
 
-const PAGES = [['Clusters', '/clusters'], ['Regions', '/regions'], ['Sessions', '/sessions']];
+const PAGES = [['Clusters', '/clusters'], ['Regions', '/regions'], ['Tokens', '/tokens'],
+  ['Sessions', '/sessions']];
 
 /** The links between the operators' pages, the current one marked. */
 function operatorNav() {
@@ -15,8 +16,7 @@ function operatorNav() {
   replace(nav, h('ul', {}, PAGES.map(([label, href]) => h('li', {},
     h('a', { href, 'aria-current': location.pathname === href ? 'page' : null }, label)))),
   h('p', { class: 'help' }, 'Backups are kept per environment: open a project, then its ',
-    'Backups section. Tokens are made and revoked with the CLI (', h('code', {}, 'tether token'),
-    '): a browser session never mints one.'));
+    'Backups section.'));
 }
 
 /**

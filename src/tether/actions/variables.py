@@ -99,9 +99,10 @@ def _vars_page(s: Session, ctx: Context, env: Environment, include_all: bool,
         return want is not None and len(found) >= want
 
     if include_all:
-        builtins = [EnvVar("STAGE", env.name, "stage"),
-                    EnvVar("SECRET_KEY", ctx.box.open(env.secret_key_enc), "secret")]
-        found.extend(((0, 0, n), v) for n, v in enumerate(builtins) if (0, 0, n) > start)
+        if start[0] <= 0:  # SECRET_KEY is decrypted only for a page that shows it
+            builtins = [EnvVar("STAGE", env.name, "stage"),
+                        EnvVar("SECRET_KEY", ctx.box.open(env.secret_key_enc), "secret")]
+            found.extend(((0, 0, n), v) for n, v in enumerate(builtins) if (0, 0, n) > start)
         removing = pending_removals(s, env.id) if not full() else set()
         after_id = start[1] - 1 if start[0] == 1 else (-1 if start[0] < 1 else None)
         while after_id is not None and not full():

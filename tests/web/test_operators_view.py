@@ -2,7 +2,8 @@
 an admin sees the clusters with their kind, region, version, visibility, reachability and how
 many instances each holds, registers one through the same API call as `tether cluster add`
 (a bad URL refused with the CLI's own message), and sees what each region offers; a developer
-token gets no link to them, and is refused on them with a clear message."""
+token gets no link to them, and is refused on them with a clear message. The registration
+also by keyboard only."""
 
 from __future__ import annotations
 
@@ -166,3 +167,42 @@ def test_a_developer_token_is_refused_on_the_operators_pages(
         expect(refused).to_contain_text("dev-ops (developer)")
         expect(page.locator("table")).to_have_count(0)
         expect(page.locator("#cluster-form")).to_have_count(0)
+
+
+def tab_to(page: Page, selector: str, limit: int = 60) -> None:
+    """Press Tab until the element matching `selector` has focus (as a keyboard user would)."""
+    for _ in range(limit):
+        if page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_a_cluster_is_registered_with_the_keyboard_only(tether: Tether, page: Page,
+                                                        tmp_path: Path) -> None:
+    t = tether
+    media = tmp_path / "keyboard-media"
+    sign_in(page, t)
+    page.goto("/clusters")
+    expect(page.locator("td.health")).not_to_have_count(0)
+    tab_to(page, "#register-cluster summary")
+    page.keyboard.press("Enter")
+    tab_to(page, "#cluster-kind")
+    page.keyboard.type("local-files")  # a select picks the option typed
+    expect(page.locator("#cluster-kind")).to_have_value("local-files")
+    page.keyboard.press("Tab")
+    expect(page.locator("#cluster-region")).to_be_focused()  # prefilled: local
+    tab_to(page, "#cluster-url")
+    page.keyboard.type(f"file://{media}")
+    page.keyboard.press("Tab")
+    page.keyboard.type("keyboard-files")
+    page.keyboard.press("Tab")
+    page.keyboard.type(f"base_dir={media}")
+    page.keyboard.press("Enter")  # a new line in the settings
+    page.keyboard.type("public_url=http://127.0.0.1:1/media/")
+    tab_to(page, "#cluster-form button[type=submit]")
+    page.keyboard.press("Enter")
+    row = page.locator("tr[data-cluster='keyboard-files']")
+    expect(row).to_contain_text("local-files")
+    expect(row.locator("th")).to_be_focused()  # focus on what was made, not lost to the body
+    expect(row.locator("td.health")).to_contain_text("reachable")

@@ -20,13 +20,14 @@ done
 echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 
-# Three groups run side by side (most of the time is spent waiting on servers and processes,
+# Four groups run side by side (most of the time is spent waiting on servers and processes,
 # not on the two cores), each with its own range of environment ports so their applications never
 # collide, and each starting the servers it needs once:
-#   main     unit, web, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
+#   main     unit, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
+#   web      the Services view in Chromium (each module its own `tether up`)
 #   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ, S3 and Azure
-#   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM, shared
-#            with the end-to-end search story)
+#   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM,
+#            shared with the end-to-end search story)
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 serial="${TETHER_TEST_SERIAL:-}"
@@ -58,7 +59,7 @@ KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3 t
 temp_base=$(mktemp -d /tmp/tether-tests.XXXXXX)
 chmod 711 "$temp_base"
 trap 'rm -rf "$temp_base"' EXIT
-echo "== pytest: three groups side by side (main here; e2e and servers in build/test-*.log," \
+echo "== pytest: four groups side by side (main here; web, e2e and servers in build/test-*.log," \
      "shown when done)" >&2
 set +e
 ignore_crash=()
@@ -69,27 +70,36 @@ e2e_pid=$!
 TETHER_ENV_PORTS=8700-8999 "${PYTEST[@]}" --basetemp="$temp_base/servers" "${KINDS[@]}" tests/e2e/test_search_story.py \
   "${ignore_crash[@]}" "$@" >build/test-servers.log 2>&1 &
 servers_pid=$!
+TETHER_ENV_PORTS=8250-8399 "${PYTEST[@]}" --basetemp="$temp_base/web" tests/web "$@" \
+  >build/test-web.log 2>&1 &
+web_pid=$!
 ignore_kinds=()
 for path in "${KINDS[@]}"; do ignore_kinds+=(--ignore="$path"); done
-TETHER_ENV_PORTS=8100-8399 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e \
-  "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py "$@"
+TETHER_ENV_PORTS=8100-8249 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e \
+  --ignore=tests/web "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py "$@"
 main_status=$?
+wait "$web_pid"
+web_status=$?
 wait "$e2e_pid"
 e2e_status=$?
 wait "$servers_pid"
 servers_status=$?
 set -e
+echo "== pytest: the Services view in a browser" >&2
+cat build/test-web.log
 echo "== pytest: end to end and crash matrices" >&2
 cat build/test-e2e.log
-echo "== pytest: MySQL, RabbitMQ, S3 and search servers" >&2
+echo "== pytest: MySQL, RabbitMQ, S3, Caddy and search servers" >&2
 cat build/test-servers.log
-echo "== pytest exit codes: main $main_status, e2e $e2e_status, servers $servers_status" >&2
-if [ "$main_status" = 5 ] && [ "$e2e_status" = 5 ] && [ "$servers_status" = 5 ]; then
+echo "== pytest exit codes: main $main_status, web $web_status, e2e $e2e_status," \
+     "servers $servers_status" >&2
+if [ "$main_status" = 5 ] && [ "$web_status" = 5 ] && [ "$e2e_status" = 5 ] \
+    && [ "$servers_status" = 5 ]; then
   echo "error: pytest collected no tests: that is a failure, not a pass" >&2
   exit 1
 fi
 # a group that selected nothing (e.g. -k naming only unit tests) is not a failure of its own
-for status in "$main_status" "$e2e_status" "$servers_status"; do
+for status in "$main_status" "$web_status" "$e2e_status" "$servers_status"; do
   if [ "$status" != 0 ] && [ "$status" != 5 ]; then
     exit "$status"
   fi

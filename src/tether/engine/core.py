@@ -55,6 +55,7 @@ class Engine:
             "delete-backup": self.backups.run_delete,
         }, max_parallel=max_parallel, node_id=node_id)
         self.parts.waiting = self.worker.waiting
+        self.parts.finish_in = self.worker.finish_in
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
         self.scheduler = Scheduler(self.parts)
 

@@ -50,6 +50,9 @@ class _Plan:
     spec: ClusterSpec
     secret: str
     spawned: bool
+    #: whether the running release has the instance: fixed while the operation runs (a deploy
+    #: of the environment, the only thing that changes it, waits for this operation)
+    in_release: bool = False
 
 
 class Provisioning:
@@ -96,7 +99,9 @@ class Provisioning:
                 inst.credentials_enc = self.parts.box.seal(creds.values)
                 inst.last_error = None
                 inst.drift = None
-                apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED)
+                apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED,
+                            in_release=plan.in_release)
+                self.parts.finish_in(s, f"{plan.prefix} is provisioned")
         except Exception as exc:
             reason = redact(f"recording the result failed: {reason_of(exc)}",
                             [plan.secret, spec.url])
@@ -112,18 +117,25 @@ class Provisioning:
             state = State(inst.state)
             if state not in (State.NEW, State.PROVISIONING):
                 return f"{inst.prefix} is already provisioned ({state})"
-            apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED)
+            # held for the whole transaction: the session's identity map only keeps rows
+            # something refers to, and every step below looks the environment up again
             env = s.get(Environment, inst.environment_id)
             assert env is not None
+            in_release = running_release_has(s, inst)
+            apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED,
+                        in_release=in_release)
+            cluster = None
             if inst.cluster_id is None:
-                inst.cluster_id = self._choose_cluster(s, inst, env.project.region).id
+                cluster = self._choose_cluster(s, inst, env.project.region)
+                inst.cluster_id = cluster.id
             if inst.secret_enc is None:
                 inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
-            cluster = s.get(Cluster, inst.cluster_id)
+            if cluster is None:
+                cluster = s.get(Cluster, inst.cluster_id)
             assert cluster is not None
             spec = cluster_spec(self.parts.box, cluster)
             return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
-                         bool(spec.settings.get("spawned")))
+                         bool(spec.settings.get("spawned")), in_release)
 
     def _choose_cluster(self, s: Session, inst: Instance, region: str) -> Cluster:
         """The cluster an instance lives on: the first shared cluster of its service, or for
@@ -295,6 +307,7 @@ class Provisioning:
             inst.drift = None
             apply_event(s, actor, "removed", inst, Event.REMOVE_SUCCEEDED,
                         detail="data deleted for good")
+            self.parts.finish_in(s, f"{prefix} is removed: its data is deleted")
         return f"{prefix} is removed: its data is deleted"
 
     # -- recovery -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    event,
     exists,
     func,
     literal,
@@ -57,7 +58,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from tether.engine.wakeup import DONE_CHANNEL, WAKE_CHANNEL, Wakeups
 from tether.errors import TetherError, TransientError
@@ -136,6 +137,9 @@ class Worker:
         self.wakeups = Wakeups(store, self.node_id, on_work=self._wake.set, on_done=self._bump)
         #: notified whenever an operation finishes, so waiters answer without polling
         self._finished = threading.Condition()
+        #: per handler thread: the operation it runs (`op_id`), and whether the handler ended
+        #: it in its own last transaction (`ended`, see `finish_in`)
+        self._inline = threading.local()
         self._generation = 0
         self._build_statements()
 
@@ -285,6 +289,27 @@ class Worker:
                                 message="taken over: its node stopped renewing its lease")
                         .returning(ops.id))
 
+    def finish_in(self, s: Session, message: str) -> None:
+        """End the operation this thread's handler runs as succeeded, inside the handler's last
+        transaction `s` (the one that records its result): the final state and the operation's
+        end commit together, one commit instead of two, and nobody sees the state changed while
+        its operation still runs. The handler then returns `message` as usual.
+
+        Conditional on this node's claim, like the worker's own final write: if the claim was
+        lost, nothing is ended here (the state still commits, and the worker's write reports
+        the loss). Outside a handler, a no-op."""
+        op_id = getattr(self._inline, "op_id", None)
+        if op_id is None:
+            return
+        done = s.execute(self._end, {"op_id": op_id, "node": self.node_id,
+                                     "to_status": "succeeded", "to_error": None,
+                                     "to_message": message or None, **self._times(now=0)})
+        if done.rowcount:  # type: ignore[attr-defined]
+            self.wakeups.announce(s, DONE_CHANNEL)
+            # only once the transaction commits: a rollback leaves the write to the worker
+            event.listen(s, "after_commit",
+                         lambda _s: setattr(self._inline, "ended", op_id), once=True)
+
     # -- the loop: claim, start, re-try writes ----------------------------------------------------
 
     def _loop(self) -> None:
@@ -370,12 +395,20 @@ class Worker:
 
     def _run(self, op: Operation) -> None:
         outcome: _Outcome | None = None
+        self._inline.op_id, self._inline.ended = op.id, None
         try:
             outcome = self._execute(op)
         finally:
+            ended = self._inline.ended == op.id
+            self._inline.op_id = self._inline.ended = None
             try:
                 if outcome is None:  # interrupted (SystemExit in the handler): let another try
-                    self._hand_back([op.id], "handed back: its handler was interrupted")
+                    if not ended:
+                        self._hand_back([op.id], "handed back: its handler was interrupted")
+                    else:
+                        self._written(op.id, done=True, outcome=None)
+                elif ended and outcome.status == "succeeded":
+                    self._written(op.id, done=True, outcome=outcome)  # the handler wrote it
                 else:
                     self._finish(op.id, outcome)
             except Exception:  # not handed back: its lease expires and any node takes it
@@ -446,10 +479,14 @@ class Worker:
         if not done:
             log.warning("operation %s was taken over by another node before it finished here: "
                         "this node's outcome (%s) is dropped", op_id, outcome.status)
+        self._written(op_id, bool(done), outcome)
+
+    def _written(self, op_id: int, done: bool, outcome: _Outcome | None) -> None:
+        """After the final (or retry) write of an operation: this node holds it no more."""
         with self._lock:
             self._held.discard(op_id)
             self._unfinished.pop(op_id, None)
-            if done and outcome.status == "queued":
+            if done and outcome is not None and outcome.status == "queued":
                 self._next_due = min(self._next_due, time.monotonic() + outcome.delay)
 
     def _write_unfinished(self) -> None:

@@ -1,0 +1,109 @@
+"""Round trips of the engine's hot path (issue 12): a provision and a removal each end their
+operation in the same transaction that records the instance's final state (one commit, and no
+moment where the state says done while the operation still runs), and take a small, fixed number
+of statements and commits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from tests.plane import local_plane
+from tether.actions import deployments, projects, services
+from tether.actions.common import Context
+from tether.engine.core import Engine
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    """Every statement and commit on the store, with the thread that made it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self.on = False
+        engine = ctx.store.engine
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+
+    def _statement(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if self.on:
+            self.entries.append((threading.current_thread().name, " ".join(statement.split())))
+
+    def _commit(self, _conn: object) -> None:
+        if self.on:
+            self.entries.append((threading.current_thread().name, "COMMIT"))
+
+    def transactions(self, thread_prefix: str) -> list[list[str]]:
+        """The statements of one kind of thread, cut at each commit (committed ones only)."""
+        done: list[list[str]] = []
+        current: list[str] = []
+        for thread, statement in self.entries:
+            if thread != thread_prefix and not (thread_prefix.endswith("-")
+                                            and thread.startswith(thread_prefix)):
+                continue
+            if statement == "COMMIT":
+                done.append(current)
+                current = []
+            else:
+                current.append(statement)
+        return [t for t in done if t]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Context, Engine, Recorder]]:
+    with local_plane(tmp_path) as ctx:
+        engine = Engine(ctx.store, ctx.box, ctx.data_dir)
+        ctx.notify = engine.notify
+        engine.start()
+        try:
+            projects.create_project(ctx, "shop", database=False)
+            yield ctx, engine, Recorder(ctx)
+        finally:
+            engine.stop()
+
+
+def run(ctx: Context, engine: Engine, recorder: Recorder, operation_id: int) -> dict[str, object]:
+    generation = engine.worker.generation
+    while True:
+        op = deployments.get_operation(ctx, operation_id)  # on this thread: not counted
+        if op["status"] in ("succeeded", "failed"):
+            recorder.on = False
+            return op
+        engine.worker.wait_for_change(generation, 5.0)
+        generation = engine.worker.generation
+
+
+def test_the_final_state_and_the_operations_end_commit_together(
+        world: tuple[Context, Engine, Recorder]) -> None:
+    ctx, engine, recorder = world
+    warm = services.add(ctx, "shop", "test", "local-media", prefix="WARM", provision=True)
+    run(ctx, engine, recorder, warm["operation"]["id"])  # caches warmed
+    for prefix in ("MEDIA", "FILES"):
+        recorder.entries.clear()
+        recorder.on = True
+        view = services.add(ctx, "shop", "test", "local-media", prefix=prefix, provision=True)
+        op_id = view["operation"]["id"]
+        assert run(ctx, engine, recorder, op_id)["status"] == "succeeded"
+        handler = recorder.transactions(f"tether-op-{op_id}")
+        # the plan (state provisioning, cluster, secret), then the result with the operation
+        assert len(handler) == 2, handler
+        last = handler[-1]
+        assert any(s.startswith("UPDATE instances SET state=") for s in last), last
+        assert any(s.startswith("UPDATE operations SET status=") for s in last), last
+        assert sum(len(t) for t in handler) <= 10, handler
+        # the worker's claim: one transaction (and the look for more work once it is done)
+        assert 1 <= len(recorder.transactions("tether-worker")) <= 2
+
+    recorder.entries.clear()
+    recorder.on = True
+    removing = services.remove(ctx, "shop", "test", "MEDIA", confirm="MEDIA")
+    op_id = removing["operation"]["id"]
+    assert run(ctx, engine, recorder, op_id)["status"] == "succeeded"
+    last = recorder.transactions(f"tether-op-{op_id}")[-1]
+    assert any(s.startswith("UPDATE instances SET") and "state=" in s for s in last), last
+    assert any(s.startswith("UPDATE operations SET status=") for s in last), last

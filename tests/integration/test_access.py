@@ -111,6 +111,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", ENV + "/history", None, "read"),
     ("GET", ENV + "/logs", None, "read"),
     ("GET", "/api/v1/deployments/{deployment}", None, "read 404"),
+    ("GET", "/api/v1/deployments/{deployment}/release", None, "read 404"),
     ("GET", "/api/v1/operations/{operation}", None, "read 404"),
     ("GET", "/api/v1/clusters", None, "any"),
     ("GET", "/api/v1/clusters/1/health", None, "admin"),

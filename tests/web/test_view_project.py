@@ -7,11 +7,13 @@ tooltips, a fresh "running release" and a toast clear of the tables (finding 8).
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import ROOT, Tether
+from tests.web.axe import assert_accessible
 from tests.web.conftest import sign_in
 from tests.web.test_services_view import APP, api, deploy_and_wait, service_row
 
@@ -260,3 +262,129 @@ def test_running_release_column_after_a_deploy_that_changes_no_state(tether: Tet
     # a second deploy: nothing changes state, the column stays right
     deploy_and_wait(page, "succeeded")
     expect(running).to_have_text("yes")
+
+
+FAILING = f"{sys.executable} -c 'raise SystemExit(3)'"
+
+
+def test_deployments_listed_paged_and_opened(tether: Tether, page: Page) -> None:
+    """Finding 5: an environment's deployments, newest first, in pages ("Show more" follows the
+    API's cursor); each opens with its log, its release's variables' names (never a value) and
+    what it changed (attached, detached; a failed one changed nothing); the running release's
+    log is followed live."""
+    name = "deployments-opened"
+    make_project(tether, name)
+    secret = "s3cr3t-greeting-value"
+    assert api(tether, "PUT", f"/projects/{name}/environments/test/variables/GREETING",
+               json={"value": secret}).status_code == 200
+    # ten failed deployments (the app exits at once), then two that succeed
+    tether.ok("project", "update", "-p", name, "--app-command", FAILING)
+    for _ in range(10):
+        assert tether.cli("deploy", "test", "-p", name).code == 1
+    tether.ok("project", "update", "-p", name, "--app-command", APP)
+    open_project(page, tether, name)
+    row = service_row(page, "DEFAULT")
+    deploy_and_wait(page, "succeeded")  # provisions and attaches DEFAULT
+    expect(row.locator(".badge")).to_have_text("attached")
+    row.locator("button[data-action='detach']").click()
+    expect(row.locator(".badge")).to_have_text("pending detachment")
+    deploy_and_wait(page, "succeeded")  # detaches it
+    expect(row.locator(".badge")).to_have_text("detached")
+    made = [d["id"] for d in api(tether, "GET", f"/projects/{name}/environments/test/deployments"
+                                 ).json()]
+    assert len(made) == 12
+
+    # the first page: the newest ten, newest first; Show more adds the last two
+    rows = page.locator("#panel-test table.deployments tbody tr")
+    more = page.locator("#deployments-more-test")
+    expect(rows).to_have_count(10)
+    assert [int(r) for r in rows.evaluate_all("(rs) => rs.map((r) => r.dataset.id)")] == \
+        made[:10]
+    expect(more).to_be_visible()
+    more.click()
+    expect(rows).to_have_count(12)
+    assert [int(r) for r in rows.evaluate_all("(rs) => rs.map((r) => r.dataset.id)")] == made
+    expect(more).to_be_hidden()
+    assert_accessible(page, "the project page with its deployments, activity and settings")
+
+    # the live log of the running release: its output, and the next release's as it comes
+    page.locator("#app-log-box-test summary").click()
+    app_log = page.locator("#app-log-test")
+    expect(app_log).to_contain_text("hello app listening")
+    expect(app_log.locator("li", has_text="hello app listening")).to_have_count(1)
+    deploy_and_wait(page, "succeeded")
+    expect(app_log.locator("li", has_text="hello app listening")).to_have_count(2)
+
+    # the deployment that attached DEFAULT: its log, its variables' names, what it changed
+    attach_id, detach_id, failed_id = made[1], made[0], made[-1]
+    page.get_by_role("link", name=f"Deployment #{attach_id}: details, log and changes").click()
+    page.wait_for_url(re.compile(f"/projects/{name}/test/deployments/{attach_id}$"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text(
+        f"Deployment #{attach_id} of test")
+    changes = page.locator("#changes")
+    expect(changes.locator("ul").first.locator("li[data-prefix='DEFAULT']")).to_be_visible()
+    expect(changes).to_contain_text("Attached")
+    names = page.locator("#variables code")
+    expect(names.filter(has_text=re.compile(r"^GREETING$"))).to_have_count(1)
+    expect(names.filter(has_text=re.compile(r"^DEFAULT_DATABASE_DSN$"))).to_have_count(1)
+    expect(names.filter(has_text=re.compile(r"^STAGE$"))).to_have_count(1)
+    expect(page.locator("#deployment-log")).to_contain_text("deployment succeeded")
+    assert secret not in page.content()
+    assert "test" not in [t.strip() for t in names.all_inner_texts()]  # names, not values
+    assert_accessible(page, "a deployment's page")
+
+    # the one that detached it
+    page.goto(f"/projects/{name}/test/deployments/{detach_id}")
+    after_heading = "xpath=following-sibling::*[1]"
+    detached = page.locator("#changes h3", has_text="Detached").locator(after_heading)
+    expect(detached).to_contain_text("DEFAULT")
+    attached = page.locator("#changes h3", has_text="Attached").locator(after_heading)
+    expect(attached).to_have_text("No service.")
+    expect(page.locator("#variables code").filter(
+        has_text=re.compile(r"^DEFAULT_DATABASE_DSN$"))).to_have_count(0)
+
+    # a failed one: it says that nothing changed, and why it failed
+    page.goto(f"/projects/{name}/test/deployments/{failed_id}")
+    expect(page.locator("#deployment")).to_contain_text("nothing changed")
+    expect(page.locator("#deployment-log")).to_contain_text("deployment failed")
+    # back to the environment from the breadcrumb
+    page.get_by_role("navigation", name="Breadcrumb").get_by_role("link", name="test").click()
+    expect(page.get_by_role("tab", name="test")).to_have_attribute("aria-selected", "true")
+
+
+def test_activity_keeps_removed_services(tether: Tether, page: Page) -> None:
+    """Finding 5: the environment's activity, newest first and in pages, names who changed
+    what; a removed service's history stays in it after its row has gone."""
+    name = "activity-kept"
+    make_project(tether, name, "--no-database")
+    tether.ok("service", "add", "test", "postgres", "--prefix", "EXTRA", "--provision",
+              "-p", name)
+    for n in range(20):  # enough entries for a second page
+        assert api(tether, "PUT", f"/projects/{name}/environments/test/variables/V{n}",
+                   json={"value": "x"}).status_code == 200
+    open_project(page, tether, name)
+    row = service_row(page, "EXTRA")
+    expect(row.locator(".badge")).to_have_text("pending attachment")
+    row.locator("button[data-action='remove']").click()
+    page.keyboard.type("EXTRA")
+    page.keyboard.press("Enter")
+    expect(row).to_have_count(0, timeout=60_000)
+
+    activity = page.locator("#panel-test table.activity tbody tr")
+    extra = activity.filter(has=page.locator("td[data-label='Service']", has_text="EXTRA"))
+    # its removal is the newest; its whole history is there, its addition on a later page
+    expect(activity.first).to_contain_text("EXTRA")
+    expect(activity.first).to_contain_text("removed")
+    expect(activity).to_have_count(20)
+    more = page.locator("#activity-more-test")
+    expect(more).to_be_visible()
+    more.click()
+    expect(more).to_be_hidden()
+    texts = extra.all_inner_texts()
+    assert len(texts) >= 3, texts
+    assert any("→ removed" in t for t in texts), texts
+    assert any("add" in t for t in texts), texts
+    expect(activity.filter(has_text="V0")).to_have_count(1)
+    # newest first
+    ids = [int(i) for i in activity.evaluate_all("(rs) => rs.map((r) => r.dataset.id)")]
+    assert ids == sorted(ids, reverse=True)

@@ -28,6 +28,7 @@ from tether.store.models import (
     Deployment,
     DeploymentLog,
     Environment,
+    Instance,
     Operation,
     Project,
     Release,
@@ -133,6 +134,44 @@ def deployment_variables(ctx: Context, deployment_id: int) -> dict[str, str]:
         if ctx.principal.may(Need.REVEAL, env.project.name):
             return values
         return {name: mask_value(value) for name, value in values.items()}
+
+
+def deployment_release(ctx: Context, deployment_id: int) -> dict[str, object]:
+    """What a deployment's release had and changed, for its details page: the release's
+    variables' names (never their values), the services whose variables it has, and the
+    services it attached and detached against the release of the last successful deployment
+    before it (a removed service is named too: its history stays). `applied` is false for a
+    deployment that did not succeed: it changed nothing (the previous release kept running)."""
+    with ctx.store.session() as s:
+        d = s.get(Deployment, deployment_id)
+        if d is None or not _may_read(s, ctx, d.environment_id):
+            raise NotFound(f"no deployment {deployment_id}")
+        release = s.scalar(select(Release).where(Release.deployment_id == d.id)
+                           .order_by(Release.id.desc()).limit(1))
+        view: dict[str, object] = {"deployment_id": d.id, "applied": bool(d.success),
+                                   "release_id": None, "command": None, "variables": [],
+                                   "services": [], "attached": [], "detached": []}
+        if release is None:
+            return view
+        before = s.scalar(select(Release).join(Deployment, Deployment.id == Release.deployment_id)
+                          .where(Release.environment_id == d.environment_id,
+                                 Release.id < release.id, Deployment.success.is_(True))
+                          .order_by(Release.id.desc()).limit(1))
+        now = set(release.instance_ids or [])
+        then = set(before.instance_ids or []) if before is not None else set()
+        instances = {i.id: i for i in s.scalars(select(Instance).where(
+            Instance.id.in_(sorted(now | then))))}
+
+        def named(ids: set[int]) -> list[dict[str, object]]:
+            return [{"prefix": i.prefix, "service": i.service, "state": i.state}
+                    for i in sorted((instances[n] for n in ids if n in instances),
+                                    key=lambda i: (i.prefix, i.id))]
+
+        view.update(release_id=release.id, command=release.command,
+                    previous_release_id=before.id if before is not None else None,
+                    variables=sorted(release.variable_names or []), services=named(now),
+                    attached=named(now - then), detached=named(then - now))
+        return view
 
 
 def _may_read(s: Session, ctx: Context, environment_id: int) -> bool:

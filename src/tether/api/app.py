@@ -451,6 +451,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             wait, lambda: call(deployments.get_deployment, ctx, deployment_id, logs_after),
             news, recheck=lambda: still_allowed(request))
 
+    @api.get("/deployments/{deployment_id}/release", tags=["deployments"])
+    async def deployment_release(ctx: Ctx, deployment_id: IdPath) -> dict[str, Any]:
+        """What the deployment's release had and changed: its variables' names (never their
+        values), the services whose variables it has, those it attached and detached."""
+        return await call(deployments.deployment_release, ctx, deployment_id)
+
     @api.get("/operations/{operation_id}", tags=["operations"])
     async def get_operation(ctx: Ctx, request: Request, operation_id: IdPath,
                             wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:

@@ -107,6 +107,17 @@ export async function apiAll(path, limit = 1000) {
   }
 }
 
+/**
+ * One page of a paged list: its `rows` (at most `limit`) and the `after` cursor of the next
+ * page (from the answer's `Link: <…>; rel="next"`), null after the last page.
+ */
+export async function apiPage(path, limit, after = null) {
+  const sep = path.includes('?') ? '&' : '?';
+  const page = await call('GET', `${path}${sep}limit=${limit}` +
+    (after === null ? '' : `&after=${encodeURIComponent(after)}`));
+  return { rows: page.data, after: nextCursor(page.response.headers.get('Link')) };
+}
+
 /** The `after` of a `Link` header's rel="next" URL, or null. */
 function nextCursor(link) {
   const found = /<([^>]*)>\s*;\s*rel="next"/.exec(link || '');

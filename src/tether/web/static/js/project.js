@@ -2,7 +2,7 @@
 // While anything is under way (a provision, a removal, a deployment) the active tab polls the
 // API every second, so states and progress update without a reload; otherwise every 5 seconds.
 
-import { api, apiAll, envPath, seg } from './api.js';
+import { api, apiAll, apiPage, envPath, seg } from './api.js';
 import { EnvironmentBackups } from './backups.js';
 import { append, byId, h, replace, sleep } from './dom.js';
 import {
@@ -22,6 +22,8 @@ import {
 } from './ui.js';
 
 const PREFIX_RE = /^[A-Z][A-Z0-9_]{0,29}$/;
+const DEPLOYMENTS_PAGE = 10;
+const ACTIVITY_PAGE = 20;
 const FINISHED = new Set(['succeeded', 'failed']);
 const FAST_MS = 1000;
 const SLOW_MS = 5000;
@@ -60,6 +62,61 @@ function timeOnly(iso) {
   return iso ? parseTime(iso).toLocaleTimeString(undefined, { hour12: false }) : '';
 }
 
+/**
+ * A list shown newest first from a paged list of the API (cursor paging): `refresh` loads its
+ * first page again, `more` adds the next page after the last one shown. Rows are kept by id,
+ * so a row the refreshed first page no longer holds (newer ones came) stays shown.
+ */
+class PagedRows {
+  constructor(path, limit) {
+    this.path = path;
+    this.limit = limit;
+    this.rows = new Map();
+    this.extended = false;  // a page after the first was shown
+    this.after = null;  // the next page's cursor; null: no more
+  }
+
+  async refresh() {
+    const page = await apiPage(this.path, this.limit);
+    if (!this.extended) {
+      this.rows.clear();
+      this.after = page.after;
+    }
+    for (const r of page.rows) this.rows.set(r.id, r);
+    return this.list();
+  }
+
+  async more() {
+    if (this.after === null) return this.list();
+    const page = await apiPage(this.path, this.limit, this.after);
+    this.extended = true;
+    this.after = page.after;
+    for (const r of page.rows) this.rows.set(r.id, r);
+    return this.list();
+  }
+
+  list() {
+    return [...this.rows.values()].sort((a, b) => b.id - a.id);
+  }
+}
+
+/** A "Show more" button under a paged list; hidden when it has no more. */
+function moreButton(id, label, load) {
+  const button = h('button', { type: 'button', class: 'small more', id, hidden: true }, label);
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    try {
+      await load();
+    } catch (err) {
+      notify(err.message, 'error');
+    } finally {
+      button.disabled = false;
+      if (button.hidden) button.closest('section')?.querySelector('table')?.focus?.();
+    }
+  });
+  return button;
+}
+
 /** One environment's tab panel: it loads, renders and polls its own data. */
 class EnvironmentPanel {
   constructor(project, env, tab) {
@@ -87,8 +144,10 @@ class EnvironmentPanel {
     });
     this.backups = new EnvironmentBackups(project.name, env.name,
       project.environments.map((e) => e.name));
+    this.deployments = new PagedRows(`${this.path}/deployments`, DEPLOYMENTS_PAGE);
+    this.activity = new PagedRows(`${this.path}/history`, ACTIVITY_PAGE);
     append(this.el, this.header(), this.servicesSection(), this.deploySection(),
-      this.backups.el, this.variablesSection());
+      this.backups.el, this.variablesSection(), this.activitySection());
   }
 
   id(part) {
@@ -392,8 +451,10 @@ class EnvironmentPanel {
       'aria-labelledby': this.id('progress-title') });
     this.progressTitle = h('span', { id: this.id('progress-title'), class: 'progress-title' });
     this.percent = h('span', { class: 'percent', 'aria-live': 'off' }, '0 %');
-    this.log = h('ol', { class: 'log', role: 'log', 'aria-label': 'Deployment log',
-      tabindex: '0' });
+    // a log region holding a list of lines (a role=log list's items would be in no list)
+    this.logLines = h('ol', { class: 'lines' });
+    this.log = h('div', { class: 'log', role: 'log', 'aria-label': 'Deployment log',
+      tabindex: '0' }, this.logLines);
     this.result = h('p', { class: 'result', role: 'status' });
     this.live = h('div', { class: 'deploy-live', hidden: true },
       h('div', { class: 'progress-row' }, this.progressTitle, this.progress, this.percent),
@@ -402,17 +463,99 @@ class EnvironmentPanel {
     this.deploymentsTable = table(`Past deployments of ${this.name}`,
       ['#', 'Status', 'Asked by', 'Started', 'Finished', 'Result'], this.deploymentsBody,
       'deployments');
+    this.deploymentsTable.tabIndex = -1;  // focus after its last page was shown
     this.deploymentsEmpty = h('p', { class: 'empty', hidden: true },
       `${this.name} was never deployed.`);
+    this.deploymentsMore = moreButton(this.id('deployments-more'), 'Show more deployments',
+      async () => this.renderDeployments(await this.deployments.more()));
     return h('section', { class: 'card', 'aria-labelledby': this.id('deployments-title') },
       h('h3', { id: this.id('deployments-title') }, 'Deployments'),
       this.live, h('h4', {}, 'Past deployments'), this.deploymentsTable,
-      this.deploymentsEmpty);
+      this.deploymentsEmpty, this.deploymentsMore, this.appLogSection());
+  }
+
+  /**
+   * The running release's output, followed live while open (long polls of the API's logs:
+   * each answers at a new line, or after 10 s); a deploy's new release continues it.
+   */
+  appLogSection() {
+    this.appLogLines = h('ol', { class: 'lines' });
+    this.appLog = h('div', { class: 'log', role: 'log', tabindex: '0', id: this.id('app-log'),
+      'aria-label': `Output of the release ${this.name} runs` }, this.appLogLines);
+    this.appLogNote = h('p', { class: 'muted', id: this.id('app-log-note'), 'aria-live': 'polite' });
+    const box = h('details', { class: 'add app-log', id: this.id('app-log-box') },
+      h('summary', {}, 'Live log of the running release'), this.appLogNote, this.appLog);
+    box.addEventListener('toggle', () => {
+      if (box.open) this.followAppLog(box);
+    });
+    return box;
+  }
+
+  async followAppLog(box) {
+    if (this.appLogFollowing) return;
+    this.appLogFollowing = true;
+    let cursor = null;
+    try {
+      while (box.open && box.isConnected) {
+        const answer = await api('GET', `${this.path}/logs?` + (cursor === null
+          ? 'lines=200' : `after=${encodeURIComponent(cursor)}&wait=10`));
+        if (!box.open) break;
+        if (cursor === null) this.appLogLines.replaceChildren();
+        cursor = answer.cursor;
+        this.appLogNote.textContent = answer.note ? browserText(answer.note)
+          : `Release ${answer.release_id} (${answer.release_status})` +
+            (answer.missed ? ': some lines were rotated away before they were read' : '');
+        for (const line of answer.lines) {
+          this.appLogLines.append(h('li', {}, h('time', { datetime: line.at || '' },
+            timeOnly(line.at)), ' ', line.line));
+        }
+        if (answer.lines.length) this.appLog.scrollTop = this.appLog.scrollHeight;
+        if (answer.note) await sleep(SLOW_MS);  // nothing runs yet: look again later
+        else if (!this.active || document.hidden) await sleep(FAST_MS);
+      }
+    } catch (err) {
+      notify(err.message, 'error');
+    } finally {
+      this.appLogFollowing = false;
+    }
+  }
+
+  // --- activity -----------------------------------------------------------------------------
+
+  activitySection() {
+    this.activityBody = h('tbody');
+    this.activityTable = table(`Activity in ${this.name}, newest first`,
+      ['When', 'Who', 'What', 'Service', 'State', 'Detail'], this.activityBody, 'activity');
+    this.activityTable.tabIndex = -1;
+    this.activityEmpty = h('p', { class: 'empty', hidden: true }, 'Nothing happened yet.');
+    this.activityMore = moreButton(this.id('activity-more'), 'Show more activity',
+      async () => this.renderActivity(await this.activity.more()));
+    return h('section', { class: 'card', id: this.id('activity'),
+      'aria-labelledby': this.id('activity-title') },
+    h('h3', { id: this.id('activity-title') }, 'Activity'),
+    h('p', { class: 'muted' }, `Who changed what in ${this.name}, and when: its services ` +
+      '(removed ones too), variables and deploys.'),
+    this.activityTable, this.activityEmpty, this.activityMore);
+  }
+
+  renderActivity(entries) {
+    replace(this.activityBody, entries.map((e) => h('tr', { dataset: { id: e.id } },
+      cell('When', when(e.at)),
+      cell('Who', e.actor),
+      cell('What', e.action),
+      cell('Service', e.prefix ? h('span', { class: 'prefix' }, e.prefix) : '–'),
+      cell('State', e.from || e.to ? `${e.from || '–'} → ${e.to || '–'}` : '–'),
+      cell('Detail', e.detail ? browserText(e.detail) : '–'))));
+    this.activityEmpty.hidden = entries.length > 0;
+    this.activityTable.hidden = entries.length === 0;
+    this.activityMore.hidden = this.activity.after === null;
   }
 
   renderDeployments(deployments) {
+    const base = `/projects/${seg(this.project.name)}/${seg(this.name)}/deployments/`;
     replace(this.deploymentsBody, deployments.map((d) => h('tr', { dataset: { id: d.id } },
-      h('th', { scope: 'row', 'data-label': '#' }, `#${d.id}`),
+      h('th', { scope: 'row', 'data-label': '#' }, h('a', { href: base + d.id,
+        'aria-label': `Deployment #${d.id}: details, log and changes` }, `#${d.id}`)),
       cell('Status', statusBadge(d.status)),
       cell('Asked by', d.requested_by || '–'),
       cell('Started', when(d.started_at || d.created_at)),
@@ -421,6 +564,7 @@ class EnvironmentPanel {
         : d.success ? `release ${d.release_id ?? ''}`.trim() : '–'))));
     this.deploymentsEmpty.hidden = deployments.length > 0;
     this.deploymentsTable.hidden = deployments.length === 0;
+    this.deploymentsMore.hidden = this.deployments.after === null;
   }
 
   async deploy() {
@@ -445,7 +589,7 @@ class EnvironmentPanel {
     let after = 0;
     this.live.hidden = false;
     this.live.dataset.status = 'running';
-    this.log.replaceChildren();
+    this.logLines.replaceChildren();
     this.result.textContent = '';
     this.result.className = 'result';
     this.progressTitle.textContent = `Deploying ${this.name} (#${id})`;
@@ -458,7 +602,7 @@ class EnvironmentPanel {
       for (;;) {
         const d = await api('GET', `/deployments/${id}?logs_after=${after}`);
         for (const line of d.logs || []) {
-          this.log.append(h('li', {}, h('time', { datetime: line.at }, timeOnly(line.at)),
+          this.logLines.append(h('li', {}, h('time', { datetime: line.at }, timeOnly(line.at)),
             ' ', browserText(line.line)));
           after = line.id;
         }
@@ -633,14 +777,16 @@ class EnvironmentPanel {
 
   async load() {
     try {
-      const [instances, deployments] = await Promise.all([
+      const [instances, deployments, activity] = await Promise.all([
         apiAll(`${this.path}/services`),
-        api('GET', `${this.path}/deployments?limit=10`),
+        this.deployments.refresh(),
+        this.activity.refresh(),
       ]);
       this.lastError = '';
       this.instances = instances;
       this.renderServices();
       this.renderDeployments(deployments);
+      this.renderActivity(activity);
       this.renderPending();
       const running = deployments.find((d) => !FINISHED.has(d.status));
       if (running && this.following === null) this.follow(running.id);

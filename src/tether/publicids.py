@@ -15,6 +15,7 @@ of the candidate keys and returns the one that matches.
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import TypeVar
@@ -35,9 +36,18 @@ class Kind(StrEnum):
     VARIABLE = "variable"
 
 
+#: each box's namespace, derived once: an HMAC and a UUID cost ~45 µs, three quarters of a
+#: public id, and the projects list makes 300 of them a page (issue 12's scale benchmark)
+_NAMESPACES: weakref.WeakKeyDictionary[SecretBox, uuid.UUID] = weakref.WeakKeyDictionary()
+
+
 def namespace(box: SecretBox) -> uuid.UUID:
-    """This installation's namespace for public ids."""
-    return uuid.UUID(box.derive_id("public ids")[:32])
+    """This installation's namespace for public ids (a box's key never changes, so it is
+    derived once per box)."""
+    ns = _NAMESPACES.get(box)
+    if ns is None:
+        ns = _NAMESPACES[box] = uuid.UUID(box.derive_id("public ids")[:32])
+    return ns
 
 
 def public_id(box: SecretBox, kind: Kind, key: int | str) -> str:

@@ -93,6 +93,13 @@ def test_app_settings_in_the_page_and_no_deploy_without_a_command(tether: Tether
     assert (shown["app_command"], shown["health_path"], shown["app_dir"],
             shown["health_timeout"]) == (APP, "/health", str(ROOT), 60)
     expect(page.locator("#project-meta")).to_contain_text(f"application: {APP}")
+    # the CLI changes the same settings (and the page shows them when opened again)
+    tether.ok("project", "update", "-p", name, "--health-timeout", "45", "--app-dir", str(ROOT))
+    bad = tether.cli("project", "update", "-p", name, "--health-timeout", "0")
+    assert bad.code == 2 and "invalid health timeout" in bad.err, (bad.out, bad.err)
+    page.reload()
+    expect(timeout).to_have_value("45")
+    expect(settings).not_to_have_attribute("open", "")  # it has a command: closed
 
     # now the deploy starts the application, which answers at the stable address
     deploy_and_wait(page, "succeeded")

@@ -114,7 +114,8 @@ class ProjectPatch(BaseModel):
     app_command: Annotated[str, _text(MAX_COMMAND, NO_NUL)] | None = None
     health_path: Annotated[str, _text(MAX_HEALTH_PATH, min_length=1)] | None = None
     app_dir: Annotated[str, _text(MAX_PATH)] | None = None
-    health_timeout: Annotated[int, Field(ge=1, le=600, description="seconds")] | None = None
+    #: checked by the action (1 to 600 s), so its message is the one the page and CLI show
+    health_timeout: Annotated[int, Field(description="seconds, 1 to 600")] | None = None
 
 
 class ServiceIn(BaseModel):

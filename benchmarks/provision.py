@@ -8,6 +8,12 @@ raw calls on the same server, in the same run, interleaved.
   baseline is the provider module called directly (its HTTP/SQL calls to the server, no API,
   store or worker), so the difference is Tether's own overhead.
 
+For postgres a third side, in the same run and interleaved too: the way many teams script this
+today, an Ansible playbook of the `community.postgresql` collection (`postgresql_user`,
+`postgresql_db`, `postgresql_privs`), run with `ansible-playbook` once per instance (the
+`ansible` package from PyPI, pinned, installed into build/bench-ansible on first use; --ansible N
+instances, 0 to leave it out).
+
 Usage: .venv/bin/python benchmarks/provision.py [-n 30] [--kinds postgres,rabbitmq,s3,...]
 Writes benchmarks/results/provision.json (the rows of kinds not measured in this run are kept from
 the file, each with its date) and prints a Markdown table (copied into the README).
@@ -31,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import psycopg
@@ -77,6 +84,85 @@ def raw_provision(admin_url: str, name: str, password: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
         conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(role))
         conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(role, role))
+
+
+ANSIBLE = "ansible==12.3.0"  # ansible-core 2.19 with community.postgresql 4.2
+ANSIBLE_VENV = ROOT / "build" / "bench-ansible"
+PLAYBOOK = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    login: &login
+      login_host: "{{ host }}"
+      login_port: "{{ port }}"
+      login_user: "{{ admin_user }}"
+      login_password: "{{ admin_password }}"
+  tasks:
+    - community.postgresql.postgresql_user:
+        <<: *login
+        name: "{{ name }}"
+        password: "{{ password }}"
+        role_attr_flags: LOGIN,NOSUPERUSER,NOCREATEDB,NOCREATEROLE
+        state: "{{ state }}"
+      when: state == "present"
+    - community.postgresql.postgresql_db:
+        <<: *login
+        name: "{{ name }}"
+        owner: "{{ name if state == 'present' else omit }}"
+        state: "{{ state }}"
+    - community.postgresql.postgresql_privs:
+        <<: *login
+        database: "{{ name }}"
+        type: database
+        privs: CONNECT,TEMPORARY
+        roles: PUBLIC
+        state: absent
+      when: state == "present"
+    - community.postgresql.postgresql_user:
+        <<: *login
+        name: "{{ name }}"
+        state: absent
+      when: state == "absent"
+"""
+
+
+def ansible_playbook() -> Path:
+    """`ansible-playbook` of a venv holding the pinned `ansible` package (made on first use)."""
+    binary = ANSIBLE_VENV / "bin" / "ansible-playbook"
+    if not (ANSIBLE_VENV / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(ANSIBLE_VENV)], check=True)
+        subprocess.run([str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q",
+                        "--disable-pip-version-check", ANSIBLE, "psycopg2-binary>=2.9"],
+                       check=True)
+        (ANSIBLE_VENV / ".installed").write_text(ANSIBLE + "\n")
+    return binary
+
+
+def ansible_side(admin_url: str, workdir: Path) -> tuple[Callable[[int], None],
+                                                         Callable[[int], None]]:
+    """Provision and drop `bench_ans_{i}` with one `ansible-playbook` run each."""
+    playbook = ansible_playbook()
+    (workdir / "play.yml").write_text(PLAYBOOK)
+    url = urlsplit(admin_url)
+    login = {"host": url.hostname, "port": url.port, "admin_user": url.username,
+             "admin_password": unquote(url.password or "")}
+    env = {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_PYTHON_INTERPRETER": str(ANSIBLE_VENV / "bin" / "python"),
+           "ANSIBLE_HOME": str(workdir / "home")}
+
+    def play(i: int, state: str) -> None:
+        extra = workdir / f"vars-{i}-{state}.json"
+        extra.write_text(json.dumps({**login, "name": f"bench_ans_{i}", "state": state,
+                                     "password": f"pw-{i}-{os.urandom(8).hex()}"}))
+        done = subprocess.run([str(playbook), "-i", "localhost,", str(workdir / "play.yml"),
+                               "-e", f"@{extra}"], env=env, capture_output=True, text=True,
+                              check=False)
+        extra.unlink()
+        if done.returncode != 0:
+            raise SystemExit(f"ansible-playbook failed:\n{done.stdout[-2000:]}")
+
+    return (lambda i: play(i, "present")), (lambda i: play(i, "absent"))
 
 
 def _timed(fn: Callable[..., None], *args: object) -> float:
@@ -215,29 +301,47 @@ def _summary(tether_ms: list[float], raw_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def _measure(client: httpx.Client, target: Target, n: int) -> dict[str, Any]:
+def _measure(client: httpx.Client, target: Target, n: int,
+             ansible: tuple[int, Callable[[int], None], Callable[[int], None]] | None = None,
+             ) -> dict[str, Any]:
     project = f"bench-{target.kind}"
-    client.post("/projects", json={"name": project, "region": target.region}
-                ).raise_for_status()
+    client.post("/projects", json={"name": project, "region": target.region,
+                                   "database": False}).raise_for_status()
     tether_ms: list[float] = []
     raw_ms: list[float] = []
+    ansible_ms: list[float] = []
     try:
         for i in range(n):
-            # interleave the two sides, alternating which goes first, so that drift on the VM
-            # (CREATE DATABASE time wanders a lot here) hits both alike
+            # interleave the sides, rotating which goes first, so that drift on the VM
+            # (CREATE DATABASE time wanders a lot here) hits all alike
             sides = [lambda i=i: raw_ms.append(_timed(target.raw, i)),
                      lambda i=i: tether_ms.append(_timed(_tether_provision, client, project,
                                                          target.service, f"B{i}"))]
-            for side in sides if i % 2 == 0 else reversed(sides):
+            if ansible is not None and i < ansible[0]:
+                sides.append(lambda i=i: ansible_ms.append(_timed(ansible[1], i)))
+            shift = i % len(sides)
+            for side in sides[shift:] + sides[:shift]:
                 side()
     finally:
         for i in range(len(raw_ms)):
             target.raw_cleanup(i)
+        if ansible is not None:
+            for i in range(len(ansible_ms)):
+                ansible[2](i)
         for i in range(len(tether_ms)):
             client.delete(f"/projects/{project}/environments/test/services/B{i}",
                           params={"confirm": f"B{i}"}).raise_for_status()
-    return {"kind": target.kind, "n": n, "baseline": target.baseline,
-            "date": time.strftime("%Y-%m-%d"), **_summary(tether_ms, raw_ms)}
+    row = {"kind": target.kind, "n": n, "baseline": target.baseline,
+           "date": time.strftime("%Y-%m-%d"), **_summary(tether_ms, raw_ms)}
+    if ansible_ms:
+        row["ansible"] = {
+            "what": f"ansible-playbook, community.postgresql ({ANSIBLE}), one run per instance",
+            "n": len(ansible_ms),
+            "ms": {"median": statistics.median(ansible_ms),
+                   "p95": percentile(ansible_ms, .95)},
+            "tether_to_ansible": statistics.median(tether_ms) / statistics.median(ansible_ms),
+        }
+    return row
 
 
 def main() -> int:
@@ -245,6 +349,9 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=30, help="instances per side and provider")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"comma-separated, from {', '.join(KINDS)}")
+    parser.add_argument("--ansible", type=int, default=10, metavar="N",
+                        help="postgres: also time N instances made by an Ansible playbook "
+                             "(0: not)")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
 
@@ -275,7 +382,10 @@ def main() -> int:
                               headers={"Authorization": f"Bearer {token}"})
         for kind in kinds:
             with _target(kind, client, admin_pg) as target:
-                rows.append(_measure(client, target, args.n))
+                third = None
+                if kind == "postgres" and args.ansible > 0:
+                    third = (min(args.ansible, args.n), *ansible_side(admin_pg, base))
+                rows.append(_measure(client, target, args.n, third))
             print(f"{kind}: done", file=sys.stderr)
     finally:
         up.send_signal(signal.SIGINT)
@@ -304,6 +414,11 @@ def main() -> int:
         print(f"| {r['kind']} | {r['n']} | {t['median']:.1f} / {t['p95']:.1f} | "
               f"{w['median']:.1f} / {w['p95']:.1f} | {r['overhead_ms_median']:.1f}; "
               f"{r['overhead_ms_paired_median']:.1f} | {r['ratio_median']:.2f} |")
+    for r in rows:
+        if "ansible" in r:
+            a = r["ansible"]
+            print(f"\n{r['kind']}: Ansible ({a['n']} runs) median {a['ms']['median']:.1f} ms, "
+                  f"p95 {a['ms']['p95']:.1f} ms; Tether takes {a['tether_to_ansible']:.3f} of it")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
     return 0
 

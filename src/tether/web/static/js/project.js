@@ -688,7 +688,7 @@ class EnvironmentPanel {
       cell('Actions', h('div', { class: 'actions' },
         h('button', { type: 'button', class: 'small', 'aria-label': `Edit ${v.name}`,
           onclick: () => this.editVariable(v) }, 'Edit'),
-        h('button', { type: 'button', class: 'small danger-quiet',
+        h('button', { type: 'button', class: 'small danger-quiet', dataset: { action: 'unset' },
           'aria-label': `Unset ${v.name}`, onclick: () => this.unsetVariable(v.name) },
         'Unset'))))));
     this.customEmpty.hidden = custom.length > 0;
@@ -746,6 +746,7 @@ class EnvironmentPanel {
   }
 
   async unsetVariable(name) {
+    const index = [...this.customBody.rows].findIndex((r) => r.dataset.name === name);
     try {
       const before = this.variables.find((v) => v.name === name);
       const answer = await api('DELETE', `${this.path}/variables/${seg(name)}`);
@@ -756,6 +757,12 @@ class EnvironmentPanel {
       notify(err.message, 'error');
     }
     await this.loadVariables();
+    // the pressed button went with the re-rendered rows: focus the row now in its place (its
+    // own when the unset failed), and once the table is empty the form that sets one
+    const rows = [...this.customBody.rows];
+    const row = rows.find((r) => r.dataset.name === name) ||
+      rows[Math.min(index, rows.length - 1)];
+    (row?.querySelector('button[data-action=unset]') || this.varName).focus();
   }
 
   // --- live updates -------------------------------------------------------------------------

@@ -549,6 +549,35 @@ def test_notify_on_one_node_wakes_another_and_waiters_everywhere(
     assert woke.wait(5) and ran[op_id] - sent < 0.5
 
 
+def test_a_transaction_that_queues_an_operation_wakes_the_other_nodes_itself(
+        pg: Store, workers: Callable[..., Worker]) -> None:
+    """Issue 12: the intent, its operation and the wake-up in one transaction — the NOTIFY is
+    part of the transaction that inserts the operation (delivered at its commit, never for a
+    rollback), not a later round trip of the sender thread."""
+    envs = make_environments(pg, 1)
+    workers(pg, {}, node_id="node-api")  # installs the store's announcer
+    conninfo = pg.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN tether_wake")
+        with pg.session() as s:
+            s.add(Operation(kind="job", environment_id=envs[0], requested_by="test"))
+            s.flush()
+            s.add(Operation(kind="job", environment_id=envs[0], requested_by="test"))
+            assert list(listener.notifies(timeout=0.3)) == []  # not before the commit
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [("tether_wake", "node-api")]
+        assert list(listener.notifies(timeout=0.3)) == []  # one per transaction
+
+        with pytest.raises(RuntimeError), pg.session() as s:
+            s.add(Operation(kind="job", environment_id=envs[0], requested_by="test"))
+            s.flush()
+            raise RuntimeError("rolled back")
+        assert list(listener.notifies(timeout=0.5)) == []
+        with pg.session() as s:  # a transaction that queues nothing says nothing
+            s.execute(update(Operation).values(message="touched"))
+        assert list(listener.notifies(timeout=0.5)) == []
+
+
 def test_notify_is_cheap_on_the_request_path(pg: Store, workers: Callable[..., Worker]) -> None:
     """notify() runs in every action's request: it sets events, the NOTIFY is sent by a thread."""
     worker = workers(pg, {}, node_id="node-api")

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from tether.redact import redact
 from tether.store.db import Store
+from tether.store.models import Operation
 
 log = logging.getLogger("tether.worker")
 
@@ -74,6 +75,29 @@ class Wakeups:
                     self._sender = threading.Thread(target=self._send_loop, daemon=True,
                                                     name="tether-notify")
                     self._sender.start()
+
+    def announce_queued_operations(self) -> None:
+        """From now on a transaction of this store that inserts an operation (always queued)
+        also NOTIFYs `tether_wake` itself, delivered at its commit: the other nodes look for
+        work at once, without waiting for the sender's round trip — operations the engine
+        queues (a rotation's deploy, a scheduled deletion) included. Once per store."""
+        if not self.enabled or self.store.__dict__.get("_announces_operations"):
+            return
+        self.store.__dict__["_announces_operations"] = True
+        node_id = self.node_id
+
+        def after_flush(session: Session, _context: object) -> None:
+            if session.info.get("tether_wake") or not any(
+                    isinstance(o, Operation) for o in session.new):
+                return
+            session.info["tether_wake"] = True
+            session.connection().execute(_NOTIFY, {"channel": WAKE_CHANNEL, "node": node_id})
+
+        def after_end(session: Session, _transaction: object) -> None:
+            session.info.pop("tether_wake", None)
+
+        self.store.listen("after_flush", after_flush)
+        self.store.listen("after_transaction_end", after_end)
 
     def announce(self, s: Session, channel: str) -> None:
         """NOTIFY `channel` inside the transaction `s`: delivered when (and only if) it commits,

@@ -135,6 +135,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         #: this node's signals to and from the other nodes (PostgreSQL only)
         self.wakeups = Wakeups(store, self.node_id, on_work=self._wake.set, on_done=self._bump)
+        self.wakeups.announce_queued_operations()
         #: notified whenever an operation finishes, so waiters answer without polling
         self._finished = threading.Condition()
         #: per handler thread: the operation it runs (`op_id`), and whether the handler ended

@@ -88,6 +88,10 @@ class Store:
     def migrate(self) -> None:
         migrate(self.engine)
 
+    def listen(self, name: str, fn: Any) -> None:
+        """A session event (e.g. `after_flush`) of every session of this store."""
+        event.listen(self._sessions, name, fn)
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: committed when the block ends, rolled back on an exception."""

@@ -30,7 +30,8 @@ function summary(dep, release) {
       row('Asked', when(dep.created_at)),
       row('Started', when(dep.started_at)),
       row('Finished', when(dep.finished_at)),
-      row('Release', release.release_id ? `#${release.release_id}` : 'none (it failed before making one)'),
+      row('Release', release.release_id ? `#${release.release_id}`
+        : FINISHED.has(dep.status) ? 'none (it failed before making one)' : 'not made yet'),
       row('Command', release.command ? h('code', {}, release.command) : '–'),
       row('ID', h('code', {}, dep.uuid))));
 }
@@ -45,7 +46,8 @@ function services(list) {
 function changes(dep, release) {
   let body;
   if (!release.release_id) {
-    body = h('p', { class: 'empty' }, 'It made no release: nothing changed.');
+    body = h('p', { class: 'empty' }, FINISHED.has(dep.status)
+      ? 'It made no release: nothing changed.' : 'Not known yet: it has made no release so far.');
   } else {
     const attached = services(release.attached);
     const detached = services(release.detached);

@@ -452,6 +452,8 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
     stops.push("the API's port", sock.close)
     media_sock = _bind_media(host, media_port)
     stops.push("the media files' port", media_sock.close)
+    apps_sock = _bind_apps(host, apps_port)
+    stops.push("the front door's port", apps_sock.close)
     store = Store(store_url(data_dir))
     stops.push("the store", lambda: _close_store(store))
     say("migrating the store ...")
@@ -481,7 +483,8 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
                lambda: engine.stop(timeout=STOP_TIMEOUT / 2),
                force=lambda: _force_engine(engine))
     assert engine.runtime is not None
-    base.front_door = engine.runtime.open_front_door(apps_port, apps_domain, host=host)
+    base.front_door = engine.runtime.open_front_door(apps_port, apps_domain, host=host,
+                                                     sock=apps_sock)
     if caddy is not None:
         say(f"putting the Caddy at {caddy.admin_url} in front of the applications ...")
         base.front_door = engine.runtime.drive_caddy(caddy)
@@ -565,6 +568,21 @@ def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:
         raise UserError(f"port {port} on {host} is taken ({exc.strerror}): is another "
                         f"`tether up` running? Stop it, or pick another port with --port "
                         f"(data dir: {data_dir})") from None
+    return sock
+
+
+def _bind_apps(host: str, port: int) -> socket.socket:
+    """Hold the front door's port from the start, as the API's (see `_bind_api`)."""
+    sock: socket.socket | None = None
+    try:
+        sock = bind_port(port, host)
+        sock.listen(1024)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise UserError(f"port {port} on {host}, for the front door, is taken "
+                        f"({exc.strerror}): is another `tether up` running? Stop it, or pick "
+                        "another port with --apps-port (or TETHER_APPS_PORT)") from None
     return sock
 
 

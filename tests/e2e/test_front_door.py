@@ -4,8 +4,10 @@ port `--apps-port` names."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -62,3 +64,22 @@ def test_environments_without_ports_are_served_by_host_name(doorman: Tether) -> 
     assert blog.status_code == 200
     not_yet = through_door(t, f"http://live.shop.localhost:{t.apps_port}", "/")
     assert not_yet.status_code == 404 and "deploy it" in not_yet.text
+
+
+def test_a_taken_front_door_port_stops_the_start_at_once() -> None:
+    """The front door's port is held from the start, like the API's and the media files' (a
+    port bound only after the embedded PostgreSQL had started was once taken meanwhile)."""
+    t = new_tether("tether-door-taken-")
+    try:
+        with socket.create_server(("127.0.0.1", t.apps_port)):
+            started = time.monotonic()
+            proc = subprocess.run([str(ROOT / ".venv" / "bin" / "tether"), "up", "--data-dir",
+                                   str(t.data_dir), "--port", str(t.port)], env=t.env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"port {t.apps_port} on 127.0.0.1, for the front door, is taken" in proc.stderr
+        assert "--apps-port" in proc.stderr
+        assert "embedded PostgreSQL" not in proc.stderr  # before anything long started
+        assert time.monotonic() - started < 30
+    finally:
+        subprocess.run(["rm", "-rf", str(t.data_dir.parent)], check=False)

@@ -288,15 +288,18 @@ class ProcessRuntime:
         return sock
 
     def open_front_door(self, port: int, domain: str = DEFAULT_DOMAIN,
-                        host: str | None = None) -> FrontDoor:
-        """Start the front door on host:port (default: the runtime's host): one listener that
-        reaches every environment known to this runtime by its host name
+                        host: str | None = None, sock: socket.socket | None = None
+                        ) -> FrontDoor:
+        """Start the front door on host:port (default: the runtime's host), or on `sock`, a
+        socket bound and listening already (`tether up` holds its ports from its start): one
+        listener that reaches every environment known to this runtime by its host name
         (`ENV.PROJECT.DOMAIN`). Port 0 takes a free one. Call once."""
         door = FrontDoor(domain=domain, port=port or 80)
         with self._admin:
             if self._front is not None:
                 raise OperationError("the front door is open already")
-            sock = self._listen(port, "the front door (--apps-port)", host)
+            if sock is None:
+                sock = self._listen(port, "the front door (--apps-port)", host)
             self._front_host = host or self.host
             try:
                 self._front = self._proxies.serve(sock, ProxyApp(None, self, door))

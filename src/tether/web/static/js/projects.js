@@ -20,8 +20,8 @@ async function loadProjects() {
     const projects = await apiAll('/projects');
     replace(box, projects.length
       ? projects.map(projectCard)
-      : h('p', { class: 'empty' }, 'No project yet: create one below, or with ',
-        h('code', {}, 'tether project create NAME'), '.'));
+      : h('p', { class: 'empty' }, 'No project yet: press ', h('strong', {}, 'New project'),
+        ' below to create one.'));
   } catch (err) {
     replace(box, h('p', { class: 'error-text' }, err.message));
   } finally {

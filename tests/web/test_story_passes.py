@@ -203,6 +203,10 @@ def test_the_story_keyboard_only(tether: Tether, keyboard_page: Page, tmp_path: 
     for prefix in ("DEFAULT", "DATABASE"):
         expect(row(page, prefix).locator(".badge")).to_have_text("attached")
     expect(page.locator("#pending-test")).to_be_hidden()
+    # the running release's own output, followed live
+    press_on(page, "#app-log-box-test summary")
+    expect(page.locator("#app-log-test")).to_contain_text("hello app listening")
+    page.keyboard.press("Enter")  # closed again
 
     # a past deployment opened from the list, and back by the breadcrumb
     link = "#panel-test table.deployments tbody tr:first-child a"
@@ -405,6 +409,12 @@ def test_the_story_on_a_phone(tether: Tether, phone_page: Page, tmp_path: Path,
     phone_deploy(page)
     expect(database.locator(".badge")).to_have_text("attached")
     seen(page, database.locator(".badge"), "DATABASE's state")
+    database.locator(".badge").tap()  # its meaning, at once
+    seen(page, database.locator("[role=tooltip]"), "the state's meaning")
+    page.screenshot(path=str(screenshots / "phone-0-state-meaning.png"))
+    tap(page, page.locator("#app-log-box-test summary"), "the running release's log")
+    expect(page.locator("#app-log-test")).to_contain_text("hello app listening")
+    seen(page, page.locator("#app-log-test"), "the running release's log")
     shot("1-deployed")
 
     # a past deployment

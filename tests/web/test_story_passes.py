@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, Route, expect
 
 from tests.e2e.conftest import ROOT, Tether
 from tests.web.conftest import LAPTOP, PHONE, SIGN_IN_URL
@@ -481,3 +482,28 @@ def test_the_story_on_a_phone(tether: Tether, phone_page: Page, tmp_path: Path,
         expect(refused).to_contain_text("Operators only")
         expect(refused).to_contain_text("phone-dev (developer)")
     shot("5-refused")
+
+
+def test_deploy_focuses_its_log_when_a_poll_saw_it_first(tether: Tether, page: Page) -> None:
+    """The answer to Deploy held back until the page's own poll (every 5 s when idle) has seen
+    the deployment running and started following it: focus still goes to the log."""
+    name = "slow-answer"
+    tether.ok("project", "create", name, "--no-database", "--app-command",
+              f"/bin/sh -c 'sleep 12; exec {APP}'", "--health-path", "/health",
+              "--app-dir", str(ROOT))
+
+    def held_back(route: Route) -> None:
+        response = route.fetch()
+        time.sleep(7)  # only this request waits: the page's other requests go on
+        route.fulfill(response=response)
+
+    page.route(f"**/api/v1/projects/{name}/environments/test/deployments", held_back)
+    keyboard_sign_in(page, tether, tether.token())
+    page.goto(f"/projects/{name}")
+    expect(page.locator("#panel-test .empty", has_text="No service in test")).to_be_visible()
+    tab_to(page, "#deploy-test")
+    page.keyboard.press("Enter")
+    expect(page.locator("#deploy-test")).to_have_text("Deploying test…", timeout=10_000)
+    focus_lands(page, "#panel-test .deploy-live [role=log]", "pressing Deploy")
+    expect(page.locator("#panel-test .deploy-live")).to_have_attribute(
+        "data-status", "succeeded", timeout=DEPLOY_TIMEOUT)

@@ -584,7 +584,11 @@ class EnvironmentPanel {
 
   /** Show a deployment's progress and log lines as they come, then its result. */
   async follow(id, focusLog = false) {
-    if (this.following === id) return;
+    if (this.following === id) {
+      // a poll saw it running before the answer to Deploy came: focus its log all the same
+      if (focusLog) this.log.focus();
+      return;
+    }
     this.following = id;
     let after = 0;
     this.live.hidden = false;

@@ -4,6 +4,7 @@ errors that may pass, wake-ups across nodes, a bounded stop. Issue 7, findings 3
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -547,6 +548,58 @@ def test_notify_on_one_node_wakes_another_and_waiters_everywhere(
     sent = time.monotonic()
     api.notify()
     assert woke.wait(5) and ran[op_id] - sent < 0.5
+
+
+def test_a_long_poll_wakes_for_its_own_operation_only_and_holds_no_thread(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """Issue 12 (found by the throughput benchmark): every finish woke every client waiting on
+    an operation, each in a thread of the API's pool, and each read the store again. Now a wait
+    on an event loop is woken by its own operation's end (or by another node's, which names
+    none), and by nothing else."""
+    envs = make_environments(store, 2)
+    release = {env: threading.Event() for env in envs}
+
+    def work(op: Operation) -> None:
+        assert release[op.environment_id].wait(10)
+
+    worker = workers(store, {"job": work})
+    worker.start()
+    if worker.wakeups.enabled:  # its first connect wakes every waiter once: let it pass
+        assert worker.wakeups.listening.wait(5)
+        time.sleep(0.2)
+    mine, other = (queue_operations(store, [env], 1, kind="job")[0] for env in envs)
+    worker.notify()
+
+    async def scenario() -> list[tuple[str, float]]:
+        seen = worker.generation
+        began = time.monotonic()
+        waiting = asyncio.ensure_future(worker.wait_for_operation(mine, seen, 3.0))
+        await asyncio.sleep(0.2)
+        release[envs[1]].set()  # the other operation ends
+        await asyncio.sleep(0.5)
+        events = [("other ended, still waiting", float(not waiting.done()))]
+        release[envs[0]].set()  # its own ends
+        await asyncio.wait_for(waiting, 2.0)
+        events.append(("woken after", time.monotonic() - began))
+        # a finish on another node names no operation: it wakes every waiter
+        seen = worker.generation
+        third = asyncio.ensure_future(worker.wait_for_operation(mine, seen, 3.0))
+        await asyncio.sleep(0.1)
+        worker._bump(None)
+        await asyncio.wait_for(third, 1.0)
+        # one that finished before the wait began is not waited for
+        started = time.monotonic()
+        await worker.wait_for_operation(mine, seen - 1, 3.0)
+        events.append(("already finished", time.monotonic() - started))
+        return events
+
+    threads_before = threading.active_count()
+    events = dict(asyncio.run(scenario()))
+    assert events["other ended, still waiting"] == 1.0
+    assert 0.7 <= events["woken after"] < 2.5
+    assert events["already finished"] < 0.1
+    assert threading.active_count() <= threads_before + 1  # no thread per waiter
+    assert row(store, mine).status == "succeeded" and row(store, other).status == "succeeded"
 
 
 def test_a_transaction_that_queues_an_operation_wakes_the_other_nodes_itself(

@@ -469,10 +469,10 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             return await call(deployments.get_operation, ctx, operation_id)
 
         async def pause(left: float) -> None:
-            """Until this process's worker changes something (it may finish the operation),
-            else a short sleep: another node runs it, and its end is in the store."""
+            """Until this process's worker says the operation may have finished (its own end
+            here, or any end on another node), holding no thread; else a short sleep."""
             if worker is not None:
-                await run_in_threadpool(worker.wait_for_change, seen, min(left, 1.0))
+                await worker.wait_for_operation(operation_id, seen, min(left, 1.0))
             else:
                 await asyncio.sleep(min(left, 0.05))
 

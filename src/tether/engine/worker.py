@@ -30,6 +30,8 @@ clock on PostgreSQL, so nodes' clocks need not agree."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -79,6 +81,9 @@ _FINISH_PAUSES = (0.05, 0.2, 0.5, 1.0, 2.0)
 #: handler that checked the deadline a moment earlier and asked for a retry gets it (handlers
 #: that give up themselves raise a final error)
 DEADLINE_GRACE_S = 10.0
+
+#: finishes remembered for `wait_for_operation` (a waiter further behind re-reads the store)
+RECENT_FINISHES = 1024
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,13 @@ class Worker:
         #: it in its own last transaction (`ended`, see `finish_in`)
         self._inline = threading.local()
         self._generation = 0
+        #: the latest finishes, (generation, operation id or None when another node's finish
+        #: named none), so a waiter on one operation can tell whether it is concerned
+        self._recent: collections.deque[tuple[int, int | None]] = collections.deque(
+            maxlen=RECENT_FINISHES)
+        #: long polls waiting on an event loop, by the operation they wait for
+        self._async_waiters: dict[int, list[tuple[asyncio.AbstractEventLoop,
+                                                  asyncio.Future[None]]]] = {}
         self._build_statements()
 
     # -- public surface ---------------------------------------------------------------------------
@@ -214,6 +226,39 @@ class Worker:
         PostgreSQL store), or `timeout` seconds pass."""
         with self._finished:
             self._finished.wait_for(lambda: self._generation != since, timeout)
+
+    def _concerns(self, op_id: int, since: int) -> bool:
+        """Whether a finish after generation `since` may be `op_id`'s: its own, another node's
+        (which names none), or one too old to tell."""
+        if self._generation == since:
+            return False
+        if not self._recent or self._recent[0][0] > since + 1:
+            return True  # some finishes after `since` are no longer remembered
+        return any(gen > since and oid in (op_id, None) for gen, oid in self._recent)
+
+    async def wait_for_operation(self, op_id: int, since: int, timeout: float) -> None:
+        """Wait, on the caller's event loop and holding no thread, until `op_id` may have
+        finished after generation `since` was read (its own finish here, or any finish on
+        another node), or `timeout` seconds pass. Other operations' finishes on this node do
+        not wake it: a hundred clients waiting on a hundred operations are not all woken (and
+        all made to read the store again) by each one's end."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._finished:
+            if self._concerns(op_id, since):
+                return
+            self._async_waiters.setdefault(op_id, []).append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._finished:
+                waiting = self._async_waiters.get(op_id, [])
+                if (loop, future) in waiting:
+                    waiting.remove((loop, future))
+                if not waiting:
+                    self._async_waiters.pop(op_id, None)
 
     # -- statements, built once (building them is most of a claim's cost in Python) -----------
 
@@ -420,7 +465,7 @@ class Worker:
                     self._active.discard(op.id)
                     self._idle.notify_all()
                 self._wake.set()
-                self._bump()
+                self._bump(op.id)
 
     def _execute(self, op: Operation) -> _Outcome:
         handler = self.handlers.get(op.kind)
@@ -496,7 +541,7 @@ class Worker:
         for op_id, outcome in pending:
             try:
                 self._write(op_id, outcome)
-                self._bump()
+                self._bump(op_id)
             except Exception as exc:
                 log.warning("operation %s: its outcome still cannot be written (%s)", op_id,
                             redact(f"{type(exc).__name__}: {exc}"))
@@ -577,10 +622,18 @@ class Worker:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _bump(self) -> None:
+    def _bump(self, op_id: int | None = None) -> None:
+        """An operation finished (`op_id`; None: on another node, or not known)."""
         with self._finished:
             self._generation += 1
+            self._recent.append((self._generation, op_id))
             self._finished.notify_all()
+            if op_id is None:
+                woken = [w for ws in self._async_waiters.values() for w in ws]
+            else:
+                woken = list(self._async_waiters.get(op_id, []))
+        for loop, future in woken:
+            loop.call_soon_threadsafe(_settle, future)
 
     @staticmethod
     def _bounded(what: str, step: Callable[[], object], seconds: float) -> None:
@@ -597,6 +650,11 @@ class Worker:
         thread.join(seconds)
         if thread.is_alive():
             log.error("%s did not finish in %.0f s: the store does not answer", what, seconds)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _before(deadline: datetime | None, grace: float = 0.0) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.nodeproc import make_environments, pg_store, queue_operations
+from tether.engine.wakeup import DONE_CHANNEL
 from tether.engine.worker import Worker
 from tether.errors import ClusterError, TransientError
 from tether.store.db import Store
@@ -600,6 +601,37 @@ def test_a_long_poll_wakes_for_its_own_operation_only_and_holds_no_thread(
     assert events["already finished"] < 0.1
     assert threading.active_count() <= threads_before + 1  # no thread per waiter
     assert row(store, mine).status == "succeeded" and row(store, other).status == "succeeded"
+
+
+def test_another_nodes_finish_wakes_only_the_waiters_of_its_operation(
+        pg: Store, workers: Callable[..., Worker]) -> None:
+    """The `tether_done` NOTIFY names the operation (`NODE OP`): a waiter on node A is woken
+    by node B's finish of its own operation only."""
+    a = workers(pg, {}, node_id="node-a")
+    b = workers(pg, {}, node_id="node-b")
+    a.start()
+    assert a.wakeups.listening.wait(5)
+    time.sleep(0.2)
+
+    def finish_on_b(op_id: int) -> None:
+        with pg.session() as s:
+            b.wakeups.announce(s, DONE_CHANNEL, op_id)
+
+    async def scenario() -> tuple[bool, float]:
+        seen = a.generation
+        began = time.monotonic()
+        waiting = asyncio.ensure_future(a.wait_for_operation(999_001, seen, 3.0))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(finish_on_b, 999_002)
+        await asyncio.sleep(0.5)
+        untouched = not waiting.done()
+        await asyncio.to_thread(finish_on_b, 999_001)
+        await asyncio.wait_for(waiting, 2.0)
+        return untouched, time.monotonic() - began
+
+    untouched, took = asyncio.run(scenario())
+    assert untouched, "another operation's end on node B woke the waiter on node A"
+    assert took < 2.0
 
 
 def test_a_transaction_that_queues_an_operation_wakes_the_other_nodes_itself(

@@ -41,7 +41,7 @@ class Wakeups:
     set an event, bump a counter."""
 
     def __init__(self, store: Store, node_id: str, on_work: Callable[[], None],
-                 on_done: Callable[[], None]) -> None:
+                 on_done: Callable[[int | None], None]) -> None:
         self.store = store
         self.node_id = node_id
         self.enabled = store.engine.dialect.name == "postgresql"
@@ -99,11 +99,13 @@ class Wakeups:
         self.store.listen("after_flush", after_flush)
         self.store.listen("after_transaction_end", after_end)
 
-    def announce(self, s: Session, channel: str) -> None:
+    def announce(self, s: Session, channel: str, operation_id: int | None = None) -> None:
         """NOTIFY `channel` inside the transaction `s`: delivered when (and only if) it commits,
-        so a listener that wakes sees the change."""
+        so a listener that wakes sees the change. The payload is this node's id, then the
+        operation's when one is named (`NODE OP`), so the other nodes wake only its waiters."""
         if self.enabled:
-            s.execute(_NOTIFY, {"channel": channel, "node": self.node_id})
+            payload = self.node_id if operation_id is None else f"{self.node_id} {operation_id}"
+            s.execute(_NOTIFY, {"channel": channel, "node": payload})
 
     def _send_loop(self) -> None:
         while not self._closed.is_set():
@@ -153,13 +155,14 @@ class Wakeups:
                     pause = 0.1
                     # whatever was sent while we were not listening is lost: look once anyway
                     self._on_work()
-                    self._on_done()
+                    self._on_done(None)
                     while not self._closed.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.payload == self.node_id:
+                            sender, _, operation = note.payload.partition(" ")
+                            if sender == self.node_id:
                                 continue  # this node already knows
                             if note.channel == DONE_CHANNEL:
-                                self._on_done()
+                                self._on_done(int(operation) if operation.isdigit() else None)
                             self._on_work()
             except Exception as exc:
                 self.listening.clear()

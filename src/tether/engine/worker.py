@@ -351,7 +351,7 @@ class Worker:
                                      "to_status": "succeeded", "to_error": None,
                                      "to_message": message or None, **self._times(now=0)})
         if done.rowcount:  # type: ignore[attr-defined]
-            self.wakeups.announce(s, DONE_CHANNEL)
+            self.wakeups.announce(s, DONE_CHANNEL, op_id)
             # only once the transaction commits: a rollback leaves the write to the worker
             event.listen(s, "after_commit",
                          lambda _s: setattr(self._inline, "ended", op_id), once=True)
@@ -521,7 +521,7 @@ class Worker:
         with self.store.session() as s:
             done = s.execute(stmt, params).rowcount
             if done:
-                self.wakeups.announce(s, DONE_CHANNEL)
+                self.wakeups.announce(s, DONE_CHANNEL, op_id)
         if not done:
             log.warning("operation %s was taken over by another node before it finished here: "
                         "this node's outcome (%s) is dropped", op_id, outcome.status)

@@ -571,31 +571,25 @@ def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_apps(host: str, port: int) -> socket.socket:
-    """Hold the front door's port from the start, as the API's (see `_bind_api`)."""
+def _hold_port(host: str, port: int, what: str, option: str, backlog: int = 128
+               ) -> socket.socket:
+    """Hold `what`'s port from the start, as the API's (see `_bind_api`)."""
     sock: socket.socket | None = None
     try:
         sock = bind_port(port, host)
-        sock.listen(1024)
+        sock.listen(backlog)
     except OSError as exc:
         if sock is not None:
             sock.close()
-        raise UserError(f"port {port} on {host}, for the front door, is taken "
-                        f"({exc.strerror}): is another `tether up` running? Stop it, or pick "
-                        "another port with --apps-port (or TETHER_APPS_PORT)") from None
+        raise UserError(f"port {port} on {host}, for {what}, is taken ({exc.strerror}): is "
+                        "another `tether up` running? Stop it, or pick another port with "
+                        f"{option}") from None
     return sock
+
+
+def _bind_apps(host: str, port: int) -> socket.socket:
+    return _hold_port(host, port, "the front door", "--apps-port (or TETHER_APPS_PORT)", 1024)
 
 
 def _bind_media(host: str, port: int) -> socket.socket:
-    """Hold the media files' port from the start, as the API's (see `_bind_api`)."""
-    sock: socket.socket | None = None
-    try:
-        sock = bind_port(port, host)
-        sock.listen(128)
-    except OSError as exc:
-        if sock is not None:
-            sock.close()
-        raise UserError(f"port {port} on {host}, for the media files, is taken "
-                        f"({exc.strerror}): is another `tether up` running? Stop it, or pick "
-                        "another port with --media-port (or TETHER_MEDIA_PORT)") from None
-    return sock
+    return _hold_port(host, port, "the media files", "--media-port (or TETHER_MEDIA_PORT)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -537,6 +538,7 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
         apps = f"; applications at {door.url_for('PROJECT', 'ENV')}" if door else ""
         say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); media files at "
             f"{plane.media_url}{apps}; data in {data_dir}. Ctrl-C stops it.")
+        freeze_startup_heap()
         try:
             asyncio.run(_serve_all([(server, plane.sock), (media, plane.media_sock)]))
         except SystemExit as exc:  # uvicorn's way to say it could not start
@@ -552,6 +554,17 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
         supervisor.finished()
         supervisor.restore()
         say("stopped")
+
+
+def freeze_startup_heap() -> None:
+    """Move what the start made (modules, the app, the ORM's mappers: ~170,000 objects, kept
+    for the process's life) out of the garbage collector's sight. A full collection walked them
+    all, ~100 ms on this VM, and the many objects of a page of 100 projects set one off every
+    ~70 requests: the projects list's p99 was ~140 ms against a p50 of ~14 ms (issue 12's scale
+    benchmark); frozen, a full collection takes ~1 ms. Objects made later are collected as
+    before."""
+    gc.collect()
+    gc.freeze()
 
 
 def _bind_api(data_dir: Path, host: str, port: int) -> socket.socket:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from tests.plane import local_plane
+from tests.plane import APP_COMMAND, local_plane
 from tether.actions import deployments, projects, services
 from tether.actions.common import Context
 from tether.engine.core import Engine
@@ -109,3 +109,16 @@ def test_the_final_state_and_the_operations_end_commit_together(
     last = recorder.transactions(f"tether-op-{op_id}")[-1]
     assert any(s.startswith("UPDATE instances SET") and "state=" in s for s in last), last
     assert any(s.startswith("UPDATE operations SET status=") for s in last), last
+
+
+def test_a_deploy_that_provisions_on_its_way_is_not_ended_by_the_provision(
+        world: tuple[Context, Engine, Recorder]) -> None:
+    """A deploy provisions its new instances itself: the provision's result must not end the
+    deploy's operation (it did, for a moment of this change: the deploy read `succeeded` while
+    its instance was still `pending attachment`)."""
+    ctx, engine, recorder = world
+    projects.update_project(ctx, "shop", app_command=APP_COMMAND)
+    services.add(ctx, "shop", "test", "local-media", prefix="MEDIA")
+    dep = deployments.deploy(ctx, "shop", "test")
+    assert run(ctx, engine, recorder, dep["operation"]["id"])["status"] == "succeeded"
+    assert services.show(ctx, "shop", "test", "MEDIA")["state"] == "attached"

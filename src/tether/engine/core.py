@@ -93,8 +93,9 @@ class Engine:
     def _op_provision(self, op: Operation) -> str:
         assert op.instance_id is not None
         return self.provisioning.provision_instance(op.instance_id, op.requested_by,
-                                                    op.deadline)
+                                                    op.deadline, operation_id=op.id)
 
     def _op_remove(self, op: Operation) -> str:
         assert op.instance_id is not None
-        return self.provisioning.remove_instance(op.instance_id, op.requested_by, op.deadline)
+        return self.provisioning.remove_instance(op.instance_id, op.requested_by, op.deadline,
+                                                 operation_id=op.id)

@@ -31,9 +31,9 @@ class EngineParts:
     #: wraps a handler's long wait so that it holds no worker slot (`Worker.waiting`; set by
     #: the Engine once its worker exists)
     waiting: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
-    #: ends the operation the calling handler runs, inside the handler's last transaction
-    #: (`Worker.finish_in`; a no-op until the Engine sets it, and outside a handler)
-    finish_in: Callable[[Session, str], None] = lambda _s, _message: None
+    #: ends the named operation, when it is the one the calling handler runs, inside the
+    #: handler's last transaction (`Worker.finish_in`; a no-op until the Engine sets it)
+    finish_in: Callable[[Session, int | None, str], None] = lambda _s, _op, _message: None
 
     def private(self, kind: str) -> PrivateServers:
         """The dedicated servers Tether runs for `--private` instances of `kind`."""

@@ -62,10 +62,13 @@ class Provisioning:
     # -- provision ----------------------------------------------------------------------------
 
     def provision_instance(self, instance_id: int, actor: str,
-                           deadline: datetime | None = None) -> str:
+                           deadline: datetime | None = None,
+                           operation_id: int | None = None) -> str:
         """Create the instance's resources (idempotent). On a final failure: clean up, back to
         `new` with the error recorded, and raise; on an error that may pass before `deadline`:
-        stay `provisioning` and raise TransientError (the worker retries)."""
+        stay `provisioning` and raise TransientError (the worker retries). `operation_id`: the
+        provision operation this call is (its end is written with the result); None when
+        another operation provisions on its way (a deploy), which goes on afterwards."""
         names = naming.resource_names(instance_id)
         try:
             plan = self._begin(instance_id, actor)
@@ -101,7 +104,7 @@ class Provisioning:
                 inst.drift = None
                 apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED,
                             in_release=plan.in_release)
-                self.parts.finish_in(s, f"{plan.prefix} is provisioned")
+                self.parts.finish_in(s, operation_id, f"{plan.prefix} is provisioned")
         except Exception as exc:
             reason = redact(f"recording the result failed: {reason_of(exc)}",
                             [plan.secret, spec.url])
@@ -254,9 +257,11 @@ class Provisioning:
     # -- remove -------------------------------------------------------------------------------
 
     def remove_instance(self, instance_id: int, actor: str,
-                        deadline: datetime | None = None) -> str:
+                        deadline: datetime | None = None,
+                        operation_id: int | None = None) -> str:
         """Delete the instance's resources and credentials for good, when the lifecycle allows it
-        now (the remove was allowed when asked, but a deployment may have run since)."""
+        now (the remove was allowed when asked, but a deployment may have run since).
+        `operation_id`: the remove operation this call is (ended with the result)."""
         names = naming.resource_names(instance_id)
         with self.parts.store.session() as s:
             inst = s.get(Instance, instance_id)
@@ -307,7 +312,7 @@ class Provisioning:
             inst.drift = None
             apply_event(s, actor, "removed", inst, Event.REMOVE_SUCCEEDED,
                         detail="data deleted for good")
-            self.parts.finish_in(s, f"{prefix} is removed: its data is deleted")
+            self.parts.finish_in(s, operation_id, f"{prefix} is removed: its data is deleted")
         return f"{prefix} is removed: its data is deleted"
 
     # -- recovery -----------------------------------------------------------------------------

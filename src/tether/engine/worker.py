@@ -335,17 +335,18 @@ class Worker:
                                 message="taken over: its node stopped renewing its lease")
                         .returning(ops.id))
 
-    def finish_in(self, s: Session, message: str) -> None:
-        """End the operation this thread's handler runs as succeeded, inside the handler's last
-        transaction `s` (the one that records its result): the final state and the operation's
-        end commit together, one commit instead of two, and nobody sees the state changed while
-        its operation still runs. The handler then returns `message` as usual.
+    def finish_in(self, s: Session, op_id: int | None, message: str) -> None:
+        """End operation `op_id` as succeeded inside the handler's last transaction `s` (the one
+        that records its result), when it is the operation this thread's handler runs: the final
+        state and the operation's end commit together, one commit instead of two, and nobody
+        sees the state changed while its operation still runs. The handler then returns
+        `message` as usual. Naming the operation matters: a deploy provisions instances on its
+        way, and their results must not end the deploy.
 
         Conditional on this node's claim, like the worker's own final write: if the claim was
         lost, nothing is ended here (the state still commits, and the worker's write reports
-        the loss). Outside a handler, a no-op."""
-        op_id = getattr(self._inline, "op_id", None)
-        if op_id is None:
+        the loss). For another operation, or outside a handler, a no-op."""
+        if op_id is None or op_id != getattr(self._inline, "op_id", None):
             return
         done = s.execute(self._end, {"op_id": op_id, "node": self.node_id,
                                      "to_status": "succeeded", "to_error": None,

@@ -119,6 +119,14 @@ def test_a_deploy_that_provisions_on_its_way_is_not_ended_by_the_provision(
     ctx, engine, recorder = world
     projects.update_project(ctx, "shop", app_command=APP_COMMAND)
     services.add(ctx, "shop", "test", "local-media", prefix="MEDIA")
+    recorder.entries.clear()
+    recorder.on = True
     dep = deployments.deploy(ctx, "shop", "test")
-    assert run(ctx, engine, recorder, dep["operation"]["id"])["status"] == "succeeded"
+    op_id = dep["operation"]["id"]
+    assert run(ctx, engine, recorder, op_id)["status"] == "succeeded"
     assert services.show(ctx, "shop", "test", "MEDIA")["state"] == "attached"
+    # the operation's end is the deploy thread's last write, after the provision's result
+    done = recorder.transactions(f"tether-op-{op_id}")
+    ends = [i for i, t in enumerate(done)
+            if any(s.startswith("UPDATE operations SET status=") for s in t)]
+    assert ends == [len(done) - 1], done

@@ -20,6 +20,7 @@ Admin API: https://caddyserver.com/docs/api (Caddy 2.6, as Debian ships it).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -30,6 +31,9 @@ from tether.frontdoor import FrontDoor
 SERVER = "tether"
 TLS_MODES = ("acme", "internal", "off")
 SERVER_PATH = f"/config/apps/http/servers/{SERVER}"
+#: how long a refused connection to the admin API is tried again (Caddy restarts its admin
+#: listener with each config it loads)
+ADMIN_RESTART_S = 2.0
 
 
 def route_id(environment_key: str) -> str:
@@ -58,8 +62,11 @@ class CaddyRoutes:
         #: where Caddy sends every environment's requests: Tether's own front door
         #: (`ProcessRuntime.drive_caddy` sets it)
         self.upstream = ""
-        # Caddy refuses admin requests whose Origin/Host it does not expect; none is sent
-        self._http = httpx.Client(base_url=self.admin_url, timeout=timeout, trust_env=False)
+        # No kept connections: Caddy restarts its admin listener with every config it loads,
+        # so a kept one is reset under the next request (seen in the tests). A new connection
+        # each time, and a connection refused meanwhile is tried again (nothing was sent).
+        self._http = httpx.Client(base_url=self.admin_url, timeout=timeout, trust_env=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
 
     def close(self) -> None:
         self._http.close()
@@ -67,12 +74,19 @@ class CaddyRoutes:
     # -- admin API -----------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
+        deadline = time.monotonic() + ADMIN_RESTART_S
+        while True:
+            try:
+                return self._http.request(method, path, json=body)
+            except httpx.ConnectError as exc:  # not sent: its admin listener may be restarting
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                error: httpx.HTTPError = exc
+            except httpx.HTTPError as exc:
+                error = exc
             raise OperationError(f"Caddy's admin API at {self.admin_url} did not answer "
-                                 f"({type(exc).__name__}): is Caddy running?") from exc
-        return response
+                                 f"({type(error).__name__}): is Caddy running?") from error
 
     def _ok(self, response: httpx.Response, what: str) -> httpx.Response:
         if response.status_code >= 400:

@@ -44,6 +44,20 @@ class Client:
             if client is None:
                 own.close()
 
+    def ready(self, host: str) -> None:
+        """Wait until Caddy has the host's certificate: it gets it in the background once the
+        route is there (at once from its own CA; an ACME CA takes longer), and the handshake
+        fails meanwhile."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.get(host)
+                return
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
 
 @pytest.fixture
 def driven(caddy: Caddy) -> Iterator[tuple[ProcessRuntime, CaddyRoutes]]:
@@ -70,6 +84,8 @@ def test_each_environment_is_routed_over_https_and_switched_atomically(
     assert runtime.front_door == routes.door
     assert runtime.ensure_address("shop/live", None) == f"https://live.shop.{DOMAIN}:{door.port}"
     runtime.ensure_address("blog/live", None)
+    door.ready(f"live.shop.{DOMAIN}")
+    door.ready(f"live.blog.{DOMAIN}")
     waiting = door.get(f"live.shop.{DOMAIN}")
     assert waiting.status_code == 503 and "no release of shop/live" in waiting.text
 
@@ -125,6 +141,7 @@ def test_a_stop_waits_for_the_request_caddy_has_open(
     runtime, routes = driven
     door = Client(routes)
     runtime.ensure_address("shop/test", None)
+    door.ready(f"test.shop.{DOMAIN}")
     old = runtime.start(tiny_spec(tiny, 1))
     runtime.switch("shop/test", old)
     new = runtime.start(tiny_spec(tiny, 2))
@@ -158,7 +175,9 @@ def test_routes_outlive_a_restart_of_tether_and_hosts_of_no_environment_get_404(
     again.install()
     again.ensure_route("shop/live")
     assert again.routes()[f"live.shop.{DOMAIN}"] == routes.upstream
-    assert Client(again).get(f"live.shop.{DOMAIN}").text == "version 3"
+    client = Client(again)
+    client.ready(f"live.shop.{DOMAIN}")
+    assert client.get(f"live.shop.{DOMAIN}").text == "version 3"
     again.close()
     # plain HTTP on a door of its own: any other host is told what to ask for
     plain = CaddyRoutes(caddy.admin_url, FrontDoor(DOMAIN, free_port(), "http"), "off")

@@ -634,7 +634,8 @@ class Worker:
             else:
                 woken = list(self._async_waiters.get(op_id, []))
         for loop, future in woken:
-            loop.call_soon_threadsafe(_settle, future)
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_settle, future)
 
     @staticmethod
     def _bounded(what: str, step: Callable[[], object], seconds: float) -> None:

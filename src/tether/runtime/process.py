@@ -251,7 +251,7 @@ class ProcessRuntime:
         self._routes = threading.Condition()  # routes and in-flight counters (fast, hot path)
         self._addresses: dict[str, _Address] = {}
         self._front: ProxyServer | None = None
-        #: a Caddy driven as the front door instead of the built-in one (`drive_caddy`)
+        #: a Caddy driven in front of the front door (`drive_caddy`)
         self._caddy: CaddyRoutes | None = None
         self._front_host = host
         #: where the front door listens and how it names environments (None until opened)

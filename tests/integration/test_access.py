@@ -119,6 +119,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
                                   "url": "file:///nonexistent/dir"}, "admin"),
     ("GET", "/api/v1/regions", None, "any"),
     ("GET", "/api/v1/kinds", None, "any"),
+    ("GET", "/api/v1/backups", None, "admin"),
     ("GET", "/api/v1/tokens", None, "admin"),
     ("POST", "/api/v1/tokens", {"name": "t{n}", "role": "viewer"}, "admin"),
     ("DELETE", "/api/v1/tokens/nobody", None, "admin"),

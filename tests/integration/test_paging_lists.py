@@ -150,6 +150,26 @@ def test_backups_come_in_pages_newest_first(api: tuple[TestClient, Context]) -> 
     refuses_bad_cursors(client, path, "WyJ4Il0")
 
 
+def test_every_projects_backups_come_in_pages_for_operators(
+        api: tuple[TestClient, Context]) -> None:
+    """GET /backups (issue 13, the operators' Backups page): every project's, newest first."""
+    client, ctx = api
+    projects.create_project(ctx, "shop", database=False)
+    projects.create_project(ctx, "blog", database=False)
+    with ctx.store.session() as s:
+        envs = {f"{e.project.name}/{e.name}": e.id for e in s.scalars(select(Environment))}
+        for n, key in enumerate(["shop/test", "blog/live", "shop/live", "blog/test"] * 3):
+            s.add(Backup(environment_id=envs[key], requested_by="tests", size=n,
+                         status="failed" if n == 5 else "completed"))
+    keys = check_paged(client, "/api/v1/backups", 4, 11)
+    assert keys == sorted(keys, reverse=True)
+    check_paged(client, "/api/v1/backups", 5, 12, all="true")
+    listed = client.get("/api/v1/backups", params={"limit": 2}).json()
+    assert [(b["project"], b["environment"]) for b in listed] == [("blog", "test"),
+                                                                 ("shop", "live")]
+    refuses_bad_cursors(client, "/api/v1/backups", "WyJ4Il0")
+
+
 def test_variables_come_in_pages(api: tuple[TestClient, Context]) -> None:
     """Custom ones by name; `all` in its order — STAGE, SECRET_KEY, each service's, the custom
     ones — with pages that end inside a service's variables."""

@@ -25,14 +25,15 @@ PROJECT = "a11yshop"
 @pytest.fixture(scope="module")
 def project(tether: Tether) -> str:
     """A project with data on every page: the example app deployed to test with its DEFAULT
-    database and a media storage, a custom variable, and changes waiting for the next deploy
-    (a detachment, a new service)."""
+    database and a media storage, a custom variable, a backup, and changes waiting for the next
+    deploy (a detachment, a new service)."""
     t = tether
     t.ok("project", "create", PROJECT, "--app-command", APP, "--health-path", "/health",
          "--app-dir", str(ROOT))
     t.ok("service", "add", "test", "local-media", "--prefix", "MEDIA", "-p", PROJECT)
     t.ok("project", "env-vars", "-e", "test", "--set", "GREETING", "hello", "-p", PROJECT)
     t.ok("deploy", "test", "-p", PROJECT)
+    t.ok("backup", "create", "test", "MEDIA", "-p", PROJECT)  # rows on the Backups pages
     t.ok("service", "detach", "test", "MEDIA", "-p", PROJECT)
     t.ok("service", "add", "test", "local-media", "--prefix", "SPARE", "-p", PROJECT)
     return PROJECT
@@ -92,6 +93,12 @@ def visit_every_page(page: Page, t: Tether, project: str, width: str) -> None:
     loaded(page)
     expect(page.locator("section[data-region='local']")).to_be_visible()
     assert_accessible(page, f"the regions page ({width})")
+
+    page.goto("/backups")
+    loaded(page)
+    page.get_by_label("Show running and failed backups too").check()
+    loaded(page)
+    assert_accessible(page, f"the backups page ({width})")
 
     page.goto("/tokens")
     loaded(page)

@@ -151,6 +151,30 @@ def test_an_admin_sees_the_tokens_and_revokes_one(tether: Tether, page: Page) ->
     expect(page.locator("tr[data-token='leaver'] button")).to_have_count(0)
 
 
+def test_an_admin_sees_every_projects_backups(tether: Tether, page: Page) -> None:
+    """The operators' Backups page (issue 13: "backups once that work adds them"): every
+    project's backups in one list, each linked to its project."""
+    t = tether
+    t.ok("project", "create", "bkshop", "--no-database")
+    t.ok("service", "add", "test", "local-media", "--prefix", "FILES", "--provision",
+         "-p", "bkshop")
+    made = t.ok("backup", "create", "test", "-p", "bkshop", "--json").json()
+    sign_in(page, t)
+    page.goto("/clusters")
+    page.locator("#operator-nav").get_by_role("link", name="Backups").click()
+    page.wait_for_url(t.url + "/backups")
+    row = page.locator(f"tr[data-backup='{made['id']}']")
+    expect(row).to_contain_text("bkshop / test")
+    expect(row).to_contain_text("FILES")
+    expect(row).to_contain_text("not verified")
+    expect(row).to_contain_text("on demand")
+    page.get_by_label("Show running and failed backups too").check()
+    expect(page.locator(f"tr[data-backup='{made['id']}']")).to_be_visible()
+    page.locator(f"tr[data-backup='{made['id']}']").get_by_role("link",
+                                                                 name="bkshop / test").click()
+    page.wait_for_url(t.url + "/projects/bkshop")
+
+
 def test_a_developer_token_is_refused_on_the_operators_pages(
         tether: Tether, context: BrowserContext, page: Page) -> None:
     t = tether
@@ -159,7 +183,7 @@ def test_a_developer_token_is_refused_on_the_operators_pages(
     expect(page.locator("#projects")).not_to_have_attribute("aria-busy", "true")
     page.wait_for_timeout(300)  # the link would have been shown by now
     expect(page.locator("header .operators-link")).to_be_hidden()
-    for path in ("/clusters", "/regions", "/tokens"):
+    for path in ("/clusters", "/regions", "/backups", "/tokens"):
         page.goto(path)
         refused = page.get_by_role("alert")
         expect(refused).to_contain_text("Operators only")

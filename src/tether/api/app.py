@@ -312,6 +312,16 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return paged(request, response, await call(backups.list_backups, ctx, project, env,
                                                    all, PageArgs(limit, after)))
 
+    @api.get("/backups", tags=["backups"])
+    async def list_every_backup(ctx: Ctx, request: Request, response: Response, all: bool = False,
+                                limit: PageLimit = 100, after: Cursor = None
+                                ) -> list[dict[str, Any]]:
+        """Every project's restorable backups, newest first (admin tokens only: the operators'
+        Backups page); with `all`, the running and failed ones too. A page of `limit`; the next
+        page's URL is in the `Link` header (rel="next")."""
+        return paged(request, response, await call(backups.list_every_backup, ctx, all,
+                                                   PageArgs(limit, after)))
+
     @api.get("/backups/{backup_id}", tags=["backups"])
     async def show_backup(ctx: Ctx, backup_id: IdPath) -> dict[str, Any]:
         return await call(backups.show, ctx, backup_id)

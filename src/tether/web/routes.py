@@ -90,6 +90,11 @@ def web_router() -> APIRouter:
         """Operators' page (its script shows it to admin tokens only)."""
         return _page("regions.html")
 
+    @router.get("/backups")
+    async def backups_page() -> Response:
+        """Operators' page (its script shows it to admin tokens only)."""
+        return _page("backups.html")
+
     @router.get("/tokens")
     async def tokens_page() -> Response:
         """Operators' page (its script shows it to admin tokens only)."""

@@ -47,7 +47,7 @@ const activeOperation = (backup) => (backup.operation && BUSY.has(backup.operati
   ? backup.operation : null);
 
 /** A backup's verification: a badge (passed, failed, not verified) with its detail. */
-function verificationCell(backup) {
+export function verificationCell(backup) {
   if (!backup.verification) {
     return h('span', { class: 'badge verification-none' }, 'not verified');
   }

@@ -1,4 +1,4 @@
-// What the operators' pages (clusters, regions) share: they are for admin tokens only. Every
+// What the operators' pages (clusters, regions, backups, tokens) share: they are for admin tokens only. Every
 // valid token may read the cluster list through the API (it holds no secret), but these pages
 // are where servers are registered and checked, so a developer or viewer is told plainly that
 // they need an admin token, and shown nothing else.
@@ -6,17 +6,15 @@
 import { api } from './api.js';
 import { byId, h, replace } from './dom.js';
 
-const PAGES = [['Clusters', '/clusters'], ['Regions', '/regions'], ['Tokens', '/tokens'],
-  ['Sessions', '/sessions']];
+const PAGES = [['Clusters', '/clusters'], ['Regions', '/regions'], ['Backups', '/backups'],
+  ['Tokens', '/tokens'], ['Sessions', '/sessions']];
 
 /** The links between the operators' pages, the current one marked. */
 function operatorNav() {
   const nav = byId('operator-nav');
   if (!nav) return;
   replace(nav, h('ul', {}, PAGES.map(([label, href]) => h('li', {},
-    h('a', { href, 'aria-current': location.pathname === href ? 'page' : null }, label)))),
-  h('p', { class: 'help' }, 'Backups are kept per environment: open a project, then its ',
-    'Backups section.'));
+    h('a', { href, 'aria-current': location.pathname === href ? 'page' : null }, label)))));
 }
 
 /**

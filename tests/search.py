@@ -76,7 +76,8 @@ def _search_node(release: str, env_var: str) -> Iterator[SearchNode]:
     try:
         try:
             server.init(password)
-            server.start(password=password)
+            # a JVM starts in 1-2 minutes here, more beside the rest of the suite on 2 cores
+            server.start(timeout=360.0, password=password)
         except ClusterError as exc:
             pytest.fail(f"{exc.message} (or set {env_var} to the admin URL of a running "
                         f"{release} server)")

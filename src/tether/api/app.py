@@ -6,11 +6,13 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import queue
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import swagger_ui_bundle
@@ -35,7 +37,7 @@ from tether.actions import (
 )
 from tether.actions.common import Context
 from tether.api import limits
-from tether.api.auth import SignInThrottle, caller_for, create_session
+from tether.api.auth import SignedIn, SignInThrottle, caller_for, create_session
 from tether.api.divio import divio_router
 from tether.api.models import (
     ERRORS,
@@ -73,6 +75,7 @@ from tether.backups import transfer
 from tether.engine.worker import Worker
 from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.paging import Page, PageArgs
+from tether.store.readcache import ReadCache
 from tether.web.routes import STATIC_DIR, web_router
 
 T = TypeVar("T")
@@ -80,6 +83,12 @@ T = TypeVar("T")
 FINISHED = ("succeeded", "failed")
 #: what a deployment's status may be
 DeploymentStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+def json_bytes(content: Any) -> bytes:
+    """`content` as FastAPI's JSONResponse sends it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode()
 
 
 def paged(request: Request, response: Response, page: Page[Any]) -> list[Any]:
@@ -141,12 +150,43 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "bad_request",
                                        "message": "invalid request: " + "; ".join(parts)}}, 422)
 
+    #: who a header's token is, and environments' variables, until the store changes
+    callers: ReadCache[SignedIn] = ReadCache(base.store, 4096)
+    variable_pages: ReadCache[tuple[bytes, str | None]] = ReadCache(base.store, 512)
+    app.state.read_caches = {"callers": callers, "variables": variable_pages}
+
+    async def remembered(cache: ReadCache[T], key: Hashable, compute: Callable[[], T],
+                         usable: Callable[[T], bool] = lambda _: True) -> T:
+        """`compute()`'s answer, from `cache` while nothing was written to the store since it
+        was computed (and it is still `usable`). A hit on the embedded SQLite store takes no
+        worker thread: its version is a local read of microseconds."""
+        if base.store.version_is_local:
+            kept, version = cache.lookup(key)
+        else:
+            kept, version = await run_in_threadpool(cache.lookup, key)
+        if kept is not None and usable(kept):
+            return kept
+
+        def fresh() -> T:
+            answer = compute()
+            cache.keep(key, version, answer)
+            return answer
+
+        return await run_in_threadpool(fresh)
+
+    def unexpired(caller: SignedIn) -> bool:
+        return caller.expires_at is None or caller.expires_at > datetime.now(UTC)
+
     async def context(request: Request,
                       authorization: Annotated[str | None, Header()] = None) -> Context:
         """Who is asking: the bearer token (the CLI, scripts) or browser session (the Services
-        view) in the `Authorization` header, looked up in the store on every call, so a revoked
-        token or ended session is refused at once. Cookies are never read (see tether.web)."""
-        caller = await run_in_threadpool(caller_for, base.store, authorization)
+        view) in the `Authorization` header, as the store says now: the answer is kept only
+        until anything is written to the store (a revoked token or ended session is refused at
+        once) and its expiry is checked on every call. Cookies are never read (see
+        tether.web)."""
+        key = hashlib.sha256((authorization or "").encode()).digest()
+        caller = await remembered(callers, key, lambda: caller_for(base.store, authorization),
+                                  unexpired)
         request.state.session_id = caller.session_id
         request.state.authorization = authorization
         return base.as_principal(caller.principal)
@@ -196,7 +236,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                           body.health_path, body.app_dir, body.health_timeout)
 
     @api.get(env_path + "/variables", tags=["variables"])
-    async def list_variables(ctx: Ctx, request: Request, response: Response,
+    async def list_variables(ctx: Ctx, request: Request,
                              project: ProjectPath, env: EnvPath, all: bool = False,
                              reveal: bool = False, limit: PageLimit = 100,
                              after: Cursor = None) -> list[dict[str, Any]]:
@@ -204,8 +244,20 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         SECRET_KEY, the services' by service, then the custom ones). Secret values (service
         credentials, SECRET_KEY) are masked unless `reveal`. A page of `limit`; the next
         page's URL is in the `Link` header (rel="next")."""
-        return paged(request, response, await call(variables.list_variables, ctx, project, env,
-                                                   all, reveal, PageArgs(limit, after)))
+        def compute() -> tuple[bytes, str | None]:
+            page = variables.list_variables(ctx, project, env, all, reveal,
+                                            PageArgs(limit, after))
+            return json_bytes(list(page)), page.after
+
+        # what every deploy script asks (`env-vars --all`, the Divio CLI): kept until the
+        # store changes, as the JSON it is sent as
+        body, next_after = await remembered(
+            variable_pages, (ctx.principal, project, env, all, reveal, limit, after), compute)
+        headers = {}
+        if next_after is not None:
+            url = request.url.include_query_params(after=next_after)
+            headers["Link"] = f'<{url}>; rel="next"'
+        return Response(body, media_type="application/json", headers=headers)
 
     @api.get(env_path + "/history", tags=["projects"])
     async def list_history(ctx: Ctx, request: Request, response: Response,

@@ -2,8 +2,9 @@
 
 Only a SHA-256 hash of each token is stored. `tether up` makes the first admin token and writes it
 to the CLI's config; admins make more with `tether token create` (roles and project scopes:
-`tether.access`). Every call looks its token up in the store: a revoked or expired token is
-refused by the very next call, on every node (no cache; one indexed query per call).
+`tether.access`). A revoked or expired token is refused by the very next call, on every node:
+the API keeps who a token is only until anything is written to the store
+(`tether.store.readcache`), and checks its expiry on every call.
 
 A browser signs in to the Services view with a token and gets a *session* (`POST
 /api/v1/sessions`): a random secret (`tts_...`) kept server-side as a hash, with its expiry, that
@@ -128,8 +129,9 @@ def caller_for(store: Store, authorization: str | None) -> SignedIn:
     if secret.startswith(SESSION_PREFIX):
         return session_for(store, secret)
     with store.session() as s:
-        token = s.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
-        return SignedIn(principal_of(_refuse_unusable(token)))
+        token = _refuse_unusable(s.scalar(select(Token).where(
+            Token.token_hash == hash_token(secret))))
+        return SignedIn(principal_of(token), expires_at=aware(token.expires_at))
 
 
 def principal_for(store: Store, authorization: str | None) -> Principal:
@@ -155,6 +157,9 @@ class SignedIn:
 
     principal: Principal
     session_id: int | None = None
+    #: when it stops being valid by itself (the token's or session's expiry, the earlier one;
+    #: None: never) — what a caller that keeps it must check on every use
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,9 @@ def session_for(store: Store, secret: str) -> SignedIn:
         session, token = row
         if session.revoked_at is not None or (aware(session.expires_at) or _now()) <= _now():
             raise Unauthorized("this browser session has ended: sign in again")
-        return SignedIn(principal_of(_refuse_unusable(token)), session.id)
+        token = _refuse_unusable(token)
+        ends = [t for t in (aware(session.expires_at), aware(token.expires_at)) if t is not None]
+        return SignedIn(principal_of(token), session.id, min(ends) if ends else None)
 
 
 # --- Sign-in throttling ------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +79,10 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+#: what `Store.data_version` answers: equal answers mean nothing was committed in between
+Version = int | str
+
+
 class Store:
     """One engine and its session factory."""
 
@@ -84,6 +90,42 @@ class Store:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._version_lock = threading.Lock()
+        self._version_conn: sqlite3.Connection | None = None
+        database = make_url(self.url).database if self.url.startswith("sqlite") else None
+        #: the SQLite file `data_version` watches (None: not a file, or not SQLite)
+        self._sqlite_file = (database if database and database != ":memory:"
+                             and not database.startswith("file:") else None)
+
+    @property
+    def version_is_local(self) -> bool:
+        """Whether `data_version` reads a local file (microseconds, fine on an event loop)
+        rather than asking a server."""
+        return self._sqlite_file is not None
+
+    def data_version(self) -> Version | None:
+        """A value that changes whenever a write is committed to the store, by this process or
+        any other (None: this store cannot tell, so nothing may be kept on its account).
+
+        Two equal answers mean no transaction that wrote anything committed between them, so
+        an answer computed entirely between them is still the store's truth while the value
+        stays the same (`tether.store.readcache`). SQLite: `PRAGMA data_version` of a
+        connection of its own that never writes (it changes with every commit of any other
+        connection, in any process). PostgreSQL: the current snapshot (`xmin:xmax:xip`), which
+        changes once any transaction holding a transaction id (every one that wrote) ends; the
+        server's WAL position would not do, because a commit is written there a moment before
+        other transactions see it."""
+        if self._sqlite_file is not None:
+            with self._version_lock:
+                if self._version_conn is None:
+                    self._version_conn = sqlite3.connect(
+                        self._sqlite_file, check_same_thread=False, isolation_level=None)
+                row = self._version_conn.execute("PRAGMA data_version").fetchone()
+            return int(row[0])
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                return str(conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar())
+        return None
 
     def migrate(self) -> None:
         migrate(self.engine)
@@ -99,4 +141,8 @@ class Store:
             yield session
 
     def dispose(self) -> None:
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
         self.engine.dispose()

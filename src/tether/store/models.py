@@ -47,7 +47,8 @@ class Base(DeclarativeBase):
 
 class Token(Base):
     """An API token: only its SHA-256 is kept. Its role and project scope say what it may do
-    (`tether.access`); a revoked or expired token is refused at once (no cache anywhere)."""
+    (`tether.access`); a revoked or expired token is refused at once (the API keeps a token's
+    principal only until the store changes: `tether.store.readcache`)."""
 
     __tablename__ = "tokens"
     __table_args__ = (

@@ -1,0 +1,222 @@
+"""The API keeps who a token is and an environment's variables until the store changes (issue 12:
+the `env-vars` endpoint's throughput; `tether.store.readcache`). What must hold: a repeated call
+is answered without the store; any write committed anywhere — this process, another process on
+the SQLite file, another node on a PostgreSQL store — is seen by the very next call (a revoked
+token refused, a changed variable shown); a token that expires while kept is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from tests.nodeproc import pg_store
+from tests.plane import api_client, local_plane
+from tether.actions import clusters, projects, tokens, variables
+from tether.actions.common import Context
+from tether.api.app import create_app
+from tether.api.auth import create_token
+from tether.crypto import SecretBox
+from tether.store.db import Store
+from tether.store.readcache import ReadCache
+
+pytestmark = pytest.mark.integration
+
+VARS = "/api/v1/projects/shop/environments/test/variables"
+
+
+def statements(store: Store, request: Callable[[], Any]) -> tuple[Any, int]:
+    """`request()`'s answer and how many statements the store's engine ran meanwhile."""
+    seen = 0
+
+    def counted(*_: Any) -> None:
+        nonlocal seen
+        seen += 1
+
+    event.listen(store.engine, "before_cursor_execute", counted)
+    try:
+        return request(), seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", counted)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Context]:
+    with local_plane(tmp_path) as ctx:
+        projects.create_project(ctx, "shop", "local")
+        variables.set_variable(ctx, "shop", "test", "GREETING", "hello")
+        yield ctx
+
+
+def test_a_repeated_call_is_answered_without_the_store(shop: Context) -> None:
+    with api_client(shop) as client:
+        first = client.get(VARS, params={"all": "true"})
+        assert first.status_code == 200, first.text
+        again, count = statements(shop.store, lambda: client.get(VARS, params={"all": "true"}))
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        assert count == 0  # neither the token nor the variables were read again
+        caches = client.app.state.read_caches  # type: ignore[attr-defined]
+        assert caches["variables"].hits == 1 and caches["callers"].hits >= 1
+        # another question is another answer, not the kept one
+        masked = client.get(VARS, params={"all": "true", "reveal": "false"}).json()
+        custom = client.get(VARS).json()
+        assert [v["name"] for v in custom] == ["GREETING"]
+        assert len(masked) == len(first.json()) > len(custom)
+
+
+def test_a_write_through_the_api_is_seen_by_the_next_call(shop: Context) -> None:
+    with api_client(shop) as client:
+        assert [v["value"] for v in client.get(VARS).json()] == ["hello"]
+        assert client.put(VARS + "/GREETING", json={"value": "bye"}).status_code == 200
+        assert [v["value"] for v in client.get(VARS).json()] == ["bye"]
+
+
+def test_another_process_writing_the_store_is_seen_at_once(shop: Context,
+                                                           tmp_path: Path) -> None:
+    """Another process (here a Python with the store's file; in life, a second `tether up` or an
+    admin's repair) changes a variable and revokes the token between two calls."""
+    secret = create_token(shop.store, "ci", "admin")
+    with api_client(shop, secret) as client:
+        assert [v["value"] for v in client.get(VARS).json()] == ["hello"]
+        assert client.get(VARS).status_code == 200  # kept now
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from tether.actions import tokens, variables\n"
+            "from tether.actions.common import Context\n"
+            "from tether.crypto import SecretBox\n"
+            "from tether.store.db import Store\n"
+            "d = Path(sys.argv[1]); store = Store(f'sqlite:///{d / \"tether.db\"}')\n"
+            "ctx = Context(store=store, box=SecretBox.from_data_dir(d), data_dir=d)\n"
+            "variables.set_variable(ctx, 'shop', 'test', 'GREETING', 'from elsewhere')\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+        assert [v["value"] for v in client.get(VARS).json()] == ["from elsewhere"]
+        subprocess.run([sys.executable, "-c",
+                        script.replace("variables.set_variable(ctx, 'shop', 'test', "
+                                       "'GREETING', 'from elsewhere')",
+                                       "tokens.revoke(ctx, 'ci')"),
+                        str(tmp_path)], check=True)
+        refused = client.get(VARS)
+        assert refused.status_code == 401
+        assert "revoked" in refused.json()["error"]["message"]
+
+
+def test_a_kept_token_that_expires_is_refused(shop: Context) -> None:
+    expires = datetime.now(UTC) + timedelta(seconds=4)
+    secret = create_token(shop.store, "short", "admin", expires_at=expires)
+    with api_client(shop, secret) as client:
+        assert client.get("/api/v1/status").status_code == 200
+        assert client.get("/api/v1/status").status_code == 200  # kept
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
+        refused = client.get("/api/v1/status")
+        assert refused.status_code == 401
+        assert "expired" in refused.json()["error"]["message"]
+
+
+def test_an_answer_computed_across_a_write_is_not_kept(shop: Context) -> None:
+    """A write committed while an answer is computed may or may not be in it: used once, not
+    kept (the next lookup computes again)."""
+    cache: ReadCache[str] = ReadCache(shop.store)
+
+    def compute_across_a_write() -> str:
+        variables.set_variable(shop, "shop", "test", "GREETING", "meanwhile")
+        return "maybe stale"
+
+    assert cache.get("k", compute_across_a_write) == "maybe stale"
+    assert cache.lookup("k")[0] is None
+    assert cache.get("k", lambda: "fresh") == "fresh"
+    assert cache.lookup("k")[0] == "fresh"
+
+
+def test_the_cache_keeps_at_most_its_size(shop: Context) -> None:
+    cache: ReadCache[int] = ReadCache(shop.store, size=3)
+    for n in range(5):
+        cache.get(n, lambda n=n: n)  # type: ignore[misc]
+    assert [cache.lookup(n)[0] for n in range(5)] == [None, None, 2, 3, 4]
+
+
+def test_a_store_without_a_file_keeps_nothing() -> None:
+    store = Store("sqlite://")
+    try:
+        assert store.data_version() is None
+        cache: ReadCache[str] = ReadCache(store)
+        assert cache.get("k", lambda: "a") == "a"
+        assert cache.get("k", lambda: "b") == "b"
+    finally:
+        store.dispose()
+
+
+def test_postgres_version_changes_with_every_commit_that_wrote(pg_server: Any,
+                                                               unique_id: str) -> None:
+    with pg_store(pg_server.admin_url, f"tether_rc_{unique_id}") as store:
+        dsn = pg_server.admin_url.rsplit("/", 1)[0] + f"/tether_rc_{unique_id}"
+        before = store.data_version()
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT count(*) FROM tokens").fetchone()
+        assert store.data_version() == before  # a read changes nothing
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO regions (name, family, created_at) "
+                         "VALUES ('elsewhere', 'local', now())")
+            during = store.data_version()  # written, not committed: not seen by anyone yet
+            conn.commit()
+        after = store.data_version()
+        assert after != before and after != during
+
+
+def test_two_nodes_on_postgres_see_each_others_writes_at_once(pg_server: Any, unique_id: str,
+                                                              tmp_path: Path) -> None:
+    """Two APIs on one PostgreSQL store (two nodes): what one writes, the other's next call
+    shows; a token revoked through one is refused by the other."""
+    with pg_store(pg_server.admin_url, f"tether_rc2_{unique_id}") as store_a, \
+            contextlib.ExitStack() as stack:
+        store_b = Store(store_a.url)  # its own engine and pool: another node
+        stack.callback(store_b.dispose)
+        box = SecretBox.from_data_dir(tmp_path)
+        a = Context(store=store_a, box=box, data_dir=tmp_path)
+        b = Context(store=store_b, box=box, data_dir=tmp_path)
+        media = tmp_path / "media"
+        media.mkdir()
+        clusters.add_cluster(a, "local-files", "local", f"file://{media}", name="media",
+                             settings={"base_dir": str(media),
+                                       "public_url": "http://127.0.0.1:1/media/"})
+        projects.create_project(a, "shop", "local")
+        variables.set_variable(a, "shop", "test", "GREETING", "hello")
+        secret = create_token(store_a, "ci", "admin")
+        headers = {"Authorization": f"Bearer {secret}"}
+        with TestClient(create_app(a), headers=headers) as node_a, \
+                TestClient(create_app(b), headers=headers) as node_b:
+            for _ in range(2):
+                assert [v["value"] for v in node_a.get(VARS).json()] == ["hello"]
+            node_b.put(VARS + "/GREETING", json={"value": "from b"}).raise_for_status()
+            assert [v["value"] for v in node_a.get(VARS).json()] == ["from b"]
+            tokens.revoke(b, "ci")
+            assert node_a.get(VARS).status_code == 401
+
+
+def test_lookups_from_many_threads_agree(shop: Context) -> None:
+    cache: ReadCache[int] = ReadCache(shop.store)
+    seen: list[int] = []
+
+    def read() -> None:
+        for _ in range(50):
+            seen.append(cache.get("k", lambda: 7))
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [7] * 200

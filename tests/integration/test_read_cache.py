@@ -220,3 +220,50 @@ def test_lookups_from_many_threads_agree(shop: Context) -> None:
     for t in threads:
         t.join()
     assert seen == [7] * 200
+
+
+def test_a_kept_page_is_sent_before_routing_as_fastapi_sent_it(
+        shop: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked again, the page goes out from `tether.api.kept.KeptAnswers` without FastAPI's
+    routing — the same status, JSON and headers, the next page's `Link` included."""
+    for n in range(3):
+        variables.set_variable(shop, "shop", "test", f"EXTRA{n}", str(n))
+    with api_client(shop) as client:
+        first = client.get(VARS, params={"limit": "2"})
+        assert first.status_code == 200 and "after=" in first.headers["link"]
+        routed = 0
+        router_type = type(client.app.router)  # type: ignore[attr-defined]
+        real = router_type.__call__
+
+        async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            nonlocal routed
+            routed += 1
+            await real(self, scope, receive, send)
+
+        monkeypatch.setattr(router_type, "__call__", counting)
+        again = client.get(VARS, params={"limit": "2"})
+        assert routed == 0
+        assert (again.status_code, again.content) == (first.status_code, first.content)
+        for header in ("content-type", "content-length", "link"):
+            assert again.headers[header] == first.headers[header]
+        # the next page is another question: routed, then kept too
+        following = client.get(first.links["next"]["url"])
+        assert routed == 1 and following.status_code == 200
+        assert [v["name"] for v in first.json() + following.json()] == [
+            "EXTRA0", "EXTRA1", "EXTRA2", "GREETING"]
+
+
+def test_a_kept_page_is_never_sent_to_another_token(shop: Context) -> None:
+    """A viewer asking exactly what an admin was answered (the secrets in clear) goes through
+    FastAPI's checks and is refused; an unknown token is refused as before."""
+    viewer = create_token(shop.store, "watcher", "viewer")
+    with api_client(shop) as admin:
+        for _ in range(2):
+            assert admin.get(VARS, params={"all": "true", "reveal": "true"}).status_code == 200
+        with TestClient(admin.app, headers={"Authorization": f"Bearer {viewer}"}) as other:
+            refused = other.get(VARS, params={"all": "true", "reveal": "true"})
+            assert refused.status_code == 403, refused.text
+            masked = other.get(VARS, params={"all": "true"}).json()
+            assert {v["name"]: v["hidden"] for v in masked}["SECRET_KEY"] is True
+        with TestClient(admin.app, headers={"Authorization": "Bearer tth_nobody"}) as nobody:
+            assert nobody.get(VARS, params={"all": "true", "reveal": "true"}).status_code == 401

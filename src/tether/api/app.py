@@ -12,7 +12,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import swagger_ui_bundle
@@ -39,6 +38,14 @@ from tether.actions.common import Context
 from tether.api import limits
 from tether.api.auth import SignedIn, SignInThrottle, caller_for, create_session
 from tether.api.divio import divio_router
+from tether.api.kept import (
+    KeptAnswers,
+    KeptPage,
+    caller_key,
+    page_headers,
+    page_key,
+    unexpired,
+)
 from tether.api.models import (
     ERRORS,
     BackupIn,
@@ -134,6 +141,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                               "needs `Authorization: Bearer TOKEN` (the Services view sends its "
                               "browser session the same way: `POST /api/v1/sessions`).",
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
+    #: who a header's token is, and environments' variables, until the store changes; a kept
+    #: page is sent before routing (tether.api.kept)
+    callers: ReadCache[SignedIn] = ReadCache(base.store, 4096)
+    variable_pages: ReadCache[KeptPage] = ReadCache(base.store, 512)
+    app.state.read_caches = {"callers": callers, "variables": variable_pages}
+    app.add_middleware(KeptAnswers, store=base.store, callers=callers, pages=variable_pages)
     limits.install(app)  # bodies capped before anything reads them, auth included
 
     @app.exception_handler(TetherError)
@@ -150,10 +163,6 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "bad_request",
                                        "message": "invalid request: " + "; ".join(parts)}}, 422)
 
-    #: who a header's token is, and environments' variables, until the store changes
-    callers: ReadCache[SignedIn] = ReadCache(base.store, 4096)
-    variable_pages: ReadCache[tuple[bytes, str | None]] = ReadCache(base.store, 512)
-    app.state.read_caches = {"callers": callers, "variables": variable_pages}
 
     async def remembered(cache: ReadCache[T], key: Hashable, compute: Callable[[], T],
                          usable: Callable[[T], bool] = lambda _: True) -> T:
@@ -174,9 +183,6 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
 
         return await run_in_threadpool(fresh)
 
-    def unexpired(caller: SignedIn) -> bool:
-        return caller.expires_at is None or caller.expires_at > datetime.now(UTC)
-
     async def context(request: Request,
                       authorization: Annotated[str | None, Header()] = None) -> Context:
         """Who is asking: the bearer token (the CLI, scripts) or browser session (the Services
@@ -184,9 +190,8 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         until anything is written to the store (a revoked token or ended session is refused at
         once) and its expiry is checked on every call. Cookies are never read (see
         tether.web)."""
-        key = hashlib.sha256((authorization or "").encode()).digest()
-        caller = await remembered(callers, key, lambda: caller_for(base.store, authorization),
-                                  unexpired)
+        caller = await remembered(callers, caller_key(authorization),
+                                  lambda: caller_for(base.store, authorization), unexpired)
         request.state.session_id = caller.session_id
         request.state.authorization = authorization
         return base.as_principal(caller.principal)
@@ -244,20 +249,17 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         SECRET_KEY, the services' by service, then the custom ones). Secret values (service
         credentials, SECRET_KEY) are masked unless `reveal`. A page of `limit`; the next
         page's URL is in the `Link` header (rel="next")."""
-        def compute() -> tuple[bytes, str | None]:
+        def compute() -> KeptPage:
             page = variables.list_variables(ctx, project, env, all, reveal,
                                             PageArgs(limit, after))
             return json_bytes(list(page)), page.after
 
         # what every deploy script asks (`env-vars --all`, the Divio CLI): kept until the
-        # store changes, as the JSON it is sent as
-        body, next_after = await remembered(
-            variable_pages, (ctx.principal, project, env, all, reveal, limit, after), compute)
-        headers = {}
-        if next_after is not None:
-            url = request.url.include_query_params(after=next_after)
-            headers["Link"] = f'<{url}>; rel="next"'
-        return Response(body, media_type="application/json", headers=headers)
+        # store changes, as the JSON it is sent as; asked again, KeptAnswers sends it
+        body, next_after = await remembered(variable_pages,
+                                            page_key(ctx.principal, request.scope), compute)
+        return Response(body, media_type="application/json",
+                        headers=page_headers(request.url, next_after))
 
     @api.get(env_path + "/history", tags=["projects"])
     async def list_history(ctx: Ctx, request: Request, response: Response,

@@ -44,13 +44,17 @@ class ReadCache(Generic[V]):
         version = self.store.data_version()
         if version is None:
             return None, None
+        return self.peek(key, version), version
+
+    def peek(self, key: Hashable, version: Version) -> V | None:
+        """The kept answer of `key` if it was computed at `version` (a version just read)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry[0] == version:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return entry[1], version
-        return None, version
+                return entry[1]
+        return None
 
     def keep(self, key: Hashable, since: Version | None, answer: V) -> None:
         """Keep `answer`, computed after `lookup` returned the version `since`, if nothing was

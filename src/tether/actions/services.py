@@ -193,16 +193,23 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name)
         inst = add_instance(s, ctx, env, service, prefix, private)
-        op = _provision(s, ctx, env, inst) if provision else None
-        view = instance_view(s, ctx, inst, operation=op)
+        # a new instance: no release has it, no operation of its waits (nothing to look up)
+        op = _provision(s, ctx, env, inst, new=True) if provision else None
+        view = instance_view(s, ctx, inst, operation=op,
+                             facts=InstanceFacts.of_new(env, inst, op))
         view["operation"] = operation_view(op) if op else None
     if op:
         ctx.notify()
     return view
 
 
-def _provision(s: Session, ctx: Context, env: Environment, inst: Instance) -> Operation | None:
-    decision = _decide(s, env, inst, Action.PROVISION)
+def _provision(s: Session, ctx: Context, env: Environment, inst: Instance,
+               new: bool = False) -> Operation | None:
+    """Provision `inst` (`new`: added in this transaction, so the rules are asked without
+    looking up what no release or operation can have yet)."""
+    decision = (lifecycle.decide(State(inst.state), Action.PROVISION, inst.prefix, env.name,
+                                 in_release=False, pending=None)
+                if new else _decide(s, env, inst, Action.PROVISION))
     _refuse_unless(decision)
     if decision.operation is None:
         return unfinished(s, inst, "provision")

@@ -160,6 +160,15 @@ class InstanceFacts:
                 select(Cluster).where(Cluster.id.in_(cluster_ids)))}
         return facts
 
+    @classmethod
+    def of_new(cls, env: Environment, instance: Instance,
+               operation: Operation | None = None) -> InstanceFacts:
+        """The facts of an instance added in the caller's transaction, known without asking the
+        store: no release can have it yet, no cluster was chosen for it, and its only
+        operation is the one just queued (if any)."""
+        return cls(environments={env.id: env}, in_releases={env.id: set()},
+                   operations={instance.id: [operation]} if operation is not None else {})
+
     def in_release(self, instance: Instance) -> bool:
         """`running_release_has`."""
         ids = self.in_releases.get(instance.environment_id)

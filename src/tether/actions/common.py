@@ -17,7 +17,7 @@ from tether.errors import NotFound, UserError
 from tether.frontdoor import FrontDoor
 from tether.lifecycle import State
 from tether.store.db import Store
-from tether.store.models import Environment, Instance, Operation, Project
+from tether.store.models import Environment, Instance, Operation, Project, aware
 from tether.store.records import audit as audit  # re-exported: every action module records
 
 
@@ -54,7 +54,9 @@ class Context:
 
 
 def iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt else None
+    """A stored moment as the API shows it: ISO 8601 with its UTC offset. SQLite gives stored
+    moments back without one; a browser would read such a time as its own local time."""
+    return aware(dt).isoformat() if dt else None
 
 
 def get_project(s: Session, name: str | None, ctx: Context | None = None,

@@ -24,7 +24,8 @@ echo "== ruff" >&2
 # not on the two cores), each with its own range of environment ports so their applications never
 # collide, and each starting the servers it needs once:
 #   main     unit, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
-#   web      the Services view in Chromium (each module its own `tether up`)
+#   web      the Services view in Chromium (each module its own `tether up`), and to even out
+#            the groups' times the API's schemathesis runs and the Divio CLI's end-to-end test
 #   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ, S3 and Azure
 #   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM,
 #            shared with the end-to-end search story)
@@ -51,6 +52,8 @@ fi
 mkdir -p build
 CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
        tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py)
+# moved from main and e2e to web, whose browser tests end minutes earlier
+BALANCE=(tests/integration/test_api_schemathesis.py tests/e2e/test_divio_cli.py)
 KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3 tests/integration/caddy
        tests/integration/search)
 # Each group's temp files under a base of its own: a pytest session resets the mode of the shared
@@ -65,18 +68,19 @@ set +e
 ignore_crash=()
 for path in "${CRASH[@]}"; do ignore_crash+=(--ignore="$path"); done
 TETHER_ENV_PORTS=8400-8699 "${PYTEST[@]}" --basetemp="$temp_base/e2e" tests/e2e --ignore=tests/e2e/test_search_story.py \
-  "${CRASH[@]}" "$@" >build/test-e2e.log 2>&1 &
+  --ignore=tests/e2e/test_divio_cli.py "${CRASH[@]}" "$@" >build/test-e2e.log 2>&1 &
 e2e_pid=$!
 TETHER_ENV_PORTS=8700-8999 "${PYTEST[@]}" --basetemp="$temp_base/servers" "${KINDS[@]}" tests/e2e/test_search_story.py \
   "${ignore_crash[@]}" "$@" >build/test-servers.log 2>&1 &
 servers_pid=$!
-TETHER_ENV_PORTS=8250-8399 "${PYTEST[@]}" --basetemp="$temp_base/web" tests/web "$@" \
+TETHER_ENV_PORTS=8250-8399 "${PYTEST[@]}" --basetemp="$temp_base/web" tests/web "${BALANCE[@]}" "$@" \
   >build/test-web.log 2>&1 &
 web_pid=$!
 ignore_kinds=()
 for path in "${KINDS[@]}"; do ignore_kinds+=(--ignore="$path"); done
 TETHER_ENV_PORTS=8100-8249 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e \
-  --ignore=tests/web "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py "$@"
+  --ignore=tests/web "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py \
+  --ignore=tests/integration/test_api_schemathesis.py "$@"
 main_status=$?
 wait "$web_pid"
 web_status=$?

@@ -39,18 +39,31 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
-from elasticsearch import (
-    AuthenticationException,
-    AuthorizationException,
-    Elasticsearch,
-    helpers,
-)
 
 from tests.integration.search.conftest import SearchNode
 from tether.errors import ClusterError
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.elasticsearch import ElasticsearchProvider
 from tether.servers.search import distribution, parse_release
+
+# elasticsearch 7.13 serialises NumPy types when NumPy is importable, naming aliases NumPy 2
+# removed (np.float_): with NumPy 2 installed (the bench extra's matplotlib brings it) its import
+# fails. It is imported as if NumPy were absent (a None in sys.modules makes `import numpy`
+# raise ImportError); what had NumPy imported already keeps it.
+_numpy = sys.modules.get("numpy")
+sys.modules["numpy"] = None  # type: ignore[assignment]
+try:
+    from elasticsearch import (
+        AuthenticationException,
+        AuthorizationException,
+        Elasticsearch,
+        helpers,
+    )
+finally:
+    if _numpy is None:
+        del sys.modules["numpy"]
+    else:
+        sys.modules["numpy"] = _numpy
 
 pytestmark = [pytest.mark.integration,
               # elasticsearch 7.13 on urllib3 1.26.x

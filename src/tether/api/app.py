@@ -163,7 +163,6 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "bad_request",
                                        "message": "invalid request: " + "; ".join(parts)}}, 422)
 
-
     async def remembered(cache: ReadCache[T], key: Hashable, compute: Callable[[], T],
                          usable: Callable[[T], bool] = lambda _: True) -> T:
         """`compute()`'s answer, from `cache` while nothing was written to the store since it

@@ -101,9 +101,7 @@ def json_bytes(content: Any) -> bytes:
 def paged(request: Request, response: Response, page: Page[Any]) -> list[Any]:
     """A page as the JSON array it always was, with the next page's URL in a `Link` header
     (RFC 8288) when there is one."""
-    if page.after is not None:
-        url = request.url.include_query_params(after=page.after)
-        response.headers["Link"] = f'<{url}>; rel="next"'
+    response.headers.update(page_headers(request.url, page.after))
     return list(page)
 
 

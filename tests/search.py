@@ -29,7 +29,7 @@ import pytest
 
 from tether.errors import ClusterError
 from tether.net import free_port
-from tether.servers.search import SearchServer, parse_release
+from tether.servers.search import PortTaken, SearchServer, parse_release
 
 # The C1 compiler alone: a JVM start takes about half as long on two busy cores (27 s against
 # 48 s for Elasticsearch 7.17), which matters more to a test run than peak query speed.
@@ -76,8 +76,18 @@ def _search_node(release: str, env_var: str) -> Iterator[SearchNode]:
     try:
         try:
             server.init(password)
-            # a JVM starts in 1-2 minutes here, more beside the rest of the suite on 2 cores
-            server.start(timeout=360.0, password=password)
+            for attempt in range(3):
+                try:
+                    # a JVM starts in 1-2 minutes here, more beside the rest of the suite on
+                    # 2 cores
+                    server.start(timeout=360.0, password=password)
+                    break
+                except PortTaken:
+                    # chosen free, taken by another test group's server before the JVM bound
+                    # it: another port
+                    if attempt == 2:
+                        raise
+                    server.port = free_port()
         except ClusterError as exc:
             pytest.fail(f"{exc.message} (or set {env_var} to the admin URL of a running "
                         f"{release} server)")

@@ -279,8 +279,9 @@ def _start(kind: str) -> Iterator[tuple[str, dict[str, Any], str, str]]:
 
 
 def _tether_provision(client: httpx.Client, project: str, service: str, prefix: str) -> None:
-    """The API call, then wait (long-poll) until the instance is pending attachment."""
-    r = client.post(f"/projects/{project}/environments/test/services",
+    """The API call, answered once the instance is pending attachment (`wait`, as the CLI
+    calls it), long-polling the operation should the wait run out."""
+    r = client.post(f"/projects/{project}/environments/test/services", params={"wait": 30},
                     json={"service": service, "prefix": prefix, "provision": True})
     r.raise_for_status()
     op = r.json()["operation"]

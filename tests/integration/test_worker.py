@@ -722,3 +722,121 @@ def test_stop_hands_back_what_still_runs_within_its_timeout(
     assert (done.status, done.message, done.claimed_by) == (
         "succeeded", "from the next node", "node-b")
     assert second.ids() == [op_id]
+
+
+# -- issue 12: a client that waits runs its operation on its own thread ------------------------
+
+
+class HereOnly(Worker):
+    """A node whose loop claims nothing: it runs only what `run_here` gives it."""
+
+    def _dispatch(self) -> None:
+        return None
+
+
+def test_run_here_runs_the_operation_on_the_calling_thread_once(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """`POST …?wait=` claims the operation it queued and runs it on the request's thread: the
+    same claim, lease and final write as the loop's, no hand-over."""
+    (env,) = make_environments(store, 1)
+    threads: list[str] = []
+    worker = workers(store, {"job": Recorder(
+        lambda op: threads.append(threading.current_thread().name) or "done here")},
+        node_id="node-a", poll_interval=30)  # its loop sleeps: nothing wakes it
+    assert worker.run_here(1) == (False, None)  # not started: it would take back its claims
+    worker.start()
+    time.sleep(0.1)  # its loop's first pass found nothing
+    (op_id,) = queue_operations(store, [env], 1, kind="job")
+    assert worker.run_here(op_id, lambda: row(store, op_id).status) == (True, "succeeded")
+    assert threads == [threading.current_thread().name]
+    done = row(store, op_id)
+    assert (done.status, done.attempts, done.claimed_by, done.message) == (
+        "succeeded", 1, "node-a", "done here")
+    assert worker.run_here(op_id) == (False, None)  # not queued any more: not run again
+    assert threads == [threading.current_thread().name]
+    assert not worker._active and not worker._held and not worker._busy
+
+
+def test_run_here_leaves_what_it_cannot_claim_to_the_loop(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """Refused, doing nothing: an operation with another of its environment ahead of it, and
+    any operation while every slot works; the loop runs them, in order, as always."""
+    env_a, env_b = make_environments(store, 2)
+    first, second = queue_operations(store, [env_a], 2, kind="job")
+    (other,) = queue_operations(store, [env_b], 1, kind="job")
+    release = threading.Event()
+    recorder = Recorder(lambda op: release.wait(10) and None)
+    worker = workers(store, {"job": recorder}, node_id="node-a", max_parallel=1)
+    worker.start()
+    assert worker.run_here(second) == (False, None)  # `first` comes before it
+    wait_until(lambda: row(store, first).status == "running", 5)
+    assert worker.run_here(other) == (False, None)  # the one slot works on `first`
+    assert row(store, other).status == "queued"
+    release.set()
+    for op_id in (first, second, other):
+        wait_until(finished(store, op_id), 10)
+        assert row(store, op_id).status == "succeeded"
+    assert sorted(recorder.ids()) == [first, second, other]
+    assert recorder.ids().index(first) < recorder.ids().index(second)
+
+
+def test_run_here_beside_the_loops_of_two_nodes_runs_each_operation_once(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """Callers running operations here race two nodes' loops for them: each operation runs
+    exactly once, one at a time per environment, in order."""
+    envs = make_environments(store, 6)
+    op_ids = queue_operations(store, envs, 90, kind="job")
+    env_of = {op_id: envs[i % len(envs)] for i, op_id in enumerate(op_ids)}
+    lock = threading.Lock()
+    running: dict[int, int] = defaultdict(int)
+    overlaps: list[int] = []
+    order: dict[int, list[int]] = defaultdict(list)
+    ran: list[int] = []
+
+    def handle(op: Operation) -> None:
+        with lock:
+            running[op.environment_id] += 1
+            if running[op.environment_id] > 1:
+                overlaps.append(op.id)
+            order[op.environment_id].append(op.id)
+            ran.append(op.id)
+        time.sleep(0.002)
+        with lock:
+            running[op.environment_id] -= 1
+
+    # one slot each: the loops leave some environments' next operations to the callers
+    a = workers(store, {"job": handle}, node_id="node-a", max_parallel=1)
+    b = workers(store, {"job": handle}, node_id="node-b", max_parallel=1)
+    # a third node whose loop claims nothing: every operation it runs ran on a caller's thread
+    c = HereOnly(store, {"job": handle}, node_id="node-c", poll_interval=0.05)
+    here: list[int] = []
+
+    def caller(ids: list[int]) -> None:
+        for op_id in ids:  # each tried until it ran, here or elsewhere
+            while not (a if op_id % 2 else c).run_here(op_id)[0]:
+                if row(store, op_id).status in ("succeeded", "failed"):
+                    break
+            else:
+                with lock:
+                    here.append(op_id)
+
+    a.start()
+    b.start()
+    c.start()
+    callers = [threading.Thread(target=caller, args=(op_ids[i::3],)) for i in range(3)]
+    try:
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join(60)
+    finally:
+        c.stop(2.0)
+    wait_until(lambda: all(row(store, op_id).status == "succeeded" for op_id in op_ids[-6:]),
+               60, 0.1)
+    wait_until(lambda: len(ran) >= len(op_ids), 10)
+    time.sleep(0.2)
+    assert sorted(ran) == op_ids  # every operation exactly once
+    assert overlaps == []
+    for env, ids in order.items():
+        assert ids == sorted(i for i in op_ids if env_of[i] == env)
+    assert here  # some ran on the callers' threads (node c runs nothing else)

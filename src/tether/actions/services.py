@@ -323,6 +323,20 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
         return Page([instance_view(s, ctx, i, facts=facts) for i in rows], after)
 
 
+def after_operation(ctx: Context, project: str | None, env_name: str, prefix: str,
+                    operation_id: int) -> dict[str, object]:
+    """The instance as `add` and `provision` answer, with operation `operation_id` (one of
+    its) as it is now: the answer of a call that waited for the operation it queued."""
+    with ctx.store.session() as s:
+        env = _env(s, ctx, project, env_name)
+        inst = _require(s, env, prefix)
+        op = s.get(Operation, operation_id)
+        view = instance_view(s, ctx, inst)
+        view["operation"] = (operation_view(op) if op is not None and op.instance_id == inst.id
+                             else None)
+        return view
+
+
 def show(ctx: Context, project: str | None, env_name: str, prefix: str,
          reveal: bool = False) -> dict[str, object]:
     with ctx.store.session() as s:

@@ -5,6 +5,7 @@ no lifecycle rule lives here. Errors the user can fix are 4xx with `{"error": {c
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import queue
@@ -199,6 +200,58 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         await run_in_threadpool(caller_for, base.store, request.state.authorization)
 
     Ctx = Annotated[Context, Depends(context)]
+    Wait = Annotated[float, Query(
+        ge=0, le=60, description="Answer once the operation this call queues has finished, "
+                                 "waiting at most this many seconds (0: at once)")]
+
+    async def queued_and_waited(ctx: Context, request: Request, wait: float,
+                                queue: Callable[[Context], dict[str, Any]],
+                                reread: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+        """`queue(ctx)`'s answer, a view with the `operation` it queued; with `wait`, the view
+        read again with that operation (`reread(operation_id)`) once it has finished, or the
+        view with the operation as it is after `wait` s.
+
+        When this process's worker has a free slot, the operation is claimed and run on a
+        thread of this request (`Worker.run_here`): no hand-over to the worker's loop, no
+        second request, and the answer goes out when the final write commits. It runs to its
+        end even when `wait` s pass first (the answer then says it still runs)."""
+        if not wait:
+            return await call(queue, ctx)
+        deadline = time.monotonic() + wait
+        here = worker
+        quiet = dataclasses.replace(ctx, notify=lambda: None) if here is not None else ctx
+        view = await call(queue, quiet)
+        op = view.get("operation")
+        if op is None or op["status"] in FINISHED:
+            return view
+
+        def run_then_reread() -> dict[str, Any] | None:
+            assert here is not None
+            ran = False
+            try:
+                ran, fresh = here.run_here(op["id"], lambda: reread(op["id"]))
+            finally:
+                if not ran:
+                    ctx.notify()  # the loop, or another node, runs it
+            return fresh
+
+        if here is not None:
+            running = asyncio.ensure_future(call(run_then_reread))
+            # answered after `wait` s, its error (if any) is in the operation; not logged twice
+            running.add_done_callback(lambda t: t.cancelled() or t.exception())
+            try:
+                done = await asyncio.wait_for(asyncio.shield(running),
+                                              max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                done = None
+            if done is not None:
+                return done
+        final = await operation_when_finished(ctx, request, op["id"],
+                                              max(0.0, deadline - time.monotonic()))
+        if final["status"] not in FINISHED:
+            view["operation"] = final
+            return view
+        return await call(reread, op["id"])
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
     env_path = "/projects/{project}/environments/{env}"
 
@@ -293,10 +346,15 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                                                    removed, PageArgs(limit, after)))
 
     @api.post(env_path + "/services", status_code=201, tags=["services"])
-    async def add_service(ctx: Ctx, project: ProjectPath, env: EnvPath,
-                          body: ServiceIn) -> dict[str, Any]:
-        return await call(services.add, ctx, project, env, body.service, body.prefix,
-                          body.private, body.provision)
+    async def add_service(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
+                          body: ServiceIn, wait: Wait = 0) -> dict[str, Any]:
+        """Add a service (state `new`); with `provision`, provision it too, and with `wait`,
+        answer once that has ended."""
+        return await queued_and_waited(
+            ctx, request, wait,
+            lambda c: services.add(c, project, env, body.service, body.prefix, body.private,
+                                   body.provision),
+            lambda op_id: services.after_operation(ctx, project, env, body.prefix, op_id))
 
     @api.get(env_path + "/services/{prefix}", tags=["services"])
     async def show_service(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,
@@ -304,9 +362,12 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return await call(services.show, ctx, project, env, prefix, reveal)
 
     @api.post(env_path + "/services/{prefix}/provision", tags=["services"])
-    async def provision(ctx: Ctx, project: ProjectPath, env: EnvPath,
-                        prefix: PrefixPath) -> dict[str, Any]:
-        return await call(services.provision, ctx, project, env, prefix)
+    async def provision(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
+                        prefix: PrefixPath, wait: Wait = 0) -> dict[str, Any]:
+        """Provision a `new` service now; with `wait`, answer once that has ended."""
+        return await queued_and_waited(
+            ctx, request, wait, lambda c: services.provision(c, project, env, prefix),
+            lambda op_id: services.after_operation(ctx, project, env, prefix, op_id))
 
     @api.post(env_path + "/services/{prefix}/detach", tags=["services"])
     async def detach(ctx: Ctx, project: ProjectPath, env: EnvPath,
@@ -522,6 +583,11 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def get_operation(ctx: Ctx, request: Request, operation_id: IdPath,
                             wait: Annotated[float, Query(ge=0, le=60)] = 0) -> dict[str, Any]:
         """With `wait`, answer as soon as the operation has finished (at most `wait` s)."""
+        return await operation_when_finished(ctx, request, operation_id, wait)
+
+    async def operation_when_finished(ctx: Context, request: Request, operation_id: int,
+                                      wait: float) -> dict[str, Any]:
+        """The operation, once it has finished or `wait` s have passed."""
         seen = 0
 
         async def fetch() -> dict[str, Any]:

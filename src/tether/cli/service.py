@@ -13,6 +13,7 @@ from rich.text import Text
 from tether.cli.client import DEFAULT_LIST, Client, env_path, seg
 from tether.cli.common import (
     CONTEXT_SETTINGS,
+    FINISHED,
     AllOpt,
     EnvArg,
     JsonOpt,
@@ -37,6 +38,9 @@ from tether.cli.output import (
     table,
     when,
 )
+
+#: seconds a call that queues an operation may wait for its end (see `_waited`)
+WAIT_IN_CALL = 2
 
 app = typer.Typer(help="Backing services: the catalog, and the services of an environment.",
                   epilog="Example: tether service add test postgres-18 --prefix ANALYTICS "
@@ -64,6 +68,13 @@ def _print_started(view: dict[str, Any], env: str) -> None:
             f"`tether service show {env} {view['prefix']}`")
 
 
+def _waited(wait: bool) -> dict[str, Any] | None:
+    """The query of a call that queues an operation the command then waits for: the API answers
+    once it has ended, if that is within WAIT_IN_CALL s (most provisions take less), so the
+    command needs no second request; else the spinner follows it."""
+    return {"wait": WAIT_IN_CALL} if wait else None
+
+
 def _finish(client: Client, view: dict[str, Any], env: str, label: str, no_wait: bool,
             refetch: Callable[[], dict[str, Any]], retry: str) -> None:
     """Wait for the operation a call queued (unless `no_wait`), then print the final instance.
@@ -80,9 +91,12 @@ def _finish(client: Client, view: dict[str, Any], env: str, label: str, no_wait:
         else:
             _print_started(view, env)
         return
-    final = wait_operation(client, op, label, f"tether service show {env} {view['prefix']}")
-    shown = refetch()
-    shown["operation"] = final
+    if op["status"] in FINISHED:  # the call waited for it: the view is the final one
+        final, shown = op, view
+    else:
+        final = wait_operation(client, op, label, f"tether service show {env} {view['prefix']}")
+        shown = refetch()
+        shown["operation"] = final
     if client.json_mode:
         emit_json(shown)
     else:
@@ -147,7 +161,8 @@ def add(
     with Client.connect(json_) as client:
         name = resolve_project(client, project)
         view = client.post(_path(name, env), {"service": service, "prefix": prefix,
-                                              "private": private, "provision": provision})
+                                              "private": private, "provision": provision},
+                           params=_waited(provision and not no_wait))
         _finish(client, view, env, f"provisioning {prefix} in {env}", no_wait,
                 lambda: client.get(_path(name, env, prefix)),
                 f"tether service provision {env} {prefix} -p {name}")
@@ -164,7 +179,8 @@ def provision(env: EnvArg, prefix: PrefixArg, no_wait: NoWaitOpt = False,
     """Provision a new service now (before a deploy), e.g. to fill it with data first."""
     with Client.connect(json_) as client:
         name = resolve_project(client, project)
-        view = client.post(_path(name, env, prefix) + "/provision")
+        view = client.post(_path(name, env, prefix) + "/provision",
+                           params=_waited(not no_wait))
         _finish(client, view, env, f"provisioning {prefix} in {env}", no_wait,
                 lambda: client.get(_path(name, env, prefix)),
                 f"tether service provision {env} {prefix} -p {name}")

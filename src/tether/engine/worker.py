@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -72,6 +72,7 @@ from tether.store.models import Node, Operation, aware, utcnow
 log = logging.getLogger("tether.worker")
 
 Handler = Callable[[Operation], str | None]
+T = TypeVar("T")
 
 #: the advisory-lock namespace of "claiming an operation of environment N" (high 32 bits)
 _ENV_LOCK_SPACE = 0x7E7E_0001
@@ -129,6 +130,8 @@ class Worker:
         self._busy: set[int] = set()
         #: operations whose handler runs here
         self._active: set[int] = set()
+        #: slots `run_here` holds while it claims
+        self._reserved = 0
         #: how many of them only wait (`waiting()`), holding no slot
         self._waiting = 0
         #: operations this node holds a claim on (handler running, or final write pending):
@@ -289,16 +292,9 @@ class Worker:
         claimable = and_(Operation.status == "queued",
                          Operation.kind.in_(bindparam("kinds", expanding=True)), due, ~ahead,
                          here)
-        pick = (select(Operation.id, Operation.environment_id).where(claimable)
-                .order_by(Operation.id).limit(bindparam("limit")))
-        if self._pg:
-            # candidates no other node is looking at, each with its environment's lock taken
-            # (or not: another node is claiming in that environment right now)
-            locked = pick.with_for_update(skip_locked=True, of=Operation).subquery()
-            self._pick = select(locked.c.id, func.pg_try_advisory_xact_lock(
-                literal(_ENV_LOCK_SPACE << 32, BigInteger) + locked.c.environment_id))
-        else:
-            self._pick = select(pick.subquery().c.id, true())
+        self._pick = self._picking(claimable)
+        # the same for one given operation (`run_here`)
+        self._pick_one = self._picking(and_(claimable, Operation.id == bindparam("one")))
         # the claim checks everything again, in a statement (a snapshot) after those locks
         self._take = (update(Operation)
                       .where(Operation.id.in_(bindparam("ids", expanding=True)), claimable)
@@ -334,6 +330,18 @@ class Worker:
                         .values(status="queued", claimed_by=None, lease_until=None,
                                 message="taken over: its node stopped renewing its lease")
                         .returning(ops.id))
+
+    def _picking(self, claimable: ColumnElement[bool]) -> Any:
+        """The candidates of a claim: (id, whether this transaction may claim it)."""
+        pick = (select(Operation.id, Operation.environment_id).where(claimable)
+                .order_by(Operation.id).limit(bindparam("limit")))
+        if self._pg:
+            # candidates no other node is looking at, each with its environment's lock taken
+            # (or not: another node is claiming in that environment right now)
+            locked = pick.with_for_update(skip_locked=True, of=Operation).subquery()
+            return select(locked.c.id, func.pg_try_advisory_xact_lock(
+                literal(_ENV_LOCK_SPACE << 32, BigInteger) + locked.c.environment_id))
+        return select(pick.subquery().c.id, true())
 
     def finish_in(self, s: Session, op_id: int | None, message: str) -> None:
         """End operation `op_id` as succeeded inside the handler's last transaction `s` (the one
@@ -376,27 +384,72 @@ class Worker:
                 self._next_due = float("inf")
         return max(0.01, min(self.poll_interval, due + 0.02))
 
+    def _free_slots(self) -> int:
+        """Slots for more operations now (call with `_lock` held)."""
+        working = len(self._active) - self._waiting + self._reserved
+        return min(self.max_parallel - working,
+                   self.max_parallel + self.max_waiting - len(self._active) - self._reserved)
+
     def _dispatch(self) -> None:
         with self._lock:
-            working = len(self._active) - self._waiting
-            free = min(self.max_parallel - working,
-                       self.max_parallel + self.max_waiting - len(self._active))
+            free = self._free_slots()
         if free <= 0 or not self.handlers:
             return
         for op in self._claim(free):
             self._start(op)
 
-    def _claim(self, limit: int) -> list[Operation]:
-        """Claim up to `limit` operations in one transaction; they are returned detached, once
-        the claim committed (if the commit raises, nothing was claimed here). A candidate is
-        queued, due, of a kind this node handles, and first in its environment's line; the claim
-        checks all of that again, under the environment's lock on PostgreSQL."""
+    def run_here(self, op_id: int, then: Callable[[], T] = lambda: None) -> tuple[bool, T | None]:
+        """Claim operation `op_id`, run it to its end in the calling thread, then call `then()`
+        (before the loop is woken, so the loop's next claim does not compete with it): (True,
+        its answer). (False, None), having done nothing, when it cannot be claimed here now (no
+        free slot, stopping, another operation of its environment first, not queued any more,
+        or claimed by the loop or another node first) — the loop or another node runs it
+        then, as always.
+
+        For a client that waits for the operation it just queued (`POST …?wait=`): the claim,
+        the handler, the final write and the answer's reading run on the request's own thread,
+        one after the other, without the hand-overs to the loop and to a handler thread. Same
+        claim, slots, leases and outcome as the loop's."""
+        with self._lock:
+            if (not self._threads or self._stop.is_set() or not self.handlers
+                    or self._free_slots() <= 0):
+                # not started: its start takes back every claim of this node's id
+                return False, None
+            self._reserved += 1  # the slot is this call's while it claims
+        claimed: list[Operation] = []
+        try:
+            claimed = self._claim(1, only=op_id)
+        finally:
+            with self._lock:
+                self._reserved -= 1
+                if claimed:
+                    op = claimed[0]
+                    self._busy.add(op.environment_id)
+                    self._active.add(op.id)
+                    self._held.add(op.id)
+        if not claimed:
+            return False, None
+        try:
+            self._run(claimed[0], wake=False)
+            return True, then()
+        finally:
+            self._wake.set()
+
+    def _claim(self, limit: int, only: int | None = None) -> list[Operation]:
+        """Claim up to `limit` operations in one transaction (`only`: that one, if it can be);
+        they are returned detached, once the claim committed (if the commit raises, nothing was
+        claimed here). A candidate is queued, due, of a kind this node handles, and first in
+        its environment's line; the claim checks all of that again, under the environment's
+        lock on PostgreSQL."""
         kinds = list(self.handlers)
         with self._lock:
             busy = sorted(self._busy)
+        pick, params = self._pick, {"kinds": kinds, "busy": busy, "limit": limit}
+        if only is not None:
+            pick, params["one"] = self._pick_one, only
         with self.store.session() as s:
-            ids = [op_id for op_id, locked in s.execute(self._pick, {
-                "kinds": kinds, "busy": busy, "limit": limit, **self._times(now=0)}) if locked]
+            ids = [op_id for op_id, locked in s.execute(pick, {
+                **params, **self._times(now=0)}) if locked]
             if not ids:
                 return []
             claimed = list(s.scalars(self._take, {
@@ -440,7 +493,7 @@ class Worker:
 
     # -- running one operation --------------------------------------------------------------------
 
-    def _run(self, op: Operation) -> None:
+    def _run(self, op: Operation, wake: bool = True) -> None:
         outcome: _Outcome | None = None
         self._inline.op_id, self._inline.ended = op.id, None
         try:
@@ -465,7 +518,8 @@ class Worker:
                     self._busy.discard(op.environment_id)
                     self._active.discard(op.id)
                     self._idle.notify_all()
-                self._wake.set()
+                if wake:
+                    self._wake.set()
                 self._bump(op.id)
 
     def _execute(self, op: Operation) -> _Outcome:

@@ -267,3 +267,67 @@ def test_a_kept_page_is_never_sent_to_another_token(shop: Context) -> None:
             assert {v["name"]: v["hidden"] for v in masked}["SECRET_KEY"] is True
         with TestClient(admin.app, headers={"Authorization": "Bearer tth_nobody"}) as nobody:
             assert nobody.get(VARS, params={"all": "true", "reveal": "true"}).status_code == 401
+
+
+# -- who a token is, kept across writes to other tables ---------------------------------------
+
+
+def test_who_a_token_is_stays_kept_across_other_writes(shop: Context) -> None:
+    """Old main: any write emptied the kept callers, so every call after a write (a client that
+    adds, provisions, sets variables) looked its token up again. Now only writes to tokens or
+    sessions do."""
+    with api_client(shop) as client:
+        callers = client.app.state.read_caches["callers"]  # type: ignore[attr-defined]
+        assert client.get("/api/v1/status").status_code == 200
+        for n in range(3):
+            client.put(VARS + "/GREETING", json={"value": f"v{n}"}).raise_for_status()
+        misses = callers.misses
+        answer, count = statements(shop.store, lambda: client.get("/api/v1/status"))
+        assert answer.status_code == 200
+        assert callers.misses == misses and count == 0  # not looked up again
+        # a write to the tokens table is one that matters: the next call looks it up
+        create_token(shop.store, "another", "developer")
+        assert client.get("/api/v1/status").status_code == 200
+        assert callers.misses == misses + 1
+
+
+@pytest.mark.parametrize("table_write", [
+    "INSERT INTO tokens (name, token_hash, role, created_at) VALUES ('x', 'h', 'admin', {now})",
+    "UPDATE tokens SET owner = 'someone'",
+    "DELETE FROM tokens WHERE name = 'ci'",
+    "INSERT INTO web_sessions (secret_hash, token_id, client, created_at, expires_at) "
+    "SELECT 's', id, '', {now}, {now} FROM tokens LIMIT 1",
+])
+def test_the_auth_version_changes_with_every_write_to_tokens_or_sessions(
+        shop: Context, table_write: str) -> None:
+    """The store's own triggers bump it, whoever writes (here plain SQL, as an admin's repair
+    would): nothing that changes who a token is can be missed."""
+    create_token(shop.store, "ci", "admin")
+    before, data_before = shop.store.auth_version(), shop.store.data_version()
+    variables.set_variable(shop, "shop", "test", "OTHER", "x")
+    assert shop.store.auth_version() == before  # another table: not this version
+    assert shop.store.data_version() != data_before
+    with shop.store.engine.begin() as conn:
+        conn.exec_driver_sql(table_write.format(now="CURRENT_TIMESTAMP"))
+    assert shop.store.auth_version() != before
+
+
+def test_postgres_auth_version_changes_with_tokens_only_and_two_nodes_agree(
+        pg_server: Any, unique_id: str, tmp_path: Path) -> None:
+    with pg_store(pg_server.admin_url, f"tether_rc3_{unique_id}") as store:
+        dsn = pg_server.admin_url.rsplit("/", 1)[0] + f"/tether_rc3_{unique_id}"
+        before = store.auth_version()
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO regions (name, family, created_at) "
+                         "VALUES ('elsewhere', 'local', now())")
+        assert store.auth_version() == before
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO tokens (name, token_hash, role, created_at) "
+                         "VALUES ('x', 'h', 'admin', now())")
+            assert store.auth_version() == before  # not committed: not seen yet
+            conn.commit()
+        middle = store.auth_version()
+        assert middle != before
+        with psycopg.connect(dsn) as conn:
+            conn.execute("UPDATE web_sessions SET client = 'y'")  # no row: still a write
+        assert store.auth_version() != middle

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tether.access import SYSTEM, Need, Principal
 from tether.crypto import SecretBox
@@ -93,6 +94,9 @@ def get_environment(s: Session, project: Project, name: str) -> Environment:
     if env is None:
         names = ", ".join(e.name for e in project.environments)
         raise NotFound(f"project {project.name} has no environment {name!r}: it has {names}")
+    # its project is the one at hand: `env.project` would otherwise be loaded again once the
+    # caller dropped `project` (the session keeps only objects something refers to)
+    set_committed_value(env, "project", project)
     return env
 
 

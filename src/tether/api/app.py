@@ -140,9 +140,9 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                               "needs `Authorization: Bearer TOKEN` (the Services view sends its "
                               "browser session the same way: `POST /api/v1/sessions`).",
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
-    #: who a header's token is, and environments' variables, until the store changes; a kept
-    #: page is sent before routing (tether.api.kept)
-    callers: ReadCache[SignedIn] = ReadCache(base.store, 4096)
+    #: who a header's token is, until a token or session is written; environments' variables,
+    #: until anything is written; a kept page is sent before routing (tether.api.kept)
+    callers: ReadCache[SignedIn] = ReadCache(base.store, 4096, version=base.store.auth_version)
     variable_pages: ReadCache[KeptPage] = ReadCache(base.store, 512)
     app.state.read_caches = {"callers": callers, "variables": variable_pages}
     app.add_middleware(KeptAnswers, store=base.store, callers=callers, pages=variable_pages)

@@ -78,10 +78,9 @@ class KeptAnswers:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        version = self.store.data_version()
-        caller = None if version is None else self.callers.peek(caller_key(authorization),
-                                                                version)
-        page = (None if caller is None or version is None or not unexpired(caller)
+        caller, _ = self.callers.lookup(caller_key(authorization))
+        version = None if caller is None or not unexpired(caller) else self.pages.version()
+        page = (None if caller is None or version is None
                 else self.pages.peek(page_key(caller.principal, scope), version))
         if page is None:
             await self.app(scope, receive, send)

@@ -116,16 +116,33 @@ class Store:
         server's WAL position would not do, because a commit is written there a moment before
         other transactions see it."""
         if self._sqlite_file is not None:
-            with self._version_lock:
-                if self._version_conn is None:
-                    self._version_conn = sqlite3.connect(
-                        self._sqlite_file, check_same_thread=False, isolation_level=None)
-                row = self._version_conn.execute("PRAGMA data_version").fetchone()
-            return int(row[0])
+            return int(self._sqlite_read("PRAGMA data_version"))
         if self.engine.dialect.name == "postgresql":
             with self.engine.connect() as conn:
                 return str(conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar())
         return None
+
+    def auth_version(self) -> Version | None:
+        """Like `data_version`, but it changes only when `tokens` or `web_sessions` are written
+        (the counter the store's own triggers bump: migration 0009), so what depends on those
+        two tables alone — who a token or session is — stays valid across every other write.
+        None when this store cannot tell."""
+        if self._sqlite_file is not None:
+            return int(self._sqlite_read("SELECT n FROM auth_version WHERE id = 1"))
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                return int(conn.exec_driver_sql(
+                    "SELECT n FROM auth_version WHERE id = 1").scalar_one())
+        return None
+
+    def _sqlite_read(self, statement: str) -> object:
+        """One value read on a connection of this store's own that never writes (autocommit:
+        each read sees every commit before it)."""
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = sqlite3.connect(
+                    self._sqlite_file or "", check_same_thread=False, isolation_level=None)
+            return self._version_conn.execute(statement).fetchone()[0]
 
     def migrate(self) -> None:
         migrate(self.engine)

@@ -86,6 +86,16 @@ class WebSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class AuthVersion(Base):
+    """One row whose `n` the store's triggers bump on every write to `tokens` or
+    `web_sessions` (migration 0009): the API keeps who a token is until it changes
+    (`Store.auth_version`), whatever else is written meanwhile."""
+
+    __tablename__ = "auth_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class Node(Base):
     """A running Tether process (`tether up` or `tether worker`) sharing the store. Its heartbeat
     (`seen_at`) tells the other nodes it is alive; the operations it claimed are leased to it."""

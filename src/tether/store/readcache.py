@@ -8,6 +8,10 @@ effect: there is no list of what depends on what to keep right, so nothing can b
 (a revoked token is refused by the very next call, as before). What changes with time alone
 (a token's expiry) is checked by the caller on every hit.
 
+An answer that depends on a few tables only may be validated by a version that changes only with
+them, which the store's own triggers keep (`Store.auth_version`: tokens and browser sessions), so
+that who a token is stays known across the writes of every other call.
+
 An answer is kept only when the store's version was the same before and after computing it: a
 write committed meanwhile may or may not be in it, so it is used once and not kept.
 """
@@ -29,9 +33,13 @@ class ReadCache(Generic[V]):
     recently used dropped first). Thread-safe: `lookup` runs on the event loop, `compute` in
     worker threads."""
 
-    def __init__(self, store: Store, size: int = 1024) -> None:
+    def __init__(self, store: Store, size: int = 1024,
+                 version: Callable[[], Version | None] | None = None) -> None:
         self.store = store
         self.size = size
+        #: what validates the answers: `store.data_version` (any write), or a narrower one
+        #: such as `store.auth_version` for answers that depend on a few tables only
+        self.version = version or store.data_version
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, tuple[Version, V]] = OrderedDict()
         #: answers served from memory and computed (for tests and benchmarks)
@@ -41,7 +49,7 @@ class ReadCache(Generic[V]):
     def lookup(self, key: Hashable) -> tuple[V | None, Version | None]:
         """The kept answer of `key` if the store has not changed since (else None), and the
         store's version now, to pass to `keep` with an answer computed from here on."""
-        version = self.store.data_version()
+        version = self.version()
         if version is None:
             return None, None
         return self.peek(key, version), version
@@ -60,7 +68,7 @@ class ReadCache(Generic[V]):
         """Keep `answer`, computed after `lookup` returned the version `since`, if nothing was
         written to the store meanwhile."""
         self.misses += 1
-        if since is None or self.store.data_version() != since:
+        if since is None or self.version() != since:
             return
         with self._lock:
             self._entries[key] = (since, answer)

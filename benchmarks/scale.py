@@ -15,8 +15,8 @@ local media), two sub-benchmarks, chosen with --benchmarks:
   2,000, where the projects list's first page is full). The claim: flat, p99 at the largest stage
   within 2x of p99 at the smallest.
 - rps: requests per second of `env-vars --all` of a 10-service environment against a bare ASGI
-  hello-world served by the same stack (uvicorn, h11, the plain asyncio loop, one process) on the
-  same host, by the same client at the same concurrency, interleaved in the same run. Aim: at
+  hello-world served by the same stack (uvicorn, httptools, the plain asyncio loop, one process)
+  on the same host, by the same client at the same concurrency, interleaved in the same run. Aim: at
   least 50 % of the hello-world's rate. The client is a minimal HTTP/1.1 one on kept-alive
   connections (httpx's own CPU time would cap both sides on 2 cores); the server's CPU time per
   request is recorded too, the figure that other work on the machine does not skew.
@@ -322,7 +322,7 @@ def measure_rps(api: str, token: str, tether_pid: int, concurrency: int, seconds
             "cpu_bound_ratio": round(cpu["hello-world"] / cpu["env-vars --all"], 3),
             "status_ratio": round(total["status"] / total["hello-world"], 3),
             "environment": "10 services: 1 local-media (provisioned), 9 postgres-18 (new)",
-            "server": "uvicorn (h11, asyncio loop), one process, both sides"}
+            "server": "uvicorn (httptools, asyncio loop), one process, both sides"}
 
 
 def plot(result: dict[str, Any]) -> bool:

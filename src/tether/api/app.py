@@ -22,6 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether import __version__
 from tether.access import Forbidden
@@ -131,11 +132,28 @@ async def long_poll(wait: float, fetch: Callable[[], Awaitable[T]], ready: Calla
             checked = time.monotonic()
 
 
+class _API(FastAPI):
+    """FastAPI with the kept answers (`tether.api.kept`) in front of all of it: a kept page is a
+    GET without a body that raises nothing, so it needs neither FastAPI's own per-request work
+    (its telemetry switch reads the environment on every call) nor the error handling and body
+    limits of its middleware, which together cost as much as the kept answer itself."""
+
+    kept: Callable[[ASGIApp], ASGIApp] | None = None
+    _front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self._front
+        if front is None:
+            front = self._front = (super().__call__ if self.kept is None
+                                   else self.kept(super().__call__))
+        await front(scope, receive, send)
+
+
 def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     """The API. With the `worker` of this process, clients waiting on an operation are answered
     as soon as it finishes; without one (another node runs it), the store is polled. Media files
     are never served here: they have an origin of their own (tether.media)."""
-    app = FastAPI(title="Tether", version=__version__,
+    app = _API(title="Tether", version=__version__,
                   description="Backing services for your applications: REST API. Every call "
                               "needs `Authorization: Bearer TOKEN` (the Services view sends its "
                               "browser session the same way: `POST /api/v1/sessions`).",
@@ -145,7 +163,8 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     callers: ReadCache[SignedIn] = ReadCache(base.store, 4096, version=base.store.auth_version)
     variable_pages: ReadCache[KeptPage] = ReadCache(base.store, 512)
     app.state.read_caches = {"callers": callers, "variables": variable_pages}
-    app.add_middleware(KeptAnswers, store=base.store, callers=callers, pages=variable_pages)
+    app.kept = lambda inner: KeptAnswers(inner, store=base.store, callers=callers,
+                                         pages=variable_pages)
     limits.install(app)  # bodies capped before anything reads them, auth included
 
     @app.exception_handler(TetherError)

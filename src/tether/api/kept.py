@@ -78,17 +78,18 @@ class KeptAnswers:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        caller, _ = self.callers.lookup(caller_key(authorization))
-        version = None if caller is None or not unexpired(caller) else self.pages.version()
-        page = (None if caller is None or version is None
-                else self.pages.peek(page_key(caller.principal, scope), version))
+        versions = self.store.local_versions()  # both in one read
+        caller = self.callers.peek(caller_key(authorization), versions[1])
+        page = (None if caller is None or not unexpired(caller)
+                else self.pages.peek(page_key(caller.principal, scope), versions[0]))
         if page is None:
             await self.app(scope, receive, send)
             return
         body, after = page
         headers = [(b"content-length", str(len(body)).encode()),
                    (b"content-type", b"application/json")]
-        headers += [(k.lower().encode(), v.encode("latin-1"))
-                    for k, v in page_headers(URL(scope=scope), after).items()]
+        if after is not None:  # (a URL costs as much as the rest of the answer)
+            headers += [(k.lower().encode(), v.encode("latin-1"))
+                        for k, v in page_headers(URL(scope=scope), after).items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -135,14 +135,25 @@ class Store:
                     "SELECT n FROM auth_version WHERE id = 1").scalar_one())
         return None
 
+    def local_versions(self) -> tuple[int, int]:
+        """`data_version` and `auth_version` of an SQLite store, read together (one statement on
+        the local file, for a caller on the event loop; `version_is_local` must be true)."""
+        data, auth = self._sqlite_row(
+            "SELECT data_version, (SELECT n FROM auth_version WHERE id = 1) "
+            "FROM pragma_data_version")
+        return int(data), int(auth)
+
     def _sqlite_read(self, statement: str) -> object:
+        return self._sqlite_row(statement)[0]
+
+    def _sqlite_row(self, statement: str) -> tuple[Any, ...]:
         """One value read on a connection of this store's own that never writes (autocommit:
         each read sees every commit before it)."""
         with self._version_lock:
             if self._version_conn is None:
                 self._version_conn = sqlite3.connect(
                     self._sqlite_file or "", check_same_thread=False, isolation_level=None)
-            return self._version_conn.execute(statement).fetchone()[0]
+            return tuple(self._version_conn.execute(statement).fetchone())
 
     def migrate(self) -> None:
         migrate(self.engine)

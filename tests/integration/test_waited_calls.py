@@ -150,3 +150,16 @@ def test_with_no_free_slot_the_loop_runs_it_and_the_call_still_waits(
     assert second["state"] == "pending attachment"
     assert second["operation"]["status"] == "succeeded"
     assert gate.threads[1].startswith("tether-op-")  # the loop's handler thread ran it
+
+
+def test_a_refused_add_that_waits_is_refused_as_without_wait(
+        api: tuple[Context, TestClient, Gate]) -> None:
+    _ctx, client, gate = api
+    add(client, "test", "MEDIA", wait=30)
+    again = client.post(SERVICES.format(env="test"), params={"wait": 30},
+                        json={"service": "local-media", "prefix": "MEDIA", "provision": True})
+    assert again.status_code == 409, again.text
+    assert "MEDIA" in again.json()["error"]["message"]
+    missing = client.post(SERVICES.format(env="test") + "/NOPE/provision", params={"wait": 30})
+    assert missing.status_code == 404, missing.text
+    assert len(gate.threads) == 1

@@ -132,6 +132,11 @@ async def long_poll(wait: float, fetch: Callable[[], Awaitable[T]], ready: Calla
             checked = time.monotonic()
 
 
+def _settle(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class _API(FastAPI):
     """FastAPI with the kept answers (`tether.api.kept`) in front of all of it: a kept page is a
     GET without a body that raises nothing, so it needs neither FastAPI's own per-request work
@@ -238,15 +243,21 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             return await call(queue, ctx)
         deadline = time.monotonic() + wait
         here = worker
-        quiet = dataclasses.replace(ctx, notify=lambda: None) if here is not None else ctx
-        view = await call(queue, quiet)
-        op = view.get("operation")
-        if op is None or op["status"] in FINISHED:
-            return view
+        if here is None:  # another node runs it: wait for its end
+            return await waited_for(ctx, request, deadline, await call(queue, ctx), reread)
+        loop = asyncio.get_running_loop()
+        queued: asyncio.Future[dict[str, Any]] = loop.create_future()
+        quiet = dataclasses.replace(ctx, notify=lambda: None)
 
-        def run_then_reread() -> dict[str, Any] | None:
-            assert here is not None
-            ran = False
+        def queue_then_run() -> dict[str, Any] | None:
+            """On one thread, one hand-over: queue; tell the event loop what was queued (the
+            answer should `wait` run out); run it here and read it again, if it can be."""
+            view = queue(quiet)
+            loop.call_soon_threadsafe(_settle, queued, view)
+            op = view.get("operation")
+            if op is None or op["status"] in FINISHED:
+                return view
+            ran, fresh = False, None
             try:
                 ran, fresh = here.run_here(op["id"], lambda: reread(op["id"]))
             finally:
@@ -254,23 +265,37 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                     ctx.notify()  # the loop, or another node, runs it
             return fresh
 
-        if here is not None:
-            running = asyncio.ensure_future(call(run_then_reread))
-            # answered after `wait` s, its error (if any) is in the operation; not logged twice
-            running.add_done_callback(lambda t: t.cancelled() or t.exception())
-            try:
-                done = await asyncio.wait_for(asyncio.shield(running),
-                                              max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                done = None
-            if done is not None:
-                return done
+        running = asyncio.ensure_future(call(queue_then_run))
+        # answered after `wait` s, its error (if any) is in the operation; not logged twice
+        running.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            done = await asyncio.wait_for(asyncio.shield(running),
+                                          max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            done = None
+        if done is not None:
+            return done
+        if not queued.done():  # still queueing after `wait` s: its answer, or its error
+            await asyncio.wait({queued, running}, return_when=asyncio.FIRST_COMPLETED)
+            if not queued.done():
+                return running.result()
+        return await waited_for(ctx, request, deadline, queued.result(), reread)
+
+    async def waited_for(ctx: Context, request: Request, deadline: float,
+                         view: dict[str, Any],
+                         reread: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+        """`view` read again once its operation has finished (long-polled until `deadline`),
+        else `view` with the operation as it is then."""
+        op = view.get("operation")
+        if op is None or op["status"] in FINISHED:
+            return view
         final = await operation_when_finished(ctx, request, op["id"],
                                               max(0.0, deadline - time.monotonic()))
         if final["status"] not in FINISHED:
             view["operation"] = final
             return view
         return await call(reread, op["id"])
+
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
     env_path = "/projects/{project}/environments/{env}"
 

@@ -87,6 +87,45 @@ class Recorder:
             return [call[0] for call in self.calls]
 
 
+class EnvLines:
+    """Handlers that record, under one lock, the order operations ran in each environment,
+    which node ran each, and any two of one environment running at once."""
+
+    def __init__(self, env_ids: list[int], op_ids: list[int]) -> None:
+        self.env_of = {op_id: env_ids[i % len(env_ids)] for i, op_id in enumerate(op_ids)}
+        self.op_ids = op_ids
+        self.lock = threading.Lock()
+        self.running: dict[int, int] = defaultdict(int)
+        self.overlaps: list[int] = []
+        self.order: dict[int, list[int]] = defaultdict(list)
+        self.by_node: dict[str, list[int]] = defaultdict(list)
+
+    def handler(self, node: str) -> Callable[[Operation], None]:
+        def handle(op: Operation) -> None:
+            with self.lock:
+                self.running[op.environment_id] += 1
+                if self.running[op.environment_id] > 1:
+                    self.overlaps.append(op.id)
+                self.order[op.environment_id].append(op.id)
+                self.by_node[node].append(op.id)
+            time.sleep(0.003)
+            with self.lock:
+                self.running[op.environment_id] -= 1
+        return handle
+
+    def ran(self) -> list[int]:
+        with self.lock:
+            return [op_id for ids in self.by_node.values() for op_id in ids]
+
+    def check(self) -> None:
+        """Every operation ran exactly once, none beside another of its environment, and each
+        environment's in the order they were queued."""
+        assert sorted(self.ran()) == self.op_ids
+        assert self.overlaps == []
+        for env, ids in self.order.items():
+            assert ids == sorted(i for i in self.op_ids if self.env_of[i] == env)
+
+
 def row(store: Store, op_id: int) -> Operation:
     with store.session() as s:
         op = s.get(Operation, op_id)
@@ -293,43 +332,20 @@ def test_two_nodes_run_each_operation_once_and_one_environment_at_a_time(
     workers on one store ran operations of one environment at once, and some twice."""
     envs = make_environments(store, 8)
     op_ids = queue_operations(store, envs, 160, kind="job")
-    env_of = {op_id: envs[i % len(envs)] for i, op_id in enumerate(op_ids)}
-    lock = threading.Lock()
-    running: dict[int, int] = defaultdict(int)
-    overlaps: list[int] = []
-    order: dict[int, list[int]] = defaultdict(list)
-    by_node: dict[str, list[int]] = defaultdict(list)
-
-    def handler_for(node: str) -> Callable[[Operation], None]:
-        def handle(op: Operation) -> None:
-            with lock:
-                running[op.environment_id] += 1
-                if running[op.environment_id] > 1:
-                    overlaps.append(op.id)
-                order[op.environment_id].append(op.id)
-                by_node[node].append(op.id)
-            time.sleep(0.003)
-            with lock:
-                running[op.environment_id] -= 1
-        return handle
-
-    a = workers(store, {"job": handler_for("a")}, node_id="node-a")
-    b = workers(store, {"job": handler_for("b")}, node_id="node-b")
+    lines = EnvLines(envs, op_ids)
+    a = workers(store, {"job": lines.handler("a")}, node_id="node-a")
+    b = workers(store, {"job": lines.handler("b")}, node_id="node-b")
     a.start()
     b.start()
     wait_until(lambda: all(row(store, op_id).status == "succeeded" for op_id in op_ids[-8:]),
                60, 0.1)
-    wait_until(lambda: sum(len(v) for v in by_node.values()) >= len(op_ids), 10)
+    wait_until(lambda: len(lines.ran()) >= len(op_ids), 10)
     time.sleep(0.2)
     with store.session() as s:
         statuses = dict(s.execute(select(Operation.id, Operation.status)).all())
     assert set(statuses.values()) == {"succeeded"}
-    executed = by_node["a"] + by_node["b"]
-    assert sorted(executed) == op_ids  # every operation exactly once
-    assert overlaps == []
-    for env, ids in order.items():
-        assert ids == sorted(i for i in op_ids if env_of[i] == env)
-    assert by_node["a"] and by_node["b"]
+    lines.check()
+    assert lines.by_node["a"] and lines.by_node["b"]
 
 
 def test_the_heartbeat_keeps_a_long_operation_from_being_taken_over(
@@ -786,29 +802,13 @@ def test_run_here_beside_the_loops_of_two_nodes_runs_each_operation_once(
     exactly once, one at a time per environment, in order."""
     envs = make_environments(store, 6)
     op_ids = queue_operations(store, envs, 90, kind="job")
-    env_of = {op_id: envs[i % len(envs)] for i, op_id in enumerate(op_ids)}
+    lines = EnvLines(envs, op_ids)
     lock = threading.Lock()
-    running: dict[int, int] = defaultdict(int)
-    overlaps: list[int] = []
-    order: dict[int, list[int]] = defaultdict(list)
-    ran: list[int] = []
-
-    def handle(op: Operation) -> None:
-        with lock:
-            running[op.environment_id] += 1
-            if running[op.environment_id] > 1:
-                overlaps.append(op.id)
-            order[op.environment_id].append(op.id)
-            ran.append(op.id)
-        time.sleep(0.002)
-        with lock:
-            running[op.environment_id] -= 1
-
     # one slot each: the loops leave some environments' next operations to the callers
-    a = workers(store, {"job": handle}, node_id="node-a", max_parallel=1)
-    b = workers(store, {"job": handle}, node_id="node-b", max_parallel=1)
+    a = workers(store, {"job": lines.handler("a")}, node_id="node-a", max_parallel=1)
+    b = workers(store, {"job": lines.handler("b")}, node_id="node-b", max_parallel=1)
     # a third node whose loop claims nothing: every operation it runs ran on a caller's thread
-    c = HereOnly(store, {"job": handle}, node_id="node-c", poll_interval=0.05)
+    c = HereOnly(store, {"job": lines.handler("c")}, node_id="node-c", poll_interval=0.05)
     here: list[int] = []
 
     def caller(ids: list[int]) -> None:
@@ -833,10 +833,7 @@ def test_run_here_beside_the_loops_of_two_nodes_runs_each_operation_once(
         c.stop(2.0)
     wait_until(lambda: all(row(store, op_id).status == "succeeded" for op_id in op_ids[-6:]),
                60, 0.1)
-    wait_until(lambda: len(ran) >= len(op_ids), 10)
+    wait_until(lambda: len(lines.ran()) >= len(op_ids), 10)
     time.sleep(0.2)
-    assert sorted(ran) == op_ids  # every operation exactly once
-    assert overlaps == []
-    for env, ids in order.items():
-        assert ids == sorted(i for i in op_ids if env_of[i] == env)
-    assert here  # some ran on the callers' threads (node c runs nothing else)
+    lines.check()
+    assert here and lines.by_node["c"]  # some ran on the callers' threads

@@ -273,6 +273,10 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                                           max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             done = None
+        except Exception:
+            if not queued.done():
+                raise  # the call itself was refused, or failed: its error is the answer
+            done = None  # queued, then claiming or reading failed here: the loop has it
         if done is not None:
             return done
         if not queued.done():  # still queueing after `wait` s: its answer, or its error

@@ -246,6 +246,30 @@ def create_project(
         return view
 
 
+def add_environment(ctx: Context, project: str | None, name: str, *,
+                    database: bool = False) -> dict[str, object]:
+    """Another environment of a project beside test and live (e.g. staging): its own address,
+    `SECRET_KEY`, variables and services; with `database`, a `DEFAULT` PostgreSQL instance as a
+    new project's environments get (the answer's `database` says what was added, or why
+    nothing was). Like every environment it runs nothing until its first deploy."""
+    naming.check_environment_name(name)
+    with ctx.store.session() as s:
+        proj = get_project(s, project, ctx, Need.CHANGE)
+        taken = Conflict(f"project {proj.name} has an environment {name} already: pick another "
+                         "name")
+        if s.scalar(select(Environment.id).where(Environment.project_id == proj.id,
+                                                 Environment.name == name)) is not None:
+            raise taken
+        try:
+            env = _add_environment(s, ctx, proj, name)
+        except IntegrityError as exc:  # added by a concurrent call
+            raise taken from exc
+        added = _add_default_database(s, ctx, proj, [env]) if database else None
+        view = environment_view(env, ctx.box, proj.name, ctx.front_door)
+        view["database"] = added
+        return view
+
+
 def list_projects(ctx: Context, page: PageArgs = ALL) -> Page[dict[str, object]]:
     """The projects the token may see, by name (a page of them)."""
     with ctx.store.session() as s:

@@ -55,6 +55,7 @@ from tether.api.models import (
     ConfirmQuery,
     CopyIn,
     Cursor,
+    EnvironmentIn,
     EnvPath,
     EnvQuery,
     IdPath,
@@ -327,6 +328,14 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     async def create_project(ctx: Ctx, body: ProjectIn) -> dict[str, Any]:
         return await call(projects.create_project, ctx, body.name, body.region,
                           body.app_command, body.app_dir, body.health_path, body.health_timeout,
+                          database=body.database)
+
+    @api.post("/projects/{project}/environments", status_code=201, tags=["projects"])
+    async def add_environment(ctx: Ctx, project: ProjectPath,
+                              body: EnvironmentIn) -> dict[str, Any]:
+        """Another environment beside test and live (e.g. staging), with a `DEFAULT`
+        PostgreSQL unless `database` is false."""
+        return await call(projects.add_environment, ctx, project, body.name,
                           database=body.database)
 
     @api.get("/projects/{project}", tags=["projects"])

@@ -107,6 +107,13 @@ class ProjectIn(BaseModel):
         "attaches it. The answer's `database` says what was added, or why nothing was.")
 
 
+class EnvironmentIn(BaseModel):
+    name: Annotated[str, _text(ENVIRONMENT_NAME, min_length=1)] = Field(examples=["staging"])
+    database: StrictBool = Field(
+        default=True, description="Add a DEFAULT PostgreSQL instance (state new), as a new "
+        "project's environments get, when the region offers PostgreSQL.")
+
+
 class ProjectPatch(BaseModel):
     """The application settings to change (a field left out stays as it is; an empty
     `app_command` or `app_dir` removes it)."""

@@ -142,6 +142,36 @@ def show(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     out.print(t)
 
 
+@app.command("add-env", epilog="Examples: tether project add-env staging  |  tether project "
+                               "add-env preview --no-database -p shop")
+def add_env(
+    name: Annotated[str, typer.Argument(
+        metavar="ENV", help="The new environment's name, e.g. staging (lower case).")],
+    no_database: Annotated[bool, typer.Option(
+        "--no-database", help="Do not add the DEFAULT PostgreSQL database to it.")] = False,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Add an environment beside test and live, with its own address, SECRET_KEY, variables
+    and services, and a DEFAULT PostgreSQL database unless --no-database (`new`: its first
+    deploy provisions and attaches it)."""
+    with Client.connect(json_) as client:
+        name_ = resolve_project(client, project)
+        env = client.post(f"/projects/{seg(name_)}/environments",
+                          {"name": name, "database": not no_database})
+    if json_:
+        emit_json(env)
+        return
+    say(("Added environment ", ""), (env["name"], "bold"), f" to {name_}: {env['url']}")
+    database = env.get("database")
+    if database and database.get("service"):
+        say(f"{database['prefix']}: {database['service']}, provisioned and attached by its "
+            "first deploy.")
+    elif database and database.get("reason"):
+        say(f"No database added: {database['reason']}.")
+    hint(f"Next: `tether deploy {env['name']}`.")
+
+
 @app.command("update", epilog="Example: tether project update --app-command 'gunicorn app:app'")
 def update(
     app_command: Annotated[str | None, typer.Option(

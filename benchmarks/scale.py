@@ -4,15 +4,16 @@ Against a real `tether up` started here (its own data dir, SQLite store, embedde
 local media), two sub-benchmarks, chosen with --benchmarks:
 
 - latency: seeds, through the REST API (parallel requests on kept-alive connections), projects
-  with their two environments (test and live: the API makes no others, so 1,000 environments
-  are 500 projects) and 10 real, cheap instances in each: one `local-media` storage provisioned
-  by the worker (a real directory), nine `postgres-18` databases left `new`. At 10, 1,000 and
+  with ten environments each (test and live, and eight more added with `POST
+  …/environments`: 1,000 environments are 100 projects, the issue's shape) and 10 real, cheap
+  instances in each: one `local-media` storage provisioned by the worker (a real directory),
+  nine `postgres-18` databases left `new`. At 10, 1,000 and
   10,000 instances in total (seed, measure, seed more, measure again) it times, sequentially on
   one kept-alive httpx connection (as the CLI) and interleaved, the REST calls the CLI makes for
   `tether service list ENV` (a page of 100), `tether service show ENV PREFIX`, `tether project
   env-vars -e ENV --all` and `tether project list` (the first page of 100), each against an
-  environment and instance drawn at random from those seeded (also at 100 instances, and at
-  2,000, where the projects list's first page is full). The claim: flat, p99 at the largest stage
+  environment and instance drawn at random from those seeded (also at 100 instances; the
+  projects list's first page of 100 is full at 10,000). The claim: flat, p99 at the largest stage
   within 2x of p99 at the smallest.
 - rps: requests per second of `env-vars --all` of a 10-service environment against a bare ASGI
   hello-world served by the same stack (uvicorn, httptools, the plain asyncio loop, one process)
@@ -23,7 +24,7 @@ local media), two sub-benchmarks, chosen with --benchmarks:
 
 Usage:
   .venv/bin/python benchmarks/scale.py                      # the 10,000 instances
-  .venv/bin/python benchmarks/scale.py --instances 2000     # a quick try (stages 10, 200, 2000)
+  .venv/bin/python benchmarks/scale.py --instances 2000     # a quick try (stages 10, 20, 200, 2000)
   .venv/bin/python benchmarks/scale.py --benchmarks rps
 
 Writes benchmarks/results/scale.json and benchmarks/results/scale.png (the plot needs matplotlib:
@@ -59,7 +60,9 @@ from tether.net import free_port  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 PLOT = ROOT / "benchmarks" / "results" / "scale.png"
 BENCHMARKS = ("latency", "rps")
-ENVS = ("test", "live")  # what the API makes for each project
+#: each project's environments: the two a project is made with, and eight added
+ENVS = ("test", "live", *(f"stage{n}" for n in range(1, 9)))
+MADE_WITH = 2
 PER_ENV = 10
 DATABASES = [f"DB{i}" for i in range(1, PER_ENV)]  # postgres-18, left new
 MEDIA = "MEDIA"  # local-media, provisioned
@@ -142,6 +145,8 @@ class Seeder:
             projects = sorted({env_of(i)[0] for i in indexes if i % len(ENVS) == 0})
             await asyncio.gather(*(request("POST", "/projects", json={
                 "name": p, "database": False}) for p in projects))
+            await asyncio.gather(*(request("POST", f"/projects/{p}/environments", json={
+                "name": name, "database": False}) for p in projects for name in ENVS[MADE_WITH:]))
 
             async def fill(index: int) -> dict[str, Any]:
                 base = env_path(index) + "/services"
@@ -370,9 +375,9 @@ def main() -> int:
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS),
                         help=f"comma-separated, from {', '.join(BENCHMARKS)}")
     parser.add_argument("--instances", type=int, default=10_000,
-                        help="instances at the last stage (10 per environment, 2 environments "
-                             "per project); the stages are 10, 1/100 and 1/10 of this, 2,000 "
-                             "(the first page of projects just full) and this")
+                        help="instances at the last stage (10 per environment, 10 "
+                             "environments per project); the stages are 10, 1/100 and 1/10 of "
+                             "this, 10,000 (the first page of projects just full) and this")
     parser.add_argument("--samples", type=int, default=300,
                         help="timed calls per endpoint and stage")
     parser.add_argument("--concurrency", type=int, default=16,

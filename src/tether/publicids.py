@@ -14,6 +14,7 @@ of the candidate keys and returns the one that matches.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import weakref
 from collections.abc import Iterable
@@ -52,7 +53,14 @@ def namespace(box: SecretBox) -> uuid.UUID:
 
 def public_id(box: SecretBox, kind: Kind, key: int | str) -> str:
     """The public id of the object of `kind` whose key is `key`."""
-    return str(uuid.uuid5(namespace(box), f"{kind.value}:{key}"))
+    return _public_id(namespace(box), kind, key)
+
+
+@functools.lru_cache(maxsize=16384)
+def _public_id(ns: uuid.UUID, kind: Kind, key: int | str) -> str:
+    """Kept: a uuid5 costs ~8 µs, and a projects page of 100 projects with ten environments
+    each shows 1,100 of them (a third of the page's time)."""
+    return str(uuid.uuid5(ns, f"{kind.value}:{key}"))
 
 
 def parse(value: str | None) -> str | None:

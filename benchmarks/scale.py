@@ -423,7 +423,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "store": "sqlite",
         "load_before": load(),
-        "note": "the machine is shared: other engineers ran test suites during the run",
+        "note": "the machine may be shared: load_before and load_after say how busy it was",
     }
     try:
         config = base / "config" / "tether" / "config.json"

@@ -130,3 +130,22 @@ def test_a_deploy_that_provisions_on_its_way_is_not_ended_by_the_provision(
     ends = [i for i, t in enumerate(done)
             if any(s.startswith("UPDATE operations SET status=") for s in t)]
     assert ends == [len(done) - 1], done
+
+
+def test_provisioning_a_new_instance_writes_it_once_a_transaction(
+        world: tuple[Context, Engine, Recorder]) -> None:
+    """A deploy provisions the `new` instances it attaches: the plan reads the project and the
+    cluster before it changes the state, so the instance is written by one UPDATE, not two
+    (the old order flushed the state before the cluster's look-up)."""
+    ctx, engine, recorder = world
+    for prefix in ("WARM", "NEW"):
+        added = services.add(ctx, "shop", "test", "local-media", prefix=prefix)
+        recorder.entries.clear()
+        recorder.on = prefix == "NEW"
+        engine.provision_instance(int(added["id"]), "alice")  # as a deploy does, on its thread
+    recorder.on = False
+    plan, result = recorder.transactions(threading.current_thread().name)
+    assert [s for s in plan if s.startswith("UPDATE instances")] == [
+        next(s for s in plan if s.startswith("UPDATE instances"))], plan
+    assert any("state=" in s and "cluster_id=" in s for s in plan), plan
+    assert sum(s.startswith("UPDATE instances") for s in result) == 1, result

@@ -125,11 +125,13 @@ class Provisioning:
             env = s.get(Environment, inst.environment_id)
             assert env is not None
             in_release = running_release_has(s, inst)
-            apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED,
-                        in_release=in_release)
+            # everything read before anything changes: the instance is written by one UPDATE
             cluster = None
             if inst.cluster_id is None:
                 cluster = self._choose_cluster(s, inst, env.project.region)
+            apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED,
+                        in_release=in_release)
+            if cluster is not None:
                 inst.cluster_id = cluster.id
             if inst.secret_enc is None:
                 inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))

@@ -193,3 +193,21 @@ def test_adding_with_provision_asks_nothing_a_new_instance_cannot_have(world: Wo
     for key in set(added) & set(shown):
         assert added[key] == shown[key], key
     assert added["actions"] == shown["actions"]
+
+
+def test_showing_an_instance_looks_its_environment_up_once(world: World) -> None:
+    """The view's facts took the environment again although the action had just looked it up
+    (the session holds it): one statement more for every single-instance answer."""
+    projects.create_project(world.ctx, "shop")
+    world.fill("shop", "test", 1)
+    seen: list[str] = []
+
+    def statement(*args: Any) -> None:
+        seen.append(" ".join(str(args[2]).split()))
+
+    event.listen(world.store.engine, "before_cursor_execute", statement)
+    try:
+        services.show(world.ctx, "shop", "test", "M0")
+    finally:
+        event.remove(world.store.engine, "before_cursor_execute", statement)
+    assert sum("FROM environments" in s for s in seen) == 1, seen

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from tether import lifecycle
 from tether.lifecycle import Decision, Event, Pending, State
@@ -137,8 +138,14 @@ class InstanceFacts:
         if not instances:
             return facts
         env_ids = {i.environment_id for i in instances}
-        facts.environments = {e.id: e for e in s.scalars(
-            select(Environment).where(Environment.id.in_(env_ids)))}
+        # those the session holds already (the caller's environment, looked up to find the
+        # instance) are not asked for again
+        held = (s.identity_map.get(identity_key(Environment, env_id)) for env_id in env_ids)
+        facts.environments = {e.id: e for e in held if isinstance(e, Environment)}
+        if len(facts.environments) < len(env_ids):
+            facts.environments.update({e.id: e for e in s.scalars(
+                select(Environment).where(Environment.id.in_(
+                    env_ids - facts.environments.keys())))})
         release_ids = {e.current_release_id for e in facts.environments.values()
                        if e.current_release_id is not None}
         releases = {r.id: r for r in s.scalars(

@@ -82,7 +82,7 @@ from tether.api.models import (
     error_doc as _error_doc,
 )
 from tether.backups import transfer
-from tether.engine.worker import Worker
+from tether.engine.worker import Worker, settle
 from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.paging import Page, PageArgs
 from tether.store.readcache import ReadCache
@@ -131,11 +131,6 @@ async def long_poll(wait: float, fetch: Callable[[], Awaitable[T]], ready: Calla
         if time.monotonic() - checked >= recheck_every:
             await recheck()
             checked = time.monotonic()
-
-
-def _settle(future: asyncio.Future[T], value: T) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 class _API(FastAPI):
@@ -254,7 +249,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             """On one thread, one hand-over: queue; tell the event loop what was queued (the
             answer should `wait` run out); run it here and read it again, if it can be."""
             view = queue(quiet)
-            loop.call_soon_threadsafe(_settle, queued, view)
+            loop.call_soon_threadsafe(settle, queued, view)
             op = view.get("operation")
             if op is None or op["status"] in FINISHED:
                 return view

@@ -156,13 +156,13 @@ def add_env(
     and services, and a DEFAULT PostgreSQL database unless --no-database (`new`: its first
     deploy provisions and attaches it)."""
     with Client.connect(json_) as client:
-        name_ = resolve_project(client, project)
-        env = client.post(f"/projects/{seg(name_)}/environments",
+        owner = resolve_project(client, project)
+        env = client.post(f"/projects/{seg(owner)}/environments",
                           {"name": name, "database": not no_database})
     if json_:
         emit_json(env)
         return
-    say(("Added environment ", ""), (env["name"], "bold"), f" to {name_}: {env['url']}")
+    say(("Added environment ", ""), (env["name"], "bold"), f" to {owner}: {env['url']}")
     database = env.get("database")
     if database and database.get("service"):
         say(f"{database['prefix']}: {database['service']}, provisioned and attached by its "

@@ -689,7 +689,7 @@ class Worker:
                 woken = list(self._async_waiters.get(op_id, []))
         for loop, future in woken:
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(_settle, future)
+                loop.call_soon_threadsafe(settle, future, None)
 
     @staticmethod
     def _bounded(what: str, step: Callable[[], object], seconds: float) -> None:
@@ -708,9 +708,11 @@ class Worker:
             log.error("%s did not finish in %.0f s: the store does not answer", what, seconds)
 
 
-def _settle(future: asyncio.Future[None]) -> None:
+def settle(future: asyncio.Future[T], value: T) -> None:
+    """Give `future` its result unless it has one (called on its loop, from another thread
+    through `call_soon_threadsafe`)."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
 
 
 def _before(deadline: datetime | None, grace: float = 0.0) -> bool:

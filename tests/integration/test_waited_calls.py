@@ -15,11 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.plane import local_plane
-from tether.actions import projects
+from tether.actions import projects, services
 from tether.actions.common import Context
 from tether.api.app import create_app
 from tether.api.auth import create_token
 from tether.engine.core import Engine
+from tether.errors import NotFound
 from tether.store.models import Operation
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,19 @@ def test_a_refused_add_that_waits_is_refused_as_without_wait(
     missing = client.post(SERVICES.format(env="test") + "/NOPE/provision", params={"wait": 30})
     assert missing.status_code == 404, missing.text
     assert len(gate.threads) == 1
+
+
+def test_the_answer_names_only_an_operation_of_the_instance_asked_about(
+        api: tuple[Context, TestClient, Gate]) -> None:
+    """`after_operation` reads the operation with its instance in one statement; asked about
+    another instance than the operation's, it answers that instance without the operation."""
+    ctx, _client, _gate = api
+    media = services.add(ctx, "shop", "test", "local-media", "MEDIA")
+    files = services.add(ctx, "shop", "test", "local-media", "FILES", provision=True)
+    op_id = files["operation"]["id"]
+    own = services.after_operation(ctx, "shop", "test", "FILES", op_id)
+    assert own["id"] == files["id"] and own["operation"]["id"] == op_id
+    other = services.after_operation(ctx, "shop", "test", "MEDIA", op_id)
+    assert other["id"] == media["id"] and other["operation"] is None
+    with pytest.raises(NotFound):
+        services.after_operation(ctx, "shop", "live", "FILES", op_id)

@@ -19,6 +19,7 @@ from tether.access import Need
 from tether.actions.common import (
     Context,
     audit,
+    find_environment,
     get_environment,
     get_project,
     iso,
@@ -43,7 +44,7 @@ from tether.store.records import UNFINISHED
 
 
 def _env(s: Session, ctx: Context, project: str | None, env: str, need: Need) -> Environment:
-    return get_environment(s, get_project(s, project, ctx, need), env)
+    return find_environment(s, ctx, project, env, need)
 
 
 def _has_data(inst: Instance, env: Environment) -> None:

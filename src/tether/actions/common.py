@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -67,7 +67,7 @@ def get_project(s: Session, name: str | None, ctx: Context | None = None,
     With `ctx`, the token that asked must be allowed `need` in it (else 403), and "the only
     project" counts only the projects it is granted."""
     if name:
-        project = s.scalar(select(Project).where(Project.name == name))
+        project = s.scalar(_PROJECT_BY_NAME, {"project": name})
         if project is None:
             raise NotFound(f"no project named {name!r}: see `tether project list`")
         if ctx is not None:
@@ -87,10 +87,42 @@ def get_project(s: Session, name: str | None, ctx: Context | None = None,
     )
 
 
+# The hot paths' look-ups, built once: a statement built at each call costs its construction
+# and its cache key again (about 0.1 ms each on the benchmark machine), every request.
+_PROJECT_BY_NAME = select(Project).where(Project.name == bindparam("project"))
+_ENVIRONMENT_BY_NAMES = (select(Environment, Project)
+                         .join(Project, Environment.project_id == Project.id)
+                         .where(Project.name == bindparam("project"),
+                                Environment.name == bindparam("env")))
+_ENVIRONMENT_OF_PROJECT = select(Environment).where(Environment.project_id == bindparam("project"),
+                                                    Environment.name == bindparam("env"))
+_LIVE_INSTANCE = select(Instance).where(Instance.environment_id == bindparam("env"),
+                                        Instance.prefix == bindparam("prefix"),
+                                        Instance.state != State.REMOVED.value)
+_LATEST_INSTANCE = (select(Instance)
+                    .where(Instance.environment_id == bindparam("env"),
+                           Instance.prefix == bindparam("prefix"))
+                    .order_by(Instance.id.desc()).limit(1))
+
+
+def find_environment(s: Session, ctx: Context | None, project: str | None, name: str,
+                     need: Need = Need.READ) -> Environment:
+    """`get_environment(s, get_project(s, project, ctx, need), name)`, in one statement when the
+    project is named and both exist (every request that names an environment asks this); the
+    same answers and errors otherwise."""
+    if project:
+        found = s.execute(_ENVIRONMENT_BY_NAMES, {"project": project, "env": name}).first()
+        if found is not None:
+            env, owner = found
+            if ctx is not None:
+                ctx.require(need, owner.name)
+            set_committed_value(env, "project", owner)
+            return env  # type: ignore[no-any-return]
+    return get_environment(s, get_project(s, project, ctx, need), name)
+
+
 def get_environment(s: Session, project: Project, name: str) -> Environment:
-    env = s.scalar(
-        select(Environment).where(Environment.project_id == project.id, Environment.name == name)
-    )
+    env = s.scalar(_ENVIRONMENT_OF_PROJECT, {"project": project.id, "env": name})
     if env is None:
         names = ", ".join(e.name for e in project.environments)
         raise NotFound(f"project {project.name} has no environment {name!r}: it has {names}")
@@ -101,25 +133,14 @@ def get_environment(s: Session, project: Project, name: str) -> Environment:
 
 
 def live_instance(s: Session, env: Environment, prefix: str) -> Instance | None:
-    return s.scalar(
-        select(Instance).where(
-            Instance.environment_id == env.id,
-            Instance.prefix == prefix,
-            Instance.state != State.REMOVED.value,
-        )
-    )
+    return s.scalar(_LIVE_INSTANCE, {"env": env.id, "prefix": prefix})
 
 
 def latest_instance(s: Session, env: Environment, prefix: str) -> Instance | None:
     """The live instance with this prefix, else the most recently removed one."""
     found = live_instance(s, env, prefix)
     if found is None:
-        found = s.scalar(
-            select(Instance)
-            .where(Instance.environment_id == env.id, Instance.prefix == prefix)
-            .order_by(Instance.id.desc())
-            .limit(1)
-        )
+        found = s.scalar(_LATEST_INSTANCE, {"env": env.id, "prefix": prefix})
     return found
 
 

@@ -12,8 +12,7 @@ from tether.access import Need
 from tether.actions.common import (
     Context,
     audit,
-    get_environment,
-    get_project,
+    find_environment,
     iso,
     operation_view,
     queue_operation,
@@ -69,7 +68,7 @@ def deploy(ctx: Context, project: str | None, env_name: str) -> dict[str, object
     command (a deploy would start nothing and leave the stable address refusing connections,
     yet say it succeeded)."""
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
+        env = find_environment(s, ctx, project, env_name, Need.CHANGE)
         if not env.project.app_command:
             name = env.project.name
             raise Conflict(f"{name} has no application command, so a deploy of {env_name} would "
@@ -92,7 +91,7 @@ def list_deployments(ctx: Context, project: str | None, env_name: str,
                      page: PageArgs = ALL) -> Page[dict[str, object]]:
     """The environment's deployments, newest first (a page of them)."""
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx), env_name)
+        env = find_environment(s, ctx, project, env_name)
         rows, after = keyset(s, select(Deployment).where(Deployment.environment_id == env.id),
                              Deployment.id, page, descending=True)
         return Page([deployment_view(s, ctx.box, d) for d in rows], after)
@@ -220,7 +219,7 @@ def app_logs(ctx: Context, project: str | None, env_name: str, lines: int = 100,
     if not 0 <= lines <= MAX_LOG_LINES:
         raise UserError(f"lines must be between 0 and {MAX_LOG_LINES}")
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx), env_name)
+        env = find_environment(s, ctx, project, env_name)
         key = f"{env.project.name}/{env.name}"
         release = s.get(Release, env.current_release_id) if env.current_release_id else None
         release_id = release.id if release else None

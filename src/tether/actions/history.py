@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from tether.access import Need
-from tether.actions.common import Context, get_environment, get_project, iso
+from tether.actions.common import Context, find_environment, iso
 from tether.errors import NotFound
 from tether.paging import ALL, Page, PageArgs, keyset
 from tether.store.models import AuditEntry, Instance
@@ -19,7 +19,7 @@ def list_history(ctx: Context, project: str | None, env_name: str, prefix: str |
     those of the services that had it (a removed one and a later one with the same prefix
     alike). Entries never hold a secret (`tether.store.records.audit`)."""
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx, Need.READ), env_name)
+        env = find_environment(s, ctx, project, env_name, Need.READ)
         q = select(AuditEntry).where(AuditEntry.environment_id == env.id)
         if prefix is not None:
             ids = list(s.scalars(select(Instance.id).where(Instance.environment_id == env.id,

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tether import catalog, lifecycle, naming
 from tether.access import Need
@@ -17,7 +18,7 @@ from tether.actions.clusters import cluster_infos, safe_location
 from tether.actions.common import (
     Context,
     audit,
-    get_environment,
+    find_environment,
     get_project,
     iso,
     latest_instance,
@@ -32,7 +33,15 @@ from tether.paging import ALL, Page, PageArgs, keyset
 from tether.providers.base import Rotatable, rotation_unsupported
 from tether.providers.registry import get_provider
 from tether.publicids import Kind, public_id
-from tether.store.models import AuditEntry, Environment, Instance, Operation, Variable
+from tether.store.models import (
+    AuditEntry,
+    Cluster,
+    Environment,
+    Instance,
+    Operation,
+    Project,
+    Variable,
+)
 from tether.store.records import (
     InstanceFacts,
     apply_decision,
@@ -134,7 +143,7 @@ def _rotatable(inst: Instance) -> bool:
 
 def _env(s: Session, ctx: Context, project: str | None, env: str,
          need: Need = Need.CHANGE) -> Environment:
-    return get_environment(s, get_project(s, project, ctx, need), env)
+    return find_environment(s, ctx, project, env, need)
 
 
 def _require(s: Session, env: Environment, prefix: str) -> Instance:
@@ -323,17 +332,37 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
         return Page([instance_view(s, ctx, i, facts=facts) for i in rows], after)
 
 
+_OPERATION_WITH_ITS_INSTANCE = (
+    select(Operation, Instance, Environment, Project, Cluster)
+    .join(Instance, Operation.instance_id == Instance.id)
+    .join(Environment, Instance.environment_id == Environment.id)
+    .join(Project, Environment.project_id == Project.id)
+    .outerjoin(Cluster, Instance.cluster_id == Cluster.id)
+    .where(Operation.id == bindparam("op")))
+
+
 def after_operation(ctx: Context, project: str | None, env_name: str, prefix: str,
                     operation_id: int) -> dict[str, object]:
     """The instance as `add` and `provision` answer, with operation `operation_id` (one of
-    its) as it is now: the answer of a call that waited for the operation it queued."""
+    its) as it is now: the answer of a call that waited for the operation it queued.
+
+    The operation, its instance, environment, project and cluster come in one statement (the
+    view then asks only for what its release has and what else waits)."""
     with ctx.store.session() as s:
-        env = _env(s, ctx, project, env_name)
+        found = s.execute(_OPERATION_WITH_ITS_INSTANCE, {"op": operation_id}).first()
+        if found is not None:
+            op, inst, env, owner, _cluster = found  # the cluster stays in the session for facts
+            if ((project is None or owner.name == project) and env.name == env_name
+                    and inst.prefix == naming.check_prefix(prefix)):
+                ctx.require(Need.READ, owner.name)
+                set_committed_value(env, "project", owner)
+                view = instance_view(s, ctx, inst)
+                view["operation"] = operation_view(op)
+                return view
+        env = _env(s, ctx, project, env_name, Need.READ)
         inst = _require(s, env, prefix)
-        op = s.get(Operation, operation_id)
         view = instance_view(s, ctx, inst)
-        view["operation"] = (operation_view(op) if op is not None and op.instance_id == inst.id
-                             else None)
+        view["operation"] = None  # not an operation of this instance
         return view
 
 

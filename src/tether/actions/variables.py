@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from tether import lifecycle, naming, paging
 from tether.access import Need
-from tether.actions.common import Context, audit, get_environment, get_project
+from tether.actions.common import Context, audit, find_environment
 from tether.envvars import EnvVar, instance_var_names, live_instances, service_vars
 from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Pending, State
@@ -31,8 +31,8 @@ def list_variables(ctx: Context, project: str | None, env_name: str,
     of them). Without `reveal`, the values of secrets (service credentials, SECRET_KEY) are
     masked (`hidden` says which)."""
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx,
-                                             Need.REVEAL if reveal else Need.READ), env_name)
+        env = find_environment(s, ctx, project, env_name,
+                               Need.REVEAL if reveal else Need.READ)
         may_reveal = ctx.principal.may(Need.REVEAL, env.project.name)
         running: set[str] = set()
         if env.current_release_id:
@@ -141,7 +141,7 @@ def set_variable(ctx: Context, project: str | None, env_name: str, name: str,
     if "\x00" in value:  # an environment cannot hold it: every deploy would fail
         raise UserError(f"the value of {name} may not contain a NUL character")
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
+        env = find_environment(s, ctx, project, env_name, Need.CHANGE)
         for inst in live_instances(s, env):
             if name in instance_var_names(inst):
                 raise Conflict(f"{name} is given by the service {inst.prefix} ({inst.service}): "
@@ -160,7 +160,7 @@ def set_variable(ctx: Context, project: str | None, env_name: str, name: str,
 def unset_variable(ctx: Context, project: str | None, env_name: str,
                    name: str) -> dict[str, object]:
     with ctx.store.session() as s:
-        env = get_environment(s, get_project(s, project, ctx, Need.CHANGE), env_name)
+        env = find_environment(s, ctx, project, env_name, Need.CHANGE)
         var = s.scalar(select(Variable).where(Variable.environment_id == env.id,
                                               Variable.name == name))
         if var is None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tether import catalog, lifecycle, naming
 from tether.engine.parts import EngineParts, before, reason_of
@@ -32,7 +33,7 @@ from tether.net import free_port
 from tether.providers.base import ClusterSpec
 from tether.providers.registry import get_provider, spawnable
 from tether.redact import redact
-from tether.store.models import Cluster, Environment, Instance, Operation
+from tether.store.models import Cluster, Environment, Instance, Operation, Project
 from tether.store.records import (
     UNFINISHED,
     apply_event,
@@ -53,6 +54,16 @@ class _Plan:
     #: whether the running release has the instance: fixed while the operation runs (a deploy
     #: of the environment, the only thing that changes it, waits for this operation)
     in_release: bool = False
+
+
+# built once (the hot path of every provision)
+_INSTANCE_WITH_ITS_ENVIRONMENT = (select(Instance, Environment, Project)
+                                  .join(Environment, Instance.environment_id == Environment.id)
+                                  .join(Project, Environment.project_id == Project.id)
+                                  .where(Instance.id == bindparam("id")))
+_CLUSTERS_OF = (select(Cluster).where(Cluster.kind == bindparam("kind"),
+                                      Cluster.region == bindparam("region"))
+                .order_by(Cluster.id))
 
 
 class Provisioning:
@@ -115,15 +126,15 @@ class Provisioning:
     def _begin(self, instance_id: int, actor: str) -> _Plan | str:
         """In one transaction: enter `provisioning`, pick the cluster, choose the secret."""
         with self.parts.store.session() as s:
-            inst = s.get(Instance, instance_id)
-            assert inst is not None, f"instance {instance_id} does not exist"
+            found = s.execute(_INSTANCE_WITH_ITS_ENVIRONMENT, {"id": instance_id}).first()
+            assert found is not None, f"instance {instance_id} does not exist"
+            # the environment is held for the whole transaction: the session's identity map
+            # only keeps rows something refers to, and every step below looks it up again
+            inst, env, project = found
+            set_committed_value(env, "project", project)
             state = State(inst.state)
             if state not in (State.NEW, State.PROVISIONING):
                 return f"{inst.prefix} is already provisioned ({state})"
-            # held for the whole transaction: the session's identity map only keeps rows
-            # something refers to, and every step below looks the environment up again
-            env = s.get(Environment, inst.environment_id)
-            assert env is not None
             in_release = running_release_has(s, inst)
             # everything read before anything changes: the instance is written by one UPDATE
             cluster = None
@@ -146,9 +157,7 @@ class Provisioning:
         """The cluster an instance lives on: the first shared cluster of its service, or for
         `--private` a free registered private cluster (claimed atomically: a conditional update,
         so two instances never own one), else a dedicated server run by Tether."""
-        clusters = s.scalars(select(Cluster).where(Cluster.kind == inst.kind,
-                                                   Cluster.region == region)
-                             .order_by(Cluster.id)).all()
+        clusters = s.scalars(_CLUSTERS_OF, {"kind": inst.kind, "region": region}).all()
         fitting = [c for c in clusters
                    if catalog.service_name(c.kind, c.version) == inst.service]
         if not inst.private:

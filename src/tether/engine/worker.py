@@ -448,8 +448,13 @@ class Worker:
         if only is not None:
             pick, params["one"] = self._pick_one, only
         with self.store.session() as s:
-            ids = [op_id for op_id, locked in s.execute(pick, {
-                **params, **self._times(now=0)}) if locked]
+            if only is not None and not self._pg:
+                # nothing to lock on SQLite (one writer at a time), and the claim's own
+                # condition is the pick's: one statement instead of two
+                ids = [only]
+            else:
+                ids = [op_id for op_id, locked in s.execute(pick, {
+                    **params, **self._times(now=0)}) if locked]
             if not ids:
                 return []
             claimed = list(s.scalars(self._take, {

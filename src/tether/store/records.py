@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -120,6 +120,24 @@ def _pending_of(kinds: set[str]) -> Pending | None:
     return None
 
 
+_ENVIRONMENTS = select(Environment).where(Environment.id.in_(bindparam("ids", expanding=True)))
+_RELEASES = select(Release).where(Release.id.in_(bindparam("ids", expanding=True)))
+_CLUSTERS = select(Cluster).where(Cluster.id.in_(bindparam("ids", expanding=True)))
+_UNFINISHED_OF = (select(Operation)
+                  .where(Operation.instance_id.in_(bindparam("ids", expanding=True)),
+                         Operation.status.in_(UNFINISHED))
+                  .order_by(Operation.id))
+
+M = TypeVar("M", Environment, Cluster)
+
+
+def _held(s: Session, model: type[M], ids: set[int]) -> dict[int, M]:
+    """Those of `ids` the session holds already (the identity map keeps what something
+    refers to)."""
+    held = (s.identity_map.get(identity_key(model, i)) for i in ids)
+    return {row.id: row for row in held if isinstance(row, model)}
+
+
 @dataclass
 class InstanceFacts:
     """What the views of many instances need besides their rows — their environments, what
@@ -139,32 +157,28 @@ class InstanceFacts:
             return facts
         env_ids = {i.environment_id for i in instances}
         # those the session holds already (the caller's environment, looked up to find the
-        # instance) are not asked for again
-        held = (s.identity_map.get(identity_key(Environment, env_id)) for env_id in env_ids)
-        facts.environments = {e.id: e for e in held if isinstance(e, Environment)}
+        # instance) are not asked for again; nor are clusters it holds
+        facts.environments = _held(s, Environment, env_ids)
         if len(facts.environments) < len(env_ids):
             facts.environments.update({e.id: e for e in s.scalars(
-                select(Environment).where(Environment.id.in_(
-                    env_ids - facts.environments.keys())))})
+                _ENVIRONMENTS, {"ids": list(env_ids - facts.environments.keys())})})
         release_ids = {e.current_release_id for e in facts.environments.values()
                        if e.current_release_id is not None}
         releases = {r.id: r for r in s.scalars(
-            select(Release).where(Release.id.in_(release_ids)))} if release_ids else {}
+            _RELEASES, {"ids": list(release_ids)})} if release_ids else {}
         for env in facts.environments.values():
             release = releases.get(env.current_release_id) if env.current_release_id else None
             if release is not None and release.instance_ids is not None:
                 facts.in_releases[env.id] = {int(i) for i in release.instance_ids}
             else:  # nothing runs, or a release made before the store recorded its instances
                 facts.in_releases[env.id] = release_instance_ids(s, env)
-        ids = [i.id for i in instances]
-        for op in s.scalars(select(Operation).where(Operation.instance_id.in_(ids),
-                                                    Operation.status.in_(UNFINISHED))
-                            .order_by(Operation.id)):
+        for op in s.scalars(_UNFINISHED_OF, {"ids": [i.id for i in instances]}):
             facts.operations.setdefault(int(op.instance_id or 0), []).append(op)
         cluster_ids = {i.cluster_id for i in instances if i.cluster_id is not None}
-        if cluster_ids:
-            facts.clusters = {c.id: c for c in s.scalars(
-                select(Cluster).where(Cluster.id.in_(cluster_ids)))}
+        facts.clusters = _held(s, Cluster, cluster_ids)
+        if len(facts.clusters) < len(cluster_ids):
+            facts.clusters.update({c.id: c for c in s.scalars(
+                _CLUSTERS, {"ids": list(cluster_ids - facts.clusters.keys())})})
         return facts
 
     @classmethod

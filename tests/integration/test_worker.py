@@ -796,6 +796,139 @@ def test_run_here_leaves_what_it_cannot_claim_to_the_loop(
     assert recorder.ids().index(first) < recorder.ids().index(second)
 
 
+class Passes(Worker):
+    """A node that counts its loop's passes."""
+
+    passes = 0
+
+    def _dispatch(self) -> None:
+        self.passes += 1
+        super()._dispatch()
+
+
+def test_run_here_wakes_the_loop_only_when_there_is_work_for_it(store: Store) -> None:
+    """With `since` (the signals before the operation was queued), a run here that nothing
+    happened beside does not wake the loop at its end: its pass would find nothing, on the
+    waiting client's time (old main woke it after every run). Work signalled meanwhile (an
+    operation of the same environment, behind the one running here) wakes it, and runs."""
+    (env,) = make_environments(store, 1)
+    later: list[int] = []
+    busy: list[int] = []  # the operation during which another one is queued
+
+    def work(op: Operation) -> None:
+        if op.id in busy and not later:
+            later.extend(queue_operations(store, [env], 1, kind="job"))
+            worker.notify()  # the loop wakes, finds the environment busy here: nothing
+        return None
+
+    worker = Passes(store, {"job": Recorder(work)}, node_id="node-a", poll_interval=30)
+    worker.start()
+    try:
+        time.sleep(0.1)  # its first pass found nothing
+        passes = worker.passes
+        since = worker.signals
+        (quiet,) = queue_operations(store, [env], 1, kind="job")
+        assert worker.run_here(quiet, since=since) == (True, None)
+        time.sleep(0.2)
+        assert worker.passes == passes  # not woken: nothing for it
+        since = worker.signals
+        busy.extend(queue_operations(store, [env], 1, kind="job"))
+        assert worker.run_here(busy[0], since=since) == (True, None)
+        (behind,) = later
+        wait_until(finished(store, behind), 5)  # woken at the end: no 30 s wait
+        assert row(store, behind).status == "succeeded"
+    finally:
+        worker.stop(5)
+
+
+def queue_in(s: Any, env: int, kind: str = "job") -> Operation:
+    op = Operation(kind=kind, environment_id=env, requested_by="test")
+    s.add(op)
+    s.flush()
+    return op
+
+
+def test_claim_in_claims_in_the_queueing_transaction_for_run_here(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """A waited call's operation is claimed in the transaction that queues it (no claim
+    transaction of its own), then `run_here` runs it; the loop never sees it queued. On
+    PostgreSQL (a claim locks first) nothing is claimed so, and `run_here` claims it."""
+    (env,) = make_environments(store, 1)
+    threads: list[str] = []
+    worker = workers(store, {"job": Recorder(
+        lambda op: threads.append(threading.current_thread().name) or "done")},
+        node_id="node-a", poll_interval=30)
+    worker.start()
+    time.sleep(0.1)
+    inline = store.url.startswith("sqlite")
+    with store.session() as s:
+        op = queue_in(s, env)
+        worker.claim_in(s, op)
+        assert (op.status, op.claimed_by, op.attempts) == (
+            ("running", "node-a", 1) if inline else ("queued", None, 0))
+        assert worker._reserved == int(inline) and not worker._active  # not before the commit
+    assert worker._reserved == 0
+    if inline:
+        assert worker._active == {op.id} and worker._busy == {env}
+    assert worker.run_here(op.id, lambda: row(store, op.id).status) == (True, "succeeded")
+    assert threads == [threading.current_thread().name]
+    assert not worker._active and not worker._held and not worker._busy
+
+
+def test_a_claim_in_a_transaction_that_rolls_back_leaves_nothing(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    (env,) = make_environments(store, 1)
+    worker = workers(store, {"job": Recorder()}, node_id="node-a", poll_interval=30)
+    worker.start()
+    with pytest.raises(RuntimeError), store.session() as s:
+        op = queue_in(s, env)
+        worker.claim_in(s, op)
+        raise RuntimeError("the action failed after queueing")
+    assert worker._reserved == 0 and not worker._active and not worker._claimed_in
+    assert worker.run_here(op.id) == (False, None)  # it was never stored
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL claims in run_here
+def test_a_claimed_operation_whose_caller_fails_is_handed_back_and_run_by_the_loop(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    (env,) = make_environments(store, 1)
+    recorder = Recorder()
+    worker = workers(store, {"job": recorder}, node_id="node-a", poll_interval=30)
+    worker.start()
+    with store.session() as s:
+        op = queue_in(s, env)
+        worker.claim_in(s, op)
+    worker.drop_claim(op.id)  # the caller did not get to run_here
+    wait_until(finished(store, op.id), 5)  # queued again, and the loop was woken for it
+    assert row(store, op.id).status == "succeeded" and recorder.ids() == [op.id]
+    assert not worker._active and not worker._busy and not worker._claimed_in
+    worker.drop_claim(op.id)  # a second time: nothing
+
+
+def test_claim_in_leaves_what_the_loop_must_run_first(
+        store: Store, workers: Callable[..., Worker]) -> None:
+    """An operation behind another of its environment, or with every slot working, is not
+    claimed in the transaction: `run_here` and the loop decide as always."""
+    env_a, env_b = make_environments(store, 2)
+    release = threading.Event()
+    worker = workers(store, {"job": Recorder(lambda op: release.wait(10) and None)},
+                     node_id="node-a", max_parallel=1)
+    worker.start()
+    (first,) = queue_operations(store, [env_a], 1, kind="job")
+    wait_until(lambda: row(store, first).status == "running", 5)
+    with store.session() as s:
+        behind = queue_in(s, env_a)
+        worker.claim_in(s, behind)  # no free slot
+        other = queue_in(s, env_b)
+        worker.claim_in(s, other)
+        assert behind.status == other.status == "queued"
+    assert worker._reserved == 0 and not worker._claimed_in
+    release.set()
+    for op_id in (first, behind.id, other.id):
+        worker.notify()
+        wait_until(finished(store, op_id), 10)
+
+
 def test_run_here_beside_the_loops_of_two_nodes_runs_each_operation_once(
         store: Store, workers: Callable[..., Worker]) -> None:
     """Callers running operations here race two nodes' loops for them: each operation runs

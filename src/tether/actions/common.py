@@ -43,11 +43,14 @@ class Context:
     principal: Principal = SYSTEM
     #: the front door that reaches environments by host name, when one is open
     front_door: FrontDoor | None = None
+    #: a call that waits for the operation it queues (`POST …?wait=`) claims it for this
+    #: node in the transaction that queues it (`Worker.claim_in`), and then runs it itself
+    claim: Callable[[Session, Operation], None] | None = None
 
     def as_principal(self, principal: Principal) -> Context:
         """This context, asked by `principal` (one per API call)."""
         return Context(self.store, self.box, self.data_dir, principal.actor, self.notify,
-                       self.public_url, principal, self.front_door)
+                       self.public_url, principal, self.front_door, self.claim)
 
     def require(self, need: Need, project: str | None = None) -> None:
         """Refuse (403) unless the token that asked may do `need` (in `project`)."""
@@ -156,6 +159,8 @@ def queue_operation(s: Session, ctx: Context, kind: str, env: Environment,
     )
     s.add(op)
     s.flush()
+    if ctx.claim is not None:
+        ctx.claim(s, op)
     return op
 
 

@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -87,6 +87,11 @@ from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.paging import Page, PageArgs
 from tether.store.readcache import ReadCache
 from tether.web.routes import STATIC_DIR, web_router
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from tether.store.models import Operation
 
 T = TypeVar("T")
 
@@ -243,21 +248,32 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             return await waited_for(ctx, request, deadline, await call(queue, ctx), reread)
         loop = asyncio.get_running_loop()
         queued: asyncio.Future[dict[str, Any]] = loop.create_future()
-        quiet = dataclasses.replace(ctx, notify=lambda: None)
+        claimed: list[int] = []
+
+        def claim(s: "Session", op: "Operation") -> None:
+            here.claim_in(s, op)
+            claimed.append(op.id)
+
+        # the loop is not told about the operation (it would race this thread for it), and
+        # the operation is claimed in the transaction that queues it
+        quiet = dataclasses.replace(ctx, notify=lambda: None, claim=claim)
 
         def queue_then_run() -> dict[str, Any] | None:
-            """On one thread, one hand-over: queue; tell the event loop what was queued (the
-            answer should `wait` run out); run it here and read it again, if it can be."""
-            view = queue(quiet)
-            loop.call_soon_threadsafe(settle, queued, view)
-            op = view.get("operation")
-            if op is None or op["status"] in FINISHED:
-                return view
+            """On one thread, one hand-over: queue (and claim); tell the event loop what was
+            queued (the answer should `wait` run out); run it here and read it again."""
+            since = here.signals
             ran, fresh = False, None
             try:
-                ran, fresh = here.run_here(op["id"], lambda: reread(op["id"]))
+                view = queue(quiet)
+                loop.call_soon_threadsafe(settle, queued, view)
+                op = view.get("operation")
+                if op is None or op["status"] in FINISHED:
+                    return view
+                ran, fresh = here.run_here(op["id"], lambda: reread(op["id"]), since)
             finally:
-                if not ran:
+                for op_id in claimed:  # claimed, but not run here: handed back
+                    here.drop_claim(op_id)
+                if claimed and not ran:
                     ctx.notify()  # the loop, or another node, runs it
             return fresh
 

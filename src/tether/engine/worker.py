@@ -142,7 +142,15 @@ class Worker:
         self._next_due = float("inf")  # monotonic time of the earliest retry this node queued
         self._threads: list[threading.Thread] = []
         #: this node's signals to and from the other nodes (PostgreSQL only)
-        self.wakeups = Wakeups(store, self.node_id, on_work=self._wake.set, on_done=self._bump)
+        self.wakeups = Wakeups(store, self.node_id, on_work=self._work_signalled,
+                               on_done=self._bump)
+        #: how many times work was signalled to this node (`signals`), and whether the loop
+        #: last found no free slot: what `run_here` looks at to decide whether to wake it
+        self._signals = 0
+        self._starved = False
+        #: operations claimed in a caller's transaction (`claim_in`) that committed, each
+        #: waiting for its caller's `run_here`
+        self._claimed_in: dict[int, Operation] = {}
         self.wakeups.announce_queued_operations()
         #: notified whenever an operation finishes, so waiters answer without polling
         self._finished = threading.Condition()
@@ -165,6 +173,16 @@ class Worker:
         """Wake the loop at once, and the other nodes' (called after an action queued an
         operation; on the request path, so it only sets an event)."""
         self.wakeups.signal_work()
+
+    @property
+    def signals(self) -> int:
+        """How many times work was signalled to this node so far (`run_here(since=...)`)."""
+        return self._signals
+
+    def _work_signalled(self) -> None:
+        with self._lock:
+            self._signals += 1
+        self._wake.set()
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -393,12 +411,84 @@ class Worker:
     def _dispatch(self) -> None:
         with self._lock:
             free = self._free_slots()
+            self._starved = free <= 0
         if free <= 0 or not self.handlers:
             return
         for op in self._claim(free):
             self._start(op)
 
-    def run_here(self, op_id: int, then: Callable[[], T] = lambda: None) -> tuple[bool, T | None]:
+    def claim_in(self, s: Session, op: Operation) -> None:
+        """Claim `op`, just queued in the caller's transaction `s`, in that same transaction,
+        for the caller's `run_here` (a waited `POST …?wait=`): its operation then needs no
+        claim transaction of its own. The claim is the loop's statement with its conditions
+        (queued, due, first in its environment's line, a kind handled here); a slot is
+        reserved for it until `s` ends, and it holds once `s` commits. The caller must then
+        `run_here` it, or `drop_claim` it.
+
+        SQLite only: one writer at a time, so the claim's condition is the whole claim. On
+        PostgreSQL (the claim takes locks first), when no slot is free, or before the worker
+        started, nothing is done and `run_here` claims as usual."""
+        if self._pg or op.kind not in self.handlers:
+            return
+        with self._lock:
+            if not self._threads or self._stop.is_set() or self._free_slots() <= 0:
+                return
+            self._reserved += 1
+            busy = sorted(self._busy)
+        decided: list[bool] = []
+
+        def release(*_: object) -> None:
+            with self._lock:
+                if not decided:
+                    decided.append(False)
+                    self._reserved -= 1
+
+        try:
+            # the session holds `op`: the claim's RETURNING refreshes it (status, claim, lease)
+            claimed = s.scalars(self._take, {
+                "ids": [op.id], "kinds": list(self.handlers), "busy": busy,
+                "node": self.node_id,
+                **self._times(now=0, lease=self.lease, window=self.retry_window)},
+                execution_options={"populate_existing": True}).all()
+        except BaseException:
+            release()
+            raise
+        if not claimed:
+            release()
+            return
+
+        def committed(_: object) -> None:
+            with self._lock:
+                if decided:
+                    return
+                decided.append(True)
+                self._reserved -= 1
+                self._busy.add(op.environment_id)
+                self._active.add(op.id)
+                self._held.add(op.id)
+                self._claimed_in[op.id] = op
+
+        event.listen(s, "after_commit", committed, once=True)
+        event.listen(s, "after_rollback", release, once=True)
+
+    def drop_claim(self, op_id: int) -> None:
+        """Hand back an operation `claim_in` claimed whose `run_here` will not come (its caller
+        failed in between); nothing when it ran or was never claimed so."""
+        with self._lock:
+            op = self._claimed_in.pop(op_id, None)
+        if op is None:
+            return
+        try:
+            self._hand_back([op_id], "handed back: its caller did not run it")
+        finally:
+            with self._idle:
+                self._busy.discard(op.environment_id)
+                self._active.discard(op_id)
+                self._idle.notify_all()
+            self._wake.set()
+
+    def run_here(self, op_id: int, then: Callable[[], T] = lambda: None,
+                 since: int | None = None) -> tuple[bool, T | None]:
         """Claim operation `op_id`, run it to its end in the calling thread, then call `then()`
         (before the loop is woken, so the loop's next claim does not compete with it): (True,
         its answer). (False, None), having done nothing, when it cannot be claimed here now (no
@@ -409,31 +499,46 @@ class Worker:
         For a client that waits for the operation it just queued (`POST …?wait=`): the claim,
         the handler, the final write and the answer's reading run on the request's own thread,
         one after the other, without the hand-overs to the loop and to a handler thread. Same
-        claim, slots, leases and outcome as the loop's."""
+        claim, slots, leases and outcome as the loop's.
+
+        `since`: `signals` read before the operation was queued. The loop is then woken at
+        the end only if other work was signalled since (it may wait behind this one in its
+        environment) or the loop found no free slot meanwhile; else its pass would find
+        nothing, on the answer's time. Without it, the loop is always woken.
+
+        An operation `claim_in` claimed in the transaction that queued it is run without
+        claiming it again."""
         with self._lock:
-            if (not self._threads or self._stop.is_set() or not self.handlers
-                    or self._free_slots() <= 0):
+            ready = self._claimed_in.pop(op_id, None)
+            if ready is None and (not self._threads or self._stop.is_set() or not self.handlers
+                                  or self._free_slots() <= 0):
                 # not started: its start takes back every claim of this node's id
                 return False, None
-            self._reserved += 1  # the slot is this call's while it claims
-        claimed: list[Operation] = []
-        try:
-            claimed = self._claim(1, only=op_id)
-        finally:
-            with self._lock:
-                self._reserved -= 1
-                if claimed:
-                    op = claimed[0]
-                    self._busy.add(op.environment_id)
-                    self._active.add(op.id)
-                    self._held.add(op.id)
+            if ready is None:
+                self._reserved += 1  # the slot is this call's while it claims
+        claimed: list[Operation] = [ready] if ready is not None else []
+        if ready is None:
+            try:
+                claimed = self._claim(1, only=op_id)
+            finally:
+                with self._lock:
+                    self._reserved -= 1
+                    if claimed:
+                        op = claimed[0]
+                        self._busy.add(op.environment_id)
+                        self._active.add(op.id)
+                        self._held.add(op.id)
         if not claimed:
             return False, None
         try:
             self._run(claimed[0], wake=False)
             return True, then()
         finally:
-            self._wake.set()
+            with self._lock:
+                wake = (since is None or self._signals != since or self._starved
+                        or bool(self._unfinished))
+            if wake:
+                self._wake.set()
 
     def _claim(self, limit: int, only: int | None = None) -> list[Operation]:
         """Claim up to `limit` operations in one transaction (`only`: that one, if it can be);

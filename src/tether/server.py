@@ -67,6 +67,7 @@ from tether.net import bind_port, free_port, port_is_free
 from tether.node import NodeIdentity
 from tether.providers.base import ClusterSpec
 from tether.providers.postgres import PostgresProvider
+from tether.providers.registry import available as providers_available
 from tether.runtime.caddy import CaddyRoutes
 from tether.runtime.process import ProcessRuntime
 from tether.servers.postgres import EmbeddedPostgres
@@ -539,6 +540,9 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
         say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); media files at "
             f"{plane.media_url}{apps}; data in {data_dir}. Ctrl-C stops it.")
         freeze_startup_heap()
+        # the providers' modules (their client libraries: ~0.6 s here) load beside the start
+        # rather than in the first request that shows or provisions a service
+        threading.Thread(target=providers_available, name="tether-warm", daemon=True).start()
         try:
             asyncio.run(_serve_all([(server, plane.sock), (media, plane.media_sock)]))
         except SystemExit as exc:  # uvicorn's way to say it could not start

@@ -33,10 +33,18 @@ from tether.net import free_port
 from tether.providers.base import ClusterSpec
 from tether.providers.registry import get_provider, spawnable
 from tether.redact import redact
-from tether.store.models import Cluster, Environment, Instance, Operation, Project
+from tether.store.models import (
+    Cluster,
+    Environment,
+    Instance,
+    Operation,
+    Project,
+    utcnow,
+)
 from tether.store.records import (
     UNFINISHED,
     apply_event,
+    audit,
     cluster_spec,
     running_release_has,
 )
@@ -54,6 +62,7 @@ class _Plan:
     #: whether the running release has the instance: fixed while the operation runs (a deploy
     #: of the environment, the only thing that changes it, waits for this operation)
     in_release: bool = False
+    environment_id: int = 0
 
 
 # built once (the hot path of every provision)
@@ -61,6 +70,12 @@ _INSTANCE_WITH_ITS_ENVIRONMENT = (select(Instance, Environment, Project)
                                   .join(Environment, Instance.environment_id == Environment.id)
                                   .join(Project, Environment.project_id == Project.id)
                                   .where(Instance.id == bindparam("id")))
+_PROVISIONED = (update(Instance)
+                .where(Instance.id == bindparam("instance"),
+                       Instance.state == bindparam("before"))
+                .values(state=bindparam("to"), credentials_enc=bindparam("creds"),
+                        last_error=None, drift=None, updated_at=bindparam("now"))
+                .execution_options(synchronize_session=False))
 _CLUSTERS_OF = (select(Cluster).where(Cluster.kind == bindparam("kind"),
                                       Cluster.region == bindparam("region"))
                 .order_by(Cluster.id))
@@ -107,14 +122,18 @@ class Provisioning:
             raise ClusterError(f"provisioning {plan.prefix} failed: {reason}") from None
         crash_point("provision.after_provider")
         try:
+            sealed = self.parts.box.seal(creds.values)
             with self.parts.store.session() as s:
-                inst = s.get(Instance, instance_id)
-                assert inst is not None
-                inst.credentials_enc = self.parts.box.seal(creds.values)
-                inst.last_error = None
-                inst.drift = None
-                apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED,
-                            in_release=plan.in_release)
+                if not self._provisioned(s, instance_id, plan, sealed, actor):
+                    # no longer `provisioning` (changed meanwhile): the rules decide from the
+                    # state it has now
+                    inst = s.get(Instance, instance_id)
+                    assert inst is not None
+                    inst.credentials_enc = sealed
+                    inst.last_error = None
+                    inst.drift = None
+                    apply_event(s, actor, "provisioned", inst, Event.PROVISION_SUCCEEDED,
+                                in_release=plan.in_release)
                 self.parts.finish_in(s, operation_id, f"{plan.prefix} is provisioned")
         except Exception as exc:
             reason = redact(f"recording the result failed: {reason_of(exc)}",
@@ -151,7 +170,27 @@ class Provisioning:
             assert cluster is not None
             spec = cluster_spec(self.parts.box, cluster)
             return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
-                         bool(spec.settings.get("spawned")), in_release)
+                         bool(spec.settings.get("spawned")), in_release, inst.environment_id)
+
+    @staticmethod
+    def _provisioned(s: Session, instance_id: int, plan: _Plan, sealed: str,
+                     actor: str) -> bool:
+        """Record a provision's result as a compare-and-set: the state the rules give a
+        `provisioning` instance whose provision succeeded, written only if it is still
+        `provisioning` (no read first: one statement less on every provision). False, having
+        changed nothing, when it is not."""
+        before_state = State.PROVISIONING
+        to = lifecycle.after(before_state, Event.PROVISION_SUCCEEDED,
+                             in_release=plan.in_release)
+        now = utcnow()
+        done = s.execute(_PROVISIONED, {"instance": instance_id, "before": before_state.value,
+                                        "to": to.value, "creds": sealed, "now": now})
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if to != before_state:
+            audit(s, actor, "provisioned", environment_id=plan.environment_id,
+                  instance_id=instance_id, from_state=before_state.value, to_state=to.value)
+        return True
 
     def _choose_cluster(self, s: Session, inst: Instance, region: str) -> Cluster:
         """The cluster an instance lives on: the first shared cluster of its service, or for

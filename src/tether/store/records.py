@@ -39,16 +39,19 @@ def audit(
     *,
     environment_id: int | None = None,
     instance: Instance | None = None,
+    instance_id: int | None = None,
     from_state: str | None = None,
     to_state: str | None = None,
     detail: str | None = None,
 ) -> None:
+    """Record an entry of the trail: of `instance`, or of the instance `instance_id` in
+    `environment_id` (a write that did not load it), or of the environment alone."""
     s.add(
         AuditEntry(
             actor=actor,
             action=action,
             environment_id=environment_id if instance is None else instance.environment_id,
-            instance_id=instance.id if instance is not None else None,
+            instance_id=instance.id if instance is not None else instance_id,
             from_state=from_state,
             to_state=to_state,
             detail=detail,

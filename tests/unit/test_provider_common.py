@@ -6,6 +6,7 @@ answers, a server that hangs up mid-answer, plain HTTP where TLS was asked)."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -242,3 +243,18 @@ def test_an_unsupported_scheme_is_final() -> None:
     err = failure(f"ftp://127.0.0.1:{free_port()}/x", httpx.Timeout(5.0))
     assert not isinstance(err, TransientError)
     assert "cannot reach the X API" in err.message
+
+
+def test_admin_clients_share_one_tls_context() -> None:
+    """Every `httpx.Client` made its own TLS context, loading the CA bundle again (~28 ms a
+    RabbitMQ provision here, a third of it): the admin clients now share one."""
+    first = http_admin_client("admin", "pw", httpx.Timeout(5))
+    second = http_admin_client("admin", None, httpx.Timeout(5))
+    try:
+        contexts = [c._transport._pool._ssl_context  # type: ignore[attr-defined]
+                    for c in (first, second)]
+    finally:
+        first.close()
+        second.close()
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname

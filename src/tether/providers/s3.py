@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -475,6 +476,35 @@ class S3Settings(ClusterSettings):
     name_prefix: str | None = None
 
 
+@functools.lru_cache(maxsize=16)
+def _kept_client(target: _Target, service: str) -> Any:
+    """The admin's client of `service` on a cluster, kept: a client costs ~30 ms to make even
+    with the shared loader, and a provision used two (s3 and iam) made afresh. Clients are
+    thread-safe (sessions are not: each client has its own); a changed cluster URL or admin key
+    is another `_Target`, so it gets its own, and the least used are dropped beyond 16."""
+    return _new_client(target, service, None, None, ATTEMPTS, READ_TIMEOUT)
+
+
+def _new_client(target: _Target, service: str, key: str | None, secret_key: str | None,
+                attempts: int, read_timeout: float) -> Any:
+    # A session per client: sessions are not thread-safe, and the engine runs providers
+    # from worker threads; they share the loader, which caches the parsed service models
+    # (read-only), so a client costs ~30 ms instead of ~100. Few retries: the default backs
+    # off for long on a dead host.
+    core = botocore.session.Session()
+    core.register_component("data_loader", _LOADER)
+    session = boto3.session.Session(aws_access_key_id=key or target.access_key,
+                                    aws_secret_access_key=secret_key or target.secret_key,
+                                    region_name=target.region, botocore_session=core)
+    # `total_max_attempts` counts the first attempt (`max_attempts` would count retries)
+    config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
+                    s3={"addressing_style": target.addressing_style},
+                    signature_version="s3v4" if service == "s3" else None)
+    endpoint = target.endpoint if service == "s3" else target.iam_endpoint
+    return session.client(service, endpoint_url=endpoint, config=config)
+
+
 class S3Provider(ProviderBase):
     """A bucket per instance, reached with an IAM user's key that reaches that bucket only."""
 
@@ -502,22 +532,11 @@ class S3Provider(ProviderBase):
     def _client(target: _Target, service: str, key: str | None = None,
                 secret_key: str | None = None, attempts: int = ATTEMPTS,
                 read_timeout: float = READ_TIMEOUT) -> Any:
-        # A session per client: sessions are not thread-safe, and the engine runs providers
-        # from worker threads; they share the loader, which caches the parsed service models
-        # (read-only), so a client costs ~30 ms instead of ~100. Few retries: the default backs
-        # off for long on a dead host.
-        core = botocore.session.Session()
-        core.register_component("data_loader", _LOADER)
-        session = boto3.session.Session(aws_access_key_id=key or target.access_key,
-                                        aws_secret_access_key=secret_key or target.secret_key,
-                                        region_name=target.region, botocore_session=core)
-        # `total_max_attempts` counts the first attempt (`max_attempts` would count retries)
-        config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
-                        retries={"total_max_attempts": attempts, "mode": "standard"},
-                        s3={"addressing_style": target.addressing_style},
-                        signature_version="s3v4" if service == "s3" else None)
-        endpoint = target.endpoint if service == "s3" else target.iam_endpoint
-        return session.client(service, endpoint_url=endpoint, config=config)
+        """A client of `service` (s3, iam) as the cluster's admin, or with `key` and
+        `secret_key`. The admin's clients with the usual retries are kept (`_kept_client`)."""
+        if (key, secret_key, attempts, read_timeout) == (None, None, ATTEMPTS, READ_TIMEOUT):
+            return _kept_client(target, service)
+        return _new_client(target, service, key, secret_key, attempts, read_timeout)
 
     @staticmethod
     def _bucket_state(s3: Any, bucket: str) -> str:

@@ -5,6 +5,7 @@ call whose wait runs out answers with the operation still running."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -185,3 +186,21 @@ def test_the_answer_names_only_an_operation_of_the_instance_asked_about(
     assert other["id"] == media["id"] and other["operation"] is None
     with pytest.raises(NotFound):
         services.after_operation(ctx, "shop", "live", "FILES", op_id)
+
+
+def test_a_brief_add_answers_only_what_a_waiting_caller_needs(
+        api: tuple[Context, TestClient, Gate]) -> None:
+    """A waited call reads the instance again once its operation ends, so the add's own view
+    (decisions, credentials, ids for each action) was made for nothing: with `brief`, an add
+    that queued an operation answers the id, the prefix and the operation; one that queued
+    nothing answers the full view, as does the waited API call in the end."""
+    ctx, client, _gate = api
+    quiet = dataclasses.replace(ctx, notify=lambda: None)  # the operation stays queued
+    brief = services.add(quiet, "shop", "test", "local-media", "MEDIA", provision=True,
+                         brief=True)
+    assert set(brief) == {"id", "prefix", "operation"}
+    assert brief["operation"]["kind"] == "provision"
+    full = services.add(ctx, "shop", "test", "local-media", "FILES", brief=True)
+    assert full["operation"] is None and full["state"] == "new" and "actions" in full
+    waited = add(client, "live", "MEDIA", wait=30)
+    assert waited["state"] == "pending attachment" and "actions" in waited

@@ -197,19 +197,31 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
 
 
 def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: str = "DEFAULT",
-        private: bool = False, provision: bool = False) -> dict[str, object]:
+        private: bool = False, provision: bool = False,
+        brief: bool = False) -> dict[str, object]:
+    """Add a service (and queue its provision). With `brief`, when an operation was queued, the
+    answer is only the instance's id and prefix and the operation: for a caller that waits for
+    the operation and then reads the instance again (`after_operation`), the full view would be
+    made for nothing."""
     naming.check_prefix(prefix)
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name)
         inst = add_instance(s, ctx, env, service, prefix, private)
         # a new instance: no release has it, no operation of its waits (nothing to look up)
         op = _provision(s, ctx, env, inst, new=True) if provision else None
-        view = instance_view(s, ctx, inst, operation=op,
-                             facts=InstanceFacts.of_new(env, inst, op))
-        view["operation"] = operation_view(op) if op else None
+        if op is not None and brief:
+            view = _brief(inst, op)
+        else:
+            view = instance_view(s, ctx, inst, operation=op,
+                                 facts=InstanceFacts.of_new(env, inst, op))
+            view["operation"] = operation_view(op) if op else None
     if op:
         ctx.notify()
     return view
+
+
+def _brief(inst: Instance, op: Operation) -> dict[str, object]:
+    return {"id": inst.id, "prefix": inst.prefix, "operation": operation_view(op)}
 
 
 def _provision(s: Session, ctx: Context, env: Environment, inst: Instance,
@@ -226,13 +238,18 @@ def _provision(s: Session, ctx: Context, env: Environment, inst: Instance,
     return queue_operation(s, ctx, "provision", env, inst)
 
 
-def provision(ctx: Context, project: str | None, env_name: str, prefix: str) -> dict[str, object]:
+def provision(ctx: Context, project: str | None, env_name: str, prefix: str,
+              brief: bool = False) -> dict[str, object]:
+    """Provision a `new` instance (queue its operation); `brief` as for `add`."""
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name)
         inst = _require(s, env, prefix)
         op = _provision(s, ctx, env, inst)
-        view = instance_view(s, ctx, inst)
-        view["operation"] = operation_view(op) if op else None
+        if op is not None and brief:
+            view = _brief(inst, op)
+        else:
+            view = instance_view(s, ctx, inst)
+            view["operation"] = operation_view(op) if op else None
     if op:
         ctx.notify()
     return view

@@ -230,22 +230,24 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                                  "waiting at most this many seconds (0: at once)")]
 
     async def queued_and_waited(ctx: Context, request: Request, wait: float,
-                                queue: Callable[[Context], dict[str, Any]],
+                                queue: Callable[[Context, bool], dict[str, Any]],
                                 reread: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-        """`queue(ctx)`'s answer, a view with the `operation` it queued; with `wait`, the view
-        read again with that operation (`reread(operation_id)`) once it has finished, or the
-        view with the operation as it is after `wait` s.
+        """`queue(ctx, brief)`'s answer, a view with the `operation` it queued; with `wait`,
+        the instance read again with that operation (`reread(operation_id)`) once it has
+        finished, or as it is after `wait` s. Then `queue` is asked for a `brief` answer (the
+        full view of an instance whose operation is queued would be made for nothing).
 
         When this process's worker has a free slot, the operation is claimed and run on a
         thread of this request (`Worker.run_here`): no hand-over to the worker's loop, no
         second request, and the answer goes out when the final write commits. It runs to its
         end even when `wait` s pass first (the answer then says it still runs)."""
         if not wait:
-            return await call(queue, ctx)
+            return await call(queue, ctx, False)
         deadline = time.monotonic() + wait
         here = worker
         if here is None:  # another node runs it: wait for its end
-            return await waited_for(ctx, request, deadline, await call(queue, ctx), reread)
+            return await waited_for(ctx, request, deadline, await call(queue, ctx, True),
+                                    reread)
         loop = asyncio.get_running_loop()
         queued: asyncio.Future[dict[str, Any]] = loop.create_future()
         claimed: list[int] = []
@@ -264,11 +266,13 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
             since = here.signals
             ran, fresh = False, None
             try:
-                view = queue(quiet)
+                view = queue(quiet, True)
                 loop.call_soon_threadsafe(settle, queued, view)
                 op = view.get("operation")
-                if op is None or op["status"] in FINISHED:
+                if op is None:
                     return view
+                if op["status"] in FINISHED:
+                    return reread(op["id"])
                 ran, fresh = here.run_here(op["id"], lambda: reread(op["id"]), since)
             finally:
                 for op_id in claimed:  # claimed, but not run here: handed back
@@ -294,22 +298,24 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         if not queued.done():  # still queueing after `wait` s: its answer, or its error
             await asyncio.wait({queued, running}, return_when=asyncio.FIRST_COMPLETED)
             if not queued.done():
-                return running.result()
+                answer = running.result()  # the call's error, if it failed
+                if answer is not None:
+                    return answer
+                await queued  # told before the run was tried: settled by now or soon
         return await waited_for(ctx, request, deadline, queued.result(), reread)
 
     async def waited_for(ctx: Context, request: Request, deadline: float,
                          view: dict[str, Any],
                          reread: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-        """`view` read again once its operation has finished (long-polled until `deadline`),
-        else `view` with the operation as it is then."""
+        """The instance read again (`reread`) once `view`'s operation has finished (long-polled
+        until `deadline`), or as it is at `deadline`, with the operation as it is then. `view`
+        may be brief (see `services.add`): it is only the answer when no operation waits."""
         op = view.get("operation")
-        if op is None or op["status"] in FINISHED:
+        if op is None:
             return view
-        final = await operation_when_finished(ctx, request, op["id"],
-                                              max(0.0, deadline - time.monotonic()))
-        if final["status"] not in FINISHED:
-            view["operation"] = final
-            return view
+        if op["status"] not in FINISHED:
+            await operation_when_finished(ctx, request, op["id"],
+                                          max(0.0, deadline - time.monotonic()))
         return await call(reread, op["id"])
 
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -420,8 +426,8 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         answer once that has ended."""
         return await queued_and_waited(
             ctx, request, wait,
-            lambda c: services.add(c, project, env, body.service, body.prefix, body.private,
-                                   body.provision),
+            lambda c, brief: services.add(c, project, env, body.service, body.prefix,
+                                          body.private, body.provision, brief),
             lambda op_id: services.after_operation(ctx, project, env, body.prefix, op_id))
 
     @api.get(env_path + "/services/{prefix}", tags=["services"])
@@ -434,7 +440,7 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
                         prefix: PrefixPath, wait: Wait = 0) -> dict[str, Any]:
         """Provision a `new` service now; with `wait`, answer once that has ended."""
         return await queued_and_waited(
-            ctx, request, wait, lambda c: services.provision(c, project, env, prefix),
+            ctx, request, wait, lambda c, brief: services.provision(c, project, env, prefix, brief),
             lambda op_id: services.after_operation(ctx, project, env, prefix, op_id))
 
     @api.post(env_path + "/services/{prefix}/detach", tags=["services"])

@@ -7,6 +7,7 @@ token refused, a changed variable shown); a token that expires while kept is ref
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -331,3 +332,25 @@ def test_postgres_auth_version_changes_with_tokens_only_and_two_nodes_agree(
         with psycopg.connect(dsn) as conn:
             conn.execute("UPDATE web_sessions SET client = 'y'")  # no row: still a write
         assert store.auth_version() != middle
+
+
+def test_local_versions_follow_every_write_and_auth_only_token_writes(shop: Context) -> None:
+    """`Store.local_versions` (what every kept answer is checked against) reads the auth
+    version again only when the data version moved: still, a token written by this process or
+    by another one on the file moves both, any other write the data version alone."""
+    store = shop.store
+    data, auth = store.local_versions()
+    assert store.local_versions() == (data, auth)  # nothing written: the same
+    variables.set_variable(shop, "shop", "test", "COLOUR", "blue")
+    moved = store.local_versions()
+    assert moved[0] != data and moved[1] == auth
+    create_token(store, "developer")
+    after_token = store.local_versions()
+    assert after_token[0] != moved[0] and after_token[1] != auth
+    assert store._sqlite_file is not None
+    with contextlib.closing(sqlite3.connect(store._sqlite_file)) as other, other:
+        other.execute("UPDATE tokens SET name = name || '-x' WHERE id = "
+                      "(SELECT max(id) FROM tokens)")
+    by_other = store.local_versions()
+    assert by_other[0] != after_token[0] and by_other[1] != after_token[1]
+    assert store.local_versions() == by_other

@@ -92,6 +92,8 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._version_lock = threading.Lock()
         self._version_conn: sqlite3.Connection | None = None
+        #: the last (data_version, auth_version) `local_versions` read on that connection
+        self._last_versions: tuple[int, int] | None = None
         database = make_url(self.url).database if self.url.startswith("sqlite") else None
         #: the SQLite file `data_version` watches (None: not a file, or not SQLite)
         self._sqlite_file = (database if database and database != ":memory:"
@@ -138,10 +140,18 @@ class Store:
     def local_versions(self) -> tuple[int, int]:
         """`data_version` and `auth_version` of an SQLite store, read together (one statement on
         the local file, for a caller on the event loop; `version_is_local` must be true)."""
-        data, auth = self._sqlite_row(
-            "SELECT data_version, (SELECT n FROM auth_version WHERE id = 1) "
-            "FROM pragma_data_version")
-        return int(data), int(auth)
+        with self._version_lock:
+            conn = self._version_connection()
+            last = self._last_versions
+            # data_version unchanged: nothing was committed since the last read (this
+            # connection never writes), so neither is auth_version; the cheaper read will do
+            if last is not None and conn.execute("PRAGMA data_version").fetchone()[0] == last[0]:
+                return last
+            data, auth = conn.execute(
+                "SELECT data_version, (SELECT n FROM auth_version WHERE id = 1) "
+                "FROM pragma_data_version").fetchone()
+            self._last_versions = (int(data), int(auth))
+            return self._last_versions
 
     def _sqlite_read(self, statement: str) -> object:
         return self._sqlite_row(statement)[0]
@@ -150,10 +160,15 @@ class Store:
         """One value read on a connection of this store's own that never writes (autocommit:
         each read sees every commit before it)."""
         with self._version_lock:
-            if self._version_conn is None:
-                self._version_conn = sqlite3.connect(
-                    self._sqlite_file or "", check_same_thread=False, isolation_level=None)
-            return tuple(self._version_conn.execute(statement).fetchone())
+            return tuple(self._version_connection().execute(statement).fetchone())
+
+    def _version_connection(self) -> sqlite3.Connection:
+        """(With `_version_lock` held.)"""
+        if self._version_conn is None:
+            self._version_conn = sqlite3.connect(
+                self._sqlite_file or "", check_same_thread=False, isolation_level=None)
+            self._last_versions = None  # of another connection, if any
+        return self._version_conn
 
     def migrate(self) -> None:
         migrate(self.engine)

@@ -56,6 +56,9 @@ class Engine:
         }, max_parallel=max_parallel, node_id=node_id)
         self.parts.waiting = self.worker.waiting
         self.parts.finish_in = self.worker.finish_in
+        self.parts.prepared = self.worker.prepared
+        # a waited provision's plan is made in the transaction that adds the instance
+        self.worker.preparers["provision"] = self.provisioning.prepare
         self.reconciler = Reconciler(store, box, data_dir, node_id=node_id)
         self.scheduler = Scheduler(self.parts)
 

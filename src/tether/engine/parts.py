@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,10 @@ class EngineParts:
     #: ends the named operation, when it is the one the calling handler runs, inside the
     #: handler's last transaction (`Worker.finish_in`; a no-op until the Engine sets it)
     finish_in: Callable[[Session, int | None, str], None] = lambda _s, _op, _message: None
+    #: what the transaction that queued the named operation prepared for its handler, when it
+    #: is the operation the calling handler runs (`Worker.prepared`; None until the Engine
+    #: sets it, and whenever nothing was prepared)
+    prepared: Callable[[int | None], Any] = lambda _op: None
 
     def private(self, kind: str) -> PrivateServers:
         """The dedicated servers Tether runs for `--private` instances of `kind`."""

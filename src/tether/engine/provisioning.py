@@ -97,7 +97,8 @@ class Provisioning:
         another operation provisions on its way (a deploy), which goes on afterwards."""
         names = naming.resource_names(instance_id)
         try:
-            plan = self._begin(instance_id, actor)
+            prepared = self.parts.prepared(operation_id)  # made as the operation was queued
+            plan = prepared if isinstance(prepared, _Plan) else self._begin(instance_id, actor)
         except Exception as exc:
             reason = redact(reason_of(exc))
             prefix = self._fail(instance_id, actor, reason)
@@ -171,6 +172,30 @@ class Provisioning:
             spec = cluster_spec(self.parts.box, cluster)
             return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
                          bool(spec.settings.get("spawned")), in_release, inst.environment_id)
+
+    def prepare(self, s: Session, op: Operation) -> _Plan | None:
+        """`_begin`'s work for a provision queued in the caller's transaction `s` (a waited
+        add or provision, whose operation was claimed there: `Worker.claim_in`), done in that
+        transaction: the instance enters `provisioning` with its cluster and secret in the
+        same commit, and the handler starts at the provider's call. Only for a shared cluster
+        (a private one may mean starting a server: the handler does that); None otherwise, and
+        the handler plans as always. The session holds the instance and its environment (the
+        action just wrote them): nothing is read again but the clusters."""
+        inst = s.get(Instance, op.instance_id) if op.instance_id is not None else None
+        if (inst is None or inst.private or inst.cluster_id is not None
+                or State(inst.state) is not State.PROVISIONING):
+            return None
+        env = s.get(Environment, inst.environment_id)
+        if env is None:
+            return None
+        cluster = self._choose_cluster(s, inst, env.project.region)  # OperationError: none
+        inst.cluster_id = cluster.id
+        if inst.secret_enc is None:
+            inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
+        spec = cluster_spec(self.parts.box, cluster)
+        return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
+                     bool(spec.settings.get("spawned")), running_release_has(s, inst),
+                     inst.environment_id)
 
     @staticmethod
     def _provisioned(s: Session, instance_id: int, plan: _Plan, sealed: str,

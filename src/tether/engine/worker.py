@@ -149,8 +149,13 @@ class Worker:
         self._signals = 0
         self._starved = False
         #: operations claimed in a caller's transaction (`claim_in`) that committed, each
-        #: waiting for its caller's `run_here`
-        self._claimed_in: dict[int, Operation] = {}
+        #: waiting for its caller's `run_here`, with what its kind's preparer made for it
+        self._claimed_in: dict[int, tuple[Operation, Any]] = {}
+        #: per kind of operation, work a handler would do first that can be done in the
+        #: transaction that queues and claims it (`claim_in`): called with that transaction and
+        #: the operation, it answers what the handler then gets from `prepared` (None: nothing
+        #: prepared; a `TetherError` is the same: the handler then does it itself)
+        self.preparers: dict[str, Callable[[Session, Operation], Any]] = {}
         self.wakeups.announce_queued_operations()
         #: notified whenever an operation finishes, so waiters answer without polling
         self._finished = threading.Condition()
@@ -361,6 +366,16 @@ class Worker:
                 literal(_ENV_LOCK_SPACE << 32, BigInteger) + locked.c.environment_id))
         return select(pick.subquery().c.id, true())
 
+    def prepared(self, op_id: int | None) -> Any:
+        """What this kind's preparer made for operation `op_id` in the transaction that queued
+        it (`claim_in`), when `op_id` is the operation this thread's handler runs; once, then
+        None. None as well when nothing was prepared: the handler does the work itself."""
+        if op_id is None or op_id != getattr(self._inline, "op_id", None):
+            return None
+        value = getattr(self._inline, "prepared", None)
+        self._inline.prepared = None
+        return value
+
     def finish_in(self, s: Session, op_id: int | None, message: str) -> None:
         """End operation `op_id` as succeeded inside the handler's last transaction `s` (the one
         that records its result), when it is the operation this thread's handler runs: the final
@@ -456,6 +471,13 @@ class Worker:
         if not claimed:
             release()
             return
+        prepared = None
+        prepare = self.preparers.get(op.kind)
+        if prepare is not None:
+            try:
+                prepared = prepare(s, op)
+            except TetherError as exc:  # its handler meets the same, and says so
+                log.debug("operation %s not prepared: %s", op.id, exc.message)
 
         def committed(_: object) -> None:
             with self._lock:
@@ -466,7 +488,7 @@ class Worker:
                 self._busy.add(op.environment_id)
                 self._active.add(op.id)
                 self._held.add(op.id)
-                self._claimed_in[op.id] = op
+                self._claimed_in[op.id] = (op, prepared)
 
         event.listen(s, "after_commit", committed, once=True)
         event.listen(s, "after_rollback", release, once=True)
@@ -475,7 +497,7 @@ class Worker:
         """Hand back an operation `claim_in` claimed whose `run_here` will not come (its caller
         failed in between); nothing when it ran or was never claimed so."""
         with self._lock:
-            op = self._claimed_in.pop(op_id, None)
+            op, _prepared = self._claimed_in.pop(op_id, (None, None))
         if op is None:
             return
         try:
@@ -509,7 +531,7 @@ class Worker:
         An operation `claim_in` claimed in the transaction that queued it is run without
         claiming it again."""
         with self._lock:
-            ready = self._claimed_in.pop(op_id, None)
+            ready, prepared = self._claimed_in.pop(op_id, (None, None))
             if ready is None and (not self._threads or self._stop.is_set() or not self.handlers
                                   or self._free_slots() <= 0):
                 # not started: its start takes back every claim of this node's id
@@ -531,7 +553,7 @@ class Worker:
         if not claimed:
             return False, None
         try:
-            self._run(claimed[0], wake=False)
+            self._run(claimed[0], wake=False, prepared=prepared)
             return True, then()
         finally:
             with self._lock:
@@ -603,14 +625,15 @@ class Worker:
 
     # -- running one operation --------------------------------------------------------------------
 
-    def _run(self, op: Operation, wake: bool = True) -> None:
+    def _run(self, op: Operation, wake: bool = True, prepared: Any = None) -> None:
         outcome: _Outcome | None = None
         self._inline.op_id, self._inline.ended = op.id, None
+        self._inline.prepared = prepared
         try:
             outcome = self._execute(op)
         finally:
             ended = self._inline.ended == op.id
-            self._inline.op_id = self._inline.ended = None
+            self._inline.op_id = self._inline.ended = self._inline.prepared = None
             try:
                 if outcome is None:  # interrupted (SystemExit in the handler): let another try
                     if not ended:

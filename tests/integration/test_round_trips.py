@@ -160,9 +160,10 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     """`POST …/services?wait=` on the request's thread (issue 12's provisioning benchmark): the
     add, which claims its operation as it queues it (`Worker.claim_in`) and makes the handler's
     plan there, the handler run by `Worker.run_here`, and the answer. Old main: 10 statements to
-    add, a claim transaction of 2, two transactions of 9 in the handler and 6 to answer (the project and its environment looked up one after
-    the other, the instance, environment and project of the plan one by one, the answer
-    finding everything by name again; the result written after reading the instance again)."""
+    add, a claim transaction of 2, two transactions of 9 in the handler and 6 to answer (the
+    project and its environment looked up one after the other, the instance, environment and
+    project of the plan one by one, the answer finding everything by name again; the result
+    written after reading the instance again)."""
     ctx, engine, recorder = world
     # as the API calls it: the loop is not told, the operation is claimed as it is queued
     waited = dataclasses.replace(ctx, notify=lambda: None, claim=engine.worker.claim_in)

@@ -138,8 +138,9 @@ class Store:
         return None
 
     def local_versions(self) -> tuple[int, int]:
-        """`data_version` and `auth_version` of an SQLite store, read together (one statement on
-        the local file, for a caller on the event loop; `version_is_local` must be true)."""
+        """`data_version` and `auth_version` of an SQLite store, as one consistent pair (for a
+        caller on the event loop; `version_is_local` must be true): `PRAGMA data_version`
+        alone while it has not moved since the last pair, else both in one statement."""
         with self._version_lock:
             conn = self._version_connection()
             last = self._last_versions

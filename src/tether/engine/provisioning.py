@@ -162,16 +162,21 @@ class Provisioning:
                 cluster = self._choose_cluster(s, inst, env.project.region)
             apply_event(s, actor, "provision", inst, Event.PROVISION_STARTED,
                         in_release=in_release)
-            if cluster is not None:
-                inst.cluster_id = cluster.id
-            if inst.secret_enc is None:
-                inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
-            if cluster is None:
-                cluster = s.get(Cluster, inst.cluster_id)
-            assert cluster is not None
-            spec = cluster_spec(self.parts.box, cluster)
-            return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
-                         bool(spec.settings.get("spawned")), in_release, inst.environment_id)
+            return self._plan(s, inst, cluster, in_release)
+
+    def _plan(self, s: Session, inst: Instance, chosen: Cluster | None,
+              in_release: bool) -> _Plan:
+        """The plan of a provision: the instance's cluster (`chosen` just now, else the one it
+        has) and its secret (chosen once) set on it, in the caller's transaction."""
+        if chosen is not None:
+            inst.cluster_id = chosen.id
+        if inst.secret_enc is None:
+            inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
+        cluster = chosen if chosen is not None else s.get(Cluster, inst.cluster_id)
+        assert cluster is not None
+        spec = cluster_spec(self.parts.box, cluster)
+        return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
+                     bool(spec.settings.get("spawned")), in_release, inst.environment_id)
 
     def prepare(self, s: Session, op: Operation) -> _Plan | None:
         """`_begin`'s work for a provision queued in the caller's transaction `s` (a waited
@@ -189,13 +194,7 @@ class Provisioning:
         if env is None:
             return None
         cluster = self._choose_cluster(s, inst, env.project.region)  # OperationError: none
-        inst.cluster_id = cluster.id
-        if inst.secret_enc is None:
-            inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
-        spec = cluster_spec(self.parts.box, cluster)
-        return _Plan(inst.prefix, inst.kind, spec, self.parts.box.open(inst.secret_enc),
-                     bool(spec.settings.get("spawned")), running_release_has(s, inst),
-                     inst.environment_id)
+        return self._plan(s, inst, cluster, running_release_has(s, inst))
 
     @staticmethod
     def _provisioned(s: Session, instance_id: int, plan: _Plan, sealed: str,

@@ -485,9 +485,7 @@ class Worker:
                     return
                 decided.append(True)
                 self._reserved -= 1
-                self._busy.add(op.environment_id)
-                self._active.add(op.id)
-                self._held.add(op.id)
+                self._hold(op)
                 self._claimed_in[op.id] = (op, prepared)
 
         event.listen(s, "after_commit", committed, once=True)
@@ -503,10 +501,7 @@ class Worker:
         try:
             self._hand_back([op_id], "handed back: its caller did not run it")
         finally:
-            with self._idle:
-                self._busy.discard(op.environment_id)
-                self._active.discard(op_id)
-                self._idle.notify_all()
+            self._let_go(op)
             self._wake.set()
 
     def run_here(self, op_id: int, then: Callable[[], T] = lambda: None,
@@ -546,10 +541,7 @@ class Worker:
                 with self._lock:
                     self._reserved -= 1
                     if claimed:
-                        op = claimed[0]
-                        self._busy.add(op.environment_id)
-                        self._active.add(op.id)
-                        self._held.add(op.id)
+                        self._hold(claimed[0])
         if not claimed:
             return False, None
         try:
@@ -596,22 +588,32 @@ class Worker:
                         op.deadline = op.deadline + skew
             return claimed
 
+    def _hold(self, op: Operation) -> None:
+        """(With `_lock` held.) A claimed operation is this node's: its environment busy here,
+        a slot taken, its lease renewed by the heartbeat."""
+        self._busy.add(op.environment_id)
+        self._active.add(op.id)
+        self._held.add(op.id)
+
+    def _let_go(self, op: Operation) -> None:
+        """Its environment and its slot free again (the lease is the final write's or the
+        hand-back's to end); whoever waits for a slot is told."""
+        with self._idle:
+            self._busy.discard(op.environment_id)
+            self._active.discard(op.id)
+            self._idle.notify_all()
+
     def _start(self, op: Operation) -> None:
         """Run a claimed operation in its own thread; hand it back if that cannot be done."""
         with self._lock:
-            self._busy.add(op.environment_id)
-            self._active.add(op.id)
-            self._held.add(op.id)
+            self._hold(op)
         try:
             if self._stop.is_set():
                 raise RuntimeError("the worker is stopping")
             self._submit(op)
         except Exception as exc:
             log.warning("operation %s could not be started (%s): handing it back", op.id, exc)
-            with self._idle:
-                self._busy.discard(op.environment_id)
-                self._active.discard(op.id)
-                self._idle.notify_all()
+            self._let_go(op)
             try:
                 self._hand_back([op.id], "handed back: its node could not start it")
             except Exception:  # its lease will expire and any node will take it
@@ -647,10 +649,7 @@ class Worker:
             except Exception:  # not handed back: its lease expires and any node takes it
                 log.exception("operation %s could not be handed back", op.id)
             finally:
-                with self._idle:
-                    self._busy.discard(op.environment_id)
-                    self._active.discard(op.id)
-                    self._idle.notify_all()
+                self._let_go(op)
                 if wake:
                     self._wake.set()
                 self._bump(op.id)

@@ -62,8 +62,8 @@ class KeptAnswers:
 
     def __init__(self, app: ASGIApp, *, store: Store, callers: ReadCache[SignedIn],
                  pages: ReadCache[KeptPage]) -> None:
-        # it reads both versions in one statement (`Store.local_versions`): they must be the
-        # ones the caches keep their answers by, or a revoked token could be served
+        # it reads both versions as one consistent pair (`Store.local_versions`): they must be
+        # the ones the caches keep their answers by, or a revoked token could be served
         if callers.version != store.auth_version or pages.version != store.data_version:
             raise ValueError("KeptAnswers needs the callers kept by Store.auth_version and the "
                              "pages by Store.data_version")

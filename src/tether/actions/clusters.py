@@ -28,7 +28,7 @@ from tether.providers.common import check_limit_settings
 from tether.providers.registry import available, get_provider, kinds, provider_class
 from tether.publicids import Kind, public_id
 from tether.store.models import Cluster, Instance, Region
-from tether.store.records import cluster_spec
+from tether.store.records import all_clusters, cluster_spec
 
 REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 #: the cluster setting that remembers which server a cluster points at (see `server_identity`)
@@ -55,7 +55,7 @@ def _check_text(what: str, value: str | None, limit: int) -> None:
 def cluster_infos(s: Session) -> list[ClusterInfo]:
     return [
         ClusterInfo(c.id, c.name, c.kind, c.region, c.version, c.private, c.owner_instance_id)
-        for c in s.scalars(select(Cluster).order_by(Cluster.id))
+        for c in all_clusters(s)
     ]
 
 

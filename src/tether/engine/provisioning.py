@@ -220,7 +220,10 @@ class Provisioning:
         """The cluster an instance lives on: the first shared cluster of its service, or for
         `--private` a free registered private cluster (claimed atomically: a conditional update,
         so two instances never own one), else a dedicated server run by Tether."""
-        clusters = s.scalars(_CLUSTERS_OF, {"kind": inst.kind, "region": region}).all()
+        read = s.info.get("all_clusters")  # read by this transaction already (an add's)
+        clusters = ([c for c in read if c.kind == inst.kind and c.region == region]
+                    if read is not None
+                    else s.scalars(_CLUSTERS_OF, {"kind": inst.kind, "region": region}).all())
         fitting = [c for c in clusters
                    if catalog.service_name(c.kind, c.version) == inst.service]
         if not inst.private:

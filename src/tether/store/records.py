@@ -228,6 +228,20 @@ def unfinished(s: Session, instance: Instance, kind: str | None = None) -> Opera
     return s.scalar(q.order_by(Operation.id.desc()).limit(1))
 
 
+_ALL_CLUSTERS = select(Cluster).order_by(Cluster.id)
+
+
+def all_clusters(s: Session) -> list[Cluster]:
+    """Every registered cluster, oldest first, read once per transaction: an add resolves its
+    service from them and, when it provisions at once, chooses its cluster among the same rows
+    (kept in `s.info` for the session, whose transaction is one `Store.session()` block)."""
+    rows: list[Cluster] | None = s.info.get("all_clusters")
+    if rows is None:
+        rows = list(s.scalars(_ALL_CLUSTERS))
+        s.info["all_clusters"] = rows
+    return rows
+
+
 def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:
     return ClusterSpec(id=cluster.id, kind=cluster.kind, region=cluster.region,
                        url=box.open(cluster.url_enc), private=cluster.private,

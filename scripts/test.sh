@@ -20,15 +20,19 @@ done
 echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 
-# Four groups run side by side (most of the time is spent waiting on servers and processes,
-# not on the two cores), each with its own range of environment ports so their applications never
-# collide, and each starting the servers it needs once:
-#   main     unit, the PostgreSQL/local-files integration tests, backups, Azure (Azurite)
-#   web      the Services view in Chromium (each module its own `tether up`), and to even out
-#            the groups' times the API's schemathesis runs and the Divio CLI's end-to-end test
-#   e2e      `tether up` end to end, and the crash matrices of MySQL, RabbitMQ, S3 and Azure
-#   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM,
-#            shared with the end-to-end search story)
+# Six groups run side by side (most of the time is spent waiting on servers and processes, not
+# on the two cores), each with its own range of environment ports so their applications never
+# collide, its own temp dir, and each starting the servers it needs once:
+#   main     unit, the API, clusters, media and local files, backups, Azure (Azurite)
+#   engine   the engine and its worker, rotation, supervision of applications, two nodes, the
+#            PostgreSQL provider, transient failures, the read cache and round trips
+#   web      the Services view in Chromium (each module its own `tether up`) and the Divio CLI's
+#            end-to-end test
+#   e2e      `tether up` end to end
+#   crash    the crash matrices (PostgreSQL end to end, MySQL, RabbitMQ, S3, Azure), the backup
+#            crash test, the API's schemathesis runs and Caddy
+#   servers  the MySQL, RabbitMQ, S3 and search integration tests (one OpenSearch JVM, shared
+#            with the end-to-end search story)
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 serial="${TETHER_TEST_SERIAL:-}"
@@ -50,62 +54,77 @@ if [ -n "$serial" ]; then
 fi
 
 mkdir -p build
-CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
-       tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py)
-# moved from main and e2e to web, whose browser tests end minutes earlier
-BALANCE=(tests/integration/test_api_schemathesis.py tests/e2e/test_divio_cli.py)
-KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3 tests/integration/caddy
-       tests/integration/search)
+ENGINE=(tests/integration/test_rotation.py tests/integration/test_supervision.py
+        tests/integration/test_two_nodes.py tests/integration/test_transient.py
+        tests/integration/test_worker.py tests/integration/test_worker_slots.py
+        tests/integration/test_runtime.py tests/integration/test_races.py
+        tests/integration/test_round_trips.py tests/integration/test_waited_calls.py
+        tests/integration/test_read_cache.py tests/integration/test_query_counts.py
+        tests/integration/test_postgres_provider.py tests/integration/test_engine.py
+        tests/integration/test_drift.py tests/integration/test_token_store.py)
+CRASH=(tests/e2e/test_crash_matrix.py tests/e2e/test_backup_crash.py
+       tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
+       tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py
+       tests/integration/test_api_schemathesis.py tests/integration/caddy)
+KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3
+       tests/integration/search tests/e2e/test_search_story.py)
+WEB=(tests/web tests/e2e/test_divio_cli.py)
+ignore() { for path in "$@"; do echo "--ignore=$path"; done; }
 # Each group's temp files under a base of its own: a pytest session resets the mode of the shared
 # /tmp/pytest-of-USER when it starts, which would cut the path (an ACL) by which another group's
 # deployed applications reach their files.
 temp_base=$(mktemp -d /tmp/tether-tests.XXXXXX)
 chmod 711 "$temp_base"
 trap 'rm -rf "$temp_base"' EXIT
-echo "== pytest: four groups side by side (main here; web, e2e and servers in build/test-*.log," \
-     "shown when done)" >&2
+GROUPS_RUN=(main engine web e2e crash servers)
+declare -A PORTS=([main]=8100-8174 [engine]=8175-8249 [web]=8250-8399 [e2e]=8400-8599
+                  [crash]=8600-8699 [servers]=8700-8999)
+group_args() {  # the test paths of group $1 (pytest's own arguments come after them)
+  case "$1" in
+    main) echo tests; ignore tests/e2e tests/web "${ENGINE[@]}" "${CRASH[@]}" "${KINDS[@]}" ;;
+    engine) echo "${ENGINE[@]}" ;;
+    web) echo "${WEB[@]}" ;;
+    e2e) echo tests/e2e; ignore "${CRASH[@]}" "${KINDS[@]}" "${WEB[@]}" ;;
+    crash) echo "${CRASH[@]}" ;;
+    servers) echo "${KINDS[@]}"; ignore "${CRASH[@]}" ;;
+  esac
+}
+echo "== pytest: ${#GROUPS_RUN[@]} groups side by side (${GROUPS_RUN[*]}; each in" \
+     "build/test-GROUP.log, shown when all are done)" >&2
 set +e
-ignore_crash=()
-for path in "${CRASH[@]}"; do ignore_crash+=(--ignore="$path"); done
-TETHER_ENV_PORTS=8400-8699 "${PYTEST[@]}" --basetemp="$temp_base/e2e" tests/e2e --ignore=tests/e2e/test_search_story.py \
-  --ignore=tests/e2e/test_divio_cli.py "${CRASH[@]}" "$@" >build/test-e2e.log 2>&1 &
-e2e_pid=$!
-TETHER_ENV_PORTS=8700-8999 "${PYTEST[@]}" --basetemp="$temp_base/servers" "${KINDS[@]}" tests/e2e/test_search_story.py \
-  "${ignore_crash[@]}" "$@" >build/test-servers.log 2>&1 &
-servers_pid=$!
-TETHER_ENV_PORTS=8250-8399 "${PYTEST[@]}" --basetemp="$temp_base/web" tests/web "${BALANCE[@]}" "$@" \
-  >build/test-web.log 2>&1 &
-web_pid=$!
-ignore_kinds=()
-for path in "${KINDS[@]}"; do ignore_kinds+=(--ignore="$path"); done
-TETHER_ENV_PORTS=8100-8249 "${PYTEST[@]}" --basetemp="$temp_base/main" tests --ignore=tests/e2e \
-  --ignore=tests/web "${ignore_kinds[@]}" --ignore=tests/integration/azure/test_azure_crash.py \
-  --ignore=tests/integration/test_api_schemathesis.py "$@"
-main_status=$?
-wait "$web_pid"
-web_status=$?
-wait "$e2e_pid"
-e2e_status=$?
-wait "$servers_pid"
-servers_status=$?
+declare -A PIDS
+for group in "${GROUPS_RUN[@]}"; do
+  # shellcheck disable=SC2046  # the paths have no spaces
+  TETHER_ENV_PORTS="${PORTS[$group]}" "${PYTEST[@]}" --basetemp="$temp_base/$group" \
+    $(group_args "$group") "$@" >"build/test-$group.log" 2>&1 &
+  PIDS[$group]=$!
+done
+declare -A STATUS
+for group in "${GROUPS_RUN[@]}"; do
+  wait "${PIDS[$group]}"
+  STATUS[$group]=$?
+done
 set -e
-echo "== pytest: the Services view in a browser" >&2
-cat build/test-web.log
-echo "== pytest: end to end and crash matrices" >&2
-cat build/test-e2e.log
-echo "== pytest: MySQL, RabbitMQ, S3, Caddy and search servers" >&2
-cat build/test-servers.log
-echo "== pytest exit codes: main $main_status, web $web_status, e2e $e2e_status," \
-     "servers $servers_status" >&2
-if [ "$main_status" = 5 ] && [ "$web_status" = 5 ] && [ "$e2e_status" = 5 ] \
-    && [ "$servers_status" = 5 ]; then
+for group in "${GROUPS_RUN[@]}"; do
+  echo "== pytest: group $group (build/test-$group.log)" >&2
+  cat "build/test-$group.log"
+done
+summary=()
+for group in "${GROUPS_RUN[@]}"; do summary+=("$group ${STATUS[$group]}"); done
+echo "== pytest exit codes: $(IFS=,; echo "${summary[*]}" | sed 's/,/, /g')" >&2
+# a group that selected nothing (e.g. -k naming only unit tests) is not a failure of its own,
+# but all of them selecting nothing is
+failed=0
+selected=0
+for group in "${GROUPS_RUN[@]}"; do
+  status="${STATUS[$group]}"
+  [ "$status" = 5 ] || selected=1
+  if [ "$status" != 0 ] && [ "$status" != 5 ] && [ "$failed" = 0 ]; then
+    failed="$status"
+  fi
+done
+if [ "$selected" = 0 ]; then
   echo "error: pytest collected no tests: that is a failure, not a pass" >&2
   exit 1
 fi
-# a group that selected nothing (e.g. -k naming only unit tests) is not a failure of its own
-for status in "$main_status" "$web_status" "$e2e_status" "$servers_status"; do
-  if [ "$status" != 0 ] && [ "$status" != 5 ]; then
-    exit "$status"
-  fi
-done
-exit 0
+exit "$failed"

@@ -490,6 +490,12 @@ def _build(data_dir: Path, host: str, port: int, say: Say, clusters_file: Path |
     if caddy is not None:
         say(f"putting the Caddy at {caddy.admin_url} in front of the applications ...")
         base.front_door = engine.runtime.drive_caddy(caddy)
+    # The providers' modules (their client libraries: ~0.6 s here) are loaded now, in this
+    # thread, before the engine's threads and the API's start: not in the first request that
+    # shows or provisions a service, and never beside another thread's import (two threads
+    # importing a package with circular imports, as azure.core has, can fail with a
+    # _DeadlockError: a restore did, while a thread of the start loaded the providers).
+    providers_available()
     engine.start()
     return ControlPlane(data_dir, host, port, node, store, box, engine, postgres, app, sock, stops,
                         media_app=create_media_app(media_dir), media_sock=media_sock,
@@ -540,9 +546,6 @@ def serve(data_dir: Path, host: str, port: int, say: Say,
         say(f"Tether is up at {plane.url} (API docs: {plane.url}/api/v1/docs); media files at "
             f"{plane.media_url}{apps}; data in {data_dir}. Ctrl-C stops it.")
         freeze_startup_heap()
-        # the providers' modules (their client libraries: ~0.6 s here) load beside the start
-        # rather than in the first request that shows or provisions a service
-        threading.Thread(target=providers_available, name="tether-warm", daemon=True).start()
         try:
             asyncio.run(_serve_all([(server, plane.sock), (media, plane.media_sock)]))
         except SystemExit as exc:  # uvicorn's way to say it could not start

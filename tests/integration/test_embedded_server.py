@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,36 @@ def test_the_api_port_is_held_from_the_start(tmp_path: Path) -> None:
             server._bind_api(tmp_path, "127.0.0.1", port)
     finally:
         held.close()
+
+
+def test_the_start_loads_the_providers_before_any_thread_of_the_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The providers' modules are loaded by the start's own thread, before the engine (its
+    worker, heartbeat and operations) and the API start: loaded by a thread beside them, a
+    restore importing azure.core in an operation's thread failed with a _DeadlockError (two
+    threads importing a package with circular imports)."""
+    from tether import server
+    from tether.engine.core import Engine
+
+    seen: list[tuple[str, str]] = []
+    real_load, real_start = server.providers_available, Engine.start
+
+    def load() -> Any:
+        seen.append(("providers loaded", threading.current_thread().name))
+        return real_load()
+
+    def start(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        seen.append(("engine started", threading.current_thread().name))
+        return real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(server, "providers_available", load)
+    monkeypatch.setattr(Engine, "start", start)
+    base = world_traversable_tmpdir("tether-test-start-order-")
+    stops = server.Stops(say=lambda _m: None)
+    try:
+        server.build(base / "data", "127.0.0.1", free_port(), stops=stops)
+        main = threading.main_thread().name
+        assert seen == [("providers loaded", main), ("engine started", main)]
+    finally:
+        stops.unwind()
+        shutil.rmtree(base, ignore_errors=True)

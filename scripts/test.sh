@@ -17,6 +17,10 @@ for installer in scripts/servers/*.sh; do
   bash "$installer"
 done
 
+# the tests' own modules compiled once too (see scripts/install.sh): the suite starts hundreds of
+# Python processes that import them
+.venv/bin/python -m compileall -q tests benchmarks examples >/dev/null
+
 echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 

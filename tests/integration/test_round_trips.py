@@ -163,7 +163,8 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     add, a claim transaction of 2, two transactions of 9 in the handler and 6 to answer (the
     project and its environment looked up one after the other, the instance, environment and
     project of the plan one by one, the answer finding everything by name again; the result
-    written after reading the instance again)."""
+    written after reading the instance again). Then 12 to add: the clusters read twice, to
+    resolve the service and to choose its cluster."""
     ctx, engine, recorder = world
     # as the API calls it: the loop is not told, the operation is claimed as it is queued
     waited = dataclasses.replace(ctx, notify=lambda: None, claim=engine.worker.claim_in)
@@ -183,8 +184,13 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     # the plan (state, cluster, secret) is made in the add's transaction too: no transaction
     # of its own before the provider's call
     add, result, answering = recorder.transactions(threading.current_thread().name)
-    assert len(add) <= 12, add
+    assert len(add) <= 11, add
+    # the clusters are read once: the service is resolved and the cluster chosen from them
+    assert sum(s.startswith("SELECT clusters.") for s in add) == 1, add
     assert any(s.startswith("UPDATE operations SET status=") for s in add), add
+    # the claim is a plain UPDATE: the session's operation is given what it wrote, no entity
+    # is returned and loaded again
+    assert not any("RETURNING" in s for s in add if s.startswith("UPDATE operations")), add
     assert any(s.startswith("UPDATE instances SET cluster_id=") for s in add), add
     assert len(result) <= 3, result
     assert len(answering) <= 2, answering

@@ -24,17 +24,17 @@ done
 echo "== ruff" >&2
 .venv/bin/ruff check src tests benchmarks examples
 
-# Four groups run side by side (much of the time is spent waiting on servers and processes,
-# not on the two cores; more groups than four only make each slower), each with its own range of
-# environment ports so their applications never collide, its own temp dir, and each starting the
-# servers it needs once:
+# Four groups run side by side (they keep the two cores busy: more groups only make each
+# slower), each with its own range of environment ports so their applications never collide,
+# its own temp dir, and each starting the servers it needs once:
 #   main     unit, the PostgreSQL/local-files integration tests, the engine, backups, Azure
 #   web      the Services view in Chromium (each module its own `tether up`), and to even out
-#            the groups' times the API's schemathesis runs and the Divio CLI's end-to-end test
+#            the groups' times the API's schemathesis runs, the Divio CLI's end-to-end test,
+#            the transient failures and the two nodes
 #   e2e      `tether up` end to end, then the crash matrices of MySQL, RabbitMQ, S3 and Azure
 #            (last: a restart of `tether up` is slow while the other groups still run)
 #   servers  the MySQL, RabbitMQ, S3, Caddy and search integration tests (one OpenSearch JVM,
-#            shared with the end-to-end search story)
+#            shared with the end-to-end search story), and the paging CLI lists
 # Arguments naming test paths, or TETHER_TEST_SERIAL=1, run one pytest over exactly those.
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 serial="${TETHER_TEST_SERIAL:-}"
@@ -58,10 +58,13 @@ fi
 mkdir -p build
 CRASH=(tests/integration/mysql/test_mysql_crash.py tests/integration/rabbitmq/test_rabbitmq_crash.py
        tests/integration/s3/test_s3_crash.py tests/integration/azure/test_azure_crash.py)
+# (the paging CLI lists moved here from e2e, to even out the groups' times)
 KINDS=(tests/integration/mysql tests/integration/rabbitmq tests/integration/s3
-       tests/integration/caddy tests/integration/search tests/e2e/test_search_story.py)
+       tests/integration/caddy tests/integration/search tests/e2e/test_search_story.py
+       tests/e2e/test_paging_cli_lists.py)
 # moved from main and e2e to web, whose browser tests end minutes earlier
-WEB=(tests/web tests/integration/test_api_schemathesis.py tests/e2e/test_divio_cli.py)
+WEB=(tests/web tests/integration/test_api_schemathesis.py tests/e2e/test_divio_cli.py
+     tests/integration/test_transient.py tests/integration/test_two_nodes.py)
 ignore() { for path in "$@"; do echo "--ignore=$path"; done; }
 # Each group's temp files under a base of its own: a pytest session resets the mode of the shared
 # /tmp/pytest-of-USER when it starts, which would cut the path (an ACL) by which another group's
@@ -75,7 +78,8 @@ group_args() {  # the test paths of group $1 (pytest's own arguments come after 
   case "$1" in
     main) echo tests; ignore tests/e2e "${WEB[@]}" "${CRASH[@]}" "${KINDS[@]}" ;;
     web) echo "${WEB[@]}" ;;
-    e2e) echo tests/e2e; ignore tests/e2e/test_search_story.py tests/e2e/test_divio_cli.py
+    e2e) echo tests/e2e; ignore tests/e2e/test_search_story.py tests/e2e/test_divio_cli.py \
+                                tests/e2e/test_paging_cli_lists.py
          echo "${CRASH[@]}" ;;
     servers) echo "${KINDS[@]}"; ignore "${CRASH[@]}" ;;
   esac

@@ -204,3 +204,27 @@ def test_a_brief_add_answers_only_what_a_waiting_caller_needs(
     assert full["operation"] is None and full["state"] == "new" and "actions" in full
     waited = add(client, "live", "MEDIA", wait=30)
     assert waited["state"] == "pending attachment" and "actions" in waited
+
+
+def test_a_wait_that_runs_out_while_still_queueing_answers_once_queued(
+        api: tuple[Context, TestClient, Gate], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is slow: `wait` runs out before the add's transaction has ended. The answer
+    is what it queued (or its refusal), once it has, never an error of the waiting."""
+    _ctx, client, gate = api
+    real_add = services.add
+
+    def slow_add(*args: Any, **kwargs: Any) -> dict[str, object]:
+        time.sleep(1.0)
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(services, "add", slow_add)
+    gate.open.clear()
+    view = add(client, "test", "MEDIA", wait=0.2)
+    assert view["prefix"] == "MEDIA" and view["state"] == "provisioning"
+    assert view["operation"]["status"] == "running"
+    gate.open.set()
+    refused = client.post(SERVICES.format(env="test"), params={"wait": 0.2},
+                          json={"service": "local-media", "prefix": "MEDIA",
+                                "provision": True})
+    assert refused.status_code == 409, refused.text
+    assert "MEDIA" in refused.json()["error"]["message"]

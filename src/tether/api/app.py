@@ -11,6 +11,7 @@ import json
 import queue
 import re
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -82,7 +83,7 @@ from tether.api.models import (
     error_doc as _error_doc,
 )
 from tether.backups import transfer
-from tether.engine.worker import Worker, settle
+from tether.engine.worker import Worker
 from tether.errors import TetherError, TooManyAttempts, Unauthorized, UserError
 from tether.paging import Page, PageArgs
 from tether.store.readcache import ReadCache
@@ -248,8 +249,10 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         if here is None:  # another node runs it: wait for its end
             return await waited_for(ctx, request, deadline, await call(queue, ctx, True),
                                     reread)
-        loop = asyncio.get_running_loop()
-        queued: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # what was queued, once it was (told the event loop only should `wait` run out: a
+        # wake-up of the loop in the middle of the run would take the GIL from it for nothing)
+        queued: list[dict[str, Any]] = []
+        queueing_ended = threading.Event()
         claimed: list[int] = []
 
         def claim(s: "Session", op: "Operation") -> None:
@@ -261,13 +264,16 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         quiet = dataclasses.replace(ctx, notify=lambda: None, claim=claim)
 
         def queue_then_run() -> dict[str, Any] | None:
-            """On one thread, one hand-over: queue (and claim); tell the event loop what was
-            queued (the answer should `wait` run out); run it here and read it again."""
+            """On one thread, one hand-over: queue (and claim); keep what was queued (the
+            answer should `wait` run out); run it here and read it again."""
             since = here.signals
             ran, fresh = False, None
             try:
-                view = queue(quiet, True)
-                loop.call_soon_threadsafe(settle, queued, view)
+                try:
+                    view = queue(quiet, True)
+                    queued.append(view)
+                finally:
+                    queueing_ended.set()
                 op = view.get("operation")
                 if op is None:
                     return view
@@ -290,19 +296,18 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         except TimeoutError:
             done = None
         except Exception:
-            if not queued.done():
+            if not queued:
                 raise  # the call itself was refused, or failed: its error is the answer
             done = None  # queued, then claiming or reading failed here: the loop has it
         if done is not None:
             return done
-        if not queued.done():  # still queueing after `wait` s: its answer, or its error
-            await asyncio.wait({queued, running}, return_when=asyncio.FIRST_COMPLETED)
-            if not queued.done():
-                answer = running.result()  # the call's error, if it failed
-                if answer is not None:
-                    return answer
-                await queued  # told before the run was tried: settled by now or soon
-        return await waited_for(ctx, request, deadline, queued.result(), reread)
+        if not queueing_ended.is_set():  # still queueing after `wait` s (a slow store)
+            await run_in_threadpool(queueing_ended.wait)
+        if not queued:  # the call's error, once its thread has ended
+            answer = await running
+            if answer is not None:
+                return answer
+        return await waited_for(ctx, request, deadline, queued[0], reread)
 
     async def waited_for(ctx: Context, request: Request, deadline: float,
                          view: dict[str, Any],

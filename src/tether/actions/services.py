@@ -168,11 +168,16 @@ def _decide(s: Session, env: Environment, inst: Instance, action: Action) -> lif
 
 
 def add_instance(s: Session, ctx: Context, env: Environment, service: str,
-                 prefix: str = "DEFAULT", private: bool = False) -> Instance:
+                 prefix: str = "DEFAULT", private: bool = False,
+                 provision: bool = False) -> Instance:
     """Add SERVICE to `env` under `prefix` (state `new`), with its audit entry, in the caller's
     session: the rules of an add, shared by `add` and by `tether project create`'s default
     database (the environment is the caller's to find, and its right to change it). SERVICE is
-    resolved as the user wrote it (`postgres` is the newest `postgres-N`)."""
+    resolved as the user wrote it (`postgres` is the newest `postgres-N`).
+
+    With `provision`, the rules' answer to provisioning the new instance is applied before it is
+    written: one INSERT in the state it leads to (`provisioning`), the add's audit entry then
+    the provision's, as if provisioned right after the add; the caller queues the operation."""
     naming.check_prefix(prefix)
     offer = catalog.resolve(cluster_infos(s), env.project.region, service, private)
     custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
@@ -186,6 +191,14 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
     _refuse_unless(decision)
     inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
                     prefix=prefix, private=private, state=State.NEW.value)
+    provisioning = None
+    if provision:
+        # a new instance: no release has it, no operation of its waits (nothing to look up)
+        provisioning = lifecycle.decide(State.NEW, Action.PROVISION, prefix, env.name,
+                                        in_release=False, pending=None)
+        _refuse_unless(provisioning)
+        assert provisioning.target is not None and provisioning.operation == "provision"
+        inst.state = provisioning.target.value
     s.add(inst)
     try:
         s.flush()
@@ -193,6 +206,9 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
         raise Conflict(f"{prefix} already exists in {env.name}: pick another prefix") from exc
     audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
           detail=f"{offer.service} ({'private' if private else 'shared'})")
+    if provisioning is not None:
+        audit(s, ctx.actor, "provision", instance=inst, from_state=State.NEW.value,
+              to_state=inst.state)
     return inst
 
 
@@ -206,9 +222,8 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
     naming.check_prefix(prefix)
     with ctx.store.session() as s:
         env = _env(s, ctx, project, env_name)
-        inst = add_instance(s, ctx, env, service, prefix, private)
-        # a new instance: no release has it, no operation of its waits (nothing to look up)
-        op = _provision(s, ctx, env, inst, new=True) if provision else None
+        inst = add_instance(s, ctx, env, service, prefix, private, provision)
+        op = queue_operation(s, ctx, "provision", env, inst) if provision else None
         if op is not None and brief:
             view = _brief(inst, op)
         else:
@@ -224,13 +239,9 @@ def _brief(inst: Instance, op: Operation) -> dict[str, object]:
     return {"id": inst.id, "prefix": inst.prefix, "operation": operation_view(op)}
 
 
-def _provision(s: Session, ctx: Context, env: Environment, inst: Instance,
-               new: bool = False) -> Operation | None:
-    """Provision `inst` (`new`: added in this transaction, so the rules are asked without
-    looking up what no release or operation can have yet)."""
-    decision = (lifecycle.decide(State(inst.state), Action.PROVISION, inst.prefix, env.name,
-                                 in_release=False, pending=None)
-                if new else _decide(s, env, inst, Action.PROVISION))
+def _provision(s: Session, ctx: Context, env: Environment, inst: Instance) -> Operation | None:
+    """Provision `inst`: the rules asked, its state and audit entry, its operation queued."""
+    decision = _decide(s, env, inst, Action.PROVISION)
     _refuse_unless(decision)
     if decision.operation is None:
         return unfinished(s, inst, "provision")

@@ -44,6 +44,7 @@ from tether.store.models import (
 )
 from tether.store.records import (
     InstanceFacts,
+    add_new,
     apply_decision,
     pending_operation,
     running_release_has,
@@ -189,26 +190,21 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
     decision = lifecycle.decide(State(current.state) if current else None, Action.ADD,
                                 prefix, env.name)
     _refuse_unless(decision)
-    inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
-                    prefix=prefix, private=private, state=State.NEW.value)
-    provisioning = None
+    then = None
     if provision:
         # a new instance: no release has it, no operation of its waits (nothing to look up)
         provisioning = lifecycle.decide(State.NEW, Action.PROVISION, prefix, env.name,
                                         in_release=False, pending=None)
         _refuse_unless(provisioning)
-        assert provisioning.target is not None and provisioning.operation == "provision"
-        inst.state = provisioning.target.value
-    s.add(inst)
+        assert provisioning.operation == "provision"  # the caller queues it
+        then = (Action.PROVISION.value, provisioning)
+    inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
+                    prefix=prefix, private=private)
     try:
-        s.flush()
+        add_new(s, ctx.actor, inst, f"{offer.service} ({'private' if private else 'shared'})",
+                then)
     except IntegrityError as exc:  # a concurrent add of the same prefix
         raise Conflict(f"{prefix} already exists in {env.name}: pick another prefix") from exc
-    audit(s, ctx.actor, "add", instance=inst, to_state=State.NEW.value,
-          detail=f"{offer.service} ({'private' if private else 'shared'})")
-    if provisioning is not None:
-        audit(s, ctx.actor, "provision", instance=inst, from_state=State.NEW.value,
-              to_state=inst.state)
     return inst
 
 

@@ -46,6 +46,7 @@ from tether.store.records import (
     apply_event,
     audit,
     cluster_spec,
+    clusters_of,
     running_release_has,
 )
 
@@ -76,9 +77,6 @@ _PROVISIONED = (update(Instance)
                 .values(state=bindparam("to"), credentials_enc=bindparam("creds"),
                         last_error=None, drift=None, updated_at=bindparam("now"))
                 .execution_options(synchronize_session=False))
-_CLUSTERS_OF = (select(Cluster).where(Cluster.kind == bindparam("kind"),
-                                      Cluster.region == bindparam("region"))
-                .order_by(Cluster.id))
 
 
 class Provisioning:
@@ -220,10 +218,7 @@ class Provisioning:
         """The cluster an instance lives on: the first shared cluster of its service, or for
         `--private` a free registered private cluster (claimed atomically: a conditional update,
         so two instances never own one), else a dedicated server run by Tether."""
-        read = s.info.get("all_clusters")  # read by this transaction already (an add's)
-        clusters = ([c for c in read if c.kind == inst.kind and c.region == region]
-                    if read is not None
-                    else s.scalars(_CLUSTERS_OF, {"kind": inst.kind, "region": region}).all())
+        clusters = clusters_of(s, inst.kind, region)  # an add's transaction read them already
         fitting = [c for c in clusters
                    if catalog.service_name(c.kind, c.version) == inst.service]
         if not inst.private:

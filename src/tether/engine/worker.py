@@ -320,23 +320,21 @@ class Worker:
         self._pick = self._picking(claimable)
         # the same for one given operation (`run_here`)
         self._pick_one = self._picking(and_(claimable, Operation.id == bindparam("one")))
+        # what a claim writes
+        claiming = {"status": "running", "claimed_by": bindparam("node"),
+                    "lease_until": self._at("lease"), "started_at": self._at("now"),
+                    "attempts": ops.attempts + 1,
+                    "deadline": func.coalesce(ops.deadline, self._at("window"))}
         # the claim checks everything again, in a statement (a snapshot) after those locks
         self._take = (update(Operation)
                       .where(Operation.id.in_(bindparam("ids", expanding=True)), claimable)
-                      .values(status="running", claimed_by=bindparam("node"),
-                              lease_until=self._at("lease"), started_at=self._at("now"),
-                              attempts=Operation.attempts + 1,
-                              deadline=func.coalesce(Operation.deadline, self._at("window")))
+                      .values(claiming)
                       .returning(Operation)
                       .execution_options(synchronize_session=False))
         # the same claim of one operation the caller's session holds (`claim_in`), on the
         # table: no entity comes back (the caller sets what it wrote), a third of the cost
-        self._take_held = (update(table)
-                           .where(ops.id == bindparam("one"), claimable)
-                           .values(status="running", claimed_by=bindparam("node"),
-                                   lease_until=self._at("lease"), started_at=self._at("now"),
-                                   attempts=ops.attempts + 1,
-                                   deadline=func.coalesce(ops.deadline, self._at("window"))))
+        self._take_held = update(table).where(ops.id == bindparam("one"), claimable).values(
+            claiming)
         mine = and_(ops.status == "running", ops.claimed_by == bindparam("node"))
         self._end = (update(table).where(ops.id == bindparam("op_id"), mine)
                      .values(status=bindparam("to_status"), error=bindparam("to_error"),

@@ -70,6 +70,27 @@ def _move(s: Session, actor: str, action: str, instance: Instance, to: State,
     return to
 
 
+def add_new(s: Session, actor: str, instance: Instance, detail: str,
+            then: tuple[str, Decision] | None = None) -> None:
+    """Write a new instance, state `new`, with its "add" audit entry (`detail`). With `then`
+    (an action the rules allowed on the new instance, and their decision, e.g. a provision
+    asked with the add), it is written in the state that decision leads to instead, the
+    action's audit entry after the add's, as `apply_decision` would record it: one INSERT,
+    not an INSERT and an UPDATE. An IntegrityError of the INSERT (its prefix taken meanwhile)
+    is the caller's."""
+    instance.state = State.NEW.value
+    if then is not None:
+        assert then[1].allowed, then[1].message
+        if then[1].target is not None:
+            instance.state = then[1].target.value
+    s.add(instance)
+    s.flush()
+    audit(s, actor, "add", instance=instance, to_state=State.NEW.value, detail=detail)
+    if then is not None and instance.state != State.NEW.value:
+        audit(s, actor, then[0], instance=instance, from_state=State.NEW.value,
+              to_state=instance.state)
+
+
 def apply_decision(s: Session, actor: str, action: str, instance: Instance, decision: Decision,
                    detail: str | None = None) -> State:
     """Enter the state a user's allowed action leads to (no-op when it names none)."""
@@ -229,17 +250,32 @@ def unfinished(s: Session, instance: Instance, kind: str | None = None) -> Opera
 
 
 _ALL_CLUSTERS = select(Cluster).order_by(Cluster.id)
+_CLUSTERS_OF = (select(Cluster).where(Cluster.kind == bindparam("kind"),
+                                      Cluster.region == bindparam("region"))
+                .order_by(Cluster.id))
+#: where a transaction keeps the clusters `all_clusters` read (a session is one transaction:
+#: one `Store.session()` block)
+_READ_CLUSTERS = "all_clusters"
 
 
 def all_clusters(s: Session) -> list[Cluster]:
     """Every registered cluster, oldest first, read once per transaction: an add resolves its
     service from them and, when it provisions at once, chooses its cluster among the same rows
-    (kept in `s.info` for the session, whose transaction is one `Store.session()` block)."""
-    rows: list[Cluster] | None = s.info.get("all_clusters")
+    (`clusters_of`)."""
+    rows: list[Cluster] | None = s.info.get(_READ_CLUSTERS)
     if rows is None:
         rows = list(s.scalars(_ALL_CLUSTERS))
-        s.info["all_clusters"] = rows
+        s.info[_READ_CLUSTERS] = rows
     return rows
+
+
+def clusters_of(s: Session, kind: str, region: str) -> list[Cluster]:
+    """The clusters of `kind` in `region`, oldest first: among those `all_clusters` read in
+    this transaction already, else asked for alone (not every cluster)."""
+    read: list[Cluster] | None = s.info.get(_READ_CLUSTERS)
+    if read is not None:
+        return [c for c in read if c.kind == kind and c.region == region]
+    return list(s.scalars(_CLUSTERS_OF, {"kind": kind, "region": region}))
 
 
 def cluster_spec(box: Any, cluster: Cluster) -> ClusterSpec:

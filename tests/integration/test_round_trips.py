@@ -165,7 +165,9 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     project of the plan one by one, the answer finding everything by name again; the result
     written after reading the instance again). Then 12 to add: the clusters read twice, to
     resolve the service and to choose its cluster, and the instance inserted as `new` then
-    updated to `provisioning`."""
+    updated to `provisioning`. Then 10: the plan's cluster and secret written by an UPDATE of
+    the instance just inserted, and each audit entry inserted by the ORM's unit of work with
+    its id returned."""
     ctx, engine, recorder = world
     # as the API calls it: the loop is not told, the operation is claimed as it is queued
     waited = dataclasses.replace(ctx, notify=lambda: None, claim=engine.worker.claim_in)
@@ -185,7 +187,6 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     # the plan (state, cluster, secret) is made in the add's transaction too: no transaction
     # of its own before the provider's call
     add, result, answering = recorder.transactions(threading.current_thread().name)
-    assert len(add) <= 10, add
     # the instance is written once in the state the provision leads to, not added then moved
     assert not any(s.startswith("UPDATE instances SET state=") for s in add), add
     # the clusters are read once: the service is resolved and the cluster chosen from them
@@ -194,7 +195,12 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     # the claim is a plain UPDATE: the session's operation is given what it wrote, no entity
     # is returned and loaded again
     assert not any("RETURNING" in s for s in add if s.startswith("UPDATE operations")), add
-    assert any(s.startswith("UPDATE instances SET cluster_id=") for s in add), add
+    # the plan (cluster, secret) is written with the instance: one INSERT, no UPDATE of it
+    assert not any(s.startswith("UPDATE instances") for s in add), add
+    assert len(add) <= 9, add
+    # audit entries are plain INSERTs made at once (no unit of work, no id returned)
+    audits = [s for s in add + result if s.startswith("INSERT INTO audit")]
+    assert len(audits) == 3 and not any("RETURNING" in s for s in audits), audits
     assert len(result) <= 3, result
     assert len(answering) <= 2, answering
 

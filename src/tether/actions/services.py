@@ -46,8 +46,10 @@ from tether.store.records import (
     InstanceFacts,
     add_new,
     apply_decision,
+    new_secret,
     pending_operation,
     running_release_has,
+    shared_cluster,
     unfinished,
 )
 
@@ -178,7 +180,8 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
 
     With `provision`, the rules' answer to provisioning the new instance is applied before it is
     written: one INSERT in the state it leads to (`provisioning`), the add's audit entry then
-    the provision's, as if provisioned right after the add; the caller queues the operation."""
+    the provision's, as if provisioned right after the add, with its shared cluster and its
+    secret (the provision's plan); the caller queues the operation."""
     naming.check_prefix(prefix)
     offer = catalog.resolve(cluster_infos(s), env.project.region, service, private)
     custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
@@ -200,6 +203,13 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
         then = (Action.PROVISION.value, provisioning)
     inst = Instance(environment_id=env.id, service=offer.service, kind=offer.kind,
                     prefix=prefix, private=private)
+    if then is not None and not private:
+        # its provision's plan (cluster and secret) written with it, not by an UPDATE of the
+        # plan right after: the shared cluster among the clusters just read (a private one
+        # may mean starting a server: its handler chooses)
+        shared = shared_cluster(s, offer.kind, offer.service, env.project.region)
+        if shared is not None:
+            inst.cluster_id, inst.secret_enc = shared.id, new_secret(ctx.box)
     try:
         add_new(s, ctx.actor, inst, f"{offer.service} ({'private' if private else 'shared'})",
                 then)
@@ -223,8 +233,9 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
         if op is not None and brief:
             view = _brief(inst, op)
         else:
+            chosen = s.get(Cluster, inst.cluster_id) if inst.cluster_id else None  # held
             view = instance_view(s, ctx, inst, operation=op,
-                                 facts=InstanceFacts.of_new(env, inst, op))
+                                 facts=InstanceFacts.of_new(env, inst, op, chosen))
             view["operation"] = operation_view(op) if op else None
     if op:
         ctx.notify()

@@ -47,7 +47,9 @@ from tether.store.records import (
     audit,
     cluster_spec,
     clusters_of,
+    new_secret,
     running_release_has,
+    shared_cluster,
 )
 
 log = logging.getLogger("tether.engine")
@@ -71,12 +73,13 @@ _INSTANCE_WITH_ITS_ENVIRONMENT = (select(Instance, Environment, Project)
                                   .join(Environment, Instance.environment_id == Environment.id)
                                   .join(Project, Environment.project_id == Project.id)
                                   .where(Instance.id == bindparam("id")))
-_PROVISIONED = (update(Instance)
-                .where(Instance.id == bindparam("instance"),
-                       Instance.state == bindparam("before"))
+#: run by the session's connection: a plain UPDATE of the table, no ORM step (nothing of the
+#: instance is loaded in that transaction to keep in sync)
+_PROVISIONED = (update(Instance.__table__)
+                .where(Instance.__table__.c.id == bindparam("instance"),
+                       Instance.__table__.c.state == bindparam("before"))
                 .values(state=bindparam("to"), credentials_enc=bindparam("creds"),
-                        last_error=None, drift=None, updated_at=bindparam("now"))
-                .execution_options(synchronize_session=False))
+                        last_error=None, drift=None, updated_at=bindparam("now")))
 
 
 class Provisioning:
@@ -169,7 +172,7 @@ class Provisioning:
         if chosen is not None:
             inst.cluster_id = chosen.id
         if inst.secret_enc is None:
-            inst.secret_enc = self.parts.box.seal(secrets.token_urlsafe(24))
+            inst.secret_enc = new_secret(self.parts.box)
         cluster = chosen if chosen is not None else s.get(Cluster, inst.cluster_id)
         assert cluster is not None
         spec = cluster_spec(self.parts.box, cluster)
@@ -185,13 +188,14 @@ class Provisioning:
         the handler plans as always. The session holds the instance and its environment (the
         action just wrote them): nothing is read again but the clusters."""
         inst = s.get(Instance, op.instance_id) if op.instance_id is not None else None
-        if (inst is None or inst.private or inst.cluster_id is not None
-                or State(inst.state) is not State.PROVISIONING):
+        if inst is None or inst.private or State(inst.state) is not State.PROVISIONING:
             return None
-        env = s.get(Environment, inst.environment_id)
-        if env is None:
-            return None
-        cluster = self._choose_cluster(s, inst, env.project.region)  # OperationError: none
+        cluster = None
+        if inst.cluster_id is None:  # else chosen as it was added (`services.add_instance`)
+            env = s.get(Environment, inst.environment_id)
+            if env is None:
+                return None
+            cluster = self._choose_cluster(s, inst, env.project.region)  # OperationError: none
         return self._plan(s, inst, cluster, running_release_has(s, inst))
 
     @staticmethod
@@ -205,8 +209,9 @@ class Provisioning:
         to = lifecycle.after(before_state, Event.PROVISION_SUCCEEDED,
                              in_release=plan.in_release)
         now = utcnow()
-        done = s.execute(_PROVISIONED, {"instance": instance_id, "before": before_state.value,
-                                        "to": to.value, "creds": sealed, "now": now})
+        done = s.connection().execute(_PROVISIONED, {
+            "instance": instance_id, "before": before_state.value, "to": to.value,
+            "creds": sealed, "now": now})
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if to != before_state:
@@ -218,15 +223,14 @@ class Provisioning:
         """The cluster an instance lives on: the first shared cluster of its service, or for
         `--private` a free registered private cluster (claimed atomically: a conditional update,
         so two instances never own one), else a dedicated server run by Tether."""
-        clusters = clusters_of(s, inst.kind, region)  # an add's transaction read them already
-        fitting = [c for c in clusters
-                   if catalog.service_name(c.kind, c.version) == inst.service]
         if not inst.private:
-            for c in fitting:
-                if not c.private:
-                    return c
+            shared = shared_cluster(s, inst.kind, inst.service, region)
+            if shared is not None:
+                return shared
             raise OperationError(f"no shared cluster for {inst.service} in region {region} "
                                  "any more: register one with `tether cluster add`")
+        fitting = [c for c in clusters_of(s, inst.kind, region)
+                   if catalog.service_name(c.kind, c.version) == inst.service]
         for c in fitting:
             if c.private and c.owner_instance_id is None:
                 claimed = s.execute(update(Cluster).where(

@@ -51,7 +51,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    event,
     exists,
     func,
     literal,
@@ -67,7 +66,7 @@ from tether.engine.wakeup import DONE_CHANNEL, WAKE_CHANNEL, Wakeups
 from tether.errors import TetherError, TransientError
 from tether.node import NodeIdentity
 from tether.redact import redact
-from tether.store.db import Store
+from tether.store.db import Store, when_committed
 from tether.store.models import Node, Operation, aware, utcnow
 
 log = logging.getLogger("tether.worker")
@@ -396,14 +395,13 @@ class Worker:
         the loss). For another operation, or outside a handler, a no-op."""
         if op_id is None or op_id != getattr(self._inline, "op_id", None):
             return
-        done = s.execute(self._end, {"op_id": op_id, "node": self.node_id,
-                                     "to_status": "succeeded", "to_error": None,
-                                     "to_message": message or None, **self._times(now=0)})
+        done = s.connection().execute(self._end, {
+            "op_id": op_id, "node": self.node_id, "to_status": "succeeded", "to_error": None,
+            "to_message": message or None, **self._times(now=0)})
         if done.rowcount:  # type: ignore[attr-defined]
             self.wakeups.announce(s, DONE_CHANNEL, op_id)
             # only once the transaction commits: a rollback leaves the write to the worker
-            event.listen(s, "after_commit",
-                         lambda _s: setattr(self._inline, "ended", op_id), once=True)
+            when_committed(s, lambda _s: setattr(self._inline, "ended", op_id))
 
     # -- the loop: claim, start, re-try writes ----------------------------------------------------
 
@@ -467,7 +465,7 @@ class Worker:
 
         times = self._times(now=0, lease=self.lease, window=self.retry_window)
         try:
-            claimed = s.execute(self._take_held, {
+            claimed = s.connection().execute(self._take_held, {
                 "one": op.id, "kinds": list(self.handlers), "busy": busy, "node": self.node_id,
                 **times}).rowcount == 1  # type: ignore[attr-defined]
         except BaseException:
@@ -499,8 +497,7 @@ class Worker:
                 self._hold(op)
                 self._claimed_in[op.id] = (op, prepared)
 
-        event.listen(s, "after_commit", committed, once=True)
-        event.listen(s, "after_rollback", release, once=True)
+        when_committed(s, committed, release)
 
     def drop_claim(self, op_id: int) -> None:
         """Hand back an operation `claim_in` claimed whose `run_here` will not come (its caller

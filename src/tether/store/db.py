@@ -7,7 +7,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,25 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+#: where `when_committed` keeps a session's hooks until its transaction ends
+_HOOKS = "tether_hooks"
+
+
+def when_committed(s: Session, committed: Callable[[Session], None],
+                   rolled_back: Callable[[Session], None] | None = None) -> None:
+    """Call `committed(s)` once the transaction of `s` commits, or `rolled_back(s)` once it
+    rolls back (one of them, once). A session of `Store.session`; cheaper than a listener of
+    the session's own (`event.listen(s, ...)` builds the session's event registry: ~25 µs,
+    and a waited add used three)."""
+    s.info.setdefault(_HOOKS, []).append((committed, rolled_back))
+
+
+def _run_hooks(s: Session, which: int) -> None:
+    for hooks in s.info.pop(_HOOKS, ()):
+        if hooks[which] is not None:
+            hooks[which](s)
+
+
 #: what `Store.data_version` answers: equal answers mean nothing was committed in between
 Version = int | str
 
@@ -90,6 +109,8 @@ class Store:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "after_commit", lambda s: _run_hooks(s, 0))
+        event.listen(self._sessions, "after_rollback", lambda s: _run_hooks(s, 1))
         self._version_lock = threading.Lock()
         self._version_conn: sqlite3.Connection | None = None
         #: the last (data_version, auth_version) `local_versions` read on that connection

@@ -283,25 +283,26 @@ class Reconciler:
                       exc.message)
             report.failed.append(t.instance_id)
             return
+        if seen.in_sync:
+            # the check that it is still idle and the record in one transaction (most
+            # instances, most passes: one transaction each, not two)
+            if self._record(t, _Outcome(found=None, final=None), if_idle=True):
+                report.in_sync.append(t.instance_id)
+            else:
+                report.skipped.append(t.instance_id)
+            return
         if not self._idle(t):
             # a rotation finished (or an operation started) since the pass read the instance:
             # what was observed is of stale names; the next pass looks again
             report.skipped.append(t.instance_id)
             return
-        if seen.in_sync:
-            outcome = _Outcome(found=None, final=None)
-        else:
-            report.drifted.append(t.instance_id)
-            log.warning("instance %s (%s) drifted: %s", t.instance_id, t.prefix, _words(seen))
-            outcome = self._repair(t, provider, _words(seen))
-            if outcome is None:  # an operation took the instance meanwhile: it is that one's
-                report.skipped.append(t.instance_id)
-                return
-        if outcome.found is not None:
-            (report.repaired if outcome.final is None else report.unrepaired).append(
-                t.instance_id)
-        else:
-            report.in_sync.append(t.instance_id)
+        report.drifted.append(t.instance_id)
+        log.warning("instance %s (%s) drifted: %s", t.instance_id, t.prefix, _words(seen))
+        outcome = self._repair(t, provider, _words(seen))
+        if outcome is None:  # an operation took the instance meanwhile: it is that one's
+            report.skipped.append(t.instance_id)
+            return
+        (report.repaired if outcome.final is None else report.unrepaired).append(t.instance_id)
         self._record(t, outcome)
 
     def _repair(self, t: _Target, provider: Provider, found: str) -> _Outcome | None:
@@ -397,15 +398,22 @@ class Reconciler:
             log.error("instance %s (%s): revoking the old login %s again failed: %s",
                       t.instance_id, t.prefix, t.names.login, exc.message)
 
-    def _record(self, t: _Target, outcome: _Outcome) -> None:
+    def _record(self, t: _Target, outcome: _Outcome, if_idle: bool = False) -> bool:
         """Write the drift and the time it was observed; audit when the drift changes. The
-        conditional update makes a drift that two nodes find at once audited once."""
+        conditional update makes a drift that two nodes find at once audited once. With
+        `if_idle`, only if no operation of the instance (or deployment of its environment)
+        waits or runs, checked in the same transaction. False when nothing was written because
+        the instance changed since it was observed (or is not idle)."""
         with self.store.session() as s:
             inst = s.get(Instance, t.instance_id)
             if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
-                return
+                return False
             if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
-                return  # rotated since it was observed: the next pass looks at the new login
+                return False  # rotated since it was observed: the next pass looks at the new login
+            if if_idle:
+                instances, environments = _busy(s)
+                if inst.id in instances or inst.environment_id in environments:
+                    return False
             before = inst.drift
             unchanged = (Instance.drift.is_(None) if before is None
                          else Instance.drift == before)
@@ -416,9 +424,10 @@ class Reconciler:
             if outcome.credentials is not None:  # what the server now has, whoever audits it
                 inst.credentials_enc = self.box.seal(outcome.credentials)
             if written != 1:  # another node recorded this instance meanwhile
-                return
+                return True
             for action, detail in _entries(before, outcome):
                 audit(s, ACTOR, action, instance=inst, detail=detail)
+        return True
 
 
 def _busy(s: Session) -> tuple[set[int], set[int]]:

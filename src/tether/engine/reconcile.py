@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, or_, select, update
+from sqlalchemy import BigInteger, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from tether import lifecycle
@@ -410,17 +410,14 @@ class Reconciler:
                 return False
             if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
                 return False  # rotated since it was observed: the next pass looks at the new login
-            if if_idle:
-                instances, environments = _busy(s)
-                if inst.id in instances or inst.environment_id in environments:
-                    return False
+            if if_idle and s.scalar(_BUSY_ONE, {"instance": inst.id,
+                                                "env": inst.environment_id}) is not None:
+                return False
             before = inst.drift
-            unchanged = (Instance.drift.is_(None) if before is None
-                         else Instance.drift == before)
-            written = s.execute(
-                update(Instance).where(Instance.id == inst.id, unchanged)
-                .values(drift=outcome.final, observed_at=utcnow())
-                .execution_options(synchronize_session=False)).rowcount
+            written = s.connection().execute(
+                _RECORD_NEW if before is None else _RECORD_CHANGED,
+                {"inst": inst.id, "before": before, "found": outcome.final,
+                 "now": utcnow()}).rowcount
             if outcome.credentials is not None:  # what the server now has, whoever audits it
                 inst.credentials_enc = self.box.seal(outcome.credentials)
             if written != 1:  # another node recorded this instance meanwhile
@@ -428,6 +425,22 @@ class Reconciler:
             for action, detail in _entries(before, outcome):
                 audit(s, ACTOR, action, instance=inst, detail=detail)
         return True
+
+
+_INSTANCES = Instance.__table__.c
+#: what a pass writes for an instance: the drift it found (None: none) and when, only if the
+#: drift is still what the pass read (`_RECORD_NEW`: none), run on the session's connection
+_RECORD_NEW, _RECORD_CHANGED = (
+    update(Instance.__table__).where(_INSTANCES.id == bindparam("inst"), unchanged)
+    .values(drift=bindparam("found"), observed_at=bindparam("now"))
+    for unchanged in (_INSTANCES.drift.is_(None), _INSTANCES.drift == bindparam("before")))
+#: whether one instance is busy (as `_busy` tells for all): an operation of its waits or runs,
+#: or its environment is being deployed
+_BUSY_ONE = select(Operation.id).where(
+    Operation.status.in_(UNFINISHED),
+    or_(Operation.instance_id == bindparam("instance"),
+        and_(Operation.instance_id.is_(None), Operation.kind == "deploy",
+             Operation.environment_id == bindparam("env")))).limit(1)
 
 
 def _busy(s: Session) -> tuple[set[int], set[int]]:

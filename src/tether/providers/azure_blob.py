@@ -295,10 +295,10 @@ class AzureBlobSettings(ClusterSettings):
 @functools.lru_cache(maxsize=16)
 def _kept_service(target: _Target) -> BlobServiceClient:
     """The admin's client of an account, kept: its HTTP connection stays open between calls
-    (a client made and closed per call paid a new connection and its pipeline each time, ~2
-    ms of a ~15 ms provision here). Clients are thread-safe; a changed cluster URL or account
-    key is another `_Target`, so it gets its own, and the least used are dropped beyond 16.
-    A connection the server closed meanwhile is opened again by the client's retries."""
+    (a client made and closed per call built its pipeline and opened a new connection each
+    time). Clients are thread-safe; a changed cluster URL or account key is another
+    `_Target`, so it gets its own, and the least used are dropped beyond 16. A connection the
+    server closed meanwhile is opened again by the client's retries."""
     return AzureBlobProvider._service(target)
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tether import catalog, lifecycle, naming
@@ -43,6 +43,7 @@ from tether.store.models import (
     Variable,
 )
 from tether.store.records import (
+    UNFINISHED,
     InstanceFacts,
     add_new,
     apply_decision,
@@ -367,8 +368,13 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
         return Page([instance_view(s, ctx, i, facts=facts) for i in rows], after)
 
 
+_OTHER = aliased(Operation)
+#: an operation with its instance, environment, project and cluster, and whether an operation
+#: of that instance still waits or runs (the answer's view needs nothing else when none does
+#: and nothing runs in the environment)
 _OPERATION_WITH_ITS_INSTANCE = (
-    select(Operation, Instance, Environment, Project, Cluster)
+    select(Operation, Instance, Environment, Project, Cluster,
+           exists().where(_OTHER.instance_id == Instance.id, _OTHER.status.in_(UNFINISHED)))
     .join(Instance, Operation.instance_id == Instance.id)
     .join(Environment, Instance.environment_id == Environment.id)
     .join(Project, Environment.project_id == Project.id)
@@ -381,17 +387,21 @@ def after_operation(ctx: Context, project: str | None, env_name: str, prefix: st
     """The instance as `add` and `provision` answer, with operation `operation_id` (one of
     its) as it is now: the answer of a call that waited for the operation it queued.
 
-    The operation, its instance, environment, project and cluster come in one statement (the
-    view then asks only for what its release has and what else waits)."""
+    The operation, its instance, environment, project and cluster, and whether another of its
+    operations waits, come in one statement: when none waits and nothing runs in the
+    environment (the usual answer to a waited add), that is all the view needs; else it asks
+    for what the release has and what waits."""
     with ctx.store.session() as s:
         found = s.execute(_OPERATION_WITH_ITS_INSTANCE, {"op": operation_id}).first()
         if found is not None:
-            op, inst, env, owner, _cluster = found  # the cluster stays in the session for facts
+            op, inst, env, owner, cluster, waiting = found
             if ((project is None or owner.name == project) and env.name == env_name
                     and inst.prefix == naming.check_prefix(prefix)):
                 ctx.require(Need.READ, owner.name)
                 set_committed_value(env, "project", owner)
-                view = instance_view(s, ctx, inst)
+                idle = not waiting and env.current_release_id is None
+                view = instance_view(s, ctx, inst, facts=InstanceFacts.of_idle(
+                    env, cluster) if idle else None)
                 view["operation"] = operation_view(op)
                 return view
         env = _env(s, ctx, project, env_name, Need.READ)

@@ -225,6 +225,14 @@ class InstanceFacts:
                    operations={instance.id: [operation]} if operation is not None else {},
                    clusters={cluster.id: cluster} if cluster is not None else {})
 
+    @classmethod
+    def of_idle(cls, env: Environment, cluster: Cluster | None) -> InstanceFacts:
+        """The facts of an instance of `env` (on `cluster`, if any) that the caller knows has
+        no operation waiting or running, in an environment where nothing runs: known without
+        asking the store."""
+        return cls(environments={env.id: env}, in_releases={env.id: None},
+                   clusters={cluster.id: cluster} if cluster is not None else {})
+
     def in_release(self, instance: Instance) -> bool:
         """`running_release_has`."""
         ids = self.in_releases.get(instance.environment_id)

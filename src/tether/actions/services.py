@@ -371,7 +371,7 @@ def list_instances(ctx: Context, project: str | None, env_name: str,
 _OTHER = aliased(Operation)
 #: an operation with its instance, environment, project and cluster, and whether an operation
 #: of that instance still waits or runs (the answer's view needs nothing else when none does
-#: and nothing runs in the environment)
+#: and no release runs in the environment)
 _OPERATION_WITH_ITS_INSTANCE = (
     select(Operation, Instance, Environment, Project, Cluster,
            exists().where(_OTHER.instance_id == Instance.id, _OTHER.status.in_(UNFINISHED)))
@@ -388,7 +388,7 @@ def after_operation(ctx: Context, project: str | None, env_name: str, prefix: st
     its) as it is now: the answer of a call that waited for the operation it queued.
 
     The operation, its instance, environment, project and cluster, and whether another of its
-    operations waits, come in one statement: when none waits and nothing runs in the
+    operations waits, come in one statement: when none waits and no release runs in the
     environment (the usual answer to a waited add), that is all the view needs; else it asks
     for what the release has and what waits."""
     with ctx.store.session() as s:

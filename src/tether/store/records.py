@@ -228,8 +228,8 @@ class InstanceFacts:
     @classmethod
     def of_idle(cls, env: Environment, cluster: Cluster | None) -> InstanceFacts:
         """The facts of an instance of `env` (on `cluster`, if any) that the caller knows has
-        no operation waiting or running, in an environment where nothing runs: known without
-        asking the store."""
+        no operation waiting or running, in an environment where no release runs: known
+        without asking the store."""
         return cls(environments={env.id: env}, in_releases={env.id: None},
                    clusters={cluster.id: cluster} if cluster is not None else {})
 

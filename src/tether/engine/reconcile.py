@@ -354,13 +354,7 @@ class Reconciler:
         finished meanwhile (its old login revoked) makes the target's names stale, and
         "repairing" them would give the revoked login back its old password."""
         with self.store.session() as s:
-            inst = s.get(Instance, t.instance_id)
-            if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
-                return False
-            if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
-                return False
-            instances, environments = _busy(s)
-            return inst.id not in instances and inst.environment_id not in environments
+            return _as_read(s, t, idle=True) is not None
 
     def _undo_if_removed(self, t: _Target, provider: Provider) -> None:
         """A removal that ran during the repair may have deleted the resources before the
@@ -405,13 +399,8 @@ class Reconciler:
         waits or runs, checked in the same transaction. False when nothing was written because
         the instance changed since it was observed (or is not idle)."""
         with self.store.session() as s:
-            inst = s.get(Instance, t.instance_id)
-            if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
-                return False
-            if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
-                return False  # rotated since it was observed: the next pass looks at the new login
-            if if_idle and s.scalar(_BUSY_ONE, {"instance": inst.id,
-                                                "env": inst.environment_id}) is not None:
+            inst = _as_read(s, t, idle=if_idle)
+            if inst is None:  # e.g. rotated since it was observed: the next pass looks again
                 return False
             before = inst.drift
             written = s.connection().execute(
@@ -441,6 +430,21 @@ _BUSY_ONE = select(Operation.id).where(
     or_(Operation.instance_id == bindparam("instance"),
         and_(Operation.instance_id.is_(None), Operation.kind == "deploy",
              Operation.environment_id == bindparam("env")))).limit(1)
+
+
+def _as_read(s: Session, t: _Target, idle: bool) -> Instance | None:
+    """The target's instance in `s` if it is still functional with the rotation state the pass
+    read it with (and, with `idle`, no operation of it or deployment of its environment waits
+    or runs); else None."""
+    inst = s.get(Instance, t.instance_id)
+    if inst is None or State(inst.state) not in lifecycle.FUNCTIONAL:
+        return None
+    if t.rotation_state is not None and _rotation_state(inst) != t.rotation_state:
+        return None
+    if idle and s.scalar(_BUSY_ONE, {"instance": inst.id,
+                                     "env": inst.environment_id}) is not None:
+        return None
+    return inst
 
 
 def _busy(s: Session) -> tuple[set[int], set[int]]:

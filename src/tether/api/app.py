@@ -49,6 +49,7 @@ from tether.api.kept import (
     page_key,
     unexpired,
 )
+from tether.api.lane import WaitedAdds
 from tether.api.models import (
     ERRORS,
     BackupIn,
@@ -139,20 +140,30 @@ async def long_poll(wait: float, fetch: Callable[[], Awaitable[T]], ready: Calla
             checked = time.monotonic()
 
 
-class _API(FastAPI):
-    """FastAPI with the kept answers (`tether.api.kept`) in front of all of it: a kept page is a
-    GET without a body that raises nothing, so it needs neither FastAPI's own per-request work
-    (its telemetry switch reads the environment on every call) nor the error handling and body
-    limits of its middleware, which together cost as much as the kept answer itself."""
+def error_response(exc: TetherError) -> JSONResponse:
+    """A `TetherError` as the API answers it: 4xx for what the user can fix, else 500."""
+    status = exc.status if isinstance(exc, UserError) else 500
+    headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts)
+               else None)
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status,
+                        headers=headers)
 
-    kept: Callable[[ASGIApp], ASGIApp] | None = None
+
+class _API(FastAPI):
+    """FastAPI with answers made in front of all of it (`front`): kept pages
+    (`tether.api.kept`: a GET without a body that raises nothing) and waited adds
+    (`tether.api.lane`) need neither FastAPI's own per-request work (its telemetry switch reads
+    the environment on every call, routing, dependencies, validation) nor the error handling and
+    body limits of its middleware, which together cost as much as the kept answer itself."""
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
     _front: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self._front
         if front is None:
-            front = self._front = (super().__call__ if self.kept is None
-                                   else self.kept(super().__call__))
+            front = self._front = (super().__call__ if self.front is None
+                                   else self.front(super().__call__))
         await front(scope, receive, send)
 
 
@@ -170,17 +181,15 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
     callers: ReadCache[SignedIn] = ReadCache(base.store, 4096, version=base.store.auth_version)
     variable_pages: ReadCache[KeptPage] = ReadCache(base.store, 512)
     app.state.read_caches = {"callers": callers, "variables": variable_pages}
-    app.kept = lambda inner: KeptAnswers(inner, store=base.store, callers=callers,
-                                         pages=variable_pages)
+    app.front = lambda inner: KeptAnswers(
+        WaitedAdds(inner, store=base.store, callers=callers, answer=waited_add,
+                   error=error_response),
+        store=base.store, callers=callers, pages=variable_pages)
     limits.install(app)  # bodies capped before anything reads them, auth included
 
     @app.exception_handler(TetherError)
     async def _tether_error(_: Request, exc: TetherError) -> JSONResponse:
-        status = exc.status if isinstance(exc, UserError) else 500
-        headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts)
-                   else None)
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status,
-                            headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -424,16 +433,27 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
         return paged(request, response, await call(services.list_instances, ctx, project, env,
                                                    removed, PageArgs(limit, after)))
 
-    @api.post(env_path + "/services", status_code=201, tags=["services"])
-    async def add_service(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
-                          body: ServiceIn, wait: Wait = 0) -> dict[str, Any]:
-        """Add a service (state `new`); with `provision`, provision it too, and with `wait`,
-        answer once that has ended."""
+    async def added(ctx: Context, request: Request, project: str, env: str, body: ServiceIn,
+                    wait: float) -> dict[str, Any]:
         return await queued_and_waited(
             ctx, request, wait,
             lambda c, brief: services.add(c, project, env, body.service, body.prefix,
                                           body.private, body.provision, brief),
             lambda op_id: services.after_operation(ctx, project, env, body.prefix, op_id))
+
+    async def waited_add(caller: SignedIn, request: Request, project: str, env: str,
+                         body: ServiceIn, wait: float) -> dict[str, Any]:
+        """`add_service` as `tether.api.lane` calls it, for a caller it knows already."""
+        return await added(base.as_principal(caller.principal), request, project, env, body,
+                           wait)
+
+    @api.post(env_path + "/services", status_code=201, tags=["services"])
+    async def add_service(ctx: Ctx, request: Request, project: ProjectPath, env: EnvPath,
+                          body: ServiceIn, wait: Wait = 0) -> dict[str, Any]:
+        """Add a service (state `new`); with `provision`, provision it too, and with `wait`,
+        answer once that has ended. (A waited add by a caller known already is answered in
+        front of FastAPI, by the same function: `tether.api.lane`.)"""
+        return await added(ctx, request, project, env, body, wait)
 
     @api.get(env_path + "/services/{prefix}", tags=["services"])
     async def show_service(ctx: Ctx, project: ProjectPath, env: EnvPath, prefix: PrefixPath,

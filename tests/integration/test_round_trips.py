@@ -168,7 +168,8 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     updated to `provisioning`. Then 10: the plan's cluster and secret written by an UPDATE of
     the instance just inserted, and each audit entry inserted by the ORM's unit of work with
     its id returned; and 2 to answer (the instance's other unfinished operations asked
-    apart)."""
+    apart). Then 9: the environment, the live instance of the prefix and the custom variables
+    read one after the other."""
     ctx, engine, recorder = world
     # as the API calls it: the loop is not told, the operation is claimed as it is queued
     waited = dataclasses.replace(ctx, notify=lambda: None, claim=engine.worker.claim_in)
@@ -198,7 +199,11 @@ def test_a_waited_add_takes_few_statements_on_each_step(
     assert not any("RETURNING" in s for s in add if s.startswith("UPDATE operations")), add
     # the plan (cluster, secret) is written with the instance: one INSERT, no UPDATE of it
     assert not any(s.startswith("UPDATE instances") for s in add), add
-    assert len(add) <= 9, add
+    # the environment, its project, the live instance of the prefix and the custom variables
+    # in one statement, then the clusters
+    assert add[0].startswith("SELECT environments.") and "variables" in add[0], add
+    assert add[1].startswith("SELECT clusters."), add
+    assert len(add) <= 7, add
     # audit entries are plain INSERTs made at once (no unit of work, no id returned)
     audits = [s for s in add + result if s.startswith("INSERT INTO audit")]
     assert len(audits) == 3 and not any("RETURNING" in s for s in audits), audits

@@ -6,8 +6,9 @@ entry and (when work is needed) an operation, in one transaction. The engine doe
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import and_, bindparam, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -171,9 +172,48 @@ def _decide(s: Session, env: Environment, inst: Instance, action: Action) -> lif
                             pending=pending_operation(s, inst))
 
 
+_LIVE = aliased(Instance)
+#: what an add to ENV of PROJECT under PREFIX reads, in one statement: the environment, its
+#: project, the live instance with that prefix (if any) and the names of the environment's
+#: custom variables (joined by ",", which no name contains; NULL: none)
+_ADDING_TO = (
+    select(Environment, Project, _LIVE,
+           select(func.aggregate_strings(Variable.name, ","))
+           .where(Variable.environment_id == Environment.id).scalar_subquery())
+    .join(Project, Environment.project_id == Project.id)
+    .outerjoin(_LIVE, and_(_LIVE.environment_id == Environment.id,
+                           _LIVE.prefix == bindparam("prefix"),
+                           _LIVE.state != State.REMOVED.value))
+    .where(Project.name == bindparam("project"), Environment.name == bindparam("env")))
+
+
+@dataclass(frozen=True)
+class AddingTo:
+    """What an add checks in the environment it adds to, read with it (`_adding_to`)."""
+
+    live: Instance | None
+    custom: frozenset[str]
+
+
+def _adding_to(s: Session, ctx: Context, project: str | None, env_name: str,
+               prefix: str) -> tuple[Environment, AddingTo | None]:
+    """The environment an add changes, with what it checks there (`AddingTo`) in the same
+    statement when the project is named and both exist; else as `_env` finds it (None: the
+    add reads the rest itself)."""
+    if project:
+        found = s.execute(_ADDING_TO, {"project": project, "env": env_name,
+                                       "prefix": prefix}).first()
+        if found is not None:
+            env, owner, live, names = found
+            ctx.require(Need.CHANGE, owner.name)
+            set_committed_value(env, "project", owner)
+            return env, AddingTo(live, frozenset(names.split(",")) if names else frozenset())
+    return _env(s, ctx, project, env_name), None
+
+
 def add_instance(s: Session, ctx: Context, env: Environment, service: str,
                  prefix: str = "DEFAULT", private: bool = False,
-                 provision: bool = False) -> Instance:
+                 provision: bool = False, known: AddingTo | None = None) -> Instance:
     """Add SERVICE to `env` under `prefix` (state `new`), with its audit entry, in the caller's
     session: the rules of an add, shared by `add` and by `tether project create`'s default
     database (the environment is the caller's to find, and its right to change it). SERVICE is
@@ -182,15 +222,17 @@ def add_instance(s: Session, ctx: Context, env: Environment, service: str,
     With `provision`, the rules' answer to provisioning the new instance is applied before it is
     written: one INSERT in the state it leads to (`provisioning`), the add's audit entry then
     the provision's, as if provisioned right after the add, with its shared cluster and its
-    secret (the provision's plan); the caller queues the operation."""
+    secret (the provision's plan); the caller queues the operation. `known`: the live instance
+    and custom variables, read with the environment (else they are read here)."""
     naming.check_prefix(prefix)
     offer = catalog.resolve(cluster_infos(s), env.project.region, service, private)
-    custom = set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id)))
+    custom = (known.custom if known is not None else
+              set(s.scalars(select(Variable.name).where(Variable.environment_id == env.id))))
     shadowed = custom & set(instance_var_names(Instance(kind=offer.kind, prefix=prefix)))
     if shadowed:
         raise Conflict(f"the custom variable {', '.join(sorted(shadowed))} would shadow a "
                        f"variable of {prefix}: unset it first or pick another prefix")
-    current = live_instance(s, env, prefix)
+    current = known.live if known is not None else live_instance(s, env, prefix)
     decision = lifecycle.decide(State(current.state) if current else None, Action.ADD,
                                 prefix, env.name)
     _refuse_unless(decision)
@@ -228,8 +270,8 @@ def add(ctx: Context, project: str | None, env_name: str, service: str, prefix: 
     made for nothing."""
     naming.check_prefix(prefix)
     with ctx.store.session() as s:
-        env = _env(s, ctx, project, env_name)
-        inst = add_instance(s, ctx, env, service, prefix, private, provision)
+        env, known = _adding_to(s, ctx, project, env_name, prefix)
+        inst = add_instance(s, ctx, env, service, prefix, private, provision, known)
         op = queue_operation(s, ctx, "provision", env, inst) if provision else None
         if op is not None and brief:
             view = _brief(inst, op)

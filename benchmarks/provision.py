@@ -8,7 +8,12 @@ raw calls on the same server, in the same run, interleaved.
   baseline is the provider module called directly (its HTTP/SQL calls to the server, no API,
   store or worker), so the difference is Tether's own overhead.
 
-For postgres a third side, in the same run and interleaved too: the way many teams script this
+The API is called twice per round, with two clients: httpx (as the CLI calls it) and Python's
+own `http.client`, whose own cost is small: the second is Tether's time with as little of the
+client library's as possible. Each provider's row records the machine's speed before and after
+it (`calibration_ms`: a fixed Python loop; ~250 ms when this VM is quiet).
+
+For postgres a further side, in the same run and interleaved too: the way many teams script this
 today, an Ansible playbook of the `community.postgresql` collection (`postgresql_user`,
 `postgresql_db`, `postgresql_privs`), run with `ansible-playbook` once per instance (the
 `ansible` package from PyPI, pinned, installed into build/bench-ansible on first use; --ansible N
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -290,6 +296,45 @@ def _tether_provision(client: httpx.Client, project: str, service: str, prefix: 
     assert op["status"] == "succeeded", op
 
 
+class LeanClient:
+    """The same API call over Python's own `http.client` (one kept-alive connection): a client
+    whose own cost is small (~0.3 ms a call here, against ~1 ms more for httpx, which the CLI
+    uses), so that what it measures is the API's time rather than the client library's."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                               timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        self.conn.request(method, "/api/v1" + path, headers=self.headers,
+                          body=None if body is None else json.dumps(body))
+        answer = self.conn.getresponse()
+        data = answer.read()
+        if answer.status >= 300:
+            raise RuntimeError(f"{method} {path}: {answer.status} {data[:300]!r}")
+        return json.loads(data)
+
+    def provision(self, project: str, service: str, prefix: str) -> None:
+        """`_tether_provision` over this client."""
+        op = self.call("POST", f"/projects/{project}/environments/test/services?wait=30",
+                       {"service": service, "prefix": prefix, "provision": True})["operation"]
+        while op["status"] not in ("succeeded", "failed"):
+            op = self.call("GET", f"/operations/{op['id']}?wait=30")
+        assert op["status"] == "succeeded", op
+
+
+def calibration_ms() -> float:
+    """The machine's speed at the moment: a fixed pure-Python loop (~250 ms when this VM is
+    quiet, up to ~600 ms in its slow spells), so that runs of different minutes compare."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    return (time.perf_counter() - t0) * 1000
+
+
 def _summary(tether_ms: list[float], raw_ms: list[float]) -> dict[str, Any]:
     paired = [t - r for t, r in zip(tether_ms, raw_ms, strict=True)]
     t_med, r_med = statistics.median(tether_ms), statistics.median(raw_ms)
@@ -302,22 +347,26 @@ def _summary(tether_ms: list[float], raw_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def _measure(client: httpx.Client, target: Target, n: int,
+def _measure(client: httpx.Client, lean: LeanClient, target: Target, n: int,
              ansible: tuple[int, Callable[[int], None], Callable[[int], None]] | None = None,
              ) -> dict[str, Any]:
     project = f"bench-{target.kind}"
     client.post("/projects", json={"name": project, "region": target.region,
                                    "database": False}).raise_for_status()
     tether_ms: list[float] = []
+    lean_ms: list[float] = []
     raw_ms: list[float] = []
     ansible_ms: list[float] = []
+    calibration = [calibration_ms()]
     try:
         for i in range(n):
             # interleave the sides, rotating which goes first, so that drift on the VM
             # (CREATE DATABASE time wanders a lot here) hits all alike
             sides = [lambda i=i: raw_ms.append(_timed(target.raw, i)),
                      lambda i=i: tether_ms.append(_timed(_tether_provision, client, project,
-                                                         target.service, f"B{i}"))]
+                                                         target.service, f"B{i}")),
+                     lambda i=i: lean_ms.append(_timed(lean.provision, project,
+                                                       target.service, f"L{i}"))]
             if ansible is not None and i < ansible[0]:
                 sides.append(lambda i=i: ansible_ms.append(_timed(ansible[1], i)))
             shift = i % len(sides)
@@ -329,11 +378,16 @@ def _measure(client: httpx.Client, target: Target, n: int,
         if ansible is not None:
             for i in range(len(ansible_ms)):
                 ansible[2](i)
-        for i in range(len(tether_ms)):
-            client.delete(f"/projects/{project}/environments/test/services/B{i}",
-                          params={"confirm": f"B{i}"}).raise_for_status()
+        calibration.append(calibration_ms())
+        for side, done in (("B", tether_ms), ("L", lean_ms)):
+            for i in range(len(done)):
+                client.delete(f"/projects/{project}/environments/test/services/{side}{i}",
+                              params={"confirm": f"{side}{i}"}).raise_for_status()
     row = {"kind": target.kind, "n": n, "baseline": target.baseline,
-           "date": time.strftime("%Y-%m-%d"), **_summary(tether_ms, raw_ms)}
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "calibration_ms": {"before": calibration[0], "after": calibration[-1]},
+           "client": "httpx (as the CLI)", **_summary(tether_ms, raw_ms),
+           "lean_client": {"client": "http.client", **_summary(lean_ms, raw_ms)}}
     if ansible_ms:
         row["ansible"] = {
             "what": f"ansible-playbook, community.postgresql ({ANSIBLE}), one run per instance",
@@ -381,12 +435,13 @@ def main() -> int:
                     f"{state['port']}/postgres")
         client = httpx.Client(base_url=url + "/api/v1", timeout=60,
                               headers={"Authorization": f"Bearer {token}"})
+        lean = LeanClient(url, token)
         for kind in kinds:
             with _target(kind, client, admin_pg) as target:
                 third = None
                 if kind == "postgres" and args.ansible > 0:
                     third = (min(args.ansible, args.n), *ansible_side(admin_pg, base))
-                rows.append(_measure(client, target, args.n, third))
+                rows.append(_measure(client, lean, target, args.n, third))
             print(f"{kind}: done", file=sys.stderr)
     finally:
         up.send_signal(signal.SIGINT)
@@ -409,12 +464,18 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print("| provider | n | Tether median / p95 ms | raw median / p95 ms | overhead ms "
-          "(medians; paired) | ratio |\n|---|---|---|---|---|---|")
+          "(medians; paired) | ratio | with http.client: Tether median ms; overhead ms "
+          "(medians; paired) | calibration ms |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, w = r["tether_ms"], r["raw_ms"]
+        lean_row, cal = r.get("lean_client"), r.get("calibration_ms")
         print(f"| {r['kind']} | {r['n']} | {t['median']:.1f} / {t['p95']:.1f} | "
               f"{w['median']:.1f} / {w['p95']:.1f} | {r['overhead_ms_median']:.1f}; "
-              f"{r['overhead_ms_paired_median']:.1f} | {r['ratio_median']:.2f} |")
+              f"{r['overhead_ms_paired_median']:.1f} | {r['ratio_median']:.2f} | "
+              + (f"{lean_row['tether_ms']['median']:.1f}; "
+                 f"{lean_row['overhead_ms_median']:.1f}; "
+                 f"{lean_row['overhead_ms_paired_median']:.1f}" if lean_row else "-")
+              + " | " + (f"{cal['before']:.0f} → {cal['after']:.0f}" if cal else "-") + " |")
     for r in rows:
         if "ansible" in r:
             a = r["ansible"]

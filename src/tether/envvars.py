@@ -5,6 +5,7 @@ them) and by the engine (to start a release), so both always agree."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,7 +32,11 @@ class EnvVar:
 
 def service_vars(box: SecretBox, instance: Instance) -> dict[str, str]:
     """The variables one provisioned instance gives (empty before it is provisioned)."""
-    creds = box.open(instance.credentials_enc)
+    return vars_of(instance, box.open(instance.credentials_enc))
+
+
+def vars_of(instance: Instance, creds: dict[str, Any] | None) -> dict[str, str]:
+    """`service_vars` of credentials opened already (`box.open(instance.credentials_enc)`)."""
     if not creds:
         return {}
     return get_provider(instance.kind).env_vars(instance.prefix, Credentials(creds))

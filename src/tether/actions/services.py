@@ -27,7 +27,7 @@ from tether.actions.common import (
     operation_view,
     queue_operation,
 )
-from tether.envvars import instance_var_names, service_vars
+from tether.envvars import instance_var_names, vars_of
 from tether.errors import Conflict, NotFound, UserError
 from tether.lifecycle import Action, State
 from tether.paging import ALL, Page, PageArgs, keyset
@@ -102,7 +102,8 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
                 "message": decision.message}
 
     cluster = facts.cluster(inst)
-    variables = service_vars(ctx.box, inst)
+    creds = ctx.box.open(inst.credentials_enc)  # opened once: its variables and its login
+    variables = vars_of(inst, creds)
     pending = operation or facts.unfinished(inst)
     return {
         "id": inst.id,
@@ -134,7 +135,7 @@ def instance_view(s: Session, ctx: Context, inst: Instance, reveal: bool = False
         # how many times its credentials were rotated, the login they use, and the logins of
         # earlier credentials that stay valid until no running release uses them (names only)
         "rotations": inst.rotations or 0,
-        "login": (ctx.box.open(inst.credentials_enc) or {}).get("user"),
+        "login": (creds or {}).get("user"),
         "retiring_logins": [str(c.get("user"))
                             for c in ctx.box.open(inst.retiring_credentials_enc) or []],
         "created_at": iso(inst.created_at),

@@ -308,9 +308,18 @@ class LeanClient:
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        self.conn.request(method, "/api/v1" + path, headers=self.headers,
-                          body=None if body is None else json.dumps(body))
-        answer = self.conn.getresponse()
+        for again in (True, False):
+            try:
+                self.conn.request(method, "/api/v1" + path, headers=self.headers,
+                                  body=None if body is None else json.dumps(body))
+                answer = self.conn.getresponse()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # the server closed the kept-alive connection after a pause (its keep-alive
+                # timeout, e.g. while the next server started): once more on a new one
+                self.conn.close()
+                if not again:
+                    raise
         data = answer.read()
         if answer.status >= 300:
             raise RuntimeError(f"{method} {path}: {answer.status} {data[:300]!r}")
@@ -329,9 +338,8 @@ def calibration_ms() -> float:
     """The machine's speed at the moment: a fixed pure-Python loop (~250 ms when this VM is
     quiet, up to ~600 ms in its slow spells), so that runs of different minutes compare."""
     t0 = time.perf_counter()
-    x = 0
-    for i in range(3_000_000):
-        x += i
+    # at a module's top level (its names a dict's, as in the figures of the README)
+    exec("x = 0\nfor i in range(3_000_000):\n    x += i", {})  # noqa: S102 - a fixed loop
     return (time.perf_counter() - t0) * 1000
 
 
@@ -358,6 +366,7 @@ def _measure(client: httpx.Client, lean: LeanClient, target: Target, n: int,
     raw_ms: list[float] = []
     ansible_ms: list[float] = []
     calibration = [calibration_ms()]
+    lean.call("GET", "/status")  # its connection open before the first timed call
     try:
         for i in range(n):
             # interleave the sides, rotating which goes first, so that drift on the VM

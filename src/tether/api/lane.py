@@ -90,8 +90,6 @@ class WaitedAdds:
         self.callers = callers
         self.answer = answer
         self.error = error
-        #: how many calls it answered (for tests)
-        self.answered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # only where the store's version is a local read: elsewhere it would block the loop
@@ -128,7 +126,6 @@ class WaitedAdds:
             response = Response(json.dumps(view, ensure_ascii=False, allow_nan=False,
                                            separators=(",", ":")).encode(),
                                 201, media_type="application/json")
-        self.answered += 1
         await response(scope, receive, send)
 
 

@@ -26,10 +26,11 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.api.auth import SignedIn
 from tether.api.kept import caller_key, unexpired
+from tether.api.limits import replaying
 from tether.api.models import ENVIRONMENT_NAME, PROJECT_NAME, ServiceIn
 from tether.errors import TetherError
 from tether.store.db import Store
@@ -135,25 +136,12 @@ async def _read(receive: Receive) -> tuple[bytes, Receive]:
     while True:
         message = await receive()
         if message["type"] != "http.request":  # the client left: no body to speak of
-            return b"".join(chunks), _replay_message(message, receive)
+            return b"".join(chunks), replaying(message, receive)
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), receive
 
 
-def _replay_message(first: Message, receive: Receive) -> Receive:
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return first
-        return await receive()
-
-    return replayed
-
-
 def _replay(body: bytes, receive: Receive) -> Receive:
     """`receive`, the body read already first."""
-    return _replay_message({"type": "http.request", "body": body, "more_body": False}, receive)
+    return replaying({"type": "http.request", "body": body, "more_body": False}, receive)

@@ -74,6 +74,20 @@ def too_large_response(limit: int) -> JSONResponse:
         413, headers={"Connection": "close"})
 
 
+def replaying(first: Message, receive: Receive) -> Receive:
+    """`receive`, with `first` (a message read from it already, e.g. the whole body) first."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first
+        return await receive()
+
+    return replayed
+
+
 class BodyLimit:
     """Pure ASGI middleware capping request bodies at `limit` bytes (see the module doc)."""
 
@@ -98,16 +112,7 @@ class BodyLimit:
         if first is None:
             await too_large_response(self.limit)(scope, receive, send)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return first
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(first, receive), send)
 
     async def _read_chunked(self, receive: Receive) -> Message | None:
         """The whole chunked body as one message (or the client's disconnect), or None as soon

@@ -52,6 +52,7 @@ from tether.api.kept import (
 from tether.api.lane import WaitedAdds
 from tether.api.models import (
     ERRORS,
+    MAX_WAIT,
     BackupIn,
     ClusterIn,
     ConfirmQuery,
@@ -236,8 +237,9 @@ def create_app(base: Context, worker: Worker | None = None) -> FastAPI:
 
     Ctx = Annotated[Context, Depends(context)]
     Wait = Annotated[float, Query(
-        ge=0, le=60, description="Answer once the operation this call queues has finished, "
-                                 "waiting at most this many seconds (0: at once)")]
+        ge=0, le=MAX_WAIT, description="Answer once the operation this call queues has "
+                                       "finished, waiting at most this many seconds (0: at "
+                                       "once)")]
 
     async def queued_and_waited(ctx: Context, request: Request, wait: float,
                                 queue: Callable[[Context, bool], dict[str, Any]],

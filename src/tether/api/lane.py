@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tether.api.auth import SignedIn
 from tether.api.kept import caller_key, unexpired
 from tether.api.limits import replaying
-from tether.api.models import ENVIRONMENT_NAME, PROJECT_NAME, ServiceIn
+from tether.api.models import ENVIRONMENT_NAME, MAX_WAIT, PLAIN, PROJECT_NAME, ServiceIn
 from tether.errors import TetherError
 from tether.store.db import Store
 from tether.store.readcache import ReadCache
@@ -40,10 +40,10 @@ from tether.store.readcache import ReadCache
 ADD_PATH = re.compile(r"/api/v1/projects/([^/]+)/environments/([^/]+)/services")
 #: the only query taken: `wait`, a number of seconds FastAPI's `Wait` (0 to 60) accepts
 WAIT_QUERY = re.compile(rb"wait=(\d{1,2}(?:\.\d{1,6})?)")
-MAX_WAIT = 60.0
 #: an add's body is a few dozen bytes; a longer one is FastAPI's to judge
 MAX_LANE_BODY = 4096
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: the pattern of the route's path parameters (`ProjectPath`, `EnvPath`)
+_PLAIN = re.compile(PLAIN)
 
 #: the route's own function: the answer to a waited add by `caller` of `body` to PROJECT/ENV
 Answer = Callable[[SignedIn, Request, str, str, ServiceIn, float], Awaitable[dict[str, Any]]]
@@ -51,7 +51,7 @@ Answer = Callable[[SignedIn, Request, str, str, ServiceIn, float], Awaitable[dic
 
 def _name(value: str, limit: int) -> bool:
     """Whether a path parameter is one FastAPI's `ProjectPath`/`EnvPath` accept."""
-    return 0 < len(value) <= limit and not _CONTROL.search(value)
+    return 0 < len(value) <= limit and _PLAIN.fullmatch(value) is not None
 
 
 def _json_body(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, str | None]:

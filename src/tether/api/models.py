@@ -33,6 +33,8 @@ NO_NUL = r"^[^\x00]*$"
 MAX_ID = 2**31 - 1
 #: the most deployments one listing returns
 MAX_PAGE = 200
+#: the longest a call that queues an operation waits for its end (`?wait=`), seconds
+MAX_WAIT = 60
 
 # Lengths of the store's columns and the product's names (see tether.naming).
 PROJECT_NAME = 40

@@ -75,7 +75,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -126,6 +126,8 @@ ATTEMPTS = 3
 #: how long provision waits for a new access key to reach its bucket (AWS IAM is eventually
 #: consistent; SeaweedFS is at once)
 KEY_WAIT = 30.0
+#: how long a bucket just made may take to answer (SeaweedFS: a moment; AWS: at once)
+BUCKET_VISIBLE_WITHIN_S = 10.0
 POLICY_NAME = "tether-bucket-access"
 SEALED_KEY_TAG = "tether-sealed-key"
 DEFAULT_REGION = "us-east-1"
@@ -148,6 +150,24 @@ _BAD_ADMIN_KEY = {"InvalidAccessKeyId", "InvalidClientTokenId", "SignatureDoesNo
 #: answers that mean "busy or failing for a moment": retrying may well work
 _BUSY = {"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "Throttling",
          "ThrottlingException", "RequestLimitExceeded", "ServiceFailure"}
+
+
+def _head_until(client: Any, bucket: str, passing: Callable[[ClientError], bool],
+                within: float, first_pause: float) -> None:
+    """HEAD `bucket` until it answers, for at most `within` s, while its refusals are ones
+    that pass (`passing`); else raise the refusal. Pauses double from `first_pause` up to
+    0.5 s."""
+    deadline = time.monotonic() + within
+    pause = first_pause
+    while True:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return
+        except ClientError as exc:
+            if not passing(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _is_aws(host: str) -> bool:
@@ -579,6 +599,8 @@ class S3Provider(ProviderBase):
                 if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
                 state = "ours" if code == "BucketAlreadyOwnedByYou" else "foreign"
+            else:
+                self._until_visible(s3, bucket)
         if state == "foreign":
             raise ClusterError(
                 f"a bucket named {bucket} exists already on S3 at {target.where} and belongs to "
@@ -586,6 +608,14 @@ class S3Provider(ProviderBase):
                 "names are global, so set the cluster setting name_prefix (e.g. acme-), or free "
                 "that name")
         return state == "missing"
+
+    @staticmethod
+    def _until_visible(s3: Any, bucket: str) -> None:
+        """Return once a bucket just made answers: SeaweedFS's S3 gateway learns of a new
+        bucket from its filer a moment after the create succeeds, and a call in between was
+        answered NoSuchBucket (the backup bucket's settings, once, on a loaded machine). One
+        HEAD where the server is consistent at once."""
+        _head_until(s3, bucket, _missing, BUCKET_VISIBLE_WITHIN_S, first_pause=0.02)
 
     @staticmethod
     def _allow_public_media(s3: Any, bucket: str) -> None:
@@ -690,18 +720,14 @@ class S3Provider(ProviderBase):
                            secret_key: str) -> None:
         """Until the instance's own key reaches its bucket (proof the policy works, too)."""
         client = self._client(target, "s3", key_id, secret_key, attempts=1)
-        deadline = time.monotonic() + KEY_WAIT
-        while True:
-            try:
-                client.head_bucket(Bucket=bucket)
-                return
-            except ClientError as exc:
-                if _status(exc) not in (400, 401, 403) or time.monotonic() > deadline:
-                    raise _classified(exc, (
-                        f"the new access key of {bucket} does not reach its bucket on S3 at "
-                        f"{target.where} ({_status(exc)} {_code(exc)}): check that the server "
-                        "enforces IAM policies for its own IAM users")) from None
-            time.sleep(0.5)
+        try:
+            _head_until(client, bucket, lambda exc: _status(exc) in (400, 401, 403), KEY_WAIT,
+                        first_pause=0.5)
+        except ClientError as exc:
+            raise _classified(exc, (
+                f"the new access key of {bucket} does not reach its bucket on S3 at "
+                f"{target.where} ({_status(exc)} {_code(exc)}): check that the server "
+                "enforces IAM policies for its own IAM users")) from None
 
     @staticmethod
     def _empty(s3: Any, bucket: str) -> None:

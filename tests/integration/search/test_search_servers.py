@@ -11,6 +11,7 @@ OpenSearch server of its own (two JVM starts).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -19,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ from tether.net import free_port, port_is_free
 from tether.providers.base import ClusterSpec, ResourceNames
 from tether.providers.elasticsearch import ElasticsearchProvider, search_url
 from tether.providers.registry import private_servers
+from tether.servers.common import cmdline
 from tether.servers.search import (
     ADMIN_USER,
     SERVICE_USER,
@@ -262,9 +265,10 @@ def test_private_search_server_lifecycle(private_base: Path, unique_id: str,
         assert sleeper.poll() is None, "stop killed a process that is not the server"
 
         # a start that gives up before the server answers leaves it starting; the next start
-        # waits for that server instead of launching another
+        # waits for that server instead of launching another (2 s: no OpenSearch answers so
+        # soon; 8 s did on a fast machine)
         with pytest.raises(ClusterError, match="does not answer"):
-            server.start(timeout=8)
+            server.start(timeout=2)
         starting = _wait_for_pid(server)
         assert starting != sleeper.pid
         # what `tether up` does for each of its private servers when it starts
@@ -541,3 +545,46 @@ def test_the_password_goes_to_the_servers_jvm_only(es7_home: tuple[SearchServer,
             and not line.endswith(" None")]
     assert auth == [], "the listener was sent credentials"
     assert "Basic" not in seen
+
+
+def _kill_its_jvm_once(server: SearchServer, stop: threading.Event) -> list[int]:
+    """SIGKILL the first JVM of `server` (its command line names the pid file) as soon as it
+    appears, before it writes its log; the pids killed."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        while not stop.is_set() and not killed:
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                args = cmdline(int(entry.name))
+                if args and args[0].endswith("java") and str(server.pid_file) in args:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                    return
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return killed
+
+
+def test_a_jvm_gone_before_its_first_log_line_is_launched_once_more(
+        es7_home: tuple[SearchServer, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A server whose JVM goes away while starting, before it wrote a line of its own log (seen
+    once in a full test run: the launcher's warnings, then nothing), is launched once more
+    rather than failing the start; the warning says so. (A JVM that logged why it failed, or
+    a taken port, fails at once: the other tests here.)"""
+    server, _private = es7_home
+    stop = threading.Event()
+    killed = _kill_its_jvm_once(server, stop)
+    try:
+        with caplog.at_level("WARNING", logger="tether.servers.search"):
+            server.start(timeout=150)
+    finally:
+        stop.set()
+    assert killed, "the watcher never saw the server's JVM"
+    pid = server.pid()
+    assert pid is not None and pid not in killed
+    assert httpx.get(server.url + "/", timeout=10).status_code == 401
+    assert any("went away while starting" in r.getMessage() for r in caplog.records)

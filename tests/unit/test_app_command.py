@@ -44,6 +44,22 @@ def test_the_programs_a_command_names() -> None:
     assert not set(shell) & {"&&", "|"}
 
 
+@pytest.mark.parametrize("command, programs", [
+    # a plain command running a shell itself
+    ('sh -c "python app.py"', {"sh", "python"}),
+    ("/bin/bash -c 'exec /srv/venv/bin/python -m shop'", {"/bin/bash", "/srv/venv/bin/python"}),
+    # a command run through the shell (the script's `;` is quoted, but it counts) — seen in a
+    # full run: the interpreter after `exec` was not made reachable, and the app exited 126
+    ("/bin/sh -c 'sleep 12; exec /srv/venv/bin/python app.py'",
+     {"/bin/sh", "sleep", "exec", "/srv/venv/bin/python"}),
+    ("bash -c \"sh -c 'gunicorn shop'\" | tee log", {"bash", "sh", "gunicorn", "tee"}),
+])
+def test_the_programs_of_an_explicit_shells_script(command: str, programs: set[str]) -> None:
+    """The script of `sh -c SCRIPT` names programs the app runs: their way must be opened
+    for the app's user as for any other (tether.runtime.accounts)."""
+    assert programs <= set(named_programs(command))
+
+
 def test_tetherignore_patterns(tmp_path: Path) -> None:
     (tmp_path / ".tetherignore").write_text(
         "# comment\n\n.test-servers/\n*.log\n/build\ndocs/drafts\n!keep.log\n")

@@ -16,6 +16,7 @@ An explicit `sh -c '...'` is split like any plain command: it runs that shell it
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 
@@ -53,19 +54,38 @@ def command_argv(command: str) -> list[str]:
     return shlex.split(command)
 
 
-def named_programs(command: str) -> list[str]:
+#: shells whose `-c` script names programs of its own (`sh -c 'sleep 5; exec python app.py'`)
+_SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"})
+_NOT_A_PROGRAM = frozenset("|&;<>()$`*?[]~=")
+_MAX_PROGRAMS = 32
+
+
+def named_programs(command: str, _depth: int = 0) -> list[str]:
     """The words of a command that may name a program (for making programs reachable by the
     app's user): argv[0] of a plain command; for a shell command, every word that is not an
-    operator and holds no expansion (a program may follow `|`, `&&`, `exec`, …)."""
+    operator and holds no expansion (a program may follow `|`, `&&`, `exec`, …). The script of
+    an explicit shell (`sh -c '…'`, `bash -c "…"`) is read the same way, two levels deep: the
+    programs it runs are the app's too."""
     if not needs_shell(command):
-        return shlex.split(command)[:1]
+        argv = shlex.split(command)
+        return (argv[:1] + _script_programs(argv, 0, _depth))[:_MAX_PROGRAMS]
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
+    tokens: list[str] = []
+    with contextlib.suppress(ValueError):  # unbalanced quotes: the words read so far
+        for token in lexer:
+            tokens.append(token)
     words: list[str] = []
-    try:
-        for word in lexer:
-            if word and not set(word) & set("|&;<>()$`*?[]~=") and len(words) < 32:
-                words.append(word)
-    except ValueError:
-        pass
-    return words
+    for i, word in enumerate(tokens):
+        if word and not set(word) & _NOT_A_PROGRAM:
+            words.append(word)
+        words.extend(_script_programs(tokens, i, _depth))
+    return words[:_MAX_PROGRAMS]
+
+
+def _script_programs(words: list[str], i: int, depth: int) -> list[str]:
+    """The programs of the script `words[i]` runs when it is a shell given `-c SCRIPT`."""
+    if (depth < 2 and i + 2 < len(words) and words[i].rsplit("/", 1)[-1] in _SHELLS
+            and words[i + 1] == "-c"):
+        return named_programs(words[i + 2], depth + 1)
+    return []

@@ -5,6 +5,7 @@ deleted at the end of the session."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,4 +63,9 @@ def caddy() -> Iterator[Caddy]:
             proc.kill()
             proc.wait()
         log.close()
+        # kept where the test command keeps its logs, for a failure's post-mortem
+        kept = Path(__file__).resolve().parents[3] / "build" / "caddy.log"
+        with contextlib.suppress(OSError):
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(base / "caddy.log", kept)
         shutil.rmtree(base, ignore_errors=True)

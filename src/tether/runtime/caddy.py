@@ -14,6 +14,11 @@ which closes the idle kept-alive connections of every client of every site it se
 client that reuses one just then sees a failed request. The switch stays in Tether's front door:
 one assignment, requests in flight drained, none lost.
 
+Certificates come in the background once a route is there (at once from Caddy's own CA, seconds
+from an ACME CA): meanwhile a TLS handshake for that host fails. Caddy 2.6 also cancels a
+certificate being obtained when its config changes (another environment's route added or removed
+just then), and that host waits for Caddy's retry, about a second later with its own CA.
+
 Admin API: https://caddyserver.com/docs/api (Caddy 2.6, as Debian ships it).
 """
 

@@ -36,7 +36,9 @@ def caddy() -> Iterator[Caddy]:
     base = Path(tempfile.mkdtemp(prefix="tether-caddy-"))
     admin = f"127.0.0.1:{free_port()}"
     config = {"admin": {"listen": admin},
-              "storage": {"module": "file_system", "root": str(base / "data")}}
+              "storage": {"module": "file_system", "root": str(base / "data")},
+              # TLS handshake errors (and why) are logged at DEBUG only
+              "logging": {"logs": {"default": {"level": "DEBUG"}}}}
     (base / "caddy.json").write_text(json.dumps(config))
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(base),
            "XDG_CONFIG_HOME": str(base / "config"), "XDG_DATA_HOME": str(base / "xdg")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import stat
@@ -690,3 +691,45 @@ def test_a_private_python_home_opens_only_what_others_may_read(tmp_path: Path) -
     assert not acl.group_permissions(secret, gid)  # never granted
     assert not acl.group_permissions(home / "lib" / "private", gid)
     assert not acl.group_permissions(hidden, gid)
+
+
+def test_removing_an_app_user_takes_back_what_its_group_was_given(tmp_path: Path) -> None:
+    """The ACL entries an environment's own group got on the way to its programs (a 0700
+    directory above one, as /root above a venv's interpreter) and in a private Python
+    installation went on naming its gid after `userdel`: a group made later with that gid
+    inherited them (seen: /root held entries of ~50 deleted groups on a test machine, and a
+    deploy passed only because of one). Removing the user takes them back."""
+    from tether.runtime import accounts
+
+    data = tmp_path / "data"
+    data.mkdir()
+    private = tmp_path / "private"
+    home = private / "pyhome"
+    (home / "bin").mkdir(parents=True)
+    python = home / "bin" / "python3"
+    python.write_text("#!/bin/false\n")
+    python.chmod(0o755)
+    module = home / "os.py"
+    module.write_text("x = 1\n")
+    module.chmod(0o644)
+    home.chmod(0o700)
+    private.chmod(0o700)
+    account = accounts.ensure_account(data, 4242)
+    assert account is not None
+    try:
+        accounts.make_reachable(account, data, f"{python} app.py", "/usr/bin:/bin")
+        gid = account.gid
+        assert acl.group_permissions(private, gid) == acl.EXECUTE
+        assert acl.group_permissions(home, gid) == acl.READ | acl.EXECUTE
+        assert acl.group_permissions(module, gid) == acl.READ
+        record = json.loads((accounts.GRANTS_DIR / f"{account.name}.json").read_text())
+        assert record["gid"] == gid and str(private) in record["paths"]
+        assert record["trees"] == [str(home)]
+        assert stat.S_IMODE((accounts.GRANTS_DIR / f"{account.name}.json").stat().st_mode) \
+            == 0o600
+    finally:
+        assert accounts.remove_accounts([account.name]) == [account.name]
+    for path in (private, home, python, module):
+        assert acl.group_permissions(path, gid) is None, path
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # the mode as it was
+    assert not (accounts.GRANTS_DIR / f"{account.name}.json").exists()

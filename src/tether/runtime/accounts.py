@@ -38,6 +38,10 @@ dir.
 Nothing else is opened. Without root Tether cannot switch users: the apps run as Tether's own
 user, and it says so once in its log.
 
+What a user's own group is given outside the data dir (the directories above its programs, a
+private Python installation) is recorded in `GRANTS_DIR`; `remove_accounts` takes it back with
+the user: a group made later with the same gid would inherit those entries.
+
 Users are made under a lock (within this process) and retried while another process holds the
 passwd lock (`useradd` exits 10), so concurrent deploys are safe; a user made meanwhile by another
 process is simply used.
@@ -48,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
+import json
 import logging
 import os
 import pwd
@@ -60,6 +65,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tether.errors import OperationError
 from tether.runtime import acl
@@ -74,6 +80,11 @@ _COMMENT_RE = re.compile(r"^Tether app, environment \d+, (/.*)$")
 _NAME_RE = re.compile(r"^tether-[0-9a-f]{10}$")
 #: top-level entries of the data dir apps may traverse (to their release copy, their media)
 REACHABLE_TOP = ("releases", "media")
+#: what each app user's own group was given outside the data dir (`make_reachable`), one JSON
+#: file per user, root's alone: removing the user takes those ACL entries back, since a group
+#: made later with the same gid would inherit them. System-wide, as the users are (a data dir
+#: may be gone before its users: they outlive it until removed).
+GRANTS_DIR = Path("/var/lib/tether/app-users")
 
 _lock = threading.Lock()
 _warned = False
@@ -219,17 +230,74 @@ def accounts_of(data_dir: Path | None = None) -> list[tuple[str, Path]]:
 
 
 def remove_accounts(names: Iterable[str]) -> list[str]:
-    """`userdel` each of these app users (their own group goes with them); returns those
-    removed. A user with processes still running is left (userdel refuses)."""
+    """`userdel` each of these app users (their own group goes with them), and take back the
+    ACL entries their group was given (`GRANTS_DIR`); returns those removed. A user with
+    processes still running is left, with its access (userdel refuses)."""
     removed = []
     for name in names:
         if not _NAME_RE.match(name):
             continue
         with _lock:
+            try:
+                gid: int | None = pwd.getpwnam(name).pw_gid
+            except KeyError:
+                gid = None
             proc = _run(["userdel", name])
+            if proc.returncode == 0:
+                _take_back(name, gid)
         if proc.returncode == 0:
             removed.append(name)
     return removed
+
+
+def _grants_file(name: str) -> Path:
+    return GRANTS_DIR / f"{name}.json"
+
+
+def _grants(name: str) -> dict[str, Any]:
+    try:
+        found = json.loads(_grants_file(name).read_text())
+    except (OSError, ValueError):
+        return {"gid": None, "paths": [], "trees": []}
+    return found if isinstance(found, dict) else {"gid": None, "paths": [], "trees": []}
+
+
+def _record_grants(account: AppAccount, paths: Iterable[Path], trees: Iterable[Path]) -> None:
+    """Add to what `account`'s own group was given (under `_lock`)."""
+    if not _NAME_RE.match(account.name):
+        return
+    known = _grants(account.name)
+    wanted_paths = sorted({*map(str, known.get("paths") or []), *map(str, paths)})
+    wanted_trees = sorted({*map(str, known.get("trees") or []), *map(str, trees)})
+    if (known.get("gid") == account.gid and wanted_paths == known.get("paths")
+            and wanted_trees == known.get("trees")):
+        return
+    GRANTS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = _grants_file(account.name)
+    temporary = target.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"gid": account.gid, "paths": wanted_paths, "trees": wanted_trees}, out)
+    os.replace(temporary, target)
+
+
+def _take_back(name: str, gid: int | None) -> None:
+    """Remove the ACL entries of a removed user's group from what it was given; a path
+    gone or changed meanwhile is skipped (never followed through a link)."""
+    known = _grants(name)
+    gid = gid if gid is not None else known.get("gid")
+    if isinstance(gid, int):
+        for path in known.get("paths") or []:
+            with contextlib.suppress(OSError):
+                acl.remove_group(Path(path), gid)
+        for top in known.get("trees") or []:
+            with contextlib.suppress(OSError):
+                acl.remove_group(Path(top), gid)
+            for root, dirs, files in os.walk(top):  # never into a linked directory
+                for entry in (*dirs, *files):
+                    with contextlib.suppress(OSError):
+                        acl.remove_group(Path(root, entry), gid)
+    _grants_file(name).unlink(missing_ok=True)
 
 
 # -- reachability --------------------------------------------------------------------------------
@@ -242,14 +310,18 @@ def _others_may(path: Path, bits: int) -> bool:
         return True  # nothing there to open
 
 
-def _traverse_down_to(path: Path, apps_gid: int, stop_at: Iterable[Path] = ()) -> None:
-    """Let group `apps_gid` traverse every directory above `path` that "other" may not."""
+def _traverse_down_to(path: Path, apps_gid: int, stop_at: Iterable[Path] = ()) -> list[Path]:
+    """Let group `apps_gid` traverse every directory above `path` that "other" may not;
+    those directories."""
     stops = {Path(p) for p in stop_at}
+    opened = []
     for parent in reversed(path.parents):
         if parent in stops:
             continue
         if not _others_may(parent, stat.S_IXOTH):
             acl.set_group(parent, apps_gid, acl.EXECUTE)
+            opened.append(parent)
+    return opened
 
 
 def _symlink_chain(path: Path) -> list[Path]:
@@ -359,7 +431,7 @@ def _python_homes(chain: list[Path], forbidden: list[Path]) -> list[Path]:
             if h != Path("/") and h.is_dir() and _trusted(h) == h and not _touches(h, forbidden)]
 
 
-def _readable_tree(top: Path, gid: int) -> None:
+def _readable_tree(top: Path, gid: int) -> bool:
     """Let group `gid` into a tree "other" may not read (a Python installation): list and enter
     its top, and below it exactly what "other" may use: files "other" may read (read, and
     execute where "other" may) and directories "other" may enter (with "other"'s bits). A file
@@ -368,7 +440,7 @@ def _readable_tree(top: Path, gid: int) -> None:
     Never into a directory somebody but root may change (its entries could be swapped for
     links)."""
     if _others_may(top, stat.S_IROTH | stat.S_IXOTH):
-        return
+        return False
     acl.set_group(top, gid, acl.READ | acl.EXECUTE)
     for root, dirs, files in os.walk(top):
         for name in files:
@@ -386,6 +458,7 @@ def _readable_tree(top: Path, gid: int) -> None:
                         _root_only(path):
                     kept.append(name)
         dirs[:] = kept
+    return True
 
 
 def _as_for_others(path: Path, st: os.stat_result, gid: int) -> bool:
@@ -526,12 +599,20 @@ def make_reachable(account: AppAccount, data_dir: Path, command: str | None, pat
                 for parent in directory.parents:
                     if parent.parent == data_dir and parent.name not in REACHABLE_TOP:
                         acl.set_group(parent, gid, acl.EXECUTE)  # a media base elsewhere
+            opened: list[Path] = []
+            trees: list[Path] = []
             for chain, homes in programs:
                 for hop in chain:
-                    _traverse_down_to(hop, account.gid)
+                    opened += _traverse_down_to(hop, account.gid)
                 for home in homes:
-                    _traverse_down_to(home, account.gid)
-                    _readable_tree(home, account.gid)
+                    opened += _traverse_down_to(home, account.gid)
+                    if _readable_tree(home, account.gid):
+                        trees.append(home)
+            try:
+                _record_grants(account, opened, trees)
+            except OSError as exc:  # the app runs all the same; its removal cannot take back
+                log.warning("could not record what %s's group was given in %s: %s",
+                            account.name, GRANTS_DIR, exc.strerror or exc)
     except acl.AclUnsupported as exc:
         raise AccountError(f"{exc.strerror}: the application's user {account.name} cannot be "
                            "given access to its release and interpreter; mount that file "

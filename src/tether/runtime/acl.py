@@ -68,6 +68,15 @@ def _read(path: Path, name: str, mode: int) -> Entries | None:
         raise
 
 
+def _mask(entries: Entries) -> int:
+    """The mask `setfacl` computes: the union of the group-class entries."""
+    mask = 0
+    for (tag, _ident), bits in entries.items():
+        if tag in (_USER, _GROUP_OBJ, _GROUP):
+            mask |= bits
+    return mask
+
+
 def group_permissions(path: Path, gid: int) -> int | None:
     """The bits of `gid`'s named entry in the access ACL of `path`, None when it has none."""
     st = os.lstat(path)
@@ -92,11 +101,7 @@ def set_group(path: Path, gid: int, perms: int, default: bool = False) -> bool:
                 entries[(_MASK, _UNDEFINED)] & perms == perms:
             continue
         entries[(_GROUP, gid)] = perms
-        mask = 0
-        for (tag, _ident), bits in entries.items():
-            if tag in (_USER, _GROUP_OBJ, _GROUP):
-                mask |= bits
-        entries[(_MASK, _UNDEFINED)] = mask
+        entries[(_MASK, _UNDEFINED)] = _mask(entries)
         try:
             os.setxattr(path, name, _encode(entries), follow_symlinks=False)
         except OSError as exc:
@@ -106,3 +111,22 @@ def set_group(path: Path, gid: int, perms: int, default: bool = False) -> bool:
             raise
         changed = True
     return changed
+
+
+def remove_group(path: Path, gid: int) -> bool:
+    """Take group `gid`'s named entry out of the access ACL of `path`, like `setfacl -x`; with no
+    named entry left, the ACL is the mode bits again. Returns whether anything changed.
+    Symlinks are never followed."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return False
+    entries = _read(path, ACCESS, st.st_mode)
+    if entries is None or (_GROUP, gid) not in entries:
+        return False
+    del entries[(_GROUP, gid)]
+    if any(tag in (_USER, _GROUP) for tag, _ident in entries):
+        entries[(_MASK, _UNDEFINED)] = _mask(entries)
+    else:  # the minimal ACL: the kernel keeps it as the mode bits alone
+        entries.pop((_MASK, _UNDEFINED), None)
+    os.setxattr(path, ACCESS, _encode(entries), follow_symlinks=False)
+    return True

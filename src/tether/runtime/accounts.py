@@ -242,11 +242,9 @@ def remove_accounts(names: Iterable[str]) -> list[str]:
                 gid: int | None = pwd.getpwnam(name).pw_gid
             except KeyError:
                 gid = None
-            proc = _run(["userdel", name])
-            if proc.returncode == 0:
+            if _run(["userdel", name]).returncode == 0:
                 _take_back(name, gid)
-        if proc.returncode == 0:
-            removed.append(name)
+                removed.append(name)
     return removed
 
 
@@ -255,11 +253,12 @@ def _grants_file(name: str) -> Path:
 
 
 def _grants(name: str) -> dict[str, Any]:
-    try:
+    """The record of `name` (`GRANTS_DIR`); an empty one when it has none (or it is unreadable)."""
+    with contextlib.suppress(OSError, ValueError):
         found = json.loads(_grants_file(name).read_text())
-    except (OSError, ValueError):
-        return {"gid": None, "paths": [], "trees": []}
-    return found if isinstance(found, dict) else {"gid": None, "paths": [], "trees": []}
+        if isinstance(found, dict):
+            return found
+    return {"gid": None, "paths": [], "trees": []}
 
 
 def _record_grants(account: AppAccount, paths: Iterable[Path], trees: Iterable[Path]) -> None:

@@ -29,7 +29,7 @@ from tether.actions import deployments, projects, services, variables
 from tether.actions.common import Context
 from tether.engine.rotation import names_of
 from tether.providers.registry import get_provider
-from tether.store.models import Cluster, Environment, Instance, Project
+from tether.store.models import Cluster, Environment, Instance, Operation, Project
 from tether.store.records import cluster_spec
 
 APP = textwrap.dedent(
@@ -142,6 +142,14 @@ class App:
             shown = deployments.get_deployment(self.ctx, dep_id, logs_after=0)
             if shown["status"] in ("succeeded", "failed"):
                 assert shown["status"] == expect, shown
+                # and its operations have ended: the deployment is marked failed before its
+                # operation settles, and a drift pass skips an environment being deployed
+                # (seen: a pass just after found the instance busy)
+                with self.ctx.store.session() as s:
+                    ops = s.scalars(select(Operation.id).where(
+                        Operation.deployment_id == dep_id)).all()
+                for op_id in ops:
+                    wait_op(self.ctx, op_id, max(1.0, deadline - time.monotonic()))
                 return shown
             time.sleep(0.05)
         raise AssertionError(f"deployment {dep_id} did not finish in {timeout} s")
